@@ -1,0 +1,361 @@
+//! The billing listener's pure logic: reading a `vm.started` / `vm.stopped` event, checking
+//! the tenant and instance, the key-value layout, and the `billing.usage` event it emits. No
+//! host calls here, so it is unit-tested natively (`cargo test -p billing-listener`); the
+//! billing tests in the sandbox tests run the whole listener through the host.
+//!
+//! Key-value layout (the listener's private space; every value is decimal text):
+//!
+//! | key                          | value                                  | written with      |
+//! |------------------------------|----------------------------------------|-------------------|
+//! | `start/<tenant>/<instance>`  | unix seconds of the `vm.started` event | `set-if-absent`   |
+//! | `stop/<tenant>/<instance>`   | unix seconds of the `vm.stopped` event | `set-if-absent`   |
+//! | `usage/<tenant>/<instance>`  | billed seconds, `max(0, stop - start)` | `set-if-absent`   |
+//! | `total/<tenant>`             | sum of every `usage/<tenant>/*`        | `compare-and-swap`|
+
+use serde::{Deserialize, Serialize};
+
+/// The event type that records a start.
+pub const STARTED: &str = "vm.started";
+/// The event type that records a stop.
+pub const STOPPED: &str = "vm.stopped";
+/// The type of the event emitted once an instance's usage is known.
+pub const USAGE_TYPE: &str = "billing.usage";
+/// The `source` of the emitted events.
+pub const USAGE_SOURCE: &str = "/listeners/billing";
+/// Longest tenant or instance accepted, in bytes: keeps every key well under the host's
+/// 512-byte key limit and the emitted id under its 1024-byte attribute limit.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Which fact an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    /// The instance started (`vm.started`).
+    Start,
+    /// The instance stopped (`vm.stopped`).
+    Stop,
+}
+
+impl Fact {
+    /// The other fact: the one that completes a usage record.
+    pub fn other(self) -> Self {
+        match self {
+            Fact::Start => Fact::Stop,
+            Fact::Stop => Fact::Start,
+        }
+    }
+
+    /// The key under which this fact is kept for `tenant`/`instance`.
+    pub fn key(self, tenant: &str, instance: &str) -> String {
+        let prefix = match self {
+            Fact::Start => "start",
+            Fact::Stop => "stop",
+        };
+        format!("{prefix}/{tenant}/{instance}")
+    }
+
+    /// The verb for log lines (`started`, `stopped`).
+    pub fn verb(self) -> &'static str {
+        match self {
+            Fact::Start => "started",
+            Fact::Stop => "stopped",
+        }
+    }
+}
+
+/// A `vm.started` or `vm.stopped` event, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmEvent {
+    /// Start or stop.
+    pub fact: Fact,
+    /// The tenant billed, valid as a key part.
+    pub tenant: String,
+    /// The instance, valid as a key part.
+    pub instance: String,
+    /// When it happened, unix seconds (from the event's `time`).
+    pub at: i64,
+}
+
+/// The JSON `data` of a vm event. Other fields are allowed and ignored.
+#[derive(Deserialize)]
+struct VmData {
+    tenant: String,
+    instance: String,
+}
+
+/// Reads a vm event from its attributes.
+///
+/// `Ok(None)` means the type is not one the listener bills (the event is acknowledged and
+/// ignored); `Err` is the reason to reject it.
+pub fn parse_vm_event(
+    ty: &str,
+    time: Option<&str>,
+    data: &[u8],
+) -> Result<Option<VmEvent>, String> {
+    let fact = match ty {
+        STARTED => Fact::Start,
+        STOPPED => Fact::Stop,
+        _ => return Ok(None),
+    };
+    let data: VmData = serde_json::from_slice(data).map_err(|e| {
+        if e.is_data() {
+            format!(
+                "{ty} data must be a JSON object with string fields `tenant` and `instance`: {e}"
+            )
+        } else {
+            format!("{ty} data is not valid JSON: {e}")
+        }
+    })?;
+    validate_name("tenant", &data.tenant)?;
+    validate_name("instance", &data.instance)?;
+    let time = time.ok_or_else(|| format!("{ty} event has no `time` attribute"))?;
+    let at = crate::time::parse_rfc3339(time).map_err(|e| format!("{ty} event `time`: {e}"))?;
+    Ok(Some(VmEvent {
+        fact,
+        tenant: data.tenant,
+        instance: data.instance,
+        at,
+    }))
+}
+
+/// Checks that a tenant or instance can be one part of a key: non-empty, at most
+/// [`MAX_NAME_LEN`] bytes, only `[A-Za-z0-9._=-]` (no `/`, which separates key parts), and no
+/// empty `.`-separated part (the host's key rules, which follow NATS KV).
+///
+/// The error names the field.
+pub fn validate_name(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("`{field}` is empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "`{field}` is {} bytes long; at most {MAX_NAME_LEN} are allowed",
+            value.len()
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '-')))
+    {
+        return Err(format!(
+            "`{field}` `{value}` has the character {c:?}; only [A-Za-z0-9._=-] are allowed"
+        ));
+    }
+    if value.starts_with('.') || value.ends_with('.') || value.contains("..") {
+        return Err(format!(
+            "`{field}` `{value}` must not start or end with `.` or contain `..`"
+        ));
+    }
+    Ok(())
+}
+
+/// The key holding the billed seconds of one instance.
+pub fn usage_key(tenant: &str, instance: &str) -> String {
+    format!("usage/{tenant}/{instance}")
+}
+
+/// The prefix of every usage key of a tenant (the trailing `/` keeps `acme` from matching
+/// `acme2`).
+pub fn usage_prefix(tenant: &str) -> String {
+    format!("usage/{tenant}/")
+}
+
+/// The key holding a tenant's total billed seconds.
+pub fn total_key(tenant: &str) -> String {
+    format!("total/{tenant}")
+}
+
+/// Billed seconds: `stop - start`, never negative (a stop stamped before its start, from
+/// clock skew between hosts, bills nothing rather than a credit).
+pub fn usage_seconds(start: i64, stop: i64) -> i64 {
+    stop.saturating_sub(start).max(0)
+}
+
+/// The id of the `billing.usage` event of one instance: deterministic, so a redelivered
+/// stop or start re-emits the same id and the bus drops the copy.
+///
+/// The parts are joined with `/`, which a tenant or instance cannot contain, so two different
+/// (tenant, instance) pairs never share an id. (Joining with `-`, which they may contain,
+/// would let `a-b`/`c` and `a`/`b-c` collide and the bus would drop one as a duplicate.)
+pub fn usage_event_id(tenant: &str, instance: &str) -> String {
+    format!("billing-usage/{tenant}/{instance}")
+}
+
+/// The JSON `data` of a `billing.usage` event. `started` and `stopped` are RFC 3339 in UTC
+/// (`2026-11-21T10:00:00Z`), whole seconds, whatever offset the vm events were stamped with.
+#[derive(Debug, Serialize)]
+pub struct UsageData<'a> {
+    /// The tenant billed.
+    pub tenant: &'a str,
+    /// The instance.
+    pub instance: &'a str,
+    /// Billed seconds.
+    pub seconds: i64,
+    /// When the instance started, RFC 3339 UTC.
+    pub started: String,
+    /// When it stopped, RFC 3339 UTC.
+    pub stopped: String,
+}
+
+impl<'a> UsageData<'a> {
+    /// The payload for one instance.
+    pub fn new(tenant: &'a str, instance: &'a str, seconds: i64, start: i64, stop: i64) -> Self {
+        Self {
+            tenant,
+            instance,
+            seconds,
+            started: crate::time::format_rfc3339(start),
+            stopped: crate::time::format_rfc3339(stop),
+        }
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings and integers always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Reads a stored decimal value (unix seconds or billed seconds); the error names the key.
+pub fn parse_stored(key: &str, value: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "kv `{key}` holds {:?}, not a decimal integer",
+                String::from_utf8_lossy(value)
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ty: &str, time: Option<&str>, data: &str) -> Result<Option<VmEvent>, String> {
+        parse_vm_event(ty, time, data.as_bytes())
+    }
+
+    const T: Option<&str> = Some("2026-11-21T10:00:00Z");
+
+    #[test]
+    fn reads_a_start_and_a_stop() {
+        let e = parse(STARTED, T, r#"{"tenant":"acme","instance":"vm-1"}"#).unwrap();
+        assert_eq!(
+            e,
+            Some(VmEvent {
+                fact: Fact::Start,
+                tenant: "acme".into(),
+                instance: "vm-1".into(),
+                at: 1_795_255_200,
+            })
+        );
+        let e = parse(
+            STOPPED,
+            Some("2026-11-21T12:00:00+02:00"),
+            r#"{"tenant":"acme","instance":"vm-1","extra":[1,2]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.fact, Fact::Stop);
+        assert_eq!(e.at, 1_795_255_200);
+    }
+
+    #[test]
+    fn ignores_other_types() {
+        assert_eq!(parse("vm.paused", None, "not json"), Ok(None));
+        assert_eq!(parse("billing.usage", T, "{}"), Ok(None));
+    }
+
+    #[test]
+    fn rejects_bad_json_with_the_parse_error() {
+        let e = parse(STARTED, T, "{not json").unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+        assert!(e.contains("line 1 column 2"), "{e}");
+        let e = parse(STARTED, T, "").unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn rejects_wrong_shapes() {
+        let e = parse(STARTED, T, r#"{"tenant":"acme"}"#).unwrap_err();
+        assert!(e.contains("missing field `instance`"), "{e}");
+        let e = parse(STARTED, T, r#"{"tenant":5,"instance":"vm-1"}"#).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = parse(STARTED, T, "[1]").unwrap_err();
+        assert!(e.contains("JSON object"), "{e}");
+    }
+
+    #[test]
+    fn rejects_missing_or_bad_time() {
+        let data = r#"{"tenant":"acme","instance":"vm-1"}"#;
+        let e = parse(STOPPED, None, data).unwrap_err();
+        assert!(e.contains("no `time`"), "{e}");
+        let e = parse(STOPPED, Some("yesterday"), data).unwrap_err();
+        assert!(e.contains("yesterday"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_names_naming_the_field() {
+        let cases = [
+            (r#"{"tenant":"","instance":"vm-1"}"#, "`tenant` is empty"),
+            (r#"{"tenant":"acme","instance":""}"#, "`instance` is empty"),
+            (r#"{"tenant":"ac/me","instance":"vm-1"}"#, "`tenant`"),
+            (r#"{"tenant":"acme","instance":"vm/1"}"#, "`instance`"),
+            (r#"{"tenant":"acme","instance":"vm 1"}"#, "`instance`"),
+            (r#"{"tenant":"acmé","instance":"vm-1"}"#, "`tenant`"),
+            (r#"{"tenant":"acme","instance":"vm*"}"#, "`instance`"),
+            (r#"{"tenant":"acme.","instance":"vm-1"}"#, "`tenant`"),
+            (r#"{"tenant":"a..b","instance":"vm-1"}"#, "`tenant`"),
+        ];
+        for (data, want) in cases {
+            let e = parse(STARTED, T, data).unwrap_err();
+            assert!(e.contains(want), "{data}: {e}");
+        }
+    }
+
+    #[test]
+    fn names_allow_the_key_alphabet() {
+        assert_eq!(validate_name("tenant", "Acme_Corp.eu-1=x"), Ok(()));
+        assert_eq!(validate_name("tenant", &"a".repeat(MAX_NAME_LEN)), Ok(()));
+        let e = validate_name("tenant", &"a".repeat(MAX_NAME_LEN + 1)).unwrap_err();
+        assert!(e.contains("`tenant`"), "{e}");
+    }
+
+    #[test]
+    fn keys_and_ids() {
+        assert_eq!(Fact::Start.key("acme", "vm-1"), "start/acme/vm-1");
+        assert_eq!(Fact::Stop.key("acme", "vm-1"), "stop/acme/vm-1");
+        assert_eq!(Fact::Start.other(), Fact::Stop);
+        assert_eq!(usage_key("acme", "vm-1"), "usage/acme/vm-1");
+        assert_eq!(usage_prefix("acme"), "usage/acme/");
+        assert_eq!(total_key("acme"), "total/acme");
+        assert_eq!(usage_event_id("acme", "vm-1"), "billing-usage/acme/vm-1");
+        assert_ne!(usage_event_id("a-b", "c"), usage_event_id("a", "b-c"));
+    }
+
+    #[test]
+    fn usage_is_never_negative() {
+        assert_eq!(usage_seconds(100, 220), 120);
+        assert_eq!(usage_seconds(220, 100), 0);
+        assert_eq!(usage_seconds(i64::MIN, i64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn usage_data_json() {
+        let json = UsageData::new("acme", "vm-1", 120, 1_795_255_200, 1_795_255_320).to_json();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"tenant":"acme","instance":"vm-1","seconds":120,"started":"2026-11-21T10:00:00Z","stopped":"2026-11-21T10:02:00Z"}"#
+        );
+    }
+
+    #[test]
+    fn stored_values() {
+        assert_eq!(parse_stored("k", b"120"), Ok(120));
+        assert_eq!(parse_stored("k", b"-5"), Ok(-5));
+        let e = parse_stored("usage/acme/vm-1", b"12x").unwrap_err();
+        assert!(e.contains("usage/acme/vm-1"), "{e}");
+        assert!(parse_stored("k", &[0xff]).is_err());
+    }
+}

@@ -1,0 +1,484 @@
+//! Command-line interface: argument parsing and printing. The work happens in the library;
+//! this edge turns errors into messages (`anyhow`) and outcomes into exit codes.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sandbus::dev::{self, Delivery, DevHost};
+use sandbus::imports::log::{LogLine, LogSink};
+use sandbus::sandbox::{
+    self, ComponentSpec, HandlerOutcome, Limits, Report, SandboxConfig, StepOutcome, Verdict, World,
+};
+use sandbus::subject::{PublishGrants, SubjectPattern};
+
+/// Success; a script passed.
+pub const EXIT_OK: u8 = 0;
+/// A script reported `fail`, or a replayed event was not acknowledged.
+pub const EXIT_FAIL: u8 = 1;
+/// Bad input or usage; nothing ran.
+pub const EXIT_USAGE: u8 = 2;
+/// A script reported `error`.
+pub const EXIT_SCRIPT_ERROR: u8 = 3;
+/// The guest did not finish: timeout, trap, panic, memory limit...
+pub const EXIT_DID_NOT_FINISH: u8 = 4;
+
+/// Run untrusted WebAssembly components next to real hardware, wired to NATS.
+#[derive(Parser, Debug)]
+#[command(name = "sandbus", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Host log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SANDBUS_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Host log filter (tracing `EnvFilter` syntax), e.g. `info` or `sandbus=debug`. Guest
+    /// log lines are under `sandbus::guest`; the dev commands print them already, so they
+    /// are off here by default.
+    #[arg(
+        long,
+        global = true,
+        default_value = "warn,sandbus::guest=off,sandbus::sandbox=error",
+        env = "SANDBUS_LOG"
+    )]
+    log: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run guests locally, with no bus: in-memory kv, published messages printed.
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Describe a component file: its world, imports, exports, size and digest.
+    Inspect {
+        /// The component file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// Run a test script and print its log live, then its report. The exit code reflects
+    /// the verdict: 0 pass, 1 fail, 3 error, 4 did not finish.
+    Run {
+        /// The script component.
+        script: PathBuf,
+        /// An argument for the script, NAME=VALUE (repeatable).
+        #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = dev::parse_arg)]
+        args: Vec<(String, String)>,
+        #[command(flatten)]
+        component: ComponentArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+        /// Print JSON lines (log lines, then the report) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed CloudEvents (JSON lines) to a listener; print each outcome, what it published,
+    /// and the final kv contents. Exit code 1 if any event was not acknowledged.
+    Replay {
+        /// The listener component.
+        listener: PathBuf,
+        /// CloudEvents, one JSON object per line.
+        events: PathBuf,
+        /// Deliveries per event: an event not acknowledged is redelivered at once until
+        /// this many deliveries were made.
+        #[arg(long, default_value_t = 1)]
+        max_deliver: u32,
+        #[command(flatten)]
+        component: ComponentArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+        /// Print JSON lines (one per delivery, then a summary with the kv contents).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The policy a component runs under.
+#[derive(Args, Debug)]
+struct ComponentArgs {
+    /// The component's name (its kv namespace); defaults to the file name without extension.
+    #[arg(long)]
+    name: Option<String>,
+    /// Grant, as publish=SUBJECT (NATS wildcards allowed), e.g. publish=events.billing.> .
+    #[arg(long = "grant", value_name = "publish=SUBJECT")]
+    grants: Vec<String>,
+    /// Limit, as NAME=VALUE: memory=64MiB, timeout=2s, fuel=N, instances=N, log=1MiB,
+    /// publish-rate=100/s, payload=1MiB.
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    limits: Vec<String>,
+}
+
+/// Sandbox-wide settings.
+#[derive(Args, Debug)]
+struct SandboxArgs {
+    /// Allocate instance memory on demand instead of from the pooling allocator.
+    #[arg(long)]
+    no_pooling: bool,
+    /// Meter fuel (reported per call; enables `--limit fuel=N`).
+    #[arg(long)]
+    fuel: bool,
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/sandbus or
+    /// ~/.cache/sandbus].
+    #[arg(long, env = "SANDBUS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not use the compile cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl SandboxArgs {
+    fn config(&self) -> SandboxConfig {
+        SandboxConfig {
+            pooling: !self.no_pooling,
+            fuel: self.fuel,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(default_cache_dir)
+            },
+            ..SandboxConfig::default()
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sandbus").join("compiled"))
+}
+
+impl ComponentArgs {
+    fn spec(&self, file: &Path, world: World) -> anyhow::Result<ComponentSpec> {
+        let name = match &self.name {
+            Some(name) => name.clone(),
+            None => file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_owned)
+                .context("cannot derive a component name from the file name; pass --name")?,
+        };
+        sandbus::imports::kv::validate_key(&name)
+            .map_err(|why| anyhow::anyhow!("invalid component name: {why}"))?;
+        let mut grants = Vec::new();
+        for grant in &self.grants {
+            let Some(subject) = grant.strip_prefix("publish=") else {
+                bail!(
+                    "invalid grant `{grant}`: expected publish=SUBJECT, e.g. publish=events.billing.>"
+                );
+            };
+            let pattern = SubjectPattern::parse(subject)
+                .map_err(|why| anyhow::anyhow!("invalid grant `{grant}`: {why}"))?;
+            grants.push(pattern);
+        }
+        let mut limits = Limits::for_world(world);
+        for setting in &self.limits {
+            limits.apply(setting)?;
+        }
+        Ok(ComponentSpec {
+            name,
+            expect: Some(world),
+            grants: PublishGrants::new(grants),
+            limits,
+        })
+    }
+}
+
+/// Sets up host logging on stderr.
+pub fn init_tracing(args: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Dev(DevCommand::Run {
+            script,
+            args,
+            component,
+            sandbox,
+            json,
+        }) => dev_run(&script, args, &component, &sandbox, json).await,
+        Command::Dev(DevCommand::Replay {
+            listener,
+            events,
+            max_deliver,
+            component,
+            sandbox,
+            json,
+        }) => dev_replay(&listener, &events, max_deliver, &component, &sandbox, json).await,
+    }
+}
+
+fn inspect(file: &Path, json: bool) -> anyhow::Result<u8> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let info = sandbox::inspect(&bytes).with_context(|| format!("{}", file.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        let world = info.world.map_or("none", World::as_str);
+        println!("file:    {}", file.display());
+        println!("world:   {world}");
+        println!("size:    {} bytes", info.size);
+        println!("digest:  {}", info.digest);
+        println!("exports:");
+        for e in &info.exports {
+            println!("  {e}");
+        }
+        println!("imports:");
+        for i in &info.imports {
+            println!("  {i}");
+        }
+        if let Some(problem) = &info.problem {
+            println!("problem: {problem}");
+        }
+    }
+    Ok(if info.problem.is_some() {
+        EXIT_FAIL
+    } else {
+        EXIT_OK
+    })
+}
+
+/// Prints log lines as they arrive: text on stdout, or JSON lines.
+struct PrintLog {
+    json: bool,
+}
+
+impl LogSink for PrintLog {
+    fn line(&self, line: &LogLine) {
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "type": "log", "line": line })
+            )
+        } else {
+            writeln!(out, "  {:<5} {}", line.level.as_str(), line.message)
+        };
+    }
+}
+
+async fn dev_run(
+    file: &Path,
+    args: Vec<(String, String)>,
+    component: &ComponentArgs,
+    sandbox: &SandboxArgs,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let spec = component.spec(file, World::Script)?;
+    let host = DevHost::new(sandbox.config())?;
+    let script = host.load(file, spec)?;
+    let caps = host.capabilities(Arc::new(PrintLog { json }));
+    if !json {
+        println!("running {} ({})", script.name(), script.digest());
+    }
+    let result = script.run(args, &caps).await;
+    let published = host.publisher.take();
+    match result {
+        Ok(invocation) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "type": "report", "invocation": invocation, "published": published })
+                );
+            } else {
+                print_published(&published);
+                print_report(&invocation.output);
+                println!(
+                    "metering: {:.1} ms wall, {} KiB peak memory{}",
+                    invocation.metering.wall_us as f64 / 1000.0,
+                    invocation.metering.peak_memory / 1024,
+                    invocation
+                        .metering
+                        .fuel
+                        .map(|f| format!(", {f} fuel"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(match invocation.output.verdict {
+                Verdict::Pass => EXIT_OK,
+                Verdict::Fail => EXIT_FAIL,
+                Verdict::Error => EXIT_SCRIPT_ERROR,
+            })
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "type": "failed", "error": e }));
+            } else {
+                println!("did not finish: {e}");
+            }
+            Ok(EXIT_DID_NOT_FINISH)
+        }
+    }
+}
+
+fn print_report(report: &Report) {
+    println!("report: {:?}", report.verdict);
+    for step in &report.steps {
+        let mark = match step.outcome {
+            StepOutcome::Passed => "pass",
+            StepOutcome::Failed => "FAIL",
+            StepOutcome::Skipped => "skip",
+        };
+        let detail = step
+            .detail
+            .as_deref()
+            .map(|d| format!("  {d}"))
+            .unwrap_or_default();
+        println!(
+            "  [{mark}] {:<28} {:>6} ms{detail}",
+            step.name, step.duration_ms
+        );
+    }
+    println!("summary: {}", report.summary);
+}
+
+fn print_published(published: &[sandbus::imports::bus::OutboundMessage]) {
+    for m in published {
+        println!(
+            "  published {} {}",
+            m.subject,
+            String::from_utf8_lossy(&m.payload)
+        );
+    }
+}
+
+async fn dev_replay(
+    file: &Path,
+    events_file: &Path,
+    max_deliver: u32,
+    component: &ComponentArgs,
+    sandbox: &SandboxArgs,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let spec = component.spec(file, World::Listener)?;
+    let text = std::fs::read_to_string(events_file)
+        .with_context(|| format!("failed to read {}", events_file.display()))?;
+    let events = match dev::read_events(&text) {
+        Ok(events) => events,
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            bail!(
+                "{} has {} invalid event line(s); nothing was replayed:\n{}",
+                events_file.display(),
+                errors.len(),
+                list.join("\n")
+            );
+        }
+    };
+    let host = DevHost::new(sandbox.config())?;
+    let namespace = spec.name.clone();
+    let listener = host.load(file, spec)?;
+    let total = events.len();
+    let deliveries = dev::replay(
+        &host,
+        &listener,
+        events,
+        max_deliver,
+        Arc::new(PrintLog { json }),
+        |d| print_delivery(d, total, json),
+    )
+    .await;
+    let kv = host.kv.snapshot(&namespace);
+    let acked = deliveries.iter().filter(|d| d.acked()).count();
+    let unacked = total - acked;
+    if json {
+        let kv: serde_json::Map<String, serde_json::Value> = kv
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "type": "summary", "events": total, "acked": acked,
+                "not_acked": unacked, "deliveries": deliveries.len(), "kv": kv })
+        );
+    } else {
+        println!("kv ({namespace}):");
+        for (k, v) in &kv {
+            println!("  {k} = {}", String::from_utf8_lossy(v));
+        }
+        println!(
+            "{total} events, {} deliveries: {acked} acknowledged, {unacked} not acknowledged",
+            deliveries.len()
+        );
+    }
+    Ok(if unacked == 0 { EXIT_OK } else { EXIT_FAIL })
+}
+
+fn print_delivery(d: &Delivery, total: usize, json: bool) {
+    if json {
+        let result = match &d.result {
+            Ok(inv) => serde_json::json!({ "invocation": inv }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "type": "delivery", "line": d.line, "event_id": d.event_id,
+                "event_type": d.event_type, "attempt": d.attempt, "result": result,
+                "published": d.published })
+        );
+        return;
+    }
+    let what = match &d.result {
+        Ok(inv) => match &inv.output {
+            HandlerOutcome::Ok => "ok".to_owned(),
+            HandlerOutcome::Retry { delay: Some(delay) } => {
+                format!("retry after {} ms", delay.as_millis())
+            }
+            HandlerOutcome::Retry { delay: None } => "retry".to_owned(),
+            HandlerOutcome::Reject { reason } => format!("reject: {reason}"),
+        },
+        Err(e) => format!("failed: {e}"),
+    };
+    let wall = match &d.result {
+        Ok(inv) => inv.metering.wall_us,
+        Err(e) => e.metering.wall_us,
+    };
+    println!(
+        "line {} of {total}: {} {} (attempt {}) -> {what} [{:.2} ms]",
+        d.line,
+        d.event_type,
+        d.event_id,
+        d.attempt,
+        wall as f64 / 1000.0
+    );
+    print_published(&d.published);
+}

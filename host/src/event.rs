@@ -1,0 +1,364 @@
+//! Canonical events: CloudEvents 1.0 in JSON, the one shape every event on the bus takes.
+//!
+//! A [`CanonicalEvent`] is what a listener is handed and what `bus.emit` publishes. On the
+//! wire it is the CloudEvents JSON format (`specversion` `1.0`; `data` inline when the payload
+//! is JSON, `data_base64` otherwise). Parsing is strict where the platform relies on an
+//! attribute (`id`, `source`, `type`) and says exactly what is wrong, so a bad event is
+//! rejected with a reason instead of half-handled.
+
+use crate::bindings::types::Event as WitEvent;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The CloudEvents spec version this host reads and writes.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Longest `id`, `source`, `type` or `subject` accepted, in bytes.
+pub const MAX_ATTRIBUTE_LEN: usize = 1024;
+
+/// A CloudEvents 1.0 event with its payload as raw bytes.
+///
+/// `data` holds the payload exactly as a listener sees it: for a JSON event, the JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalEvent {
+    /// Unique per `source`; stable across redeliveries, so listeners de-duplicate on it.
+    pub id: String,
+    /// Who produced the event, a URI reference such as `/hosts/lab-7`.
+    pub source: String,
+    /// What happened, dot separated, such as `vm.started`.
+    pub ty: String,
+    /// What the event is about, within the source.
+    pub subject: Option<String>,
+    /// When it happened, RFC 3339.
+    pub time: Option<String>,
+    /// Media type of `data`.
+    pub datacontenttype: Option<String>,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// Why a canonical event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The text is not JSON, or not a JSON object.
+    #[error("not a CloudEvents JSON object: {0}")]
+    NotJson(String),
+    /// A required attribute is absent or empty.
+    #[error("attribute `{0}` is required and must be a non-empty string")]
+    Missing(&'static str),
+    /// `specversion` is not `1.0`.
+    #[error("specversion must be \"1.0\", found {0}")]
+    SpecVersion(String),
+    /// An attribute has the wrong JSON type or an invalid value.
+    #[error("attribute `{name}` is invalid: {reason}")]
+    Invalid {
+        /// The attribute.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The JSON wire form, used only for (de)serialisation.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    specversion: Option<Value>,
+    id: Option<Value>,
+    source: Option<Value>,
+    #[serde(rename = "type")]
+    ty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datacontenttype: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<Value>,
+}
+
+impl CanonicalEvent {
+    /// Parses one CloudEvents JSON object (structured mode).
+    ///
+    /// `data` that is a JSON value becomes its JSON text (a JSON string becomes the string's
+    /// JSON text too, quotes included, so the bytes round-trip); `data_base64` is decoded.
+    pub fn from_json(text: &[u8]) -> Result<Self, EventError> {
+        let wire: Wire =
+            serde_json::from_slice(text).map_err(|e| EventError::NotJson(e.to_string()))?;
+        match &wire.specversion {
+            Some(Value::String(v)) if v == SPEC_VERSION => {}
+            Some(other) => return Err(EventError::SpecVersion(other.to_string())),
+            None => return Err(EventError::Missing("specversion")),
+        }
+        let data = match (&wire.data, &wire.data_base64) {
+            (Some(_), Some(_)) => {
+                return Err(EventError::Invalid {
+                    name: "data_base64",
+                    reason: "an event carries `data` or `data_base64`, not both".into(),
+                });
+            }
+            (Some(value), None) => serde_json::to_vec(value).map_err(|e| EventError::Invalid {
+                name: "data",
+                reason: e.to_string(),
+            })?,
+            (None, Some(Value::String(b64))) => {
+                BASE64.decode(b64).map_err(|e| EventError::Invalid {
+                    name: "data_base64",
+                    reason: e.to_string(),
+                })?
+            }
+            (None, Some(_)) => {
+                return Err(EventError::Invalid {
+                    name: "data_base64",
+                    reason: "must be a base64 string".into(),
+                });
+            }
+            (None, None) => Vec::new(),
+        };
+        let event = Self {
+            id: required("id", wire.id)?,
+            source: required("source", wire.source)?,
+            ty: required("type", wire.ty)?,
+            subject: optional("subject", wire.subject)?,
+            time: optional("time", wire.time)?,
+            datacontenttype: optional("datacontenttype", wire.datacontenttype)?,
+            data,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Serialises to CloudEvents JSON: `data` inline when it is JSON, `data_base64` otherwise.
+    pub fn to_json(&self) -> Vec<u8> {
+        let inline = if self.data.is_empty() {
+            None
+        } else if self.is_json_content() {
+            serde_json::from_slice::<Value>(&self.data).ok()
+        } else {
+            None
+        };
+        let data_base64 = match (&inline, self.data.is_empty()) {
+            (None, false) => Some(Value::String(BASE64.encode(&self.data))),
+            _ => None,
+        };
+        let wire = Wire {
+            specversion: Some(Value::String(SPEC_VERSION.into())),
+            id: Some(Value::String(self.id.clone())),
+            source: Some(Value::String(self.source.clone())),
+            ty: Some(Value::String(self.ty.clone())),
+            subject: self.subject.clone().map(Value::String),
+            time: self.time.clone().map(Value::String),
+            datacontenttype: self.datacontenttype.clone().map(Value::String),
+            data: inline,
+            data_base64,
+        };
+        // Serialising a struct of strings and `Value`s cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Checks the attributes the platform relies on.
+    ///
+    /// `type` must be a dotted name usable as a subject suffix (`events.<type>`): tokens of
+    /// `[A-Za-z0-9_-]`, no wildcards, no empty token.
+    pub fn validate(&self) -> Result<(), EventError> {
+        for (name, value) in [
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+        ] {
+            if value.is_empty() {
+                return Err(EventError::Missing(name));
+            }
+            if value.len() > MAX_ATTRIBUTE_LEN {
+                return Err(EventError::Invalid {
+                    name,
+                    reason: format!("longer than {MAX_ATTRIBUTE_LEN} bytes"),
+                });
+            }
+        }
+        if let Err(reason) = crate::subject::validate_event_type(&self.ty) {
+            return Err(EventError::Invalid {
+                name: "type",
+                reason,
+            });
+        }
+        if let Some(time) = &self.time
+            && humantime::parse_rfc3339_weak(time).is_err()
+            && humantime::parse_rfc3339(time).is_err()
+            && !looks_like_rfc3339_with_offset(time)
+        {
+            return Err(EventError::Invalid {
+                name: "time",
+                reason: format!("`{time}` is not an RFC 3339 timestamp"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `datacontenttype` says JSON (absent counts as JSON, as CloudEvents does).
+    pub fn is_json_content(&self) -> bool {
+        match &self.datacontenttype {
+            None => true,
+            Some(ct) => {
+                let ct = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                ct == "application/json" || ct.ends_with("+json") || ct == "text/json"
+            }
+        }
+    }
+
+    /// Size of the event as a guest receives it, for the payload limit.
+    pub fn size(&self) -> usize {
+        self.id.len()
+            + self.source.len()
+            + self.ty.len()
+            + self.subject.as_ref().map_or(0, String::len)
+            + self.time.as_ref().map_or(0, String::len)
+            + self.datacontenttype.as_ref().map_or(0, String::len)
+            + self.data.len()
+    }
+}
+
+impl From<CanonicalEvent> for WitEvent {
+    fn from(e: CanonicalEvent) -> Self {
+        WitEvent {
+            id: e.id,
+            source: e.source,
+            type_: e.ty,
+            subject: e.subject,
+            time: e.time,
+            datacontenttype: e.datacontenttype,
+            data: e.data,
+        }
+    }
+}
+
+impl From<WitEvent> for CanonicalEvent {
+    fn from(e: WitEvent) -> Self {
+        CanonicalEvent {
+            id: e.id,
+            source: e.source,
+            ty: e.type_,
+            subject: e.subject,
+            time: e.time,
+            datacontenttype: e.datacontenttype,
+            data: e.data,
+        }
+    }
+}
+
+fn required(name: &'static str, value: Option<Value>) -> Result<String, EventError> {
+    match value {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(EventError::Missing(name)),
+        Some(other) => Err(EventError::Invalid {
+            name,
+            reason: format!("must be a string, found {other}"),
+        }),
+    }
+}
+
+fn optional(name: &'static str, value: Option<Value>) -> Result<Option<String>, EventError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(EventError::Invalid {
+            name,
+            reason: format!("must be a string, found {other}"),
+        }),
+    }
+}
+
+/// humantime accepts only `Z`; RFC 3339 also allows `+hh:mm` offsets.
+fn looks_like_rfc3339_with_offset(time: &str) -> bool {
+    let bytes = time.as_bytes();
+    if bytes.len() < 25 {
+        return false;
+    }
+    let (head, offset) = time.split_at(time.len() - 6);
+    let ob = offset.as_bytes();
+    let offset_ok = (ob[0] == b'+' || ob[0] == b'-')
+        && ob[1].is_ascii_digit()
+        && ob[2].is_ascii_digit()
+        && ob[3] == b':'
+        && ob[4].is_ascii_digit()
+        && ob[5].is_ascii_digit();
+    offset_ok && humantime::parse_rfc3339_weak(head).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_data_round_trips_inline() {
+        let text = br#"{"specversion":"1.0","id":"e1","source":"/t","type":"vm.started","time":"2026-11-21T10:00:00Z","data":{"tenant":"acme"}}"#;
+        let e = CanonicalEvent::from_json(text).unwrap();
+        assert_eq!(e.data, br#"{"tenant":"acme"}"#);
+        let again = CanonicalEvent::from_json(&e.to_json()).unwrap();
+        assert_eq!(again, e);
+        assert!(
+            String::from_utf8(e.to_json())
+                .unwrap()
+                .contains(r#""data":{"tenant":"acme"}"#)
+        );
+    }
+
+    #[test]
+    fn binary_data_round_trips_as_base64() {
+        let e = CanonicalEvent {
+            id: "x".into(),
+            source: "/s".into(),
+            ty: "blob.stored".into(),
+            subject: None,
+            time: None,
+            datacontenttype: Some("application/octet-stream".into()),
+            data: (0u8..=255).collect(),
+        };
+        let json = e.to_json();
+        assert!(String::from_utf8_lossy(&json).contains("data_base64"));
+        assert_eq!(CanonicalEvent::from_json(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn missing_or_wrong_attributes_are_named() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"not json", "not a CloudEvents JSON object"),
+            (br#"{"id":"1","source":"/s","type":"a.b"}"#, "specversion"),
+            (
+                br#"{"specversion":"1.0","source":"/s","type":"a.b"}"#,
+                "`id`",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"a..b"}"#,
+                "`type`",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"a.b","time":"yesterday"}"#,
+                "`time`",
+            ),
+            (
+                br#"{"specversion":"1.0","id":7,"source":"/s","type":"a.b"}"#,
+                "must be a string",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = CanonicalEvent::from_json(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_offsets_are_accepted() {
+        let text = br#"{"specversion":"1.0","id":"1","source":"/s","type":"a.b","time":"2026-11-21T10:00:00.5+02:00"}"#;
+        assert!(CanonicalEvent::from_json(text).is_ok());
+    }
+}

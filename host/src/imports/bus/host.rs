@@ -1,0 +1,193 @@
+//! `impl bus::Host`: grant, size, header and rate checks, then the [`Publisher`].
+//!
+//! Refusals are `bus-error` values the guest handles; nothing here traps.
+
+use super::{BusState, MSG_ID_HEADER, OutboundMessage, PublishError};
+use crate::bindings::bus::{BusError, Host};
+use crate::bindings::types::Event;
+use crate::event::CanonicalEvent;
+use crate::subject::{event_subject, validate_publish_subject};
+
+impl BusState {
+    /// Checks and sends one message. `size` is what the payload limit applies to: the
+    /// payload of a publish, the `data` of an emitted event (not its JSON envelope).
+    async fn send(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        size: usize,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), BusError> {
+        validate_publish_subject(&subject).map_err(BusError::InvalidSubject)?;
+        if !self.grants.allows(&subject) {
+            tracing::warn!(subject, "guest publish refused: subject not granted");
+            return Err(BusError::NotGranted(subject));
+        }
+        if size as u64 > self.max_payload {
+            return Err(BusError::PayloadTooLarge(self.max_payload));
+        }
+        for (name, value) in &headers {
+            check_header(name, value).map_err(BusError::InvalidHeader)?;
+        }
+        if !self.rate.try_take() {
+            return Err(BusError::RateLimited);
+        }
+        let message = OutboundMessage {
+            subject,
+            payload: payload.into(),
+            headers,
+        };
+        self.publisher
+            .publish(message)
+            .await
+            .map_err(|PublishError::Unavailable(why)| BusError::Unavailable(why))?;
+        self.published += 1;
+        Ok(())
+    }
+}
+
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a header name is empty".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("header name `{name}` contains {c:?}"));
+    }
+    if name.len() >= 5
+        && name[..5].eq_ignore_ascii_case("nats-")
+        && !name.eq_ignore_ascii_case(MSG_ID_HEADER)
+    {
+        return Err(format!(
+            "header `{name}` is reserved; only `{MSG_ID_HEADER}` may be set"
+        ));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(format!(
+            "the value of header `{name}` contains a line break"
+        ));
+    }
+    Ok(())
+}
+
+impl Host for BusState {
+    async fn publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), BusError>> {
+        let size = payload.len();
+        Ok(self.send(subject, payload, size, headers).await)
+    }
+
+    async fn emit(&mut self, event: Event) -> wasmtime::Result<Result<(), BusError>> {
+        let event = CanonicalEvent::from(event);
+        if let Err(e) = event.validate() {
+            return Ok(Err(BusError::InvalidEvent(e.to_string())));
+        }
+        let subject = event_subject(&event.ty);
+        let headers = vec![(MSG_ID_HEADER.to_owned(), event.id.clone())];
+        Ok(self
+            .send(subject, event.to_json(), event.data.len(), headers)
+            .await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imports::bus::{PublishRate, RecordingPublisher};
+    use crate::subject::{PublishGrants, SubjectPattern};
+    use std::sync::Arc;
+
+    fn state(grant: &str, rate: u32) -> (Arc<RecordingPublisher>, BusState) {
+        let publisher = Arc::new(RecordingPublisher::default());
+        let state = BusState {
+            grants: Arc::new(PublishGrants::new([SubjectPattern::parse(grant).unwrap()])),
+            publisher: publisher.clone(),
+            max_payload: 16,
+            rate: Arc::new(PublishRate::new(0, rate)),
+            published: 0,
+        };
+        (publisher, state)
+    }
+
+    fn event(ty: &str) -> Event {
+        Event {
+            id: "ev-1".into(),
+            source: "/test".into(),
+            type_: ty.into(),
+            subject: None,
+            time: None,
+            datacontenttype: Some("application/json".into()),
+            data: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ungranted_subject_is_refused_and_nothing_is_sent() {
+        let (publisher, mut bus) = state("events.billing.>", 10);
+        let r = bus
+            .publish("secret.payroll".into(), b"x".to_vec(), vec![])
+            .await
+            .unwrap();
+        assert_eq!(r, Err(BusError::NotGranted("secret.payroll".into())));
+        let r = bus.emit(event("audit.leak")).await.unwrap();
+        assert_eq!(r, Err(BusError::NotGranted("events.audit.leak".into())));
+        assert!(publisher.take().is_empty());
+    }
+
+    #[tokio::test]
+    async fn emitted_event_carries_its_id_for_deduplication() {
+        let (publisher, mut bus) = state("events.billing.>", 10);
+        bus.emit(event("billing.usage")).await.unwrap().unwrap();
+        let sent = publisher.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].subject, "events.billing.usage");
+        assert_eq!(
+            sent[0].headers,
+            vec![(MSG_ID_HEADER.to_owned(), "ev-1".to_owned())]
+        );
+        let back = CanonicalEvent::from_json(&sent[0].payload).unwrap();
+        assert_eq!(back.id, "ev-1");
+    }
+
+    #[tokio::test]
+    async fn size_header_and_rate_limits_are_enforced() {
+        let (publisher, mut bus) = state(">", 2);
+        let big = bus
+            .publish("a.b".into(), vec![0; 17], vec![])
+            .await
+            .unwrap();
+        assert_eq!(big, Err(BusError::PayloadTooLarge(16)));
+        let hdr = bus
+            .publish(
+                "a.b".into(),
+                vec![],
+                vec![("Nats-Expected-Stream".into(), "x".into())],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(hdr, Err(BusError::InvalidHeader(_))));
+        let wild = bus.publish("a.*".into(), vec![], vec![]).await.unwrap();
+        assert!(matches!(wild, Err(BusError::InvalidSubject(_))));
+        assert!(
+            bus.publish("a.b".into(), vec![], vec![])
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        assert!(
+            bus.publish("a.b".into(), vec![], vec![])
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let limited = bus.publish("a.b".into(), vec![], vec![]).await.unwrap();
+        assert_eq!(limited, Err(BusError::RateLimited));
+        assert_eq!(publisher.take().len(), 2);
+    }
+}

@@ -1,0 +1,144 @@
+//! `sandbus:host/bus`: publishing and emitting events, only on granted subjects.
+//!
+//! The host functions (in `host.rs`) enforce everything a guest must not decide for itself:
+//! the subject grant, the payload limit, the header rules and the publish rate cap. Only a
+//! message that passed all of them reaches the [`Publisher`], the small trait the bus side of
+//! the daemon implements with NATS (and the dev loop with [`RecordingPublisher`]).
+
+mod host;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::bus as wit;
+use crate::subject::PublishGrants;
+
+/// Header the bus de-duplicates on; an emitted event carries its id here.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// A message that passed every check and is ready to go on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboundMessage {
+    /// The concrete subject.
+    pub subject: String,
+    /// The payload.
+    #[serde(serialize_with = "serialize_lossy")]
+    pub payload: Bytes,
+    /// Headers in order; names may repeat.
+    pub headers: Vec<(String, String)>,
+}
+
+fn serialize_lossy<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+/// Why the bus could not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The bus is unreachable or refused the message; retrying later may work.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where guest messages go once they passed the checks. Implemented by the daemon's bus
+/// (NATS) and by [`RecordingPublisher`].
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes one message. Must not retry forever: the guest is waiting, under its
+    /// deadline.
+    async fn publish(&self, message: OutboundMessage) -> Result<(), PublishError>;
+}
+
+/// Keeps every message in memory: the dev loop prints them, tests assert on them.
+#[derive(Debug, Default)]
+pub struct RecordingPublisher {
+    messages: Mutex<Vec<OutboundMessage>>,
+}
+
+impl RecordingPublisher {
+    /// Takes the messages published so far.
+    pub fn take(&self) -> Vec<OutboundMessage> {
+        std::mem::take(&mut *self.messages.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for RecordingPublisher {
+    async fn publish(&self, message: OutboundMessage) -> Result<(), PublishError> {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
+        Ok(())
+    }
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` saved up.
+///
+/// Shared by every invocation of one component, so the cap holds for the component as a
+/// whole, not per event.
+#[derive(Debug)]
+pub struct PublishRate {
+    per_second: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl PublishRate {
+    /// A bucket that starts full.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            per_second: f64::from(per_second),
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let refill = now.duration_since(state.1).as_secs_f64() * self.per_second;
+        state.0 = (state.0 + refill).min(self.burst);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-invocation state of the `bus` interface.
+pub struct BusState {
+    /// Subjects the component may publish on.
+    pub grants: Arc<PublishGrants>,
+    /// Where accepted messages go.
+    pub publisher: Arc<dyn Publisher>,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: u64,
+    /// The component's publish rate cap.
+    pub rate: Arc<PublishRate>,
+    /// Messages this invocation published.
+    pub published: u64,
+}
+
+/// `HasData` marker: the `bus` host functions see a [`BusState`].
+pub struct Bus;
+
+impl HasData for Bus {
+    type Data<'a> = &'a mut BusState;
+}
+
+/// Adds `sandbus:host/bus` to `linker`; `get` finds the invocation's [`BusState`].
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut BusState,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Bus>(linker, get)
+}

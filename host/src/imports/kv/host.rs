@@ -1,0 +1,230 @@
+//! `impl kv::Host`: key and size checks, namespacing, and `increment` /
+//! `set-if-absent` built on the store's compare-and-swap.
+
+use super::{KvState, KvStoreError, validate_key};
+use crate::bindings::kv::{Host, KvError};
+
+/// How often `increment` retries a lost compare-and-swap race before giving up.
+const INCREMENT_ATTEMPTS: usize = 64;
+
+impl From<KvStoreError> for KvError {
+    fn from(e: KvStoreError) -> Self {
+        match e {
+            KvStoreError::Unavailable(why) => KvError::Unavailable(why),
+        }
+    }
+}
+
+impl KvState {
+    fn check(&self, key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
+        validate_key(key).map_err(KvError::InvalidKey)?;
+        if value.is_some_and(|v| v.len() as u64 > self.max_value) {
+            return Err(KvError::ValueTooLarge(self.max_value));
+        }
+        Ok(())
+    }
+
+    async fn increment_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.check(key, None)?;
+        for _ in 0..INCREMENT_ATTEMPTS {
+            let current = self.store.get(&self.namespace, key).await?;
+            let old = match &current {
+                None => 0,
+                Some(bytes) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .ok_or(KvError::NotANumber)?,
+            };
+            let new = old.checked_add(delta).ok_or(KvError::Overflow)?;
+            let swapped = self
+                .store
+                .compare_and_swap(
+                    &self.namespace,
+                    key,
+                    current.as_deref(),
+                    new.to_string().into_bytes(),
+                )
+                .await?;
+            if swapped {
+                return Ok(new);
+            }
+        }
+        Err(KvError::Unavailable(format!(
+            "increment of `{key}` lost {INCREMENT_ATTEMPTS} races in a row; try again"
+        )))
+    }
+}
+
+impl Host for KvState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, KvError>> {
+        if let Err(e) = self.check(&key, None) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .store
+            .get(&self.namespace, &key)
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), KvError>> {
+        if let Err(e) = self.check(&key, Some(&value)) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .store
+            .set(&self.namespace, &key, value)
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, KvError>> {
+        if let Err(e) = self.check(&key, None) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .store
+            .delete(&self.namespace, &key)
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, KvError>> {
+        Ok(self.increment_by(&key, delta).await)
+    }
+
+    async fn set_if_absent(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<bool, KvError>> {
+        if let Err(e) = self.check(&key, Some(&value)) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .store
+            .compare_and_swap(&self.namespace, &key, None, value)
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> wasmtime::Result<Result<bool, KvError>> {
+        if let Err(e) = self.check(&key, Some(&new)) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .store
+            .compare_and_swap(&self.namespace, &key, expected.as_deref(), new)
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn list_keys(
+        &mut self,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, KvError>> {
+        Ok(self
+            .store
+            .list_keys(&self.namespace, &prefix)
+            .await
+            .map_err(Into::into))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imports::kv::MemoryKv;
+    use std::sync::Arc;
+
+    fn state(store: Arc<MemoryKv>, ns: &str) -> KvState {
+        KvState {
+            store,
+            namespace: ns.into(),
+            max_value: 8,
+        }
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_private() {
+        let store = Arc::new(MemoryKv::default());
+        let mut a = state(store.clone(), "a");
+        let mut b = state(store, "b");
+        a.set("k".into(), b"1".to_vec()).await.unwrap().unwrap();
+        assert_eq!(b.get("k".into()).await.unwrap().unwrap(), None);
+        assert_eq!(
+            b.list_keys(String::new()).await.unwrap().unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn increment_set_if_absent_and_cas_behave() {
+        let mut kv = state(Arc::new(MemoryKv::default()), "c");
+        assert_eq!(kv.increment("n".into(), 5).await.unwrap(), Ok(5));
+        assert_eq!(kv.increment("n".into(), -7).await.unwrap(), Ok(-2));
+        assert_eq!(kv.get("n".into()).await.unwrap(), Ok(Some(b"-2".to_vec())));
+        kv.set("s".into(), b"abc".to_vec()).await.unwrap().unwrap();
+        assert_eq!(
+            kv.increment("s".into(), 1).await.unwrap(),
+            Err(KvError::NotANumber)
+        );
+        assert_eq!(
+            kv.set_if_absent("x".into(), b"1".to_vec()).await.unwrap(),
+            Ok(true)
+        );
+        assert_eq!(
+            kv.set_if_absent("x".into(), b"2".to_vec()).await.unwrap(),
+            Ok(false)
+        );
+        assert_eq!(
+            kv.compare_and_swap("x".into(), Some(b"9".to_vec()), b"3".to_vec())
+                .await
+                .unwrap(),
+            Ok(false)
+        );
+        assert_eq!(
+            kv.compare_and_swap("x".into(), Some(b"1".to_vec()), b"3".to_vec())
+                .await
+                .unwrap(),
+            Ok(true)
+        );
+        assert_eq!(kv.delete("x".into()).await.unwrap(), Ok(true));
+        assert_eq!(kv.delete("x".into()).await.unwrap(), Ok(false));
+    }
+
+    #[tokio::test]
+    async fn bad_keys_and_large_values_are_refused() {
+        let mut kv = state(Arc::new(MemoryKv::default()), "c");
+        for bad in ["", "a b", ".a", "a..b", "ä"] {
+            assert!(
+                matches!(
+                    kv.get(bad.into()).await.unwrap(),
+                    Err(KvError::InvalidKey(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            kv.set("k".into(), vec![0; 9]).await.unwrap(),
+            Err(KvError::ValueTooLarge(8))
+        );
+        assert_eq!(
+            kv.increment("big".into(), i64::MAX).await.unwrap(),
+            Ok(i64::MAX)
+        );
+        assert_eq!(
+            kv.increment("big".into(), 1).await.unwrap(),
+            Err(KvError::Overflow)
+        );
+    }
+}

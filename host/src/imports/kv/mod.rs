@@ -1,0 +1,97 @@
+//! `sandbus:host/kv`: each component's private key-value space.
+//!
+//! The host functions (in `host.rs`) validate keys and value sizes and scope every key to the
+//! calling component's namespace; the storage itself is a [`KvStore`]: [`MemoryKv`] for the
+//! dev loop and tests, a NATS KV bucket in the daemon. A guest cannot name another
+//! component's namespace: it only ever passes the key, the host adds the namespace.
+
+mod host;
+mod memory;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::kv as wit;
+pub use memory::MemoryKv;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Why the store could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvStoreError {
+    /// The store is unreachable or failed; retrying later may work.
+    #[error("key-value store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Storage behind the `kv` interface. Every call names the component's namespace; keys are
+/// already validated. Each operation must be atomic on its key.
+#[async_trait::async_trait]
+pub trait KvStore: Send + Sync {
+    /// The value under `key`.
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvStoreError>;
+    /// Stores `value`, replacing what was there.
+    async fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), KvStoreError>;
+    /// Removes `key`; whether it existed.
+    async fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvStoreError>;
+    /// Replaces the value only if it currently equals `expected` (`None`: absent).
+    async fn compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvStoreError>;
+    /// Keys starting with `prefix`, in byte order.
+    async fn list_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, KvStoreError>;
+}
+
+/// Checks a key: non-empty, at most [`MAX_KEY_LEN`] bytes, `[A-Za-z0-9._=/-]` only, and not
+/// starting or ending with `.` (the rules of a NATS KV key, so every store can hold it).
+pub fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!("the key is longer than {MAX_KEY_LEN} bytes"));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '/' | '-')))
+    {
+        return Err(format!(
+            "the key `{key}` has the character {c:?}; use [A-Za-z0-9._=/-]"
+        ));
+    }
+    if key.starts_with('.') || key.ends_with('.') || key.contains("..") {
+        return Err(format!("the key `{key}` has an empty `.`-separated part"));
+    }
+    Ok(())
+}
+
+/// Per-invocation state of the `kv` interface.
+pub struct KvState {
+    /// The storage.
+    pub store: Arc<dyn KvStore>,
+    /// The calling component's namespace.
+    pub namespace: Arc<str>,
+    /// Largest value accepted, in bytes.
+    pub max_value: u64,
+}
+
+/// `HasData` marker: the `kv` host functions see a [`KvState`].
+pub struct Kv;
+
+impl HasData for Kv {
+    type Data<'a> = &'a mut KvState;
+}
+
+/// Adds `sandbus:host/kv` to `linker`; `get` finds the invocation's [`KvState`].
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut KvState,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Kv>(linker, get)
+}

@@ -1,0 +1,33 @@
+//! The `sandbus` command: the daemon (later issues), the local dev loop and tooling.
+//!
+//! Exit codes: 0 success (a script passed); 1 a script reported `fail`, or a replayed event
+//! was not acknowledged; 2 bad input or usage (nothing ran); 3 a script reported `error`;
+//! 4 the guest did not finish (timeout, trap, memory limit...).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(&args.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::EXIT_USAGE)
+        }
+    }
+}

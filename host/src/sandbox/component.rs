@@ -1,0 +1,412 @@
+//! Reading a component before compiling it: what it is, what it imports and exports, which
+//! role (world) it plays, and whether this host can give it what it asks for.
+//!
+//! These checks run on the raw bytes with `wasmparser`, before any compilation, so a wrong
+//! upload is refused quickly and with an error that names the problem: not wasm, a core
+//! module, the wrong world, a missing export, an import this host does not provide.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use wasmparser::{Parser, Payload};
+
+use super::error::{LoadError, LoadErrorKind};
+
+/// The WIT package every guest builds against.
+pub const PACKAGE: &str = "sandbus:host";
+/// The package version this host implements; components built against any `0.1.x` load.
+pub const PACKAGE_VERSION: &str = "0.1.0";
+
+/// The role a component plays, named after its WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// Exports `sandbus:host/handler`: handed canonical events.
+    Listener,
+    /// Exports `sandbus:host/runner`: run on demand, ends in a report.
+    Script,
+}
+
+impl World {
+    /// The world's name in the WIT.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Listener => "listener",
+            World::Script => "script",
+        }
+    }
+
+    /// The interface the world exports.
+    pub fn export_interface(self) -> &'static str {
+        match self {
+            World::Listener => "handler",
+            World::Script => "runner",
+        }
+    }
+
+    fn from_export(name: &InterfaceName<'_>) -> Option<World> {
+        if name.package != PACKAGE || !compatible_version(name.version, PACKAGE_VERSION) {
+            return None;
+        }
+        match name.interface {
+            "handler" => Some(World::Listener),
+            "runner" => Some(World::Script),
+            _ => None,
+        }
+    }
+
+    /// Interfaces of our package a component of this world may import.
+    fn importable(self) -> &'static [&'static str] {
+        &["types", "log", "bus", "kv"]
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WASI 0.2 packages every world gets (locked down; see `imports::wasi`).
+const WASI_PACKAGES: &[&str] = &[
+    "wasi:cli",
+    "wasi:io",
+    "wasi:clocks",
+    "wasi:random",
+    "wasi:filesystem",
+    "wasi:sockets",
+];
+const WASI_VERSION: &str = "0.2.0";
+
+/// A parsed `namespace:package/interface@version` name.
+struct InterfaceName<'a> {
+    package: &'a str,
+    interface: &'a str,
+    version: Option<&'a str>,
+}
+
+impl<'a> InterfaceName<'a> {
+    fn parse(name: &'a str) -> Option<Self> {
+        let (path, version) = match name.split_once('@') {
+            Some((p, v)) => (p, Some(v)),
+            None => (name, None),
+        };
+        let (package, interface) = path.split_once('/')?;
+        Some(Self {
+            package,
+            interface,
+            version,
+        })
+    }
+}
+
+/// Semver compatibility as the component model links it: same major, and for 0.x the same
+/// minor. A missing version never matches a versioned package.
+fn compatible_version(found: Option<&str>, ours: &str) -> bool {
+    let Some(found) = found else { return false };
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(found), parts(ours)) {
+        (Some((fmaj, fmin)), Some((omaj, omin))) => fmaj == omaj && (omaj != 0 || fmin == omin),
+        _ => false,
+    }
+}
+
+/// The outside of a component: what it imports and exports, by name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentShape {
+    /// Top-level import names, in order.
+    pub imports: Vec<String>,
+    /// Top-level export names, in order.
+    pub exports: Vec<String>,
+}
+
+impl ComponentShape {
+    /// Reads the top-level imports and exports of a component.
+    ///
+    /// Fails with `not-wasm` for bytes that are not WebAssembly, `core-module` for a core
+    /// module, and `invalid` for a truncated or malformed component.
+    pub fn read(bytes: &[u8]) -> Result<Self, LoadError> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::new(
+                LoadErrorKind::NotWasm,
+                "not a WebAssembly file (it does not start with the `\\0asm` magic); \
+                 build it with `cargo build --target wasm32-wasip2`",
+            ));
+        }
+        if Parser::is_core_wasm(bytes) {
+            return Err(LoadError::new(
+                LoadErrorKind::CoreModule,
+                "this is a core WebAssembly module, not a component; build it with \
+                 `cargo build --target wasm32-wasip2` (which makes a component) or wrap it \
+                 with `wasm-tools component new`",
+            ));
+        }
+        if !Parser::is_component(bytes) {
+            return Err(LoadError::new(
+                LoadErrorKind::Invalid,
+                "unsupported WebAssembly version or layer; expected a component",
+            ));
+        }
+        let mut shape = ComponentShape {
+            imports: Vec::new(),
+            exports: Vec::new(),
+        };
+        // Nested modules and components have their own sections; only depth 0 counts.
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            let payload = payload.map_err(|e| {
+                LoadError::new(LoadErrorKind::Invalid, format!("malformed component: {e}"))
+            })?;
+            match payload {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::ComponentImportSection(reader) if depth == 0 => {
+                    for import in reader {
+                        let import = import.map_err(|e| {
+                            LoadError::new(LoadErrorKind::Invalid, format!("malformed import: {e}"))
+                        })?;
+                        shape.imports.push(import.name.name.to_owned());
+                    }
+                }
+                Payload::ComponentExportSection(reader) if depth == 0 => {
+                    for export in reader {
+                        let export = export.map_err(|e| {
+                            LoadError::new(LoadErrorKind::Invalid, format!("malformed export: {e}"))
+                        })?;
+                        shape.exports.push(export.name.name.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(shape)
+    }
+
+    /// The role the component plays, from what it exports.
+    pub fn world(&self) -> Result<World, LoadError> {
+        let worlds: Vec<World> = self
+            .exports
+            .iter()
+            .filter_map(|e| InterfaceName::parse(e).and_then(|n| World::from_export(&n)))
+            .collect();
+        match worlds.as_slice() {
+            [world] => Ok(*world),
+            [] => Err(LoadError::new(
+                LoadErrorKind::MissingExport,
+                format!(
+                    "the component exports neither {PACKAGE}/handler@{PACKAGE_VERSION} (a \
+                     listener) nor {PACKAGE}/runner@{PACKAGE_VERSION} (a script); it exports [{}]. \
+                     Build it against the `listener` or `script` world in wit/",
+                    self.exports.join(", ")
+                ),
+            )),
+            _ => Err(LoadError::new(
+                LoadErrorKind::WrongWorld,
+                "the component exports both a listener handler and a script runner; \
+                 build one component per role",
+            )),
+        }
+    }
+
+    /// Checks the component is of the `expected` world and imports only what that world
+    /// provides. Returns the world.
+    pub fn check(&self, expected: Option<World>) -> Result<World, LoadError> {
+        let world = self.world()?;
+        if let Some(expected) = expected
+            && expected != world
+        {
+            return Err(LoadError::new(
+                LoadErrorKind::WrongWorld,
+                format!(
+                    "this is a {world} component (it exports {PACKAGE}/{}), but a {expected} was \
+                     expected (exporting {PACKAGE}/{})",
+                    world.export_interface(),
+                    expected.export_interface()
+                ),
+            ));
+        }
+        for import in &self.imports {
+            check_import(world, import)?;
+        }
+        Ok(world)
+    }
+}
+
+fn check_import(world: World, import: &str) -> Result<(), LoadError> {
+    let unknown = |why: String| {
+        Err(LoadError::new(
+            LoadErrorKind::UnknownImport,
+            format!(
+                "the component imports `{import}`, which this host does not provide to a \
+                 {world}: {why}. A {world} may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and \
+                 WASI 0.2 (cli, io, clocks, random; filesystem and sockets are present but empty)",
+                world.importable().join(", ")
+            ),
+        ))
+    };
+    let Some(name) = InterfaceName::parse(import) else {
+        return unknown("it is not an interface import".into());
+    };
+    if name.package == PACKAGE {
+        if !compatible_version(name.version, PACKAGE_VERSION) {
+            return unknown(format!(
+                "it was built against version {} of the WIT",
+                name.version.unwrap_or("(none)")
+            ));
+        }
+        if !world.importable().contains(&name.interface) {
+            return unknown(format!("no interface `{}` for this role", name.interface));
+        }
+        return Ok(());
+    }
+    if WASI_PACKAGES.contains(&name.package) {
+        if compatible_version(name.version, WASI_VERSION) {
+            return Ok(());
+        }
+        return unknown(format!(
+            "only WASI 0.2 is provided, not {}",
+            name.version.unwrap_or("an unversioned WASI")
+        ));
+    }
+    unknown(format!("package `{}` is not provided", name.package))
+}
+
+/// A content digest: sha256 of the component bytes, as lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    /// Digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
+/// What `sandbus inspect` reports about a component file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentInfo {
+    /// The role, when it exports one.
+    pub world: Option<World>,
+    /// Why it has no role or would be refused, when that is the case.
+    pub problem: Option<String>,
+    /// Top-level imports.
+    pub imports: Vec<String>,
+    /// Top-level exports.
+    pub exports: Vec<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content digest.
+    pub digest: Digest,
+}
+
+/// Describes a component without compiling it. Fails only when the bytes are not a
+/// component at all; a component this host would refuse is described with its `problem`.
+pub fn inspect(bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
+    let shape = ComponentShape::read(bytes)?;
+    let (world, problem) = match shape.check(None) {
+        Ok(world) => (Some(world), None),
+        Err(e) => (shape.world().ok(), Some(e.message)),
+    };
+    Ok(ComponentInfo {
+        world,
+        problem,
+        imports: shape.imports,
+        exports: shape.exports,
+        size: bytes.len() as u64,
+        digest: Digest::of(bytes),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(imports: &[&str], exports: &[&str]) -> ComponentShape {
+        ComponentShape {
+            imports: imports.iter().map(|s| s.to_string()).collect(),
+            exports: exports.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn world_comes_from_the_exported_interface() {
+        let s = shape(&[], &["sandbus:host/handler@0.1.0"]);
+        assert_eq!(s.check(Some(World::Listener)).unwrap(), World::Listener);
+        let s = shape(&[], &["sandbus:host/runner@0.1.3"]);
+        assert_eq!(s.check(None).unwrap(), World::Script);
+        let err = s.check(Some(World::Listener)).unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::WrongWorld);
+        let err = shape(&[], &["wasi:cli/run@0.2.0"]).check(None).unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::MissingExport);
+        let err = shape(&[], &["sandbus:host/handler@0.2.0"])
+            .check(None)
+            .unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::MissingExport);
+    }
+
+    #[test]
+    fn unknown_imports_are_named() {
+        let ok = shape(
+            &[
+                "wasi:cli/environment@0.2.6",
+                "sandbus:host/kv@0.1.0",
+                "wasi:io/streams@0.2.0",
+            ],
+            &["sandbus:host/handler@0.1.0"],
+        );
+        assert!(ok.check(None).is_ok());
+        for (import, needle) in [
+            ("wasi:http/types@0.2.0", "package `wasi:http`"),
+            ("sandbus:host/usb@0.1.0", "no interface `usb`"),
+            ("wasi:cli/environment@0.3.0", "only WASI 0.2"),
+            ("sandbus:host/kv@0.2.0", "version 0.2.0"),
+            ("log", "not an interface import"),
+        ] {
+            let err = shape(&[import], &["sandbus:host/handler@0.1.0"])
+                .check(None)
+                .unwrap_err();
+            assert_eq!(err.kind, LoadErrorKind::UnknownImport);
+            assert!(err.message.contains(import), "{}", err.message);
+            assert!(
+                err.message.contains(needle),
+                "{} should mention {needle}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn non_wasm_and_core_modules_are_told_apart() {
+        let err = ComponentShape::read(b"hello world, not wasm").unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::NotWasm);
+        let core = wat::parse_str("(module)").unwrap();
+        assert_eq!(
+            ComponentShape::read(&core).unwrap_err().kind,
+            LoadErrorKind::CoreModule
+        );
+        let component = wat::parse_str("(component)").unwrap();
+        assert_eq!(ComponentShape::read(&component).unwrap(), shape(&[], &[]));
+        let mut truncated =
+            wat::parse_str(r#"(component (import "wasi:cli/stdout@0.2.0" (instance)))"#).unwrap();
+        truncated.truncate(truncated.len() - 3);
+        assert_eq!(
+            ComponentShape::read(&truncated).unwrap_err().kind,
+            LoadErrorKind::Invalid
+        );
+    }
+}

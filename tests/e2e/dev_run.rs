@@ -1,0 +1,162 @@
+//! `sandbus dev run`: the log is printed, then the report; the exit code is the verdict.
+
+use super::support::{guest_path, wat_script};
+use super::{json_lines, sandbus, stderr, stdout};
+
+#[test]
+fn passing_self_check_prints_log_and_report_and_exits_zero() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path("self-check");
+    let out = sandbus(&["dev", "run", script.to_str().unwrap()], cache.path());
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("report: Pass"), "{text}");
+    for step in ["log-levels", "kv-roundtrip", "kv-compare-and-swap"] {
+        assert!(text.contains(step), "step {step} missing:\n{text}");
+    }
+    // Lines from the log import and from stdout/stderr both appear.
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("error")),
+        "{text}"
+    );
+}
+
+#[test]
+fn failing_step_gives_fail_verdict_and_exit_one() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path("self-check");
+    let out = sandbus(
+        &[
+            "dev",
+            "run",
+            script.to_str().unwrap(),
+            "--arg",
+            "fail=kv-increment",
+            "--json",
+        ],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert!(lines.iter().any(|l| l["type"] == "log"));
+    let report = lines.last().unwrap();
+    assert_eq!(report["type"], "report");
+    let output = &report["invocation"]["output"];
+    assert_eq!(output["verdict"], "fail");
+    let failed: Vec<_> = output["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "failed")
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(failed, ["kv-increment"]);
+    assert!(
+        report["invocation"]["metering"]["peak_memory"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
+
+#[test]
+fn unknown_argument_gives_error_verdict_and_exit_three() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path("self-check");
+    let out = sandbus(
+        &[
+            "dev",
+            "run",
+            script.to_str().unwrap(),
+            "--arg",
+            "colour=blue",
+        ],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(stdout(&out).contains("colour"));
+}
+
+#[test]
+fn script_past_its_deadline_exits_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spin-script.wasm");
+    std::fs::write(
+        &file,
+        wat_script(
+            r#"(func (export "sandbus:host/runner@0.1.0#run") (param i32 i32) (result i32)
+            (loop $l (br $l)) unreachable)"#,
+        ),
+    )
+    .unwrap();
+    let out = sandbus(
+        &[
+            "dev",
+            "run",
+            file.to_str().unwrap(),
+            "--limit",
+            "timeout=300ms",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("did not finish: timeout"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn listener_is_refused_as_a_script() {
+    let cache = tempfile::tempdir().unwrap();
+    let listener = guest_path("spin-listener");
+    let out = sandbus(&["dev", "run", listener.to_str().unwrap()], cache.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("this is a listener component"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_limit_is_refused_before_anything_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path("self-check");
+    let out = sandbus(
+        &[
+            "dev",
+            "run",
+            script.to_str().unwrap(),
+            "--limit",
+            "memory=lots",
+        ],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid limit `memory=lots`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).is_empty(),
+        "nothing should have run: {}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn non_wasm_file_is_refused_with_a_clear_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = cache.path().join("script.wasm");
+    std::fs::write(&file, "echo hello").unwrap();
+    let out = sandbus(&["dev", "run", file.to_str().unwrap()], cache.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a WebAssembly file"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,89 @@
+//! Shared test support: where the built guests are, and turning inline core WAT into a
+//! real component of one of our worlds.
+//!
+//! Guests are built once by `scripts/build-guests.sh` into `target/guests/` (override with
+//! `SANDBUS_GUESTS_DIR`); tests never run cargo themselves.
+
+#![allow(dead_code, reason = "each test binary uses part of the support module")]
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Path of a built guest component, e.g. `guest_path("billing-listener")`.
+///
+/// Panics with instructions when it has not been built.
+pub fn guest_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SANDBUS_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("guests"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest `{name}` is not built ({} is missing): run scripts/build-guests.sh",
+        path.display()
+    );
+    path
+}
+
+/// The bytes of a built guest component.
+pub fn guest(name: &str) -> Vec<u8> {
+    std::fs::read(guest_path(name)).unwrap()
+}
+
+/// A bump allocator and a 2-page memory, enough for the host to pass arguments in. A
+/// listener's event arrives as a pointer (it flattens to more than 16 values) and its
+/// outcome goes back through a pointer; `$ok` returns the address of an `ok` outcome.
+const PRELUDE: &str = r#"
+  (memory (export "memory") 2)
+  (global $next (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and
+      (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+      (i32.xor (i32.sub (local.get 2) (i32.const 1)) (i32.const -1))))
+    (global.set $next (i32.add (local.get $p) (local.get 3)))
+    (local.get $p))
+  (func $ok (result i32)
+    (i32.store8 (i32.const 64) (i32.const 0))
+    (i32.const 64))
+"#;
+
+/// Builds a listener component from core WAT: `items` are extra module fields, and must
+/// define `(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32) ...)`.
+pub fn wat_listener(items: &str) -> Vec<u8> {
+    wat_component("listener", &format!("(module {PRELUDE} {items})"))
+}
+
+/// Builds a script component from core WAT: `items` must define
+/// `(func (export "sandbus:host/runner@0.1.0#run") (param i32 i32) (result i32) ...)`.
+pub fn wat_script(items: &str) -> Vec<u8> {
+    wat_component("script", &format!("(module {PRELUDE} {items})"))
+}
+
+/// Encodes a core module written in WAT as a component of `world` from `wit/`.
+pub fn wat_component(world: &str, module_wat: &str) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(workspace_root().join("wit")).unwrap();
+    let world = resolve.select_world(&[package], Some(world)).unwrap();
+    let mut module = wat::parse_str(module_wat).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap()
+}
