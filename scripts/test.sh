@@ -17,9 +17,18 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 (cd guests && CARGO_TARGET_DIR="$repo/guests/target" \
   cargo clippy --locked --release --target wasm32-wasip2 --workspace -- -D warnings)
 
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
 echo "== guest unit tests (native)"
+host_target="$(rustc -vV | sed -n 's/^host: //p')"
 (cd guests && CARGO_TARGET_DIR="$repo/guests/target" \
-  cargo test --locked -p billing-listener --target "$(rustc -vV | sed -n 's/^host: //p')")
+  cargo test --locked --workspace --target "$host_target") 2>&1 | tee -a "$log"
 
 echo "== host tests"
-cargo test --locked --workspace
+cargo test --locked --workspace 2>&1 | tee -a "$log"
+
+# One closing line over every test binary above (the last binary alone, doc-tests, may
+# have none).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -17,5 +17,6 @@ pub mod bindings;
 pub mod dev;
 pub mod event;
 pub mod imports;
+pub mod invocation;
 pub mod sandbox;
 pub mod subject;

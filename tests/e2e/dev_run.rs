@@ -38,7 +38,17 @@ fn failing_step_gives_fail_verdict_and_exit_one() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines = json_lines(&out);
-    assert!(lines.iter().any(|l| l["type"] == "log"));
+    let origins: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "log")
+        .filter_map(|l| l["line"]["origin"].as_str())
+        .collect();
+    for origin in ["log", "stdout", "stderr"] {
+        assert!(
+            origins.contains(&origin),
+            "no {origin} line in the log: {origins:?}"
+        );
+    }
     let report = lines.last().unwrap();
     assert_eq!(report["type"], "report");
     let output = &report["invocation"]["output"];

@@ -2,6 +2,12 @@
 //! them. Each `mod` is one topic. Needs the guests built by `scripts/build-guests.sh`.
 //! (The daemon tests with a real nats-server arrive with the daemon.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test, with its message"
+)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

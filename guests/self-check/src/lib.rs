@@ -353,3 +353,55 @@ fn cleanup(keys: &[&str]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn step(name: &str, outcome: StepOutcome) -> Step {
+        Step {
+            name: name.into(),
+            outcome,
+            duration_ms: 0,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn reads_fail_and_skip() {
+        let (fail, skip) = parse_args(&args(&[("fail", "random"), ("skip", "clock")])).unwrap();
+        assert!(fail.contains("random") && skip.contains("clock"));
+        assert_eq!(parse_args(&[]).unwrap(), Default::default());
+    }
+
+    #[test]
+    fn unknown_arguments_are_named() {
+        let e = parse_args(&args(&[("skip", "clock"), ("verbose", "1")])).unwrap_err();
+        assert!(e.contains("`verbose`"), "{e}");
+        let e = parse_args(&args(&[("fail", "nope")])).unwrap_err();
+        assert!(e.contains("fail=nope"), "{e}");
+    }
+
+    #[test]
+    fn summary_and_verdict() {
+        let report = summarise(vec![
+            step("a", StepOutcome::Passed),
+            step("b", StepOutcome::Skipped),
+        ]);
+        assert_eq!(report.verdict, Verdict::Pass);
+        assert_eq!(report.summary, "1 of 2 steps passed, 1 skipped");
+        let report = summarise(vec![
+            step("a", StepOutcome::Passed),
+            step("b", StepOutcome::Failed),
+        ]);
+        assert_eq!(report.verdict, Verdict::Fail);
+        assert_eq!(report.summary, "1 of 2 steps passed, 1 failed: b");
+    }
+}

@@ -9,11 +9,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::imports::bus::BusState;
 use crate::imports::kv::KvState;
 use crate::imports::log::LogState;
+use crate::imports::wasi;
 
 /// Everything a guest's imports can reach during one call. Dropped with the store when the
 /// call ends: nothing carries over to the next invocation.
 pub struct InvocationState {
-    pub(crate) wasi: WasiCtx,
+    /// Built on first use: most calls of a trivial guest never touch WASI, and building a
+    /// context seeds random generators, a sizeable part of a few-microsecond call.
+    pub(crate) wasi: Option<WasiCtx>,
     pub(crate) table: ResourceTable,
     pub(crate) log: LogState,
     pub(crate) bus: BusState,
@@ -25,8 +28,10 @@ pub struct InvocationState {
 
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let log = &self.log.log;
+        let ctx = self.wasi.get_or_insert_with(|| wasi::locked_down_ctx(log));
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }

@@ -266,3 +266,44 @@ async fn concurrent_instances_are_bounded_and_extra_calls_wait() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn fuel_is_metered_and_its_limit_stops_a_loop() {
+    let fueled = sandbus::sandbox::Sandbox::new(sandbus::sandbox::SandboxConfig {
+        pooling: false,
+        fuel: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let h = Harness::new();
+    let noop = fueled
+        .prepare(
+            super::spec("noop", sandbus::sandbox::World::Listener, &[], &[]),
+            &guest("noop-listener"),
+        )
+        .unwrap();
+    let done = noop
+        .handle(event("vm.started", "e1", "{}"), &h.caps)
+        .await
+        .unwrap();
+    let used = done.metering.fuel.expect("fuel is reported when metered");
+    assert!(used > 0 && used < 1_000_000, "noop used {used} fuel");
+
+    let spin = fueled
+        .prepare(
+            super::spec(
+                "spin",
+                sandbus::sandbox::World::Listener,
+                &[],
+                &["fuel=5_000_000", "timeout=30s"],
+            ),
+            &guest("spin-listener"),
+        )
+        .unwrap();
+    let err = spin
+        .handle(event("vm.started", "e2", "{}"), &h.caps)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, InvokeErrorKind::OutOfFuel, "{err}");
+    assert_eq!(err.metering.fuel, Some(5_000_000));
+}

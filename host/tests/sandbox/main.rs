@@ -5,6 +5,12 @@
 //!
 //! Needs the guests built by `scripts/build-guests.sh` (inline-WAT fixtures need nothing).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test, with its message"
+)]
+
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::log as wit;
+use crate::invocation::InvocationId;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -153,7 +154,7 @@ struct LogInner {
     sink: Arc<dyn LogSink>,
     cap: u64,
     component: Arc<str>,
-    invocation: Arc<str>,
+    invocation: InvocationId,
     summary: LogSummary,
     stdout_partial: Vec<u8>,
     stderr_partial: Vec<u8>,
@@ -175,7 +176,7 @@ impl InvocationLog {
         sink: Arc<dyn LogSink>,
         cap: u64,
         component: Arc<str>,
-        invocation: Arc<str>,
+        invocation: InvocationId,
     ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(LogInner {
@@ -303,7 +304,7 @@ impl LogInner {
     }
 
     fn emit(&self, line: &LogLine) {
-        let (component, invocation, message) = (&*self.component, &*self.invocation, &line.message);
+        let (component, invocation, message) = (&*self.component, self.invocation, &line.message);
         let origin = match line.origin {
             LogOrigin::Log => "log",
             LogOrigin::Stdout => "stdout",
@@ -312,19 +313,19 @@ impl LogInner {
         };
         match line.level {
             LogLevel::Trace => {
-                tracing::trace!(target: "sandbus::guest", component, invocation, origin, "{message}")
+                tracing::trace!(target: "sandbus::guest", component, %invocation, origin, "{message}")
             }
             LogLevel::Debug => {
-                tracing::debug!(target: "sandbus::guest", component, invocation, origin, "{message}")
+                tracing::debug!(target: "sandbus::guest", component, %invocation, origin, "{message}")
             }
             LogLevel::Info => {
-                tracing::info!(target: "sandbus::guest", component, invocation, origin, "{message}")
+                tracing::info!(target: "sandbus::guest", component, %invocation, origin, "{message}")
             }
             LogLevel::Warn => {
-                tracing::warn!(target: "sandbus::guest", component, invocation, origin, "{message}")
+                tracing::warn!(target: "sandbus::guest", component, %invocation, origin, "{message}")
             }
             LogLevel::Error => {
-                tracing::error!(target: "sandbus::guest", component, invocation, origin, "{message}")
+                tracing::error!(target: "sandbus::guest", component, %invocation, origin, "{message}")
             }
         }
         self.sink.line(line);
@@ -388,7 +389,7 @@ mod tests {
 
     fn stream(cap: u64) -> (Arc<MemoryLog>, InvocationLog) {
         let sink = Arc::new(MemoryLog::default());
-        let log = InvocationLog::new(sink.clone(), cap, "c".into(), "i".into());
+        let log = InvocationLog::new(sink.clone(), cap, "c".into(), InvocationId::next());
         (sink, log)
     }
 

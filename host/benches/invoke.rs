@@ -1,0 +1,260 @@
+//! Per-event cost of the sandbox, against wasmtime's own floor in the same run.
+//!
+//! - `per_event/pooling/N`: what the daemon pays per event with the pooling allocator:
+//!   `PreparedComponent::handle` on the trivial `noop-listener` with an N-byte payload — slot,
+//!   fresh store (WASI, log, memory meter, deadline), instantiate, call, drop.
+//! - `per_event/on_demand/N`: the same without the pooling allocator.
+//! - `live_instance/N`: a call into an instance kept alive (no instantiation): the cost of the
+//!   call itself, lowering and lifting the event.
+//! - `wasmtime_floor/instantiate_call`: bare wasmtime, pooling on, unit store data:
+//!   `Store::new` + `instantiate_async` + call + drop, with no limiter, deadline, WASI
+//!   context or log. `per_event/pooling/0` divided by this is our overhead ratio.
+//!
+//! Needs `target/guests/noop-listener.wasm` (`scripts/build-guests.sh`). Run through
+//! `scripts/bench.sh`, which prints the table recorded in `docs/benchmarks.md`.
+
+#![allow(
+    missing_docs,
+    reason = "criterion_group! and criterion_main! generate undocumented items"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sandbus::bindings::listener::ListenerPre;
+use sandbus::bindings::types::Event;
+use sandbus::event::CanonicalEvent;
+use sandbus::imports::bus::{BusState, PublishRate, RecordingPublisher};
+use sandbus::imports::kv::{KvState, MemoryKv};
+use sandbus::imports::log::{DiscardLog, InvocationLog, LogState};
+use sandbus::imports::{bus, kv, log};
+use sandbus::invocation::InvocationId;
+use sandbus::sandbox::{
+    Capabilities, ComponentSpec, Limits, Sandbox, SandboxConfig, World, pooling_config,
+};
+use sandbus::subject::PublishGrants;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+const PAYLOADS: [usize; 3] = [0, 1024, 64 * 1024];
+
+fn noop_listener() -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests/noop-listener.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} missing ({e}): run scripts/build-guests.sh",
+            path.display()
+        )
+    })
+}
+
+fn event(size: usize) -> CanonicalEvent {
+    CanonicalEvent {
+        id: "0f8e2c1a-bench".into(),
+        source: "/bench".into(),
+        ty: "vm.started".into(),
+        subject: Some("vm-1".into()),
+        time: Some("2026-11-21T10:00:00Z".into()),
+        datacontenttype: Some("application/octet-stream".into()),
+        data: vec![b'x'; size],
+    }
+}
+
+fn caps() -> Capabilities {
+    Capabilities {
+        log: Arc::new(DiscardLog),
+        publisher: Arc::new(RecordingPublisher::default()),
+        kv: Arc::new(MemoryKv::default()),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
+}
+
+fn per_event(c: &mut Criterion) {
+    let bytes = noop_listener();
+    let rt = runtime();
+    let caps = caps();
+    let mut group = c.benchmark_group("per_event");
+    for (label, pooling) in [("pooling", true), ("on_demand", false)] {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pooling,
+            ..SandboxConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let spec = ComponentSpec {
+            name: "noop".into(),
+            expect: Some(World::Listener),
+            grants: PublishGrants::default(),
+            limits: Limits {
+                max_payload: 1 << 20,
+                ..Limits::for_world(World::Listener)
+            },
+        };
+        let listener = sandbox
+            .prepare(spec, &bytes)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for size in PAYLOADS {
+            let ev = event(size);
+            group.throughput(Throughput::Elements(1));
+            group.bench_with_input(BenchmarkId::new(label, size), &ev, |b, ev| {
+                // The daemon hands over the event it parsed; cloning it is not part of the cost.
+                b.to_async(&rt).iter_batched(
+                    || ev.clone(),
+                    |ev| async {
+                        let done = listener.handle(ev, &caps).await;
+                        assert!(done.is_ok());
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Store data for the benchmarks that drive wasmtime directly.
+struct BenchState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    log: LogState,
+    bus: BusState,
+    kv: KvState,
+}
+
+impl WasiView for BenchState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl BenchState {
+    fn new() -> Self {
+        let log = InvocationLog::new(
+            Arc::new(DiscardLog),
+            1 << 20,
+            "noop".into(),
+            InvocationId::next(),
+        );
+        Self {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            log: LogState { log },
+            bus: BusState {
+                grants: Arc::new(PublishGrants::default()),
+                publisher: Arc::new(RecordingPublisher::default()),
+                max_payload: 1 << 20,
+                rate: Arc::new(PublishRate::new(100, 100)),
+                published: 0,
+            },
+            kv: KvState {
+                store: Arc::new(MemoryKv::default()),
+                namespace: "noop".into(),
+                max_value: 1 << 20,
+            },
+        }
+    }
+}
+
+/// A plain engine (no epoch interruption, no fuel) with the sandbox's pooling allocator.
+fn pooling_engine() -> Engine {
+    let mut config = Config::new();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+        &SandboxConfig::default(),
+    )));
+    Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The noop listener pre-linked with every import a guest gets, for calls into a live
+/// instance.
+fn bare_listener() -> (Engine, ListenerPre<BenchState>) {
+    let engine = pooling_engine();
+    let component = Component::new(&engine, noop_listener()).unwrap_or_else(|e| panic!("{e}"));
+    let mut linker = Linker::<BenchState>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap_or_else(|e| panic!("{e}"));
+    log::add_to_linker(&mut linker, |s| &mut s.log).unwrap_or_else(|e| panic!("{e}"));
+    bus::add_to_linker(&mut linker, |s| &mut s.bus).unwrap_or_else(|e| panic!("{e}"));
+    kv::add_to_linker(&mut linker, |s| &mut s.kv).unwrap_or_else(|e| panic!("{e}"));
+    let pre = linker
+        .instantiate_pre(&component)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        engine,
+        ListenerPre::new(pre).unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+fn live_instance(c: &mut Criterion) {
+    let rt = runtime();
+    let (engine, pre) = bare_listener();
+    let mut store = Store::new(&engine, BenchState::new());
+    let listener = rt
+        .block_on(pre.instantiate_async(&mut store))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("live_instance");
+    for size in PAYLOADS {
+        let ev: Event = event(size).into();
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &ev, |b, ev| {
+            b.iter(|| {
+                rt.block_on(listener.sandbus_host_handler().call_handle(&mut store, ev))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn wasmtime_floor(c: &mut Criterion) {
+    let rt = runtime();
+    let engine = pooling_engine();
+    let component = Component::new(&engine, noop_listener()).unwrap_or_else(|e| panic!("{e}"));
+    // The noop listener imports only the types-only `types` interface: an empty instance.
+    let mut linker = Linker::<()>::new(&engine);
+    linker
+        .instance("sandbus:host/types@0.1.0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pre = ListenerPre::new(
+        linker
+            .instantiate_pre(&component)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ev: Event = event(0).into();
+    let mut group = c.benchmark_group("wasmtime_floor");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("instantiate_call", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = Store::new(&engine, ());
+            let listener = pre
+                .instantiate_async(&mut store)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            listener
+                .sandbus_host_handler()
+                .call_handle(&mut store, &ev)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = wasmtime_floor, per_event, live_instance
+}
+criterion_main!(benches);
