@@ -101,6 +101,10 @@ impl CanonicalEvent {
                     reason: "an event carries `data` or `data_base64`, not both".into(),
                 });
             }
+            // For a non-JSON media type a string `data` is the payload itself (text/plain).
+            (Some(Value::String(text)), None) if !json_media_type(wire_content_type(&wire)) => {
+                text.clone().into_bytes()
+            }
             (Some(value), None) => serde_json::to_vec(value).map_err(|e| EventError::Invalid {
                 name: "data",
                 reason: e.to_string(),
@@ -138,6 +142,10 @@ impl CanonicalEvent {
             None
         } else if self.is_json_content() {
             serde_json::from_slice::<Value>(&self.data).ok()
+        } else if self.is_text_content() {
+            std::str::from_utf8(&self.data)
+                .ok()
+                .map(|t| Value::String(t.to_owned()))
         } else {
             None
         };
@@ -201,18 +209,16 @@ impl CanonicalEvent {
 
     /// Whether `datacontenttype` says JSON (absent counts as JSON, as CloudEvents does).
     pub fn is_json_content(&self) -> bool {
-        match &self.datacontenttype {
-            None => true,
-            Some(ct) => {
-                let ct = ct
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                ct == "application/json" || ct.ends_with("+json") || ct == "text/json"
-            }
-        }
+        json_media_type(self.datacontenttype.as_deref())
+    }
+
+    /// Whether `datacontenttype` is a `text/*` type other than JSON.
+    pub fn is_text_content(&self) -> bool {
+        !self.is_json_content()
+            && self
+                .datacontenttype
+                .as_deref()
+                .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("text/"))
     }
 
     /// Size of the event as a guest receives it, for the payload limit.
@@ -252,6 +258,28 @@ impl From<WitEvent> for CanonicalEvent {
             datacontenttype: e.datacontenttype,
             data: e.data,
         }
+    }
+}
+
+fn json_media_type(content_type: Option<&str>) -> bool {
+    match content_type {
+        None => true,
+        Some(ct) => {
+            let ct = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            ct == "application/json" || ct.ends_with("+json") || ct == "text/json"
+        }
+    }
+}
+
+fn wire_content_type(wire: &Wire) -> Option<&str> {
+    match &wire.datacontenttype {
+        Some(Value::String(ct)) => Some(ct),
+        _ => None,
     }
 }
 
@@ -326,6 +354,19 @@ mod tests {
         let json = e.to_json();
         assert!(String::from_utf8_lossy(&json).contains("data_base64"));
         assert_eq!(CanonicalEvent::from_json(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn text_data_is_the_string_itself() {
+        let text = br#"{"specversion":"1.0","id":"t","source":"/s","type":"note.added","datacontenttype":"text/plain","data":"hello"}"#;
+        let e = CanonicalEvent::from_json(text).unwrap();
+        assert_eq!(e.data, b"hello");
+        assert_eq!(CanonicalEvent::from_json(&e.to_json()).unwrap(), e);
+        assert!(
+            String::from_utf8(e.to_json())
+                .unwrap()
+                .contains(r#""data":"hello""#)
+        );
     }
 
     #[test]

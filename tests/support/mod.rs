@@ -58,7 +58,13 @@ const PRELUDE: &str = r#"
 /// Builds a listener component from core WAT: `items` are extra module fields, and must
 /// define `(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32) ...)`.
 pub fn wat_listener(items: &str) -> Vec<u8> {
-    wat_component("listener", &format!("(module {PRELUDE} {items})"))
+    wat_listener_importing("", items)
+}
+
+/// [`wat_listener`] with host imports (`(import "sandbus:host/bus@0.1.0" ...)`), which core
+/// WAT requires before every definition.
+pub fn wat_listener_importing(imports: &str, items: &str) -> Vec<u8> {
+    wat_component("listener", &format!("(module {imports} {PRELUDE} {items})"))
 }
 
 /// Builds a script component from core WAT: `items` must define

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sandbus::sandbox::{HandlerOutcome, InvokeErrorKind, PreparedComponent};
 
-use super::support::{guest, wat_listener};
+use super::support::{guest, wat_listener, wat_listener_importing};
 use super::{Harness, event, listener};
 
 /// A well-behaved listener must still work after each hostile call.
@@ -306,4 +306,66 @@ async fn fuel_is_metered_and_its_limit_stops_a_loop() {
         .unwrap_err();
     assert_eq!(err.kind, InvokeErrorKind::OutOfFuel, "{err}");
     assert_eq!(err.metering.fuel, Some(5_000_000));
+}
+
+/// A bus that takes a message and never answers.
+struct HangingPublisher;
+
+#[async_trait::async_trait]
+impl sandbus::imports::bus::Publisher for HangingPublisher {
+    async fn publish(
+        &self,
+        _message: sandbus::imports::bus::OutboundMessage,
+    ) -> Result<(), sandbus::imports::bus::PublishError> {
+        std::future::pending().await
+    }
+}
+
+/// The deadline covers time spent inside host calls, not only guest code: a publish that
+/// never returns still ends the call at its deadline.
+#[tokio::test]
+async fn a_host_call_that_hangs_is_cut_off_at_the_deadline() {
+    // publish("a.b", [], []) with the result written at 512, then `ok`.
+    let publisher = wat_listener_importing(
+        r#"(import "sandbus:host/bus@0.1.0" "publish"
+             (func $publish (param i32 i32 i32 i32 i32 i32 i32)))"#,
+        r#"(data (i32.const 256) "a.b")
+           (func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32)
+             (call $publish (i32.const 256) (i32.const 3) (i32.const 0) (i32.const 0)
+                            (i32.const 0) (i32.const 0) (i32.const 512))
+             (call $ok))"#,
+    );
+    let hanging = super::sandbox()
+        .prepare(
+            super::spec(
+                "wat-publisher",
+                sandbus::sandbox::World::Listener,
+                &["a.b"],
+                &["timeout=300ms"],
+            ),
+            &publisher,
+        )
+        .unwrap();
+    let mut h = Harness::new();
+    h.caps.publisher = std::sync::Arc::new(HangingPublisher);
+    let started = Instant::now();
+    let err = hanging
+        .handle(event("vm.started", "e1", "{}"), &h.caps)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, InvokeErrorKind::Timeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The same component with a working bus publishes and returns ok.
+    let h = Harness::new();
+    let done = hanging
+        .handle(event("vm.started", "e2", "{}"), &h.caps)
+        .await
+        .unwrap();
+    assert_eq!(done.output, HandlerOutcome::Ok);
+    assert_eq!(h.publisher.take().len(), 1);
 }
