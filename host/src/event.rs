@@ -15,7 +15,8 @@ use serde_json::Value;
 /// The CloudEvents spec version this host reads and writes.
 pub const SPEC_VERSION: &str = "1.0";
 
-/// Longest `id`, `source`, `type` or `subject` accepted, in bytes.
+/// Longest attribute accepted (`id`, `source`, `type`, `subject`, `time`,
+/// `datacontenttype`), in bytes.
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 
 /// A CloudEvents 1.0 event with its payload as raw bytes.
@@ -181,6 +182,24 @@ impl CanonicalEvent {
             if value.is_empty() {
                 return Err(EventError::Missing(name));
             }
+        }
+        let optional = [
+            ("subject", &self.subject),
+            ("time", &self.time),
+            ("datacontenttype", &self.datacontenttype),
+        ];
+        let attributes = [
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+        ]
+        .into_iter()
+        .chain(
+            optional
+                .into_iter()
+                .filter_map(|(n, v)| v.as_ref().map(|v| (n, v))),
+        );
+        for (name, value) in attributes {
             if value.len() > MAX_ATTRIBUTE_LEN {
                 return Err(EventError::Invalid {
                     name,
@@ -307,8 +326,7 @@ fn optional(name: &'static str, value: Option<Value>) -> Result<Option<String>, 
 
 /// humantime accepts only `Z`; RFC 3339 also allows `+hh:mm` offsets.
 fn looks_like_rfc3339_with_offset(time: &str) -> bool {
-    let bytes = time.as_bytes();
-    if bytes.len() < 25 {
+    if !time.is_ascii() || time.len() < 25 {
         return false;
     }
     let (head, offset) = time.split_at(time.len() - 6);
@@ -395,6 +413,21 @@ mod tests {
             let err = CanonicalEvent::from_json(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn odd_unicode_in_time_is_an_error_not_a_panic() {
+        let time = format!("{}é12345", "x".repeat(24));
+        let text = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"a.b","time":"{time}"}}"#
+        );
+        assert!(CanonicalEvent::from_json(text.as_bytes()).is_err());
+        let long = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"a.b","subject":"{}"}}"#,
+            "s".repeat(MAX_ATTRIBUTE_LEN + 1)
+        );
+        let err = CanonicalEvent::from_json(long.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("`subject`"), "{err}");
     }
 
     #[test]

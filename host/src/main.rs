@@ -1,8 +1,8 @@
 //! The `sandbus` command: the daemon (later issues), the local dev loop and tooling.
 //!
-//! Exit codes: 0 success (a script passed); 1 a script reported `fail`, or a replayed event
-//! was not acknowledged; 2 bad input or usage (nothing ran); 3 a script reported `error`;
-//! 4 the guest did not finish (timeout, trap, memory limit...).
+//! Exit codes: 0 success (a script passed); 1 a script reported `fail`, a replayed event
+//! was not acknowledged, or `inspect` found a problem; 2 bad input or usage (nothing ran);
+//! 3 a script reported `error`; 4 the guest did not finish (timeout, trap, memory limit...).
 
 mod cli;
 
@@ -12,7 +12,10 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(&args.global);
+    if let Err(e) = cli::init_tracing(&args.global) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(cli::EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -137,8 +137,8 @@ struct SandboxArgs {
     /// Meter fuel (reported per call; enables `--limit fuel=N`).
     #[arg(long)]
     fuel: bool,
-    /// Where compiled components are cached [default: $XDG_CACHE_HOME/sandbus or
-    /// ~/.cache/sandbus].
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/sandbus/compiled or
+    /// ~/.cache/sandbus/compiled]. Must be private to this user.
     #[arg(long, env = "SANDBUS_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Do not use the compile cache.
@@ -206,9 +206,13 @@ impl ComponentArgs {
 }
 
 /// Sets up host logging on stderr.
-pub fn init_tracing(args: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+pub fn init_tracing(args: &GlobalArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --log filter `{}`: {e}; use e.g. `info` or `sandbus=debug`",
+            args.log
+        )
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -216,6 +220,7 @@ pub fn init_tracing(args: &GlobalArgs) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 /// Runs a parsed command; returns the exit code.

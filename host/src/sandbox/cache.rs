@@ -44,10 +44,20 @@ pub struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    /// Opens (creating if needed) the cache in `dir` for artifacts of `engine`.
+    /// Opens (creating if needed, mode 0700) the cache in `dir` for artifacts of `engine`.
+    ///
+    /// Refuses a directory others can write to, or a key file others can read: whoever can
+    /// plant a key and an entry there could make this host run native code of their choice.
     pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let key = load_or_create_key(&dir.join(KEY_FILE))?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+        check_private(dir, 0o022, "writable by group or others")?;
+        let key_path = dir.join(KEY_FILE);
+        let key = load_or_create_key(&key_path)?;
+        check_private(&key_path, 0o077, "readable or writable by group or others")?;
         Ok(Self {
             dir: dir.to_owned(),
             key,
@@ -128,6 +138,28 @@ impl ArtifactCache {
     }
 }
 
+/// Fails if `path` has any of the `forbidden` permission bits or belongs to another user.
+fn check_private(path: &Path, forbidden: u32, what: &str) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(path)?;
+        let ours = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if meta.mode() & forbidden != 0 || ours.is_some_and(|uid| uid != meta.uid()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is {what} or owned by another user; the compile cache must be private \
+                     (chmod go-rwx it, or choose another --cache-dir)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let _ = (path, forbidden, what);
+    Ok(())
+}
+
 fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     if let Ok(bytes) = fs::read(path)
         && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
@@ -135,10 +167,14 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
         return Ok(key);
     }
     let key: [u8; 32] = rand::random();
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = path.with_extension(format!(
+        "tmp{}-{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 4]>())
+    ));
     {
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp)?;

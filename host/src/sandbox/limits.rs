@@ -10,6 +10,9 @@ use bytesize::ByteSize;
 
 use super::World;
 
+/// Longest deadline a call may be given: a day (a script run can be long, not endless).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Limits applied to every invocation of one component.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
@@ -105,6 +108,17 @@ impl Limits {
         }
         if self.timeout.is_zero() {
             return Err("timeout must be more than zero".into());
+        }
+        if self.timeout > MAX_TIMEOUT {
+            return Err(format!(
+                "timeout must be at most {}",
+                humantime::format_duration(MAX_TIMEOUT)
+            ));
+        }
+        if self.publish_rate == 0 {
+            return Err(
+                "publish-rate must be at least 1/s; grant no subject to forbid publishing".into(),
+            );
         }
         if self.max_instances == 0 {
             return Err("instances must be at least 1".into());
@@ -213,6 +227,9 @@ mod tests {
             ("timeout=0s", "more than zero"),
             ("memory=1KiB", "at least 64KiB"),
             ("colour=blue", "unknown limit"),
+            ("timeout=300000000000years", "at most"),
+            ("timeout=2days", "at most 1day"),
+            ("publish-rate=0", "at least 1/s"),
         ] {
             let err = l.apply(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
@@ -176,6 +176,8 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<InvocationState>,
     compiled: Mutex<HashMap<Digest, Component>>,
+    /// One permit per pool slot: calls wait here instead of failing when the pool is full.
+    pool: Arc<Semaphore>,
     cache: Option<ArtifactCache>,
     config: SandboxConfig,
     _ticker: EpochTicker,
@@ -196,20 +198,28 @@ impl Sandbox {
         }
         let engine = Engine::new(&wasm).map_err(|e| ConfigError(format!("{e:#}")))?;
         let linker = build_linker(&engine).map_err(|e| ConfigError(format!("{e:#}")))?;
-        let cache = match &config.cache_dir {
-            Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
-                ConfigError(format!(
-                    "cannot open the compile cache {}: {e}",
-                    dir.display()
-                ))
-            })?),
-            None => None,
-        };
+        // The cache only saves time: without a usable one, compile every time and say so.
+        let cache =
+            config
+                .cache_dir
+                .as_ref()
+                .and_then(|dir| match ArtifactCache::open(dir, &engine) {
+                    Ok(cache) => Some(cache),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "compile cache disabled");
+                        None
+                    }
+                });
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         Ok(Self {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            pool: Arc::new(Semaphore::new(if config.pooling {
+                config.pool_instances.max(1) as usize
+            } else {
+                Semaphore::MAX_PERMITS
+            })),
             cache,
             config,
             _ticker: ticker,
@@ -247,6 +257,22 @@ impl Sandbox {
         limits
             .validate()
             .map_err(|why| LoadError::new(LoadErrorKind::Limits, why))?;
+        if limits.fuel.is_some() && !self.config.fuel {
+            return Err(LoadError::new(
+                LoadErrorKind::Limits,
+                "a fuel limit was given but this sandbox does not meter fuel; enable fuel \
+                 metering (`--fuel`) or drop the limit",
+            ));
+        }
+        if self.config.pooling && limits.max_instances > self.config.pool_instances {
+            return Err(LoadError::new(
+                LoadErrorKind::Limits,
+                format!(
+                    "instances={} is more than this host's pool of {} instances",
+                    limits.max_instances, self.config.pool_instances
+                ),
+            ));
+        }
         if limits.memory > self.config.memory_ceiling {
             return Err(LoadError::new(
                 LoadErrorKind::Limits,
@@ -286,6 +312,7 @@ impl Sandbox {
                 limits.publish_rate.max(1),
             )),
             slots: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            pool: self.pool.clone(),
             grants: Arc::new(spec.grants),
             limits,
             engine: self.engine.clone(),
@@ -336,8 +363,9 @@ impl Sandbox {
 
 /// The pooling allocator settings for `config`: slots sized from
 /// [`SandboxConfig::pool_instances`] and [`SandboxConfig::memory_ceiling`], and, where the
-/// kernel can scan page maps, memories, tables and stacks kept resident and reset in place,
-/// which makes instantiate + call + drop about three times faster.
+/// kernel can scan page maps, memories and tables kept resident and reset in place (and
+/// async stacks kept mapped; wasm cannot read its native stack), which makes
+/// instantiate + call + drop about three times faster.
 pub fn pooling_config(config: &SandboxConfig) -> PoolingAllocationConfig {
     let n = config.pool_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
@@ -396,6 +424,7 @@ pub struct PreparedComponent {
     grants: Arc<PublishGrants>,
     rate: Arc<PublishRate>,
     slots: Arc<Semaphore>,
+    pool: Arc<Semaphore>,
     engine: Engine,
     fuel: bool,
     max_wasm_stack: usize,
@@ -409,6 +438,7 @@ struct ActiveCall {
     started: Instant,
     fuel_start: u64,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _pool_slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PreparedComponent {
@@ -522,19 +552,17 @@ impl PreparedComponent {
         }
     }
 
-    /// Waits for a slot and builds a fresh store for one call.
+    /// Waits for one of the component's slots, then for a slot of the shared pool (so a
+    /// busy component makes others wait, never fail), and builds a fresh store.
     async fn begin(&self, caps: &Capabilities) -> Result<ActiveCall, InvokeError> {
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| InvokeError {
-                kind: InvokeErrorKind::Host,
-                message: "the component is being unloaded".into(),
-                metering: Metering::default(),
-                log: LogSummary::default(),
-            })?;
+        let closed = |_| InvokeError {
+            kind: InvokeErrorKind::Host,
+            message: "the component is being unloaded".into(),
+            metering: Metering::default(),
+            log: LogSummary::default(),
+        };
+        let slot = self.slots.clone().acquire_owned().await.map_err(closed)?;
+        let pool_slot = self.pool.clone().acquire_owned().await.map_err(closed)?;
         let started = Instant::now();
         let id = InvocationId::next();
         let log = InvocationLog::new(
@@ -546,7 +574,13 @@ impl PreparedComponent {
         let deadline = started + self.limits.timeout;
         let state = InvocationState {
             wasi: None,
-            table: Default::default(),
+            table: {
+                // A guest holds few WASI handles; bound the table so it can't turn a loop
+                // of `get-stdout` calls into host memory the memory cap doesn't see.
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             log: LogState { log: log.clone() },
             bus: BusState {
                 grants: self.grants.clone(),
@@ -589,6 +623,7 @@ impl PreparedComponent {
             started,
             fuel_start,
             _slot: slot,
+            _pool_slot: pool_slot,
         })
     }
 
@@ -687,7 +722,15 @@ impl PreparedComponent {
             )
         };
         let (error, instantiating) = match stage {
-            Stage::HostDeadline => return timeout(),
+            Stage::HostDeadline => {
+                return (
+                    InvokeErrorKind::Timeout,
+                    format!(
+                        "the call ran past its deadline of {} while waiting in a host call",
+                        humantime::format_duration(self.limits.timeout)
+                    ),
+                );
+            }
             Stage::Instantiate(e) => (e, true),
             Stage::Call(e) => (e, false),
         };
@@ -720,9 +763,8 @@ impl PreparedComponent {
             Some(trap) => trap.to_string(),
             None => format!("{error:#}"),
         };
-        if state.memory.cap_hit() {
-            return memory(&detail);
-        }
+        // A panic line names the cause better than an allocation refused earlier (Rust's
+        // out-of-memory abort prints no panic line, so a real OOM stays `memory-limit`).
         if let Some(panic) = log.guest_panic() {
             return (
                 InvokeErrorKind::Panic,
@@ -732,21 +774,38 @@ impl PreparedComponent {
                 ),
             );
         }
+        if state.memory.cap_hit() {
+            return memory(&detail);
+        }
+        if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return (
+                InvokeErrorKind::Trap,
+                format!("the guest called exit({}) instead of returning", exit.0),
+            );
+        }
         if instantiating {
             return (
                 InvokeErrorKind::Instantiate,
                 format!("instantiation failed: {error:#}"),
             );
         }
+        // The host's own imports never fail a call, so anything else is the guest's doing:
+        // a trap, or values that break the component ABI (bad UTF-8, out-of-bounds lists).
         match error.downcast_ref::<Trap>() {
             Some(_) => (
                 InvokeErrorKind::Trap,
                 format!("the guest trapped: {detail}"),
             ),
-            None => (InvokeErrorKind::Host, format!("the call failed: {detail}")),
+            None => (
+                InvokeErrorKind::Trap,
+                format!("the guest broke the component ABI or a WASI rule: {detail}"),
+            ),
         }
     }
 }
+
+/// Most WASI resources (streams, pollables...) one invocation may hold at once.
+const MAX_RESOURCES: usize = 4096;
 
 /// Where a call failed.
 enum Stage {

@@ -44,6 +44,8 @@ pub struct MemoryMeter {
     current: u64,
     peak: u64,
     cap_hit: bool,
+    /// The last growth granted, taken back if wasmtime then fails to grow.
+    last_growth: u64,
 }
 
 /// Most table elements an instance may have, all tables together.
@@ -56,6 +58,7 @@ impl MemoryMeter {
             current: 0,
             peak: 0,
             cap_hit: false,
+            last_growth: 0,
         }
     }
 
@@ -75,16 +78,27 @@ impl wasmtime::ResourceLimiter for MemoryMeter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own declared maximum wasmtime refuses anyway; that is not our cap.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let growth = desired.saturating_sub(current) as u64;
         if self.current.saturating_add(growth) > self.cap {
             self.cap_hit = true;
             return Ok(false);
         }
         self.current += growth;
+        self.last_growth = growth;
         self.peak = self.peak.max(self.current);
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.current = self.current.saturating_sub(self.last_growth);
+        self.last_growth = 0;
+        Ok(())
     }
 
     fn table_growing(

@@ -196,3 +196,45 @@ async fn sandbox_recompiles_over_a_tampered_cache_entry() {
         "the entry should have been rewritten whole"
     );
 }
+
+#[test]
+fn cache_in_a_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = ArtifactCache::open(dir.path(), &wasmtime::Engine::default())
+        .err()
+        .expect("a world-writable cache directory must be refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("must be private"), "{err}");
+}
+
+#[test]
+fn fuel_limit_without_fuel_metering_is_refused() {
+    let err = sandbox()
+        .prepare(
+            spec("fuelled", World::Listener, &[], &["fuel=1000"]),
+            &guest("noop-listener"),
+        )
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, LoadErrorKind::Limits);
+    assert!(
+        err.message.contains("does not meter fuel"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn more_instances_than_the_pool_holds_are_refused() {
+    let err = sandbox()
+        .prepare(
+            spec("greedy", World::Listener, &[], &["instances=1000"]),
+            &guest("noop-listener"),
+        )
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, LoadErrorKind::Limits);
+    assert!(err.message.contains("pool"), "{}", err.message);
+}

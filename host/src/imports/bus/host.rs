@@ -50,16 +50,21 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a header name is empty".into());
     }
+    // Header names are HTTP-style tokens: visible ASCII, no separators.
     if let Some(c) = name
         .chars()
-        .find(|c| *c == ':' || c.is_whitespace() || c.is_control())
+        .find(|c| !c.is_ascii_graphic() || matches!(c, ':' | '(' | ')' | '"' | ','))
     {
-        return Err(format!("header name `{name}` contains {c:?}"));
+        return Err(format!(
+            "header name `{}` contains {c:?}",
+            name.escape_debug()
+        ));
     }
-    if name.len() >= 5
-        && name[..5].eq_ignore_ascii_case("nats-")
-        && !name.eq_ignore_ascii_case(MSG_ID_HEADER)
-    {
+    let reserved = name
+        .as_bytes()
+        .get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"nats-"));
+    if reserved && !name.eq_ignore_ascii_case(MSG_ID_HEADER) {
         return Err(format!(
             "header `{name}` is reserved; only `{MSG_ID_HEADER}` may be set"
         ));
@@ -172,6 +177,13 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(hdr, Err(BusError::InvalidHeader(_))));
+        for name in ["Nats\u{e9}x", "Natsé", "a b", "ümlaut", ""] {
+            let r = bus
+                .publish("a.b".into(), vec![], vec![(name.into(), "v".into())])
+                .await
+                .unwrap();
+            assert!(matches!(r, Err(BusError::InvalidHeader(_))), "{name:?}");
+        }
         let wild = bus.publish("a.*".into(), vec![], vec![]).await.unwrap();
         assert!(matches!(wild, Err(BusError::InvalidSubject(_))));
         assert!(

@@ -215,16 +215,23 @@ impl InvocationLog {
             _ => &mut inner.stdout_partial,
         });
         for chunk in bytes.split_inclusive(|&b| b == b'\n') {
-            if let Some(line) = chunk.strip_suffix(b"\n") {
-                partial.extend_from_slice(line);
+            let (body, ends_line) = match chunk.strip_suffix(b"\n") {
+                Some(line) => (line, true),
+                None => (chunk, false),
+            };
+            // Buffer only what could still fit under the cap; count the rest as dropped,
+            // so a guest writing one endless line holds no more host memory than the cap.
+            let room = inner
+                .cap
+                .saturating_sub(inner.summary.bytes)
+                .saturating_sub(partial.len() as u64);
+            let keep = body.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            partial.extend_from_slice(&body[..keep]);
+            inner.summary.dropped_bytes += (body.len() - keep) as u64;
+            if ends_line {
                 let line = String::from_utf8_lossy(&partial).into_owned();
                 partial.clear();
                 inner.write(level, origin, line);
-            } else if (partial.len() as u64) < inner.cap {
-                // Keep a partial line only while it could still fit under the cap.
-                partial.extend_from_slice(chunk);
-            } else {
-                inner.summary.dropped_bytes += chunk.len() as u64;
             }
         }
         *match origin {
@@ -288,7 +295,8 @@ impl LogInner {
         if origin == LogOrigin::Stderr {
             self.scan_for_panic(&message);
         }
-        let len = message.len() as u64;
+        // A line costs its bytes and its newline, so empty lines can't flood past the cap.
+        let len = message.len() as u64 + 1;
         if self.finished || self.summary.bytes + len > self.cap {
             self.summary.dropped_lines += 1;
             self.summary.dropped_bytes += len;
@@ -411,12 +419,29 @@ mod tests {
             log.write(LogLevel::Info, LogOrigin::Log, "1234".into());
         }
         let summary = log.finish();
-        assert_eq!((summary.lines, summary.bytes), (2, 8));
-        assert_eq!((summary.dropped_lines, summary.dropped_bytes), (3, 12));
+        assert_eq!((summary.lines, summary.bytes), (2, 10));
+        assert_eq!((summary.dropped_lines, summary.dropped_bytes), (3, 15));
         let lines = sink.take();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2].origin, LogOrigin::Host);
-        assert!(lines[2].message.contains("12 bytes in 3 lines dropped"));
+        assert!(lines[2].message.contains("15 bytes in 3 lines dropped"));
+    }
+
+    #[test]
+    fn an_endless_line_or_empty_lines_cannot_pass_the_cap() {
+        let (sink, log) = stream(100);
+        for _ in 0..1000 {
+            log.write_output(LogOrigin::Stdout, &[b'x'; 1000]);
+        }
+        log.write_output(LogOrigin::Stdout, b"\n");
+        for _ in 0..1000 {
+            log.write_output(LogOrigin::Stderr, b"\n\n\n");
+        }
+        let summary = log.finish();
+        assert!(summary.bytes <= 100, "{summary:?}");
+        assert!(summary.dropped_bytes >= 1_000_000 - 100, "{summary:?}");
+        let kept: usize = sink.take().iter().map(|l| l.message.len() + 1).sum();
+        assert!(kept <= 100 + 200, "{kept}");
     }
 
     #[test]
