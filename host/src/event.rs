@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The CloudEvents spec version this host reads and writes.
 pub const SPEC_VERSION: &str = "1.0";
@@ -76,8 +77,10 @@ struct Wire {
     time: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     datacontenttype: Option<Value>,
+    /// Kept as raw JSON text so a JSON payload reaches the guest byte for byte (key order,
+    /// number precision and all), and an emitted one reaches the bus as the guest wrote it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<Value>,
 }
@@ -103,13 +106,17 @@ impl CanonicalEvent {
                 });
             }
             // For a non-JSON media type a string `data` is the payload itself (text/plain).
-            (Some(Value::String(text)), None) if !json_media_type(wire_content_type(&wire)) => {
-                text.clone().into_bytes()
+            (Some(raw), None)
+                if !json_media_type(wire_content_type(&wire)) && raw.get().starts_with('"') =>
+            {
+                serde_json::from_str::<String>(raw.get())
+                    .map_err(|e| EventError::Invalid {
+                        name: "data",
+                        reason: e.to_string(),
+                    })?
+                    .into_bytes()
             }
-            (Some(value), None) => serde_json::to_vec(value).map_err(|e| EventError::Invalid {
-                name: "data",
-                reason: e.to_string(),
-            })?,
+            (Some(raw), None) => raw.get().as_bytes().to_vec(),
             (None, Some(Value::String(b64))) => {
                 BASE64.decode(b64).map_err(|e| EventError::Invalid {
                     name: "data_base64",
@@ -142,11 +149,14 @@ impl CanonicalEvent {
         let inline = if self.data.is_empty() {
             None
         } else if self.is_json_content() {
-            serde_json::from_slice::<Value>(&self.data).ok()
+            String::from_utf8(self.data.clone())
+                .ok()
+                .and_then(|text| RawValue::from_string(text).ok())
         } else if self.is_text_content() {
             std::str::from_utf8(&self.data)
                 .ok()
-                .map(|t| Value::String(t.to_owned()))
+                .and_then(|t| serde_json::to_string(t).ok())
+                .and_then(|quoted| RawValue::from_string(quoted).ok())
         } else {
             None
         };
@@ -372,6 +382,20 @@ mod tests {
         let json = e.to_json();
         assert!(String::from_utf8_lossy(&json).contains("data_base64"));
         assert_eq!(CanonicalEvent::from_json(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn json_data_reaches_the_guest_byte_for_byte() {
+        let text = br#"{"specversion":"1.0","id":"e","source":"/s","type":"a.b","data":{"z":1,"a":12345678901234567890123,"dup":1,"dup":2}}"#;
+        let e = CanonicalEvent::from_json(text).unwrap();
+        assert_eq!(
+            e.data,
+            br#"{"z":1,"a":12345678901234567890123,"dup":1,"dup":2}"#
+        );
+        assert_eq!(
+            CanonicalEvent::from_json(&e.to_json()).unwrap().data,
+            e.data
+        );
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
 /// `[A-Za-z0-9_-]` so the type reads the same in every tool.
 pub fn validate_event_type(ty: &str) -> Result<(), String> {
     validate_tokens(ty, false)?;
+    if event_subject(ty).len() > MAX_SUBJECT_LEN {
+        return Err(format!(
+            "the type is longer than {} bytes (its subject would be too long)",
+            MAX_SUBJECT_LEN - EVENTS_PREFIX.len() - 1
+        ));
+    }
     if let Some(bad) = ty
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
@@ -169,6 +175,8 @@ mod tests {
             assert!(validate_publish_subject(bad).is_err(), "{bad:?}");
         }
         assert!(validate_event_type("vm.started").is_ok());
+        let long = "t".repeat(MAX_SUBJECT_LEN - EVENTS_PREFIX.len());
+        assert!(validate_event_type(&long).unwrap_err().contains("too long"));
         assert!(validate_event_type("vm.st@rted").is_err());
     }
 

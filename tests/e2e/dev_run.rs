@@ -170,3 +170,19 @@ fn non_wasm_file_is_refused_with_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn invalid_component_name_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path("self-check");
+    let out = sandbus(
+        &["dev", "run", script.to_str().unwrap(), "--name", "a/b"],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid component name `a/b`"),
+        "{}",
+        stderr(&out)
+    );
+}

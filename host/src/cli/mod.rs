@@ -179,8 +179,7 @@ impl ComponentArgs {
                 .map(str::to_owned)
                 .context("cannot derive a component name from the file name; pass --name")?,
         };
-        sandbus::imports::kv::validate_key(&name)
-            .map_err(|why| anyhow::anyhow!("invalid component name: {why}"))?;
+        sandbox::validate_component_name(&name)?;
         let mut grants = Vec::new();
         for grant in &self.grants {
             let Some(subject) = grant.strip_prefix("publish=") else {
@@ -291,7 +290,20 @@ impl LogSink for PrintLog {
                 serde_json::json!({ "type": "log", "line": line })
             )
         } else {
-            writeln!(out, "  {:<5} {}", line.level.as_str(), line.message)
+            // Guest text is untrusted: escape control characters so it can't move the
+            // cursor, recolour the terminal or forge lines of its own.
+            let message: String = line
+                .message
+                .chars()
+                .map(|c| {
+                    if c.is_control() && c != '\t' {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            writeln!(out, "  {:<5} {message}", line.level.as_str())
         };
     }
 }

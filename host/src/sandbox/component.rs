@@ -274,6 +274,33 @@ fn check_import(world: World, import: &str) -> Result<(), LoadError> {
     unknown(format!("package `{}` is not provided", name.package))
 }
 
+/// Longest component name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks a component name: 1 to 64 of `[A-Za-z0-9_-]`, starting with a letter or digit.
+/// No `.`, `/` or `=`, so a name can never be confused with a kv key or a subject token.
+pub fn validate_component_name(name: &str) -> Result<(), LoadError> {
+    let invalid = |why: String| {
+        Err(LoadError::new(
+            LoadErrorKind::InvalidName,
+            format!("invalid component name `{}`: {why}", name.escape_debug()),
+        ))
+    };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return invalid(format!("use 1 to {MAX_NAME_LEN} characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+    {
+        return invalid(format!("{c:?} is not allowed; use [A-Za-z0-9_-]"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return invalid("start with a letter or a digit".into());
+    }
+    Ok(())
+}
+
 /// A content digest: sha256 of the component bytes, as lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]

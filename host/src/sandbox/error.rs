@@ -31,6 +31,8 @@ pub enum LoadErrorKind {
     Invalid,
     /// The limits given with it are not acceptable to this sandbox.
     Limits,
+    /// The component name is not usable (it names the kv namespace and log lines).
+    InvalidName,
 }
 
 /// A component that was refused, and why.

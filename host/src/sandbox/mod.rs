@@ -51,7 +51,8 @@ use crate::subject::PublishGrants;
 
 pub use cache::{ArtifactCache, CacheLookup, engine_fingerprint};
 pub use component::{
-    ComponentInfo, ComponentShape, Digest, PACKAGE, PACKAGE_VERSION, World, inspect,
+    ComponentInfo, ComponentShape, Digest, MAX_NAME_LEN, PACKAGE, PACKAGE_VERSION, World, inspect,
+    validate_component_name,
 };
 pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};
 pub use limits::{LimitError, Limits};
@@ -252,6 +253,7 @@ impl Sandbox {
                 ),
             ));
         }
+        validate_component_name(&spec.name)?;
         let world = ComponentShape::read(bytes)?.check(spec.expect)?;
         let limits = spec.limits;
         limits
@@ -531,6 +533,13 @@ impl PreparedComponent {
         })
     }
 
+    /// Largest amount of data copied from the guest in one host call or return value: the
+    /// payload limit (or the log cap, for one log line), plus room for the small fields.
+    fn hostcall_budget(&self) -> usize {
+        let bytes = self.limits.max_payload.max(self.limits.log_bytes) + (64 << 10);
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
     fn not_this_world(&self, wanted: World) -> InvokeError {
         InvokeError {
             kind: InvokeErrorKind::Host,
@@ -600,6 +609,10 @@ impl PreparedComponent {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
+        // Bytes the host may copy out of the guest in one host call or one return value.
+        // Counted per copy, so a list whose elements all point at the same big string
+        // can't make the host allocate many times the guest's memory.
+        store.set_hostcall_fuel(self.hostcall_budget());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
@@ -776,6 +789,18 @@ impl PreparedComponent {
         }
         if state.memory.cap_hit() {
             return memory(&detail);
+        }
+        // wasmtime's own type for this is private; its message is pinned by the tests.
+        if detail.contains("fuel allocated for hostcalls has been exhausted") {
+            return (
+                InvokeErrorKind::OutputTooLarge,
+                format!(
+                    "the guest passed or returned more than {} bytes in one go, over its \
+                     payload limit of {} bytes",
+                    self.hostcall_budget(),
+                    self.limits.max_payload
+                ),
+            );
         }
         if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return (

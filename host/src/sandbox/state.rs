@@ -46,6 +46,8 @@ pub struct MemoryMeter {
     cap_hit: bool,
     /// The last growth granted, taken back if wasmtime then fails to grow.
     last_growth: u64,
+    /// Table elements of all tables together.
+    table_elements: usize,
 }
 
 /// Most table elements an instance may have, all tables together.
@@ -59,6 +61,7 @@ impl MemoryMeter {
             peak: 0,
             cap_hit: false,
             last_growth: 0,
+            table_elements: 0,
         }
     }
 
@@ -103,10 +106,15 @@ impl wasmtime::ResourceLimiter for MemoryMeter {
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let total = self.table_elements + desired.saturating_sub(current);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 }

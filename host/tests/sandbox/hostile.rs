@@ -150,7 +150,7 @@ async fn huge_return_value_is_refused() {
     expect_failure(
         &huge,
         InvokeErrorKind::OutputTooLarge,
-        "over the payload limit of 1048576",
+        "payload limit of 1048576",
     )
     .await;
 }
@@ -368,4 +368,46 @@ async fn a_host_call_that_hangs_is_cut_off_at_the_deadline() {
         .unwrap();
     assert_eq!(done.output, HandlerOutcome::Ok);
     assert_eq!(h.publisher.take().len(), 1);
+}
+
+/// A report whose 50,000 steps all name the same 1 MiB string would be 50 GiB once copied
+/// out: the copy budget stops it at the payload limit, and the host stays up.
+#[tokio::test]
+async fn aliased_strings_in_a_return_value_cannot_amplify_host_memory() {
+    let amplifier = super::support::wat_script(
+        r#"(func (export "sandbus:host/runner@0.1.0#run") (param i32 i32) (result i32)
+             (local $i i32) (local $p i32)
+             (drop (memory.grow (i32.const 64)))
+             (local.set $p (i32.const 0x200000))
+             (loop $steps
+               (i32.store (local.get $p) (i32.const 0x100000))
+               (i32.store offset=4 (local.get $p) (i32.const 0x100000))
+               (i32.store8 offset=8 (local.get $p) (i32.const 0))
+               (i64.store offset=16 (local.get $p) (i64.const 0))
+               (i32.store8 offset=24 (local.get $p) (i32.const 0))
+               (local.set $p (i32.add (local.get $p) (i32.const 40)))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $steps (i32.lt_u (local.get $i) (i32.const 50000))))
+             (i32.store8 (i32.const 64) (i32.const 0))
+             (i32.store offset=4 (i32.const 64) (i32.const 0x200000))
+             (i32.store offset=8 (i32.const 64) (i32.const 50000))
+             (i32.store offset=12 (i32.const 64) (i32.const 0))
+             (i32.store offset=16 (i32.const 64) (i32.const 0))
+             (i32.const 64))"#,
+    );
+    let script = super::sandbox()
+        .prepare(
+            super::spec("wat-amplifier", sandbus::sandbox::World::Script, &[], &[]),
+            &amplifier,
+        )
+        .unwrap();
+    let h = Harness::new();
+    let err = script.run(vec![], &h.caps).await.unwrap_err();
+    assert_eq!(err.kind, InvokeErrorKind::OutputTooLarge, "{err}");
+    assert!(
+        err.message.contains("payload limit of 1048576"),
+        "{}",
+        err.message
+    );
+    sandbox_still_serves(&h).await;
 }

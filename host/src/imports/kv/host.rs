@@ -4,6 +4,9 @@
 use super::{KvState, KvStoreError, validate_key};
 use crate::bindings::kv::{Host, KvError};
 
+/// Most keys one `list-keys` returns (the first ones in byte order).
+pub const MAX_LISTED_KEYS: usize = 10_000;
+
 /// How often `increment` retries a lost compare-and-swap race before giving up.
 const INCREMENT_ATTEMPTS: usize = 64;
 
@@ -52,6 +55,22 @@ impl KvState {
         Err(KvError::Unavailable(format!(
             "increment of `{key}` lost {INCREMENT_ATTEMPTS} races in a row; try again"
         )))
+    }
+
+    async fn list_keys_checked(&self, prefix: String) -> Result<Vec<String>, KvError> {
+        if !prefix.is_empty() {
+            // A prefix is a key being typed: same characters, may end in `.` or `/`.
+            let probe = format!("{}x", prefix.trim_start_matches('.'));
+            if prefix.starts_with('.') || validate_key(&probe).is_err() {
+                return Err(KvError::InvalidKey(format!(
+                    "the prefix `{}` has characters a key can't have",
+                    prefix.escape_debug()
+                )));
+            }
+        }
+        let mut keys = self.store.list_keys(&self.namespace, &prefix).await?;
+        keys.truncate(MAX_LISTED_KEYS);
+        Ok(keys)
     }
 }
 
@@ -132,11 +151,7 @@ impl Host for KvState {
         &mut self,
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<String>, KvError>> {
-        Ok(self
-            .store
-            .list_keys(&self.namespace, &prefix)
-            .await
-            .map_err(Into::into))
+        Ok(self.list_keys_checked(prefix).await)
     }
 }
 
@@ -200,6 +215,23 @@ mod tests {
         );
         assert_eq!(kv.delete("x".into()).await.unwrap(), Ok(true));
         assert_eq!(kv.delete("x".into()).await.unwrap(), Ok(false));
+    }
+
+    #[tokio::test]
+    async fn list_keys_checks_its_prefix() {
+        let mut kv = state(Arc::new(MemoryKv::default()), "c");
+        kv.set("usage/acme/vm-1".into(), b"1".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kv.list_keys("usage/".into()).await.unwrap(),
+            Ok(vec!["usage/acme/vm-1".to_owned()])
+        );
+        for bad in ["*", "a>", ".a", "a b"] {
+            let r = kv.list_keys(bad.into()).await.unwrap();
+            assert!(matches!(r, Err(KvError::InvalidKey(_))), "{bad:?}");
+        }
     }
 
     #[tokio::test]
