@@ -54,3 +54,25 @@ fn inspect_of_a_core_module_says_so() {
         stderr(&out)
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_is_not_a_crash() {
+    use std::process::{Command, Stdio};
+    let cache = tempfile::tempdir().unwrap();
+    let path = guest_path("billing-listener");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandbus"))
+        .args(["inspect", path.to_str().unwrap()])
+        .env("SANDBUS_CACHE_DIR", cache.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

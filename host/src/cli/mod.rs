@@ -14,6 +14,14 @@ use sandbus::sandbox::{
 };
 use sandbus::subject::{PublishGrants, SubjectPattern};
 
+/// `println!` that never panics: once stdout is closed (`sandbus inspect x | head`), output
+/// is dropped and the command still finishes with its exit code.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Success; a script passed.
 pub const EXIT_OK: u8 = 0;
 /// A script reported `fail`, or a replayed event was not acknowledged.
@@ -249,23 +257,23 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<u8> {
         std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
     let info = sandbox::inspect(&bytes).with_context(|| format!("{}", file.display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         let world = info.world.map_or("none", World::as_str);
-        println!("file:    {}", file.display());
-        println!("world:   {world}");
-        println!("size:    {} bytes", info.size);
-        println!("digest:  {}", info.digest);
-        println!("exports:");
+        outln!("file:    {}", file.display());
+        outln!("world:   {world}");
+        outln!("size:    {} bytes", info.size);
+        outln!("digest:  {}", info.digest);
+        outln!("exports:");
         for e in &info.exports {
-            println!("  {e}");
+            outln!("  {e}");
         }
-        println!("imports:");
+        outln!("imports:");
         for i in &info.imports {
-            println!("  {i}");
+            outln!("  {i}");
         }
         if let Some(problem) = &info.problem {
-            println!("problem: {problem}");
+            outln!("problem: {problem}");
         }
     }
     Ok(if info.problem.is_some() {
@@ -320,21 +328,21 @@ async fn dev_run(
     let script = host.load(file, spec)?;
     let caps = host.capabilities(Arc::new(PrintLog { json }));
     if !json {
-        println!("running {} ({})", script.name(), script.digest());
+        outln!("running {} ({})", script.name(), script.digest());
     }
     let result = script.run(args, &caps).await;
     let published = host.publisher.take();
     match result {
         Ok(invocation) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "type": "report", "invocation": invocation, "published": published })
                 );
             } else {
                 print_published(&published);
                 print_report(&invocation.output);
-                println!(
+                outln!(
                     "metering: {:.1} ms wall, {} KiB peak memory{}",
                     invocation.metering.wall_us as f64 / 1000.0,
                     invocation.metering.peak_memory / 1024,
@@ -353,9 +361,9 @@ async fn dev_run(
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({ "type": "failed", "error": e }));
+                outln!("{}", serde_json::json!({ "type": "failed", "error": e }));
             } else {
-                println!("did not finish: {e}");
+                outln!("did not finish: {e}");
             }
             Ok(EXIT_DID_NOT_FINISH)
         }
@@ -363,7 +371,7 @@ async fn dev_run(
 }
 
 fn print_report(report: &Report) {
-    println!("report: {:?}", report.verdict);
+    outln!("report: {:?}", report.verdict);
     for step in &report.steps {
         let mark = match step.outcome {
             StepOutcome::Passed => "pass",
@@ -375,17 +383,18 @@ fn print_report(report: &Report) {
             .as_deref()
             .map(|d| format!("  {d}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  [{mark}] {:<28} {:>6} ms{detail}",
-            step.name, step.duration_ms
+            step.name,
+            step.duration_ms
         );
     }
-    println!("summary: {}", report.summary);
+    outln!("summary: {}", report.summary);
 }
 
 fn print_published(published: &[sandbus::imports::bus::OutboundMessage]) {
     for m in published {
-        println!(
+        outln!(
             "  published {} {}",
             m.subject,
             String::from_utf8_lossy(&m.payload)
@@ -442,17 +451,17 @@ async fn dev_replay(
                 )
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "type": "summary", "events": total, "acked": acked,
                 "not_acked": unacked, "deliveries": deliveries.len(), "kv": kv })
         );
     } else {
-        println!("kv ({namespace}):");
+        outln!("kv ({namespace}):");
         for (k, v) in &kv {
-            println!("  {k} = {}", String::from_utf8_lossy(v));
+            outln!("  {k} = {}", String::from_utf8_lossy(v));
         }
-        println!(
+        outln!(
             "{total} events, {} deliveries: {acked} acknowledged, {unacked} not acknowledged",
             deliveries.len()
         );
@@ -466,7 +475,7 @@ fn print_delivery(d: &Delivery, total: usize, json: bool) {
             Ok(inv) => serde_json::json!({ "invocation": inv }),
             Err(e) => serde_json::json!({ "error": e }),
         };
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "type": "delivery", "line": d.line, "event_id": d.event_id,
                 "event_type": d.event_type, "attempt": d.attempt, "result": result,
@@ -489,7 +498,7 @@ fn print_delivery(d: &Delivery, total: usize, json: bool) {
         Ok(inv) => inv.metering.wall_us,
         Err(e) => e.metering.wall_us,
     };
-    println!(
+    outln!(
         "line {} of {total}: {} {} (attempt {}) -> {what} [{:.2} ms]",
         d.line,
         d.event_type,
