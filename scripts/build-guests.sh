@@ -3,6 +3,11 @@
 # them to target/guests/<crate-name>.wasm at the repository root, where the tests and the
 # benchmark look for them. Works from any directory. Extra arguments go to `cargo build`
 # (for example --locked).
+#
+# `tag-listener` is also built a second time with the cargo feature `v2`, for the hot-swap
+# test: the plain build is published as both tag-listener.wasm and tag-listener-v1.wasm, the
+# feature build as tag-listener-v2.wasm. The v2 build has its own target directory so the two
+# never overwrite each other's tag_listener.wasm and both stay cached between runs.
 set -euo pipefail
 
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,25 +24,44 @@ else
   echo "warning: rustup not found; assuming the $target target is installed" >&2
 fi
 
-# Pin the target directory so the components are where we copy them from.
-export CARGO_TARGET_DIR="$guests/target"
-(cd "$guests" && cargo build --release --target "$target" "$@")
+# Pin the target directories so the components are where we copy them from.
+main_target="$guests/target"
+v2_target="$guests/target/tag-listener-v2"
+(cd "$guests" && CARGO_TARGET_DIR="$main_target" cargo build --release --target "$target" "$@")
+(cd "$guests" && CARGO_TARGET_DIR="$v2_target" \
+  cargo build --release --target "$target" -p tag-listener --features v2 "$@")
 
 mkdir -p "$out"
-built="$CARGO_TARGET_DIR/$target/release"
+built="$main_target/$target/release"
 shopt -s nullglob
 components=("$built"/*.wasm)
 if ((${#components[@]} == 0)); then
   echo "error: no components in $built" >&2
   exit 1
 fi
+v2_wasm="$v2_target/$target/release/tag_listener.wasm"
+if [[ ! -f "$v2_wasm" ]]; then
+  echo "error: the v2 build of tag-listener is missing ($v2_wasm)" >&2
+  exit 1
+fi
+
+copied=0
+# Copies a built component to $out/<name> and prints its table row.
+publish() {
+  cp "$1" "$out/$2"
+  printf '%-32s %10s\n' "$2" "$(wc -c <"$out/$2" | tr -d ' ')"
+  copied=$((copied + 1))
+}
 
 printf '%-32s %10s\n' component bytes
 for wasm in "${components[@]}"; do
   # Cargo names the file after the crate with `-` turned into `_`; the tests use the crate name.
   name="$(basename "$wasm" .wasm)"
   name="${name//_/-}"
-  cp "$wasm" "$out/$name.wasm"
-  printf '%-32s %10s\n' "$name.wasm" "$(wc -c <"$out/$name.wasm" | tr -d ' ')"
+  publish "$wasm" "$name.wasm"
+  if [[ "$name" == tag-listener ]]; then
+    publish "$wasm" tag-listener-v1.wasm
+  fi
 done
-echo "copied ${#components[@]} components to $out"
+publish "$v2_wasm" tag-listener-v2.wasm
+echo "copied $copied components to $out"

@@ -13,7 +13,10 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod bindings;
+pub mod bus;
+pub mod daemon;
 pub mod dev;
 pub mod event;
 pub mod imports;

@@ -12,7 +12,7 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    if let Err(e) = cli::init_tracing(&args.global) {
+    if let Err(e) = cli::init_tracing(&args) {
         eprintln!("error: {e:#}");
         return ExitCode::from(cli::EXIT_USAGE);
     }

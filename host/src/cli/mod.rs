@@ -18,9 +18,14 @@ use sandbus::subject::{PublishGrants, SubjectPattern};
 /// is dropped and the command still finishes with its exit code.
 macro_rules! outln {
     ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)));
     }};
 }
+
+pub(crate) use outln;
+
+mod client;
+mod daemon;
 
 /// Success; a script passed.
 pub const EXIT_OK: u8 = 0;
@@ -50,15 +55,26 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SANDBUS_LOG_FORMAT")]
     log_format: LogFormat,
     /// Host log filter (tracing `EnvFilter` syntax), e.g. `info` or `sandbus=debug`. Guest
-    /// log lines are under `sandbus::guest`; the dev commands print them already, so they
-    /// are off here by default.
-    #[arg(
-        long,
-        global = true,
-        default_value = "warn,sandbus::guest=off,sandbus::sandbox=error",
-        env = "SANDBUS_LOG"
-    )]
-    log: String,
+    /// log lines are under `sandbus::guest`. Default: `info` for `daemon` and `up`;
+    /// `warn,sandbus::guest=off,sandbus::sandbox=error` for the others (the dev commands
+    /// print guest logs themselves).
+    #[arg(long, global = true, env = "SANDBUS_LOG")]
+    log: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum WorldArg {
+    Listener,
+    Script,
+}
+
+impl From<WorldArg> for World {
+    fn from(w: WorldArg) -> Self {
+        match w {
+            WorldArg::Listener => World::Listener,
+            WorldArg::Script => World::Script,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +88,149 @@ enum Command {
     /// Run guests locally, with no bus: in-memory kv, published messages printed.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Run the daemon: connect to NATS, load components, run listeners, serve the control
+    /// API. Stops gracefully on SIGINT/SIGTERM.
+    Daemon(daemon::DaemonArgs),
+    /// Run the daemon, starting a private nats-server (with JetStream, in the data directory)
+    /// when none is configured and nothing answers on 127.0.0.1:4222.
+    Up(daemon::DaemonArgs),
+    /// Upload a component: validate it, store its bytes, record a new manifest version.
+    Upload {
+        /// The component file.
+        file: PathBuf,
+        /// The name to record it under.
+        #[arg(long)]
+        name: String,
+        /// The role it must have (refused otherwise); by default whatever it is.
+        #[arg(long, value_enum)]
+        world: Option<WorldArg>,
+        /// Grant, as publish=SUBJECT (NATS wildcards allowed), repeatable.
+        #[arg(long = "grant", value_name = "publish=SUBJECT")]
+        grants: Vec<String>,
+        /// Limit, as NAME=VALUE (memory=64MiB, timeout=2s, ...), repeatable.
+        #[arg(long = "limit", value_name = "NAME=VALUE")]
+        limits: Vec<String>,
+        /// Return at once; the result comes as a sandbus.request.finished event.
+        #[arg(long)]
+        cast: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// List the components.
+    Ls {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Remove a component (refused while it is subscribed).
+    Rm {
+        /// The component.
+        name: String,
+        /// Return at once; the result comes as an event.
+        #[arg(long)]
+        cast: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Point a component back at the content it had before its current one (a new version).
+    Rollback {
+        /// The component.
+        name: String,
+        /// Return at once; the result comes as an event.
+        #[arg(long)]
+        cast: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Subscribe a listener to event types; creates its durable consumer. Again on a
+    /// subscribed listener: changes the subscription.
+    Subscribe {
+        /// The listener (an uploaded component).
+        name: String,
+        /// Event type pattern, e.g. 'vm.*' or 'device.>' (repeatable).
+        #[arg(long = "events", value_name = "PATTERN", required = true)]
+        events: Vec<String>,
+        /// Events handled at once (per host; the consumer caps unacked events at this too).
+        #[arg(long)]
+        max_in_flight: Option<u32>,
+        /// Deliveries before an event is dead-lettered.
+        #[arg(long)]
+        max_deliver: Option<u32>,
+        /// Delays between retries, e.g. 1s,5s,30s (the last repeats).
+        #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration)]
+        backoff: Option<Vec<std::time::Duration>>,
+        /// Return at once; the result comes as an event.
+        #[arg(long)]
+        cast: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Unsubscribe a listener: deletes its consumer (pending events for it are dropped).
+    Unsubscribe {
+        /// The listener.
+        name: String,
+        /// Return at once; the result comes as an event.
+        #[arg(long)]
+        cast: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// A listener's status (pending, in flight, redelivered, dead-lettered, last error), or
+    /// every listener's.
+    Status {
+        /// The listener; all when absent.
+        name: Option<String>,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Publish a canonical event (or a JSON Lines file of them) through the daemon.
+    Publish {
+        /// The event type, e.g. vm.started.
+        #[arg(required_unless_present = "file")]
+        r#type: Option<String>,
+        /// The event data, JSON.
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        data: Option<String>,
+        /// The event id [default: random]. Publishing an id again within the stream's
+        /// duplicate window adds nothing.
+        #[arg(long, conflicts_with = "file")]
+        id: Option<String>,
+        /// The event source [default: /sandbus/cli].
+        #[arg(long, conflicts_with = "file")]
+        source: Option<String>,
+        /// The event subject (what it is about).
+        #[arg(long, conflicts_with = "file")]
+        subject: Option<String>,
+        /// Publish every CloudEvent of this JSON Lines file instead.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Return at once; the result comes as an event.
+        #[arg(long)]
+        cast: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Print canonical events: stored ones, and with --follow new ones as they come.
+    Events {
+        /// Event type pattern [default: every event].
+        #[arg(default_value = ">")]
+        pattern: String,
+        /// Keep printing new events (only new ones, unless --all).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow, print the stored events first.
+        #[arg(long)]
+        all: bool,
+        /// The events stream.
+        #[arg(long, default_value = client::DEFAULT_STREAM)]
+        stream: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// List the live hosts.
+    Hosts {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
     /// Describe a component file: its world, imports, exports, size and digest.
     Inspect {
         /// The component file.
@@ -213,12 +372,15 @@ impl ComponentArgs {
 }
 
 /// Sets up host logging on stderr.
-pub fn init_tracing(args: &GlobalArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).map_err(|e| {
-        anyhow::anyhow!(
-            "invalid --log filter `{}`: {e}; use e.g. `info` or `sandbus=debug`",
-            args.log
-        )
+pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
+    let args = &cli.global;
+    let default = match cli.command {
+        Command::Daemon(_) | Command::Up(_) => "info",
+        _ => "warn,sandbus::guest=off,sandbus::sandbox=error",
+    };
+    let log = args.log.as_deref().unwrap_or(default);
+    let filter = tracing_subscriber::EnvFilter::try_new(log).map_err(|e| {
+        anyhow::anyhow!("invalid --log filter `{log}`: {e}; use e.g. `info` or `sandbus=debug`")
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -233,6 +395,93 @@ pub fn init_tracing(args: &GlobalArgs) -> anyhow::Result<()> {
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Daemon(args) => daemon::daemon(&args).await,
+        Command::Up(args) => daemon::up(&args).await,
+        Command::Upload {
+            file,
+            name,
+            world,
+            grants,
+            limits,
+            cast,
+            client,
+        } => {
+            client::upload(
+                &client,
+                &file,
+                name,
+                world.map(World::from),
+                &grants,
+                limits,
+                cast,
+            )
+            .await
+        }
+        Command::Ls { client } => Ok(client::list(&client).await),
+        Command::Rm { name, cast, client } => {
+            Ok(client::name_command(&client, sandbus::api::endpoint::REMOVE, name, cast).await)
+        }
+        Command::Rollback { name, cast, client } => {
+            Ok(client::name_command(&client, sandbus::api::endpoint::ROLLBACK, name, cast).await)
+        }
+        Command::Unsubscribe { name, cast, client } => {
+            Ok(
+                client::name_command(&client, sandbus::api::endpoint::UNSUBSCRIBE, name, cast)
+                    .await,
+            )
+        }
+        Command::Subscribe {
+            name,
+            events,
+            max_in_flight,
+            max_deliver,
+            backoff,
+            cast,
+            client,
+        } => {
+            let request = sandbus::api::SubscribeRequest {
+                name,
+                events,
+                max_in_flight,
+                max_deliver,
+                backoff_ms: backoff.map(|b| b.iter().map(|d| d.as_millis() as u64).collect()),
+                cast,
+            };
+            Ok(client::subscribe(&client, request).await)
+        }
+        Command::Status { name, client } => Ok(client::status(&client, name).await),
+        Command::Hosts { client } => Ok(client::hosts(&client).await),
+        Command::Publish {
+            r#type,
+            data,
+            id,
+            source,
+            subject,
+            file,
+            cast,
+            client,
+        } => {
+            let events = match (&file, r#type, data) {
+                (Some(path), _, _) => client::read_event_file(path),
+                (None, Some(ty), Some(data)) => {
+                    client::event_from_flags(&ty, &data, id, source, subject).map(|e| vec![e])
+                }
+                _ => Err(sandbus::api::ApiError::bad_request(
+                    "give TYPE and --data, or --file FILE",
+                )),
+            };
+            match events {
+                Ok(events) => Ok(client::publish(&client, events, cast).await),
+                Err(e) => Ok(client::fail(&e, client.json)),
+            }
+        }
+        Command::Events {
+            pattern,
+            follow,
+            all,
+            stream,
+            client,
+        } => Ok(client::events(&client, &pattern, follow, all, &stream).await),
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Dev(DevCommand::Run {
             script,

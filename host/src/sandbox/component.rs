@@ -312,6 +312,12 @@ impl Digest {
         Self(hex::encode(Sha256::digest(bytes)))
     }
 
+    /// A digest from its hex text (as stored in a manifest). Not checked: a digest that
+    /// matches nothing simply finds nothing.
+    pub fn from_hex(hex: &str) -> Self {
+        Self(hex.to_ascii_lowercase())
+    }
+
     /// The hex text.
     pub fn as_str(&self) -> &str {
         &self.0

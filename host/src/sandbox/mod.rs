@@ -323,6 +323,24 @@ impl Sandbox {
         })
     }
 
+    /// Drops the compiled code of `digest` from memory (the disk cache keeps it). Components
+    /// already prepared from it keep working; the next [`Sandbox::prepare`] of those bytes
+    /// loads them again. The daemon calls this when no loaded component uses a digest.
+    pub fn evict(&self, digest: &Digest) {
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(digest);
+    }
+
+    /// How many compiled components are held in memory.
+    pub fn compiled_count(&self) -> usize {
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Component, LoadError> {
         if let Some(component) = self
             .compiled

@@ -1,0 +1,335 @@
+//! The control API: request and response bodies, error codes, and the client the CLI uses.
+//!
+//! Every daemon serves the API as a NATS service named `sandbus` (discoverable with
+//! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`), with one request/reply endpoint per operation
+//! under `sandbus.api.`. Bodies are JSON. A failed request is answered with the service
+//! error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`) and `Sandbus-Error-Kind`.
+//!
+//! Mutations can be sent as a *call* (the reply carries the result) or a *cast*
+//! (`"cast": true`: the reply only says the request was accepted, with a request id; the
+//! result comes later as a `sandbus.request.finished` event with that id as its subject).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bus::names;
+use crate::sandbox::World;
+
+/// Endpoint names (the subject is `sandbus.api.<name>`).
+pub mod endpoint {
+    /// Record a component whose bytes are in the object store.
+    pub const UPLOAD: &str = "component.upload";
+    /// List components.
+    pub const LIST: &str = "component.list";
+    /// Remove a component.
+    pub const REMOVE: &str = "component.remove";
+    /// Point a component back at its previous content.
+    pub const ROLLBACK: &str = "component.rollback";
+    /// Subscribe a listener to event patterns.
+    pub const SUBSCRIBE: &str = "listener.subscribe";
+    /// Unsubscribe a listener.
+    pub const UNSUBSCRIBE: &str = "listener.unsubscribe";
+    /// A listener's status (or all of them).
+    pub const STATUS: &str = "listener.status";
+    /// Publish a canonical event.
+    pub const PUBLISH: &str = "event.publish";
+    /// Live hosts.
+    pub const HOSTS: &str = "host.list";
+
+    /// Every endpoint, with whether it may be cast (mutations) or only called (queries).
+    pub const ALL: &[(&str, bool)] = &[
+        (UPLOAD, true),
+        (LIST, false),
+        (REMOVE, true),
+        (ROLLBACK, true),
+        (SUBSCRIBE, true),
+        (UNSUBSCRIBE, true),
+        (STATUS, false),
+        (PUBLISH, true),
+        (HOSTS, false),
+    ];
+}
+
+/// Header carrying an error's [`ApiErrorKind`].
+pub const ERROR_KIND_HEADER: &str = "Sandbus-Error-Kind";
+
+/// What kind of error a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiErrorKind {
+    /// The request was wrong; nothing changed. The message says what to fix.
+    BadRequest,
+    /// The thing named does not exist.
+    NotFound,
+    /// The request conflicts with the current state (for example removing a subscribed
+    /// listener).
+    Conflict,
+    /// No daemon answered, or the bus failed; retrying later may work.
+    Unavailable,
+    /// A bug or an unexpected failure in the daemon.
+    Internal,
+}
+
+impl ApiErrorKind {
+    /// The numeric code on the wire (HTTP-like).
+    pub fn code(self) -> usize {
+        match self {
+            Self::BadRequest => 400,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The kind for a wire name or code.
+    pub fn parse(name: Option<&str>, code: Option<usize>) -> Self {
+        match (name, code) {
+            (Some("bad-request"), _) | (_, Some(400)) => Self::BadRequest,
+            (Some("not-found"), _) | (_, Some(404)) => Self::NotFound,
+            (Some("conflict"), _) | (_, Some(409)) => Self::Conflict,
+            (Some("unavailable"), _) | (_, Some(503)) => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::NotFound => "not-found",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub kind: ApiErrorKind,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A bad request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorKind::BadRequest, message)
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
+        use crate::bus::BusErrorKind as K;
+        let kind = match e.kind {
+            K::NotFound => ApiErrorKind::NotFound,
+            K::Conflict => ApiErrorKind::Conflict,
+            K::Connect | K::Unavailable | K::NotSetUp => ApiErrorKind::Unavailable,
+            K::Corrupt => ApiErrorKind::Internal,
+        };
+        Self::new(kind, e.message)
+    }
+}
+
+/// `component.upload`: record a component whose bytes the client put in the object store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// The name to record it under.
+    pub name: String,
+    /// sha256 of the bytes, hex.
+    pub digest: String,
+    /// The role it must have; `None` accepts what it is.
+    #[serde(default)]
+    pub world: Option<World>,
+    /// Publish grants (subject patterns).
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Limit settings, `NAME=VALUE`.
+    #[serde(default)]
+    pub limits: Vec<String>,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// A request naming one component or listener.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRequest {
+    /// The name.
+    pub name: String,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// `listener.status`: one listener, or all when `name` is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    /// The listener.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `listener.subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    /// The listener (a component name).
+    pub name: String,
+    /// Event type patterns.
+    pub events: Vec<String>,
+    /// Events in flight at once (default 128).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Deliveries before dead-lettering (default 5).
+    #[serde(default)]
+    pub max_deliver: Option<u32>,
+    /// Retry delays in milliseconds (default 1000, 5000, 30000).
+    #[serde(default)]
+    pub backoff_ms: Option<Vec<u64>>,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// `event.publish`: one CloudEvents JSON object.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The event.
+    pub event: Box<serde_json::value::RawValue>,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// An empty request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// The reply to a cast.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CastAccepted {
+    /// Always true.
+    pub accepted: bool,
+    /// The id the `sandbus.request.finished` event will carry as its subject.
+    pub request_id: String,
+}
+
+/// The reply to `component.upload`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadReply {
+    /// The manifest now current.
+    pub manifest: crate::bus::ComponentManifest,
+    /// True when the same bytes and policy were already current (no new version).
+    pub unchanged: bool,
+}
+
+/// A client of the control API over one NATS connection.
+#[derive(Clone)]
+pub struct ApiClient {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    /// A client that waits at most `timeout` for each reply.
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+
+    /// Sends `request` to `endpoint` and decodes the reply.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<R, ApiError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(body))
+            .timeout(Some(self.timeout));
+        let reply = self
+            .client
+            .send_request(names::api_subject(endpoint), request)
+            .await
+            .map_err(|e| {
+                use async_nats::RequestErrorKind as K;
+                let message = match e.kind() {
+                    K::NoResponders => "no sandbus daemon is answering on this NATS server; \
+                                        start one with `sandbus up` or `sandbus daemon`"
+                        .to_owned(),
+                    K::TimedOut => format!(
+                        "no reply from the daemon within {}",
+                        humantime::format_duration(self.timeout)
+                    ),
+                    _ => format!("the request failed: {e}"),
+                };
+                ApiError::new(ApiErrorKind::Unavailable, message)
+            })?;
+        if let Some(headers) = &reply.headers
+            && let Some(message) = headers.get(async_nats::service::NATS_SERVICE_ERROR)
+        {
+            let code = headers
+                .get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+                .and_then(|c| c.as_str().parse().ok());
+            let kind =
+                ApiErrorKind::parse(headers.get(ERROR_KIND_HEADER).map(|k| k.as_str()), code);
+            return Err(ApiError::new(kind, message.as_str()));
+        }
+        serde_json::from_slice(&reply.payload).map_err(|e| {
+            ApiError::new(
+                ApiErrorKind::Internal,
+                format!("the daemon's reply is not what this CLI expects ({e}); are both the same version?"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_round_trip_through_the_wire_code() {
+        for kind in [
+            ApiErrorKind::BadRequest,
+            ApiErrorKind::NotFound,
+            ApiErrorKind::Conflict,
+            ApiErrorKind::Unavailable,
+            ApiErrorKind::Internal,
+        ] {
+            assert_eq!(ApiErrorKind::parse(None, Some(kind.code())), kind);
+            assert_eq!(ApiErrorKind::parse(Some(kind.as_str()), None), kind);
+        }
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let error = serde_json::from_str::<NameRequest>(r#"{"name":"a","nmae":"b"}"#).unwrap_err();
+        assert!(error.to_string().contains("unknown field"));
+        let ok: SubscribeRequest =
+            serde_json::from_str(r#"{"name":"a","events":["vm.*"]}"#).unwrap();
+        assert_eq!(ok.max_deliver, None);
+        assert!(!ok.cast);
+    }
+}

@@ -1,0 +1,323 @@
+//! The canonical event stream and the dead-letter stream.
+//!
+//! Every canonical event lives in one JetStream stream over `events.>`, as CloudEvents JSON,
+//! published with `Nats-Msg-Id` = the event id so that a re-publish inside the stream's
+//! duplicate window is dropped by the server. Events no listener could handle are copied,
+//! unchanged and with the reason in headers, to a dead-letter stream, one subject per
+//! listener.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+
+use super::names;
+use super::{BusError, BusErrorKind};
+use crate::event::CanonicalEvent;
+use crate::imports::bus::MSG_ID_HEADER;
+use crate::subject::event_subject;
+
+/// Header naming the listener on a dead letter.
+pub const LISTENER_HEADER: &str = "Sandbus-Listener";
+/// Header with the reason on a dead letter.
+pub const REASON_HEADER: &str = "Sandbus-Reason";
+/// Header with how many times the event was delivered before it was dead-lettered.
+pub const DELIVERIES_HEADER: &str = "Sandbus-Deliveries";
+/// Header with the subject the event was published on.
+pub const SUBJECT_HEADER: &str = "Sandbus-Event-Subject";
+/// Header with the event's sequence number in the events stream.
+pub const SEQUENCE_HEADER: &str = "Sandbus-Event-Sequence";
+
+/// Shape and limits of the events stream; the `[events]` table of the daemon's config.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventStreamConfig {
+    /// Stream name.
+    pub stream: String,
+    /// How long events are kept.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Most bytes kept (oldest dropped first); `-1` for no limit.
+    pub max_bytes: i64,
+    /// Replicas in a clustered JetStream.
+    pub replicas: usize,
+    /// Window in which a re-published event id is de-duplicated.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long dead letters are kept.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_max_age: Duration,
+}
+
+impl Default for EventStreamConfig {
+    fn default() -> Self {
+        Self {
+            stream: names::EVENTS_STREAM.to_owned(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: -1,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// `serde(with)` for durations written like `7d` or `2m` (deserialize only).
+pub mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Parses a humantime duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 7d: {e}"))
+        })
+    }
+}
+
+/// Where an event landed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublishedEvent {
+    /// The event id.
+    pub id: String,
+    /// The subject it was published on.
+    pub subject: String,
+    /// The stream that holds it.
+    pub stream: String,
+    /// Its sequence number in that stream.
+    pub sequence: u64,
+    /// The server had it already (same id within the duplicate window): nothing was added.
+    pub duplicate: bool,
+}
+
+/// An event that will not be handled by a listener, and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The listener that gave up on it.
+    pub listener: String,
+    /// Why.
+    pub reason: String,
+    /// Deliveries made.
+    pub deliveries: u64,
+    /// The subject the event was on.
+    pub subject: String,
+    /// Its sequence number in the events stream.
+    pub sequence: u64,
+    /// The message exactly as it was on the events stream.
+    pub payload: Bytes,
+}
+
+/// The events stream (and its dead-letter stream) of one NATS server or cluster.
+#[derive(Clone)]
+pub struct EventStream {
+    js: jetstream::Context,
+    name: String,
+}
+
+impl EventStream {
+    /// Creates or updates both streams to match `config` (the daemon does this at start).
+    pub async fn ensure(
+        js: jetstream::Context,
+        config: &EventStreamConfig,
+    ) -> Result<Self, BusError> {
+        js.create_or_update_stream(stream::Config {
+            name: config.stream.clone(),
+            description: Some("sandbus canonical events (CloudEvents JSON)".into()),
+            subjects: names::events_stream_subjects(),
+            max_age: config.max_age,
+            max_bytes: config.max_bytes,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            BusError::unavailable(&format!("set up the events stream {}", config.stream), e)
+        })?;
+        js.create_or_update_stream(stream::Config {
+            name: names::DEAD_LETTER_STREAM.to_owned(),
+            description: Some("sandbus dead letters: events a listener gave up on".into()),
+            subjects: names::dead_letter_stream_subjects(),
+            max_age: config.dead_letter_max_age,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::unavailable("set up the dead-letter stream", e))?;
+        Ok(Self {
+            js,
+            name: config.stream.clone(),
+        })
+    }
+
+    /// Opens the existing streams (clients do this).
+    pub async fn open(js: jetstream::Context, name: &str) -> Result<Self, BusError> {
+        js.get_stream_no_info(name)
+            .await
+            .map_err(|e| BusError::not_set_up(&format!("the events stream {name}"), e))?;
+        Ok(Self {
+            js,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The JetStream context.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The events stream handle.
+    pub async fn stream(&self) -> Result<stream::Stream, BusError> {
+        self.js
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| BusError::not_set_up(&format!("the events stream {}", self.name), e))
+    }
+
+    /// Publishes an event on `events.<type>` and waits for the stream to store it. The event
+    /// must be valid (see [`CanonicalEvent::validate`]).
+    pub async fn publish(&self, event: &CanonicalEvent) -> Result<PublishedEvent, BusError> {
+        let subject = event_subject(&event.ty);
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, event.id.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, event.to_json().into())
+            .await
+            .map_err(|e| BusError::unavailable("publish the event", e))?
+            .await
+            .map_err(|e| BusError::unavailable("store the event", e))?;
+        Ok(PublishedEvent {
+            id: event.id.clone(),
+            subject,
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Copies an event to the dead-letter stream and waits until it is stored. Idempotent:
+    /// the same listener and sequence is stored once.
+    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            MSG_ID_HEADER,
+            format!("{}/{}", letter.listener, letter.sequence).as_str(),
+        );
+        headers.insert(LISTENER_HEADER, letter.listener.as_str());
+        headers.insert(REASON_HEADER, header_safe(&letter.reason).as_str());
+        headers.insert(DELIVERIES_HEADER, letter.deliveries.to_string().as_str());
+        headers.insert(SUBJECT_HEADER, letter.subject.as_str());
+        headers.insert(SEQUENCE_HEADER, letter.sequence.to_string().as_str());
+        self.js
+            .publish_with_headers(
+                names::dead_letter_subject(&letter.listener),
+                headers,
+                letter.payload.clone(),
+            )
+            .await
+            .map_err(|e| BusError::unavailable("publish the dead letter", e))?
+            .await
+            .map_err(|e| BusError::unavailable("store the dead letter", e))?;
+        Ok(())
+    }
+
+    /// How many dead letters a listener has in the dead-letter stream.
+    pub async fn dead_lettered(&self, listener: &str) -> Result<u64, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(names::DEAD_LETTER_STREAM)
+            .await
+            .map_err(|e| BusError::not_set_up("the dead-letter stream", e))?;
+        let subject = names::dead_letter_subject(listener);
+        let mut info = stream
+            .info_with_subjects(&subject)
+            .await
+            .map_err(|e| BusError::unavailable("read the dead-letter stream", e))?;
+        let mut count = 0;
+        while let Some((s, n)) = info
+            .try_next()
+            .await
+            .map_err(|e| BusError::unavailable("read the dead-letter stream", e))?
+        {
+            if s == subject {
+                count += n as u64;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Removes a listener's dead letters (when it is unsubscribed).
+    pub async fn purge_dead_letters(&self, listener: &str) -> Result<(), BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(names::DEAD_LETTER_STREAM)
+            .await
+            .map_err(|e| BusError::not_set_up("the dead-letter stream", e))?;
+        stream
+            .purge()
+            .filter(names::dead_letter_subject(listener))
+            .await
+            .map_err(|e| {
+                BusError::new(
+                    BusErrorKind::Unavailable,
+                    format!("cannot purge dead letters: {e}"),
+                )
+            })?;
+        Ok(())
+    }
+}
+
+/// A header value must be one line of printable text; reasons come from guests.
+fn header_safe(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > 1024 {
+        let mut cut = 1024;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_become_single_bounded_header_lines() {
+        assert_eq!(header_safe("a\r\nb\tc"), "a  b c");
+        let long = "é".repeat(2000);
+        let safe = header_safe(&long);
+        assert!(safe.len() <= 1024 + '…'.len_utf8());
+        assert!(safe.ends_with('…'));
+    }
+
+    #[test]
+    fn stream_config_reads_durations_in_words() {
+        let config: EventStreamConfig =
+            toml::from_str("stream = \"E\"\nmax_age = \"1d\"\nduplicate_window = \"5m\"").unwrap();
+        assert_eq!(config.stream, "E");
+        assert_eq!(config.max_age, Duration::from_secs(86_400));
+        assert_eq!(config.duplicate_window, Duration::from_secs(300));
+        assert!(toml::from_str::<EventStreamConfig>("max_age = \"soon\"").is_err());
+        assert!(toml::from_str::<EventStreamConfig>("colour = \"red\"").is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! [`NatsKv`]: the guests' key-value spaces in one JetStream KV bucket.
+//!
+//! Each component's keys live under its namespace (`<component>.<key>`), so one bucket holds
+//! every space and a guest can only ever reach its own. Compare-and-swap uses the bucket's
+//! per-key revision, which makes it atomic across every daemon of the cluster.
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::{self};
+use futures::StreamExt as _;
+
+use super::BusError;
+use super::names;
+use super::store::ensure_kv;
+use crate::imports::kv::{KvStore, KvStoreError};
+
+/// Most keys `list-keys` returns (as the WIT documents).
+const MAX_LIST: usize = 10_000;
+
+/// Guest key-value storage in a NATS KV bucket.
+#[derive(Clone)]
+pub struct NatsKv {
+    bucket: kv::Store,
+    client: async_nats::Client,
+}
+
+impl NatsKv {
+    /// Opens the bucket, creating it if missing. `max_value` caps one value in bytes.
+    pub async fn ensure(
+        js: &jetstream::Context,
+        replicas: usize,
+        max_value: i32,
+    ) -> Result<Self, BusError> {
+        let bucket = ensure_kv(
+            js,
+            kv::Config {
+                bucket: names::GUEST_KV_BUCKET.to_owned(),
+                description: "sandbus guest key-value spaces".into(),
+                history: 1,
+                max_value_size: max_value,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Self {
+            bucket,
+            client: js.client(),
+        })
+    }
+
+    /// The bucket (tests and tools read guests' state through it).
+    pub fn bucket(&self) -> &kv::Store {
+        &self.bucket
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> KvStoreError {
+    KvStoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl KvStore for NatsKv {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvStoreError> {
+        self.bucket
+            .get(names::guest_kv_key(namespace, key))
+            .await
+            .map(|v| v.map(|b| b.to_vec()))
+            .map_err(unavailable)
+    }
+
+    async fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), KvStoreError> {
+        self.bucket
+            .put(names::guest_kv_key(namespace, key), value.into())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvStoreError> {
+        let full = names::guest_kv_key(namespace, key);
+        let existed = matches!(
+            self.bucket.entry(full.as_str()).await.map_err(unavailable)?,
+            Some(entry) if entry.operation == Operation::Put
+        );
+        if existed {
+            self.bucket
+                .delete(full.as_str())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(existed)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvStoreError> {
+        let full = names::guest_kv_key(namespace, key);
+        // The revision check makes the write conditional on nothing having changed since the
+        // read; when something did, read again and compare again.
+        for _ in 0..64 {
+            let entry = self
+                .bucket
+                .entry(full.as_str())
+                .await
+                .map_err(unavailable)?;
+            let (current, revision) = match &entry {
+                Some(e) if e.operation == Operation::Put => (Some(&e.value[..]), e.revision),
+                Some(e) => (None, e.revision),
+                None => (None, 0),
+            };
+            if current != expected {
+                return Ok(false);
+            }
+            match self
+                .bucket
+                .update(full.as_str(), new.clone().into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(KvStoreError::Unavailable(
+            "the key kept changing; try again".into(),
+        ))
+    }
+
+    async fn list_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, KvStoreError> {
+        // The latest message per key, headers only, of this namespace's subjects: the same
+        // way the bucket lists its keys, restricted to one namespace.
+        let filter = format!(
+            "{}{}",
+            self.bucket.prefix,
+            names::guest_kv_namespace_filter(namespace)
+        );
+        let consumer = self
+            .bucket
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: filter,
+                headers_only: true,
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let pending = consumer.cached_info().num_pending;
+        let mut keys = Vec::new();
+        if pending == 0 {
+            return Ok(keys);
+        }
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        let strip = format!("{}{namespace}.", self.bucket.prefix);
+        let mut seen = 0u64;
+        while seen < pending {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(unavailable)?;
+            seen += 1;
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if let Some(key) = message.subject.as_str().strip_prefix(&strip)
+                && !deleted
+                && key.starts_with(prefix)
+            {
+                keys.push(key.to_owned());
+            }
+            if message.info().is_ok_and(|info| info.pending == 0) {
+                break;
+            }
+        }
+        keys.sort();
+        keys.truncate(MAX_LIST);
+        Ok(keys)
+    }
+}

@@ -1,0 +1,329 @@
+//! The bus: everything that speaks NATS.
+//!
+//! This is one of the three boundaries of the host (with [`crate::sandbox`] and
+//! [`crate::imports`]). It connects to NATS ([`NatsOptions`]), owns the JetStream layout
+//! ([`names`]), and implements the capability traits the sandbox calls through:
+//! [`NatsPublisher`] for `bus`, [`NatsKv`] for `kv`. It also holds the shared, cluster-wide
+//! state every daemon reads and writes: the canonical event stream ([`EventStream`]), the
+//! [`ComponentStore`], the [`SubscriptionStore`] and host presence ([`HostRegistry`]).
+//!
+//! Nothing here runs guests; the daemon wires the bus to the sandbox.
+
+mod events;
+pub use events::humantime_serde;
+mod kv;
+pub mod names;
+mod presence;
+mod publisher;
+mod store;
+mod subscriptions;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
+pub use kv::NatsKv;
+pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
+pub use publisher::NatsPublisher;
+pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
+pub use subscriptions::{
+    DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,
+    Subscription, SubscriptionChange, SubscriptionStore, validate_event_pattern,
+};
+
+/// Default server URL, as `nats-server` listens out of the box.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// What kind of failure a bus operation met. `Copy` so callers can match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusErrorKind {
+    /// Could not connect or authenticate.
+    Connect,
+    /// The streams and buckets are missing: no daemon has set up this NATS server.
+    NotSetUp,
+    /// A JetStream request failed or timed out; retrying later may work.
+    Unavailable,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// Someone else changed it at the same time; read again and retry.
+    Conflict,
+    /// What is stored is not what it should be (corrupt manifest, digest mismatch).
+    Corrupt,
+}
+
+/// A failed bus operation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct BusError {
+    /// What kind of failure.
+    pub kind: BusErrorKind,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl BusError {
+    /// A new error.
+    pub fn new(kind: BusErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A JetStream request that failed; `what` says what was being done.
+    pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(BusErrorKind::Unavailable, format!("cannot {what}: {e}"))
+    }
+
+    /// A bucket or stream that should exist and does not.
+    pub(crate) fn not_set_up(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            BusErrorKind::NotSetUp,
+            format!(
+                "cannot open {what} ({e}); start a sandbus daemon on this NATS server first \
+                 (`sandbus up` or `sandbus daemon --nats URL`)"
+            ),
+        )
+    }
+}
+
+/// How to reach and authenticate to NATS. Shared by the daemon and the CLI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsOptions {
+    /// Server URL(s), comma separated.
+    pub url: Option<String>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// File holding an nkey seed (`SU...`).
+    pub nkey: Option<PathBuf>,
+    /// A `.creds` file (JWT and nkey seed), as `nsc` writes them.
+    pub creds: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    #[serde(default)]
+    pub tls_required: bool,
+}
+
+impl NatsOptions {
+    /// The URL to connect to: the given one or [`DEFAULT_URL`].
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_URL)
+    }
+
+    /// Fills every field that is unset here from `other` (flags over config file).
+    pub fn or(self, other: NatsOptions) -> NatsOptions {
+        NatsOptions {
+            url: self.url.or(other.url),
+            user: self.user.or(other.user),
+            password: self.password.or(other.password),
+            token: self.token.or(other.token),
+            nkey: self.nkey.or(other.nkey),
+            creds: self.creds.or(other.creds),
+            tls_ca: self.tls_ca.or(other.tls_ca),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            tls_required: self.tls_required || other.tls_required,
+        }
+    }
+
+    /// Checks that the options make sense together, before anything connects.
+    pub fn validate(&self) -> Result<(), BusError> {
+        let bad = |m: &str| Err(BusError::new(BusErrorKind::Connect, m));
+        if self.user.is_some() != self.password.is_some() {
+            return bad("--user and --password go together; give both or neither");
+        }
+        let methods = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey.is_some(),
+            self.creds.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return bad("give one way to authenticate: user/password, token, nkey or creds");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("--tls-cert and --tls-key go together; give both or neither");
+        }
+        Ok(())
+    }
+
+    /// The async-nats options for these settings. `name` is the connection name the server
+    /// shows (`sandbus-daemon`, `sandbus-cli`).
+    pub async fn connect_options(
+        &self,
+        name: &str,
+    ) -> Result<async_nats::ConnectOptions, BusError> {
+        self.validate()?;
+        let mut options = match &self.creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| {
+                    BusError::new(
+                        BusErrorKind::Connect,
+                        format!("cannot read the credentials file {}: {e}", path.display()),
+                    )
+                })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path).map_err(|e| {
+                BusError::new(
+                    BusErrorKind::Connect,
+                    format!("cannot read the nkey seed file {}: {e}", path.display()),
+                )
+            })?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        if self.tls_required {
+            options = options.require_tls(true);
+        }
+        Ok(options.name(name))
+    }
+}
+
+/// Connects for a short-lived client (the CLI): fails fast when nothing answers.
+pub async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+    let connect = options
+        .connect_options("sandbus-cli")
+        .await?
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(3)
+        .request_timeout(Some(Duration::from_secs(30)));
+    connect.connect(options.url()).await.map_err(|e| {
+        BusError::new(
+            BusErrorKind::Connect,
+            format!(
+                "cannot connect to NATS at {}: {e}; is a server running there? \
+                 (`sandbus up` starts one with a daemon)",
+                options.url()
+            ),
+        )
+    })
+}
+
+/// Connects for the daemon: waits for the server if it is not up yet and reconnects
+/// forever, with backoff, when the connection drops. Connection state changes are logged.
+pub async fn connect_daemon(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+    let connect = options
+        .connect_options("sandbus-daemon")
+        .await?
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                other => tracing::info!(event = %other, "NATS connection event"),
+            }
+        });
+    connect.connect(options.url()).await.map_err(|e| {
+        BusError::new(
+            BusErrorKind::Connect,
+            format!("cannot connect to NATS at {}: {e}", options.url()),
+        )
+    })
+}
+
+/// Backoff between reconnect attempts: 100 ms doubling to at most 5 s, with jitter so a
+/// fleet of daemons does not reconnect in lockstep.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exp = attempts.min(6) as u32;
+    let base = 100u64.saturating_mul(1 << exp).min(5_000);
+    let jitter = rand::random::<u64>() % (base / 4 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_options_must_be_consistent() {
+        let user_only = NatsOptions {
+            user: Some("u".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            user_only.validate().unwrap_err().kind,
+            BusErrorKind::Connect
+        );
+        let two_methods = NatsOptions {
+            token: Some("t".into()),
+            creds: Some("x.creds".into()),
+            ..Default::default()
+        };
+        assert!(
+            two_methods
+                .validate()
+                .unwrap_err()
+                .message
+                .contains("one way")
+        );
+        let cert_only = NatsOptions {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(cert_only.validate().is_err());
+        let ok = NatsOptions {
+            user: Some("u".into()),
+            password: Some("p".into()),
+            tls_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let flags = NatsOptions {
+            url: Some("nats://a:1".into()),
+            ..Default::default()
+        };
+        let file = NatsOptions {
+            url: Some("nats://b:2".into()),
+            token: Some("t".into()),
+            ..Default::default()
+        };
+        let merged = flags.or(file);
+        assert_eq!(merged.url(), "nats://a:1");
+        assert_eq!(merged.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn reconnect_delay_grows_and_is_capped() {
+        assert!(reconnect_delay(0) < Duration::from_millis(200));
+        for attempt in 0..100 {
+            assert!(reconnect_delay(attempt) <= Duration::from_millis(6_250));
+        }
+        assert!(reconnect_delay(20) >= Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,479 @@
+//! Listener subscriptions: durable JetStream pull consumers on the events stream.
+//!
+//! A [`Subscription`] says which event types a listener gets and how failures are retried.
+//! Subscribing creates (or updates) the listener's durable consumer right away, so events
+//! published from then on are kept for it even while no daemon runs it, and records the
+//! subscription in a KV bucket that every daemon watches to start or stop its dispatchers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::{self};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
+
+use super::events::EventStream;
+use super::names;
+use super::store::{ensure_kv, now_rfc3339};
+use super::{BusError, BusErrorKind};
+use crate::subject::{SubjectPattern, event_subject};
+
+/// Backoff between retries when a subscription gives none: 1 s, 5 s, then 30 s.
+pub const DEFAULT_BACKOFF: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+];
+
+/// Deliveries before an event is dead-lettered, by default.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// Events handled at once per listener per host, by default.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 128;
+
+/// Most events one listener may have in flight on one host.
+pub const MAX_IN_FLIGHT: u32 = 4096;
+
+/// Most deliveries an event may be given.
+pub const MAX_DELIVER: u32 = 1000;
+
+/// A listener's subscription.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subscription {
+    /// The listener (a component name).
+    pub listener: String,
+    /// Event type patterns (`vm.*`, `device.>`).
+    pub events: Vec<String>,
+    /// Events handled at once on one host; the consumer also caps unacknowledged events
+    /// cluster-wide at this.
+    pub max_in_flight: u32,
+    /// Deliveries before an event is dead-lettered.
+    pub max_deliver: u32,
+    /// Delays before the 1st, 2nd... retry; the last repeats.
+    #[serde(with = "millis_list")]
+    pub backoff: Vec<Duration>,
+    /// When it was created or last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+impl Subscription {
+    /// A subscription with the defaults, for `listener` on `events`.
+    pub fn new(listener: &str, events: Vec<String>) -> Self {
+        Self {
+            listener: listener.to_owned(),
+            events,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_deliver: DEFAULT_MAX_DELIVER,
+            backoff: DEFAULT_BACKOFF.to_vec(),
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    /// Checks every field; the message says what is wrong and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.events.is_empty() {
+            return Err("give at least one --events pattern, for example 'vm.*'".into());
+        }
+        for pattern in &self.events {
+            validate_event_pattern(pattern)?;
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(format!("--max-in-flight must be 1 to {MAX_IN_FLIGHT}"));
+        }
+        if !(1..=MAX_DELIVER).contains(&self.max_deliver) {
+            return Err(format!("--max-deliver must be 1 to {MAX_DELIVER}"));
+        }
+        if self.backoff.is_empty() || self.backoff.len() > 32 {
+            return Err("--backoff needs 1 to 32 delays, for example 1s,5s,30s".into());
+        }
+        if let Some(d) = self
+            .backoff
+            .iter()
+            .find(|d| **d > Duration::from_secs(24 * 3600))
+        {
+            return Err(format!(
+                "a backoff of {} is over a day",
+                humantime::format_duration(*d)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer's subject filters: `events.<pattern>` for each pattern.
+    pub fn filter_subjects(&self) -> Vec<String> {
+        self.events.iter().map(|p| event_subject(p)).collect()
+    }
+
+    /// The delay before redelivering after the `delivery`th delivery (1-based) failed.
+    pub fn backoff_after(&self, delivery: u64) -> Duration {
+        let i = usize::try_from(delivery.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Checks an event type pattern such as `vm.*` or `device.>` and returns its subject.
+pub fn validate_event_pattern(pattern: &str) -> Result<String, String> {
+    let subject = event_subject(pattern);
+    SubjectPattern::parse(&subject)
+        .map_err(|why| format!("`{pattern}` is not a valid event pattern: {why}"))?;
+    Ok(subject)
+}
+
+mod millis_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|d| d.as_millis() as u64))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Ok(Vec::<u64>::deserialize(d)?
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect())
+    }
+}
+
+/// The most recent failure of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastError {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The host it happened on.
+    pub host: String,
+    /// The event's sequence in the events stream.
+    pub sequence: u64,
+    /// The event id, when the event could be read.
+    pub event_id: Option<String>,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// How a listener is doing, cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenerStatus {
+    /// The subscription.
+    pub subscription: Subscription,
+    /// Events matching the subscription not yet delivered.
+    pub pending: u64,
+    /// Events delivered and not yet acknowledged.
+    pub in_flight: u64,
+    /// Events delivered more than once so far.
+    pub redelivered: u64,
+    /// Events in the dead-letter stream for this listener.
+    pub dead_lettered: u64,
+    /// The last failure, if any.
+    pub last_error: Option<LastError>,
+}
+
+/// A change seen by [`SubscriptionStore::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionChange {
+    /// A subscription was made or changed.
+    Put(Subscription),
+    /// A listener was unsubscribed.
+    Removed(String),
+}
+
+/// The cluster's subscriptions and their consumers.
+#[derive(Clone)]
+pub struct SubscriptionStore {
+    subscriptions: kv::Store,
+    status: kv::Store,
+    events: EventStream,
+}
+
+impl SubscriptionStore {
+    /// Creates the buckets if missing (the daemon does this).
+    pub async fn ensure(
+        js: &jetstream::Context,
+        events: EventStream,
+        replicas: usize,
+    ) -> Result<Self, BusError> {
+        let subscriptions = ensure_kv(
+            js,
+            kv::Config {
+                bucket: names::SUBSCRIPTIONS_BUCKET.to_owned(),
+                description: "sandbus listener subscriptions".into(),
+                history: 4,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let status = ensure_kv(
+            js,
+            kv::Config {
+                bucket: names::LISTENER_STATUS_BUCKET.to_owned(),
+                description: "sandbus listener status".into(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Self {
+            subscriptions,
+            status,
+            events,
+        })
+    }
+
+    /// The events stream the consumers are on.
+    pub fn events(&self) -> &EventStream {
+        &self.events
+    }
+
+    /// Creates or updates the listener's consumer, then records the subscription.
+    /// `ack_wait` must cover the listener's deadline.
+    pub async fn put(
+        &self,
+        subscription: &Subscription,
+        ack_wait: Duration,
+    ) -> Result<(), BusError> {
+        let stream = self.events.stream().await?;
+        let config = pull::Config {
+            durable_name: Some(names::listener_consumer(&subscription.listener)),
+            description: Some(format!("sandbus listener {}", subscription.listener)),
+            filter_subjects: subscription.filter_subjects(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            // Deliveries are counted by the dispatcher, which dead-letters at max_deliver;
+            // the server must never silently stop redelivering on its own.
+            max_deliver: -1,
+            max_ack_pending: i64::from(subscription.max_in_flight),
+            deliver_policy: DeliverPolicy::New,
+            max_waiting: 512,
+            ..Default::default()
+        };
+        let name = names::listener_consumer(&subscription.listener);
+        let result = match stream.consumer_info(&name).await {
+            Ok(_) => stream
+                .update_consumer(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(_) => stream
+                .create_consumer(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|e| BusError::unavailable("create the listener's consumer", e))?;
+        let body = serde_json::to_vec(subscription)
+            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+        self.subscriptions
+            .put(subscription.listener.as_str(), body.into())
+            .await
+            .map_err(|e| BusError::unavailable("record the subscription", e))?;
+        Ok(())
+    }
+
+    /// Updates only the consumer's ack wait (after a listener's deadline changed).
+    pub async fn set_ack_wait(
+        &self,
+        subscription: &Subscription,
+        ack_wait: Duration,
+    ) -> Result<(), BusError> {
+        self.put(subscription, ack_wait).await
+    }
+
+    /// The subscription of `listener`.
+    pub async fn get(&self, listener: &str) -> Result<Option<Subscription>, BusError> {
+        let entry = self
+            .subscriptions
+            .entry(listener)
+            .await
+            .map_err(|e| BusError::unavailable("read the subscription", e))?;
+        match entry {
+            Some(entry) if entry.operation == Operation::Put => Ok(Some(parse(&entry.value)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every subscription, by listener.
+    pub async fn list(&self) -> Result<Vec<Subscription>, BusError> {
+        let mut keys: Vec<String> = self
+            .subscriptions
+            .keys()
+            .await
+            .map_err(|e| BusError::unavailable("list the subscriptions", e))?
+            .try_collect()
+            .await
+            .map_err(|e| BusError::unavailable("list the subscriptions", e))?;
+        keys.sort();
+        let mut all = Vec::new();
+        for key in keys {
+            if let Some(subscription) = self.get(&key).await? {
+                all.push(subscription);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Deletes the consumer (pending events for it are dropped), the record, the status and
+    /// the dead letters of `listener`.
+    pub async fn remove(&self, listener: &str) -> Result<Subscription, BusError> {
+        let subscription = self.get(listener).await?.ok_or_else(|| {
+            BusError::new(
+                BusErrorKind::NotFound,
+                format!("`{listener}` is not subscribed; `sandbus status` lists subscriptions"),
+            )
+        })?;
+        let stream = self.events.stream().await?;
+        if let Err(e) = stream
+            .delete_consumer(&names::listener_consumer(listener))
+            .await
+            && stream
+                .consumer_info(&names::listener_consumer(listener))
+                .await
+                .is_ok()
+        {
+            return Err(BusError::unavailable("delete the listener's consumer", e));
+        }
+        self.subscriptions
+            .delete(listener)
+            .await
+            .map_err(|e| BusError::unavailable("remove the subscription", e))?;
+        let _ = self.status.purge(listener).await;
+        self.events.purge_dead_letters(listener).await?;
+        Ok(subscription)
+    }
+
+    /// The listener's pull consumer, to fetch from.
+    pub async fn consumer(&self, listener: &str) -> Result<consumer::PullConsumer, BusError> {
+        let stream = self.events.stream().await?;
+        stream
+            .get_consumer(&names::listener_consumer(listener))
+            .await
+            .map_err(|e| {
+                BusError::new(
+                    BusErrorKind::NotFound,
+                    format!("the consumer of `{listener}` is missing: {e}"),
+                )
+            })
+    }
+
+    /// Records the listener's latest failure.
+    pub async fn record_failure(&self, listener: &str, error: &LastError) -> Result<(), BusError> {
+        let body = serde_json::to_vec(error)
+            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+        self.status
+            .put(listener, body.into())
+            .await
+            .map_err(|e| BusError::unavailable("record the listener's status", e))?;
+        Ok(())
+    }
+
+    /// The listener's status: consumer counters, dead letters and its last failure.
+    pub async fn status(&self, listener: &str) -> Result<ListenerStatus, BusError> {
+        let subscription = self.get(listener).await?.ok_or_else(|| {
+            BusError::new(
+                BusErrorKind::NotFound,
+                format!("`{listener}` is not subscribed; `sandbus subscribe {listener} --events PATTERN` subscribes it"),
+            )
+        })?;
+        let stream = self.events.stream().await?;
+        let info = stream
+            .consumer_info(&names::listener_consumer(listener))
+            .await
+            .map_err(|e| BusError::unavailable("read the listener's consumer", e))?;
+        let last_error = match self.status.get(listener).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        };
+        Ok(ListenerStatus {
+            subscription,
+            pending: info.num_pending,
+            in_flight: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            dead_lettered: self.events.dead_lettered(listener).await?,
+            last_error,
+        })
+    }
+
+    /// The current subscriptions, then every change. Ends if the watch breaks; watch again.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = Result<SubscriptionChange, BusError>> + use<>, BusError> {
+        let watch = self
+            .subscriptions
+            .watch_with_history(">")
+            .await
+            .map_err(|e| BusError::unavailable("watch the subscriptions", e))?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(|e| BusError::unavailable("watch the subscriptions", e))?;
+            match entry.operation {
+                Operation::Put => parse(&entry.value).map(SubscriptionChange::Put),
+                Operation::Delete | Operation::Purge => Ok(SubscriptionChange::Removed(entry.key)),
+            }
+        }))
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Subscription, BusError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        BusError::new(
+            BusErrorKind::Corrupt,
+            format!("a stored subscription is not valid: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_become_event_subjects() {
+        assert_eq!(validate_event_pattern("vm.*").unwrap(), "events.vm.*");
+        assert_eq!(
+            validate_event_pattern("device.>").unwrap(),
+            "events.device.>"
+        );
+        assert_eq!(validate_event_pattern(">").unwrap(), "events.>");
+        for bad in ["", "vm..x", "vm.>.x", "vm x", "vm.*a"] {
+            let error = validate_event_pattern(bad).unwrap_err();
+            assert!(
+                error.contains("not a valid event pattern"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_repeats_its_last_delay() {
+        let mut s = Subscription::new("l", vec!["vm.*".into()]);
+        s.backoff = vec![Duration::from_millis(100), Duration::from_secs(2)];
+        assert_eq!(s.backoff_after(1), Duration::from_millis(100));
+        assert_eq!(s.backoff_after(2), Duration::from_secs(2));
+        assert_eq!(s.backoff_after(9), Duration::from_secs(2));
+        assert_eq!(s.backoff_after(0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn bad_subscriptions_say_what_to_fix() {
+        let mut s = Subscription::new("l", vec![]);
+        assert!(s.validate().unwrap_err().contains("--events"));
+        s.events = vec!["vm.*".into()];
+        s.max_in_flight = 0;
+        assert!(s.validate().unwrap_err().contains("--max-in-flight"));
+        s.max_in_flight = 10;
+        s.max_deliver = 0;
+        assert!(s.validate().unwrap_err().contains("--max-deliver"));
+        s.max_deliver = 3;
+        s.backoff.clear();
+        assert!(s.validate().unwrap_err().contains("--backoff"));
+        s.backoff = vec![Duration::from_secs(1)];
+        assert!(s.validate().is_ok());
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"backoff\":[1000]"));
+        assert_eq!(serde_json::from_str::<Subscription>(&json).unwrap(), s);
+    }
+}

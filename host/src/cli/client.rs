@@ -1,0 +1,631 @@
+//! The client commands: thin wrappers over the control API (and, for `events`, a read-only
+//! consumer of the events stream). Each prints text, or JSON with `--json`, and exits
+//! non-zero on failure.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use clap::Args;
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use sandbus::api::{
+    self, ApiClient, ApiError, ApiErrorKind, CastAccepted, Empty, NameRequest, PublishRequest,
+    StatusRequest, SubscribeRequest, UploadReply, UploadRequest, endpoint,
+};
+use sandbus::bus::{
+    self, ComponentManifest, ComponentStore, HostInfo, ListenerStatus, NatsOptions, PublishedEvent,
+    Subscription, names,
+};
+use sandbus::event::CanonicalEvent;
+use sandbus::sandbox::{ComponentShape, World};
+
+use super::{EXIT_FAIL, EXIT_OK, EXIT_USAGE};
+
+/// Exit code when no daemon answered or the bus failed.
+pub const EXIT_UNAVAILABLE: u8 = 5;
+
+/// How to reach NATS (flags, or `SANDBUS_NATS_*` environment variables).
+#[derive(Args, Debug, Clone, Default)]
+pub struct NatsArgs {
+    /// NATS server URL(s) [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats", value_name = "URL", env = "SANDBUS_NATS_URL")]
+    pub url: Option<String>,
+    /// User name (with --password).
+    #[arg(long, env = "SANDBUS_NATS_USER")]
+    pub user: Option<String>,
+    /// Password (with --user).
+    #[arg(long, env = "SANDBUS_NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "SANDBUS_NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding an nkey seed.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
+    /// A .creds file (JWT + nkey seed).
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate (PEM) for the server's TLS certificate.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --tls-key).
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    #[arg(long)]
+    pub tls_required: bool,
+}
+
+impl NatsArgs {
+    /// The options these flags give.
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            nkey: self.nkey.clone(),
+            creds: self.creds.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_required: self.tls_required,
+        }
+    }
+}
+
+/// What every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the daemon's reply.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A connected client: the API, and the raw connection for the object store and events.
+struct Client {
+    api: ApiClient,
+    nats: async_nats::Client,
+    json: bool,
+}
+
+impl Client {
+    async fn connect(args: &ClientArgs) -> Result<Self, ApiError> {
+        let nats = bus::connect_client(&args.nats.options())
+            .await
+            .map_err(|e| ApiError::new(ApiErrorKind::Unavailable, e.message))?;
+        Ok(Self {
+            api: ApiClient::new(nats.clone(), args.timeout),
+            nats,
+            json: args.json,
+        })
+    }
+
+    async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<R, ApiError> {
+        self.api.call(endpoint, request).await
+    }
+}
+
+/// Prints a failure and gives its exit code.
+pub fn fail(error: &ApiError, json: bool) -> u8 {
+    if json {
+        super::outln!("{}", json!({ "error": error }));
+    } else {
+        eprintln!("error: {}", error.message);
+    }
+    match error.kind {
+        ApiErrorKind::BadRequest => EXIT_USAGE,
+        ApiErrorKind::Unavailable => EXIT_UNAVAILABLE,
+        ApiErrorKind::NotFound | ApiErrorKind::Conflict | ApiErrorKind::Internal => EXIT_FAIL,
+    }
+}
+
+/// Runs a client command body, turning its error into output and an exit code.
+async fn client<F, Fut>(args: &ClientArgs, body: F) -> u8
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<u8, ApiError>>,
+{
+    let json = args.json;
+    let result = match Client::connect(args).await {
+        Ok(client) => body(client).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&e, json),
+    }
+}
+
+fn print_json(value: &impl Serialize) {
+    super::outln!("{}", serde_json::to_string(value).unwrap_or_default());
+}
+
+fn print_cast(accepted: &CastAccepted, json: bool) {
+    if json {
+        print_json(accepted);
+    } else {
+        super::outln!(
+            "accepted; the result comes as a sandbus.request.finished event with subject {}",
+            accepted.request_id
+        );
+    }
+}
+
+/// `sandbus upload FILE --name NAME ...`
+#[allow(clippy::too_many_arguments, reason = "one parameter per CLI flag")]
+pub async fn upload(
+    args: &ClientArgs,
+    file: &Path,
+    name: String,
+    world: Option<World>,
+    grants: &[String],
+    limits: Vec<String>,
+    cast: bool,
+) -> anyhow::Result<u8> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    // Refuse what is plainly not a component before anything goes on the bus.
+    if let Err(e) = ComponentShape::read(&bytes).and_then(|s| s.check(world)) {
+        return Ok(fail(
+            &ApiError::bad_request(format!("{}: {}", file.display(), e.message)),
+            args.json,
+        ));
+    }
+    let mut subjects = Vec::new();
+    for grant in grants {
+        match grant.strip_prefix("publish=") {
+            Some(subject) => subjects.push(subject.to_owned()),
+            None => {
+                return Ok(fail(
+                    &ApiError::bad_request(format!(
+                        "invalid grant `{grant}`: expected publish=SUBJECT, e.g. publish=events.billing.>"
+                    )),
+                    args.json,
+                ));
+            }
+        }
+    }
+    Ok(client(args, |c| async move {
+        let js = async_nats::jetstream::new(c.nats.clone());
+        let store = ComponentStore::open(&js).await?;
+        let digest = store.put_bytes(&bytes).await?;
+        let request = UploadRequest {
+            name,
+            digest: digest.as_str().to_owned(),
+            world,
+            grants: subjects,
+            limits,
+            cast,
+        };
+        if cast {
+            let accepted: CastAccepted = c.call(endpoint::UPLOAD, &request).await?;
+            print_cast(&accepted, c.json);
+            return Ok(EXIT_OK);
+        }
+        let reply: UploadReply = c.call(endpoint::UPLOAD, &request).await?;
+        if c.json {
+            print_json(&reply);
+        } else if reply.unchanged {
+            super::outln!(
+                "{} is already version {} with these bytes and settings; nothing changed",
+                reply.manifest.name,
+                reply.manifest.version
+            );
+        } else {
+            super::outln!(
+                "uploaded {} version {} ({}, {} bytes, sha256:{})",
+                reply.manifest.name,
+                reply.manifest.version,
+                reply.manifest.world,
+                reply.manifest.size,
+                reply.manifest.digest
+            );
+        }
+        Ok(EXIT_OK)
+    })
+    .await)
+}
+
+fn print_manifest(m: &ComponentManifest) {
+    let restored = m
+        .restored_from
+        .map(|v| format!(" (restores v{v})"))
+        .unwrap_or_default();
+    super::outln!(
+        "{:<24} v{:<4} {:<9} {:>9} B  sha256:{}…  {}{}",
+        m.name,
+        m.version,
+        m.world.as_str(),
+        m.size,
+        &m.digest[..m.digest.len().min(12)],
+        m.recorded_at,
+        restored
+    );
+    if !m.grants.is_empty() {
+        super::outln!("{:<24} grants: {}", "", m.grants.join(", "));
+    }
+    if !m.limits.is_empty() {
+        super::outln!("{:<24} limits: {}", "", m.limits.join(", "));
+    }
+}
+
+/// `sandbus ls`
+pub async fn list(args: &ClientArgs) -> u8 {
+    client(args, |c| async move {
+        let manifests: Vec<ComponentManifest> = c.call(endpoint::LIST, &Empty {}).await?;
+        if c.json {
+            print_json(&manifests);
+        } else if manifests.is_empty() {
+            super::outln!("no components; `sandbus upload FILE --name NAME` adds one");
+        } else {
+            for m in &manifests {
+                print_manifest(m);
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// `sandbus rm NAME` and `sandbus rollback NAME`.
+pub async fn name_command(
+    args: &ClientArgs,
+    endpoint: &'static str,
+    name: String,
+    cast: bool,
+) -> u8 {
+    client(args, |c| async move {
+        let request = NameRequest { name, cast };
+        if cast {
+            let accepted: CastAccepted = c.call(endpoint, &request).await?;
+            print_cast(&accepted, c.json);
+            return Ok(EXIT_OK);
+        }
+        let value: serde_json::Value = c.call(endpoint, &request).await?;
+        if c.json {
+            print_json(&value);
+        } else {
+            match endpoint {
+                api::endpoint::REMOVE => super::outln!("removed {}", request.name),
+                api::endpoint::UNSUBSCRIBE => super::outln!("unsubscribed {}", request.name),
+                _ => {
+                    let m: ComponentManifest = serde_json::from_value(value)
+                        .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
+                    super::outln!(
+                        "{} is now version {}, restoring version {}",
+                        m.name,
+                        m.version,
+                        m.restored_from.unwrap_or(m.version)
+                    );
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// `sandbus subscribe NAME --events P...`
+pub async fn subscribe(args: &ClientArgs, request: SubscribeRequest) -> u8 {
+    client(args, |c| async move {
+        if request.cast {
+            let accepted: CastAccepted = c.call(endpoint::SUBSCRIBE, &request).await?;
+            print_cast(&accepted, c.json);
+            return Ok(EXIT_OK);
+        }
+        let s: Subscription = c.call(endpoint::SUBSCRIBE, &request).await?;
+        if c.json {
+            print_json(&s);
+        } else {
+            super::outln!(
+                "subscribed {} to {} (max in flight {}, max deliver {}, backoff {})",
+                s.listener,
+                s.events.join(", "),
+                s.max_in_flight,
+                s.max_deliver,
+                backoff_text(&s.backoff)
+            );
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+fn backoff_text(backoff: &[Duration]) -> String {
+    backoff
+        .iter()
+        .map(|d| humantime::format_duration(*d).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `sandbus status [NAME]`
+pub async fn status(args: &ClientArgs, name: Option<String>) -> u8 {
+    client(args, |c| async move {
+        let one = name.is_some();
+        let request = StatusRequest { name };
+        let all: Vec<ListenerStatus> = if one {
+            vec![c.call(endpoint::STATUS, &request).await?]
+        } else {
+            c.call(endpoint::STATUS, &request).await?
+        };
+        if c.json {
+            if one {
+                print_json(&all[0]);
+            } else {
+                print_json(&all);
+            }
+            return Ok(EXIT_OK);
+        }
+        if all.is_empty() {
+            super::outln!("no subscriptions; `sandbus subscribe NAME --events PATTERN` makes one");
+        }
+        for s in &all {
+            super::outln!("{}", s.subscription.listener);
+            super::outln!("  events:        {}", s.subscription.events.join(", "));
+            super::outln!("  pending:       {}", s.pending);
+            super::outln!("  in flight:     {}", s.in_flight);
+            super::outln!("  redelivered:   {}", s.redelivered);
+            super::outln!("  dead-lettered: {}", s.dead_lettered);
+            match &s.last_error {
+                Some(e) => super::outln!(
+                    "  last error:    {} on {} (event {}, seq {}): {}",
+                    e.at,
+                    e.host,
+                    e.event_id.as_deref().unwrap_or("?"),
+                    e.sequence,
+                    printable(&e.reason)
+                ),
+                None => super::outln!("  last error:    none"),
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// `sandbus hosts`
+pub async fn hosts(args: &ClientArgs) -> u8 {
+    client(args, |c| async move {
+        let hosts: Vec<HostInfo> = c.call(endpoint::HOSTS, &Empty {}).await?;
+        if c.json {
+            print_json(&hosts);
+        } else if hosts.is_empty() {
+            super::outln!("no live hosts");
+        } else {
+            for h in &hosts {
+                super::outln!(
+                    "{:<20} {:<16} v{} pid {} since {}  components: {}  listeners: {}",
+                    h.id,
+                    h.hostname,
+                    h.version,
+                    h.pid,
+                    h.started_at,
+                    h.components.len(),
+                    h.listeners.join(",")
+                );
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// The event `sandbus publish TYPE --data JSON` describes.
+pub fn event_from_flags(
+    ty: &str,
+    data: &str,
+    id: Option<String>,
+    source: Option<String>,
+    subject: Option<String>,
+) -> Result<serde_json::Value, ApiError> {
+    let data: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+        ApiError::bad_request(format!(
+            "--data is not JSON: {e}; quote text as a JSON string, e.g. '\"hello\"'"
+        ))
+    })?;
+    let mut event = json!({
+        "specversion": "1.0",
+        "id": id.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
+        "source": source.unwrap_or_else(|| "/sandbus/cli".into()),
+        "type": ty,
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    if let Some(subject) = subject {
+        event["subject"] = json!(subject);
+    }
+    // Check it the way the daemon will, so a bad flag fails before anything is sent.
+    CanonicalEvent::from_json(event.to_string().as_bytes())
+        .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")))?;
+    Ok(event)
+}
+
+/// `sandbus publish`: one event from flags, or every line of a JSON Lines file.
+pub async fn publish(args: &ClientArgs, events: Vec<serde_json::Value>, cast: bool) -> u8 {
+    client(args, |c| async move {
+        let mut published = 0;
+        let mut duplicates = 0;
+        for event in events {
+            let raw = serde_json::value::to_raw_value(&event)
+                .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
+            let request = PublishRequest { event: raw, cast };
+            if cast {
+                let accepted: CastAccepted = c.call(endpoint::PUBLISH, &request).await?;
+                print_cast(&accepted, c.json);
+                continue;
+            }
+            let p: PublishedEvent = c.call(endpoint::PUBLISH, &request).await?;
+            if c.json {
+                print_json(&p);
+            } else if p.duplicate {
+                super::outln!(
+                    "{} was already in {} (seq {}): not added again",
+                    p.id,
+                    p.stream,
+                    p.sequence
+                );
+            } else {
+                super::outln!("published {} on {} (seq {})", p.id, p.subject, p.sequence);
+            }
+            published += 1;
+            if p.duplicate {
+                duplicates += 1;
+            }
+        }
+        if !c.json && published > 1 {
+            super::outln!("{published} events, {duplicates} duplicates");
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// `sandbus events [PATTERN] [--follow] [--all]`: prints stored events (all of them, or none
+/// with `--follow` alone), then with `--follow` new ones as they arrive.
+pub async fn events(args: &ClientArgs, pattern: &str, follow: bool, all: bool, stream: &str) -> u8 {
+    let subject = match bus::validate_event_pattern(pattern) {
+        Ok(subject) => subject,
+        Err(why) => return fail(&ApiError::bad_request(why), args.json),
+    };
+    client(args, |c| async move {
+        let js = async_nats::jetstream::new(c.nats.clone());
+        let events = bus::EventStream::open(js, stream).await?;
+        let stream = events.stream().await?;
+        let deliver_policy = if follow && !all {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::All
+        };
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: c.nats.new_inbox(),
+                filter_subject: subject,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ApiErrorKind::Unavailable,
+                    format!("cannot read the events stream: {e}"),
+                )
+            })?;
+        let mut remaining = consumer.cached_info().num_pending;
+        if !follow && remaining == 0 {
+            return Ok(EXIT_OK);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| {
+            ApiError::new(
+                ApiErrorKind::Unavailable,
+                format!("cannot read the events stream: {e}"),
+            )
+        })?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| {
+                ApiError::new(
+                    ApiErrorKind::Unavailable,
+                    format!("reading events failed: {e}"),
+                )
+            })?;
+            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            print_event(sequence, &message.payload, c.json);
+            remaining = remaining.saturating_sub(1);
+            let caught_up = message.info().is_ok_and(|i| i.pending == 0);
+            if !follow && (remaining == 0 || caught_up) {
+                break;
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+fn print_event(sequence: u64, payload: &[u8], json: bool) {
+    if json {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(payload);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+        return;
+    }
+    match CanonicalEvent::from_json(payload) {
+        Ok(e) => {
+            let data = String::from_utf8_lossy(&e.data);
+            let mut data = printable(&data);
+            if data.len() > 160 {
+                let mut cut = 160;
+                while !data.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                data.truncate(cut);
+                data.push('…');
+            }
+            super::outln!(
+                "{sequence:>6} {} {} {} {} {}",
+                e.time.as_deref().unwrap_or("-"),
+                printable(&e.ty),
+                printable(&e.id),
+                printable(&e.source),
+                data
+            );
+        }
+        Err(err) => super::outln!("{sequence:>6} (not a valid event: {err})"),
+    }
+    let _ = std::io::stdout().lock().flush();
+}
+
+/// Escapes control characters: event and guest text is untrusted.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Reads a JSON Lines file of events for `publish --file`; every bad line is reported.
+pub fn read_event_file(path: &Path) -> Result<Vec<serde_json::Value>, ApiError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ApiError::bad_request(format!("cannot read {}: {e}", path.display())))?;
+    let events = sandbus::dev::read_events(&text).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        ApiError::bad_request(format!(
+            "{}: {} bad line(s), nothing was published:\n  {}",
+            path.display(),
+            lines.len(),
+            lines.join("\n  ")
+        ))
+    })?;
+    Ok(events
+        .into_iter()
+        .map(|(_, e)| serde_json::from_slice(&e.to_json()).unwrap_or_default())
+        .collect())
+}
+
+/// Names the CLI's `--stream` flag defaults to.
+pub const DEFAULT_STREAM: &str = names::EVENTS_STREAM;

@@ -1,0 +1,143 @@
+//! `sandbus daemon` and `sandbus up`: run the daemon in the foreground until SIGINT or
+//! SIGTERM, then shut down gracefully and exit 0.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use sandbus::daemon::Daemon;
+use sandbus::daemon::config::{self, ConfigFile};
+use sandbus::daemon::up::{self, LocalNats};
+
+use super::EXIT_OK;
+use super::client::NatsArgs;
+
+/// Flags of `daemon` and `up` (over the config file).
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Stable id of this host [default: generated once, kept in the data directory].
+    #[arg(long, env = "SANDBUS_HOST_ID")]
+    host_id: Option<String>,
+    /// Where the host id, the compile cache and (for `up`) the NATS store live
+    /// [default: $SANDBUS_DATA_DIR, $XDG_DATA_HOME/sandbus or ~/.local/share/sandbus].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Allocate instance memory on demand instead of from the pooling allocator.
+    #[arg(long)]
+    no_pooling: bool,
+    /// Meter fuel (enables `--limit fuel=N` on components).
+    #[arg(long)]
+    fuel: bool,
+    /// Do not cache compiled components on disk.
+    #[arg(long)]
+    no_cache: bool,
+    /// How long events in flight may finish after SIGINT/SIGTERM before they are handed back.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl DaemonArgs {
+    /// The configuration: the file (if any) with the flags over it.
+    fn config(&self) -> anyhow::Result<ConfigFile> {
+        let mut config = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        config.nats = self.nats.options().or(config.nats);
+        if let Some(id) = &self.host_id {
+            config.host.id = Some(id.clone());
+        }
+        if let Some(dir) = &self.data_dir {
+            config.host.data_dir = Some(dir.clone());
+        }
+        if self.no_pooling {
+            config.sandbox.pooling = false;
+        }
+        if self.fuel {
+            config.sandbox.fuel = true;
+        }
+        if self.no_cache {
+            config.sandbox.cache = false;
+        }
+        if let Some(grace) = self.shutdown_grace {
+            config.listeners.shutdown_grace = grace;
+        }
+        config
+            .check()
+            .map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        Ok(config)
+    }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn stop_on_signal() -> anyhow::Result<CancellationToken> {
+    let stop = CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let token = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+        token.cancel();
+    });
+    Ok(stop)
+}
+
+/// `sandbus daemon`.
+pub async fn daemon(args: &DaemonArgs) -> anyhow::Result<u8> {
+    let config = args.config()?;
+    if args.check_config {
+        super::outln!("configuration is valid (NATS at {})", config.nats.url());
+        return Ok(EXIT_OK);
+    }
+    let stop = stop_on_signal()?;
+    Daemon::new(config)?.run(stop).await?;
+    Ok(EXIT_OK)
+}
+
+/// `sandbus up`: the daemon, with a private nats-server when none is configured or running.
+pub async fn up(args: &DaemonArgs) -> anyhow::Result<u8> {
+    let mut config = args.config()?;
+    if args.check_config {
+        super::outln!("configuration is valid");
+        return Ok(EXIT_OK);
+    }
+    let stop = stop_on_signal()?;
+    let mut local = None;
+    if config.nats.url.is_none() {
+        if up::answers(up::LOCAL_ADDR).await {
+            tracing::info!(
+                addr = up::LOCAL_ADDR,
+                "a NATS server is already running; using it"
+            );
+        } else {
+            let data_dir = config
+                .host
+                .data_dir
+                .clone()
+                .unwrap_or_else(config::default_data_dir);
+            let server = LocalNats::start(&data_dir).await?;
+            config.nats.url = Some(server.url().to_owned());
+            local = Some(server);
+        }
+    }
+    let result = Daemon::new(config)?.run(stop).await;
+    if let Some(mut server) = local {
+        server.stop().await;
+    }
+    result?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,177 @@
+//! The components loaded on this host, kept in step with the cluster's manifests.
+//!
+//! The daemon feeds every [`ManifestChange`] it watches into [`LoadedComponents::apply`]. A
+//! new version is fetched from the object store, checked against its digest, compiled (off
+//! the async threads) and then swapped in with one map write: calls that already started
+//! finish on the version they started with, every later call gets the new one. A removed
+//! name is dropped, and its compiled code too once no name uses that digest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use tokio::sync::watch;
+
+use crate::bus::{ComponentManifest, ComponentStore, ManifestChange};
+use crate::sandbox::{ComponentSpec, Digest, PreparedComponent, Sandbox};
+use crate::subject::{PublishGrants, SubjectPattern};
+
+/// One component as loaded here: its manifest and its compiled, pre-linked code.
+pub struct LoadedComponent {
+    /// The manifest version that is loaded.
+    pub manifest: ComponentManifest,
+    /// The compiled component.
+    pub prepared: Arc<PreparedComponent>,
+}
+
+/// Why a manifest could not be turned into a runnable component.
+#[derive(Debug, thiserror::Error)]
+#[error("component `{name}` version {version}: {message}")]
+pub struct LoadFailure {
+    /// The component.
+    pub name: String,
+    /// The manifest version.
+    pub version: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Builds the sandbox spec of a manifest: its world, grants and limits.
+pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, String> {
+    let grants = manifest
+        .grants
+        .iter()
+        .map(|g| SubjectPattern::parse(g).map_err(|why| format!("grant `{g}`: {why}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ComponentSpec {
+        name: manifest.name.clone(),
+        expect: Some(manifest.world),
+        grants: PublishGrants::new(grants),
+        limits: manifest.resolved_limits()?,
+    })
+}
+
+/// Every component loaded on this host, by name.
+pub struct LoadedComponents {
+    sandbox: Arc<Sandbox>,
+    store: ComponentStore,
+    loaded: RwLock<HashMap<String, Arc<LoadedComponent>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl LoadedComponents {
+    /// An empty set that loads from `store` into `sandbox`.
+    pub fn new(sandbox: Arc<Sandbox>, store: ComponentStore) -> Self {
+        Self {
+            sandbox,
+            store,
+            loaded: RwLock::new(HashMap::new()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The component loaded under `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Names loaded here, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A receiver that changes whenever a component is loaded, swapped or removed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Applies one manifest change. Loading the same version again does nothing.
+    pub async fn apply(&self, change: ManifestChange) -> Result<(), LoadFailure> {
+        match change {
+            ManifestChange::Put(manifest) => self.load(manifest).await,
+            ManifestChange::Removed(name) => {
+                let removed = self
+                    .loaded
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&name);
+                if let Some(old) = removed {
+                    tracing::info!(component = %name, version = old.manifest.version, "unloaded component");
+                    self.forget_if_unused(old.prepared.digest());
+                    self.changed.send_modify(|n| *n += 1);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn load(&self, manifest: ComponentManifest) -> Result<(), LoadFailure> {
+        if let Some(current) = self.get(&manifest.name)
+            && current.manifest == manifest
+        {
+            return Ok(());
+        }
+        let failure = |message: String| LoadFailure {
+            name: manifest.name.clone(),
+            version: manifest.version,
+            message,
+        };
+        let spec = spec_of(&manifest).map_err(failure)?;
+        let bytes = self
+            .store
+            .bytes(&manifest.digest, self.sandbox.config().max_component_size)
+            .await
+            .map_err(|e| failure(e.to_string()))?;
+        let sandbox = self.sandbox.clone();
+        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
+            .await
+            .map_err(|e| failure(format!("the compile task failed: {e}")))?
+            .map_err(|e| failure(e.to_string()))?;
+        let loaded = Arc::new(LoadedComponent {
+            manifest: manifest.clone(),
+            prepared: Arc::new(prepared),
+        });
+        let previous = self
+            .loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(manifest.name.clone(), loaded);
+        tracing::info!(
+            component = %manifest.name,
+            version = manifest.version,
+            digest = %manifest.digest,
+            swapped_from = previous.as_ref().map(|p| p.manifest.version),
+            "loaded component"
+        );
+        if let Some(previous) = previous
+            && previous.prepared.digest().as_str() != manifest.digest
+        {
+            self.forget_if_unused(previous.prepared.digest());
+        }
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    fn forget_if_unused(&self, digest: &Digest) {
+        let used = self
+            .loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|c| c.prepared.digest() == digest);
+        if !used {
+            self.sandbox.evict(digest);
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The daemon's configuration: `sandbus.toml`, overridden by command-line flags.
+//!
+//! Every table and key is optional; unknown keys are refused (a typo must not silently fall
+//! back to a default). Example:
+//!
+//! ```toml
+//! [nats]
+//! url = "nats://nats.lab:4222"
+//! creds = "/etc/sandbus/daemon.creds"
+//!
+//! [host]
+//! id = "lab-7"
+//! data_dir = "/var/lib/sandbus"
+//!
+//! [sandbox]
+//! pool_instances = 256
+//!
+//! [events]
+//! max_age = "14d"
+//!
+//! [listeners]
+//! batch = 128
+//! shutdown_grace = "10s"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::bus::{EventStreamConfig, NatsOptions};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// How to reach NATS.
+    pub nats: NatsOptions,
+    /// This host.
+    pub host: HostSection,
+    /// The sandbox.
+    pub sandbox: SandboxSection,
+    /// The events stream.
+    pub events: EventStreamConfig,
+    /// Listener dispatch.
+    pub listeners: ListenersSection,
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostSection {
+    /// Stable host id; by default generated once and kept in the data directory.
+    pub id: Option<String>,
+    /// Where the host id, the compile cache and (for `sandbus up`) the NATS store live.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `[sandbox]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Use the pooling allocator.
+    pub pooling: bool,
+    /// Instances alive at once, all components together.
+    pub pool_instances: u32,
+    /// Meter fuel.
+    pub fuel: bool,
+    /// Cache compiled components on disk.
+    pub cache: bool,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            pooling: true,
+            pool_instances: 128,
+            fuel: false,
+            cache: true,
+        }
+    }
+}
+
+/// `[listeners]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenersSection {
+    /// Most events asked for in one pull.
+    pub batch: usize,
+    /// How long events in flight may run on after SIGINT/SIGTERM before they are naked.
+    #[serde(with = "crate::bus::humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ListenersSection {
+    fn default() -> Self {
+        Self {
+            batch: 128,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path} is not a valid sandbus config: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        message: String,
+    },
+}
+
+impl ConfigFile {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigFileError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|message| ConfigFileError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values serde can't.
+    pub fn check(&self) -> Result<(), String> {
+        self.nats.validate().map_err(|e| e.message)?;
+        if let Some(id) = &self.host.id {
+            validate_host_id(id)?;
+        }
+        if self.listeners.batch == 0 || self.listeners.batch > 4096 {
+            return Err("listeners.batch must be 1 to 4096".into());
+        }
+        if self.sandbox.pool_instances == 0 {
+            return Err("sandbox.pool_instances must be at least 1".into());
+        }
+        if self.events.stream.is_empty()
+            || !self
+                .events
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err("events.stream must be a name of [A-Za-z0-9_-]".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks a host id: 1 to 64 of `[A-Za-z0-9_-]` (it is a KV key and part of event ids).
+pub fn validate_host_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!("host id `{id}` must be 1 to 64 of [A-Za-z0-9_-]"));
+    }
+    Ok(())
+}
+
+/// The default data directory: `$SANDBUS_DATA_DIR`, else `$XDG_DATA_HOME/sandbus`, else
+/// `~/.local/share/sandbus`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SANDBUS_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("sandbus");
+    }
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".local/share/sandbus"))
+        .unwrap_or_else(|| PathBuf::from(".sandbus"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let config: ConfigFile = toml::from_str("").unwrap();
+        assert_eq!(config, ConfigFile::default());
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused_with_the_key() {
+        let typo = toml::from_str::<ConfigFile>("[nats]\nurll = \"x\"").unwrap_err();
+        assert!(typo.to_string().contains("urll"), "{typo}");
+        let config: ConfigFile = toml::from_str("[host]\nid = \"has space\"").unwrap();
+        assert!(config.check().unwrap_err().contains("host id"));
+        let config: ConfigFile = toml::from_str("[listeners]\nbatch = 0").unwrap();
+        assert!(config.check().unwrap_err().contains("batch"));
+        let grace = toml::from_str::<ConfigFile>("[listeners]\nshutdown_grace = \"later\"");
+        assert!(grace.is_err());
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let config: ConfigFile = toml::from_str(
+            "[nats]\nurl = \"nats://n:4222\"\nuser = \"u\"\npassword = \"p\"\n\
+             [host]\nid = \"lab-7\"\n[events]\nmax_age = \"14d\"\n\
+             [listeners]\nshutdown_grace = \"3s\"",
+        )
+        .unwrap();
+        assert!(config.check().is_ok());
+        assert_eq!(config.nats.url(), "nats://n:4222");
+        assert_eq!(config.host.id.as_deref(), Some("lab-7"));
+        assert_eq!(config.events.max_age, Duration::from_secs(14 * 86_400));
+        assert_eq!(config.listeners.shutdown_grace, Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,476 @@
+//! The control API served by every daemon (see [`crate::api`] for the wire format).
+//!
+//! All daemons join one queue group, so any of them answers any request: the state they
+//! change (manifests, subscriptions, consumers) is cluster-wide, and every daemon reacts to
+//! the change through its watches, not through the request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::{self, ServiceExt as _};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::components::{LoadedComponents, spec_of};
+use super::host_events::{self, HostEvents};
+use crate::api::{
+    self, ApiError, ApiErrorKind, CastAccepted, Empty, NameRequest, PublishRequest, StatusRequest,
+    SubscribeRequest, UploadReply, UploadRequest, endpoint,
+};
+use crate::bus::{
+    ComponentStore, EventStream, HostRegistry, ManifestDraft, Subscription, SubscriptionStore,
+    names,
+};
+use crate::event::CanonicalEvent;
+use crate::sandbox::{ComponentShape, Digest, Sandbox, World, validate_component_name};
+
+/// Most control requests handled at once by one daemon.
+const MAX_CONCURRENT: usize = 32;
+
+/// Extra time a consumer waits for an ack beyond the listener's own deadline.
+const ACK_MARGIN: Duration = Duration::from_secs(30);
+
+/// What the control API works on.
+pub struct ControlApi {
+    /// The sandbox, to validate uploads.
+    pub sandbox: Arc<Sandbox>,
+    /// Components loaded here (to avoid evicting code in use).
+    pub components: Arc<LoadedComponents>,
+    /// The component store.
+    pub store: ComponentStore,
+    /// Subscriptions.
+    pub subscriptions: SubscriptionStore,
+    /// The events stream.
+    pub events: EventStream,
+    /// Live hosts.
+    pub hosts: HostRegistry,
+    /// This host's events.
+    pub host_events: HostEvents,
+}
+
+/// The ack wait a listener's consumer needs for a deadline of `timeout`.
+pub fn ack_wait_for(timeout: Duration) -> Duration {
+    timeout.saturating_add(ACK_MARGIN)
+}
+
+impl ControlApi {
+    /// Serves the API until `stop` is cancelled.
+    pub async fn serve(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        stop: CancellationToken,
+    ) -> Result<(), ApiError> {
+        let unavailable = |e: async_nats::Error| {
+            ApiError::new(
+                ApiErrorKind::Unavailable,
+                format!("cannot start the control service: {e}"),
+            )
+        };
+        let service = client
+            .service_builder()
+            .description("sandbus control API: components, subscriptions, events, hosts")
+            .metadata(HashMap::from([(
+                "host".to_owned(),
+                self.host_events.host_id().to_owned(),
+            )]))
+            .start(names::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(unavailable)?;
+        let group = service.group(names::API_PREFIX);
+        let mut endpoints = Vec::new();
+        for (name, castable) in endpoint::ALL {
+            let ep = group
+                .endpoint_builder()
+                .name(name.replace('.', "-"))
+                .add(*name)
+                .await
+                .map_err(unavailable)?;
+            endpoints.push(ep.map(move |request| (*name, *castable, request)).boxed());
+        }
+        let mut requests = futures::stream::select_all(endpoints);
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = requests.next() => next,
+            };
+            let Some((name, castable, request)) = next else {
+                break;
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.answer(name, castable, request).await;
+                drop(permit);
+            });
+        }
+        if let Err(e) = service.stop().await {
+            tracing::warn!(error = %e, "could not stop the control service cleanly");
+        }
+        Ok(())
+    }
+
+    async fn answer(
+        self: Arc<Self>,
+        name: &'static str,
+        castable: bool,
+        request: service::Request,
+    ) {
+        let body = request.message.payload.clone();
+        let cast = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("cast").and_then(|c| c.as_bool()))
+            .unwrap_or(false);
+        let result = if cast && !castable {
+            Err(ApiError::bad_request(format!(
+                "`{name}` is a query; it can't be sent as a cast"
+            )))
+        } else if cast {
+            let request_id = format!(
+                "{}-{}",
+                self.host_events.host_id(),
+                hex::encode(rand::random::<[u8; 8]>())
+            );
+            let this = self.clone();
+            let id = request_id.clone();
+            tokio::spawn(async move {
+                let result = this.handle(name, &body).await;
+                let data = match &result {
+                    Ok(value) => {
+                        json!({ "request_id": id, "endpoint": name, "ok": true, "result": value })
+                    }
+                    Err(e) => {
+                        json!({ "request_id": id, "endpoint": name, "ok": false, "error": e })
+                    }
+                };
+                this.host_events
+                    .emit_or_log(
+                        host_events::REQUEST_FINISHED,
+                        format!("request/{id}"),
+                        Some(id.clone()),
+                        data,
+                    )
+                    .await;
+            });
+            serde_json::to_value(CastAccepted {
+                accepted: true,
+                request_id,
+            })
+            .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))
+        } else {
+            self.handle(name, &body).await
+        };
+        let reply = match result {
+            Ok(value) => request.respond(Ok(Bytes::from(value.to_string()))).await,
+            Err(e) => {
+                tracing::debug!(endpoint = name, error = %e.message, "control request refused");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(api::ERROR_KIND_HEADER, e.kind.as_str());
+                request
+                    .respond_with_headers(
+                        Err(service::error::Error {
+                            status: one_line(&e.message),
+                            code: e.kind.code(),
+                        }),
+                        headers,
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = reply {
+            tracing::warn!(endpoint = name, error = %e, "could not send a control reply");
+        }
+    }
+
+    /// Handles one request body for `name`; the JSON result or an error.
+    pub async fn handle(&self, name: &str, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        match name {
+            endpoint::UPLOAD => to_json(self.upload(parse(body)?).await?),
+            endpoint::LIST => {
+                let _: Empty = parse_or_empty(body)?;
+                to_json(self.store.list().await?)
+            }
+            endpoint::REMOVE => to_json(self.remove(parse(body)?).await?),
+            endpoint::ROLLBACK => to_json(self.rollback(parse(body)?).await?),
+            endpoint::SUBSCRIBE => to_json(self.subscribe(parse(body)?).await?),
+            endpoint::UNSUBSCRIBE => {
+                let request: NameRequest = parse(body)?;
+                to_json(self.subscriptions.remove(&request.name).await?)
+            }
+            endpoint::STATUS => {
+                let request: StatusRequest = parse_or_empty(body)?;
+                match request.name {
+                    Some(name) => to_json(self.subscriptions.status(&name).await?),
+                    None => {
+                        let mut all = Vec::new();
+                        for s in self.subscriptions.list().await? {
+                            all.push(self.subscriptions.status(&s.listener).await?);
+                        }
+                        to_json(all)
+                    }
+                }
+            }
+            endpoint::PUBLISH => {
+                let request: PublishRequest = parse(body)?;
+                let event = CanonicalEvent::from_json(request.event.get().as_bytes())
+                    .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")))?;
+                to_json(self.events.publish(&event).await?)
+            }
+            endpoint::HOSTS => {
+                let _: Empty = parse_or_empty(body)?;
+                to_json(self.hosts.list().await?)
+            }
+            other => Err(ApiError::new(
+                ApiErrorKind::NotFound,
+                format!("no endpoint `{other}`"),
+            )),
+        }
+    }
+
+    async fn upload(&self, request: UploadRequest) -> Result<UploadReply, ApiError> {
+        validate_component_name(&request.name).map_err(|e| ApiError::bad_request(e.message))?;
+        if request.digest.len() != 64 || !request.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is not a sha256 digest (64 hex digits)",
+                request.digest
+            )));
+        }
+        let bytes = self
+            .store
+            .bytes(&request.digest, self.sandbox.config().max_component_size)
+            .await
+            .map_err(|e| match e.kind {
+                crate::bus::BusErrorKind::NotFound => ApiError::bad_request(e.message),
+                _ => e.into(),
+            })?;
+        let refused = |message: String| async move {
+            self.forget(&request.digest).await;
+            Err(ApiError::bad_request(message))
+        };
+        let world = match ComponentShape::read(&bytes).and_then(|shape| shape.check(request.world))
+        {
+            Ok(world) => world,
+            Err(e) => return refused(e.message).await,
+        };
+        let draft = ManifestDraft {
+            name: request.name.clone(),
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+            world,
+            grants: request.grants.clone(),
+            limits: request.limits.clone(),
+        };
+        let candidate = crate::bus::ComponentManifest {
+            name: draft.name.clone(),
+            version: 0,
+            digest: draft.digest.as_str().to_owned(),
+            size: draft.size,
+            world,
+            grants: draft.grants.clone(),
+            limits: draft.limits.clone(),
+            recorded_at: String::new(),
+            restored_from: None,
+        };
+        let spec = match spec_of(&candidate) {
+            Ok(spec) => spec,
+            Err(why) => return refused(why).await,
+        };
+        let timeout = spec.limits.timeout;
+        let sandbox = self.sandbox.clone();
+        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ApiErrorKind::Internal,
+                    format!("the compile task failed: {e}"),
+                )
+            })?;
+        if let Err(e) = prepared {
+            return refused(e.message).await;
+        }
+        let subscription = self.subscriptions.get(&request.name).await?;
+        if subscription.is_some() && world != World::Listener {
+            return refused(format!(
+                "`{}` is subscribed as a listener and this component is a {world}; \
+                 `sandbus unsubscribe {}` first or upload it under another name",
+                request.name, request.name
+            ))
+            .await;
+        }
+        if let Some(current) = self.store.manifest(&request.name).await?
+            && current.digest == candidate.digest
+            && current.grants == candidate.grants
+            && current.limits == candidate.limits
+            && current.world == world
+        {
+            return Ok(UploadReply {
+                manifest: current,
+                unchanged: true,
+            });
+        }
+        let manifest = self.store.record(draft).await?;
+        if let Some(subscription) = subscription {
+            self.subscriptions
+                .put(&subscription, ack_wait_for(timeout))
+                .await?;
+        }
+        self.component_event(host_events::COMPONENT_ADDED, &manifest)
+            .await;
+        Ok(UploadReply {
+            manifest,
+            unchanged: false,
+        })
+    }
+
+    async fn remove(
+        &self,
+        request: NameRequest,
+    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+        if self.subscriptions.get(&request.name).await?.is_some() {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "`{0}` is subscribed; `sandbus unsubscribe {0}` first (its pending events are then dropped)",
+                    request.name
+                ),
+            ));
+        }
+        let manifest = self.store.remove(&request.name).await?;
+        self.component_event(host_events::COMPONENT_REMOVED, &manifest)
+            .await;
+        Ok(manifest)
+    }
+
+    async fn rollback(
+        &self,
+        request: NameRequest,
+    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+        if let Some(subscription) = self.subscriptions.get(&request.name).await? {
+            let history = self.store.history(&request.name).await?;
+            let current = self.store.manifest(&request.name).await?;
+            let target = current.and_then(|c| {
+                history
+                    .iter()
+                    .rev()
+                    .find(|m| m.version < c.content_version() && m.restored_from.is_none())
+                    .cloned()
+            });
+            if let Some(target) = &target {
+                if target.world != World::Listener {
+                    return Err(ApiError::new(
+                        ApiErrorKind::Conflict,
+                        format!(
+                            "the previous version of `{}` is a script, and it is subscribed as a listener",
+                            request.name
+                        ),
+                    ));
+                }
+                let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
+                self.subscriptions
+                    .put(&subscription, ack_wait_for(limits.timeout))
+                    .await?;
+            }
+        }
+        let manifest = self.store.rollback(&request.name).await?;
+        self.component_event(host_events::COMPONENT_ADDED, &manifest)
+            .await;
+        Ok(manifest)
+    }
+
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, ApiError> {
+        let manifest = self.store.manifest(&request.name).await?.ok_or_else(|| {
+            ApiError::new(
+                ApiErrorKind::NotFound,
+                format!(
+                    "no component named `{}`; upload it first with `sandbus upload`",
+                    request.name
+                ),
+            )
+        })?;
+        if manifest.world != World::Listener {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is a {}, not a listener; only listeners can subscribe to events",
+                request.name, manifest.world
+            )));
+        }
+        let mut subscription = Subscription::new(&request.name, request.events);
+        if let Some(n) = request.max_in_flight {
+            subscription.max_in_flight = n;
+        }
+        if let Some(n) = request.max_deliver {
+            subscription.max_deliver = n;
+        }
+        if let Some(backoff) = request.backoff_ms {
+            subscription.backoff = backoff.into_iter().map(Duration::from_millis).collect();
+        }
+        subscription.validate().map_err(ApiError::bad_request)?;
+        let limits = manifest.resolved_limits().map_err(ApiError::bad_request)?;
+        self.subscriptions
+            .put(&subscription, ack_wait_for(limits.timeout))
+            .await?;
+        Ok(subscription)
+    }
+
+    async fn component_event(&self, ty: &str, manifest: &crate::bus::ComponentManifest) {
+        let verb = if ty == host_events::COMPONENT_ADDED {
+            "added"
+        } else {
+            "removed"
+        };
+        self.host_events
+            .emit_or_log(
+                ty,
+                format!("component-{verb}/{}/{}", manifest.name, manifest.version),
+                Some(manifest.name.clone()),
+                serde_json::to_value(manifest).unwrap_or_default(),
+            )
+            .await;
+    }
+
+    /// Forgets the bytes and compiled code of a refused upload, unless something uses them.
+    async fn forget(&self, digest: &str) {
+        let loaded = self
+            .components
+            .names()
+            .iter()
+            .filter_map(|n| self.components.get(n))
+            .any(|c| c.manifest.digest == digest);
+        if !loaded {
+            self.sandbox.evict(&Digest::from_hex(digest));
+            if let Err(e) = self.store.forget_bytes_if_unused(digest).await {
+                tracing::warn!(%digest, error = %e, "could not delete the refused component's bytes");
+            }
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+fn parse_or_empty<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse(body)
+    }
+}
+
+fn to_json<T: Serialize>(value: T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))
+}
+
+/// The service error header holds one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}

@@ -1,0 +1,432 @@
+//! [`ListenerDispatcher`]: one listener's events, from its durable consumer into the sandbox.
+//!
+//! The flow is one way: a message is pulled from the listener's consumer, parsed into a
+//! [`CanonicalEvent`], handed to the listener in a fresh instance, and only then acknowledged.
+//!
+//! - **Batches, pipelined acks.** Messages are pulled in batches (the client keeps the next
+//!   pull in flight), handled concurrently up to the subscription's `max_in_flight`, and each
+//!   is acknowledged as soon as its own call returns, without waiting for the server.
+//! - **Backpressure, never shedding.** A message is only taken from the consumer once an
+//!   in-flight slot is free, and the consumer caps unacknowledged messages at the same
+//!   number: a slow listener slows its consumer down.
+//! - **Retry, then dead-letter.** `retry` is a nak with the listener's delay (or the
+//!   subscription's backoff). `reject`, a trap or a timeout are naked with the backoff while
+//!   deliveries remain; the last failure copies the event to the dead-letter stream with the
+//!   reason, emits `sandbus.listener.dead-lettered`, and only then acknowledges. An event that
+//!   is not a valid canonical event is dead-lettered at once: retrying cannot fix it.
+//! - **Stopping.** On shutdown the dispatcher stops pulling, gives calls in flight a grace
+//!   period, naks the ones that do not finish and naks what was pulled but not started.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::Message;
+use futures::StreamExt as _;
+use serde_json::json;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::components::LoadedComponents;
+use super::host_events::{self, HostEvents};
+use crate::bus::LastError;
+use crate::bus::{DeadLetter, EventStream, Subscription, SubscriptionStore};
+use crate::event::CanonicalEvent;
+use crate::sandbox::{Capabilities, HandlerOutcome};
+
+/// What every dispatcher of a daemon shares.
+pub struct DispatchContext {
+    /// This host's id (on failure records).
+    pub host_id: String,
+    /// The events and dead-letter streams.
+    pub events: EventStream,
+    /// Subscriptions, consumers and listener status.
+    pub subscriptions: SubscriptionStore,
+    /// The components loaded here.
+    pub components: Arc<LoadedComponents>,
+    /// What guests reach: bus, kv, log.
+    pub capabilities: Capabilities,
+    /// The host's own events.
+    pub host_events: HostEvents,
+    /// How long calls in flight may run on after a shutdown began.
+    pub grace: Duration,
+    /// Most messages asked for in one pull.
+    pub batch: usize,
+}
+
+/// A running dispatcher: stop it, or wait for it.
+pub struct DispatcherHandle {
+    /// The subscription it runs.
+    pub subscription: Subscription,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DispatcherHandle {
+    /// Stops pulling, lets calls in flight finish (or naks them after the grace period) and
+    /// waits until it is done.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(listener = %self.subscription.listener, error = %e, "dispatcher task failed");
+        }
+    }
+}
+
+/// Pulls one listener's events and hands them to it.
+pub struct ListenerDispatcher {
+    subscription: Arc<Subscription>,
+    context: Arc<DispatchContext>,
+    stop: CancellationToken,
+    failures: Mutex<FailureReports>,
+}
+
+/// Limits `sandbus.listener.failed` events to one a second per listener; the next one says
+/// how many were not reported.
+#[derive(Default)]
+struct FailureReports {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ListenerDispatcher {
+    /// Starts a dispatcher for `subscription` on its own task.
+    pub fn spawn(subscription: Subscription, context: Arc<DispatchContext>) -> DispatcherHandle {
+        let stop = CancellationToken::new();
+        let dispatcher = Arc::new(ListenerDispatcher {
+            subscription: Arc::new(subscription.clone()),
+            context,
+            stop: stop.clone(),
+            failures: Mutex::new(FailureReports::default()),
+        });
+        let task = tokio::spawn(dispatcher.run());
+        DispatcherHandle {
+            subscription,
+            stop,
+            task,
+        }
+    }
+
+    fn listener(&self) -> &str {
+        &self.subscription.listener
+    }
+
+    async fn run(self: Arc<Self>) {
+        let in_flight = Arc::new(Semaphore::new(self.subscription.max_in_flight as usize));
+        let tracker = TaskTracker::new();
+        let mut changes = self.context.components.changes();
+        tracing::info!(listener = self.listener(), events = ?self.subscription.events, "dispatcher started");
+        while !self.stop.is_cancelled() {
+            // Pull only while the listener is loaded here; otherwise its events wait in the
+            // consumer (or go to a host that has it).
+            if self.context.components.get(self.listener()).is_none() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    _ = changes.changed() => continue,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+            let consumer = match self.context.subscriptions.consumer(self.listener()).await {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    tracing::warn!(listener = self.listener(), error = %e, "cannot open the consumer; retrying");
+                    self.pause(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let batch = self
+                .context
+                .batch
+                .min(self.subscription.max_in_flight as usize)
+                .max(1);
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(listener = self.listener(), error = %e, "cannot pull; retrying");
+                    self.pause(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    permit = in_flight.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                let next = tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        let this = self.clone();
+                        tracker.spawn(async move {
+                            this.dispatch(message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                        match e.kind() {
+                            K::MissingHeartbeat | K::Pull | K::Other => {
+                                tracing::debug!(listener = self.listener(), error = %e, "pull interrupted; continuing");
+                            }
+                            _ => {
+                                tracing::warn!(listener = self.listener(), error = %e, "pull ended; pulling again");
+                                self.pause(Duration::from_millis(500)).await;
+                                break;
+                            }
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if self.stop.is_cancelled() {
+                // Pulled but never started: hand them back at once.
+                let drain_until = Instant::now() + Duration::from_millis(200);
+                while let Ok(Some(Ok(message))) =
+                    tokio::time::timeout_at(drain_until.into(), messages.next()).await
+                {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!(listener = self.listener(), "dispatcher stopped");
+    }
+
+    async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    /// Handles one message to the end: ack, nak or dead letter.
+    async fn dispatch(&self, message: Message) {
+        let (sequence, deliveries) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+            Err(e) => {
+                tracing::error!(listener = self.listener(), error = %e, "a message without JetStream metadata; terminating it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let subject = message.subject.to_string();
+        let event = match CanonicalEvent::from_json(&message.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let reason = format!("not a valid canonical event: {e}");
+                self.dead_letter(&message, sequence, deliveries, &subject, None, reason)
+                    .await;
+                return;
+            }
+        };
+        let event_id = event.id.clone();
+        let event_type = event.ty.clone();
+        let Some(component) = self.context.components.get(self.listener()) else {
+            // Unloaded while this message waited: someone else (or later) handles it.
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        };
+        let call = component.prepared.handle(event, &self.context.capabilities);
+        let result = tokio::select! {
+            result = call => Some(result),
+            _ = async {
+                self.stop.cancelled().await;
+                tokio::time::sleep(self.context.grace).await;
+            } => None,
+        };
+        let failure = match result {
+            None => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                return;
+            }
+            Some(Ok(invocation)) => match invocation.output {
+                HandlerOutcome::Ok => {
+                    if let Err(e) = message.ack().await {
+                        tracing::warn!(listener = self.listener(), event = %event_id, error = %e, "ack failed; the event will be redelivered");
+                    }
+                    return;
+                }
+                HandlerOutcome::Retry { delay } => {
+                    if deliveries < u64::from(self.subscription.max_deliver) {
+                        let delay =
+                            delay.unwrap_or_else(|| self.subscription.backoff_after(deliveries));
+                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                        return;
+                    }
+                    "the listener asked for a retry, but no deliveries are left".to_owned()
+                }
+                HandlerOutcome::Reject { reason } => format!("rejected: {reason}"),
+            },
+            Some(Err(e)) => e.to_string(),
+        };
+        self.record_failure(sequence, Some(&event_id), &event_type, &failure, deliveries)
+            .await;
+        if deliveries < u64::from(self.subscription.max_deliver) {
+            let delay = self.subscription.backoff_after(deliveries);
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        } else {
+            let reason = format!(
+                "{failure} (after {deliveries} deliveries, max-deliver {})",
+                self.subscription.max_deliver
+            );
+            self.dead_letter(
+                &message,
+                sequence,
+                deliveries,
+                &subject,
+                Some((&event_id, &event_type)),
+                reason,
+            )
+            .await;
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        sequence: u64,
+        event_id: Option<&str>,
+        event_type: &str,
+        reason: &str,
+        deliveries: u64,
+    ) {
+        tracing::warn!(listener = self.listener(), sequence, event = ?event_id, deliveries, reason, "listener failed an event");
+        let record = LastError {
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            host: self.context.host_id.clone(),
+            sequence,
+            event_id: event_id.map(str::to_owned),
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = self
+            .context
+            .subscriptions
+            .record_failure(self.listener(), &record)
+            .await
+        {
+            tracing::warn!(listener = self.listener(), error = %e, "could not record the failure");
+        }
+        // Never report a listener's failures on its own failure events: that would loop.
+        if event_type.starts_with("sandbus.listener.") {
+            return;
+        }
+        let suppressed = {
+            let mut reports = self.failures.lock().await;
+            let now = Instant::now();
+            if reports
+                .last
+                .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+            {
+                reports.suppressed += 1;
+                return;
+            }
+            reports.last = Some(now);
+            std::mem::take(&mut reports.suppressed)
+        };
+        self.context
+            .host_events
+            .emit_or_log(
+                host_events::LISTENER_FAILED,
+                format!(
+                    "listener-failed/{}/{sequence}/{deliveries}",
+                    self.listener()
+                ),
+                Some(self.listener().to_owned()),
+                json!({
+                    "listener": self.listener(),
+                    "host": self.context.host_id,
+                    "sequence": sequence,
+                    "event_id": event_id,
+                    "deliveries": deliveries,
+                    "reason": reason,
+                    "unreported_failures": suppressed,
+                }),
+            )
+            .await;
+    }
+
+    /// Copies the message to the dead-letter stream, emits the event, then acknowledges. If
+    /// the copy fails the message is naked instead: nothing is dropped.
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        sequence: u64,
+        deliveries: u64,
+        subject: &str,
+        event: Option<(&str, &str)>,
+        reason: String,
+    ) {
+        let letter = DeadLetter {
+            listener: self.listener().to_owned(),
+            reason: reason.clone(),
+            deliveries,
+            subject: subject.to_owned(),
+            sequence,
+            payload: message.payload.clone(),
+        };
+        if event.is_none() {
+            self.record_failure(sequence, None, "", &reason, deliveries)
+                .await;
+        }
+        if let Err(e) = self.context.events.dead_letter(&letter).await {
+            tracing::warn!(listener = self.listener(), sequence, error = %e, "could not dead-letter; will retry");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+        tracing::warn!(
+            listener = self.listener(),
+            sequence,
+            reason,
+            "dead-lettered an event"
+        );
+        let about_itself = event.is_some_and(|(_, ty)| ty == host_events::LISTENER_DEAD_LETTERED);
+        if !about_itself {
+            let result = self
+                .context
+                .host_events
+                .emit(
+                    host_events::LISTENER_DEAD_LETTERED,
+                    format!("dead-lettered/{}/{sequence}", self.listener()),
+                    Some(self.listener().to_owned()),
+                    json!({
+                        "listener": self.listener(),
+                        "host": self.context.host_id,
+                        "sequence": sequence,
+                        "subject": subject,
+                        "event_id": event.map(|(id, _)| id),
+                        "deliveries": deliveries,
+                        "reason": reason,
+                    }),
+                )
+                .await;
+            if let Err(e) = result {
+                // Deduplicated by id when it is sent again, so retrying the whole step is safe.
+                tracing::warn!(listener = self.listener(), error = %e, "could not emit the dead-letter event; will retry");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        }
+        if let Err(e) = message.ack_with(AckKind::Term).await {
+            tracing::warn!(listener = self.listener(), error = %e, "could not terminate a dead-lettered event");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The canonical events a daemon emits about what it sees and does.
+//!
+//! They are ordinary canonical events (CloudEvents JSON on `events.sandbus.…`), so a listener
+//! can subscribe to them like to any other. Ids are derived from what happened (component
+//! and version, listener and stream sequence...), so when several daemons report the same
+//! fact, or one daemon reports it again after a restart, the stream keeps it once.
+
+use serde_json::json;
+
+use crate::bus::{BusError, EventStream, PublishedEvent, names};
+use crate::event::CanonicalEvent;
+
+/// A component version was recorded (upload or rollback).
+pub const COMPONENT_ADDED: &str = "sandbus.component.added";
+/// A component was removed.
+pub const COMPONENT_REMOVED: &str = "sandbus.component.removed";
+/// A listener failed to handle an event (it will be retried). Rate limited per listener.
+pub const LISTENER_FAILED: &str = "sandbus.listener.failed";
+/// A listener gave up on an event; it went to the dead-letter stream.
+pub const LISTENER_DEAD_LETTERED: &str = "sandbus.listener.dead-lettered";
+/// A daemon started.
+pub const HOST_STARTED: &str = "sandbus.host.started";
+/// A daemon stopped cleanly.
+pub const HOST_STOPPED: &str = "sandbus.host.stopped";
+/// A control request sent as a cast finished; carries its result or error.
+pub const REQUEST_FINISHED: &str = "sandbus.request.finished";
+
+/// Emits this host's events on the events stream.
+#[derive(Clone)]
+pub struct HostEvents {
+    host_id: String,
+    events: EventStream,
+}
+
+impl HostEvents {
+    /// An emitter for `host_id`.
+    pub fn new(host_id: &str, events: EventStream) -> Self {
+        Self {
+            host_id: host_id.to_owned(),
+            events,
+        }
+    }
+
+    /// The host id events are emitted as.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Builds and publishes an event of type `ty` with id `id` and JSON `data`.
+    pub async fn emit(
+        &self,
+        ty: &str,
+        id: String,
+        subject: Option<String>,
+        data: serde_json::Value,
+    ) -> Result<PublishedEvent, BusError> {
+        let event = CanonicalEvent {
+            id,
+            source: names::host_source(&self.host_id),
+            ty: ty.to_owned(),
+            subject,
+            time: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+            datacontenttype: Some("application/json".into()),
+            data: data.to_string().into_bytes(),
+        };
+        self.events.publish(&event).await
+    }
+
+    /// Like [`HostEvents::emit`], but only logs a failure: for events whose loss must not
+    /// stop the work that produced them.
+    pub async fn emit_or_log(
+        &self,
+        ty: &str,
+        id: String,
+        subject: Option<String>,
+        data: serde_json::Value,
+    ) {
+        if let Err(e) = self.emit(ty, id, subject, data).await {
+            tracing::warn!(event_type = ty, error = %e, "could not emit a host event");
+        }
+    }
+
+    /// `sandbus.host.started` / `sandbus.host.stopped`, with the daemon's start time in the
+    /// id so every run of the daemon is its own fact.
+    pub async fn host(&self, ty: &str, started_at: &str) {
+        let id = format!("{ty}/{}/{started_at}", self.host_id);
+        self.emit_or_log(
+            ty,
+            id,
+            Some(self.host_id.clone()),
+            json!({ "host": self.host_id, "started_at": started_at, "version": env!("CARGO_PKG_VERSION") }),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,408 @@
+//! The daemon: the bus wired to the sandbox.
+//!
+//! [`Daemon::run`] connects to NATS (waiting for it, and reconnecting forever), sets up the
+//! JetStream layout if it is missing, and then runs, until its stop token is cancelled:
+//!
+//! - a watch on the component manifests that loads, hot-swaps and unloads components
+//!   ([`LoadedComponents`]);
+//! - a watch on the subscriptions that starts and stops one [`ListenerDispatcher`] per
+//!   subscribed listener;
+//! - the control API ([`ControlApi`]);
+//! - a presence heartbeat in the hosts bucket.
+//!
+//! Stopping is graceful: the API stops answering, dispatchers stop pulling and let calls in
+//! flight finish within the grace period (the rest are naked), `sandbus.host.stopped` is
+//! emitted and the presence entry removed.
+
+mod components;
+pub mod config;
+mod control;
+mod dispatcher;
+pub mod host_events;
+pub mod up;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use components::{LoadedComponent, LoadedComponents};
+pub use config::ConfigFile;
+pub use control::ControlApi;
+pub use dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
+
+use crate::bus::{
+    self, BusError, BusErrorKind, ComponentStore, EventStream, HostInfo, HostRegistry, NatsKv,
+    NatsPublisher, SubscriptionChange, SubscriptionStore,
+};
+use crate::imports::log::DiscardLog;
+use crate::sandbox::{Capabilities, Sandbox, SandboxConfig};
+use host_events::HostEvents;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The data directory or host id file could not be used.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The sandbox could not start.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::ConfigError),
+    /// The bus could not be set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// A daemon, configured and ready to run.
+pub struct Daemon {
+    config: ConfigFile,
+    data_dir: PathBuf,
+}
+
+impl Daemon {
+    /// A daemon from a checked configuration.
+    pub fn new(config: ConfigFile) -> Result<Self, DaemonError> {
+        config.check().map_err(DaemonError::Config)?;
+        let data_dir = config
+            .host
+            .data_dir
+            .clone()
+            .unwrap_or_else(config::default_data_dir);
+        Ok(Self { config, data_dir })
+    }
+
+    /// The host id: configured, or read from (or first written to) the data directory.
+    pub fn host_id(&self) -> Result<String, DaemonError> {
+        if let Some(id) = &self.config.host.id {
+            return Ok(id.clone());
+        }
+        let path = self.data_dir.join("host-id");
+        match std::fs::read_to_string(&path) {
+            Ok(id) => {
+                let id = id.trim().to_owned();
+                config::validate_host_id(&id)
+                    .map_err(|why| DaemonError::Config(format!("{}: {why}", path.display())))?;
+                Ok(id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = format!("host-{}", hex::encode(rand::random::<[u8; 6]>()));
+                create_dir(&self.data_dir)?;
+                std::fs::write(&path, format!("{id}\n")).map_err(|source| DaemonError::Io {
+                    what: "cannot write the host id to",
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(id)
+            }
+            Err(source) => Err(DaemonError::Io {
+                what: "cannot read the host id from",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then shuts down gracefully.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), DaemonError> {
+        let host_id = self.host_id()?;
+        let started_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        create_dir(&self.data_dir)?;
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+            pooling: self.config.sandbox.pooling,
+            pool_instances: self.config.sandbox.pool_instances,
+            fuel: self.config.sandbox.fuel,
+            cache_dir: self
+                .config
+                .sandbox
+                .cache
+                .then(|| self.data_dir.join("cache")),
+            ..SandboxConfig::default()
+        })?);
+        tracing::info!(host = %host_id, url = self.config.nats.url(), "connecting to NATS");
+        let client = bus::connect_daemon(&self.config.nats).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let Some(layout) = self.set_up(&js, &stop).await? else {
+            return Ok(());
+        };
+        let Layout {
+            events,
+            store,
+            subscriptions,
+            kv,
+            hosts,
+        } = layout;
+        let host_events = HostEvents::new(&host_id, events.clone());
+        let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
+        let context = Arc::new(DispatchContext {
+            host_id: host_id.clone(),
+            events: events.clone(),
+            subscriptions: subscriptions.clone(),
+            components: components.clone(),
+            capabilities: Capabilities {
+                log: Arc::new(DiscardLog),
+                publisher: Arc::new(NatsPublisher::new(js.clone())),
+                kv: Arc::new(kv),
+            },
+            host_events: host_events.clone(),
+            grace: self.config.listeners.shutdown_grace,
+            batch: self.config.listeners.batch,
+        });
+        let dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>> = Arc::default();
+        let watchers = CancellationToken::new();
+        let manifests_task = tokio::spawn(watch_manifests(
+            store.clone(),
+            components.clone(),
+            watchers.clone(),
+        ));
+        let subscriptions_task = tokio::spawn(watch_subscriptions(
+            subscriptions.clone(),
+            context.clone(),
+            dispatchers.clone(),
+            watchers.clone(),
+        ));
+        let api = Arc::new(ControlApi {
+            sandbox,
+            components: components.clone(),
+            store,
+            subscriptions,
+            events,
+            hosts: hosts.clone(),
+            host_events: host_events.clone(),
+        });
+        let api_stop = CancellationToken::new();
+        let api_task = tokio::spawn(api.serve(client.clone(), api_stop.clone()));
+        let presence_task = tokio::spawn(heartbeat(
+            hosts.clone(),
+            host_id.clone(),
+            started_at.clone(),
+            components.clone(),
+            dispatchers.clone(),
+            watchers.clone(),
+        ));
+        host_events
+            .host(host_events::HOST_STARTED, &started_at)
+            .await;
+        tracing::info!(host = %host_id, "daemon ready");
+
+        stop.cancelled().await;
+        tracing::info!(host = %host_id, "shutting down");
+        api_stop.cancel();
+        watchers.cancel();
+        let _ = subscriptions_task.await;
+        let _ = manifests_task.await;
+        let handles: Vec<DispatcherHandle> =
+            dispatchers.lock().await.drain().map(|(_, h)| h).collect();
+        futures::future::join_all(handles.into_iter().map(DispatcherHandle::stop)).await;
+        match api_task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "control API ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "control API task failed"),
+            Ok(Ok(())) => {}
+        }
+        let _ = presence_task.await;
+        host_events
+            .host(host_events::HOST_STOPPED, &started_at)
+            .await;
+        if let Err(e) = hosts.leave(&host_id).await {
+            tracing::warn!(error = %e, "could not remove this host's presence entry");
+        }
+        let _ = client.flush().await;
+        tracing::info!(host = %host_id, "stopped");
+        Ok(())
+    }
+
+    /// Creates or opens every stream and bucket; waits while JetStream is unavailable.
+    /// `None` if stopped while waiting.
+    async fn set_up(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stop: &CancellationToken,
+    ) -> Result<Option<Layout>, DaemonError> {
+        let replicas = self.config.events.replicas;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let events = EventStream::ensure(js.clone(), &self.config.events).await?;
+                let store = ComponentStore::ensure(js, replicas).await?;
+                let subscriptions = SubscriptionStore::ensure(js, events.clone(), replicas).await?;
+                let kv = NatsKv::ensure(js, replicas, 1 << 20).await?;
+                let hosts = HostRegistry::ensure(js, replicas).await?;
+                Ok::<_, BusError>(Layout {
+                    events,
+                    store,
+                    subscriptions,
+                    kv,
+                    hosts,
+                })
+            };
+            match attempt.await {
+                Ok(layout) => return Ok(Some(layout)),
+                Err(e) if e.kind == BusErrorKind::Unavailable => {
+                    tracing::warn!(error = %e, "JetStream is not ready (is the server started with -js?); retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+struct Layout {
+    events: EventStream,
+    store: ComponentStore,
+    subscriptions: SubscriptionStore,
+    kv: NatsKv,
+    hosts: HostRegistry,
+}
+
+fn create_dir(path: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(path).map_err(|source| DaemonError::Io {
+        what: "cannot create the data directory",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Keeps the loaded components in step with the manifests until `stop`.
+async fn watch_manifests(
+    store: ComponentStore,
+    components: Arc<LoadedComponents>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        match store.watch().await {
+            Ok(mut changes) => loop {
+                let change = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    change = changes.next() => change,
+                };
+                match change {
+                    Some(Ok(change)) => {
+                        if let Err(e) = components.apply(change).await {
+                            tracing::error!(error = %e, "could not load a component");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the manifest watch failed; watching again");
+                        break;
+                    }
+                    None => break,
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot watch the manifests; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Starts, restarts and stops dispatchers as subscriptions change, until `stop`.
+async fn watch_subscriptions(
+    subscriptions: SubscriptionStore,
+    context: Arc<DispatchContext>,
+    dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        match subscriptions.watch().await {
+            Ok(mut changes) => loop {
+                let change = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    change = changes.next() => change,
+                };
+                match change {
+                    Some(Ok(SubscriptionChange::Put(subscription))) => {
+                        let mut running = dispatchers.lock().await;
+                        let same = running.get(&subscription.listener).is_some_and(|h| {
+                            h.subscription.events == subscription.events
+                                && h.subscription.max_in_flight == subscription.max_in_flight
+                                && h.subscription.max_deliver == subscription.max_deliver
+                                && h.subscription.backoff == subscription.backoff
+                        });
+                        if same {
+                            continue;
+                        }
+                        if let Some(old) = running.remove(&subscription.listener) {
+                            old.stop().await;
+                        }
+                        let name = subscription.listener.clone();
+                        running.insert(
+                            name,
+                            ListenerDispatcher::spawn(subscription, context.clone()),
+                        );
+                    }
+                    Some(Ok(SubscriptionChange::Removed(listener))) => {
+                        let old = dispatchers.lock().await.remove(&listener);
+                        if let Some(old) = old {
+                            old.stop().await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the subscription watch failed; watching again");
+                        break;
+                    }
+                    None => break,
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot watch the subscriptions; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Refreshes this host's presence entry every heartbeat until `stop`.
+async fn heartbeat(
+    hosts: HostRegistry,
+    host_id: String,
+    started_at: String,
+    components: Arc<LoadedComponents>,
+    dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>>,
+    stop: CancellationToken,
+) {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    loop {
+        let mut listeners: Vec<String> = dispatchers.lock().await.keys().cloned().collect();
+        listeners.sort();
+        let info = HostInfo {
+            id: host_id.clone(),
+            hostname: hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_at: started_at.clone(),
+            seen_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            components: components.names(),
+            listeners,
+        };
+        if let Err(e) = hosts.beat(&info).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(bus::HEARTBEAT) => {}
+        }
+    }
+}
