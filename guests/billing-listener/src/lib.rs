@@ -9,15 +9,35 @@
 //! 1. Record this event's fact: `set-if-absent(start|stop/<tenant>/<instance>, unix seconds)`.
 //!    A duplicate carries the same time, so first-write-wins is right.
 //! 2. Read the other fact. If it is absent, stop here: the other event completes the record.
-//! 3. Both known: `set-if-absent(usage/<tenant>/<instance>, max(0, stop - start))`.
+//! 3. Both known: `set-if-absent(usage/<tenant>/<shard>/<instance>, max(0, stop - start))`,
+//!    `<shard>` being the instance's fixed shard, `00` to `15` ([`model::Shard::of`]).
 //! 4. Emit `billing.usage` with a deterministic id; the bus drops a re-emitted copy.
-//! 5. Recompute `total/<tenant>` as the sum of every `usage/<tenant>/*`, written with
-//!    `compare-and-swap` against the total read before summing (retried, at most
-//!    [`TOTAL_TRIES`] times). Usage keys are never removed and never negative, so a swap
-//!    that wins always writes a sum that includes every usage its writer saw.
+//! 5. Recompute the sums, in two levels, each written with `compare-and-swap` against the
+//!    value read before summing (retried, at most [`TOTAL_TRIES`] times each):
+//!    1. `shard/<tenant>/<shard>`, for the instance's shard, as the sum of every
+//!       `usage/<tenant>/<shard>/*` (one `list-keys`, one `get` per usage key of that shard:
+//!       about 1/16 of the tenant's instances);
+//!    2. `total/<tenant>` as the sum of the [`model::SHARDS`] `shard/<tenant>/<shard>` values,
+//!       an absent one counting 0 (16 `get`s, however many instances the tenant has).
+//!
+//!    Both run on every delivery that reaches step 5, even when 5.1 found nothing to change.
+//!
+//! Why the sums end exact. Usage keys are written once, never removed and never negative, so
+//! the sum of a shard's usage keys only grows. A shard key only ever receives such a sum, read
+//! after the value it replaces, and a swap fails if the key changed in between, so a swap that
+//! wins writes a sum that includes everything its writer saw and shard values only grow; the
+//! same holds one level up for the total, a sum of shard values. So the total never goes down
+//! and never exceeds the sum of the shards, which never exceeds the sum of the usage keys.
+//! A handler that reaches step 5 runs 5.1 after its usage key exists: when 5.1 ends, the shard
+//! includes that usage (its swap won, or the shard already held a sum that includes it). It
+//! then runs 5.2, reading every shard after that. In particular the handler whose swap was the
+//! last change to any of the tenant's shards recomputes the total afterwards from every
+//! shard's final value, so the total ends equal to the sum of every usage key, each counted
+//! once (one key per instance).
 //!
 //! A crash between any two steps is repaired by the redelivery: steps 1 and 3 are no-ops the
-//! second time, 4 is de-duplicated, 5 recomputes from scratch.
+//! second time, 4 is de-duplicated, 5 repeats 5.1 and 5.2 from scratch. So is a 5.1 or 5.2
+//! that gives up after [`TOTAL_TRIES`] lost swaps: the event is retried.
 //!
 //! Outcomes: a malformed event (bad JSON, bad tenant or instance, missing or bad `time`) is
 //! rejected with a reason naming what is wrong; other event types are acknowledged and
@@ -35,12 +55,13 @@ wit_bindgen::generate!({
 });
 
 use exports::sandbus::host::handler::{Event, Guest, Outcome};
-use model::{Fact, UsageData, VmEvent};
+use model::{Fact, Shard, UsageData, VmEvent};
 use sandbus::host::bus::{self, BusError};
 use sandbus::host::kv::{self, KvError};
 use sandbus::host::log::{self, Level};
 
-/// How many times the tenant total is recomputed when other handlers keep changing it.
+/// How many times a shard sum or the tenant total is recomputed when other handlers keep
+/// changing it.
 pub const TOTAL_TRIES: usize = 64;
 
 /// Why an event was not handled now.
@@ -137,10 +158,15 @@ fn handle_vm_event(vm: &VmEvent) -> Result<()> {
     )?;
 
     let deferred = emit_usage(&UsageData::new(tenant, instance, seconds, start, stop))?;
+    let shard = Shard::of(instance);
+    let shard_sum = update_shard(tenant, shard)?;
     let total = update_total(tenant)?;
     log::log(
         Level::Info,
-        &format!("tenant {tenant} instance {instance} billed {seconds} s (tenant total {total} s)"),
+        &format!(
+            "tenant {tenant} instance {instance} billed {seconds} s \
+             (shard {shard} {shard_sum} s, tenant total {total} s)"
+        ),
     );
     match deferred {
         Some(reason) => Err(Failure::Reject(reason)),
@@ -222,34 +248,61 @@ fn emit_usage(usage: &UsageData<'_>) -> Result<Option<String>> {
     }
 }
 
-/// Recomputes `total/<tenant>` from the usage keys; returns the total written (or found).
-fn update_total(tenant: &str) -> Result<i64> {
-    let total_key = model::total_key(tenant);
-    let prefix = model::usage_prefix(tenant);
-    for _ in 0..TOTAL_TRIES {
-        let old = kv::get(&total_key).map_err(|e| kv_failure("get", &total_key, e))?;
+/// Step 5.1: recomputes `shard/<tenant>/<shard>` from the usage keys of that shard; returns
+/// the sum written (or found).
+fn update_shard(tenant: &str, shard: Shard) -> Result<i64> {
+    let prefix = model::usage_shard_prefix(tenant, shard);
+    recompute(&model::shard_key(tenant, shard), || {
         let keys = kv::list_keys(&prefix).map_err(|e| kv_failure("list-keys", &prefix, e))?;
-        let mut sum: i64 = 0;
-        for key in &keys {
-            // Usage keys are never deleted; one missing now counts as nothing.
-            let Some(seconds) = read(key)? else { continue };
-            sum = sum.checked_add(seconds).ok_or_else(|| {
-                Failure::Reject(format!("the usage of tenant {tenant} overflows 64 bits"))
-            })?;
-        }
+        // Usage keys are never deleted; one missing now counts as nothing.
+        sum_of(tenant, keys.iter().map(|key| read(key)))
+    })
+}
+
+/// Step 5.2: recomputes `total/<tenant>` from the tenant's shard sums (an absent shard counts
+/// 0); returns the total written (or found).
+fn update_total(tenant: &str) -> Result<i64> {
+    recompute(&model::total_key(tenant), || {
+        sum_of(
+            tenant,
+            Shard::all().map(|shard| read(&model::shard_key(tenant, shard))),
+        )
+    })
+}
+
+/// The compare-and-swap loop of steps 5.1 and 5.2: reads `key`, then computes `sum` (whose
+/// reads all come after), and stores the sum unless `key` changed in between; at most
+/// [`TOTAL_TRIES`] times. Returns the sum stored (or found already there).
+fn recompute(key: &str, mut sum: impl FnMut() -> Result<i64>) -> Result<i64> {
+    for _ in 0..TOTAL_TRIES {
+        let old = kv::get(key).map_err(|e| kv_failure("get", key, e))?;
+        let sum = sum()?;
         let new = sum.to_string();
         if old.as_deref() == Some(new.as_bytes()) {
             return Ok(sum);
         }
-        if kv::compare_and_swap(&total_key, old.as_deref(), new.as_bytes())
-            .map_err(|e| kv_failure("compare-and-swap", &total_key, e))?
+        if kv::compare_and_swap(key, old.as_deref(), new.as_bytes())
+            .map_err(|e| kv_failure("compare-and-swap", key, e))?
         {
             return Ok(sum);
         }
     }
     Err(Failure::Retry(format!(
-        "kv `{total_key}` kept changing; gave up after {TOTAL_TRIES} tries"
+        "kv `{key}` kept changing; gave up after {TOTAL_TRIES} tries"
     )))
+}
+
+/// The sum of stored values of `tenant`, an absent one counting 0; stops at the first read
+/// that fails.
+fn sum_of(tenant: &str, values: impl Iterator<Item = Result<Option<i64>>>) -> Result<i64> {
+    let mut sum: i64 = 0;
+    for value in values {
+        let Some(value) = value? else { continue };
+        sum = sum.checked_add(value).ok_or_else(|| {
+            Failure::Reject(format!("the usage of tenant {tenant} overflows 64 bits"))
+        })?;
+    }
+    Ok(sum)
 }
 
 /// `unavailable` is worth a retry; anything else is a reason to reject.

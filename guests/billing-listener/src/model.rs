@@ -5,12 +5,25 @@
 //!
 //! Key-value layout (the listener's private space; every value is decimal text):
 //!
-//! | key                          | value                                  | written with      |
-//! |------------------------------|----------------------------------------|-------------------|
-//! | `start/<tenant>/<instance>`  | unix seconds of the `vm.started` event | `set-if-absent`   |
-//! | `stop/<tenant>/<instance>`   | unix seconds of the `vm.stopped` event | `set-if-absent`   |
-//! | `usage/<tenant>/<instance>`  | billed seconds, `max(0, stop - start)` | `set-if-absent`   |
-//! | `total/<tenant>`             | sum of every `usage/<tenant>/*`        | `compare-and-swap`|
+//! | key                                 | value                                        | written with       |
+//! |-------------------------------------|----------------------------------------------|--------------------|
+//! | `start/<tenant>/<instance>`         | unix seconds of the `vm.started` event       | `set-if-absent`    |
+//! | `stop/<tenant>/<instance>`          | unix seconds of the `vm.stopped` event       | `set-if-absent`    |
+//! | `usage/<tenant>/<shard>/<instance>` | billed seconds, `max(0, stop - start)`       | `set-if-absent`    |
+//! | `shard/<tenant>/<shard>`            | sum of every `usage/<tenant>/<shard>/*`      | `compare-and-swap` |
+//! | `total/<tenant>`                    | sum of the 16 `shard/<tenant>/*` (absent: 0) | `compare-and-swap` |
+//!
+//! `<shard>` is [`Shard::of`] the instance: a stable hash of its name modulo [`SHARDS`], written
+//! as two decimal digits (`00` to `15`), so recomputing a sum reads one shard's usage keys, not
+//! every instance of the tenant. The usage keys are the only keys under `usage/`: one per
+//! billed instance. The shard sums live under `shard/`, never under `usage/`, so a listing of
+//! `usage/<tenant>/` (or of one shard, `usage/<tenant>/<shard>/`) holds usage keys only.
+//!
+//! The shard of an instance is part of its stored key, so [`Shard::of`] must never change:
+//! a different hash (or a different [`SHARDS`]) would file a redelivered event's usage under a
+//! new key and bill it twice.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +36,12 @@ pub const USAGE_TYPE: &str = "billing.usage";
 /// The `source` of the emitted events.
 pub const USAGE_SOURCE: &str = "/listeners/billing";
 /// Longest tenant or instance accepted, in bytes: keeps every key well under the host's
-/// 512-byte key limit and the emitted id under its 1024-byte attribute limit.
+/// 512-byte key limit (the longest, a usage key, is 410 bytes) and the emitted id under its
+/// 1024-byte attribute limit.
 pub const MAX_NAME_LEN: usize = 200;
+/// How many shards a tenant's usage keys are spread over. Part of every stored usage key:
+/// never change it for existing data (see the module docs).
+pub const SHARDS: u8 = 16;
 
 /// Which fact an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,18 +165,71 @@ pub fn validate_name(field: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The key holding the billed seconds of one instance.
-pub fn usage_key(tenant: &str, instance: &str) -> String {
-    format!("usage/{tenant}/{instance}")
+/// One of the [`SHARDS`] parts a tenant's usage keys are spread over. Shown (and used in
+/// keys) as two decimal digits, `00` to `15`, so every shard's keys have the same shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Shard(u8);
+
+impl Shard {
+    /// The shard of an instance: the 64-bit FNV-1a hash of its name modulo [`SHARDS`]. Stable
+    /// across builds, platforms and versions (no seed, no `std` hasher), as it must be: it is
+    /// part of the stored usage key.
+    pub fn of(instance: &str) -> Self {
+        let shard = fnv1a_64(instance.as_bytes()) % u64::from(SHARDS);
+        // Below SHARDS, so it fits.
+        Shard(u8::try_from(shard).unwrap_or(0))
+    }
+
+    /// Every shard, `00` to `15`, in order.
+    pub fn all() -> impl Iterator<Item = Shard> {
+        (0..SHARDS).map(Shard)
+    }
+
+    /// The shard's number, below [`SHARDS`].
+    pub fn index(self) -> u8 {
+        self.0
+    }
 }
 
-/// The prefix of every usage key of a tenant (the trailing `/` keeps `acme` from matching
-/// `acme2`).
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}", self.0)
+    }
+}
+
+/// The 64-bit FNV-1a hash of `bytes`.
+pub fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// The key holding the billed seconds of one instance, in its shard:
+/// `usage/<tenant>/<shard>/<instance>`.
+pub fn usage_key(tenant: &str, instance: &str) -> String {
+    format!("usage/{tenant}/{}/{instance}", Shard::of(instance))
+}
+
+/// The prefix of every usage key of a tenant, all shards (the trailing `/` keeps `acme` from
+/// matching `acme2`).
 pub fn usage_prefix(tenant: &str) -> String {
     format!("usage/{tenant}/")
 }
 
-/// The key holding a tenant's total billed seconds.
+/// The prefix of the usage keys of one shard of a tenant (the trailing `/` keeps `acme` from
+/// matching `acme2`).
+pub fn usage_shard_prefix(tenant: &str, shard: Shard) -> String {
+    format!("usage/{tenant}/{shard}/")
+}
+
+/// The key holding the sum of one shard's usage keys: `shard/<tenant>/<shard>`.
+pub fn shard_key(tenant: &str, shard: Shard) -> String {
+    format!("shard/{tenant}/{shard}")
+}
+
+/// The key holding a tenant's total billed seconds: the sum of its [`shard_key`]s.
 pub fn total_key(tenant: &str) -> String {
     format!("total/{tenant}")
 }
@@ -327,11 +397,166 @@ mod tests {
         assert_eq!(Fact::Start.key("acme", "vm-1"), "start/acme/vm-1");
         assert_eq!(Fact::Stop.key("acme", "vm-1"), "stop/acme/vm-1");
         assert_eq!(Fact::Start.other(), Fact::Stop);
-        assert_eq!(usage_key("acme", "vm-1"), "usage/acme/vm-1");
+        assert_eq!(usage_key("acme", "vm-1"), "usage/acme/06/vm-1");
+        assert_eq!(usage_key("acme", "vm-2"), "usage/acme/03/vm-2");
         assert_eq!(usage_prefix("acme"), "usage/acme/");
+        assert_eq!(
+            usage_shard_prefix("acme", Shard::of("vm-1")),
+            "usage/acme/06/"
+        );
+        assert_eq!(shard_key("acme", Shard::of("vm-1")), "shard/acme/06");
         assert_eq!(total_key("acme"), "total/acme");
         assert_eq!(usage_event_id("acme", "vm-1"), "billing-usage/acme/vm-1");
         assert_ne!(usage_event_id("a-b", "c"), usage_event_id("a", "b-c"));
+    }
+
+    #[test]
+    fn fnv1a_64_matches_the_reference_vectors() {
+        // From the FNV reference test suite: the shard must not depend on a hasher that can
+        // change (it is part of every stored usage key).
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn shards_are_stable() {
+        // Pinned: changing any of these re-files stored usage under new keys.
+        let pinned = [("vm-1", 6), ("vm-2", 3), ("a", 12), ("acme", 15)];
+        for (instance, want) in pinned {
+            assert_eq!(Shard::of(instance).index(), want, "{instance}");
+            // The shard depends on the instance name only, not on the tenant.
+            assert_eq!(
+                usage_key("acme", instance).strip_prefix("usage/acme/"),
+                usage_key("globex", instance).strip_prefix("usage/globex/"),
+            );
+        }
+        assert_eq!(SHARDS, 16);
+    }
+
+    #[test]
+    fn shards_are_in_range_and_fixed_width() {
+        let all: Vec<String> = Shard::all().map(|s| s.to_string()).collect();
+        assert_eq!(all.len(), usize::from(SHARDS));
+        assert_eq!(all.first().map(String::as_str), Some("00"));
+        assert_eq!(all.get(9).map(String::as_str), Some("09"));
+        assert_eq!(all.last().map(String::as_str), Some("15"));
+        for (i, (shard, text)) in Shard::all().zip(&all).enumerate() {
+            assert_eq!(usize::from(shard.index()), i);
+            assert_eq!(text.len(), 2, "{text}");
+            assert!(text.bytes().all(|b| b.is_ascii_digit()), "{text}");
+        }
+        // Every instance lands in one of them, and a few hundred instances use all of them.
+        let mut used = [0usize; SHARDS as usize];
+        for i in 0..500 {
+            let shard = Shard::of(&format!("vm-{i}"));
+            assert!(shard.index() < SHARDS);
+            assert!(Shard::all().any(|s| s == shard));
+            used[usize::from(shard.index())] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 0), "{used:?}");
+        let long = "x".repeat(MAX_NAME_LEN);
+        assert!(Shard::of(&long).index() < SHARDS);
+    }
+
+    /// The checks the host makes on every key (`[A-Za-z0-9._=/-]`, at most 512 bytes, no
+    /// empty `.`-separated part).
+    fn assert_valid_key(key: &str) {
+        assert!(
+            !key.is_empty() && key.len() <= 512,
+            "{} bytes: {key}",
+            key.len()
+        );
+        assert!(
+            key.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '/' | '-')),
+            "{key}"
+        );
+        assert!(
+            !key.starts_with('.') && !key.ends_with('.') && !key.contains(".."),
+            "{key}"
+        );
+    }
+
+    #[test]
+    fn keys_are_valid_even_for_the_longest_names() {
+        let long = "a".repeat(MAX_NAME_LEN);
+        let shard = Shard::of(&long);
+        for key in [
+            Fact::Start.key(&long, &long),
+            Fact::Stop.key(&long, &long),
+            usage_key(&long, &long),
+            shard_key(&long, shard),
+            total_key(&long),
+            usage_prefix(&long) + "x",
+            usage_shard_prefix(&long, shard) + "x",
+        ] {
+            assert_valid_key(&key);
+        }
+        assert_eq!(usage_key(&long, &long).len(), 410);
+    }
+
+    #[test]
+    fn shard_and_usage_keys_never_collide() {
+        let tenants = ["acme", "acme2", "a", "a.b", "00", "shard", "usage", "total"];
+        let instances = [
+            "vm-1",
+            "vm-2",
+            "00",
+            "15",
+            "x",
+            "shard",
+            "usage",
+            "a.b=c_d-e",
+        ];
+        let mut usage = Vec::new();
+        let mut others = Vec::new();
+        for tenant in tenants {
+            for instance in instances {
+                usage.push((tenant, Shard::of(instance), usage_key(tenant, instance)));
+                others.push(Fact::Start.key(tenant, instance));
+                others.push(Fact::Stop.key(tenant, instance));
+            }
+            for shard in Shard::all() {
+                others.push(shard_key(tenant, shard));
+            }
+            others.push(total_key(tenant));
+        }
+        // Only usage keys are under `usage/`: counting them counts billed instances.
+        for key in &others {
+            assert!(!key.starts_with("usage/"), "{key}");
+            assert!(usage.iter().all(|(_, _, u)| u != key), "{key}");
+        }
+        for tenant in tenants {
+            for shard in Shard::all() {
+                let prefix = usage_shard_prefix(tenant, shard);
+                assert!(prefix.starts_with(&usage_prefix(tenant)), "{prefix}");
+                // A shard's prefix lists exactly that tenant's usage keys in that shard.
+                for (t, s, key) in &usage {
+                    assert_eq!(
+                        key.starts_with(&prefix),
+                        *t == tenant && *s == shard,
+                        "{prefix} vs {key}"
+                    );
+                }
+                for key in &others {
+                    assert!(!key.starts_with(&prefix), "{prefix} vs {key}");
+                }
+            }
+            // The tenant prefix lists that tenant's usage keys only (not `acme2`'s for `acme`).
+            for (t, _, key) in &usage {
+                assert_eq!(
+                    key.starts_with(&usage_prefix(tenant)),
+                    *t == tenant,
+                    "{key}"
+                );
+            }
+        }
+        // One usage key per (tenant, instance).
+        let mut keys: Vec<&String> = usage.iter().map(|(_, _, k)| k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), tenants.len() * instances.len());
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub struct HostInfo {
     pub started_at: String,
     /// When this entry was written (RFC 3339).
     pub seen_at: String,
-    /// Components loaded on this host.
-    pub components: Vec<String>,
+    /// Components loaded on this host: name → manifest version.
+    pub components: std::collections::BTreeMap<String, u64>,
     /// Listeners this host is pulling events for.
     pub listeners: Vec<String>,
 }

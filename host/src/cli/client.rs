@@ -420,7 +420,11 @@ pub async fn hosts(args: &ClientArgs) -> u8 {
                     h.version,
                     h.pid,
                     h.started_at,
-                    h.components.len(),
+                    h.components
+                        .iter()
+                        .map(|(n, v)| format!("{n}@v{v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     h.listeners.join(",")
                 );
             }

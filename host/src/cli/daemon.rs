@@ -39,6 +39,9 @@ pub struct DaemonArgs {
     /// Do not cache compiled components on disk.
     #[arg(long)]
     no_cache: bool,
+    /// Where compiled components are cached [default: <data-dir>/cache].
+    #[arg(long, value_name = "DIR", env = "SANDBUS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     /// How long events in flight may finish after SIGINT/SIGTERM before they are handed back.
     #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
@@ -69,6 +72,9 @@ impl DaemonArgs {
         }
         if self.no_cache {
             config.sandbox.cache = false;
+        }
+        if let Some(dir) = &self.cache_dir {
+            config.sandbox.cache_dir = Some(dir.clone());
         }
         if let Some(grace) = self.shutdown_grace {
             config.listeners.shutdown_grace = grace;

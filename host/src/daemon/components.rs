@@ -91,6 +91,16 @@ impl LoadedComponents {
         names
     }
 
+    /// Loaded name → manifest version.
+    pub fn versions(&self) -> std::collections::BTreeMap<String, u64> {
+        self.loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, c)| (name.clone(), c.manifest.version))
+            .collect()
+    }
+
     /// A receiver that changes whenever a component is loaded, swapped or removed.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

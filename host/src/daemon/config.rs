@@ -66,6 +66,8 @@ pub struct SandboxSection {
     pub fuel: bool,
     /// Cache compiled components on disk.
     pub cache: bool,
+    /// Where [default: `<data_dir>/cache`]. Must be private to the daemon's user.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxSection {
@@ -75,6 +77,7 @@ impl Default for SandboxSection {
             pool_instances: 128,
             fuel: false,
             cache: true,
+            cache_dir: None,
         }
     }
 }

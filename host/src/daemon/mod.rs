@@ -125,11 +125,13 @@ impl Daemon {
             pooling: self.config.sandbox.pooling,
             pool_instances: self.config.sandbox.pool_instances,
             fuel: self.config.sandbox.fuel,
-            cache_dir: self
-                .config
-                .sandbox
-                .cache
-                .then(|| self.data_dir.join("cache")),
+            cache_dir: self.config.sandbox.cache.then(|| {
+                self.config
+                    .sandbox
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("cache"))
+            }),
             ..SandboxConfig::default()
         })?);
         tracing::info!(host = %host_id, url = self.config.nats.url(), "connecting to NATS");
@@ -384,6 +386,7 @@ async fn heartbeat(
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
+    let mut changes = components.changes();
     loop {
         let mut listeners: Vec<String> = dispatchers.lock().await.keys().cloned().collect();
         listeners.sort();
@@ -394,15 +397,18 @@ async fn heartbeat(
             pid: std::process::id(),
             started_at: started_at.clone(),
             seen_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            components: components.names(),
+            components: components.versions(),
             listeners,
         };
         if let Err(e) = hosts.beat(&info).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
+        // Beat again at once when the loaded components change, so `sandbus hosts` shows
+        // what runs where without waiting for the next heartbeat.
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(bus::HEARTBEAT) => {}
+            _ = changes.changed() => {}
         }
     }
 }

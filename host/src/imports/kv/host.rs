@@ -7,8 +7,10 @@ use crate::bindings::kv::{Host, KvError};
 /// Most keys one `list-keys` returns (the first ones in byte order).
 pub const MAX_LISTED_KEYS: usize = 10_000;
 
-/// How often `increment` retries a lost compare-and-swap race before giving up.
-const INCREMENT_ATTEMPTS: usize = 64;
+/// How often `increment` retries a lost compare-and-swap race before giving up. Contention
+/// on one counter from many concurrent invocations (and hosts) is normal; the call's
+/// deadline bounds the whole loop anyway.
+const INCREMENT_ATTEMPTS: usize = 1000;
 
 impl From<KvStoreError> for KvError {
     fn from(e: KvStoreError) -> Self {
@@ -29,7 +31,15 @@ impl KvState {
 
     async fn increment_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.check(key, None)?;
-        for _ in 0..INCREMENT_ATTEMPTS {
+        for attempt in 0..INCREMENT_ATTEMPTS {
+            if attempt > 0 {
+                // Lost a race: back off a random moment so the contenders spread out.
+                let max_ms = attempt.min(8) as u64;
+                tokio::time::sleep(std::time::Duration::from_micros(
+                    rand::random::<u64>() % (max_ms * 1000 + 1),
+                ))
+                .await;
+            }
             let current = self.store.get(&self.namespace, key).await?;
             let old = match &current {
                 None => 0,

@@ -1,0 +1,463 @@
+//! End-to-end throughput and latency of listeners through the real daemon, against a native
+//! async-nats durable consumer doing the same acks, in the same run on the same server.
+//!
+//! Not a criterion benchmark: one run is seconds of traffic through a real `nats-server`, a
+//! release-built `sandbus daemon` and real guests. It prints a table; `scripts/bench.sh`
+//! runs it. Needs `nats-server` on PATH (or `$SANDBUS_NATS_SERVER`) and the guests built.
+//!
+//! - **Throughput**: N events are published while nobody consumes, then the consumer (the
+//!   daemon with the trivial `noop-listener`, or the native loop) drains them. A separate
+//!   client polls the consumer's ack floor, the same way for both; events/s is counted from
+//!   the first ack to the last.
+//! - **Latency**: events are published one every `1/rate` s; the listener (`echo-listener`,
+//!   or the native loop) publishes the event id on `echo.<type>`, then acks. Latency is
+//!   publish → echo received, p50 and p99.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark harness: a failure aborts the run"
+)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use tokio::sync::Mutex;
+
+const EVENTS: usize = 50_000;
+const LATENCY_EVENTS: usize = 2_000;
+const LATENCY_RATE: u64 = 1_000;
+const IN_FLIGHT: i64 = 128;
+const ROUNDS: usize = 3;
+
+fn rounds() -> usize {
+    std::env::var("SANDBUS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let binary = std::env::var("SANDBUS_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event(i: usize, ty: &str) -> (String, String, Vec<u8>) {
+    let id = format!("e-{i}-{}", rand::random::<u32>());
+    let body = serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "/bench", "type": ty,
+        "time": "2026-11-21T12:00:00Z", "datacontenttype": "application/json",
+        "data": {"tenant": "acme", "instance": format!("i-{i}"), "n": i}
+    });
+    (format!("events.{ty}"), id, body.to_string().into_bytes())
+}
+
+async fn publish_all(js: &jetstream::Context, events: Vec<(String, String, Vec<u8>)>) {
+    let mut acks = Vec::with_capacity(events.len());
+    for (subject, id, body) in events {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        acks.push(
+            js.publish_with_headers(subject, headers, body.into())
+                .await
+                .unwrap(),
+        );
+        if acks.len() >= 4096 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+/// Polls a consumer until `total` messages are acked; events/s from first to last ack.
+async fn drain_rate(js: &jetstream::Context, stream: &str, consumer: &str, total: u64) -> f64 {
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut first: Option<(Instant, u64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let info = stream.consumer_info(consumer).await.unwrap();
+        let acked = info.ack_floor.consumer_sequence;
+        let now = Instant::now();
+        if first.is_none() && acked > 0 {
+            first = Some((now, acked));
+        }
+        if info.num_pending == 0 && info.num_ack_pending == 0 && acked >= total {
+            let (t0, a0) = first.unwrap_or((now, 0));
+            let secs = now.duration_since(t0).as_secs_f64().max(1e-6);
+            return (total - a0) as f64 / secs;
+        }
+        assert!(now < deadline, "the consumer did not drain");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn pull_config(name: &str, filter: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name.into()),
+        filter_subject: filter.into(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        max_ack_pending: IN_FLIGHT,
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
+/// The native baseline: a durable pull consumer, batches of 128, ack each message; with
+/// `echo`, publish the event id on `echo.<type>` before the ack.
+async fn native_consume(
+    js: jetstream::Context,
+    name: String,
+    echo: bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let stream = js.get_stream("SANDBUS_EVENTS").await.unwrap();
+    let consumer: consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(IN_FLIGHT as usize)
+        .messages()
+        .await
+        .unwrap();
+    let client = js.client();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = messages.next() => next,
+        };
+        let Some(Ok(message)) = next else { break };
+        if echo {
+            let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            let id = event["id"].as_str().unwrap().to_owned();
+            let ty = event["type"].as_str().unwrap().to_owned();
+            client
+                .publish(format!("echo.{ty}"), id.into())
+                .await
+                .unwrap();
+        }
+        message.ack().await.unwrap();
+    }
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts the daemon; `$SANDBUS_BENCH_WRAP` (e.g. `perf record -g -o daemon.perf --`)
+    /// is put in front of the command, to profile it.
+    fn start(url: &str, data: &Path) -> Self {
+        let wrap = std::env::var("SANDBUS_BENCH_WRAP").unwrap_or_default();
+        let mut words: Vec<String> = wrap.split_whitespace().map(str::to_owned).collect();
+        words.push(env!("CARGO_BIN_EXE_sandbus").to_owned());
+        let child = Command::new(&words[0])
+            .args(&words[1..])
+            .args(["daemon", "--nats", url, "--host-id", "bench", "--data-dir"])
+            .arg(data)
+            .env("SANDBUS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(url: &str, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
+        .args(args)
+        .args(["--nats", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sandbus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for_host(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
+            .args(["hosts", "--json", "--nats", url])
+            .output()
+            .unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"bench\"") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Publishes `LATENCY_EVENTS` at `LATENCY_RATE`/s and measures publish → echo, in µs.
+async fn latency(client: async_nats::Client, ty: &str) -> (f64, f64) {
+    let js = jetstream::new(client.clone());
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut echoes = client.subscribe(format!("echo.{ty}")).await.unwrap();
+    client.flush().await.unwrap();
+    let collector = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(LATENCY_EVENTS);
+            while latencies.len() < LATENCY_EVENTS {
+                let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_secs(60), echoes.next()).await
+                else {
+                    break;
+                };
+                let id = String::from_utf8_lossy(&message.payload).into_owned();
+                if let Some(at) = sent.lock().await.remove(&id) {
+                    latencies.push(at.elapsed().as_micros() as f64);
+                }
+            }
+            latencies
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LATENCY_RATE));
+    for i in 0..LATENCY_EVENTS {
+        tick.tick().await;
+        let (subject, id, body) = event(i, ty);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        sent.lock().await.insert(id, Instant::now());
+        js.publish_with_headers(subject, headers, body.into())
+            .await
+            .unwrap();
+    }
+    let mut latencies = collector.await.unwrap();
+    assert_eq!(latencies.len(), LATENCY_EVENTS, "every event echoed");
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter that isn't ours skips the run.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !args.is_empty() && !args.iter().any(|a| "daemon".contains(a.as_str())) {
+        return;
+    }
+    let guests = repo().join("target/guests");
+    for g in ["noop-listener", "echo-listener"] {
+        assert!(
+            guests.join(format!("{g}.wasm")).exists(),
+            "build the guests first: scripts/build-guests.sh"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _runtime = rt.enter();
+    let server = Server::start();
+    let url = server.url.clone();
+    let data = tempfile::tempdir().unwrap();
+
+    // The daemon sets up the streams; then the listeners are uploaded and subscribed.
+    let daemon = Daemon::start(&url, data.path());
+    wait_for_host(&url);
+    let noop = guests.join("noop-listener.wasm");
+    let echo = guests.join("echo-listener.wasm");
+    cli(&url, &["upload", noop.to_str().unwrap(), "--name", "noop"]);
+    cli(
+        &url,
+        &[
+            "upload",
+            echo.to_str().unwrap(),
+            "--name",
+            "echo",
+            "--grant",
+            "publish=echo.>",
+            "--limit",
+            "publish-rate=100000",
+        ],
+    );
+    cli(
+        &url,
+        &[
+            "subscribe",
+            "noop",
+            "--events",
+            "tput.daemon",
+            "--max-in-flight",
+            &IN_FLIGHT.to_string(),
+        ],
+    );
+    cli(
+        &url,
+        &[
+            "subscribe",
+            "echo",
+            "--events",
+            "lat.daemon",
+            "--max-in-flight",
+            &IN_FLIGHT.to_string(),
+        ],
+    );
+    daemon.stop();
+
+    let client = rt.block_on(async_nats::connect(&url)).unwrap();
+    let js = jetstream::new(client.clone());
+    rt.block_on(async {
+        let stream = js.get_stream("SANDBUS_EVENTS").await.unwrap();
+        stream
+            .create_consumer(pull_config("native-tput", "events.tput.native"))
+            .await
+            .unwrap();
+        stream
+            .create_consumer(pull_config("native-lat", "events.lat.native"))
+            .await
+            .unwrap();
+    });
+
+    let mut native_rates = Vec::new();
+    let mut daemon_rates = Vec::new();
+    let mut total = 0u64;
+    for round in 0..rounds() {
+        total += EVENTS as u64;
+        // Native.
+        rt.block_on(publish_all(
+            &js,
+            (0..EVENTS).map(|i| event(i, "tput.native")).collect(),
+        ));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = rt.spawn(native_consume(
+            js.clone(),
+            "native-tput".into(),
+            false,
+            stop.clone(),
+        ));
+        let native = rt.block_on(drain_rate(&js, "SANDBUS_EVENTS", "native-tput", total));
+        stop.cancel();
+        rt.block_on(task).unwrap();
+        // Daemon.
+        rt.block_on(publish_all(
+            &js,
+            (0..EVENTS).map(|i| event(i, "tput.daemon")).collect(),
+        ));
+        let daemon = Daemon::start(&url, data.path());
+        let rate = rt.block_on(drain_rate(
+            &js,
+            "SANDBUS_EVENTS",
+            "sandbus-listener-noop",
+            total,
+        ));
+        daemon.stop();
+        eprintln!("round {round}: native {native:.0}/s, daemon {rate:.0}/s");
+        native_rates.push(native);
+        daemon_rates.push(rate);
+    }
+
+    // Latency, native then daemon, each alone on the server.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = rt.spawn(native_consume(
+        js.clone(),
+        "native-lat".into(),
+        true,
+        stop.clone(),
+    ));
+    let (native_p50, native_p99) = rt.block_on(latency(client.clone(), "lat.native"));
+    stop.cancel();
+    rt.block_on(task).unwrap();
+    let daemon = Daemon::start(&url, data.path());
+    wait_for_host(&url);
+    let (daemon_p50, daemon_p99) = rt.block_on(latency(client.clone(), "lat.daemon"));
+    daemon.stop();
+
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let native = median(&mut native_rates);
+    let daemon = median(&mut daemon_rates);
+    println!();
+    println!(
+        "end to end through nats-server, {EVENTS} events x {} rounds (median), in flight {IN_FLIGHT}",
+        rounds()
+    );
+    println!(
+        "{:<34} {:>12} {:>10} {:>10} {:>8}",
+        "consumer", "events/s", "p50 µs", "p99 µs", "ratio"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>10.0} {:>10.0} {:>8}",
+        "native async-nats pull + ack", native, native_p50, native_p99, "1.00"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>10.0} {:>10.0} {:>8.2}",
+        "sandbus daemon (noop/echo guest)",
+        daemon,
+        daemon_p50,
+        daemon_p99,
+        daemon / native
+    );
+    println!(
+        "(latency: {LATENCY_EVENTS} events at {LATENCY_RATE}/s, publish -> echo received; ratio is throughput)"
+    );
+}

@@ -1,0 +1,499 @@
+//! The harness of the daemon tests: a real `nats-server` on a free port, real `sandbus
+//! daemon` processes, the real CLI, and a direct NATS connection for what a test must see
+//! or do underneath (publish a thousand events, read a listener's kv, read dead letters).
+//!
+//! Everything is torn down on drop: daemons are killed, the server is killed and its store
+//! removed. Compiled components are cached in one directory shared by every test of a run,
+//! so each guest is compiled once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use serde_json::Value;
+
+use super::support::nats::NatsServer;
+use super::support::workspace_root;
+
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(180);
+
+/// A NATS server, some daemons, and a client.
+pub struct Cluster {
+    /// The server.
+    pub nats: NatsServer,
+    /// Per-test files (daemon data directories, logs).
+    pub dir: tempfile::TempDir,
+    /// Extra arguments for every daemon and CLI call (e.g. credentials).
+    pub auth: Vec<String>,
+    /// The async runtime the test's direct NATS calls run on.
+    pub rt: tokio::runtime::Runtime,
+    daemons: BTreeMap<String, Child>,
+    _slot: ClusterSlot,
+}
+
+/// Clusters alive at once in one test run. Each runs a nats-server and debug-built daemons
+/// that handle hundreds of events; more at once than this on a two-core machine only makes
+/// every test slower and deadlines flaky.
+const MAX_CLUSTERS: usize = 2;
+
+static RUNNING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// One of the [`MAX_CLUSTERS`] places; given back on drop.
+struct ClusterSlot;
+
+impl ClusterSlot {
+    fn take() -> Self {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= MAX_CLUSTERS {
+            running = FREED.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        ClusterSlot
+    }
+}
+
+impl Drop for ClusterSlot {
+    fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        FREED.notify_one();
+    }
+}
+
+/// The compile cache shared by the tests of one run.
+fn shared_cache() -> PathBuf {
+    workspace_root().join("target").join("e2e-compile-cache")
+}
+
+impl Cluster {
+    /// A fresh server with no daemon yet.
+    pub fn new() -> Self {
+        let slot = ClusterSlot::take();
+        Self::build(slot, NatsServer::start(), Vec::new())
+    }
+
+    /// A cluster on `nats`; `auth` is passed to every daemon and CLI call.
+    pub fn with_server(nats: NatsServer, auth: Vec<String>) -> Self {
+        Self::build(ClusterSlot::take(), nats, auth)
+    }
+
+    fn build(slot: ClusterSlot, nats: NatsServer, auth: Vec<String>) -> Self {
+        Self {
+            nats,
+            dir: tempfile::tempdir().unwrap(),
+            auth,
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+            daemons: BTreeMap::new(),
+            _slot: slot,
+        }
+    }
+
+    /// A command for the `sandbus` binary with this cluster's URL and auth.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sandbus"));
+        command
+            .args(args)
+            .env("SANDBUS_NATS_URL", self.nats.url())
+            .env("SANDBUS_CACHE_DIR", shared_cache())
+            .env_remove("SANDBUS_LOG")
+            .env_remove("SANDBUS_CONFIG");
+        command
+    }
+
+    /// Runs the CLI with `args` (plus the auth flags) and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(self.auth.iter().map(String::as_str));
+        self.command(&all).output().unwrap()
+    }
+
+    /// Runs the CLI and asserts it succeeded; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "sandbus {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI with `--json` and parses its output.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let text = self.cli_ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Starts a daemon with host id `id` and waits until it answers and is listed.
+    pub fn start_daemon(&mut self, id: &str) {
+        self.spawn_daemon(id, &[]);
+        self.wait_for_host(id);
+    }
+
+    /// Starts a daemon without waiting; `extra` are more daemon flags.
+    pub fn spawn_daemon(&mut self, id: &str, extra: &[&str]) {
+        let data = self.dir.path().join(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{id}.log")))
+            .unwrap();
+        let mut args = vec![
+            "daemon",
+            "--host-id",
+            id,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--shutdown-grace",
+            "5s",
+        ];
+        args.extend(extra);
+        args.extend(self.auth.iter().map(String::as_str));
+        let child = self
+            .command(&args)
+            .env("SANDBUS_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.insert(id.to_owned(), child);
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `sandbus hosts` lists `id`.
+    pub fn wait_for_host(&mut self, id: &str) {
+        self.wait(&format!("host {id} to be listed"), |c| {
+            let out = c.cli(&["hosts", "--json"]);
+            out.status.success()
+                && serde_json::from_slice::<Value>(&out.stdout)
+                    .ok()
+                    .and_then(|v| v.as_array().cloned())
+                    .is_some_and(|hosts| hosts.iter().any(|h| h["id"] == id))
+        });
+    }
+
+    /// Waits until host `id` reports component `name` at `version`.
+    pub fn wait_for_component(&mut self, id: &str, name: &str, version: u64) {
+        self.wait(&format!("{id} to load {name} v{version}"), |c| {
+            let out = c.cli(&["hosts", "--json"]);
+            serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|hosts| {
+                    hosts
+                        .iter()
+                        .any(|h| h["id"] == id && h["components"][name] == version)
+                })
+        });
+    }
+
+    /// Polls `done` every 100 ms until it holds; panics with the daemons' logs after
+    /// [`PATIENCE`].
+    pub fn wait(&mut self, what: &str, mut done: impl FnMut(&mut Self) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(self) {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .daemons
+                    .keys()
+                    .map(|id| format!("--- {id} ---\n{}", tail(&self.daemon_log(id), 60)))
+                    .collect();
+                panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs a daemon.
+    pub fn kill_daemon(&mut self, id: &str) {
+        if let Some(mut child) = self.daemons.remove(id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs a daemon and returns its exit code (waits up to 30 s).
+    pub fn terminate_daemon(&mut self, id: &str) -> Option<i32> {
+        let mut child = self.daemons.remove(id)?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon {id} did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A direct NATS connection (for what the test does underneath the CLI).
+    pub fn connect(&self) -> async_nats::Client {
+        let url = self.nats.url();
+        let auth = self.auth.clone();
+        self.rt.block_on(async move {
+            let mut options = async_nats::ConnectOptions::new();
+            if let Some(i) = auth.iter().position(|a| a == "--user") {
+                let password = auth
+                    .iter()
+                    .position(|a| a == "--password")
+                    .map(|j| auth[j + 1].clone())
+                    .unwrap_or_default();
+                options = options.user_and_password(auth[i + 1].clone(), password);
+            }
+            if let Some(i) = auth.iter().position(|a| a == "--token") {
+                options = options.token(auth[i + 1].clone());
+            }
+            options.connect(url).await.unwrap()
+        })
+    }
+
+    /// Publishes raw payloads on subjects through JetStream, all in flight at once, with
+    /// `Nats-Msg-Id` when given; waits until every one is stored.
+    pub fn publish_raw(&self, messages: Vec<(String, Option<String>, Vec<u8>)>) {
+        let client = self.connect();
+        self.rt.block_on(async move {
+            let js = async_nats::jetstream::new(client);
+            let mut acks = Vec::new();
+            for (subject, id, payload) in messages {
+                let mut headers = HeaderMap::new();
+                if let Some(id) = id {
+                    headers.insert("Nats-Msg-Id", id.as_str());
+                }
+                acks.push(
+                    js.publish_with_headers(subject, headers, payload.into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+        });
+    }
+
+    /// Publishes CloudEvents JSON objects on `events.<type>` with their id as `Nats-Msg-Id`.
+    pub fn publish_events(&self, events: &[Value]) {
+        self.publish_raw(
+            events
+                .iter()
+                .map(|e| {
+                    (
+                        format!("events.{}", e["type"].as_str().unwrap()),
+                        Some(e["id"].as_str().unwrap().to_owned()),
+                        e.to_string().into_bytes(),
+                    )
+                })
+                .collect(),
+        );
+    }
+
+    /// A guest's kv entries under `prefix` (namespace = component name).
+    pub fn kv(&self, namespace: &str, prefix: &str) -> BTreeMap<String, String> {
+        let client = self.connect();
+        let namespace = namespace.to_owned();
+        let prefix = prefix.to_owned();
+        self.rt.block_on(async move {
+            use futures::TryStreamExt as _;
+            let js = async_nats::jetstream::new(client);
+            let kv = js.get_key_value("sandbus-kv").await.unwrap();
+            let keys: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+            let mut out = BTreeMap::new();
+            for key in keys {
+                let Some(local) = key.strip_prefix(&format!("{namespace}.")) else {
+                    continue;
+                };
+                if local.starts_with(&prefix)
+                    && let Some(value) = kv.get(key.as_str()).await.unwrap()
+                {
+                    out.insert(
+                        local.to_owned(),
+                        String::from_utf8_lossy(&value).into_owned(),
+                    );
+                }
+            }
+            out
+        })
+    }
+
+    /// One kv value of a guest, as text.
+    pub fn kv_get(&self, namespace: &str, key: &str) -> Option<String> {
+        let client = self.connect();
+        let key = format!("{namespace}.{key}");
+        self.rt.block_on(async move {
+            let js = async_nats::jetstream::new(client);
+            let kv = js.get_key_value("sandbus-kv").await.ok()?;
+            kv.get(key)
+                .await
+                .unwrap()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+    }
+
+    /// The dead letters of `listener`: (headers as a map, payload).
+    pub fn dead_letters(&self, listener: &str) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+        let client = self.connect();
+        let subject = format!("sandbus.dead-letter.{listener}");
+        self.rt.block_on(async move {
+            use futures::StreamExt as _;
+            let js = async_nats::jetstream::new(client);
+            let stream = js.get_stream("SANDBUS_DEAD_LETTERS").await.unwrap();
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                    filter_subject: subject,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            let mut batch = consumer
+                .fetch()
+                .max_messages(10_000)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(Ok(message)) = batch.next().await {
+                let headers = message
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            v.first().map(|v| v.to_string()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                out.push((headers, message.payload.to_vec()));
+            }
+            out
+        })
+    }
+
+    /// `sandbus status NAME --json`.
+    pub fn status(&self, listener: &str) -> Value {
+        self.cli_json(&["status", listener])
+    }
+
+    /// Waits until the listener's consumer has nothing pending and nothing in flight.
+    pub fn wait_drained(&mut self, listener: &str) {
+        self.wait(&format!("{listener} to drain"), |c| {
+            let out = c.cli(&["status", listener, "--json"]);
+            serde_json::from_slice::<Value>(&out.stdout)
+                .is_ok_and(|s| s["pending"] == 0 && s["in_flight"] == 0)
+        });
+    }
+
+    /// The path of a file in this test's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.daemons) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A guest component's path, as a string for the CLI.
+pub fn guest(name: &str) -> String {
+    super::support::guest_path(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A `vm.started` / `vm.stopped` event for the billing listener.
+pub fn vm_event(kind: &str, tenant: &str, instance: &str, at: u64) -> Value {
+    let time = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at));
+    serde_json::json!({
+        "specversion": "1.0", "id": format!("{kind}-{instance}"), "source": "/compute",
+        "type": format!("vm.{kind}"), "time": time.to_string(),
+        "datacontenttype": "application/json",
+        "data": { "tenant": tenant, "instance": instance }
+    })
+}
+
+/// `instances` VMs over three tenants (two events each, start and stop), and the billed
+/// seconds per tenant they must add up to.
+pub fn billing_scenario(instances: u64) -> (Vec<Value>, BTreeMap<String, u64>) {
+    let mut events = Vec::new();
+    let mut expected = BTreeMap::new();
+    for i in 0..instances {
+        let tenant = ["acme", "globex", "initech"][(i % 3) as usize];
+        let start = 1_800_000_000 + i * 13;
+        let stop = start + 10 + (i * 7) % 500;
+        *expected.entry(tenant.to_owned()).or_default() += stop - start;
+        events.push(vm_event("started", tenant, &format!("i-{i}"), start));
+        events.push(vm_event("stopped", tenant, &format!("i-{i}"), stop));
+    }
+    (events, expected)
+}
+
+/// The billing listener's totals, per tenant.
+pub fn billing_totals(cluster: &Cluster, listener: &str) -> BTreeMap<String, u64> {
+    cluster
+        .kv(listener, "total/")
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.trim_start_matches("total/").to_owned(),
+                v.parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Uploads the billing listener as `name` and subscribes it to `vm.*`. Its deadline is
+/// raised to 10 s: the daemon under test is a debug build on a shared machine.
+pub fn billing_listener(cluster: &Cluster, name: &str) {
+    cluster.cli_ok(&[
+        "upload",
+        &guest("billing-listener"),
+        "--name",
+        name,
+        "--grant",
+        "publish=events.billing.>",
+        "--limit",
+        "timeout=10s",
+    ]);
+    cluster.cli_ok(&["subscribe", name, "--events", "vm.*", "--backoff", "100ms"]);
+}
+
+/// Writes `text` to a file in the test's directory; its path.
+pub fn write(cluster: &Cluster, name: &str, bytes: &[u8]) -> String {
+    let path: &Path = &cluster.path(name);
+    std::fs::write(path, bytes).unwrap();
+    path.to_str().unwrap().to_owned()
+}

@@ -1,0 +1,381 @@
+//! The control API and the daemon's life: refusals that change nothing, service discovery,
+//! cast requests, component versions and rollback, graceful shutdown, authentication, and
+//! `sandbus up`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::cluster::{Cluster, guest, write};
+use super::support::nats::NatsServer;
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "quiet"]);
+    let before = cluster.cli_json(&["ls"]);
+
+    let text = write(&cluster, "notes.wasm", b"just text");
+    let out = cluster.cli(&["upload", &text, "--name", "x"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("not a WebAssembly file"),
+        "{}",
+        stderr(&out)
+    );
+
+    let core = write(&cluster, "core.wasm", &wat::parse_str("(module)").unwrap());
+    let out = cluster.cli(&["upload", &core, "--name", "x"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).contains("core"), "{}", stderr(&out));
+
+    let out = cluster.cli(&[
+        "upload",
+        &guest("self-check"),
+        "--name",
+        "x",
+        "--world",
+        "listener",
+    ]);
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).contains("script"), "{}", stderr(&out));
+
+    let out = cluster.cli(&["upload", &guest("noop-listener"), "--name", "bad name"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+
+    let out = cluster.cli(&[
+        "upload",
+        &guest("noop-listener"),
+        "--name",
+        "y",
+        "--limit",
+        "memory=lots",
+    ]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+
+    let out = cluster.cli(&["subscribe", "quiet", "--events", "vm..x"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("not a valid event pattern"),
+        "{}",
+        stderr(&out)
+    );
+
+    cluster.cli_ok(&["upload", &guest("self-check"), "--name", "checker"]);
+    let out = cluster.cli(&["subscribe", "checker", "--events", "vm.*"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).contains("not a listener"), "{}", stderr(&out));
+    cluster.cli_ok(&["rm", "checker"]);
+
+    let out = cluster.cli(&["subscribe", "ghost", "--events", "vm.*"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stderr(&out).contains("no component named `ghost`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = cluster.cli(&["publish", "vm.started", "--data", "{nope"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("--data is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nothing of the above left a trace.
+    assert_eq!(cluster.cli_json(&["ls"]), before);
+    assert_eq!(cluster.cli_json(&["status"]), serde_json::json!([]));
+    assert_eq!(cluster.cli_ok(&["events", "vm.>"]), "");
+}
+
+#[test]
+fn control_api_is_a_discoverable_nats_service_with_call_and_cast() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    let client = cluster.connect();
+    let (ping, info, stats) = cluster.rt.block_on(async move {
+        let ping = client
+            .request("$SRV.PING.sandbus", "".into())
+            .await
+            .unwrap();
+        let info = client
+            .request("$SRV.INFO.sandbus", "".into())
+            .await
+            .unwrap();
+        let stats = client
+            .request("$SRV.STATS.sandbus", "".into())
+            .await
+            .unwrap();
+        (ping, info, stats)
+    });
+    let ping: Value = serde_json::from_slice(&ping.payload).unwrap();
+    assert_eq!(ping["name"], "sandbus");
+    assert_eq!(ping["metadata"]["host"], "h1");
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    for subject in [
+        "sandbus.api.component.upload",
+        "sandbus.api.listener.subscribe",
+        "sandbus.api.host.list",
+    ] {
+        assert!(subjects.contains(&subject), "{subjects:?}");
+    }
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    assert!(stats["endpoints"].as_array().unwrap().len() >= 9);
+
+    // A cast returns at once; its result arrives as an event whose subject is the request id.
+    let accepted = cluster.cli_json(&[
+        "upload",
+        &guest("noop-listener"),
+        "--name",
+        "quiet",
+        "--cast",
+    ]);
+    assert_eq!(accepted["accepted"], true);
+    let request_id = accepted["request_id"].as_str().unwrap().to_owned();
+    cluster.wait("the cast's result event", |c| {
+        c.cli_ok(&["events", "sandbus.request.finished", "--json"])
+            .contains(&request_id)
+    });
+    let finished: Value = serde_json::from_str(
+        cluster
+            .cli_ok(&["events", "sandbus.request.finished", "--json"])
+            .lines()
+            .find(|l| l.contains(&request_id))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(finished["subject"], request_id);
+    assert_eq!(finished["data"]["ok"], true);
+    assert_eq!(finished["data"]["result"]["manifest"]["name"], "quiet");
+
+    // A failing cast reports its error the same way.
+    let accepted = cluster.cli_json(&["rm", "ghost", "--cast"]);
+    let failed_id = accepted["request_id"].as_str().unwrap().to_owned();
+    cluster.wait("the failed cast's event", |c| {
+        c.cli_ok(&["events", "sandbus.request.finished", "--json"])
+            .contains(&failed_id)
+    });
+    let events = cluster.cli_ok(&["events", "sandbus.request.finished", "--json"]);
+    let failed: Value =
+        serde_json::from_str(events.lines().find(|l| l.contains(&failed_id)).unwrap()).unwrap();
+    assert_eq!(failed["data"]["ok"], false);
+    assert_eq!(failed["data"]["error"]["kind"], "not-found");
+
+    // Queries are calls only.
+    let out = cluster.cli(&["ls", "--json"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn versions_rollback_and_removal_are_recorded_and_announced() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    let first = cluster.cli_json(&["upload", &guest("tag-listener-v1"), "--name", "tagger"]);
+    assert_eq!(first["manifest"]["version"], 1);
+    let again = cluster.cli_json(&["upload", &guest("tag-listener-v1"), "--name", "tagger"]);
+    assert_eq!(
+        again["unchanged"], true,
+        "same bytes, same settings: no new version"
+    );
+    let second = cluster.cli_json(&["upload", &guest("tag-listener-v2"), "--name", "tagger"]);
+    assert_eq!(second["manifest"]["version"], 2);
+    cluster.wait_for_component("h1", "tagger", 2);
+    let rolled = cluster.cli_json(&["rollback", "tagger"]);
+    assert_eq!(rolled["version"], 3);
+    assert_eq!(rolled["restored_from"], 1);
+    assert_eq!(rolled["digest"], first["manifest"]["digest"]);
+    cluster.wait_for_component("h1", "tagger", 3);
+    let out = cluster.cli(&["rollback", "tagger"]);
+    assert_eq!(out.status.code(), Some(1), "nothing before version 1");
+    cluster.cli_ok(&["subscribe", "tagger", "--events", "order.*"]);
+    let out = cluster.cli(&["rm", "tagger"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unsubscribe"), "{}", stderr(&out));
+    cluster.cli_ok(&["unsubscribe", "tagger"]);
+    cluster.cli_ok(&["rm", "tagger"]);
+    assert_eq!(cluster.cli_json(&["ls"]), serde_json::json!([]));
+    cluster.wait("unloaded", |c| {
+        let hosts = c.cli_json(&["hosts"]);
+        hosts[0]["components"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+    });
+    let added = cluster.cli_ok(&["events", "sandbus.component.*", "--json"]);
+    let types: Vec<String> = added
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "sandbus.component.added",
+            "sandbus.component.added",
+            "sandbus.component.added",
+            "sandbus.component.removed"
+        ]
+    );
+}
+
+#[test]
+fn daemon_stops_gracefully_on_sigterm() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.start_daemon("h2");
+    assert_eq!(cluster.terminate_daemon("h1"), Some(0));
+    let hosts = cluster.cli_json(&["hosts"]);
+    let ids: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["h2"],
+        "a clean stop removes the presence entry at once"
+    );
+    let events = cluster.cli_ok(&["events", "sandbus.host.*", "--json"]);
+    let types: Vec<String> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "sandbus.host.started",
+            "sandbus.host.started",
+            "sandbus.host.stopped"
+        ]
+    );
+    let log = cluster.daemon_log("h1");
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[test]
+fn daemon_and_cli_authenticate_with_user_and_password_or_token() {
+    let server = NatsServer::start_with(&["--user", "lab", "--pass", "s3cret"]);
+    let mut cluster = Cluster::with_server(
+        server,
+        vec![
+            "--user".into(),
+            "lab".into(),
+            "--password".into(),
+            "s3cret".into(),
+        ],
+    );
+    cluster.start_daemon("h1");
+    let wrong = cluster
+        .command(&["hosts", "--user", "lab", "--password", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(5), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("cannot connect"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let server = NatsServer::start_with(&["--auth", "t0ken"]);
+    let mut cluster = Cluster::with_server(server, vec!["--token".into(), "t0ken".into()]);
+    cluster.start_daemon("h2");
+    let anonymous = cluster.command(&["hosts"]).output().unwrap();
+    assert_eq!(anonymous.status.code(), Some(5));
+}
+
+#[test]
+fn up_runs_the_daemon_with_a_private_nats_server_when_none_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let already_running = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:4222".parse().unwrap(),
+        Duration::from_millis(300),
+    )
+    .is_ok();
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_sandbus"))
+        .args([
+            "up",
+            "--host-id",
+            "local",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env_remove("SANDBUS_NATS_URL")
+        .env("SANDBUS_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("up.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let hosts = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sandbus"))
+            .args(["hosts", "--json", "--nats", "nats://127.0.0.1:4222"])
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = hosts();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"local\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "up did not come up: {}",
+            std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = up.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = up.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    if already_running {
+        assert!(log.contains("already running"), "{log}");
+    } else {
+        assert!(log.contains("started a private nats-server"), "{log}");
+        assert!(
+            dir.path().join("nats").is_dir(),
+            "JetStream stores in the data directory"
+        );
+        assert!(log.contains("stopped the private nats-server"), "{log}");
+        assert!(
+            std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:4222".parse().unwrap(),
+                Duration::from_millis(300)
+            )
+            .is_err(),
+            "the private server is gone"
+        );
+    }
+}
