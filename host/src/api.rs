@@ -163,6 +163,10 @@ pub struct UploadRequest {
     /// Limit settings, `NAME=VALUE`.
     #[serde(default)]
     pub limits: Vec<String>,
+    /// The client stored the bytes for this upload (they were not in the store before), so
+    /// a refused upload removes them again.
+    #[serde(default)]
+    pub bytes_added: bool,
     /// Send as a cast.
     #[serde(default)]
     pub cast: bool,

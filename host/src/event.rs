@@ -85,20 +85,91 @@ struct Wire {
     data_base64: Option<Value>,
 }
 
+/// The JSON wire form for parsing: every attribute borrowed as raw JSON text, so a parse
+/// allocates only the strings it keeps (this is on the path of every delivered event).
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    #[serde(borrow)]
+    specversion: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow, rename = "type")]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    subject: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    datacontenttype: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data_base64: Option<&'a RawValue>,
+}
+
+/// What a raw attribute holds.
+enum Attr {
+    Absent,
+    Text(String),
+    Other(String),
+}
+
+fn attr(raw: Option<&RawValue>) -> Result<Attr, EventError> {
+    let Some(raw) = raw else {
+        return Ok(Attr::Absent);
+    };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(Attr::Absent);
+    }
+    if text.starts_with('"') {
+        return serde_json::from_str::<std::borrow::Cow<'_, str>>(text)
+            .map(|s| Attr::Text(s.into_owned()))
+            .map_err(|e| EventError::NotJson(e.to_string()));
+    }
+    Ok(Attr::Other(text.to_owned()))
+}
+
+fn required_attr(name: &'static str, raw: Option<&RawValue>) -> Result<String, EventError> {
+    match attr(raw)? {
+        Attr::Text(s) if !s.is_empty() => Ok(s),
+        Attr::Text(_) | Attr::Absent => Err(EventError::Missing(name)),
+        Attr::Other(other) => Err(EventError::Invalid {
+            name,
+            reason: format!("must be a string, found {other}"),
+        }),
+    }
+}
+
+fn optional_attr(name: &'static str, raw: Option<&RawValue>) -> Result<Option<String>, EventError> {
+    match attr(raw)? {
+        Attr::Absent => Ok(None),
+        Attr::Text(s) => Ok(Some(s)),
+        Attr::Other(other) => Err(EventError::Invalid {
+            name,
+            reason: format!("must be a string, found {other}"),
+        }),
+    }
+}
+
 impl CanonicalEvent {
     /// Parses one CloudEvents JSON object (structured mode).
     ///
     /// `data` that is a JSON value becomes its JSON text (a JSON string becomes the string's
     /// JSON text too, quotes included, so the bytes round-trip); `data_base64` is decoded.
     pub fn from_json(text: &[u8]) -> Result<Self, EventError> {
-        let wire: Wire =
+        let wire: WireIn<'_> =
             serde_json::from_slice(text).map_err(|e| EventError::NotJson(e.to_string()))?;
-        match &wire.specversion {
-            Some(Value::String(v)) if v == SPEC_VERSION => {}
-            Some(other) => return Err(EventError::SpecVersion(other.to_string())),
-            None => return Err(EventError::Missing("specversion")),
+        match attr(wire.specversion)? {
+            Attr::Text(v) if v == SPEC_VERSION => {}
+            Attr::Text(v) => return Err(EventError::SpecVersion(format!("{v:?}"))),
+            Attr::Other(other) => return Err(EventError::SpecVersion(other)),
+            Attr::Absent => return Err(EventError::Missing("specversion")),
         }
-        let data = match (&wire.data, &wire.data_base64) {
+        let datacontenttype = optional_attr("datacontenttype", wire.datacontenttype)?;
+        let data = match (wire.data, wire.data_base64) {
             (Some(_), Some(_)) => {
                 return Err(EventError::Invalid {
                     name: "data_base64",
@@ -107,7 +178,7 @@ impl CanonicalEvent {
             }
             // For a non-JSON media type a string `data` is the payload itself (text/plain).
             (Some(raw), None)
-                if !json_media_type(wire_content_type(&wire)) && raw.get().starts_with('"') =>
+                if !json_media_type(datacontenttype.as_deref()) && raw.get().starts_with('"') =>
             {
                 serde_json::from_str::<String>(raw.get())
                     .map_err(|e| EventError::Invalid {
@@ -117,27 +188,28 @@ impl CanonicalEvent {
                     .into_bytes()
             }
             (Some(raw), None) => raw.get().as_bytes().to_vec(),
-            (None, Some(Value::String(b64))) => {
-                BASE64.decode(b64).map_err(|e| EventError::Invalid {
+            (None, Some(raw)) => match attr(Some(raw))? {
+                Attr::Text(b64) => BASE64.decode(b64).map_err(|e| EventError::Invalid {
                     name: "data_base64",
                     reason: e.to_string(),
-                })?
-            }
-            (None, Some(_)) => {
-                return Err(EventError::Invalid {
-                    name: "data_base64",
-                    reason: "must be a base64 string".into(),
-                });
-            }
+                })?,
+                Attr::Absent => Vec::new(),
+                Attr::Other(_) => {
+                    return Err(EventError::Invalid {
+                        name: "data_base64",
+                        reason: "must be a base64 string".into(),
+                    });
+                }
+            },
             (None, None) => Vec::new(),
         };
         let event = Self {
-            id: required("id", wire.id)?,
-            source: required("source", wire.source)?,
-            ty: required("type", wire.ty)?,
-            subject: optional("subject", wire.subject)?,
-            time: optional("time", wire.time)?,
-            datacontenttype: optional("datacontenttype", wire.datacontenttype)?,
+            id: required_attr("id", wire.id)?,
+            source: required_attr("source", wire.source)?,
+            ty: required_attr("type", wire.ty)?,
+            subject: optional_attr("subject", wire.subject)?,
+            time: optional_attr("time", wire.time)?,
+            datacontenttype,
             data,
         };
         event.validate()?;
@@ -302,35 +374,6 @@ fn json_media_type(content_type: Option<&str>) -> bool {
                 .to_ascii_lowercase();
             ct == "application/json" || ct.ends_with("+json") || ct == "text/json"
         }
-    }
-}
-
-fn wire_content_type(wire: &Wire) -> Option<&str> {
-    match &wire.datacontenttype {
-        Some(Value::String(ct)) => Some(ct),
-        _ => None,
-    }
-}
-
-fn required(name: &'static str, value: Option<Value>) -> Result<String, EventError> {
-    match value {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) | None | Some(Value::Null) => Err(EventError::Missing(name)),
-        Some(other) => Err(EventError::Invalid {
-            name,
-            reason: format!("must be a string, found {other}"),
-        }),
-    }
-}
-
-fn optional(name: &'static str, value: Option<Value>) -> Result<Option<String>, EventError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(EventError::Invalid {
-            name,
-            reason: format!("must be a string, found {other}"),
-        }),
     }
 }
 

@@ -52,15 +52,32 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let out = cluster.cli(&["upload", &guest("noop-listener"), "--name", "bad name"]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
 
+    // Refused by the daemon after the CLI stored the bytes: they are removed again.
+    let echo = std::fs::read(guest("echo-listener")).unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
     let out = cluster.cli(&[
         "upload",
-        &guest("noop-listener"),
+        &guest("echo-listener"),
         "--name",
         "y",
         "--limit",
         "memory=lots",
     ]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("memory"), "{}", stderr(&out));
+    let client = cluster.connect();
+    let stored = cluster.rt.block_on(async move {
+        let js = async_nats::jetstream::new(client);
+        let objects = js.get_object_store("sandbus-components").await.unwrap();
+        objects
+            .info(digest.as_str())
+            .await
+            .is_ok_and(|info| !info.deleted)
+    });
+    assert!(
+        !stored,
+        "the refused upload's bytes are gone from the object store"
+    );
 
     let out = cluster.cli(&["subscribe", "quiet", "--events", "vm..x"]);
     assert_eq!(code(&out), Some(2));

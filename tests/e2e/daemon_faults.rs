@@ -13,13 +13,13 @@ fn daemon_killed_mid_stream_and_restarted_handles_every_event_once() {
     let mut cluster = Cluster::new();
     cluster.start_daemon("h1");
     billing_listener(&cluster, "billing");
-    let (events, expected) = billing_scenario(150);
+    let (events, expected) = billing_scenario(300);
     cluster.publish_events(&events);
     cluster.wait("some events handled", |c| usage_count(c) >= 20);
     cluster.kill_daemon("h1");
     let handled_before = usage_count(&cluster);
     assert!(
-        handled_before < 150,
+        handled_before < 300,
         "the kill came too late to prove anything"
     );
     cluster.start_daemon("h1");
@@ -28,7 +28,36 @@ fn daemon_killed_mid_stream_and_restarted_handles_every_event_once() {
     });
     cluster.wait_drained("billing");
     assert_eq!(billing_totals(&cluster, "billing"), expected);
-    assert_eq!(usage_count(&cluster), 150);
+    assert_eq!(usage_count(&cluster), 300);
+}
+
+#[test]
+fn daemon_stopped_with_sigterm_mid_stream_hands_back_what_it_did_not_finish() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    billing_listener(&cluster, "billing");
+    let (events, expected) = billing_scenario(300);
+    cluster.publish_events(&events);
+    cluster.wait("some events handled", |c| usage_count(c) >= 20);
+    assert_eq!(
+        cluster.terminate_daemon("h1"),
+        Some(0),
+        "a graceful stop exits 0"
+    );
+    assert!(
+        usage_count(&cluster) < 300,
+        "the stop came too late to prove anything"
+    );
+    let log = cluster.daemon_log("h1");
+    assert!(log.contains("dispatcher stopped"), "{log}");
+    cluster.start_daemon("h1");
+    cluster.wait("billing totals", |c| {
+        billing_totals(c, "billing") == expected
+    });
+    cluster.wait_drained("billing");
+    let status = cluster.status("billing");
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
 }
 
 #[test]

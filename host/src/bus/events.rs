@@ -29,6 +29,9 @@ pub const DELIVERIES_HEADER: &str = "Sandbus-Deliveries";
 pub const SUBJECT_HEADER: &str = "Sandbus-Event-Subject";
 /// Header with the event's sequence number in the events stream.
 pub const SEQUENCE_HEADER: &str = "Sandbus-Event-Sequence";
+/// Header present when the dead letter's body was cut to fit the server's max payload: the
+/// original size in bytes (the whole event stays in the events stream at its sequence).
+pub const TRUNCATED_HEADER: &str = "Sandbus-Truncated-From";
 
 /// Shape and limits of the events stream; the `[events]` table of the daemon's config.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -221,11 +224,21 @@ impl EventStream {
         headers.insert(DELIVERIES_HEADER, letter.deliveries.to_string().as_str());
         headers.insert(SUBJECT_HEADER, letter.subject.as_str());
         headers.insert(SEQUENCE_HEADER, letter.sequence.to_string().as_str());
+        // Headers count against the server's max payload: a letter for an event near that
+        // size would never fit, and must not be retried forever. Keep what fits.
+        let max = self.js.client().server_info().max_payload;
+        let room = max.saturating_sub(4096);
+        let payload = if letter.payload.len() > room {
+            headers.insert(TRUNCATED_HEADER, letter.payload.len().to_string().as_str());
+            letter.payload.slice(..room)
+        } else {
+            letter.payload.clone()
+        };
         self.js
             .publish_with_headers(
                 names::dead_letter_subject(&letter.listener),
                 headers,
-                letter.payload.clone(),
+                payload,
             )
             .await
             .map_err(|e| BusError::unavailable("publish the dead letter", e))?

@@ -36,6 +36,9 @@ pub struct HostInfo {
     pub components: std::collections::BTreeMap<String, u64>,
     /// Listeners this host is pulling events for.
     pub listeners: Vec<String>,
+    /// Components this host could not load (name → why); retried every few seconds.
+    #[serde(default)]
+    pub failed_components: std::collections::BTreeMap<String, String>,
 }
 
 /// The live-hosts bucket.

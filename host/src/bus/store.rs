@@ -135,21 +135,22 @@ impl ComponentStore {
         Ok(Self { objects, manifests })
     }
 
-    /// Stores component bytes under their digest, unless they are there already.
-    pub async fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, BusError> {
+    /// Stores component bytes under their digest, unless they are there already; the digest
+    /// and whether this call added them.
+    pub async fn put_bytes(&self, bytes: &[u8]) -> Result<(Digest, bool), BusError> {
         let digest = Digest::of(bytes);
         if let Ok(info) = self.objects.info(digest.as_str()).await
             && !info.deleted
             && info.size == bytes.len()
         {
-            return Ok(digest);
+            return Ok((digest, false));
         }
         let mut reader = bytes;
         self.objects
             .put(digest.as_str(), &mut reader)
             .await
             .map_err(|e| BusError::unavailable("store the component bytes", e))?;
-        Ok(digest)
+        Ok((digest, true))
     }
 
     /// The bytes stored under `digest`, checked against it. At most `max` bytes are read.
@@ -378,7 +379,9 @@ impl ComponentStore {
     }
 
     /// The current manifests, then every change as it happens. The stream ends if the watch
-    /// breaks; watch again (changes are idempotent to apply).
+    /// breaks; watch again (changes are idempotent to apply). An entry this version cannot
+    /// read (written by a newer one, or damaged) is logged and skipped, so it cannot hold up
+    /// every change after it.
     pub async fn watch(
         &self,
     ) -> Result<impl Stream<Item = Result<ManifestChange, BusError>> + use<>, BusError> {
@@ -387,17 +390,28 @@ impl ComponentStore {
             .watch_with_history(">")
             .await
             .map_err(|e| BusError::unavailable("watch the manifests", e))?;
-        Ok(watch.map(|entry| {
-            let entry = entry.map_err(|e| BusError::unavailable("watch the manifests", e))?;
+        Ok(watch.filter_map(|entry| {
+            std::future::ready((|| {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(BusError::unavailable("watch the manifests", e))),
+            };
             let name = entry
                 .key
                 .strip_prefix("component.")
                 .unwrap_or(&entry.key)
                 .to_owned();
             match entry.operation {
-                Operation::Put => parse_manifest(&entry.value).map(ManifestChange::Put),
-                Operation::Delete | Operation::Purge => Ok(ManifestChange::Removed(name)),
+                Operation::Put => match parse_manifest(&entry.value) {
+                    Ok(manifest) => Some(Ok(ManifestChange::Put(manifest))),
+                    Err(e) => {
+                        tracing::error!(key = %entry.key, revision = entry.revision, error = %e, "skipping a manifest this daemon cannot read");
+                        None
+                    }
+                },
+                Operation::Delete | Operation::Purge => Some(Ok(ManifestChange::Removed(name))),
             }
+            })())
         }))
     }
 }

@@ -399,6 +399,7 @@ impl SubscriptionStore {
     }
 
     /// The current subscriptions, then every change. Ends if the watch breaks; watch again.
+    /// An entry this version cannot read is logged and skipped.
     pub async fn watch(
         &self,
     ) -> Result<impl Stream<Item = Result<SubscriptionChange, BusError>> + use<>, BusError> {
@@ -407,12 +408,25 @@ impl SubscriptionStore {
             .watch_with_history(">")
             .await
             .map_err(|e| BusError::unavailable("watch the subscriptions", e))?;
-        Ok(watch.map(|entry| {
-            let entry = entry.map_err(|e| BusError::unavailable("watch the subscriptions", e))?;
+        Ok(watch.filter_map(|entry| {
+            std::future::ready((|| {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(BusError::unavailable("watch the subscriptions", e))),
+            };
             match entry.operation {
-                Operation::Put => parse(&entry.value).map(SubscriptionChange::Put),
-                Operation::Delete | Operation::Purge => Ok(SubscriptionChange::Removed(entry.key)),
+                Operation::Put => match parse(&entry.value) {
+                    Ok(subscription) => Some(Ok(SubscriptionChange::Put(subscription))),
+                    Err(e) => {
+                        tracing::error!(key = %entry.key, error = %e, "skipping a subscription this daemon cannot read");
+                        None
+                    }
+                },
+                Operation::Delete | Operation::Purge => {
+                    Some(Ok(SubscriptionChange::Removed(entry.key)))
+                }
             }
+            })())
         }))
     }
 }

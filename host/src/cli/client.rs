@@ -207,13 +207,14 @@ pub async fn upload(
     Ok(client(args, |c| async move {
         let js = async_nats::jetstream::new(c.nats.clone());
         let store = ComponentStore::open(&js).await?;
-        let digest = store.put_bytes(&bytes).await?;
+        let (digest, bytes_added) = store.put_bytes(&bytes).await?;
         let request = UploadRequest {
             name,
             digest: digest.as_str().to_owned(),
             world,
             grants: subjects,
             limits,
+            bytes_added,
             cast,
         };
         if cast {

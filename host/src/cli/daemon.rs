@@ -86,18 +86,27 @@ impl DaemonArgs {
     }
 }
 
-/// A token cancelled by the first SIGINT or SIGTERM.
+/// A token cancelled by the first SIGINT or SIGTERM. A second one exits at once (code 130),
+/// for when a graceful stop takes too long (for example while NATS is unreachable).
 fn stop_on_signal() -> anyhow::Result<CancellationToken> {
     let stop = CancellationToken::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
     let token = stop.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping (again to exit at once)"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping (again to exit at once)"),
         }
         token.cancel();
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without finishing the graceful stop");
+        std::process::exit(130);
     });
     Ok(stop)
 }

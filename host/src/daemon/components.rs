@@ -55,6 +55,8 @@ pub struct LoadedComponents {
     sandbox: Arc<Sandbox>,
     store: ComponentStore,
     loaded: RwLock<HashMap<String, Arc<LoadedComponent>>>,
+    /// Manifests that could not be loaded, with why; retried by [`Self::retry_failed`].
+    failed: std::sync::Mutex<HashMap<String, (ComponentManifest, String)>>,
     changed: watch::Sender<u64>,
 }
 
@@ -65,6 +67,7 @@ impl LoadedComponents {
             sandbox,
             store,
             loaded: RwLock::new(HashMap::new()),
+            failed: std::sync::Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
         }
     }
@@ -106,11 +109,61 @@ impl LoadedComponents {
         self.changed.subscribe()
     }
 
-    /// Applies one manifest change. Loading the same version again does nothing.
+    /// Components that could not be loaded here: name → why.
+    pub fn failures(&self) -> std::collections::BTreeMap<String, String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, (_, why))| (name.clone(), why.clone()))
+            .collect()
+    }
+
+    /// Tries again to load the manifests that failed (the object store was unreachable, the
+    /// pool was full...). The daemon calls this every few seconds.
+    pub async fn retry_failed(&self) {
+        let pending: Vec<ComponentManifest> = self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(m, _)| m.clone())
+            .collect();
+        for manifest in pending {
+            if let Err(e) = self.apply(ManifestChange::Put(manifest)).await {
+                tracing::warn!(error = %e, "still cannot load a component; will retry");
+            }
+        }
+    }
+
+    /// Applies one manifest change. Loading the same version again does nothing. A failed
+    /// load is remembered and retried by [`Self::retry_failed`] until it works or the
+    /// manifest changes.
     pub async fn apply(&self, change: ManifestChange) -> Result<(), LoadFailure> {
         match change {
-            ManifestChange::Put(manifest) => self.load(manifest).await,
+            ManifestChange::Put(manifest) => {
+                let name = manifest.name.clone();
+                let result = self.load(manifest.clone()).await;
+                let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                match &result {
+                    Ok(()) => {
+                        failed.remove(&name);
+                    }
+                    Err(e) => {
+                        failed.insert(name, (manifest, e.message.clone()));
+                    }
+                }
+                drop(failed);
+                if result.is_err() {
+                    self.changed.send_modify(|n| *n += 1);
+                }
+                result
+            }
             ManifestChange::Removed(name) => {
+                self.failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&name);
                 let removed = self
                     .loaded
                     .write()

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::components::{LoadedComponents, spec_of};
 use super::host_events::{self, HostEvents};
@@ -34,6 +35,50 @@ const MAX_CONCURRENT: usize = 32;
 
 /// Extra time a consumer waits for an ack beyond the listener's own deadline.
 const ACK_MARGIN: Duration = Duration::from_secs(30);
+
+type Requests = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (&'static str, bool, service::Request)>,
+>;
+
+/// The registered service, ready to answer.
+pub struct ControlService {
+    api: Arc<ControlApi>,
+    service: service::Service,
+    requests: Requests,
+}
+
+impl ControlService {
+    /// Answers requests until `stop`; then unregisters and waits for casts in progress.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+        let casts = TaskTracker::new();
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = self.requests.next() => next,
+            };
+            let Some((name, castable, request)) = next else {
+                break;
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let api = self.api.clone();
+            let casts_handle = casts.clone();
+            tokio::spawn(async move {
+                api.answer(name, castable, request, permit, &casts_handle)
+                    .await;
+            });
+        }
+        if let Err(e) = self.service.stop().await {
+            tracing::warn!(error = %e, "could not stop the control service cleanly");
+        }
+        // Requests being answered hold permits; casts are tracked.
+        let _ = limit.acquire_many(MAX_CONCURRENT as u32).await;
+        casts.close();
+        casts.wait().await;
+    }
+}
 
 /// What the control API works on.
 pub struct ControlApi {
@@ -59,12 +104,13 @@ pub fn ack_wait_for(timeout: Duration) -> Duration {
 }
 
 impl ControlApi {
-    /// Serves the API until `stop` is cancelled.
-    pub async fn serve(
+    /// Registers the service and its endpoints. Fails (and the daemon with it) when the
+    /// server refuses them, for example when the account may not use `$SRV` or
+    /// `sandbus.api`: a daemon nobody can control must not look healthy.
+    pub async fn start(
         self: Arc<Self>,
-        client: async_nats::Client,
-        stop: CancellationToken,
-    ) -> Result<(), ApiError> {
+        client: &async_nats::Client,
+    ) -> Result<ControlService, ApiError> {
         let unavailable = |e: async_nats::Error| {
             ApiError::new(
                 ApiErrorKind::Unavailable,
@@ -92,29 +138,11 @@ impl ControlApi {
                 .map_err(unavailable)?;
             endpoints.push(ep.map(move |request| (*name, *castable, request)).boxed());
         }
-        let mut requests = futures::stream::select_all(endpoints);
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => break,
-                next = requests.next() => next,
-            };
-            let Some((name, castable, request)) = next else {
-                break;
-            };
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                this.answer(name, castable, request).await;
-                drop(permit);
-            });
-        }
-        if let Err(e) = service.stop().await {
-            tracing::warn!(error = %e, "could not stop the control service cleanly");
-        }
-        Ok(())
+        Ok(ControlService {
+            api: self,
+            service,
+            requests: futures::stream::select_all(endpoints),
+        })
     }
 
     async fn answer(
@@ -122,6 +150,8 @@ impl ControlApi {
         name: &'static str,
         castable: bool,
         request: service::Request,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        casts: &TaskTracker,
     ) {
         let body = request.message.payload.clone();
         let cast = serde_json::from_slice::<serde_json::Value>(&body)
@@ -140,7 +170,9 @@ impl ControlApi {
             );
             let this = self.clone();
             let id = request_id.clone();
-            tokio::spawn(async move {
+            // The cast keeps its place among the concurrent requests until it is done, and
+            // shutdown waits for it.
+            casts.spawn(async move {
                 let result = this.handle(name, &body).await;
                 let data = match &result {
                     Ok(value) => {
@@ -158,6 +190,7 @@ impl ControlApi {
                         data,
                     )
                     .await;
+                drop(permit);
             });
             serde_json::to_value(CastAccepted {
                 accepted: true,
@@ -165,7 +198,9 @@ impl ControlApi {
             })
             .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))
         } else {
-            self.handle(name, &body).await
+            let result = self.handle(name, &body).await;
+            drop(permit);
+            result
         };
         let reply = match result {
             Ok(value) => request.respond(Ok(Bytes::from(value.to_string()))).await,
@@ -235,74 +270,73 @@ impl ControlApi {
     }
 
     async fn upload(&self, request: UploadRequest) -> Result<UploadReply, ApiError> {
-        validate_component_name(&request.name).map_err(|e| ApiError::bad_request(e.message))?;
         if request.digest.len() != 64 || !request.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::bad_request(format!(
                 "`{}` is not a sha256 digest (64 hex digits)",
                 request.digest
             )));
         }
+        let result = self.upload_checked(&request).await;
+        if result.is_err() {
+            // Bad input changes nothing: forget the compiled code, and the bytes if this
+            // upload is what put them in the store (and nothing uses them).
+            self.forget(&request.digest, request.bytes_added).await;
+        }
+        result
+    }
+
+    async fn upload_checked(&self, request: &UploadRequest) -> Result<UploadReply, ApiError> {
+        validate_component_name(&request.name).map_err(|e| ApiError::bad_request(e.message))?;
         let bytes = self
             .store
             .bytes(&request.digest, self.sandbox.config().max_component_size)
             .await
             .map_err(|e| match e.kind {
-                crate::bus::BusErrorKind::NotFound => ApiError::bad_request(e.message),
+                crate::bus::BusErrorKind::NotFound | crate::bus::BusErrorKind::Corrupt => {
+                    ApiError::bad_request(e.message)
+                }
                 _ => e.into(),
             })?;
-        let refused = |message: String| async move {
-            self.forget(&request.digest).await;
-            Err(ApiError::bad_request(message))
-        };
-        let world = match ComponentShape::read(&bytes).and_then(|shape| shape.check(request.world))
-        {
-            Ok(world) => world,
-            Err(e) => return refused(e.message).await,
-        };
-        let draft = ManifestDraft {
+        let world = ComponentShape::read(&bytes)
+            .and_then(|shape| shape.check(request.world))
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        let candidate = crate::bus::ComponentManifest {
             name: request.name.clone(),
-            digest: Digest::of(&bytes),
+            version: 0,
+            digest: Digest::of(&bytes).as_str().to_owned(),
             size: bytes.len() as u64,
             world,
             grants: request.grants.clone(),
             limits: request.limits.clone(),
-        };
-        let candidate = crate::bus::ComponentManifest {
-            name: draft.name.clone(),
-            version: 0,
-            digest: draft.digest.as_str().to_owned(),
-            size: draft.size,
-            world,
-            grants: draft.grants.clone(),
-            limits: draft.limits.clone(),
             recorded_at: String::new(),
             restored_from: None,
         };
-        let spec = match spec_of(&candidate) {
-            Ok(spec) => spec,
-            Err(why) => return refused(why).await,
-        };
+        let spec = spec_of(&candidate).map_err(ApiError::bad_request)?;
         let timeout = spec.limits.timeout;
         let sandbox = self.sandbox.clone();
-        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
+        tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
             .await
             .map_err(|e| {
                 ApiError::new(
                     ApiErrorKind::Internal,
                     format!("the compile task failed: {e}"),
                 )
-            })?;
-        if let Err(e) = prepared {
-            return refused(e.message).await;
-        }
+            })?
+            .map_err(|e| ApiError::bad_request(e.message))?;
         let subscription = self.subscriptions.get(&request.name).await?;
         if subscription.is_some() && world != World::Listener {
-            return refused(format!(
-                "`{}` is subscribed as a listener and this component is a {world}; \
-                 `sandbus unsubscribe {}` first or upload it under another name",
-                request.name, request.name
-            ))
-            .await;
+            return Err(ApiError::bad_request(format!(
+                "`{0}` is subscribed as a listener and this component is a {world}; \
+                 `sandbus unsubscribe {0}` first or upload it under another name",
+                request.name
+            )));
+        }
+        // The consumer must wait for acks at least as long as the new deadline before any
+        // host runs the new version (and again on a repeat, in case that step failed).
+        if let Some(subscription) = &subscription {
+            self.subscriptions
+                .put(subscription, ack_wait_for(timeout))
+                .await?;
         }
         if let Some(current) = self.store.manifest(&request.name).await?
             && current.digest == candidate.digest
@@ -315,12 +349,17 @@ impl ControlApi {
                 unchanged: true,
             });
         }
-        let manifest = self.store.record(draft).await?;
-        if let Some(subscription) = subscription {
-            self.subscriptions
-                .put(&subscription, ack_wait_for(timeout))
-                .await?;
-        }
+        let manifest = self
+            .store
+            .record(ManifestDraft {
+                name: candidate.name,
+                digest: Digest::from_hex(&candidate.digest),
+                size: candidate.size,
+                world,
+                grants: candidate.grants,
+                limits: candidate.limits,
+            })
+            .await?;
         self.component_event(host_events::COMPONENT_ADDED, &manifest)
             .await;
         Ok(UploadReply {
@@ -434,19 +473,21 @@ impl ControlApi {
             .await;
     }
 
-    /// Forgets the bytes and compiled code of a refused upload, unless something uses them.
-    async fn forget(&self, digest: &str) {
+    /// Forgets the compiled code of a refused upload, and its bytes when `bytes_added` (the
+    /// client put them in the store for this upload), unless something uses them.
+    async fn forget(&self, digest: &str, bytes_added: bool) {
         let loaded = self
             .components
             .names()
             .iter()
             .filter_map(|n| self.components.get(n))
             .any(|c| c.manifest.digest == digest);
-        if !loaded {
-            self.sandbox.evict(&Digest::from_hex(digest));
-            if let Err(e) = self.store.forget_bytes_if_unused(digest).await {
-                tracing::warn!(%digest, error = %e, "could not delete the refused component's bytes");
-            }
+        if loaded {
+            return;
+        }
+        self.sandbox.evict(&Digest::from_hex(digest));
+        if bytes_added && let Err(e) = self.store.forget_bytes_if_unused(digest).await {
+            tracing::warn!(%digest, error = %e, "could not delete the refused component's bytes");
         }
     }
 }

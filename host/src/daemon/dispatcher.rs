@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,17 @@ use crate::bus::LastError;
 use crate::bus::{DeadLetter, EventStream, Subscription, SubscriptionStore};
 use crate::event::CanonicalEvent;
 use crate::sandbox::{Capabilities, HandlerOutcome};
+
+/// Delay on events handed back at shutdown: long enough that the stopping dispatcher does
+/// not get them again, short enough that another host (or the restarted one) soon does.
+const HANDBACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest delay a listener may ask for in `retry(delay)`; longer ones are cut to this.
+/// (A retrying event keeps one of the consumer's in-flight places while it waits.)
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// How many times the dead-letter event is tried once the copy is stored.
+const ANNOUNCE_TRIES: u32 = 5;
 
 /// What every dispatcher of a daemon shares.
 pub struct DispatchContext {
@@ -158,6 +169,12 @@ impl ListenerDispatcher {
             loop {
                 let permit = tokio::select! {
                     _ = self.stop.cancelled() => break,
+                    _ = changes.changed() => {
+                        if self.context.components.get(self.listener()).is_none() {
+                            break;
+                        }
+                        continue;
+                    }
                     permit = in_flight.clone().acquire_owned() => match permit {
                         Ok(permit) => permit,
                         Err(_) => break,
@@ -192,12 +209,16 @@ impl ListenerDispatcher {
                 }
             }
             if self.stop.is_cancelled() {
-                // Pulled but never started: hand them back at once.
-                let drain_until = Instant::now() + Duration::from_millis(200);
-                while let Ok(Some(Ok(message))) =
-                    tokio::time::timeout_at(drain_until.into(), messages.next()).await
-                {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                // Pulled but never started: hand back what is already buffered, with a delay
+                // so it cannot bounce straight back here. Polling only while messages are
+                // ready (`now_or_never`) keeps this from asking the server for more.
+                for _ in 0..batch {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => {
+                            let _ = message.ack_with(AckKind::Nak(Some(HANDBACK_DELAY))).await;
+                        }
+                        _ => break,
+                    }
                 }
             }
         }
@@ -242,17 +263,38 @@ impl ListenerDispatcher {
                 .await;
             return;
         };
+        // The event may wait for a free instance before its deadline starts: tell the server
+        // it is in progress well within the consumer's ack wait, so it is not redelivered
+        // while it waits or runs.
+        let progress_every = super::control::ack_wait_for(component.prepared.limits().timeout) / 3;
         let call = component.prepared.handle(event, &self.context.capabilities);
-        let result = tokio::select! {
-            result = call => Some(result),
-            _ = async {
-                self.stop.cancelled().await;
-                tokio::time::sleep(self.context.grace).await;
-            } => None,
+        let mut call = std::pin::pin!(call);
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
+        let result = loop {
+            let wake = match stop_deadline {
+                Some(deadline) => deadline.min(tokio::time::Instant::now() + progress_every),
+                None => tokio::time::Instant::now() + progress_every,
+            };
+            // Biased: the call first, so a call that completes at once never registers the
+            // progress timer.
+            tokio::select! {
+                biased;
+                result = &mut call => break Some(result),
+                _ = self.stop.cancelled(), if stop_deadline.is_none() => {
+                    stop_deadline = Some(tokio::time::Instant::now() + self.context.grace);
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        break None;
+                    }
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
         };
         let failure = match result {
             None => {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
+                // Did not finish within the shutdown grace: hand it back.
+                let _ = message.ack_with(AckKind::Nak(Some(HANDBACK_DELAY))).await;
                 return;
             }
             Some(Ok(invocation)) => match invocation.output {
@@ -264,8 +306,9 @@ impl ListenerDispatcher {
                 }
                 HandlerOutcome::Retry { delay } => {
                     if deliveries < u64::from(self.subscription.max_deliver) {
-                        let delay =
-                            delay.unwrap_or_else(|| self.subscription.backoff_after(deliveries));
+                        let delay = delay
+                            .map(|d| d.min(MAX_RETRY_DELAY))
+                            .unwrap_or_else(|| self.subscription.backoff_after(deliveries));
                         let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                         return;
                     }
@@ -396,33 +439,38 @@ impl ListenerDispatcher {
             reason,
             "dead-lettered an event"
         );
+        // The copy is stored: the decision is final. The announcement is tried a few times
+        // (its id makes repeats harmless), but the event is never handed to the listener
+        // again because of it.
         let about_itself = event.is_some_and(|(_, ty)| ty == host_events::LISTENER_DEAD_LETTERED);
         if !about_itself {
-            let result = self
-                .context
-                .host_events
-                .emit(
-                    host_events::LISTENER_DEAD_LETTERED,
-                    format!("dead-lettered/{}/{sequence}", self.listener()),
-                    Some(self.listener().to_owned()),
-                    json!({
-                        "listener": self.listener(),
-                        "host": self.context.host_id,
-                        "sequence": sequence,
-                        "subject": subject,
-                        "event_id": event.map(|(id, _)| id),
-                        "deliveries": deliveries,
-                        "reason": reason,
-                    }),
-                )
-                .await;
-            if let Err(e) = result {
-                // Deduplicated by id when it is sent again, so retrying the whole step is safe.
-                tracing::warn!(listener = self.listener(), error = %e, "could not emit the dead-letter event; will retry");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            let data = json!({
+                "listener": self.listener(),
+                "host": self.context.host_id,
+                "sequence": sequence,
+                "subject": subject,
+                "event_id": event.map(|(id, _)| id),
+                "deliveries": deliveries,
+                "reason": reason,
+            });
+            for attempt in 1..=ANNOUNCE_TRIES {
+                let result = self
+                    .context
+                    .host_events
+                    .emit(
+                        host_events::LISTENER_DEAD_LETTERED,
+                        format!("dead-lettered/{}/{sequence}", self.listener()),
+                        Some(self.listener().to_owned()),
+                        data.clone(),
+                    )
                     .await;
-                return;
+                match result {
+                    Ok(_) => break,
+                    Err(e) if attempt == ANNOUNCE_TRIES => {
+                        tracing::error!(listener = self.listener(), sequence, error = %e, "could not emit the dead-letter event; the dead letter itself is stored");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200) * attempt).await,
+                }
             }
         }
         if let Err(e) = message.ack_with(AckKind::Term).await {

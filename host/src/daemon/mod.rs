@@ -65,6 +65,9 @@ pub enum DaemonError {
     /// The bus could not be set up.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The control API could not be registered on the bus.
+    #[error("{0}")]
+    Control(String),
 }
 
 /// A daemon, configured and ready to run.
@@ -186,7 +189,11 @@ impl Daemon {
             host_events: host_events.clone(),
         });
         let api_stop = CancellationToken::new();
-        let api_task = tokio::spawn(api.serve(client.clone(), api_stop.clone()));
+        let service = api
+            .start(&client)
+            .await
+            .map_err(|e| DaemonError::Control(e.message))?;
+        let api_task = tokio::spawn(service.run(api_stop.clone()));
         let presence_task = tokio::spawn(heartbeat(
             hosts.clone(),
             host_id.clone(),
@@ -209,10 +216,8 @@ impl Daemon {
         let handles: Vec<DispatcherHandle> =
             dispatchers.lock().await.drain().map(|(_, h)| h).collect();
         futures::future::join_all(handles.into_iter().map(DispatcherHandle::stop)).await;
-        match api_task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "control API ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "control API task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = api_task.await {
+            tracing::warn!(error = %e, "control API task failed");
         }
         let _ = presence_task.await;
         host_events
@@ -221,7 +226,12 @@ impl Daemon {
         if let Err(e) = hosts.leave(&host_id).await {
             tracing::warn!(error = %e, "could not remove this host's presence entry");
         }
-        let _ = client.flush().await;
+        if tokio::time::timeout(FINAL_FLUSH, client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS did not take the last messages within 5 s; exiting anyway");
+        }
         tracing::info!(host = %host_id, "stopped");
         Ok(())
     }
@@ -266,6 +276,12 @@ impl Daemon {
     }
 }
 
+/// How often components that failed to load are tried again.
+const RETRY_FAILED_LOADS: Duration = Duration::from_secs(5);
+
+/// How long the last flush to NATS may take at shutdown (the server may be gone).
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
 struct Layout {
     events: EventStream,
     store: ComponentStore,
@@ -288,11 +304,17 @@ async fn watch_manifests(
     components: Arc<LoadedComponents>,
     stop: CancellationToken,
 ) {
+    let mut retry = tokio::time::interval(RETRY_FAILED_LOADS);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.is_cancelled() {
         match store.watch().await {
             Ok(mut changes) => loop {
                 let change = tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = retry.tick() => {
+                        components.retry_failed().await;
+                        continue;
+                    }
                     change = changes.next() => change,
                 };
                 match change {
@@ -399,6 +421,7 @@ async fn heartbeat(
             seen_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             components: components.versions(),
             listeners,
+            failed_components: components.failures(),
         };
         if let Err(e) = hosts.beat(&info).await {
             tracing::warn!(error = %e, "heartbeat failed");
