@@ -295,6 +295,22 @@ fn daemon_stops_gracefully_on_sigterm() {
 }
 
 #[test]
+fn daemon_stops_within_its_bound_even_when_nats_is_gone() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.nats.stop();
+    let started = std::time::Instant::now();
+    // Grace 5 s (the harness) + 15 s margin: the stop must not wait on the bus forever.
+    assert_eq!(cluster.terminate_daemon("h1"), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(cluster.daemon_log("h1").contains("stopped"));
+}
+
+#[test]
 fn daemon_and_cli_authenticate_with_user_and_password_or_token() {
     let server = NatsServer::start_with(&["--user", "lab", "--pass", "s3cret"]);
     let mut cluster = Cluster::with_server(

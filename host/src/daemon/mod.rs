@@ -209,28 +209,39 @@ impl Daemon {
 
         stop.cancelled().await;
         tracing::info!(host = %host_id, "shutting down");
-        api_stop.cancel();
-        watchers.cancel();
-        let _ = subscriptions_task.await;
-        let _ = manifests_task.await;
-        let handles: Vec<DispatcherHandle> =
-            dispatchers.lock().await.drain().map(|(_, h)| h).collect();
-        futures::future::join_all(handles.into_iter().map(DispatcherHandle::stop)).await;
-        if let Err(e) = api_task.await {
-            tracing::warn!(error = %e, "control API task failed");
-        }
-        let _ = presence_task.await;
-        host_events
-            .host(host_events::HOST_STOPPED, &started_at)
-            .await;
-        if let Err(e) = hosts.leave(&host_id).await {
-            tracing::warn!(error = %e, "could not remove this host's presence entry");
-        }
-        if tokio::time::timeout(FINAL_FLUSH, client.flush())
-            .await
-            .is_err()
-        {
-            tracing::warn!("NATS did not take the last messages within 5 s; exiting anyway");
+        // Every step below may wait on NATS; the whole stop is bounded so a daemon whose
+        // server is gone still exits.
+        let limit = self.config.listeners.shutdown_grace + SHUTDOWN_MARGIN;
+        let shutdown = async {
+            api_stop.cancel();
+            watchers.cancel();
+            let _ = subscriptions_task.await;
+            let _ = manifests_task.await;
+            let handles: Vec<DispatcherHandle> =
+                dispatchers.lock().await.drain().map(|(_, h)| h).collect();
+            futures::future::join_all(handles.into_iter().map(DispatcherHandle::stop)).await;
+            if let Err(e) = api_task.await {
+                tracing::warn!(error = %e, "control API task failed");
+            }
+            let _ = presence_task.await;
+            host_events
+                .host(host_events::HOST_STOPPED, &started_at)
+                .await;
+            if let Err(e) = hosts.leave(&host_id).await {
+                tracing::warn!(error = %e, "could not remove this host's presence entry");
+            }
+            if tokio::time::timeout(FINAL_FLUSH, client.flush())
+                .await
+                .is_err()
+            {
+                tracing::warn!("NATS did not take the last messages within 5 s; exiting anyway");
+            }
+        };
+        if tokio::time::timeout(limit, shutdown).await.is_err() {
+            tracing::warn!(
+                "the graceful stop took longer than {}; exiting anyway",
+                humantime::format_duration(limit)
+            );
         }
         tracing::info!(host = %host_id, "stopped");
         Ok(())
@@ -278,6 +289,10 @@ impl Daemon {
 
 /// How often components that failed to load are tried again.
 const RETRY_FAILED_LOADS: Duration = Duration::from_secs(5);
+
+/// Time a graceful stop may take beyond the shutdown grace (for the host events, the
+/// presence entry and the last flush, each of which waits on NATS).
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(15);
 
 /// How long the last flush to NATS may take at shutdown (the server may be gone).
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
