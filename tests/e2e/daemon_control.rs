@@ -13,6 +13,20 @@ fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
 }
 
+/// The types of the stored events matching `pattern`, in stream order (`sandbus events`).
+fn event_types(cluster: &Cluster, pattern: &str) -> Vec<String> {
+    cluster
+        .cli_ok(&["events", pattern, "--json"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -233,16 +247,7 @@ fn versions_rollback_and_removal_are_recorded_and_announced() {
             .as_object()
             .is_some_and(|m| m.is_empty())
     });
-    let added = cluster.cli_ok(&["events", "sandbus.component.*", "--json"]);
-    let types: Vec<String> = added
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let types = event_types(&cluster, "sandbus.component.*");
     assert_eq!(
         types,
         [
@@ -272,16 +277,7 @@ fn daemon_stops_gracefully_on_sigterm() {
         ["h2"],
         "a clean stop removes the presence entry at once"
     );
-    let events = cluster.cli_ok(&["events", "sandbus.host.*", "--json"]);
-    let types: Vec<String> = events
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let types = event_types(&cluster, "sandbus.host.*");
     assert_eq!(
         types,
         [
