@@ -408,3 +408,91 @@ fn up_runs_the_daemon_with_a_private_nats_server_when_none_answers() {
         );
     }
 }
+
+#[test]
+fn components_larger_than_the_servers_max_payload_upload_and_run() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "max_payload: 65536\n").unwrap();
+    let server = NatsServer::start_with(&["-c", config.path().to_str().unwrap()]);
+    let mut cluster = Cluster::with_server(server, Vec::new());
+    cluster.start_daemon("h1");
+    let size = std::fs::metadata(guest("billing-listener")).unwrap().len();
+    assert!(
+        size > 65_536,
+        "the fixture must be larger than the max payload ({size} B)"
+    );
+    let uploaded = cluster.cli_json(&[
+        "upload",
+        &guest("billing-listener"),
+        "--name",
+        "billing",
+        "--grant",
+        "publish=events.billing.>",
+    ]);
+    assert_eq!(uploaded["manifest"]["size"], size);
+    cluster.wait_for_component("h1", "billing", 1);
+    cluster.cli_ok(&["subscribe", "billing", "--events", "vm.*"]);
+    let (events, expected) = super::cluster::billing_scenario(3);
+    cluster.publish_events(&events);
+    cluster.wait("billing totals", |c| {
+        super::cluster::billing_totals(c, "billing") == expected
+    });
+}
+
+#[test]
+fn published_events_are_deduplicated_by_id_and_followed_live() {
+    use std::io::BufRead as _;
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    let first = cluster.cli_json(&[
+        "publish",
+        "order.placed",
+        "--data",
+        r#"{"n":1}"#,
+        "--id",
+        "o-1",
+    ]);
+    assert_eq!(first["duplicate"], false);
+    let again = cluster.cli_json(&[
+        "publish",
+        "order.placed",
+        "--data",
+        r#"{"n":1}"#,
+        "--id",
+        "o-1",
+    ]);
+    assert_eq!(
+        again["duplicate"], true,
+        "the same id within the window is stored once"
+    );
+    assert_eq!(again["sequence"], first["sequence"]);
+    // --follow --all: the stored events, then new ones as they come.
+    let mut follow = cluster
+        .command(&["events", "order.*", "--follow", "--all", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["id"], "o-1");
+    assert_eq!(event["data"]["n"], 1);
+    cluster.cli_ok(&[
+        "publish",
+        "order.shipped",
+        "--data",
+        r#"{"n":2}"#,
+        "--id",
+        "o-2",
+    ]);
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.contains("\"o-2\""), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let stored: Vec<String> = cluster
+        .cli_ok(&["events", "order.*", "--json"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+}

@@ -91,6 +91,7 @@ pub enum ManifestChange {
 pub struct ComponentStore {
     objects: object_store::ObjectStore,
     manifests: kv::Store,
+    client: async_nats::Client,
 }
 
 impl ComponentStore {
@@ -119,7 +120,11 @@ impl ComponentStore {
             },
         )
         .await?;
-        Ok(Self { objects, manifests })
+        Ok(Self {
+            objects,
+            manifests,
+            client: js.client(),
+        })
     }
 
     /// Opens the existing store (the CLI does this).
@@ -132,7 +137,11 @@ impl ComponentStore {
             .get_key_value(names::MANIFESTS_BUCKET)
             .await
             .map_err(|e| BusError::not_set_up("the manifest bucket", e))?;
-        Ok(Self { objects, manifests })
+        Ok(Self {
+            objects,
+            manifests,
+            client: js.client(),
+        })
     }
 
     /// Stores component bytes under their digest, unless they are there already; the digest
@@ -145,9 +154,18 @@ impl ComponentStore {
         {
             return Ok((digest, false));
         }
+        // Chunks must fit the server's max payload (async-nats defaults to 128 KiB, more
+        // than a server configured for 64 KiB takes), headers included.
+        let max_payload = self.client.server_info().max_payload;
+        let chunk_size = max_payload.saturating_sub(1024).clamp(4096, 128 * 1024);
+        let meta = object_store::ObjectMetadata {
+            name: digest.as_str().to_owned(),
+            chunk_size: Some(chunk_size),
+            ..Default::default()
+        };
         let mut reader = bytes;
         self.objects
-            .put(digest.as_str(), &mut reader)
+            .put(meta, &mut reader)
             .await
             .map_err(|e| BusError::unavailable("store the component bytes", e))?;
         Ok((digest, true))
