@@ -324,7 +324,22 @@ fn main() {
     wait_for_host(&url);
     let noop = guests.join("noop-listener.wasm");
     let echo = guests.join("echo-listener.wasm");
-    cli(&url, &["upload", noop.to_str().unwrap(), "--name", "noop"]);
+    // `SANDBUS_BENCH_LIMITS="instances=4"` adds limits to the noop listener (to study how
+    // concurrency inside the daemon affects it).
+    let mut upload = vec![
+        "upload".to_owned(),
+        noop.to_str().unwrap().to_owned(),
+        "--name".into(),
+        "noop".into(),
+    ];
+    for limit in std::env::var("SANDBUS_BENCH_LIMITS")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
+        upload.push("--limit".into());
+        upload.push(limit.to_owned());
+    }
+    cli(&url, &upload.iter().map(String::as_str).collect::<Vec<_>>());
     cli(
         &url,
         &[
