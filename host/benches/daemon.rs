@@ -123,22 +123,90 @@ async fn publish_all(js: &jetstream::Context, events: Vec<(String, String, Vec<u
     }
 }
 
-/// Polls a consumer until `total` messages are acked; events/s from first to last ack.
-async fn drain_rate(js: &jetstream::Context, stream: &str, consumer: &str, total: u64) -> f64 {
+/// CPU time (user + system) a process has used so far, in µs, from `/proc/<pid>/stat`.
+fn cpu_micros(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // Linux reports these in USER_HZ, 100 per second on every common configuration.
+    ticks * 10_000.0
+}
+
+/// Context switches (voluntary and not) over all of a process's threads so far.
+fn context_switches(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(("voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches", n)) =
+                line.split_once(':')
+            {
+                total += n.trim().parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    total
+}
+
+/// One drain: events/s from first to last ack, and the CPU µs per event each of `pids`
+/// spent over that same span.
+struct Drain {
+    rate: f64,
+    cpu_per_event: Vec<f64>,
+    switches_per_event: Vec<f64>,
+}
+
+/// Polls a consumer until `total` messages are acked.
+async fn drain_rate(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    total: u64,
+    pids: &[u32],
+) -> Drain {
     let stream = js.get_stream(stream).await.unwrap();
-    let mut first: Option<(Instant, u64)> = None;
+    type Start = (Instant, u64, Vec<f64>, Vec<f64>);
+    let mut first: Option<Start> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let info = stream.consumer_info(consumer).await.unwrap();
         let acked = info.ack_floor.consumer_sequence;
         let now = Instant::now();
         if first.is_none() && acked > 0 {
-            first = Some((now, acked));
+            first = Some((
+                now,
+                acked,
+                pids.iter().map(|p| cpu_micros(*p)).collect(),
+                pids.iter().map(|p| context_switches(*p)).collect(),
+            ));
         }
         if info.num_pending == 0 && info.num_ack_pending == 0 && acked >= total {
-            let (t0, a0) = first.unwrap_or((now, 0));
+            let zeros = vec![0.0; pids.len()];
+            let (t0, a0, cpu0, switches0) = first.unwrap_or((now, 0, zeros.clone(), zeros));
             let secs = now.duration_since(t0).as_secs_f64().max(1e-6);
-            return (total - a0) as f64 / secs;
+            let events = (total - a0).max(1) as f64;
+            let cpu_per_event = pids
+                .iter()
+                .zip(cpu0)
+                .map(|(p, c0)| (cpu_micros(*p) - c0) / events)
+                .collect();
+            let switches_per_event = pids
+                .iter()
+                .zip(switches0)
+                .map(|(p, s0)| (context_switches(*p) - s0) / events)
+                .collect();
+            return Drain {
+                rate: (total - a0) as f64 / secs,
+                cpu_per_event,
+                switches_per_event,
+            };
         }
         assert!(now < deadline, "the consumer did not drain");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -221,6 +289,27 @@ impl Daemon {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// With `$SANDBUS_BENCH_PROFILE=FILE`, records a `perf` profile of the daemon process
+/// `pid` into FILE (the last round's wins) while it drains.
+fn profile(pid: u32) -> Option<Child> {
+    let file = std::env::var("SANDBUS_BENCH_PROFILE").ok()?;
+    Command::new("perf")
+        .args([
+            "record",
+            "--call-graph",
+            "dwarf,32768",
+            "-F",
+            "999",
+            "-o",
+            &file,
+        ])
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }
 
 fn cli(url: &str, args: &[&str]) {
@@ -408,7 +497,13 @@ fn main() {
             false,
             stop.clone(),
         ));
-        let native = rt.block_on(drain_rate(&js, "SANDBUS_EVENTS", "native-tput", total));
+        let native = rt.block_on(drain_rate(
+            &js,
+            "SANDBUS_EVENTS",
+            "native-tput",
+            total,
+            &[server.child.id(), std::process::id()],
+        ));
         stop.cancel();
         rt.block_on(task).unwrap();
         // Daemon.
@@ -417,14 +512,35 @@ fn main() {
             (0..EVENTS).map(|i| event(i, "tput.daemon")).collect(),
         ));
         let daemon = Daemon::start(&url, data.path());
+        let profile = profile(daemon.child.id());
         let rate = rt.block_on(drain_rate(
             &js,
             "SANDBUS_EVENTS",
             "sandbus-listener-noop",
             total,
+            &[server.child.id(), daemon.child.id()],
         ));
+        if let Some(mut perf) = profile {
+            let _ = Command::new("kill")
+                .args(["-INT", &perf.id().to_string()])
+                .status();
+            let _ = perf.wait();
+        }
         daemon.stop();
-        eprintln!("round {round}: native {native:.0}/s, daemon {rate:.0}/s");
+        eprintln!(
+            "round {round}: native {:.0}/s (cpu µs/event: server {:.1}, consumer {:.1}; \
+             switches/event {:.2}, {:.2}), daemon {:.0}/s (server {:.1}, daemon {:.1}; {:.2}, {:.2})",
+            native.rate,
+            native.cpu_per_event[0],
+            native.cpu_per_event[1],
+            native.switches_per_event[0],
+            native.switches_per_event[1],
+            rate.rate,
+            rate.cpu_per_event[0],
+            rate.cpu_per_event[1],
+            rate.switches_per_event[0],
+            rate.switches_per_event[1],
+        );
         native_rates.push(native);
         daemon_rates.push(rate);
     }
@@ -445,9 +561,10 @@ fn main() {
     let (daemon_p50, daemon_p99) = rt.block_on(latency(client.clone(), "lat.daemon"));
     daemon.stop();
 
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+    // The median round by rate, with that round's CPU figures.
+    let median = |v: &mut Vec<Drain>| {
+        v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        v.swap_remove(v.len() / 2)
     };
     let native = median(&mut native_rates);
     let daemon = median(&mut daemon_rates);
@@ -457,21 +574,30 @@ fn main() {
         rounds()
     );
     println!(
-        "{:<34} {:>12} {:>10} {:>10} {:>8}",
-        "consumer", "events/s", "p50 µs", "p99 µs", "ratio"
+        "{:<34} {:>10} {:>8} {:>8} {:>6} {:>12} {:>12}",
+        "consumer", "events/s", "p50 µs", "p99 µs", "ratio", "server cpu", "consumer cpu"
     );
     println!(
-        "{:<34} {:>12.0} {:>10.0} {:>10.0} {:>8}",
-        "native async-nats pull + ack", native, native_p50, native_p99, "1.00"
+        "{:<34} {:>10.0} {:>8.0} {:>8.0} {:>6} {:>9.1} µs {:>9.1} µs",
+        "native async-nats pull + ack",
+        native.rate,
+        native_p50,
+        native_p99,
+        "1.00",
+        native.cpu_per_event[0],
+        native.cpu_per_event[1]
     );
     println!(
-        "{:<34} {:>12.0} {:>10.0} {:>10.0} {:>8.2}",
+        "{:<34} {:>10.0} {:>8.0} {:>8.0} {:>6.2} {:>9.1} µs {:>9.1} µs",
         "sandbus daemon (noop/echo guest)",
-        daemon,
+        daemon.rate,
         daemon_p50,
         daemon_p99,
-        daemon / native
+        daemon.rate / native.rate,
+        daemon.cpu_per_event[0],
+        daemon.cpu_per_event[1]
     );
+    println!("(cpu: per event, user + system, over the throughput drain)");
     println!(
         "(latency: {LATENCY_EVENTS} events at {LATENCY_RATE}/s, publish -> echo received; ratio is throughput)"
     );

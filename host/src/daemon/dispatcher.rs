@@ -187,10 +187,13 @@ impl ListenerDispatcher {
                 match next {
                     Some(Ok(message)) => {
                         let this = self.clone();
-                        tracker.spawn(async move {
+                        // Boxed: the call's future is several KiB, and a task's future is
+                        // copied when it is spawned and again when it completes.
+                        let dispatch = Box::pin(async move {
                             this.dispatch(message).await;
                             drop(permit);
                         });
+                        tracker.spawn(dispatch);
                     }
                     Some(Err(e)) => {
                         use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
