@@ -68,6 +68,7 @@ fn caps() -> Capabilities {
         log: Arc::new(DiscardLog),
         publisher: Arc::new(RecordingPublisher::default()),
         kv: Arc::new(MemoryKv::default()),
+        usb: None,
     }
 }
 

@@ -38,6 +38,20 @@ pub mod endpoint {
     pub const PUBLISH: &str = "event.publish";
     /// Live hosts.
     pub const HOSTS: &str = "host.list";
+    /// Every host's devices (inventory, with states).
+    pub const DEVICES: &str = "device.list";
+    /// Script runs, newest first.
+    pub const RUNS: &str = "run.list";
+    /// One run's record.
+    pub const RUN: &str = "run.get";
+    /// Start a run on a device of the answering host (`sandbus.host.<id>.run.start`).
+    pub const RUN_START: &str = "run.start";
+    /// Cancel a run of the answering host (`sandbus.host.<id>.run.cancel`).
+    pub const RUN_CANCEL: &str = "run.cancel";
+
+    /// Endpoints each host answers on its own subjects (`sandbus.host.<id>.<name>`): runs
+    /// must reach the host that has the device.
+    pub const HOST_ONLY: &[&str] = &[RUN_START, RUN_CANCEL];
 
     /// Every endpoint, with whether it may be cast (mutations) or only called (queries).
     pub const ALL: &[(&str, bool)] = &[
@@ -50,6 +64,9 @@ pub mod endpoint {
         (STATUS, false),
         (PUBLISH, true),
         (HOSTS, false),
+        (DEVICES, false),
+        (RUNS, false),
+        (RUN, false),
     ];
 }
 
@@ -248,6 +265,23 @@ pub struct UploadReply {
     pub unchanged: bool,
 }
 
+/// Names one run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunIdRequest {
+    /// The run id.
+    pub run: String,
+}
+
+/// Reply to `run.cancel`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CancelReply {
+    /// The run.
+    pub run: String,
+    /// Whether the run was still queued or running (and is now being cancelled).
+    pub cancelled: bool,
+}
+
 /// A client of the control API over one NATS connection.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -267,6 +301,29 @@ impl ApiClient {
         endpoint: &str,
         request: &Q,
     ) -> Result<R, ApiError> {
+        self.call_subject(names::api_subject(endpoint), request)
+            .await
+    }
+
+    /// Sends `request` to one host's own `endpoint` (see [`endpoint::HOST_ONLY`]).
+    pub async fn call_host<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        host: &str,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<R, ApiError> {
+        self.call_subject(
+            format!("{}.{endpoint}", names::host_api_prefix(host)),
+            request,
+        )
+        .await
+    }
+
+    async fn call_subject<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        subject: String,
+        request: &Q,
+    ) -> Result<R, ApiError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
         let request = async_nats::Request::new()
@@ -274,7 +331,7 @@ impl ApiClient {
             .timeout(Some(self.timeout));
         let reply = self
             .client
-            .send_request(names::api_subject(endpoint), request)
+            .send_request(subject, request)
             .await
             .map_err(|e| {
                 use async_nats::RequestErrorKind as K;

@@ -6,7 +6,8 @@
 //!   knows nothing of the bus or of devices.
 //! - [`imports`]: the host side of each WIT interface a guest imports (`log`, `bus`, `kv`,
 //!   and a locked-down WASI), each behind a small trait the outside plugs into.
-//! - the bus (NATS) and devices (USB), which implement those traits (later issues).
+//! - the bus (NATS) and [`devices`] (USB, real through libusb or simulated from a TOML
+//!   file), which implement those traits.
 //!
 //! Data flows one way: message → [`event::CanonicalEvent`] → dispatcher → sandbox call →
 //! ack. [`dev`] is the local loop that runs guests with in-memory capabilities.
@@ -18,6 +19,7 @@ pub mod bindings;
 pub mod bus;
 pub mod daemon;
 pub mod dev;
+pub mod devices;
 pub mod event;
 pub mod imports;
 pub mod invocation;

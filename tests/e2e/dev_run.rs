@@ -1,5 +1,7 @@
 //! `sandbus dev run`: the log is printed, then the report; the exit code is the verdict.
 
+use std::path::Path;
+
 use super::support::{guest_path, wat_script};
 use super::{json_lines, sandbus, stderr, stdout};
 
@@ -185,4 +187,45 @@ fn invalid_component_name_is_refused() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn usb_smoke_runs_locally_on_a_simulated_board_and_the_board_is_reset() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path("usb-smoke");
+    let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/devices.toml");
+    let run = |selector: &str| {
+        sandbus(
+            &[
+                "dev",
+                "run",
+                script.to_str().unwrap(),
+                "--simulate",
+                devices.to_str().unwrap(),
+                "--device",
+                selector,
+                "--arg",
+                "vendor=1209",
+                "--arg",
+                "product=0001",
+            ],
+            cache.path(),
+        )
+    };
+    let out = run("serial=SB-0002");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("device loopback-2 1209:0001 (simulated backend)"),
+        "{text}"
+    );
+    assert!(text.contains("[pass] bulk-loopback"), "{text}");
+    assert!(text.contains("device reset"), "{text}");
+    // No such device: bad input, nothing runs.
+    let out = run("1209:9999");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("no device matches `1209:9999`"), "{err}");
+    assert!(err.contains("loopback-1 1209:0001"), "{err}");
+    assert!(!stdout(&out).contains("running"));
 }

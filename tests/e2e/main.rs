@@ -18,6 +18,7 @@ mod daemon_faults;
 mod daemon_listeners;
 mod dev_replay;
 mod dev_run;
+mod device_lab;
 mod inspect;
 
 use std::path::Path;

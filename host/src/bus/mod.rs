@@ -5,16 +5,21 @@
 //! ([`names`]), and implements the capability traits the sandbox calls through:
 //! [`NatsPublisher`] for `bus`, [`NatsKv`] for `kv`. It also holds the shared, cluster-wide
 //! state every daemon reads and writes: the canonical event stream ([`EventStream`]), the
-//! [`ComponentStore`], the [`SubscriptionStore`] and host presence ([`HostRegistry`]).
+//! [`ComponentStore`], the [`SubscriptionStore`], host presence ([`HostRegistry`]), and the
+//! device lab's state: the [`DeviceInventory`], device leases ([`LeaseTable`]) and script
+//! runs ([`RunStore`]).
 //!
 //! Nothing here runs guests; the daemon wires the bus to the sandbox.
 
 mod events;
 pub use events::humantime_serde;
+mod inventory;
 mod kv;
+mod leases;
 pub mod names;
 mod presence;
 mod publisher;
+mod runs;
 mod store;
 mod subscriptions;
 
@@ -22,9 +27,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
+pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
+pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
 pub use publisher::NatsPublisher;
+pub use runs::{RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, new_run_id};
+pub(crate) use store::now_rfc3339;
 pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
 pub use subscriptions::{
     DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,

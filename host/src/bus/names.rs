@@ -45,6 +45,46 @@ pub const LISTENER_STATUS_BUCKET: &str = "sandbus-listener-status";
 /// KV bucket of live hosts; entries expire unless the host heartbeats.
 pub const HOSTS_BUCKET: &str = "sandbus-hosts";
 
+/// KV bucket of device leases, one key per device; entries expire unless renewed.
+pub const LEASES_BUCKET: &str = "sandbus-leases";
+
+/// KV bucket of the device inventory: every host's devices, one key per device.
+pub const DEVICES_BUCKET: &str = "sandbus-devices";
+
+/// KV bucket of script runs, one key per run id.
+pub const RUNS_BUCKET: &str = "sandbus-runs";
+
+/// Stream holding every run's log lines and its report.
+pub const RUNS_STREAM: &str = "SANDBUS_RUNS";
+
+/// Prefix of the run subjects: `sandbus.run.<id>.log`, `sandbus.run.<id>.report`.
+pub const RUN_PREFIX: &str = "sandbus.run";
+
+/// Subjects captured by the runs stream.
+pub fn runs_stream_subjects() -> Vec<String> {
+    vec![format!("{RUN_PREFIX}.>")]
+}
+
+/// Subject of a run's log lines.
+pub fn run_log_subject(run: &str) -> String {
+    format!("{RUN_PREFIX}.{run}.log")
+}
+
+/// Subject of a run's final report.
+pub fn run_report_subject(run: &str) -> String {
+    format!("{RUN_PREFIX}.{run}.report")
+}
+
+/// Key of a device in [`LEASES_BUCKET`] and [`DEVICES_BUCKET`].
+pub fn lease_key(host: &str, device: &str) -> String {
+    format!("{host}.{device}")
+}
+
+/// Subject prefix of one host's own endpoints (runs go to the host that has the device).
+pub fn host_api_prefix(host: &str) -> String {
+    format!("sandbus.host.{host}")
+}
+
 /// KV bucket holding every component's private key-value space.
 pub const GUEST_KV_BUCKET: &str = "sandbus-kv";
 

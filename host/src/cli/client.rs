@@ -15,13 +15,16 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use sandbus::api::{
-    self, ApiClient, ApiError, ApiErrorKind, CastAccepted, Empty, NameRequest, PublishRequest,
-    StatusRequest, SubscribeRequest, UploadReply, UploadRequest, endpoint,
+    self, ApiClient, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, NameRequest,
+    PublishRequest, RunIdRequest, StatusRequest, SubscribeRequest, UploadReply, UploadRequest,
+    endpoint,
 };
 use sandbus::bus::{
-    self, ComponentManifest, ComponentStore, HostInfo, ListenerStatus, NatsOptions, PublishedEvent,
+    self, ComponentManifest, ComponentStore, DeviceRecord, DeviceState, HostInfo, ListenerStatus,
+    NatsOptions, PublishedEvent, RunRecord, RunReport, RunRequest, RunState, RunVerdict,
     Subscription, names,
 };
+use sandbus::devices::DeviceSelector;
 use sandbus::event::CanonicalEvent;
 use sandbus::sandbox::{ComponentShape, World};
 
@@ -92,7 +95,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub json: bool,
     /// How long to wait for the daemon's reply.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long = "reply-timeout", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -634,3 +637,326 @@ pub fn read_event_file(path: &Path) -> Result<Vec<serde_json::Value>, ApiError> 
 
 /// Names the CLI's `--stream` flag defaults to.
 pub const DEFAULT_STREAM: &str = names::EVENTS_STREAM;
+
+/// `sandbus devices`: every host's devices and their state.
+pub async fn devices(args: &ClientArgs) -> u8 {
+    client(args, |c| async move {
+        let devices: Vec<DeviceRecord> = c.call(endpoint::DEVICES, &Empty {}).await?;
+        if c.json {
+            print_json(&devices);
+        } else if devices.is_empty() {
+            super::outln!("no devices on any live host");
+        } else {
+            super::outln!(
+                "{:<16} {:<16} {:<10} {:<16} {:<8} {:<10} run",
+                "host",
+                "device",
+                "vid:pid",
+                "serial",
+                "state",
+                "location"
+            );
+            for d in &devices {
+                let run = match (&d.run, d.queued) {
+                    (Some(run), 0) => run.clone(),
+                    (Some(run), n) => format!("{run} (+{n} queued)"),
+                    (None, 0) => "-".into(),
+                    (None, n) => format!("({n} queued)"),
+                };
+                super::outln!(
+                    "{:<16} {:<16} {:<10} {:<16} {:<8} {:<10} {run}",
+                    printable(&d.host),
+                    printable(&d.info.id),
+                    d.info.vid_pid(),
+                    printable(d.info.serial.as_deref().unwrap_or("-")),
+                    d.state.to_string(),
+                    printable(&d.info.location),
+                );
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// What `sandbus run` was asked.
+pub struct RunArgs {
+    /// The script's name.
+    pub script: String,
+    /// Which device.
+    pub selector: DeviceSelector,
+    /// Script arguments.
+    pub args: Vec<(String, String)>,
+    /// The run's deadline.
+    pub timeout: Duration,
+    /// How long to wait for the device.
+    pub queue_timeout: Duration,
+    /// Stream the log and wait for the report.
+    pub follow: bool,
+}
+
+/// `sandbus run SCRIPT --device SELECTOR`: routes the run to the host that has a matching
+/// device (a free one first, else the one with the shortest queue).
+pub async fn run(args: &ClientArgs, run: RunArgs) -> u8 {
+    client(args, |c| async move {
+        let devices: Vec<DeviceRecord> = c.call(endpoint::DEVICES, &Empty {}).await?;
+        let mut matching: Vec<&DeviceRecord> = devices
+            .iter()
+            .filter(|d| d.state != DeviceState::Offline && run.selector.matches(&d.info))
+            .collect();
+        matching.sort_by_key(|d| (d.state != DeviceState::Free, d.queued));
+        let Some(device) = matching.first() else {
+            let seen: Vec<String> = devices
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}/{} {} ({})",
+                        d.host,
+                        d.info.id,
+                        d.info.vid_pid(),
+                        d.state
+                    )
+                })
+                .collect();
+            return Err(ApiError::new(
+                ApiErrorKind::NotFound,
+                format!(
+                    "no device matches `{}` on a live host; devices: {}",
+                    run.selector,
+                    if seen.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        seen.join(", ")
+                    }
+                ),
+            ));
+        };
+        let request = RunRequest {
+            script: run.script.clone(),
+            selector: run.selector.to_string(),
+            device: device.info.id.clone(),
+            args: run.args,
+            timeout_ms: u64::try_from(run.timeout.as_millis()).unwrap_or(u64::MAX),
+            queue_timeout_ms: u64::try_from(run.queue_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let record: RunRecord = c
+            .api
+            .call_host(&device.host, endpoint::RUN_START, &request)
+            .await?;
+        if !run.follow {
+            if c.json {
+                print_json(&record);
+            } else {
+                super::outln!("{}", record.id);
+            }
+            return Ok(EXIT_OK);
+        }
+        if !c.json {
+            super::outln!(
+                "run {} of {} on {}/{} ({})",
+                record.id,
+                record.request.script,
+                record.host,
+                device.info.id,
+                device.info.vid_pid()
+            );
+        }
+        follow_run(&c, &record.id, true).await
+    })
+    .await
+}
+
+/// `sandbus runs`: every run, newest first.
+pub async fn runs(args: &ClientArgs) -> u8 {
+    client(args, |c| async move {
+        let runs: Vec<RunRecord> = c.call(endpoint::RUNS, &Empty {}).await?;
+        if c.json {
+            print_json(&runs);
+        } else if runs.is_empty() {
+            super::outln!("no runs");
+        } else {
+            super::outln!(
+                "{:<26} {:<16} {:<14} {:<16} {:<9} {:<9} created",
+                "run",
+                "script",
+                "host",
+                "device",
+                "state",
+                "verdict"
+            );
+            for r in &runs {
+                let state = match r.state {
+                    RunState::Queued => "queued",
+                    RunState::Running => "running",
+                    RunState::Finished => "finished",
+                };
+                super::outln!(
+                    "{:<26} {:<16} {:<14} {:<16} {:<9} {:<9} {}",
+                    r.id,
+                    printable(&r.request.script),
+                    printable(&r.host),
+                    printable(&r.request.device),
+                    state,
+                    r.verdict
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.created_at
+                );
+            }
+        }
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// `sandbus logs RUN_ID [--follow]`.
+pub async fn logs(args: &ClientArgs, run: &str, follow: bool) -> u8 {
+    let run = run.to_owned();
+    client(args, |c| async move {
+        let record: RunRecord = c
+            .call(endpoint::RUN, &RunIdRequest { run: run.clone() })
+            .await?;
+        follow_run(&c, &record.id, follow).await
+    })
+    .await
+}
+
+/// `sandbus cancel RUN_ID`.
+pub async fn cancel(args: &ClientArgs, run: &str) -> u8 {
+    let run = run.to_owned();
+    client(args, |c| async move {
+        let record: RunRecord = c
+            .call(endpoint::RUN, &RunIdRequest { run: run.clone() })
+            .await?;
+        if record.state == RunState::Finished {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "run {run} already finished ({})",
+                    record.verdict.map(|v| v.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        let reply: CancelReply = c
+            .api
+            .call_host(&record.host, endpoint::RUN_CANCEL, &RunIdRequest { run })
+            .await?;
+        if c.json {
+            print_json(&reply);
+        } else if reply.cancelled {
+            super::outln!("cancelling {}", reply.run);
+        } else {
+            super::outln!("{} is not active on {}", reply.run, record.host);
+        }
+        Ok(if reply.cancelled { EXIT_OK } else { EXIT_FAIL })
+    })
+    .await
+}
+
+/// Prints a run's stored log lines and, with `wait`, follows it to its report. The exit
+/// code follows the verdict when the report was seen (0 pass, 1 fail, 3 error, 4 timeout or
+/// cancelled), else 0.
+async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
+    let js = async_nats::jetstream::new(c.nats.clone());
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ApiError::new(
+            ApiErrorKind::Unavailable,
+            format!("cannot read the run's log: {e}"),
+        )
+    };
+    let stream = js
+        .get_stream(names::RUNS_STREAM)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: c.nats.new_inbox(),
+            filter_subject: format!("{}.{run}.>", names::RUN_PREFIX),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if !wait && consumer.cached_info().num_pending == 0 {
+        return Ok(EXIT_OK);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    let report_subject = names::run_report_subject(run);
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| unavailable(&e))?;
+        if message.subject.as_str() == report_subject {
+            let report: RunReport = serde_json::from_slice(&message.payload).map_err(|e| {
+                ApiError::new(ApiErrorKind::Internal, format!("unreadable report: {e}"))
+            })?;
+            print_run_report(&report, c.json);
+            return Ok(match report.verdict {
+                RunVerdict::Pass => EXIT_OK,
+                RunVerdict::Fail => EXIT_FAIL,
+                RunVerdict::Error => super::EXIT_SCRIPT_ERROR,
+                RunVerdict::Timeout | RunVerdict::Cancelled => super::EXIT_DID_NOT_FINISH,
+            });
+        }
+        if c.json {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&message.payload);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+        } else {
+            match serde_json::from_slice::<sandbus::imports::log::LogLine>(&message.payload) {
+                Ok(line) => {
+                    super::outln!("  {:<5} {}", line.level.as_str(), printable(&line.message))
+                }
+                Err(_) => super::outln!("  (unreadable log line)"),
+            }
+        }
+        let caught_up = message.info().is_ok_and(|i| i.pending == 0);
+        if !wait && caught_up {
+            break;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_run_report(report: &RunReport, json: bool) {
+    if json {
+        print_json(&json!({ "type": "report", "report": report }));
+        return;
+    }
+    super::outln!("report: {}", report.verdict);
+    for step in &report.steps {
+        let mark = match step.outcome {
+            sandbus::sandbox::StepOutcome::Passed => "pass",
+            sandbus::sandbox::StepOutcome::Failed => "FAIL",
+            sandbus::sandbox::StepOutcome::Skipped => "skip",
+        };
+        let detail = step
+            .detail
+            .as_deref()
+            .map(|d| format!("  {}", printable(d)))
+            .unwrap_or_default();
+        super::outln!(
+            "  [{mark}] {:<28} {:>6} ms{detail}",
+            printable(&step.name),
+            step.duration_ms
+        );
+    }
+    super::outln!("summary: {}", printable(&report.summary));
+    if let Some(device) = &report.device {
+        super::outln!(
+            "device: {} {} on {}",
+            device.id,
+            device.vid_pid(),
+            report.host
+        );
+    }
+    super::outln!(
+        "metering: {:.1} ms wall, {} KiB peak memory{}",
+        report.metering.wall_us as f64 / 1000.0,
+        report.metering.peak_memory / 1024,
+        report
+            .metering
+            .fuel
+            .map(|f| format!(", {f} fuel"))
+            .unwrap_or_default()
+    );
+}

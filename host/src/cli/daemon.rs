@@ -45,6 +45,9 @@ pub struct DaemonArgs {
     /// How long events in flight may finish after SIGINT/SIGTERM before they are handed back.
     #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// Use simulated USB devices described in this TOML file instead of real USB.
+    #[arg(long, value_name = "DEVICES_TOML", env = "SANDBUS_SIMULATE")]
+    simulate: Option<PathBuf>,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -78,6 +81,9 @@ impl DaemonArgs {
         }
         if let Some(grace) = self.shutdown_grace {
             config.listeners.shutdown_grace = grace;
+        }
+        if let Some(file) = &self.simulate {
+            config.devices.simulate = Some(file.clone());
         }
         config
             .check()

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sandbus::dev::{self, Delivery, DevHost};
+use sandbus::devices::{self, DeviceSelector};
 use sandbus::imports::log::{LogLine, LogSink};
+use sandbus::imports::usb::LeasedDevice;
 use sandbus::sandbox::{
     self, ComponentSpec, HandlerOutcome, Limits, Report, SandboxConfig, StepOutcome, Verdict, World,
 };
@@ -231,6 +233,59 @@ enum Command {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+    /// List every live host's USB devices: vendor:product, serial, location, and whether
+    /// each is free, leased (by which run) or offline.
+    Devices {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Run a test script on a device, on the host that has it. Prints the run id and returns;
+    /// with --follow, streams the log and ends with the report (exit code: 0 pass, 1 fail,
+    /// 3 error, 4 timeout or cancelled).
+    Run {
+        /// The script's component name (as uploaded).
+        script: String,
+        /// Which device: VID:PID (any device of that kind, hex), serial=SERIAL, id=ID, or
+        /// VID:PID,serial=SERIAL.
+        #[arg(long, value_name = "SELECTOR")]
+        device: DeviceSelector,
+        /// An argument for the script, NAME=VALUE (repeatable).
+        #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = dev::parse_arg)]
+        args: Vec<(String, String)>,
+        /// The run's deadline, once it has the device.
+        #[arg(long = "timeout", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        run_timeout: std::time::Duration,
+        /// How long the run may wait for a busy device.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        queue_timeout: std::time::Duration,
+        /// Stream the log live and end with the report.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// List script runs, newest first.
+    Runs {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Print a run's log (and its report once finished); --follow waits for the report.
+    Logs {
+        /// The run id.
+        run: String,
+        /// Keep printing until the run's report.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Cancel a queued or running run: its device is reset and released.
+    Cancel {
+        /// The run id.
+        run: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
     /// Describe a component file: its world, imports, exports, size and digest.
     Inspect {
         /// The component file.
@@ -251,6 +306,14 @@ enum DevCommand {
         /// An argument for the script, NAME=VALUE (repeatable).
         #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = dev::parse_arg)]
         args: Vec<(String, String)>,
+        /// The USB device the script gets, held for the run and reset after it:
+        /// VID:PID (hex), serial=SERIAL, id=ID, or VID:PID,serial=SERIAL.
+        #[arg(long, value_name = "SELECTOR")]
+        device: Option<DeviceSelector>,
+        /// Use simulated devices described in this file (see `sandbus::devices::simulated`)
+        /// instead of real USB.
+        #[arg(long, value_name = "DEVICES_TOML", requires = "device")]
+        simulate: Option<PathBuf>,
         #[command(flatten)]
         component: ComponentArgs,
         #[command(flatten)]
@@ -451,6 +514,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Status { name, client } => Ok(client::status(&client, name).await),
         Command::Hosts { client } => Ok(client::hosts(&client).await),
+        Command::Devices { client } => Ok(client::devices(&client).await),
+        Command::Run {
+            script,
+            device,
+            args,
+            run_timeout,
+            queue_timeout,
+            follow,
+            client,
+        } => {
+            let run = client::RunArgs {
+                script,
+                selector: device,
+                args,
+                timeout: run_timeout,
+                queue_timeout,
+                follow,
+            };
+            Ok(client::run(&client, run).await)
+        }
+        Command::Runs { client } => Ok(client::runs(&client).await),
+        Command::Logs {
+            run,
+            follow,
+            client,
+        } => Ok(client::logs(&client, &run, follow).await),
+        Command::Cancel { run, client } => Ok(client::cancel(&client, &run).await),
         Command::Publish {
             r#type,
             data,
@@ -486,10 +576,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(DevCommand::Run {
             script,
             args,
+            device,
+            simulate,
             component,
             sandbox,
             json,
-        }) => dev_run(&script, args, &component, &sandbox, json).await,
+        }) => {
+            let device = DevDevice { device, simulate };
+            dev_run(&script, args, &device, &component, &sandbox, json).await
+        }
         Command::Dev(DevCommand::Replay {
             listener,
             events,
@@ -565,21 +660,88 @@ impl LogSink for PrintLog {
     }
 }
 
+/// The device a `dev run` asked for, and where to find it.
+struct DevDevice {
+    device: Option<DeviceSelector>,
+    simulate: Option<PathBuf>,
+}
+
+impl DevDevice {
+    /// Finds the selected device (none when no selector was given). Bad input (an unreadable
+    /// device file, no matching device) is an error before anything runs.
+    async fn find(&self) -> anyhow::Result<Option<LeasedDevice>> {
+        let Some(selector) = &self.device else {
+            return Ok(None);
+        };
+        let backend =
+            devices::backend(self.simulate.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let scanning = backend.clone();
+        let found = tokio::task::spawn_blocking(move || scanning.scan())
+            .await
+            .context("the device scan failed")?
+            .context("cannot list devices")?;
+        let Some(info) = found.iter().find(|d| selector.matches(d)).cloned() else {
+            let why = backend
+                .unavailable()
+                .map(|why| format!(" ({} backend: {why})", backend.name()))
+                .unwrap_or_default();
+            let seen: Vec<String> = found
+                .iter()
+                .map(|d| format!("{} {}", d.id, d.vid_pid()))
+                .collect();
+            bail!(
+                "no device matches `{selector}`{why}; devices here: {}",
+                if seen.is_empty() {
+                    "none".to_owned()
+                } else {
+                    seen.join(", ")
+                }
+            );
+        };
+        Ok(Some(LeasedDevice { info, backend }))
+    }
+}
+
 async fn dev_run(
     file: &Path,
     args: Vec<(String, String)>,
+    device: &DevDevice,
     component: &ComponentArgs,
     sandbox: &SandboxArgs,
     json: bool,
 ) -> anyhow::Result<u8> {
     let spec = component.spec(file, World::Script)?;
+    let leased = device.find().await?;
     let host = DevHost::new(sandbox.config())?;
     let script = host.load(file, spec)?;
-    let caps = host.capabilities(Arc::new(PrintLog { json }));
+    let mut caps = host.capabilities(Arc::new(PrintLog { json }));
+    caps.usb = leased.clone();
     if !json {
         outln!("running {} ({})", script.name(), script.digest());
+        if let Some(leased) = &leased {
+            outln!(
+                "device {} {} ({} backend)",
+                leased.info.id,
+                leased.info.vid_pid(),
+                leased.backend.name()
+            );
+        }
     }
     let result = script.run(args, &caps).await;
+    if let Some(leased) = leased {
+        // Drop our hold on the device before resetting it.
+        drop(caps);
+        let id = leased.info.id.clone();
+        let reset =
+            tokio::task::spawn_blocking(move || devices::reset_after_run(&*leased.backend, &id))
+                .await;
+        match reset {
+            Ok(Ok(())) if !json => outln!("device reset"),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: could not reset the device: {e}"),
+            Err(e) => eprintln!("warning: could not reset the device: {e}"),
+        }
+    }
     let published = host.publisher.take();
     match result {
         Ok(invocation) => {

@@ -21,6 +21,9 @@
 //! [listeners]
 //! batch = 128
 //! shutdown_grace = "10s"
+//!
+//! [devices]
+//! simulate = "/etc/sandbus/devices.toml"   # simulated devices instead of real USB
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +45,16 @@ pub struct ConfigFile {
     pub events: EventStreamConfig,
     /// Listener dispatch.
     pub listeners: ListenersSection,
+    /// USB devices.
+    pub devices: DevicesSection,
+}
+
+/// `[devices]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesSection {
+    /// Use the simulated devices described in this file instead of real USB (libusb).
+    pub simulate: Option<PathBuf>,
 }
 
 /// `[host]`.
@@ -161,6 +174,10 @@ impl ConfigFile {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err("events.stream must be a name of [A-Za-z0-9_-]".into());
+        }
+        if let Some(file) = &self.devices.simulate {
+            crate::devices::simulated::SimulatedBackend::from_file(file)
+                .map_err(|e| format!("devices.simulate: {e}"))?;
         }
         Ok(())
     }

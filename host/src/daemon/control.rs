@@ -19,13 +19,14 @@ use tokio_util::task::TaskTracker;
 
 use super::components::{LoadedComponents, spec_of};
 use super::host_events::{self, HostEvents};
+use super::lab::DeviceLab;
 use crate::api::{
-    self, ApiError, ApiErrorKind, CastAccepted, Empty, NameRequest, PublishRequest, StatusRequest,
-    SubscribeRequest, UploadReply, UploadRequest, endpoint,
+    self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, NameRequest, PublishRequest,
+    RunIdRequest, StatusRequest, SubscribeRequest, UploadReply, UploadRequest, endpoint,
 };
 use crate::bus::{
-    ComponentStore, EventStream, HostRegistry, ManifestDraft, Subscription, SubscriptionStore,
-    names,
+    ComponentStore, DeviceInventory, EventStream, HostRegistry, ManifestDraft, RunStore,
+    Subscription, SubscriptionStore, names,
 };
 use crate::event::CanonicalEvent;
 use crate::sandbox::{ComponentShape, Digest, Sandbox, World, validate_component_name};
@@ -96,6 +97,12 @@ pub struct ControlApi {
     pub hosts: HostRegistry,
     /// This host's events.
     pub host_events: HostEvents,
+    /// This host's devices and runs.
+    pub lab: Arc<DeviceLab>,
+    /// Every host's devices.
+    pub inventory: DeviceInventory,
+    /// Every run.
+    pub runs: RunStore,
 }
 
 /// The ack wait a listener's consumer needs for a deadline of `timeout`.
@@ -137,6 +144,17 @@ impl ControlApi {
                 .await
                 .map_err(unavailable)?;
             endpoints.push(ep.map(move |request| (*name, *castable, request)).boxed());
+        }
+        // This host's own endpoints: runs go to the host that has the device.
+        let own = service.group(names::host_api_prefix(self.host_events.host_id()));
+        for name in endpoint::HOST_ONLY {
+            let ep = own
+                .endpoint_builder()
+                .name(name.replace('.', "-"))
+                .add(*name)
+                .await
+                .map_err(unavailable)?;
+            endpoints.push(ep.map(move |request| (*name, false, request)).boxed());
         }
         Ok(ControlService {
             api: self,
@@ -261,6 +279,41 @@ impl ControlApi {
             endpoint::HOSTS => {
                 let _: Empty = parse_or_empty(body)?;
                 to_json(self.hosts.list().await?)
+            }
+            endpoint::DEVICES => {
+                let _: Empty = parse_or_empty(body)?;
+                let live: Vec<String> =
+                    self.hosts.list().await?.into_iter().map(|h| h.id).collect();
+                to_json(self.inventory.list_live(&live).await?)
+            }
+            endpoint::RUNS => {
+                let _: Empty = parse_or_empty(body)?;
+                to_json(self.runs.list().await?)
+            }
+            endpoint::RUN => {
+                let request: RunIdRequest = parse(body)?;
+                match self.runs.get(&request.run).await? {
+                    Some(record) => to_json(record),
+                    None => Err(ApiError::new(
+                        ApiErrorKind::NotFound,
+                        format!("no run `{}`; see `sandbus runs`", request.run),
+                    )),
+                }
+            }
+            endpoint::RUN_START => to_json(self.lab.start(parse(body)?).await?),
+            endpoint::RUN_CANCEL => {
+                let request: RunIdRequest = parse(body)?;
+                let cancelled = self.lab.cancel(&request.run);
+                if !cancelled && self.runs.get(&request.run).await?.is_none() {
+                    return Err(ApiError::new(
+                        ApiErrorKind::NotFound,
+                        format!("no run `{}`; see `sandbus runs`", request.run),
+                    ));
+                }
+                to_json(CancelReply {
+                    run: request.run,
+                    cancelled,
+                })
             }
             other => Err(ApiError::new(
                 ApiErrorKind::NotFound,

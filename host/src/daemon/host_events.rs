@@ -24,6 +24,16 @@ pub const HOST_STARTED: &str = "sandbus.host.started";
 pub const HOST_STOPPED: &str = "sandbus.host.stopped";
 /// A control request sent as a cast finished; carries its result or error.
 pub const REQUEST_FINISHED: &str = "sandbus.request.finished";
+/// A USB device appeared on a host.
+pub const DEVICE_ATTACHED: &str = "sandbus.device.attached";
+/// A USB device went away from a host.
+pub const DEVICE_DETACHED: &str = "sandbus.device.detached";
+/// A run took a device (billing charges device time from this to `lease.released`).
+pub const LEASE_ACQUIRED: &str = "sandbus.lease.acquired";
+/// A run gave its device back (data: `held_ms`, the reset result, the verdict).
+pub const LEASE_RELEASED: &str = "sandbus.lease.released";
+/// A run ended; data is its report.
+pub const RUN_FINISHED: &str = "sandbus.run.finished";
 
 /// Emits this host's events on the events stream.
 #[derive(Clone)]

@@ -8,7 +8,9 @@
 //! - a watch on the subscriptions that starts and stops one [`ListenerDispatcher`] per
 //!   subscribed listener;
 //! - the control API ([`ControlApi`]);
-//! - a presence heartbeat in the hosts bucket.
+//! - a presence heartbeat in the hosts bucket;
+//! - the [`DeviceLab`]: this host's USB devices (real, or simulated with `--simulate`),
+//!   their leases, and the script runs on them.
 //!
 //! Stopping is graceful: the API stops answering, dispatchers stop pulling and let calls in
 //! flight finish within the grace period (the rest are naked), `sandbus.host.stopped` is
@@ -19,6 +21,7 @@ pub mod config;
 mod control;
 mod dispatcher;
 pub mod host_events;
+pub mod lab;
 pub mod up;
 
 use std::collections::HashMap;
@@ -34,10 +37,12 @@ pub use components::{LoadedComponent, LoadedComponents};
 pub use config::ConfigFile;
 pub use control::ControlApi;
 pub use dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
+pub use lab::DeviceLab;
 
 use crate::bus::{
-    self, BusError, BusErrorKind, ComponentStore, EventStream, HostInfo, HostRegistry, NatsKv,
-    NatsPublisher, SubscriptionChange, SubscriptionStore,
+    self, BusError, BusErrorKind, ComponentStore, DeviceInventory, EventStream, HostInfo,
+    HostRegistry, LeaseTable, NatsKv, NatsPublisher, RunStore, SubscriptionChange,
+    SubscriptionStore,
 };
 use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, Sandbox, SandboxConfig};
@@ -149,7 +154,12 @@ impl Daemon {
             subscriptions,
             kv,
             hosts,
+            inventory,
+            leases,
+            runs,
         } = layout;
+        let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
+            .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
         let host_events = HostEvents::new(&host_id, events.clone());
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
         let context = Arc::new(DispatchContext {
@@ -161,6 +171,7 @@ impl Daemon {
                 log: Arc::new(DiscardLog),
                 publisher: Arc::new(NatsPublisher::new(js.clone())),
                 kv: Arc::new(kv),
+                usb: None,
             },
             host_events: host_events.clone(),
             grace: self.config.listeners.shutdown_grace,
@@ -179,6 +190,19 @@ impl Daemon {
             dispatchers.clone(),
             watchers.clone(),
         ));
+        let lab = Arc::new(DeviceLab::new(
+            host_id.clone(),
+            backend,
+            inventory.clone(),
+            leases,
+            runs.clone(),
+            hosts.clone(),
+            components.clone(),
+            host_events.clone(),
+            context.capabilities.clone(),
+        ));
+        let lab_stop = CancellationToken::new();
+        let lab_task = tokio::spawn(lab.clone().run(lab_stop.clone()));
         let api = Arc::new(ControlApi {
             sandbox,
             components: components.clone(),
@@ -187,6 +211,9 @@ impl Daemon {
             events,
             hosts: hosts.clone(),
             host_events: host_events.clone(),
+            lab,
+            inventory,
+            runs,
         });
         let api_stop = CancellationToken::new();
         let service = api
@@ -215,6 +242,9 @@ impl Daemon {
         let shutdown = async {
             api_stop.cancel();
             watchers.cancel();
+            // Runs in progress are cancelled: their devices are reset, their leases released.
+            lab_stop.cancel();
+            let _ = lab_task.await;
             let _ = subscriptions_task.await;
             let _ = manifests_task.await;
             let handles: Vec<DispatcherHandle> =
@@ -263,12 +293,18 @@ impl Daemon {
                 let subscriptions = SubscriptionStore::ensure(js, events.clone(), replicas).await?;
                 let kv = NatsKv::ensure(js, replicas, 1 << 20).await?;
                 let hosts = HostRegistry::ensure(js, replicas).await?;
+                let inventory = DeviceInventory::ensure(js, replicas).await?;
+                let leases = LeaseTable::ensure(js, replicas).await?;
+                let runs = RunStore::ensure(js, replicas).await?;
                 Ok::<_, BusError>(Layout {
                     events,
                     store,
                     subscriptions,
                     kv,
                     hosts,
+                    inventory,
+                    leases,
+                    runs,
                 })
             };
             match attempt.await {
@@ -303,6 +339,9 @@ struct Layout {
     subscriptions: SubscriptionStore,
     kv: NatsKv,
     hosts: HostRegistry,
+    inventory: DeviceInventory,
+    leases: LeaseTable,
+    runs: RunStore,
 }
 
 fn create_dir(path: &Path) -> Result<(), DaemonError> {

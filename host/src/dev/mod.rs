@@ -120,6 +120,7 @@ impl DevHost {
             log,
             publisher: self.publisher.clone(),
             kv: self.kv.clone(),
+            usb: None,
         }
     }
 }

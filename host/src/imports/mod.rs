@@ -9,4 +9,5 @@
 pub mod bus;
 pub mod kv;
 pub mod log;
+pub mod usb;
 pub mod wasi;

@@ -57,7 +57,11 @@ impl World {
 
     /// Interfaces of our package a component of this world may import.
     fn importable(self) -> &'static [&'static str] {
-        &["types", "log", "bus", "kv"]
+        match self {
+            World::Listener => &["types", "log", "bus", "kv"],
+            // Only a script runs against a leased device.
+            World::Script => &["types", "log", "bus", "kv", "usb"],
+        }
     }
 }
 
@@ -403,6 +407,8 @@ mod tests {
             &["sandbus:host/handler@0.1.0"],
         );
         assert!(ok.check(None).is_ok());
+        let script = shape(&["sandbus:host/usb@0.1.0"], &["sandbus:host/runner@0.1.0"]);
+        assert_eq!(script.check(None).unwrap(), World::Script);
         for (import, needle) in [
             ("wasi:http/types@0.2.0", "package `wasi:http`"),
             ("sandbus:host/usb@0.1.0", "no interface `usb`"),

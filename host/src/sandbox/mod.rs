@@ -46,6 +46,7 @@ use crate::imports;
 use crate::imports::bus::{BusState, PublishRate, Publisher};
 use crate::imports::kv::{KvState, KvStore};
 use crate::imports::log::{InvocationLog, LogSink, LogState, LogSummary};
+use crate::imports::usb::{LeasedDevice, UsbState};
 use crate::invocation::InvocationId;
 use crate::subject::PublishGrants;
 
@@ -116,10 +117,13 @@ pub struct Capabilities {
     pub publisher: Arc<dyn Publisher>,
     /// Holds the component's key-value space.
     pub kv: Arc<dyn KvStore>,
+    /// The USB device this call may use: the one its run leased, for a script; `None` for
+    /// listeners and for runs without a device.
+    pub usb: Option<LeasedDevice>,
 }
 
 /// What a call used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Metering {
     /// Wall time from slot acquired to store dropped, microseconds.
     pub wall_us: u64,
@@ -413,6 +417,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     imports::log::add_to_linker(&mut linker, |s| &mut s.log)?;
     imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
     imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;
+    imports::usb::add_to_linker(&mut linker, |s| &mut s.usb)?;
     Ok(linker)
 }
 
@@ -456,6 +461,7 @@ struct ActiveCall {
     store: Store<InvocationState>,
     log: InvocationLog,
     started: Instant,
+    timeout: Duration,
     fuel_start: u64,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _pool_slot: tokio::sync::OwnedSemaphorePermit,
@@ -497,10 +503,10 @@ impl PreparedComponent {
         if event.size() as u64 > self.limits.max_payload {
             return Err(self.refused_input(event.size()));
         }
-        let mut call = self.begin(caps).await?;
+        let mut call = self.begin(caps, self.limits.timeout).await?;
         let event = event.into();
         let result = self
-            .bounded(async {
+            .bounded(self.limits.timeout, async {
                 let listener: Listener = pre
                     .instantiate_async(&mut call.store)
                     .await
@@ -518,11 +524,22 @@ impl PreparedComponent {
         })
     }
 
-    /// Runs a script once with `args`, on a fresh instance.
+    /// Runs a script once with `args`, on a fresh instance, under the component's timeout.
     pub async fn run(
         &self,
         args: Vec<(String, String)>,
         caps: &Capabilities,
+    ) -> Result<Invocation<Report>, InvokeError> {
+        self.run_for(args, caps, self.limits.timeout).await
+    }
+
+    /// Runs a script once with `args` under `timeout` instead of the component's own (a run
+    /// started with `sandbus run --timeout`). Every other limit still applies.
+    pub async fn run_for(
+        &self,
+        args: Vec<(String, String)>,
+        caps: &Capabilities,
+        timeout: Duration,
     ) -> Result<Invocation<Report>, InvokeError> {
         let Pre::Script(pre) = &self.pre else {
             return Err(self.not_this_world(World::Script));
@@ -531,9 +548,9 @@ impl PreparedComponent {
         if size as u64 > self.limits.max_payload {
             return Err(self.refused_input(size));
         }
-        let mut call = self.begin(caps).await?;
+        let mut call = self.begin(caps, timeout).await?;
         let result = self
-            .bounded(async {
+            .bounded(timeout, async {
                 let script: Script = pre
                     .instantiate_async(&mut call.store)
                     .await
@@ -581,7 +598,11 @@ impl PreparedComponent {
 
     /// Waits for one of the component's slots, then for a slot of the shared pool (so a
     /// busy component makes others wait, never fail), and builds a fresh store.
-    async fn begin(&self, caps: &Capabilities) -> Result<ActiveCall, InvokeError> {
+    async fn begin(
+        &self,
+        caps: &Capabilities,
+        timeout: Duration,
+    ) -> Result<ActiveCall, InvokeError> {
         let closed = |_| InvokeError {
             kind: InvokeErrorKind::Host,
             message: "the component is being unloaded".into(),
@@ -598,7 +619,7 @@ impl PreparedComponent {
             self.name.clone(),
             id,
         );
-        let deadline = started + self.limits.timeout;
+        let deadline = started + timeout;
         let state = InvocationState {
             wasi: None,
             table: {
@@ -621,6 +642,7 @@ impl PreparedComponent {
                 namespace: self.name.clone(),
                 max_value: self.limits.max_payload,
             },
+            usb: UsbState::new(caps.usb.clone(), deadline),
             memory: state::MemoryMeter::new(self.limits.memory),
             deadline,
             timed_out: false,
@@ -652,6 +674,7 @@ impl PreparedComponent {
             store,
             log,
             started,
+            timeout,
             fuel_start,
             _slot: slot,
             _pool_slot: pool_slot,
@@ -660,8 +683,12 @@ impl PreparedComponent {
 
     /// Bounds the whole call (guest code and host calls) by the deadline, with one epoch
     /// tick of grace so that the epoch trap, which names the cause better, normally wins.
-    async fn bounded<T>(&self, call: impl Future<Output = Result<T, Stage>>) -> Result<T, Stage> {
-        let budget = self.limits.timeout + Duration::from_millis(50);
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, Stage>>,
+    ) -> Result<T, Stage> {
+        let budget = timeout + Duration::from_millis(50);
         match tokio::time::timeout(budget, call).await {
             Ok(result) => result,
             Err(_) => Err(Stage::HostDeadline),
@@ -713,7 +740,7 @@ impl PreparedComponent {
                 }
             }
             Err(stage) => {
-                let (kind, message) = self.classify(stage, state, &call.log);
+                let (kind, message) = self.classify(stage, state, &call.log, call.timeout);
                 Err(failure(kind, message, &call.log))
             }
         };
@@ -733,13 +760,14 @@ impl PreparedComponent {
         stage: Stage,
         state: &InvocationState,
         log: &InvocationLog,
+        deadline: Duration,
     ) -> (InvokeErrorKind, String) {
         let timeout = || {
             (
                 InvokeErrorKind::Timeout,
                 format!(
                     "the call ran past its deadline of {}",
-                    humantime::format_duration(self.limits.timeout)
+                    humantime::format_duration(deadline)
                 ),
             )
         };
@@ -758,7 +786,7 @@ impl PreparedComponent {
                     InvokeErrorKind::Timeout,
                     format!(
                         "the call ran past its deadline of {} while waiting in a host call",
-                        humantime::format_duration(self.limits.timeout)
+                        humantime::format_duration(deadline)
                     ),
                 );
             }

@@ -49,7 +49,7 @@ impl From<WitOutcome> for HandlerOutcome {
 }
 
 /// The overall result of a script run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Every check passed.
@@ -61,7 +61,7 @@ pub enum Verdict {
 }
 
 /// How one step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepOutcome {
     /// It passed.
@@ -73,7 +73,7 @@ pub enum StepOutcome {
 }
 
 /// One named step of a run.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     /// Its name.
     pub name: String,
@@ -86,7 +86,7 @@ pub struct Step {
 }
 
 /// The structured result of a script run.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Overall result.
     pub verdict: Verdict,

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::imports::bus::BusState;
 use crate::imports::kv::KvState;
 use crate::imports::log::LogState;
+use crate::imports::usb::UsbState;
 use crate::imports::wasi;
 
 /// Everything a guest's imports can reach during one call. Dropped with the store when the
@@ -21,6 +22,7 @@ pub struct InvocationState {
     pub(crate) log: LogState,
     pub(crate) bus: BusState,
     pub(crate) kv: KvState,
+    pub(crate) usb: UsbState,
     pub(crate) memory: MemoryMeter,
     pub(crate) deadline: Instant,
     pub(crate) timed_out: bool,

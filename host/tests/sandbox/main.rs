@@ -18,6 +18,7 @@ mod billing;
 mod hostile;
 mod loading;
 mod lockdown;
+mod usb;
 
 use std::sync::{Arc, OnceLock};
 
@@ -60,6 +61,7 @@ impl Harness {
             log: log.clone(),
             publisher: publisher.clone(),
             kv: kv.clone(),
+            usb: None,
         };
         Self {
             kv,

@@ -1,0 +1,253 @@
+//! Script runs on the bus: their records, their log lines and their reports.
+//!
+//! - A [`RunRecord`] per run in the runs KV bucket (key: run id), written by the host that
+//!   runs it as the run moves from queued to running to finished; `sandbus runs` lists them.
+//! - Log lines on `sandbus.run.<id>.log` and the final [`RunReport`] on
+//!   `sandbus.run.<id>.report`, both kept in the runs stream, so `sandbus logs RUN_ID`
+//!   replays a finished run and `--follow` streams a live one to its report.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::{self, stream};
+use futures::TryStreamExt as _;
+
+use super::names;
+use super::store::ensure_kv;
+use super::{BusError, BusErrorKind};
+use crate::devices::DeviceInfo;
+use crate::sandbox::{Metering, Step};
+
+/// How long finished runs (records, logs, reports) are kept.
+pub const RUN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Waiting for its device.
+    Queued,
+    /// Running on its device.
+    Running,
+    /// Ended; see the verdict.
+    Finished,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunVerdict {
+    /// The script reported pass.
+    Pass,
+    /// The script reported fail.
+    Fail,
+    /// The script reported error, or the run could not run (trap, no device, host lost).
+    Error,
+    /// The run hit its deadline.
+    Timeout,
+    /// Someone cancelled it.
+    Cancelled,
+}
+
+impl std::fmt::Display for RunVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunVerdict::Pass => "pass",
+            RunVerdict::Fail => "fail",
+            RunVerdict::Error => "error",
+            RunVerdict::Timeout => "timeout",
+            RunVerdict::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// What `sandbus run` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunRequest {
+    /// The script component's name.
+    pub script: String,
+    /// The device selector, as given.
+    pub selector: String,
+    /// The device on the chosen host.
+    pub device: String,
+    /// Script arguments, in order.
+    pub args: Vec<(String, String)>,
+    /// The run's deadline, from when it starts running (ms).
+    pub timeout_ms: u64,
+    /// How long it may wait for the device (ms).
+    pub queue_timeout_ms: u64,
+}
+
+/// One run, as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    /// The run id.
+    pub id: String,
+    /// The host running it.
+    pub host: String,
+    /// What was asked.
+    #[serde(flatten)]
+    pub request: RunRequest,
+    /// Queued, running or finished.
+    pub state: RunState,
+    /// How it ended, once finished.
+    pub verdict: Option<RunVerdict>,
+    /// The report's summary, or why the run could not run.
+    pub summary: Option<String>,
+    /// When it was accepted, started and finished (RFC 3339).
+    pub created_at: String,
+    /// When it got its device.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+}
+
+/// The structured result of a run: kept in the runs stream and emitted as `run.finished`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunReport {
+    /// The run id.
+    pub run: String,
+    /// The script's name.
+    pub script: String,
+    /// The host it ran on.
+    pub host: String,
+    /// The device it used, when it got one.
+    pub device: Option<DeviceInfo>,
+    /// How it ended.
+    pub verdict: RunVerdict,
+    /// The script's steps (none when it did not finish).
+    pub steps: Vec<Step>,
+    /// The script's summary, or what stopped the run.
+    pub summary: String,
+    /// Wall time, peak memory, fuel.
+    pub metering: Metering,
+}
+
+/// The runs bucket and stream.
+#[derive(Clone)]
+pub struct RunStore {
+    js: jetstream::Context,
+    runs: kv::Store,
+}
+
+impl RunStore {
+    /// Creates the bucket and the stream if missing.
+    pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
+        let runs = ensure_kv(
+            js,
+            kv::Config {
+                bucket: names::RUNS_BUCKET.to_owned(),
+                description: "sandbus script runs, one entry per run".into(),
+                history: 1,
+                max_age: RUN_RETENTION,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        js.get_or_create_stream(stream::Config {
+            name: names::RUNS_STREAM.to_owned(),
+            description: Some("sandbus run logs and reports".into()),
+            subjects: names::runs_stream_subjects(),
+            max_age: RUN_RETENTION,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::unavailable("create the runs stream", e))?;
+        Ok(Self {
+            js: js.clone(),
+            runs,
+        })
+    }
+
+    /// Opens the bucket (for clients); [`BusErrorKind::NotSetUp`] if no daemon created it.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
+        let runs = js.get_key_value(names::RUNS_BUCKET).await.map_err(|e| {
+            BusError::new(
+                BusErrorKind::NotSetUp,
+                format!("no runs bucket ({e}); start a daemon first"),
+            )
+        })?;
+        Ok(Self {
+            js: js.clone(),
+            runs,
+        })
+    }
+
+    /// Writes a run's record.
+    pub async fn put(&self, record: &RunRecord) -> Result<(), BusError> {
+        let body = serde_json::to_vec(record)
+            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+        self.runs
+            .put(record.id.as_str(), body.into())
+            .await
+            .map_err(|e| BusError::unavailable("write the run record", e))?;
+        Ok(())
+    }
+
+    /// One run's record.
+    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, BusError> {
+        match self.runs.entry(id).await {
+            Ok(Some(entry)) if entry.operation == Operation::Put => {
+                serde_json::from_slice(&entry.value)
+                    .map(Some)
+                    .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(BusError::unavailable("read the run record", e)),
+        }
+    }
+
+    /// Every run, newest first.
+    pub async fn list(&self) -> Result<Vec<RunRecord>, BusError> {
+        let keys: Vec<String> = match self.runs.keys().await {
+            Ok(keys) => keys
+                .try_collect()
+                .await
+                .map_err(|e| BusError::unavailable("list the runs", e))?,
+            Err(e) => return Err(BusError::unavailable("list the runs", e)),
+        };
+        let mut records = Vec::new();
+        for key in keys {
+            if let Ok(Some(record)) = self.get(&key).await {
+                records.push(record);
+            }
+        }
+        records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(records)
+    }
+
+    /// Publishes one log line of a run (JSON), waiting for the stream to store it.
+    pub async fn log(&self, run: &str, line: &[u8]) -> Result<(), BusError> {
+        self.js
+            .publish(names::run_log_subject(run), line.to_vec().into())
+            .await
+            .map_err(|e| BusError::unavailable("publish a run log line", e))?
+            .await
+            .map_err(|e| BusError::unavailable("store a run log line", e))?;
+        Ok(())
+    }
+
+    /// Stores a run's report (the last message of the run).
+    pub async fn report(&self, report: &RunReport) -> Result<(), BusError> {
+        let body = serde_json::to_vec(report)
+            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+        self.js
+            .publish(names::run_report_subject(&report.run), body.into())
+            .await
+            .map_err(|e| BusError::unavailable("publish the run report", e))?
+            .await
+            .map_err(|e| BusError::unavailable("store the run report", e))?;
+        Ok(())
+    }
+}
+
+/// A new run id: time-ordered and unique enough across hosts (`r-<unix ms>-<random>`).
+pub fn new_run_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("r-{ms}-{:08x}", rand::random::<u32>())
+}

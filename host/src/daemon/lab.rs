@@ -1,0 +1,746 @@
+//! The device lab: this host's USB devices, who is using them, and the script runs on them.
+//!
+//! - **Inventory**: the [`DeviceBackend`] is scanned every [`SCAN_EVERY`] (or at once when the
+//!   backend reports a hotplug change); devices that came or went are written to (or removed
+//!   from) the cluster's inventory and announced as `sandbus.device.attached` / `detached`.
+//! - **Runs**: a run is accepted for a device of this host, recorded as queued, and waits
+//!   its turn on the device (a fair, first-come-first-served lock per device, bounded by
+//!   the run's queue timeout). It then takes the cluster-wide lease ([`LeaseTable`]),
+//!   renews it while it runs, and gets the device as its `usb` capability. However the run
+//!   ends (report, trap, timeout, cancel, lost lease), the device is closed and reset, the
+//!   lease released, the report stored and `sandbus.run.finished` emitted.
+//! - **Sweep**: runs recorded as queued or running by a host that is no longer live (or by
+//!   this host before a restart) are finished as `error`, so no run stays "running" forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::LoadedComponents;
+use super::host_events::{self, HostEvents};
+use crate::api::{ApiError, ApiErrorKind};
+use crate::bus::{
+    BusErrorKind, DeviceInventory, DeviceRecord, DeviceState, HostRegistry, LEASE_RENEW, Lease,
+    LeaseTable, RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, names,
+    new_run_id,
+};
+use crate::devices::{self, DeviceBackend, DeviceInfo};
+use crate::imports::log::{LogLine, LogSink};
+use crate::imports::usb::LeasedDevice;
+use crate::sandbox::{Capabilities, InvokeErrorKind, Metering, Verdict, World};
+
+/// How often the backend is rescanned when it cannot report hotplug changes.
+pub const SCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// How often runs of lost hosts are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Log lines a run may have waiting to be published; past this, lines are dropped (and
+/// counted) rather than slowing the script down.
+const LOG_BUFFER: usize = 4096;
+
+/// Longest deadline a run may ask for.
+pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// What the lab works with.
+pub struct DeviceLab {
+    host_id: String,
+    backend: Arc<dyn DeviceBackend>,
+    inventory: DeviceInventory,
+    leases: LeaseTable,
+    runs: RunStore,
+    hosts: HostRegistry,
+    components: Arc<LoadedComponents>,
+    host_events: HostEvents,
+    /// Capabilities every run shares (publisher, kv); log and usb are per run.
+    base: Capabilities,
+    state: StdMutex<LabState>,
+    rescan: Notify,
+}
+
+#[derive(Default)]
+struct LabState {
+    /// Devices present now, by id.
+    present: HashMap<String, DeviceInfo>,
+    /// One fair lock per device: runs wait on it in arrival order.
+    turns: HashMap<String, Arc<Mutex<()>>>,
+    /// Runs accepted here and not finished: their cancel tokens.
+    active: HashMap<String, ActiveRun>,
+}
+
+struct ActiveRun {
+    device: String,
+    running: bool,
+    cancel: CancellationToken,
+}
+
+/// How a run ended, before its report is written.
+struct Ending {
+    verdict: RunVerdict,
+    steps: Vec<crate::sandbox::Step>,
+    summary: String,
+    metering: Metering,
+}
+
+impl DeviceLab {
+    /// A lab over `backend`; nothing runs until [`DeviceLab::run`].
+    #[allow(clippy::too_many_arguments, reason = "wired once, by the daemon")]
+    pub fn new(
+        host_id: String,
+        backend: Arc<dyn DeviceBackend>,
+        inventory: DeviceInventory,
+        leases: LeaseTable,
+        runs: RunStore,
+        hosts: HostRegistry,
+        components: Arc<LoadedComponents>,
+        host_events: HostEvents,
+        base: Capabilities,
+    ) -> Self {
+        Self {
+            host_id,
+            backend,
+            inventory,
+            leases,
+            runs,
+            hosts,
+            components,
+            host_events,
+            base,
+            state: StdMutex::default(),
+            rescan: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LabState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the inventory current and sweeps lost runs until `stop`; then cancels the runs
+    /// still active and waits for them to release their devices.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if let Some(why) = self.backend.unavailable() {
+            tracing::warn!(backend = self.backend.name(), reason = %why, "no USB devices on this host");
+        }
+        let notify = self.clone();
+        let hotplug = self
+            .backend
+            .watch(Box::new(move || notify.rescan.notify_one()));
+        tracing::info!(backend = self.backend.name(), hotplug, "watching devices");
+        self.sweep(true).await;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.tick().await;
+        loop {
+            self.scan().await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.rescan.notified() => {}
+                _ = tokio::time::sleep(SCAN_EVERY) => {}
+                _ = sweep.tick() => self.sweep(false).await,
+            }
+        }
+        let tokens: Vec<CancellationToken> = self
+            .state()
+            .active
+            .values()
+            .map(|r| r.cancel.clone())
+            .collect();
+        for token in &tokens {
+            token.cancel();
+        }
+        // Each cancelled run resets its device and releases its lease; give them a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.state().active.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One scan: announce what came and went, refresh the inventory.
+    async fn scan(&self) {
+        let backend = self.backend.clone();
+        let found = match tokio::task::spawn_blocking(move || backend.scan()).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "device scan failed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "device scan panicked");
+                return;
+            }
+        };
+        let (attached, detached) = {
+            let mut state = self.state();
+            let now: HashMap<String, DeviceInfo> =
+                found.into_iter().map(|d| (d.id.clone(), d)).collect();
+            let attached: Vec<DeviceInfo> = now
+                .values()
+                .filter(|d| state.present.get(&d.id) != Some(*d))
+                .cloned()
+                .collect();
+            let detached: Vec<DeviceInfo> = state
+                .present
+                .values()
+                .filter(|d| !now.contains_key(&d.id))
+                .cloned()
+                .collect();
+            state.present = now;
+            (attached, detached)
+        };
+        for device in attached {
+            tracing::info!(device = %device.id, kind = %device.vid_pid(), "device attached");
+            self.publish_device(&device).await;
+            self.host_events
+                .emit_or_log(
+                    host_events::DEVICE_ATTACHED,
+                    format!(
+                        "{}/{}/{}/{}",
+                        host_events::DEVICE_ATTACHED,
+                        self.host_id,
+                        device.id,
+                        crate::bus::now_rfc3339()
+                    ),
+                    Some(device.id.clone()),
+                    json!({ "host": self.host_id, "device": device }),
+                )
+                .await;
+        }
+        for device in detached {
+            tracing::warn!(device = %device.id, "device detached");
+            if let Err(e) = self.inventory.remove(&self.host_id, &device.id).await {
+                tracing::warn!(error = %e, "could not update the device inventory");
+            }
+            self.host_events
+                .emit_or_log(
+                    host_events::DEVICE_DETACHED,
+                    format!(
+                        "{}/{}/{}/{}",
+                        host_events::DEVICE_DETACHED,
+                        self.host_id,
+                        device.id,
+                        crate::bus::now_rfc3339()
+                    ),
+                    Some(device.id.clone()),
+                    json!({ "host": self.host_id, "device": device }),
+                )
+                .await;
+        }
+    }
+
+    /// Writes one device's inventory entry with its current state.
+    async fn publish_device(&self, device: &DeviceInfo) {
+        let (run, queued) = {
+            let state = self.state();
+            let on_device = state.active.iter().filter(|(_, r)| r.device == device.id);
+            let mut run = None;
+            let mut queued = 0;
+            for (id, r) in on_device {
+                if r.running {
+                    run = Some(id.clone());
+                } else {
+                    queued += 1;
+                }
+            }
+            (run, queued)
+        };
+        let record = DeviceRecord {
+            host: self.host_id.clone(),
+            info: device.clone(),
+            state: if run.is_some() {
+                DeviceState::Leased
+            } else {
+                DeviceState::Free
+            },
+            run,
+            queued,
+            backend: self.backend.name().to_owned(),
+            seen_at: crate::bus::now_rfc3339(),
+        };
+        if let Err(e) = self.inventory.put(&record).await {
+            tracing::warn!(error = %e, "could not write the device inventory");
+        }
+    }
+
+    async fn publish_device_by_id(&self, id: &str) {
+        let device = self.state().present.get(id).cloned();
+        if let Some(device) = device {
+            self.publish_device(&device).await;
+        }
+    }
+
+    /// Finishes runs whose host is gone. At start (`own`), also this host's own unfinished
+    /// runs: they belonged to a previous life of this daemon.
+    async fn sweep(&self, own: bool) {
+        let Ok(runs) = self.runs.list().await else {
+            return;
+        };
+        let live: Vec<String> = match self.hosts.list().await {
+            Ok(hosts) => hosts.into_iter().map(|h| h.id).collect(),
+            Err(_) => return,
+        };
+        for record in runs {
+            if record.state == RunState::Finished {
+                continue;
+            }
+            let why = if record.host == self.host_id {
+                if !own || self.state().active.contains_key(&record.id) {
+                    continue;
+                }
+                "the daemon running it restarted before it finished"
+            } else if !live.contains(&record.host) {
+                "the host running it stopped answering (its leases expire on their own)"
+            } else {
+                continue;
+            };
+            tracing::warn!(run = %record.id, host = %record.host, "finishing a run its host lost");
+            let summary = format!("{why}; the run did not finish");
+            let report = RunReport {
+                run: record.id.clone(),
+                script: record.request.script.clone(),
+                host: record.host.clone(),
+                device: None,
+                verdict: RunVerdict::Error,
+                steps: Vec::new(),
+                summary: summary.clone(),
+                metering: Metering::default(),
+            };
+            self.finish_record(record, &report).await;
+        }
+    }
+
+    /// Accepts a run for a device of this host. Returns its record at once (queued); the
+    /// run itself goes on in the background.
+    pub async fn start(self: &Arc<Self>, request: RunRequest) -> Result<RunRecord, ApiError> {
+        let Some(component) = self.components.get(&request.script) else {
+            return Err(ApiError::new(
+                ApiErrorKind::NotFound,
+                format!(
+                    "no script `{}` is loaded on host {}; upload it with `sandbus upload`",
+                    request.script, self.host_id
+                ),
+            ));
+        };
+        if component.prepared.world() != World::Script {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is a {}, not a script",
+                request.script,
+                component.prepared.world()
+            )));
+        }
+        let timeout = Duration::from_millis(request.timeout_ms);
+        if timeout.is_zero() || timeout > MAX_RUN_TIMEOUT {
+            return Err(ApiError::bad_request(format!(
+                "the run timeout must be between 1 ms and {}",
+                humantime::format_duration(MAX_RUN_TIMEOUT)
+            )));
+        }
+        let Some(device) = self.state().present.get(&request.device).cloned() else {
+            return Err(ApiError::new(
+                ApiErrorKind::NotFound,
+                format!(
+                    "host {} has no device `{}` (it may have been detached); see `sandbus devices`",
+                    self.host_id, request.device
+                ),
+            ));
+        };
+        let record = RunRecord {
+            id: new_run_id(),
+            host: self.host_id.clone(),
+            request,
+            state: RunState::Queued,
+            verdict: None,
+            summary: None,
+            created_at: crate::bus::now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+        };
+        self.runs.put(&record).await?;
+        let cancel = CancellationToken::new();
+        self.state().active.insert(
+            record.id.clone(),
+            ActiveRun {
+                device: device.id.clone(),
+                running: false,
+                cancel: cancel.clone(),
+            },
+        );
+        self.publish_device(&device).await;
+        tracing::info!(run = %record.id, script = %record.request.script, device = %device.id, "run accepted");
+        let lab = self.clone();
+        let accepted = record.clone();
+        tokio::spawn(async move { lab.execute(accepted, device, cancel).await });
+        Ok(record)
+    }
+
+    /// Cancels a run of this host. Whether it was found (queued or running).
+    pub fn cancel(&self, run: &str) -> bool {
+        match self.state().active.get(run) {
+            Some(active) => {
+                active.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One run, from waiting for the device to its report.
+    async fn execute(
+        self: Arc<Self>,
+        mut record: RunRecord,
+        device: DeviceInfo,
+        cancel: CancellationToken,
+    ) {
+        let queue_timeout = Duration::from_millis(record.request.queue_timeout_ms);
+        let turn = self
+            .state()
+            .turns
+            .entry(device.id.clone())
+            .or_default()
+            .clone();
+        // Wait for our turn on the device (fair: in arrival order), then for the lease.
+        let waited = Instant::now();
+        let guard = tokio::select! {
+            _ = cancel.cancelled() => Err(RunVerdict::Cancelled),
+            _ = tokio::time::sleep(queue_timeout) => Err(RunVerdict::Error),
+            guard = turn.lock_owned() => Ok(guard),
+        };
+        let ending = match guard {
+            Err(verdict) => {
+                let summary = match verdict {
+                    RunVerdict::Cancelled => "cancelled while waiting for the device".to_owned(),
+                    _ => format!(
+                        "the device stayed busy for {}; the run gave up waiting",
+                        humantime::format_duration(queue_timeout)
+                    ),
+                };
+                Ending {
+                    verdict,
+                    steps: Vec::new(),
+                    summary,
+                    metering: Metering::default(),
+                }
+            }
+            Ok(guard) => {
+                let left = queue_timeout.saturating_sub(waited.elapsed());
+                let ending = self.with_lease(&mut record, &device, &cancel, left).await;
+                drop(guard);
+                ending
+            }
+        };
+        let report = RunReport {
+            run: record.id.clone(),
+            script: record.request.script.clone(),
+            host: self.host_id.clone(),
+            device: record.started_at.as_ref().map(|_| device.clone()),
+            verdict: ending.verdict,
+            steps: ending.steps,
+            summary: ending.summary,
+            metering: ending.metering,
+        };
+        self.state().active.remove(&record.id);
+        self.finish_record(record, &report).await;
+        self.publish_device_by_id(&device.id).await;
+    }
+
+    /// Takes the lease (waiting up to `left` for a stale one to expire), runs, releases.
+    async fn with_lease(
+        self: &Arc<Self>,
+        record: &mut RunRecord,
+        device: &DeviceInfo,
+        cancel: &CancellationToken,
+        left: Duration,
+    ) -> Ending {
+        let give_up = Instant::now() + left;
+        let held = loop {
+            let lease = Lease {
+                run: record.id.clone(),
+                host: self.host_id.clone(),
+                device: device.id.clone(),
+                acquired_at: crate::bus::now_rfc3339(),
+            };
+            match self.leases.acquire(lease).await {
+                Ok(held) => break Ok(held),
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!(run = %record.id, error = %e, "waiting for the device lease");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break Err(Ending {
+                            verdict: RunVerdict::Cancelled,
+                            steps: Vec::new(),
+                            summary: "cancelled while waiting for the device".into(),
+                            metering: Metering::default(),
+                        }),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) => {
+                    break Err(Ending {
+                        verdict: RunVerdict::Error,
+                        steps: Vec::new(),
+                        summary: format!("could not lease the device: {e}"),
+                        metering: Metering::default(),
+                    });
+                }
+            }
+        };
+        let mut held = match held {
+            Ok(held) => held,
+            Err(ending) => return ending,
+        };
+        let acquired = Instant::now();
+        record.state = RunState::Running;
+        record.started_at = Some(crate::bus::now_rfc3339());
+        if let Some(active) = self.state().active.get_mut(&record.id) {
+            active.running = true;
+        }
+        if let Err(e) = self.runs.put(record).await {
+            tracing::warn!(run = %record.id, error = %e, "could not record the run as running");
+        }
+        self.publish_device(device).await;
+        let lease_data = json!({
+            "run": record.id, "host": self.host_id, "device": device,
+            "script": record.request.script,
+        });
+        self.host_events
+            .emit_or_log(
+                host_events::LEASE_ACQUIRED,
+                format!("{}/{}", host_events::LEASE_ACQUIRED, record.id),
+                Some(device.id.clone()),
+                lease_data.clone(),
+            )
+            .await;
+
+        // Renew the lease while the run lives; losing it stops the run at once.
+        let lost = CancellationToken::new();
+        let renewer = {
+            let leases = self.leases.clone();
+            let lost = lost.clone();
+            let mut held = held.clone();
+            let done = cancel.child_token();
+            let task_done = done.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = task_done.cancelled() => break,
+                        _ = tokio::time::sleep(LEASE_RENEW) => {}
+                    }
+                    match leases.renew(&mut held).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind == BusErrorKind::Conflict => {
+                            tracing::error!(error = %e, "lost the device lease; stopping the run");
+                            lost.cancel();
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not renew the device lease; retrying")
+                        }
+                    }
+                }
+                held
+            });
+            (task, done)
+        };
+
+        let ending = self.call(record, device, cancel, &lost).await;
+
+        // Stop renewing, take the newest revision, reset the device, give the lease back.
+        renewer.1.cancel();
+        if let Ok(latest) = renewer.0.await {
+            held = latest;
+        }
+        let backend = self.backend.clone();
+        let id = device.id.clone();
+        let reset =
+            tokio::task::spawn_blocking(move || devices::reset_after_run(&*backend, &id)).await;
+        let reset = match reset {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => {
+                tracing::warn!(device = %device.id, error = %e, "could not reset the device after the run");
+                format!("failed: {e}")
+            }
+            Err(e) => format!("failed: {e}"),
+        };
+        if let Err(e) = self.leases.release(held).await {
+            tracing::warn!(error = %e, "could not release the device lease (it expires on its own)");
+        }
+        let mut released = lease_data;
+        released["held_ms"] = json!(acquired.elapsed().as_millis() as u64);
+        released["reset"] = json!(reset);
+        released["verdict"] = json!(ending.verdict);
+        self.host_events
+            .emit_or_log(
+                host_events::LEASE_RELEASED,
+                format!("{}/{}", host_events::LEASE_RELEASED, record.id),
+                Some(device.id.clone()),
+                released,
+            )
+            .await;
+        ending
+    }
+
+    /// Calls the script with the device, until it reports, fails, or is cancelled.
+    async fn call(
+        &self,
+        record: &RunRecord,
+        device: &DeviceInfo,
+        cancel: &CancellationToken,
+        lost: &CancellationToken,
+    ) -> Ending {
+        let Some(component) = self.components.get(&record.request.script) else {
+            return Ending {
+                verdict: RunVerdict::Error,
+                steps: Vec::new(),
+                summary: format!(
+                    "the script `{}` was unloaded before it ran",
+                    record.request.script
+                ),
+                metering: Metering::default(),
+            };
+        };
+        let (log, publishing) = RunLog::start(self.runs.clone(), record.id.clone());
+        let caps = Capabilities {
+            log: log.clone(),
+            publisher: self.base.publisher.clone(),
+            kv: self.base.kv.clone(),
+            usb: Some(LeasedDevice {
+                info: device.clone(),
+                backend: self.backend.clone(),
+            }),
+        };
+        let timeout = Duration::from_millis(record.request.timeout_ms);
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = component.prepared.run_for(record.request.args.clone(), &caps, timeout) => Some(result),
+            _ = cancel.cancelled() => None,
+            _ = lost.cancelled() => None,
+        };
+        drop(caps);
+        drop(log);
+        // Every line the script wrote is stored before the report.
+        let _ = publishing.await;
+        match result {
+            None if lost.is_cancelled() => Ending {
+                verdict: RunVerdict::Error,
+                steps: Vec::new(),
+                summary: "the run lost its device lease (the bus was unreachable for longer \
+                          than the lease TTL) and was stopped"
+                    .into(),
+                metering: wall(started),
+            },
+            None => Ending {
+                verdict: RunVerdict::Cancelled,
+                steps: Vec::new(),
+                summary: "cancelled".into(),
+                metering: wall(started),
+            },
+            Some(Ok(invocation)) => Ending {
+                verdict: match invocation.output.verdict {
+                    Verdict::Pass => RunVerdict::Pass,
+                    Verdict::Fail => RunVerdict::Fail,
+                    Verdict::Error => RunVerdict::Error,
+                },
+                steps: invocation.output.steps,
+                summary: invocation.output.summary,
+                metering: invocation.metering,
+            },
+            Some(Err(e)) => Ending {
+                verdict: if e.kind == InvokeErrorKind::Timeout {
+                    RunVerdict::Timeout
+                } else {
+                    RunVerdict::Error
+                },
+                steps: Vec::new(),
+                summary: format!("{}: {}", e.kind, e.message),
+                metering: e.metering,
+            },
+        }
+    }
+
+    /// Stores the report, marks the record finished, emits `sandbus.run.finished`.
+    async fn finish_record(&self, mut record: RunRecord, report: &RunReport) {
+        record.state = RunState::Finished;
+        record.verdict = Some(report.verdict);
+        record.summary = Some(report.summary.clone());
+        record.finished_at = Some(crate::bus::now_rfc3339());
+        if let Err(e) = self.runs.report(report).await {
+            tracing::warn!(run = %record.id, error = %e, "could not store the run report");
+        }
+        if let Err(e) = self.runs.put(&record).await {
+            tracing::warn!(run = %record.id, error = %e, "could not record the run as finished");
+        }
+        tracing::info!(run = %record.id, verdict = %report.verdict, "run finished");
+        self.host_events
+            .emit_or_log(
+                host_events::RUN_FINISHED,
+                format!("{}/{}", host_events::RUN_FINISHED, record.id),
+                Some(record.id.clone()),
+                json!(report),
+            )
+            .await;
+    }
+}
+
+fn wall(started: Instant) -> Metering {
+    Metering {
+        wall_us: started.elapsed().as_micros() as u64,
+        ..Metering::default()
+    }
+}
+
+/// A run's log sink: lines go through a bounded channel to a task that stores them in the
+/// runs stream, so a chatty script never waits on the bus.
+struct RunLog {
+    lines: tokio::sync::mpsc::Sender<Vec<u8>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl RunLog {
+    fn start(runs: RunStore, run: String) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (lines, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(LOG_BUFFER);
+        let task = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if let Err(e) = runs.log(&run, &line).await {
+                    tracing::warn!(run = %run, error = %e, "could not store a run log line");
+                }
+            }
+        });
+        (
+            Arc::new(Self {
+                lines,
+                dropped: std::sync::atomic::AtomicU64::new(0),
+            }),
+            task,
+        )
+    }
+}
+
+impl LogSink for RunLog {
+    fn line(&self, line: &LogLine) {
+        let Ok(body) = serde_json::to_vec(line) else {
+            return;
+        };
+        if self.lines.try_send(body).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        let dropped = self.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "a run's log lines were dropped: the bus could not keep up"
+            );
+        }
+    }
+}
+
+/// The subject a client follows for a run (log lines, then the report).
+pub fn run_subjects(run: &str) -> String {
+    format!("{}.{run}.>", names::RUN_PREFIX)
+}

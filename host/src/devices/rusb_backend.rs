@@ -1,0 +1,911 @@
+//! Real USB devices through libusb (the `rusb` crate, with libusb built from source).
+//!
+//! Rules this backend keeps, and why:
+//!
+//! - **Its own contexts, never libusb's global one.** `rusb::has_hotplug()`,
+//!   `rusb::devices()` and friends initialise the global context and panic when libusb cannot
+//!   initialise (no `/dev/bus/usb`, as in most containers and CI machines). Here every libusb
+//!   call goes through a `rusb::Context` created with `Context::new()`, whose failure is an
+//!   ordinary error.
+//! - **No USB is not an error.** When libusb cannot initialise, the backend logs one warning,
+//!   [`DeviceBackend::scan`] returns no devices, [`DeviceBackend::unavailable`] says why, and
+//!   `open`/`descriptors` fail with [`UsbErrorKind::Unavailable`]. A later scan tries again.
+//! - **A fresh context per scan.** libusb caches its device list while hotplug is on, so each
+//!   scan (and each `open`, which finds its device by scanning) lists devices through a new
+//!   context; only [`DeviceBackend::watch`] keeps one, for hotplug events.
+//!
+//! Opening is exclusive within this process: a second `open` of a device is `Busy` until the
+//! first handle drops (other processes may still hold it; claiming an interface then fails
+//! with `Busy`). Dropping a handle releases the interfaces it claimed (libusb hands them back
+//! to their kernel drivers, which `open` lets it unbind) and closes the device.
+//!
+//! Devices are named by where they are plugged in: id `usb-<bus>-<port path>` (e.g.
+//! `usb-1-2.3`), stable while the device stays in the same port. Root hubs (no port path) are
+//! not listed. Strings (manufacturer, product, serial) are read with a short timeout when the
+//! device can be opened and cached until it is unplugged; unreadable strings are `None`.
+//! [`DeviceBackend::descriptors`] rebuilds the descriptor bytes from libusb's parsed copy
+//! (which on Linux is the kernel's cache), so it needs no permission on the device and sends
+//! it nothing; class-specific descriptors are kept from libusb's "extra" bytes.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusb::UsbContext as _;
+
+use super::{
+    ControlSetup, Descriptors, DeviceBackend, DeviceHandle, DeviceInfo, UsbError, UsbErrorKind,
+};
+
+/// How long reading one string descriptor may take during a scan.
+const STRING_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often the hotplug thread wakes to see whether it should stop.
+const EVENT_POLL: Duration = Duration::from_millis(500);
+
+/// Real USB through libusb. One per daemon; cheap to create, and never fails: a host without
+/// USB gives a backend that reports no devices and says why.
+pub struct RusbBackend {
+    /// Why the last attempt to initialise libusb failed; `None` once it worked.
+    unavailable: Mutex<Option<String>>,
+    /// Whether the "USB is unavailable" warning was logged already.
+    warned: AtomicBool,
+    /// Strings read from devices, by where and what they are (a replugged device gets a new
+    /// address, so it is read again).
+    strings: Mutex<HashMap<StringKey, Strings>>,
+    /// Hotplug threads started by [`DeviceBackend::watch`], stopped on drop.
+    watchers: Mutex<Vec<Watcher>>,
+    /// Ids of the devices open through this backend: libusb lets a process open a device
+    /// twice, but a run's use is exclusive, so a second `open` is `Busy` until the first
+    /// handle drops (as with the simulated backend).
+    open: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Default for RusbBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for RusbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RusbBackend")
+            .field("unavailable", &*lock(&self.unavailable))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RusbBackend {
+    /// A backend on this host's USB. Tries libusb once now, so that a host without USB logs
+    /// its warning at startup rather than at the first scan.
+    pub fn new() -> Self {
+        let backend = Self {
+            unavailable: Mutex::new(None),
+            warned: AtomicBool::new(false),
+            strings: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(Vec::new()),
+            open: Arc::new(Mutex::new(HashSet::new())),
+        };
+        drop(backend.context());
+        backend
+    }
+
+    /// A new libusb context, or `None` (recording why, warning the first time).
+    fn context(&self) -> Option<rusb::Context> {
+        match rusb::Context::new() {
+            Ok(context) => {
+                *lock(&self.unavailable) = None;
+                Some(context)
+            }
+            Err(e) => {
+                let reason = unavailable_reason(e);
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "USB is unavailable: {reason}; no USB devices will be listed");
+                }
+                *lock(&self.unavailable) = Some(reason);
+                None
+            }
+        }
+    }
+
+    fn unavailable_error(&self) -> UsbError {
+        let reason = lock(&self.unavailable)
+            .clone()
+            .unwrap_or_else(|| "libusb could not initialise".to_owned());
+        UsbError::new(
+            UsbErrorKind::Unavailable,
+            format!("USB is unavailable: {reason}"),
+        )
+    }
+
+    /// The device with this id, found in a fresh scan (without reading its strings).
+    fn find(&self, id: &str) -> Result<rusb::Device<rusb::Context>, UsbError> {
+        let context = self.context().ok_or_else(|| self.unavailable_error())?;
+        let list = context
+            .devices()
+            .map_err(|e| usb_error(e, "listing USB devices"))?;
+        list.iter()
+            .find(|device| Place::of(device).is_some_and(|place| place.id() == id))
+            .ok_or_else(|| {
+                UsbError::new(
+                    UsbErrorKind::NotFound,
+                    format!("no USB device `{id}` on this host"),
+                )
+            })
+    }
+}
+
+/// Why libusb could not initialise, for a person.
+fn unavailable_reason(e: rusb::Error) -> String {
+    let hint = if cfg!(target_os = "linux") {
+        " (is /dev/bus/usb present? containers need the USB bus passed through)"
+    } else {
+        ""
+    };
+    format!("libusb could not initialise: {e}{hint}")
+}
+
+impl DeviceBackend for RusbBackend {
+    fn name(&self) -> &'static str {
+        "rusb"
+    }
+
+    fn scan(&self) -> Result<Vec<DeviceInfo>, UsbError> {
+        let Some(context) = self.context() else {
+            return Ok(Vec::new());
+        };
+        let list = context
+            .devices()
+            .map_err(|e| usb_error(e, "listing USB devices"))?;
+        let mut cache = lock(&self.strings);
+        let mut seen = HashSet::new();
+        let mut found: Vec<(Place, DeviceInfo)> = Vec::new();
+        for device in list.iter() {
+            let Some(place) = Place::of(&device) else {
+                continue;
+            };
+            let descriptor = match device.device_descriptor() {
+                Ok(descriptor) => descriptor,
+                Err(e) => {
+                    tracing::debug!(device = %place.id(), error = %e, "skipping a USB device without a readable device descriptor");
+                    continue;
+                }
+            };
+            let key = StringKey {
+                bus: device.bus_number(),
+                address: device.address(),
+                vendor_id: descriptor.vendor_id(),
+                product_id: descriptor.product_id(),
+            };
+            seen.insert(key);
+            let strings = match cache.get(&key) {
+                Some(strings) => strings.clone(),
+                None => match read_strings(&device, &descriptor) {
+                    Some(strings) => {
+                        cache.insert(key, strings.clone());
+                        strings
+                    }
+                    None => Strings::default(),
+                },
+            };
+            found.push((
+                place.clone(),
+                DeviceInfo {
+                    id: place.id(),
+                    vendor_id: descriptor.vendor_id(),
+                    product_id: descriptor.product_id(),
+                    serial: strings.serial,
+                    manufacturer: strings.manufacturer,
+                    product: strings.product,
+                    location: place.location(),
+                    class: descriptor.class_code(),
+                },
+            ));
+        }
+        cache.retain(|key, _| seen.contains(key));
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found.into_iter().map(|(_, info)| info).collect())
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        lock(&self.unavailable).clone()
+    }
+
+    fn descriptors(&self, id: &str) -> Result<Descriptors, UsbError> {
+        let device = self.find(id)?;
+        let descriptor = device
+            .device_descriptor()
+            .map_err(|e| usb_error(e, &format!("{id}: reading the device descriptor")))?;
+        let mut configurations = Vec::new();
+        for index in 0..descriptor.num_configurations() {
+            let config = device.config_descriptor(index).map_err(|e| {
+                usb_error(
+                    e,
+                    &format!("{id}: reading configuration descriptor {index}"),
+                )
+            })?;
+            configurations.push(configuration_bytes(&config));
+        }
+        Ok(Descriptors {
+            device: device_descriptor_bytes(&descriptor),
+            configurations,
+        })
+    }
+
+    fn open(&self, id: &str) -> Result<Box<dyn DeviceHandle>, UsbError> {
+        let device = self.find(id)?;
+        // Held until the handle exists, so two racing opens cannot both succeed.
+        let mut open = lock(&self.open);
+        if open.contains(id) {
+            return Err(UsbError::new(
+                UsbErrorKind::Busy,
+                format!("USB device `{id}` is already open"),
+            ));
+        }
+        let handle = device
+            .open()
+            .map_err(|e| usb_error(e, &format!("opening {id}")))?;
+        open.insert(id.to_owned());
+        drop(open);
+        // Let libusb unbind a kernel driver from an interface we claim (and rebind it when
+        // released). Not every platform can; claiming then says so if it matters.
+        if let Err(e) = handle.set_auto_detach_kernel_driver(true)
+            && e != rusb::Error::NotSupported
+        {
+            tracing::debug!(device = %id, error = %e, "could not turn on kernel driver auto-detach");
+        }
+        Ok(Box::new(RusbHandle {
+            id: id.to_owned(),
+            handle,
+            claimed: BTreeSet::new(),
+            open: Arc::clone(&self.open),
+        }))
+    }
+
+    fn watch(&self, notify: Box<dyn Fn() + Send + Sync>) -> bool {
+        let Some(context) = self.context() else {
+            return false;
+        };
+        // Registering fails with NotSupported where libusb has no hotplug: the capability
+        // check, done through this context rather than the global one.
+        let registration = match rusb::HotplugBuilder::new()
+            .register::<rusb::Context, _>(&context, Box::new(Notifier(notify)))
+        {
+            Ok(registration) => registration,
+            Err(rusb::Error::NotSupported) => {
+                tracing::debug!("libusb has no hotplug support here; USB devices will be polled");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not register for USB hotplug events; USB devices will be polled");
+                return false;
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("sandbus-usb-hotplug".to_owned())
+            .spawn({
+                let context = context.clone();
+                let stop = Arc::clone(&stop);
+                move || {
+                    let _registration = registration;
+                    handle_events(&context, &stop);
+                }
+            });
+        match thread {
+            Ok(thread) => {
+                lock(&self.watchers).push(Watcher {
+                    context,
+                    stop,
+                    thread: Some(thread),
+                });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the USB hotplug thread; USB devices will be polled");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for RusbBackend {
+    fn drop(&mut self) {
+        let watchers = std::mem::take(&mut *lock(&self.watchers));
+        for mut watcher in watchers {
+            watcher.stop.store(true, Ordering::Release);
+            watcher.context.interrupt_handle_events();
+            if let Some(thread) = watcher.thread.take()
+                && thread.join().is_err()
+            {
+                tracing::warn!("the USB hotplug thread panicked");
+            }
+        }
+    }
+}
+
+/// Runs libusb's event handling (which calls the hotplug callbacks) until `stop`.
+fn handle_events(context: &rusb::Context, stop: &AtomicBool) {
+    let mut failing = false;
+    while !stop.load(Ordering::Acquire) {
+        match context.handle_events(Some(EVENT_POLL)) {
+            Ok(()) | Err(rusb::Error::Interrupted) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "handling USB events failed; retrying");
+                }
+                failing = true;
+                std::thread::sleep(EVENT_POLL);
+            }
+        }
+    }
+}
+
+/// A hotplug thread and how to stop it.
+struct Watcher {
+    context: rusb::Context,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Calls the daemon's `notify` on every arrival and departure.
+struct Notifier(Box<dyn Fn() + Send + Sync>);
+
+impl rusb::Hotplug<rusb::Context> for Notifier {
+    fn device_arrived(&mut self, _device: rusb::Device<rusb::Context>) {
+        (self.0)();
+    }
+
+    fn device_left(&mut self, _device: rusb::Device<rusb::Context>) {
+        (self.0)();
+    }
+}
+
+/// Where a device is plugged in: bus and port path. Orders like `lsusb -t`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    bus: u8,
+    ports: Vec<u8>,
+}
+
+impl Place {
+    /// `None` for root hubs (no port path) and when the path cannot be read.
+    fn of(device: &rusb::Device<rusb::Context>) -> Option<Self> {
+        let ports = device.port_numbers().ok()?;
+        if ports.is_empty() {
+            return None;
+        }
+        Some(Self {
+            bus: device.bus_number(),
+            ports,
+        })
+    }
+
+    /// `<bus>-<ports joined by .>`, as Linux names it in sysfs.
+    fn location(&self) -> String {
+        let ports: Vec<String> = self.ports.iter().map(u8::to_string).collect();
+        format!("{}-{}", self.bus, ports.join("."))
+    }
+
+    fn id(&self) -> String {
+        format!("usb-{}", self.location())
+    }
+}
+
+/// Identifies one plugging-in of a device, for the string cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct StringKey {
+    bus: u8,
+    address: u8,
+    vendor_id: u16,
+    product_id: u16,
+}
+
+/// A device's strings; `None` where it has none or it could not be read.
+#[derive(Debug, Clone, Default)]
+struct Strings {
+    manufacturer: Option<String>,
+    product: Option<String>,
+    serial: Option<String>,
+}
+
+/// Reads a device's strings in its first language. `None` when the device cannot be opened
+/// (no permission, claimed elsewhere), so a later scan tries again.
+fn read_strings(
+    device: &rusb::Device<rusb::Context>,
+    descriptor: &rusb::DeviceDescriptor,
+) -> Option<Strings> {
+    let handle = match device.open() {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::debug!(bus = device.bus_number(), address = device.address(), error = %e, "cannot open a USB device to read its strings");
+            return None;
+        }
+    };
+    let Some(language) = handle
+        .read_languages(STRING_TIMEOUT)
+        .ok()
+        .and_then(|languages| languages.into_iter().next())
+    else {
+        return Some(Strings::default());
+    };
+    let clean = |text: rusb::Result<String>| {
+        let text = text.ok()?;
+        let text = text.trim_end_matches('\0').trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    };
+    Some(Strings {
+        manufacturer: clean(handle.read_manufacturer_string(language, descriptor, STRING_TIMEOUT)),
+        product: clean(handle.read_product_string(language, descriptor, STRING_TIMEOUT)),
+        serial: clean(handle.read_serial_number_string(language, descriptor, STRING_TIMEOUT)),
+    })
+}
+
+/// A version as the BCD field it was read from (`0xJJMN`).
+fn bcd(version: rusb::Version) -> u16 {
+    let major = u16::from(version.major());
+    ((major / 10) << 12)
+        | ((major % 10) << 8)
+        | (u16::from(version.minor() & 0x0f) << 4)
+        | u16::from(version.sub_minor() & 0x0f)
+}
+
+/// The 18-byte device descriptor, rebuilt from libusb's parsed copy.
+fn device_descriptor_bytes(d: &rusb::DeviceDescriptor) -> Vec<u8> {
+    let mut bytes = vec![18, 1];
+    bytes.extend(bcd(d.usb_version()).to_le_bytes());
+    bytes.extend([
+        d.class_code(),
+        d.sub_class_code(),
+        d.protocol_code(),
+        d.max_packet_size(),
+    ]);
+    bytes.extend(d.vendor_id().to_le_bytes());
+    bytes.extend(d.product_id().to_le_bytes());
+    bytes.extend(bcd(d.device_version()).to_le_bytes());
+    bytes.extend([
+        d.manufacturer_string_index().unwrap_or(0),
+        d.product_string_index().unwrap_or(0),
+        d.serial_number_string_index().unwrap_or(0),
+        d.num_configurations(),
+    ]);
+    bytes
+}
+
+/// A configuration's full descriptor (`wTotalLength` bytes), rebuilt from libusb's parsed
+/// copy in the order the device sends it: configuration, then each interface alternate
+/// setting followed by its endpoints, with the descriptors libusb did not parse ("extra")
+/// where they stood.
+fn configuration_bytes(config: &rusb::ConfigDescriptor) -> Vec<u8> {
+    let attributes = 0x80
+        | if config.self_powered() { 0x40 } else { 0 }
+        | if config.remote_wakeup() { 0x20 } else { 0 };
+    let max_power = u8::try_from(config.max_power() / 2).unwrap_or(u8::MAX);
+    let mut bytes = vec![
+        9,
+        2,
+        0,
+        0,
+        config.num_interfaces(),
+        config.number(),
+        config.description_string_index().unwrap_or(0),
+        attributes,
+        max_power,
+    ];
+    bytes.extend(config.extra());
+    for interface in config.interfaces() {
+        for setting in interface.descriptors() {
+            bytes.extend([
+                9,
+                4,
+                setting.interface_number(),
+                setting.setting_number(),
+                setting.num_endpoints(),
+                setting.class_code(),
+                setting.sub_class_code(),
+                setting.protocol_code(),
+                setting.description_string_index().unwrap_or(0),
+            ]);
+            bytes.extend(setting.extra());
+            for endpoint in setting.endpoint_descriptors() {
+                bytes.extend(endpoint_bytes(&endpoint));
+                bytes.extend(endpoint.extra().unwrap_or_default());
+            }
+        }
+    }
+    let total = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    if total != config.total_length() {
+        tracing::debug!(
+            rebuilt = total,
+            reported = config.total_length(),
+            "a rebuilt configuration descriptor differs in length from what the device reported"
+        );
+    }
+    let [low, high] = total.to_le_bytes();
+    bytes[2] = low;
+    bytes[3] = high;
+    bytes
+}
+
+/// One endpoint descriptor: 7 bytes, or 9 for audio endpoints that carry bRefresh and
+/// bSynchAddress.
+fn endpoint_bytes(endpoint: &rusb::EndpointDescriptor<'_>) -> Vec<u8> {
+    let transfer = match endpoint.transfer_type() {
+        rusb::TransferType::Control => 0,
+        rusb::TransferType::Isochronous => 1,
+        rusb::TransferType::Bulk => 2,
+        rusb::TransferType::Interrupt => 3,
+    };
+    let sync = match endpoint.sync_type() {
+        rusb::SyncType::NoSync => 0,
+        rusb::SyncType::Asynchronous => 1,
+        rusb::SyncType::Adaptive => 2,
+        rusb::SyncType::Synchronous => 3,
+    };
+    let usage = match endpoint.usage_type() {
+        rusb::UsageType::Data => 0,
+        rusb::UsageType::Feedback => 1,
+        rusb::UsageType::FeedbackData => 2,
+        rusb::UsageType::Reserved => 3,
+    };
+    let audio = endpoint.length() >= 9;
+    let [low, high] = endpoint.max_packet_size().to_le_bytes();
+    let mut bytes = vec![
+        if audio { 9 } else { 7 },
+        5,
+        endpoint.address(),
+        transfer | (sync << 2) | (usage << 4),
+        low,
+        high,
+        endpoint.interval(),
+    ];
+    if audio {
+        bytes.extend([endpoint.refresh(), endpoint.synch_address()]);
+    }
+    bytes
+}
+
+/// Maps a libusb error to the kind callers match on.
+fn kind_of(e: rusb::Error) -> UsbErrorKind {
+    match e {
+        rusb::Error::Timeout => UsbErrorKind::Timeout,
+        rusb::Error::Pipe => UsbErrorKind::Stall,
+        rusb::Error::NoDevice => UsbErrorKind::Disconnected,
+        rusb::Error::NotFound => UsbErrorKind::NotFound,
+        rusb::Error::Busy => UsbErrorKind::Busy,
+        rusb::Error::Access => UsbErrorKind::Access,
+        rusb::Error::InvalidParam => UsbErrorKind::InvalidArgument,
+        rusb::Error::Overflow => UsbErrorKind::Overflow,
+        _ => UsbErrorKind::Io,
+    }
+}
+
+/// A libusb error while doing `what`.
+fn usb_error(e: rusb::Error, what: &str) -> UsbError {
+    UsbError::new(kind_of(e), format!("{what}: {e}"))
+}
+
+/// A timeout libusb will honour: at least 1 ms (libusb waits forever on 0) and at most what
+/// its millisecond counter holds.
+fn libusb_timeout(timeout: Duration) -> Duration {
+    timeout.clamp(
+        Duration::from_millis(1),
+        Duration::from_millis(u64::from(u32::MAX)),
+    )
+}
+
+/// The most bytes one bulk or interrupt transfer can carry (libusb counts them in a C int).
+const MAX_TRANSFER: usize = i32::MAX as usize;
+
+/// An open real device.
+struct RusbHandle {
+    id: String,
+    handle: rusb::DeviceHandle<rusb::Context>,
+    /// Interfaces this handle claimed, released on drop.
+    claimed: BTreeSet<u8>,
+    /// The backend's set of open ids, which this handle leaves on drop.
+    open: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RusbHandle {
+    fn error(&self, e: rusb::Error, what: std::fmt::Arguments<'_>) -> UsbError {
+        usb_error(e, &format!("{}: {what}", self.id))
+    }
+
+    fn check_length(&self, length: usize) -> Result<(), UsbError> {
+        if length > MAX_TRANSFER {
+            return Err(UsbError::new(
+                UsbErrorKind::InvalidArgument,
+                format!(
+                    "{}: a transfer carries at most {MAX_TRANSFER} bytes, not {length}",
+                    self.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DeviceHandle for RusbHandle {
+    fn claim_interface(&mut self, interface: u8) -> Result<(), UsbError> {
+        self.handle
+            .claim_interface(interface)
+            .map_err(|e| self.error(e, format_args!("claiming interface {interface}")))?;
+        self.claimed.insert(interface);
+        Ok(())
+    }
+
+    fn release_interface(&mut self, interface: u8) -> Result<(), UsbError> {
+        if !self.claimed.remove(&interface) {
+            return Err(UsbError::new(
+                UsbErrorKind::NotClaimed,
+                format!("{}: interface {interface} is not claimed", self.id),
+            ));
+        }
+        self.handle
+            .release_interface(interface)
+            .map_err(|e| self.error(e, format_args!("releasing interface {interface}")))
+    }
+
+    fn control_in(
+        &mut self,
+        setup: ControlSetup,
+        length: u16,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, UsbError> {
+        let mut buf = vec![0; usize::from(length)];
+        let n = self
+            .handle
+            .read_control(
+                setup.request_type,
+                setup.request,
+                setup.value,
+                setup.index,
+                &mut buf,
+                libusb_timeout(timeout),
+            )
+            .map_err(|e| {
+                self.error(
+                    e,
+                    format_args!(
+                        "control IN (type 0x{:02x}, request 0x{:02x})",
+                        setup.request_type, setup.request
+                    ),
+                )
+            })?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn control_out(
+        &mut self,
+        setup: ControlSetup,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<usize, UsbError> {
+        if data.len() > usize::from(u16::MAX) {
+            return Err(UsbError::new(
+                UsbErrorKind::InvalidArgument,
+                format!(
+                    "{}: a control transfer carries at most 65535 bytes, not {}",
+                    self.id,
+                    data.len()
+                ),
+            ));
+        }
+        self.handle
+            .write_control(
+                setup.request_type,
+                setup.request,
+                setup.value,
+                setup.index,
+                data,
+                libusb_timeout(timeout),
+            )
+            .map_err(|e| {
+                self.error(
+                    e,
+                    format_args!(
+                        "control OUT (type 0x{:02x}, request 0x{:02x})",
+                        setup.request_type, setup.request
+                    ),
+                )
+            })
+    }
+
+    fn bulk_in(
+        &mut self,
+        endpoint: u8,
+        length: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, UsbError> {
+        self.check_length(length)?;
+        let mut buf = vec![0; length];
+        let n = self
+            .handle
+            .read_bulk(endpoint, &mut buf, libusb_timeout(timeout))
+            .map_err(|e| self.error(e, format_args!("bulk IN on endpoint 0x{endpoint:02x}")))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn bulk_out(
+        &mut self,
+        endpoint: u8,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<usize, UsbError> {
+        self.check_length(data.len())?;
+        self.handle
+            .write_bulk(endpoint, data, libusb_timeout(timeout))
+            .map_err(|e| self.error(e, format_args!("bulk OUT on endpoint 0x{endpoint:02x}")))
+    }
+
+    fn interrupt_in(
+        &mut self,
+        endpoint: u8,
+        length: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, UsbError> {
+        self.check_length(length)?;
+        let mut buf = vec![0; length];
+        let n = self
+            .handle
+            .read_interrupt(endpoint, &mut buf, libusb_timeout(timeout))
+            .map_err(|e| {
+                self.error(e, format_args!("interrupt IN on endpoint 0x{endpoint:02x}"))
+            })?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn interrupt_out(
+        &mut self,
+        endpoint: u8,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<usize, UsbError> {
+        self.check_length(data.len())?;
+        self.handle
+            .write_interrupt(endpoint, data, libusb_timeout(timeout))
+            .map_err(|e| {
+                self.error(
+                    e,
+                    format_args!("interrupt OUT on endpoint 0x{endpoint:02x}"),
+                )
+            })
+    }
+
+    fn reset(&mut self) -> Result<(), UsbError> {
+        // NotFound here means the device came back as a different device: open it again.
+        self.handle
+            .reset()
+            .map_err(|e| self.error(e, format_args!("resetting the device")))
+    }
+}
+
+impl Drop for RusbHandle {
+    fn drop(&mut self) {
+        for interface in std::mem::take(&mut self.claimed) {
+            if let Err(e) = self.handle.release_interface(interface)
+                && e != rusb::Error::NoDevice
+            {
+                tracing::debug!(device = %self.id, interface, error = %e, "could not release a USB interface");
+            }
+        }
+        lock(&self.open).remove(&self.id);
+    }
+}
+
+/// Locks a mutex whose data stays consistent across a panic (every update is one step).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_libusb_means_no_devices_and_a_reason() {
+        let backend = RusbBackend::new();
+        assert_eq!(backend.name(), "rusb");
+        match rusb::Context::new() {
+            Err(_) => {
+                assert_eq!(backend.scan().unwrap(), Vec::new());
+                let reason = backend.unavailable().unwrap();
+                assert!(reason.contains("libusb could not initialise"), "{reason}");
+                let open = backend.open("usb-1-1").err().map(|e| e.kind);
+                assert_eq!(open, Some(UsbErrorKind::Unavailable));
+                let descriptors = backend.descriptors("usb-1-1").err().map(|e| e.kind);
+                assert_eq!(descriptors, Some(UsbErrorKind::Unavailable));
+                assert!(!backend.watch(Box::new(|| {})));
+            }
+            Ok(_) => {
+                let devices = backend.scan().unwrap();
+                assert_eq!(backend.unavailable(), None);
+                for device in &devices {
+                    assert!(device.id.starts_with("usb-"), "{device:?}");
+                    assert_eq!(device.id, format!("usb-{}", device.location));
+                }
+                let missing = backend.open("usb-255-9.9.9").err().map(|e| e.kind);
+                assert_eq!(missing, Some(UsbErrorKind::NotFound));
+            }
+        }
+    }
+
+    #[test]
+    fn libusb_errors_map_to_the_kinds_callers_match_on() {
+        let cases = [
+            (rusb::Error::Timeout, UsbErrorKind::Timeout),
+            (rusb::Error::Pipe, UsbErrorKind::Stall),
+            (rusb::Error::NoDevice, UsbErrorKind::Disconnected),
+            (rusb::Error::NotFound, UsbErrorKind::NotFound),
+            (rusb::Error::Busy, UsbErrorKind::Busy),
+            (rusb::Error::Access, UsbErrorKind::Access),
+            (rusb::Error::InvalidParam, UsbErrorKind::InvalidArgument),
+            (rusb::Error::Overflow, UsbErrorKind::Overflow),
+            (rusb::Error::Io, UsbErrorKind::Io),
+            (rusb::Error::Interrupted, UsbErrorKind::Io),
+            (rusb::Error::NotSupported, UsbErrorKind::Io),
+            (rusb::Error::Other, UsbErrorKind::Io),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(kind_of(error), kind, "{error:?}");
+        }
+        let error = usb_error(rusb::Error::Pipe, "usb-1-2: bulk IN on endpoint 0x81");
+        assert_eq!(error.kind, UsbErrorKind::Stall);
+        assert!(error.message.starts_with("usb-1-2: bulk IN"), "{error}");
+    }
+
+    #[test]
+    fn bcd_versions_round_trip() {
+        for raw in [
+            0x0100, 0x0110, 0x0200, 0x0210, 0x0320, 0x1234, 0x9999, 0x0001,
+        ] {
+            assert_eq!(bcd(rusb::Version::from_bcd(raw)), raw, "0x{raw:04x}");
+        }
+    }
+
+    #[test]
+    fn timeouts_never_mean_wait_forever() {
+        assert_eq!(libusb_timeout(Duration::ZERO), Duration::from_millis(1));
+        assert_eq!(
+            libusb_timeout(Duration::from_micros(300)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            libusb_timeout(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            libusb_timeout(Duration::MAX).as_millis(),
+            u128::from(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn places_name_devices_by_bus_and_port_path() {
+        let place = Place {
+            bus: 1,
+            ports: vec![2, 3],
+        };
+        assert_eq!(place.location(), "1-2.3");
+        assert_eq!(place.id(), "usb-1-2.3");
+        let mut places = [
+            Place {
+                bus: 2,
+                ports: vec![1],
+            },
+            place.clone(),
+            Place {
+                bus: 1,
+                ports: vec![2],
+            },
+        ];
+        places.sort();
+        let ids: Vec<String> = places.iter().map(Place::id).collect();
+        assert_eq!(ids, ["usb-1-2", "usb-1-2.3", "usb-2-1"]);
+    }
+}

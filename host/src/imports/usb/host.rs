@@ -1,0 +1,405 @@
+//! `impl usb::Host` and the two resources: the lease check, and transfers on blocking
+//! threads bounded by the call's deadline.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Resource;
+
+use super::{UsbDevice, UsbDeviceHandle, UsbState};
+use crate::bindings::script::sandbus::host::usb::{
+    ControlSetup as WitSetup, Device as WitDevice, DeviceHandle as WitHandle,
+    DeviceInfo as WitInfo, Host, HostDevice, HostDeviceHandle, UsbError as WitError,
+};
+use crate::devices::{ControlSetup, DeviceHandle, DeviceInfo, UsbError, UsbErrorKind};
+
+/// Most bytes one transfer may move: a guest's `length` is allocated by the host.
+pub const MAX_TRANSFER: u32 = 1 << 20;
+
+impl From<UsbError> for WitError {
+    fn from(e: UsbError) -> Self {
+        match e.kind {
+            UsbErrorKind::Timeout => WitError::Timeout,
+            UsbErrorKind::Stall => WitError::Stall,
+            UsbErrorKind::Disconnected | UsbErrorKind::NotFound => WitError::Disconnected,
+            UsbErrorKind::NotClaimed => WitError::NotClaimed,
+            UsbErrorKind::Busy => WitError::Busy,
+            UsbErrorKind::InvalidArgument => WitError::InvalidArgument(e.message),
+            UsbErrorKind::Overflow => WitError::Overflow,
+            UsbErrorKind::Access | UsbErrorKind::Unavailable | UsbErrorKind::Io => {
+                WitError::Io(e.message)
+            }
+        }
+    }
+}
+
+// The guest's resources are the generated (empty) `Device` / `DeviceHandle` types; the table
+// holds ours under the same index.
+fn ours_device(r: &Resource<WitDevice>) -> Resource<UsbDevice> {
+    Resource::new_own(r.rep())
+}
+
+fn ours_handle(r: &Resource<WitHandle>) -> Resource<UsbDeviceHandle> {
+    Resource::new_own(r.rep())
+}
+
+fn guest_device(r: Resource<UsbDevice>) -> Resource<WitDevice> {
+    Resource::new_own(r.rep())
+}
+
+fn guest_handle(r: Resource<UsbDeviceHandle>) -> Resource<WitHandle> {
+    Resource::new_own(r.rep())
+}
+
+fn wit_info(info: &DeviceInfo) -> WitInfo {
+    WitInfo {
+        vendor_id: info.vendor_id,
+        product_id: info.product_id,
+        serial: info.serial.clone(),
+        manufacturer: info.manufacturer.clone(),
+        product: info.product.clone(),
+        location: info.location.clone(),
+        device_class: info.class,
+    }
+}
+
+fn setup(s: WitSetup) -> ControlSetup {
+    ControlSetup {
+        request_type: s.request_type,
+        request: s.request,
+        value: s.value,
+        index: s.index,
+    }
+}
+
+/// Runs blocking device work off the async executor.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, UsbError> + Send + 'static,
+) -> Result<T, WitError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(WitError::from),
+        Err(e) => Err(WitError::Io(format!("the transfer thread failed: {e}"))),
+    }
+}
+
+impl UsbState {
+    /// The timeout a transfer gets: what the guest asked for (0: no limit of its own), cut
+    /// to what is left of the call's deadline. `None` when the deadline has passed.
+    fn transfer_timeout(&self, timeout_ms: u32) -> Option<Duration> {
+        let left = self.deadline.checked_duration_since(Instant::now())?;
+        let asked = match timeout_ms {
+            0 => left,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        // libusb reads a zero timeout as "wait forever": never pass one.
+        Some(asked.min(left).max(Duration::from_millis(1)))
+    }
+
+    fn device(&self) -> Result<UsbDevice, WitError> {
+        match &self.leased {
+            Some(leased) => Ok(UsbDevice {
+                info: leased.info.clone(),
+            }),
+            None => Err(WitError::NoDevice),
+        }
+    }
+
+    /// Runs `op` on the open handle, on a blocking thread, within the deadline.
+    async fn transfer<T: Send + 'static>(
+        &mut self,
+        handle: &Resource<WitHandle>,
+        timeout_ms: u32,
+        op: impl FnOnce(&mut dyn DeviceHandle, Duration) -> Result<T, UsbError> + Send + 'static,
+    ) -> wasmtime::Result<Result<T, WitError>> {
+        let shared = self.table.get(&ours_handle(handle))?.handle.clone();
+        let Some(timeout) = self.transfer_timeout(timeout_ms) else {
+            return Ok(Err(WitError::Timeout));
+        };
+        Ok(blocking(move || {
+            let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            op(guard.as_mut(), timeout)
+        })
+        .await)
+    }
+}
+
+/// Bulk or interrupt: the two endpoint kinds with plain reads and writes.
+#[derive(Clone, Copy)]
+enum Pipe {
+    Bulk,
+    Interrupt,
+}
+
+impl UsbState {
+    async fn read(
+        &mut self,
+        handle: &Resource<WitHandle>,
+        pipe: Pipe,
+        endpoint: u8,
+        length: u32,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let length = match check_length(length) {
+            Ok(length) => length,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.transfer(handle, timeout_ms, move |h, t| match pipe {
+            Pipe::Bulk => h.bulk_in(endpoint, length, t),
+            Pipe::Interrupt => h.interrupt_in(endpoint, length, t),
+        })
+        .await
+    }
+
+    async fn write(
+        &mut self,
+        handle: &Resource<WitHandle>,
+        pipe: Pipe,
+        endpoint: u8,
+        data: Vec<u8>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<u32, WitError>> {
+        if let Err(e) = check_data(&data) {
+            return Ok(Err(e));
+        }
+        self.transfer(handle, timeout_ms, move |h, t| {
+            match pipe {
+                Pipe::Bulk => h.bulk_out(endpoint, &data, t),
+                Pipe::Interrupt => h.interrupt_out(endpoint, &data, t),
+            }
+            .map(sent)
+        })
+        .await
+    }
+}
+
+fn check_length(length: u32) -> Result<usize, WitError> {
+    if length > MAX_TRANSFER {
+        return Err(WitError::InvalidArgument(format!(
+            "a transfer moves at most {MAX_TRANSFER} bytes, not {length}"
+        )));
+    }
+    Ok(length as usize)
+}
+
+fn check_data(data: &[u8]) -> Result<(), WitError> {
+    if data.len() > MAX_TRANSFER as usize {
+        return Err(WitError::InvalidArgument(format!(
+            "a transfer moves at most {MAX_TRANSFER} bytes, not {}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+fn sent(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Host for UsbState {
+    async fn leased_device(&mut self) -> wasmtime::Result<Result<Resource<WitDevice>, WitError>> {
+        match self.device() {
+            Ok(device) => Ok(Ok(guest_device(self.table.push(device)?))),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn find_device(
+        &mut self,
+        vendor_id: u16,
+        product_id: u16,
+        serial: Option<String>,
+    ) -> wasmtime::Result<Result<Resource<WitDevice>, WitError>> {
+        let asked = match &serial {
+            Some(serial) => format!("{vendor_id:04x}:{product_id:04x} serial {serial}"),
+            None => format!("{vendor_id:04x}:{product_id:04x}"),
+        };
+        let Some(leased) = &self.leased else {
+            return Ok(Err(WitError::NotLeased(asked)));
+        };
+        let info = &leased.info;
+        let matches = info.vendor_id == vendor_id
+            && info.product_id == product_id
+            && serial
+                .as_deref()
+                .is_none_or(|s| info.serial.as_deref() == Some(s));
+        if !matches {
+            // The same answer whether or not such a device exists on this host.
+            return Ok(Err(WitError::NotLeased(asked)));
+        }
+        match self.device() {
+            Ok(device) => Ok(Ok(guest_device(self.table.push(device)?))),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+}
+
+impl HostDevice for UsbState {
+    async fn info(&mut self, device: Resource<WitDevice>) -> wasmtime::Result<WitInfo> {
+        Ok(wit_info(&self.table.get(&ours_device(&device))?.info))
+    }
+
+    async fn device_descriptor(
+        &mut self,
+        device: Resource<WitDevice>,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let id = self.table.get(&ours_device(&device))?.info.id.clone();
+        let Some(leased) = &self.leased else {
+            return Ok(Err(WitError::NoDevice));
+        };
+        let backend = leased.backend.clone();
+        Ok(blocking(move || backend.descriptors(&id).map(|d| d.device)).await)
+    }
+
+    async fn configuration_descriptors(
+        &mut self,
+        device: Resource<WitDevice>,
+    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, WitError>> {
+        let id = self.table.get(&ours_device(&device))?.info.id.clone();
+        let Some(leased) = &self.leased else {
+            return Ok(Err(WitError::NoDevice));
+        };
+        let backend = leased.backend.clone();
+        Ok(blocking(move || backend.descriptors(&id).map(|d| d.configurations)).await)
+    }
+
+    async fn open(
+        &mut self,
+        device: Resource<WitDevice>,
+    ) -> wasmtime::Result<Result<Resource<WitHandle>, WitError>> {
+        let id = self.table.get(&ours_device(&device))?.info.id.clone();
+        let Some(leased) = &self.leased else {
+            return Ok(Err(WitError::NoDevice));
+        };
+        if self.open {
+            return Ok(Err(WitError::Busy));
+        }
+        let backend = leased.backend.clone();
+        match blocking(move || backend.open(&id)).await {
+            Ok(handle) => {
+                let handle = UsbDeviceHandle {
+                    handle: Arc::new(Mutex::new(handle)),
+                };
+                let resource = guest_handle(self.table.push(handle)?);
+                self.open = true;
+                Ok(Ok(resource))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn drop(&mut self, device: Resource<WitDevice>) -> wasmtime::Result<()> {
+        self.table.delete(ours_device(&device))?;
+        Ok(())
+    }
+}
+
+impl HostDeviceHandle for UsbState {
+    async fn claim_interface(
+        &mut self,
+        handle: Resource<WitHandle>,
+        interface: u8,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        self.transfer(&handle, 0, move |h, _| h.claim_interface(interface))
+            .await
+    }
+
+    async fn release_interface(
+        &mut self,
+        handle: Resource<WitHandle>,
+        interface: u8,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        self.transfer(&handle, 0, move |h, _| h.release_interface(interface))
+            .await
+    }
+
+    async fn control_in(
+        &mut self,
+        handle: Resource<WitHandle>,
+        s: WitSetup,
+        length: u16,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let s = setup(s);
+        if !s.is_in() {
+            return Ok(Err(WitError::InvalidArgument(
+                "control-in needs bit 7 (device-to-host) set in request-type".into(),
+            )));
+        }
+        self.transfer(&handle, timeout_ms, move |h, t| h.control_in(s, length, t))
+            .await
+    }
+
+    async fn control_out(
+        &mut self,
+        handle: Resource<WitHandle>,
+        s: WitSetup,
+        data: Vec<u8>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<u32, WitError>> {
+        let s = setup(s);
+        if s.is_in() {
+            return Ok(Err(WitError::InvalidArgument(
+                "control-out needs bit 7 (device-to-host) clear in request-type".into(),
+            )));
+        }
+        if let Err(e) = check_data(&data) {
+            return Ok(Err(e));
+        }
+        self.transfer(&handle, timeout_ms, move |h, t| {
+            h.control_out(s, &data, t).map(sent)
+        })
+        .await
+    }
+
+    async fn bulk_in(
+        &mut self,
+        handle: Resource<WitHandle>,
+        endpoint: u8,
+        length: u32,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        self.read(&handle, Pipe::Bulk, endpoint, length, timeout_ms)
+            .await
+    }
+
+    async fn bulk_out(
+        &mut self,
+        handle: Resource<WitHandle>,
+        endpoint: u8,
+        data: Vec<u8>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<u32, WitError>> {
+        self.write(&handle, Pipe::Bulk, endpoint, data, timeout_ms)
+            .await
+    }
+
+    async fn interrupt_in(
+        &mut self,
+        handle: Resource<WitHandle>,
+        endpoint: u8,
+        length: u32,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        self.read(&handle, Pipe::Interrupt, endpoint, length, timeout_ms)
+            .await
+    }
+
+    async fn interrupt_out(
+        &mut self,
+        handle: Resource<WitHandle>,
+        endpoint: u8,
+        data: Vec<u8>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<u32, WitError>> {
+        self.write(&handle, Pipe::Interrupt, endpoint, data, timeout_ms)
+            .await
+    }
+
+    async fn drop(&mut self, handle: Resource<WitHandle>) -> wasmtime::Result<()> {
+        // The device closes when the last holder (a transfer still running on its thread)
+        // lets go of it.
+        self.table.delete(ours_handle(&handle))?;
+        self.open = false;
+        Ok(())
+    }
+}
