@@ -273,8 +273,10 @@ fn cancelled_run_releases_its_device() {
             .cloned()
             .unwrap()
     };
-    assert_eq!(board(&cluster)["state"], "leased");
-    assert_eq!(board(&cluster)["run"], held.as_str());
+    cluster.wait("the board to show as leased", |c| {
+        let b = board(c);
+        b["state"] == "leased" && b["run"] == held.as_str()
+    });
     cluster.cli_ok(&["cancel", &held]);
     assert_eq!(wait_finished(&mut cluster, &held)["verdict"], "cancelled");
     cluster.wait("the board to be free", |c| board(c)["state"] == "free");
@@ -461,4 +463,97 @@ fn bad_run_requests_change_nothing() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     assert_eq!(cluster.cli_json(&["runs"]), serde_json::json!([]));
+}
+
+#[test]
+fn run_cancelled_in_the_middle_of_a_long_usb_read_frees_the_device_for_the_next_run() {
+    let mut cluster = lab(BOARDS);
+    // Nothing was written, so this read would wait ten minutes.
+    let reading = start(
+        &cluster,
+        &[
+            "probe",
+            "--device",
+            "1209:0001",
+            "--arg",
+            "mode=read",
+            "--arg",
+            "timeout-ms=600000",
+        ],
+    );
+    cluster.wait("the run to hold the device", |c| {
+        run_record(c, &reading)["state"] == "running"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.cli_ok(&["cancel", &reading]);
+    assert_eq!(
+        wait_finished(&mut cluster, &reading)["verdict"],
+        "cancelled"
+    );
+    let released: Vec<Value> = events(&cluster, "sandbus.lease.released")
+        .into_iter()
+        .filter(|e| e["data"]["run"] == reading.as_str())
+        .collect();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0]["data"]["reset"], "ok", "{released:?}");
+    // The device opens again at once for the next run.
+    let out = cluster.cli(&[
+        "run",
+        "smoke",
+        "--device",
+        "1209:0001",
+        "--arg",
+        "vendor=1209",
+        "--arg",
+        "product=0001",
+        "--follow",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // Exactly one report per run.
+    let finished: Vec<Value> = events(&cluster, "sandbus.run.finished")
+        .into_iter()
+        .filter(|e| e["data"]["run"] == reading.as_str())
+        .collect();
+    assert_eq!(finished.len(), 1);
+}
+
+#[test]
+fn a_device_lease_has_one_holder_at_a_time() {
+    use sandbus::bus::{BusErrorKind, Lease, LeaseTable};
+    let cluster = lab(BOARDS);
+    let nats = cluster.connect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(nats);
+        let leases = LeaseTable::ensure(&js, 1).await.unwrap();
+        let lease = |run: &str| Lease {
+            run: run.into(),
+            host: "elsewhere".into(),
+            device: "board-9".into(),
+            acquired_at: "2026-11-22T00:00:00Z".into(),
+        };
+        let mut first = leases.acquire(lease("run-a")).await.unwrap();
+        // A second run, from any host, is refused and told who holds it.
+        let err = leases.acquire(lease("run-b")).await.unwrap_err();
+        assert_eq!(err.kind, BusErrorKind::Conflict);
+        assert!(err.message.contains("run-a"), "{err}");
+        // The holder renews; a retried acquire by the holder itself adopts its lease.
+        leases.renew(&mut first).await.unwrap();
+        let again = leases.acquire(lease("run-a")).await.unwrap();
+        assert_eq!(again.lease.run, "run-a");
+        // Released: the next run gets it, and the old holder's renewals now fail.
+        leases.release(first.clone()).await.unwrap();
+        leases.acquire(lease("run-b")).await.unwrap();
+        let err = leases.renew(&mut first).await.unwrap_err();
+        assert_eq!(err.kind, BusErrorKind::Conflict);
+        assert_eq!(
+            leases
+                .holder("elsewhere", "board-9")
+                .await
+                .unwrap()
+                .map(|l| l.run),
+            Some("run-b".to_owned())
+        );
+    });
 }

@@ -81,17 +81,22 @@ impl LeaseTable {
                 revision,
             }),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let holder = self
-                    .holder(&lease.host, &lease.device)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|l| l.run)
-                    .unwrap_or_else(|| "another run".into());
-                Err(BusError::new(
-                    BusErrorKind::Conflict,
-                    format!("the device is leased by {holder}"),
-                ))
+                match self.entry(&key).await? {
+                    // Our own create went through but its reply was lost (a retry after a
+                    // timeout): the lease is ours.
+                    Some((holder, revision)) if holder.run == lease.run => Ok(HeldLease {
+                        lease,
+                        key,
+                        revision,
+                    }),
+                    holder => Err(BusError::new(
+                        BusErrorKind::Conflict,
+                        format!(
+                            "the device is leased by {}",
+                            holder.map_or_else(|| "another run".into(), |(l, _)| l.run)
+                        ),
+                    )),
+                }
             }
             Err(e) => Err(BusError::unavailable("take the device lease", e)),
         }
@@ -111,10 +116,19 @@ impl LeaseTable {
                 held.revision = revision;
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(BusError::new(
-                BusErrorKind::Conflict,
-                "the device lease was lost (it expired or was taken)",
-            )),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                match self.entry(&held.key).await? {
+                    // Our previous renewal was applied but its reply was lost: adopt it.
+                    Some((holder, revision)) if holder.run == held.lease.run => {
+                        held.revision = revision;
+                        Ok(())
+                    }
+                    _ => Err(BusError::new(
+                        BusErrorKind::Conflict,
+                        "the device lease was lost (it expired or was taken)",
+                    )),
+                }
+            }
             Err(e) => Err(BusError::unavailable("renew the device lease", e)),
         }
     }
@@ -135,10 +149,18 @@ impl LeaseTable {
 
     /// Who holds a device now, if anyone.
     pub async fn holder(&self, host: &str, device: &str) -> Result<Option<Lease>, BusError> {
-        let key = names::lease_key(host, device);
-        match self.leases.entry(key.as_str()).await {
+        Ok(self
+            .entry(&names::lease_key(host, device))
+            .await?
+            .map(|(lease, _)| lease))
+    }
+
+    async fn entry(&self, key: &str) -> Result<Option<(Lease, u64)>, BusError> {
+        match self.leases.entry(key).await {
             Ok(Some(entry)) if entry.operation == Operation::Put => {
-                Ok(serde_json::from_slice(&entry.value).ok())
+                Ok(serde_json::from_slice(&entry.value)
+                    .ok()
+                    .map(|lease| (lease, entry.revision)))
             }
             Ok(_) => Ok(None),
             Err(e) => Err(BusError::unavailable("read the device lease", e)),

@@ -97,7 +97,14 @@ impl HostRegistry {
         keys.sort();
         let mut hosts = Vec::new();
         for key in keys {
-            if let Ok(Some(entry)) = self.hosts.entry(key.as_str()).await
+            // A read that fails fails the whole list: callers decide that hosts missing from
+            // it are gone, so a partial list must never look like a complete one.
+            let entry = self
+                .hosts
+                .entry(key.as_str())
+                .await
+                .map_err(|e| BusError::unavailable("read a host's presence", e))?;
+            if let Some(entry) = entry
                 && entry.operation == Operation::Put
                 && let Ok(info) = serde_json::from_slice(&entry.value)
             {

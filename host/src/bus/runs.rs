@@ -121,6 +121,9 @@ pub struct RunReport {
     pub summary: String,
     /// Wall time, peak memory, fuel.
     pub metering: Metering,
+    /// Log lines that could not be stored (the bus fell behind the script).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 /// The runs bucket and stream.
@@ -186,6 +189,45 @@ impl RunStore {
         Ok(())
     }
 
+    /// Marks a run finished, unless it already is: true if this call finished it. Only the
+    /// caller that finished it stores the report and emits `run.finished`, so a run has one
+    /// verdict even when its host and a sweeping peer race.
+    pub async fn finish(&self, record: &RunRecord) -> Result<bool, BusError> {
+        let body = serde_json::to_vec(record)
+            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+        for _ in 0..16 {
+            let entry = self
+                .runs
+                .entry(record.id.as_str())
+                .await
+                .map_err(|e| BusError::unavailable("read the run record", e))?;
+            let revision = match entry {
+                Some(entry) if entry.operation == Operation::Put => {
+                    let current: Option<RunRecord> = serde_json::from_slice(&entry.value).ok();
+                    if current.is_some_and(|c| c.state == RunState::Finished) {
+                        return Ok(false);
+                    }
+                    entry.revision
+                }
+                Some(entry) => entry.revision,
+                None => 0,
+            };
+            match self
+                .runs
+                .update(record.id.as_str(), body.clone().into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(BusError::unavailable("record the run as finished", e)),
+            }
+        }
+        Err(BusError::new(
+            BusErrorKind::Conflict,
+            "the run record kept changing; not finished",
+        ))
+    }
+
     /// One run's record.
     pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, BusError> {
         match self.runs.entry(id).await {
@@ -218,15 +260,23 @@ impl RunStore {
         Ok(records)
     }
 
-    /// Publishes one log line of a run (JSON), waiting for the stream to store it.
-    pub async fn log(&self, run: &str, line: &[u8]) -> Result<(), BusError> {
-        self.js
-            .publish(names::run_log_subject(run), line.to_vec().into())
+    /// Publishes one log line of a run (JSON). The returned future resolves when the
+    /// stream has stored it, so a caller can keep several lines in flight.
+    pub async fn log(
+        &self,
+        run: &str,
+        line: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<(), BusError>> + use<>, BusError> {
+        let ack = self
+            .js
+            .publish(names::run_log_subject(run), line.into())
             .await
-            .map_err(|e| BusError::unavailable("publish a run log line", e))?
-            .await
-            .map_err(|e| BusError::unavailable("store a run log line", e))?;
-        Ok(())
+            .map_err(|e| BusError::unavailable("publish a run log line", e))?;
+        Ok(async move {
+            ack.await
+                .map(|_| ())
+                .map_err(|e| BusError::unavailable("store a run log line", e))
+        })
     }
 
     /// Stores a run's report (the last message of the run).

@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
@@ -882,19 +882,47 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
     }
     let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
     let report_subject = names::run_report_subject(run);
-    while let Some(message) = messages.next().await {
+    let mut finished_seen: Option<Instant> = None;
+    loop {
+        let next = match tokio::time::timeout(FOLLOW_IDLE, messages.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                // Quiet for a while: if the run is finished but its report never came (its
+                // host could not store it), end with the record's verdict.
+                let record: RunRecord = c
+                    .call(
+                        endpoint::RUN,
+                        &RunIdRequest {
+                            run: run.to_owned(),
+                        },
+                    )
+                    .await?;
+                if record.state == RunState::Finished {
+                    let seen = *finished_seen.get_or_insert_with(Instant::now);
+                    if seen.elapsed() >= FOLLOW_IDLE {
+                        let verdict = record.verdict.unwrap_or(RunVerdict::Error);
+                        if !c.json {
+                            super::outln!(
+                                "report: {verdict} (no stored report; from the run record)\nsummary: {}",
+                                printable(record.summary.as_deref().unwrap_or("-"))
+                            );
+                        } else {
+                            print_json(&json!({ "type": "record", "record": record }));
+                        }
+                        return Ok(verdict_exit_code(verdict));
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(message) = next else { break };
         let message = message.map_err(|e| unavailable(&e))?;
         if message.subject.as_str() == report_subject {
             let report: RunReport = serde_json::from_slice(&message.payload).map_err(|e| {
                 ApiError::new(ApiErrorKind::Internal, format!("unreadable report: {e}"))
             })?;
             print_run_report(&report, c.json);
-            return Ok(match report.verdict {
-                RunVerdict::Pass => EXIT_OK,
-                RunVerdict::Fail => EXIT_FAIL,
-                RunVerdict::Error => super::EXIT_SCRIPT_ERROR,
-                RunVerdict::Timeout | RunVerdict::Cancelled => super::EXIT_DID_NOT_FINISH,
-            });
+            return Ok(verdict_exit_code(report.verdict));
         }
         if c.json {
             let mut out = std::io::stdout().lock();
@@ -915,6 +943,19 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// How long `--follow` waits in silence before checking the run's record.
+const FOLLOW_IDLE: Duration = Duration::from_secs(3);
+
+/// The exit code of a finished run: 0 pass, 1 fail, 3 error, 4 timeout or cancelled.
+fn verdict_exit_code(verdict: RunVerdict) -> u8 {
+    match verdict {
+        RunVerdict::Pass => EXIT_OK,
+        RunVerdict::Fail => EXIT_FAIL,
+        RunVerdict::Error => super::EXIT_SCRIPT_ERROR,
+        RunVerdict::Timeout | RunVerdict::Cancelled => super::EXIT_DID_NOT_FINISH,
+    }
 }
 
 fn print_run_report(report: &RunReport, json: bool) {
@@ -947,6 +988,12 @@ fn print_run_report(report: &RunReport, json: bool) {
             device.id,
             device.vid_pid(),
             report.host
+        );
+    }
+    if report.log_lines_dropped > 0 {
+        super::outln!(
+            "({} log lines could not be stored)",
+            report.log_lines_dropped
         );
     }
     super::outln!(

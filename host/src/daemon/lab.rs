@@ -12,20 +12,22 @@
 //! - **Sweep**: runs recorded as queued or running by a host that is no longer live (or by
 //!   this host before a restart) are finished as `error`, so no run stays "running" forever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use serde_json::json;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadedComponents;
 use super::host_events::{self, HostEvents};
 use crate::api::{ApiError, ApiErrorKind};
 use crate::bus::{
-    BusErrorKind, DeviceInventory, DeviceRecord, DeviceState, HostRegistry, LEASE_RENEW, Lease,
-    LeaseTable, RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, names,
+    BusErrorKind, DeviceInventory, DeviceRecord, DeviceState, HostRegistry, LEASE_RENEW, LEASE_TTL,
+    Lease, LeaseTable, RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, names,
     new_run_id,
 };
 use crate::devices::{self, DeviceBackend, DeviceInfo};
@@ -42,6 +44,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Log lines a run may have waiting to be published; past this, lines are dropped (and
 /// counted) rather than slowing the script down.
 const LOG_BUFFER: usize = 4096;
+
+/// Log lines whose storage acks a run's log task waits for at once.
+const LOG_ACK_WINDOW: usize = 256;
+
+/// How long storing a run's remaining log lines may take once it ended.
+const LOG_DRAIN: Duration = Duration::from_secs(10);
 
 /// Longest deadline a run may ask for.
 pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -60,14 +68,19 @@ pub struct DeviceLab {
     base: Capabilities,
     state: StdMutex<LabState>,
     rescan: Notify,
+    /// Signalled whenever a run leaves a device queue.
+    turn: Notify,
+    /// Set when the daemon stops: no new runs are accepted.
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
 struct LabState {
     /// Devices present now, by id.
     present: HashMap<String, DeviceInfo>,
-    /// One fair lock per device: runs wait on it in arrival order.
-    turns: HashMap<String, Arc<Mutex<()>>>,
+    /// Per device, the runs waiting for it or using it, in arrival order: the front one
+    /// has the device.
+    queues: HashMap<String, VecDeque<String>>,
     /// Runs accepted here and not finished: their cancel tokens.
     active: HashMap<String, ActiveRun>,
 }
@@ -84,6 +97,20 @@ struct Ending {
     steps: Vec<crate::sandbox::Step>,
     summary: String,
     metering: Metering,
+    log_lines_dropped: u64,
+}
+
+impl Ending {
+    /// A run that ended before (or without) the script reporting.
+    fn without_report(verdict: RunVerdict, summary: impl Into<String>, metering: Metering) -> Self {
+        Self {
+            verdict,
+            steps: Vec::new(),
+            summary: summary.into(),
+            metering,
+            log_lines_dropped: 0,
+        }
+    }
 }
 
 impl DeviceLab {
@@ -112,6 +139,8 @@ impl DeviceLab {
             base,
             state: StdMutex::default(),
             rescan: Notify::new(),
+            turn: Notify::new(),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -130,7 +159,6 @@ impl DeviceLab {
             .backend
             .watch(Box::new(move || notify.rescan.notify_one()));
         tracing::info!(backend = self.backend.name(), hotplug, "watching devices");
-        self.sweep(true).await;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
         loop {
@@ -139,9 +167,12 @@ impl DeviceLab {
                 _ = stop.cancelled() => break,
                 _ = self.rescan.notified() => {}
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
-                _ = sweep.tick() => self.sweep(false).await,
+                _ = sweep.tick() => {
+                    self.sweep(false).await;
+                }
             }
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let tokens: Vec<CancellationToken> = self
             .state()
             .active
@@ -155,6 +186,37 @@ impl DeviceLab {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.state().active.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Before the control API answers: learn this host's devices, drop inventory entries
+    /// of devices that went away while the daemon was down, and finish the runs a previous
+    /// life of this daemon left unfinished.
+    pub async fn startup(&self) {
+        self.scan().await;
+        let present: Vec<String> = self.state().present.keys().cloned().collect();
+        match self.inventory.list().await {
+            Ok(records) => {
+                for record in records {
+                    if record.host == self.host_id
+                        && !present.contains(&record.info.id)
+                        && let Err(e) = self.inventory.remove(&self.host_id, &record.info.id).await
+                    {
+                        tracing::warn!(error = %e, "could not update the device inventory");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the device inventory"),
+        }
+        for attempt in 1..=5u32 {
+            if self.sweep(true).await {
+                return;
+            }
+            tracing::warn!(
+                attempt,
+                "could not look for this host's unfinished runs; retrying"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -273,13 +335,14 @@ impl DeviceLab {
 
     /// Finishes runs whose host is gone. At start (`own`), also this host's own unfinished
     /// runs: they belonged to a previous life of this daemon.
-    async fn sweep(&self, own: bool) {
+    /// Whether the list of runs could be read and judged.
+    async fn sweep(&self, own: bool) -> bool {
         let Ok(runs) = self.runs.list().await else {
-            return;
+            return false;
         };
         let live: Vec<String> = match self.hosts.list().await {
             Ok(hosts) => hosts.into_iter().map(|h| h.id).collect(),
-            Err(_) => return,
+            Err(_) => return false,
         };
         for record in runs {
             if record.state == RunState::Finished {
@@ -291,7 +354,18 @@ impl DeviceLab {
                 }
                 "the daemon running it restarted before it finished"
             } else if !live.contains(&record.host) {
-                "the host running it stopped answering (its leases expire on their own)"
+                // Gone from presence is not enough: while its lease lives, the host may only
+                // be cut off from the bus and still running the script.
+                match self
+                    .leases
+                    .holder(&record.host, &record.request.device)
+                    .await
+                {
+                    Ok(Some(lease)) if lease.run == record.id => continue,
+                    Ok(_) => {}
+                    Err(_) => continue,
+                }
+                "the host running it stopped answering (its leases expired)"
             } else {
                 continue;
             };
@@ -306,14 +380,22 @@ impl DeviceLab {
                 steps: Vec::new(),
                 summary: summary.clone(),
                 metering: Metering::default(),
+                log_lines_dropped: 0,
             };
             self.finish_record(record, &report).await;
         }
+        true
     }
 
     /// Accepts a run for a device of this host. Returns its record at once (queued); the
     /// run itself goes on in the background.
     pub async fn start(self: &Arc<Self>, request: RunRequest) -> Result<RunRecord, ApiError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(ApiError::new(
+                ApiErrorKind::Unavailable,
+                format!("host {} is shutting down; try again", self.host_id),
+            ));
+        }
         let Some(component) = self.components.get(&request.script) else {
             return Err(ApiError::new(
                 ApiErrorKind::NotFound,
@@ -359,14 +441,24 @@ impl DeviceLab {
         };
         self.runs.put(&record).await?;
         let cancel = CancellationToken::new();
-        self.state().active.insert(
-            record.id.clone(),
-            ActiveRun {
-                device: device.id.clone(),
-                running: false,
-                cancel: cancel.clone(),
-            },
-        );
+        {
+            // The run's place in the device's queue is taken here, in the order requests
+            // arrive, not when its task first runs.
+            let mut state = self.state();
+            state.active.insert(
+                record.id.clone(),
+                ActiveRun {
+                    device: device.id.clone(),
+                    running: false,
+                    cancel: cancel.clone(),
+                },
+            );
+            state
+                .queues
+                .entry(device.id.clone())
+                .or_default()
+                .push_back(record.id.clone());
+        }
         self.publish_device(&device).await;
         tracing::info!(run = %record.id, script = %record.request.script, device = %device.id, "run accepted");
         let lab = self.clone();
@@ -394,20 +486,14 @@ impl DeviceLab {
         cancel: CancellationToken,
     ) {
         let queue_timeout = Duration::from_millis(record.request.queue_timeout_ms);
-        let turn = self
-            .state()
-            .turns
-            .entry(device.id.clone())
-            .or_default()
-            .clone();
-        // Wait for our turn on the device (fair: in arrival order), then for the lease.
+        // Wait for our turn on the device (in arrival order), then for the lease.
         let waited = Instant::now();
-        let guard = tokio::select! {
+        let turn = tokio::select! {
             _ = cancel.cancelled() => Err(RunVerdict::Cancelled),
             _ = tokio::time::sleep(queue_timeout) => Err(RunVerdict::Error),
-            guard = turn.lock_owned() => Ok(guard),
+            () = self.my_turn(&device.id, &record.id) => Ok(()),
         };
-        let ending = match guard {
+        let ending = match turn {
             Err(verdict) => {
                 let summary = match verdict {
                     RunVerdict::Cancelled => "cancelled while waiting for the device".to_owned(),
@@ -416,20 +502,18 @@ impl DeviceLab {
                         humantime::format_duration(queue_timeout)
                     ),
                 };
-                Ending {
-                    verdict,
-                    steps: Vec::new(),
-                    summary,
-                    metering: Metering::default(),
-                }
+                Ending::without_report(verdict, summary, Metering::default())
             }
-            Ok(guard) => {
+            Ok(()) => {
                 let left = queue_timeout.saturating_sub(waited.elapsed());
-                let ending = self.with_lease(&mut record, &device, &cancel, left).await;
-                drop(guard);
-                ending
+                self.with_lease(&mut record, &device, &cancel, left).await
             }
         };
+        // Leave the queue (whether or not the run had the device): the next one goes.
+        if let Some(queue) = self.state().queues.get_mut(&device.id) {
+            queue.retain(|id| id != &record.id);
+        }
+        self.turn.notify_waiters();
         let report = RunReport {
             run: record.id.clone(),
             script: record.request.script.clone(),
@@ -439,10 +523,29 @@ impl DeviceLab {
             steps: ending.steps,
             summary: ending.summary,
             metering: ending.metering,
+            log_lines_dropped: ending.log_lines_dropped,
         };
         self.state().active.remove(&record.id);
         self.finish_record(record, &report).await;
         self.publish_device_by_id(&device.id).await;
+    }
+
+    /// Returns once `run` is at the front of `device`'s queue.
+    async fn my_turn(&self, device: &str, run: &str) {
+        loop {
+            let notified = self.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let front = self
+                .state()
+                .queues
+                .get(device)
+                .and_then(|q| q.front().cloned());
+            if front.as_deref() == Some(run) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Takes the lease (waiting up to `left` for a stale one to expire), runs, releases.
@@ -466,22 +569,20 @@ impl DeviceLab {
                 Err(e) if Instant::now() < give_up => {
                     tracing::debug!(run = %record.id, error = %e, "waiting for the device lease");
                     tokio::select! {
-                        _ = cancel.cancelled() => break Err(Ending {
-                            verdict: RunVerdict::Cancelled,
-                            steps: Vec::new(),
-                            summary: "cancelled while waiting for the device".into(),
-                            metering: Metering::default(),
-                        }),
+                        _ = cancel.cancelled() => break Err(Ending::without_report(
+                            RunVerdict::Cancelled,
+                            "cancelled while waiting for the device",
+                            Metering::default(),
+                        )),
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
                 Err(e) => {
-                    break Err(Ending {
-                        verdict: RunVerdict::Error,
-                        steps: Vec::new(),
-                        summary: format!("could not lease the device: {e}"),
-                        metering: Metering::default(),
-                    });
+                    break Err(Ending::without_report(
+                        RunVerdict::Error,
+                        format!("could not lease the device: {e}"),
+                        Metering::default(),
+                    ));
                 }
             }
         };
@@ -498,7 +599,7 @@ impl DeviceLab {
         if let Err(e) = self.runs.put(record).await {
             tracing::warn!(run = %record.id, error = %e, "could not record the run as running");
         }
-        self.publish_device(device).await;
+        self.publish_device_by_id(&device.id).await;
         let lease_data = json!({
             "run": record.id, "host": self.host_id, "device": device,
             "script": record.request.script,
@@ -512,7 +613,8 @@ impl DeviceLab {
             )
             .await;
 
-        // Renew the lease while the run lives; losing it stops the run at once.
+        // Renew the lease while the run lives; losing it (taken, or not renewed for nearly a
+        // TTL because the bus is unreachable) stops the run at once.
         let lost = CancellationToken::new();
         let renewer = {
             let leases = self.leases.clone();
@@ -521,15 +623,21 @@ impl DeviceLab {
             let done = cancel.child_token();
             let task_done = done.clone();
             let task = tokio::spawn(async move {
+                let mut renewed = Instant::now();
                 loop {
                     tokio::select! {
                         _ = task_done.cancelled() => break,
                         _ = tokio::time::sleep(LEASE_RENEW) => {}
                     }
                     match leases.renew(&mut held).await {
-                        Ok(()) => {}
+                        Ok(()) => renewed = Instant::now(),
                         Err(e) if e.kind == BusErrorKind::Conflict => {
                             tracing::error!(error = %e, "lost the device lease; stopping the run");
+                            lost.cancel();
+                            break;
+                        }
+                        Err(e) if renewed.elapsed() + LEASE_RENEW >= LEASE_TTL => {
+                            tracing::error!(error = %e, "could not renew the device lease within its TTL; stopping the run");
                             lost.cancel();
                             break;
                         }
@@ -589,15 +697,14 @@ impl DeviceLab {
         lost: &CancellationToken,
     ) -> Ending {
         let Some(component) = self.components.get(&record.request.script) else {
-            return Ending {
-                verdict: RunVerdict::Error,
-                steps: Vec::new(),
-                summary: format!(
+            return Ending::without_report(
+                RunVerdict::Error,
+                format!(
                     "the script `{}` was unloaded before it ran",
                     record.request.script
                 ),
-                metering: Metering::default(),
-            };
+                Metering::default(),
+            );
         };
         let (log, publishing) = RunLog::start(self.runs.clone(), record.id.clone());
         let caps = Capabilities {
@@ -617,24 +724,21 @@ impl DeviceLab {
             _ = lost.cancelled() => None,
         };
         drop(caps);
+        let dropped = log.dropped.clone();
         drop(log);
-        // Every line the script wrote is stored before the report.
-        let _ = publishing.await;
-        match result {
-            None if lost.is_cancelled() => Ending {
-                verdict: RunVerdict::Error,
-                steps: Vec::new(),
-                summary: "the run lost its device lease (the bus was unreachable for longer \
-                          than the lease TTL) and was stopped"
-                    .into(),
-                metering: wall(started),
-            },
-            None => Ending {
-                verdict: RunVerdict::Cancelled,
-                steps: Vec::new(),
-                summary: "cancelled".into(),
-                metering: wall(started),
-            },
+        // The lines the script wrote are stored before the report, within a bound: a bus
+        // that is down must not keep the device held.
+        if tokio::time::timeout(LOG_DRAIN, publishing).await.is_err() {
+            tracing::warn!(run = %record.id, "gave up storing the run's last log lines");
+        }
+        let mut ending = match result {
+            None if lost.is_cancelled() => Ending::without_report(
+                RunVerdict::Error,
+                "the run lost its device lease (taken, or not renewable for a whole lease TTL) \
+                 and was stopped",
+                wall(started),
+            ),
+            None => Ending::without_report(RunVerdict::Cancelled, "cancelled", wall(started)),
             Some(Ok(invocation)) => Ending {
                 verdict: match invocation.output.verdict {
                     Verdict::Pass => RunVerdict::Pass,
@@ -644,31 +748,47 @@ impl DeviceLab {
                 steps: invocation.output.steps,
                 summary: invocation.output.summary,
                 metering: invocation.metering,
+                log_lines_dropped: 0,
             },
-            Some(Err(e)) => Ending {
-                verdict: if e.kind == InvokeErrorKind::Timeout {
+            Some(Err(e)) => Ending::without_report(
+                if e.kind == InvokeErrorKind::Timeout {
                     RunVerdict::Timeout
                 } else {
                     RunVerdict::Error
                 },
-                steps: Vec::new(),
-                summary: format!("{}: {}", e.kind, e.message),
-                metering: e.metering,
-            },
-        }
+                format!("{}: {}", e.kind, e.message),
+                e.metering,
+            ),
+        };
+        ending.log_lines_dropped = dropped.load(Ordering::Relaxed);
+        ending
     }
 
-    /// Stores the report, marks the record finished, emits `sandbus.run.finished`.
+    /// Marks the run finished (unless someone already did), then stores its report and
+    /// emits `sandbus.run.finished`: once per run.
     async fn finish_record(&self, mut record: RunRecord, report: &RunReport) {
         record.state = RunState::Finished;
         record.verdict = Some(report.verdict);
         record.summary = Some(report.summary.clone());
         record.finished_at = Some(crate::bus::now_rfc3339());
-        if let Err(e) = self.runs.report(report).await {
-            tracing::warn!(run = %record.id, error = %e, "could not store the run report");
+        match self.runs.finish(&record).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(run = %record.id, "the run was already finished elsewhere; keeping that verdict");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(run = %record.id, error = %e, "could not record the run as finished");
+            }
         }
-        if let Err(e) = self.runs.put(&record).await {
-            tracing::warn!(run = %record.id, error = %e, "could not record the run as finished");
+        for attempt in 1..=3u32 {
+            match self.runs.report(report).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(run = %record.id, attempt, error = %e, "could not store the run report");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
         tracing::info!(run = %record.id, verdict = %report.verdict, "run finished");
         self.host_events
@@ -690,29 +810,41 @@ fn wall(started: Instant) -> Metering {
 }
 
 /// A run's log sink: lines go through a bounded channel to a task that stores them in the
-/// runs stream, so a chatty script never waits on the bus.
+/// runs stream (acks awaited in a window, not one by one), so a chatty script never waits on
+/// the bus.
 struct RunLog {
     lines: tokio::sync::mpsc::Sender<Vec<u8>>,
-    dropped: std::sync::atomic::AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
 impl RunLog {
     fn start(runs: RunStore, run: String) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (lines, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(LOG_BUFFER);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
         let task = tokio::spawn(async move {
+            let mut acks = futures::stream::FuturesOrdered::new();
             while let Some(line) = rx.recv().await {
-                if let Err(e) = runs.log(&run, &line).await {
-                    tracing::warn!(run = %run, error = %e, "could not store a run log line");
+                match runs.log(&run, line).await {
+                    Ok(ack) => acks.push_back(ack),
+                    Err(e) => {
+                        tracing::warn!(run = %run, error = %e, "could not store a run log line");
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                while acks.len() >= LOG_ACK_WINDOW {
+                    if let Some(Err(_)) = acks.next().await {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            while let Some(result) = acks.next().await {
+                if result.is_err() {
+                    lost.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
-        (
-            Arc::new(Self {
-                lines,
-                dropped: std::sync::atomic::AtomicU64::new(0),
-            }),
-            task,
-        )
+        (Arc::new(Self { lines, dropped }), task)
     }
 }
 
@@ -722,20 +854,7 @@ impl LogSink for RunLog {
             return;
         };
         if self.lines.try_send(body).is_err() {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for RunLog {
-    fn drop(&mut self) {
-        let dropped = self.dropped.load(std::sync::atomic::Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "a run's log lines were dropped: the bus could not keep up"
-            );
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

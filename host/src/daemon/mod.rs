@@ -201,6 +201,9 @@ impl Daemon {
             host_events.clone(),
             context.capabilities.clone(),
         ));
+        // Before the API answers: this host's devices are known and a previous life's
+        // unfinished runs are finished, so nothing accepted now can be mistaken for one.
+        lab.startup().await;
         let lab_stop = CancellationToken::new();
         let lab_task = tokio::spawn(lab.clone().run(lab_stop.clone()));
         let api = Arc::new(ControlApi {

@@ -231,19 +231,26 @@ pub fn backend(
 /// while the device is still busy (a transfer of the ended run may still be finishing on its
 /// thread). Blocks: call it off the async executor.
 pub fn reset_after_run(backend: &dyn DeviceBackend, id: &str) -> Result<(), UsbError> {
-    let mut last = None;
-    for attempt in 0..20u64 {
+    // A transfer of the ended run may still be on its thread: bulk and interrupt transfers
+    // notice within one slice that the run is over, a control transfer within its capped
+    // timeout (see `imports::usb`). Wait for the longer of the two.
+    let give_up = std::time::Instant::now() + RESET_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
         match backend.open(id).and_then(|mut handle| handle.reset()) {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind == UsbErrorKind::Busy => {
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(25 * (attempt + 1)));
+            Err(e) if e.kind == UsbErrorKind::Busy && std::time::Instant::now() < give_up => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| UsbError::new(UsbErrorKind::Busy, "the device stayed busy")))
 }
+
+/// How long [`reset_after_run`] waits for the ended run's last transfer to let go of the
+/// device: longer than the longest control transfer a guest may ask for.
+pub const RESET_WAIT: Duration = Duration::from_secs(40);
 
 /// Which device a run wants: `VID:PID` (any device of that kind, hex), `serial=SERIAL`,
 /// `id=ID` (a host's own device id), or `VID:PID,serial=SERIAL`.

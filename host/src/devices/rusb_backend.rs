@@ -39,6 +39,9 @@ use super::{
     ControlSetup, Descriptors, DeviceBackend, DeviceHandle, DeviceInfo, UsbError, UsbErrorKind,
 };
 
+/// USB device class of hubs (USB 2.0, 11.23.1).
+const USB_CLASS_HUB: u8 = 0x09;
+
 /// How long reading one string descriptor may take during a scan.
 const STRING_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often the hotplug thread wakes to see whether it should stop.
@@ -172,6 +175,11 @@ impl DeviceBackend for RusbBackend {
                     continue;
                 }
             };
+            // Hubs are never handed to a run: resetting one after the run would drop every
+            // device behind it, leased or not.
+            if descriptor.class_code() == USB_CLASS_HUB {
+                continue;
+            }
             let key = StringKey {
                 bus: device.bus_number(),
                 address: device.address(),

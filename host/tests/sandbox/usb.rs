@@ -205,8 +205,9 @@ async fn script_looping_on_the_device_times_out_and_the_device_is_reset_for_the_
     let backend = backend();
     let mut harness = Harness::new();
     harness.caps.usb = Some(leased(&backend, "board-1"));
+    let hog = script("usb-probe-script", &["timeout=500ms"]);
     let started = Instant::now();
-    let err = script("usb-probe-script", &["timeout=500ms"])
+    let err = hog
         .run(args(&[("mode", "hog")]), &harness.caps)
         .await
         .unwrap_err();
@@ -241,9 +242,10 @@ async fn device_detached_mid_run_fails_the_read_with_disconnected() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         detacher.detach("board-1").unwrap();
     });
+    let probe = script("usb-probe-script", &[]);
     let started = Instant::now();
     // Nothing was written, so the read waits until the device goes away.
-    let run = script("usb-probe-script", &[])
+    let run = probe
         .run(
             args(&[("mode", "read"), ("timeout-ms", "30000")]),
             &harness.caps,
@@ -262,4 +264,41 @@ async fn device_detached_mid_run_fails_the_read_with_disconnected() {
         "the read ended when the device left, not at its timeout"
     );
     assert!(backend.scan().unwrap().iter().all(|d| d.id != "board-1"));
+}
+
+#[tokio::test]
+async fn long_read_is_cut_at_the_run_deadline_and_the_device_is_free_at_once() {
+    let backend = backend();
+    let mut harness = Harness::new();
+    harness.caps.usb = Some(leased(&backend, "board-1"));
+    let probe = script("usb-probe-script", &["timeout=500ms"]);
+    let started = Instant::now();
+    // The guest asks for a ten-minute read; the run's deadline is half a second. The read
+    // gives up at the deadline, so either the guest sees its timeout and reports, or the
+    // deadline stops the guest first: never ten minutes.
+    let result = probe
+        .run(
+            args(&[("mode", "read"), ("timeout-ms", "600000")]),
+            &harness.caps,
+        )
+        .await;
+    match result {
+        Ok(run) => assert!(
+            run.output.summary.contains("Timeout"),
+            "{}",
+            run.output.summary
+        ),
+        Err(e) => assert_eq!(e.kind, InvokeErrorKind::Timeout, "{e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The transfer thread lets go of the device within one slice: a reset finds it free
+    // well inside the reset wait.
+    let reset_backend = backend.clone();
+    let reset_started = Instant::now();
+    tokio::task::spawn_blocking(move || devices::reset_after_run(&*reset_backend, "board-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reset_started.elapsed() < Duration::from_secs(5));
+    assert!(!backend.is_open("board-1"));
 }

@@ -1,6 +1,7 @@
 //! `impl usb::Host` and the two resources: the lease check, and transfers on blocking
 //! threads bounded by the call's deadline.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,15 @@ use crate::devices::{ControlSetup, DeviceHandle, DeviceInfo, UsbError, UsbErrorK
 
 /// Most bytes one transfer may move: a guest's `length` is allocated by the host.
 pub const MAX_TRANSFER: u32 = 1 << 20;
+
+/// Longest a bulk or interrupt transfer waits in one go before checking that its run is
+/// still alive. A slice that times out with nothing moved is simply waited again (libusb
+/// reports a transfer that moved some bytes before timing out as a short transfer).
+pub const TRANSFER_SLICE: Duration = Duration::from_millis(200);
+
+/// Longest timeout a control transfer gets (it cannot be sliced: repeating it would repeat
+/// the request).
+pub const MAX_CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl From<UsbError> for WitError {
     fn from(e: UsbError) -> Self {
@@ -104,7 +114,8 @@ impl UsbState {
         }
     }
 
-    /// Runs `op` on the open handle, on a blocking thread, within the deadline.
+    /// Runs `op` once on the open handle, on a blocking thread, within the deadline (and
+    /// at most `cap`).
     async fn transfer<T: Send + 'static>(
         &mut self,
         handle: &Resource<WitHandle>,
@@ -115,9 +126,41 @@ impl UsbState {
         let Some(timeout) = self.transfer_timeout(timeout_ms) else {
             return Ok(Err(WitError::Timeout));
         };
+        let timeout = timeout.min(MAX_CONTROL_TIMEOUT);
         Ok(blocking(move || {
             let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
             op(guard.as_mut(), timeout)
+        })
+        .await)
+    }
+
+    /// Runs `op` on the open handle in slices of [`TRANSFER_SLICE`] until it completes,
+    /// fails otherwise than by timing out, the timeout is spent, or the call ended.
+    async fn sliced<T: Send + 'static>(
+        &mut self,
+        handle: &Resource<WitHandle>,
+        timeout_ms: u32,
+        mut op: impl FnMut(&mut dyn DeviceHandle, Duration) -> Result<T, UsbError> + Send + 'static,
+    ) -> wasmtime::Result<Result<T, WitError>> {
+        let shared = self.table.get(&ours_handle(handle))?.handle.clone();
+        let Some(timeout) = self.transfer_timeout(timeout_ms) else {
+            return Ok(Err(WitError::Timeout));
+        };
+        let ended = self.ended.clone();
+        Ok(blocking(move || {
+            let give_up = Instant::now() + timeout;
+            let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if ended.load(Ordering::Relaxed) {
+                    return Err(UsbError::new(UsbErrorKind::Io, "the run ended"));
+                }
+                let left = give_up.saturating_duration_since(Instant::now());
+                let slice = left.min(TRANSFER_SLICE).max(Duration::from_millis(1));
+                match op(guard.as_mut(), slice) {
+                    Err(e) if e.kind == UsbErrorKind::Timeout && Instant::now() < give_up => {}
+                    result => return result,
+                }
+            }
         })
         .await)
     }
@@ -143,7 +186,7 @@ impl UsbState {
             Ok(length) => length,
             Err(e) => return Ok(Err(e)),
         };
-        self.transfer(handle, timeout_ms, move |h, t| match pipe {
+        self.sliced(handle, timeout_ms, move |h, t| match pipe {
             Pipe::Bulk => h.bulk_in(endpoint, length, t),
             Pipe::Interrupt => h.interrupt_in(endpoint, length, t),
         })
@@ -161,7 +204,7 @@ impl UsbState {
         if let Err(e) = check_data(&data) {
             return Ok(Err(e));
         }
-        self.transfer(handle, timeout_ms, move |h, t| {
+        self.sliced(handle, timeout_ms, move |h, t| {
             match pipe {
                 Pipe::Bulk => h.bulk_out(endpoint, &data, t),
                 Pipe::Interrupt => h.interrupt_out(endpoint, &data, t),

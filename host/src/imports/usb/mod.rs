@@ -4,11 +4,14 @@
 //! [`LeasedDevice`] in the call's capabilities. The host functions (in `host.rs`) give the
 //! guest that device, refuse any other with `not-leased`, and run every transfer on a
 //! blocking thread (a transfer may block for its whole timeout) with its timeout cut to what
-//! is left of the run's deadline. Which device, and whether the guest may have one at all,
+//! is left of the run's deadline. Bulk and interrupt transfers wait in slices of at most
+//! [`host::TRANSFER_SLICE`], so when the run ends (deadline, cancel) the device is let go of
+//! within one slice; control transfers are capped at [`host::MAX_CONTROL_TIMEOUT`]. Which device, and whether the guest may have one at all,
 //! is decided outside: this module never scans or selects.
 
-mod host;
+pub mod host;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -57,7 +60,16 @@ pub struct UsbState {
     pub deadline: Instant,
     /// Whether a handle is open (one at a time per run).
     open: bool,
+    /// Set when the call ends (the store is dropped, e.g. on cancel): a transfer still on
+    /// its blocking thread stops at its next slice, so the device is free for the reset.
+    ended: Arc<AtomicBool>,
     table: ResourceTable,
+}
+
+impl Drop for UsbState {
+    fn drop(&mut self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
 }
 
 impl UsbState {
@@ -69,6 +81,7 @@ impl UsbState {
             leased,
             deadline,
             open: false,
+            ended: Arc::new(AtomicBool::new(false)),
             table,
         }
     }
