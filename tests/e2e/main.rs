@@ -20,6 +20,7 @@ mod dev_replay;
 mod dev_run;
 mod device_lab;
 mod inspect;
+mod operations;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -45,6 +45,9 @@ pub struct DaemonArgs {
     /// How long events in flight may finish after SIGINT/SIGTERM before they are handed back.
     #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", env = "SANDBUS_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Use simulated USB devices described in this TOML file instead of real USB.
     #[arg(long, value_name = "DEVICES_TOML", env = "SANDBUS_SIMULATE")]
     simulate: Option<PathBuf>,
@@ -81,6 +84,9 @@ impl DaemonArgs {
         }
         if let Some(grace) = self.shutdown_grace {
             config.listeners.shutdown_grace = grace;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics.listen = Some(addr);
         }
         if let Some(file) = &self.simulate {
             config.devices.simulate = Some(file.clone());

@@ -24,6 +24,9 @@
 //!
 //! [devices]
 //! simulate = "/etc/sandbus/devices.toml"   # simulated devices instead of real USB
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"                # Prometheus text at GET /metrics
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -47,6 +50,16 @@ pub struct ConfigFile {
     pub listeners: ListenersSection,
     /// USB devices.
     pub devices: DevicesSection,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where to serve `GET /metrics` (e.g. `127.0.0.1:9464`); off when absent.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[devices]`.

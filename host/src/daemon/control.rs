@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::components::{LoadedComponents, spec_of};
 use super::host_events::{self, HostEvents};
 use super::lab::DeviceLab;
+use super::metrics::Metrics;
 use crate::api::{
     self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, NameRequest, PublishRequest,
     RunIdRequest, StatusRequest, SubscribeRequest, UploadReply, UploadRequest, endpoint,
@@ -103,6 +104,8 @@ pub struct ControlApi {
     pub inventory: DeviceInventory,
     /// Every run.
     pub runs: RunStore,
+    /// Counters, also served in `$SRV.STATS`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The ack wait a listener's consumer needs for a deadline of `timeout`.
@@ -124,8 +127,11 @@ impl ControlApi {
                 format!("cannot start the control service: {e}"),
             )
         };
+        let metrics = self.metrics.clone();
         let service = client
             .service_builder()
+            // Every endpoint's `data` in `$SRV.STATS` carries the daemon's counters.
+            .stats_handler(move |_, _| metrics.snapshot())
             .description("sandbus control API: components, subscriptions, events, hosts")
             .metadata(HashMap::from([(
                 "host".to_owned(),

@@ -30,10 +30,11 @@ use tokio_util::task::TaskTracker;
 
 use super::components::LoadedComponents;
 use super::host_events::{self, HostEvents};
+use super::metrics::Metrics;
 use crate::bus::LastError;
 use crate::bus::{DeadLetter, EventStream, Subscription, SubscriptionStore};
 use crate::event::CanonicalEvent;
-use crate::sandbox::{Capabilities, HandlerOutcome};
+use crate::sandbox::{Capabilities, HandlerOutcome, Invocation, InvokeError};
 
 /// Delay on events handed back at shutdown: long enough that the stopping dispatcher does
 /// not get them again, short enough that another host (or the restarted one) soon does.
@@ -64,6 +65,8 @@ pub struct DispatchContext {
     pub grace: Duration,
     /// Most messages asked for in one pull.
     pub batch: usize,
+    /// Counters for the metrics endpoint and `$SRV.STATS`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running dispatcher: stop it, or wait for it.
@@ -91,6 +94,8 @@ pub struct ListenerDispatcher {
     context: Arc<DispatchContext>,
     stop: CancellationToken,
     failures: Mutex<FailureReports>,
+    /// Highest stream sequence seen: the pending gauge follows the newest delivery only.
+    newest: std::sync::atomic::AtomicU64,
 }
 
 /// Limits `sandbus.listener.failed` events to one a second per listener; the next one says
@@ -110,6 +115,7 @@ impl ListenerDispatcher {
             context,
             stop: stop.clone(),
             failures: Mutex::new(FailureReports::default()),
+            newest: std::sync::atomic::AtomicU64::new(0),
         });
         let task = tokio::spawn(dispatcher.run());
         DispatcherHandle {
@@ -240,7 +246,19 @@ impl ListenerDispatcher {
     /// Handles one message to the end: ack, nak or dead letter.
     async fn dispatch(&self, message: Message) {
         let (sequence, deliveries) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+            Ok(info) => {
+                let previous = self
+                    .newest
+                    .fetch_max(info.stream_sequence, std::sync::atomic::Ordering::Relaxed);
+                if info.stream_sequence >= previous {
+                    self.context.metrics.set(
+                        "sandbus_listener_pending",
+                        &[("listener", self.listener())],
+                        info.pending as f64,
+                    );
+                }
+                (info.stream_sequence, info.delivered.max(1) as u64)
+            }
             Err(e) => {
                 tracing::error!(listener = self.listener(), error = %e, "a message without JetStream metadata; terminating it");
                 let _ = message.ack_with(AckKind::Term).await;
@@ -270,6 +288,7 @@ impl ListenerDispatcher {
         // it is in progress well within the consumer's ack wait, so it is not redelivered
         // while it waits or runs.
         let progress_every = super::control::ack_wait_for(component.prepared.limits().timeout) / 3;
+        let running = self.context.metrics.in_flight(self.listener());
         let call = component.prepared.handle(event, &self.context.capabilities);
         let mut call = std::pin::pin!(call);
         let mut stop_deadline: Option<tokio::time::Instant> = None;
@@ -294,6 +313,8 @@ impl ListenerDispatcher {
                 }
             }
         };
+        drop(running);
+        self.count(&result);
         let failure = match result {
             None => {
                 // Did not finish within the shutdown grace: hand it back.
@@ -340,6 +361,30 @@ impl ListenerDispatcher {
                 reason,
             )
             .await;
+        }
+    }
+
+    /// Counts one finished call for the metrics.
+    fn count(&self, result: &Option<Result<Invocation<HandlerOutcome>, InvokeError>>) {
+        let metrics = &self.context.metrics;
+        let name = self.listener();
+        match result {
+            None => {}
+            Some(Ok(invocation)) => {
+                let outcome = match invocation.output {
+                    HandlerOutcome::Ok => "ok",
+                    HandlerOutcome::Retry { .. } => "retry",
+                    HandlerOutcome::Reject { .. } => "reject",
+                };
+                let wall = Duration::from_micros(invocation.metering.wall_us);
+                metrics.invocation(name, "listener", outcome, Some(wall));
+            }
+            Some(Err(e)) => {
+                let kind = e.kind.to_string();
+                let wall = Duration::from_micros(e.metering.wall_us);
+                metrics.invocation(name, "listener", &kind, Some(wall));
+                metrics.error(name, &kind);
+            }
         }
     }
 
@@ -441,6 +486,11 @@ impl ListenerDispatcher {
             sequence,
             reason,
             "dead-lettered an event"
+        );
+        self.context.metrics.add(
+            "sandbus_dead_lettered_total",
+            &[("listener", self.listener())],
+            1.0,
         );
         // The copy is stored: the decision is final. The announcement is tried a few times
         // (its id makes repeats harmless), but the event is never handed to the listener

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::LoadedComponents;
 use super::host_events::{self, HostEvents};
+use super::metrics::Metrics;
 use crate::api::{ApiError, ApiErrorKind};
 use crate::bus::{
     BusErrorKind, DeviceInventory, DeviceRecord, DeviceState, HostRegistry, LEASE_RENEW, LEASE_TTL,
@@ -66,6 +67,7 @@ pub struct DeviceLab {
     host_events: HostEvents,
     /// Capabilities every run shares (publisher, kv); log and usb are per run.
     base: Capabilities,
+    metrics: Arc<Metrics>,
     state: StdMutex<LabState>,
     rescan: Notify,
     /// Signalled whenever a run leaves a device queue.
@@ -126,6 +128,7 @@ impl DeviceLab {
         components: Arc<LoadedComponents>,
         host_events: HostEvents,
         base: Capabilities,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             host_id,
@@ -137,6 +140,7 @@ impl DeviceLab {
             components,
             host_events,
             base,
+            metrics,
             state: StdMutex::default(),
             rescan: Notify::new(),
             turn: Notify::new(),
@@ -252,6 +256,7 @@ impl DeviceLab {
             state.present = now;
             (attached, detached)
         };
+        self.refresh_device_gauges();
         for device in attached {
             tracing::info!(device = %device.id, kind = %device.vid_pid(), "device attached");
             self.publish_device(&device).await;
@@ -308,6 +313,7 @@ impl DeviceLab {
             }
             (run, queued)
         };
+        self.refresh_device_gauges();
         let record = DeviceRecord {
             host: self.host_id.clone(),
             info: device.clone(),
@@ -324,6 +330,21 @@ impl DeviceLab {
         if let Err(e) = self.inventory.put(&record).await {
             tracing::warn!(error = %e, "could not write the device inventory");
         }
+    }
+
+    /// Devices by state, and leases held, for the metrics.
+    fn refresh_device_gauges(&self) {
+        let (present, leased) = {
+            let state = self.state();
+            let leased = state.active.values().filter(|r| r.running).count();
+            (state.present.len(), leased)
+        };
+        let free = present.saturating_sub(leased);
+        self.metrics
+            .set("sandbus_devices", &[("state", "free")], free as f64);
+        self.metrics
+            .set("sandbus_devices", &[("state", "leased")], leased as f64);
+        self.metrics.set("sandbus_leases_held", &[], leased as f64);
     }
 
     async fn publish_device_by_id(&self, id: &str) {
@@ -718,11 +739,13 @@ impl DeviceLab {
         };
         let timeout = Duration::from_millis(record.request.timeout_ms);
         let started = Instant::now();
+        let running = self.metrics.in_flight(&record.request.script);
         let result = tokio::select! {
             result = component.prepared.run_for(record.request.args.clone(), &caps, timeout) => Some(result),
             _ = cancel.cancelled() => None,
             _ = lost.cancelled() => None,
         };
+        drop(running);
         drop(caps);
         let dropped = log.dropped.clone();
         drop(log);
@@ -791,6 +814,15 @@ impl DeviceLab {
             }
         }
         tracing::info!(run = %record.id, verdict = %report.verdict, "run finished");
+        if record.host == self.host_id {
+            let wall = Duration::from_micros(report.metering.wall_us);
+            self.metrics.invocation(
+                &record.request.script,
+                "script",
+                &report.verdict.to_string(),
+                (wall > Duration::ZERO).then_some(wall),
+            );
+        }
         self.host_events
             .emit_or_log(
                 host_events::RUN_FINISHED,

@@ -22,6 +22,7 @@ mod control;
 mod dispatcher;
 pub mod host_events;
 pub mod lab;
+pub mod metrics;
 pub mod up;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ pub use config::ConfigFile;
 pub use control::ControlApi;
 pub use dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
 pub use lab::DeviceLab;
+pub use metrics::Metrics;
 
 use crate::bus::{
     self, BusError, BusErrorKind, ComponentStore, DeviceInventory, EventStream, HostInfo,
@@ -161,6 +163,12 @@ impl Daemon {
         let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
             .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
         let host_events = HostEvents::new(&host_id, events.clone());
+        let metrics = Arc::new(Metrics::default());
+        // Bound before anything runs: a metrics address that is taken is a start-up error.
+        let metrics_listener = match self.config.metrics.listen {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(DaemonError::Config)?),
+            None => None,
+        };
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
         let context = Arc::new(DispatchContext {
             host_id: host_id.clone(),
@@ -176,6 +184,7 @@ impl Daemon {
             host_events: host_events.clone(),
             grace: self.config.listeners.shutdown_grace,
             batch: self.config.listeners.batch,
+            metrics: metrics.clone(),
         });
         let dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>> = Arc::default();
         let watchers = CancellationToken::new();
@@ -200,6 +209,7 @@ impl Daemon {
             components.clone(),
             host_events.clone(),
             context.capabilities.clone(),
+            metrics.clone(),
         ));
         // Before the API answers: this host's devices are known and a previous life's
         // unfinished runs are finished, so nothing accepted now can be mistaken for one.
@@ -217,7 +227,15 @@ impl Daemon {
             lab,
             inventory,
             runs,
+            metrics: metrics.clone(),
         });
+        let metrics_stop = CancellationToken::new();
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
+            tokio::spawn(metrics.clone().serve(listener, metrics_stop.clone()));
+        }
         let api_stop = CancellationToken::new();
         let service = api
             .start(&client)
@@ -244,6 +262,7 @@ impl Daemon {
         let limit = self.config.listeners.shutdown_grace + SHUTDOWN_MARGIN;
         let shutdown = async {
             api_stop.cancel();
+            metrics_stop.cancel();
             watchers.cancel();
             // Runs in progress are cancelled: their devices are reset, their leases released.
             lab_stop.cancel();

@@ -1,0 +1,134 @@
+//! Running sandbus as an operator does: the Prometheus endpoint, the service's STATS, and
+//! the sample configuration shipped in the repository.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::cluster::{Cluster, guest};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.1; the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(socket, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn metrics_endpoint_and_service_stats_count_invocations() {
+    let mut cluster = Cluster::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    cluster.spawn_daemon("ops", &["--metrics-listen", &listen]);
+    cluster.wait_for_host("ops");
+    cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "noop"]);
+    cluster.cli_ok(&["subscribe", "noop", "--events", "ops.*"]);
+    cluster.wait_for_component("ops", "noop", 1);
+    let events: Vec<Value> = (0..25)
+        .map(|i| {
+            serde_json::json!({
+                "specversion": "1.0", "id": format!("ops-{i}"), "source": "/ops",
+                "type": "ops.tick", "data": { "n": i }
+            })
+        })
+        .collect();
+    cluster.publish_events(&events);
+    cluster.wait_drained("noop");
+    let counted =
+        "sandbus_invocations_total{component=\"noop\",world=\"listener\",outcome=\"ok\"} 25";
+    cluster.wait("the metrics to count 25 calls", |_| {
+        http_get(port, "/metrics").contains(counted)
+    });
+    let response = http_get(port, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("content-type: text/plain; version=0.0.4"));
+    assert!(response.contains("# TYPE sandbus_invocations_total counter"));
+    assert!(response.contains("sandbus_invocation_seconds_count{component=\"noop\"} 25"));
+    assert!(response.contains("sandbus_invocations_in_flight{component=\"noop\"} 0"));
+    assert!(response.contains("sandbus_listener_pending{listener=\"noop\"} 0"));
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
+    // The service's STATS carry the same counters.
+    let client = cluster.connect();
+    let stats = cluster.rt.block_on(async move {
+        client
+            .request("$SRV.STATS.sandbus", "".into())
+            .await
+            .unwrap()
+    });
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    let data = &stats["endpoints"][0]["data"];
+    assert_eq!(
+        data["sandbus_invocations_total{component=\"noop\",world=\"listener\",outcome=\"ok\"}"],
+        25.0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_daemon_at_start_with_the_reason() {
+    let cluster = Cluster::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = cluster
+        .command(&["daemon", "--host-id", "ops", "--metrics-listen", &addr])
+        .env("SANDBUS_DATA_DIR", cluster.path("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn the_sample_configuration_is_valid_and_a_typo_in_it_is_refused() {
+    let cluster = Cluster::new();
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/sandbus.toml");
+    let out = cluster
+        .command(&[
+            "daemon",
+            "--config",
+            sample.to_str().unwrap(),
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = std::fs::read_to_string(&sample).unwrap();
+    text = text.replace("listen = \"127.0.0.1:9464\"", "lisen = \"127.0.0.1:9464\"");
+    let typo = cluster.path("typo.toml");
+    std::fs::write(&typo, text).unwrap();
+    let out = cluster
+        .command(&[
+            "daemon",
+            "--config",
+            typo.to_str().unwrap(),
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+}
