@@ -132,3 +132,59 @@ fn the_sample_configuration_is_valid_and_a_typo_in_it_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
 }
+
+#[test]
+fn usage_is_emitted_as_batched_metering_events() {
+    let mut cluster = Cluster::new();
+    let config = cluster.path("sandbus.toml");
+    std::fs::write(&config, "[metering]\nwindow = \"500ms\"\n").unwrap();
+    cluster.spawn_daemon("meter", &["--config", config.to_str().unwrap()]);
+    cluster.wait_for_host("meter");
+    cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "noop"]);
+    cluster.cli_ok(&["subscribe", "noop", "--events", "meter.*"]);
+    cluster.wait_for_component("meter", "noop", 1);
+    let events: Vec<Value> = (0..60)
+        .map(|i| {
+            serde_json::json!({
+                "specversion": "1.0", "id": format!("m-{i}"), "source": "/ops",
+                "type": "meter.tick", "data": { "n": i }
+            })
+        })
+        .collect();
+    cluster.publish_events(&events);
+    cluster.wait_drained("noop");
+    let metering = |c: &Cluster| -> Vec<Value> {
+        c.cli_ok(&["events", "sandbus.metering", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let noop_usage = |events: &[Value]| -> (u64, u64) {
+        let mut invocations = 0;
+        let mut wall = 0;
+        for event in events {
+            for c in event["data"]["components"].as_array().unwrap() {
+                if c["component"] == "noop" {
+                    invocations += c["usage"]["invocations"].as_u64().unwrap();
+                    wall += c["usage"]["wall_us"].as_u64().unwrap();
+                }
+            }
+        }
+        (invocations, wall)
+    };
+    cluster.wait("60 metered calls", |c| noop_usage(&metering(c)).0 == 60);
+    let events = metering(&cluster);
+    let (invocations, wall) = noop_usage(&events);
+    assert_eq!(invocations, 60);
+    assert!(wall > 0);
+    // Batched: a handful of events for 60 calls, never one per call.
+    assert!(events.len() < 20, "{} metering events", events.len());
+    let first = &events[0];
+    assert_eq!(first["data"]["host"], "meter");
+    assert!(first["data"]["window_start"].as_str().is_some());
+    assert!(
+        first["data"]["components"][0]["usage"]["peak_memory"]
+            .as_u64()
+            .is_some()
+    );
+}

@@ -27,6 +27,9 @@
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"                # Prometheus text at GET /metrics
+//!
+//! [metering]
+//! window = "10s"                           # one sandbus.metering event per window
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -52,6 +55,25 @@ pub struct ConfigFile {
     pub devices: DevicesSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// Metering events.
+    pub metering: MeteringSection,
+}
+
+/// `[metering]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeteringSection {
+    /// How often the usage of every component is emitted as one `sandbus.metering` event.
+    #[serde(with = "crate::bus::humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for MeteringSection {
+    fn default() -> Self {
+        Self {
+            window: super::metering::DEFAULT_WINDOW,
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -187,6 +209,9 @@ impl ConfigFile {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err("events.stream must be a name of [A-Za-z0-9_-]".into());
+        }
+        if self.metering.window < Duration::from_millis(100) {
+            return Err("metering.window must be at least 100ms".into());
         }
         if let Some(file) = &self.devices.simulate {
             crate::devices::simulated::SimulatedBackend::from_file(file)

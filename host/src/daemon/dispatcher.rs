@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::components::LoadedComponents;
 use super::host_events::{self, HostEvents};
+use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::bus::LastError;
 use crate::bus::{DeadLetter, EventStream, Subscription, SubscriptionStore};
@@ -67,6 +68,8 @@ pub struct DispatchContext {
     pub batch: usize,
     /// Counters for the metrics endpoint and `$SRV.STATS`.
     pub metrics: Arc<Metrics>,
+    /// Usage per component, emitted as `sandbus.metering` events.
+    pub metering: Arc<MeteringBatcher>,
 }
 
 /// A running dispatcher: stop it, or wait for it.
@@ -378,12 +381,18 @@ impl ListenerDispatcher {
                 };
                 let wall = Duration::from_micros(invocation.metering.wall_us);
                 metrics.invocation(name, "listener", outcome, Some(wall));
+                self.context
+                    .metering
+                    .record(name, "listener", &invocation.metering, false);
             }
             Some(Err(e)) => {
                 let kind = e.kind.to_string();
                 let wall = Duration::from_micros(e.metering.wall_us);
                 metrics.invocation(name, "listener", &kind, Some(wall));
                 metrics.error(name, &kind);
+                self.context
+                    .metering
+                    .record(name, "listener", &e.metering, true);
             }
         }
     }

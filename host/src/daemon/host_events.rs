@@ -32,6 +32,8 @@ pub const DEVICE_DETACHED: &str = "sandbus.device.detached";
 pub const LEASE_ACQUIRED: &str = "sandbus.lease.acquired";
 /// A run gave its device back (data: `held_ms`, the reset result, the verdict).
 pub const LEASE_RELEASED: &str = "sandbus.lease.released";
+/// Usage of every component over one metering window (see `daemon::metering`).
+pub const METERING: &str = "sandbus.metering";
 /// A run ended; data is its report.
 pub const RUN_FINISHED: &str = "sandbus.run.finished";
 

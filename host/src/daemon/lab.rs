@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::LoadedComponents;
 use super::host_events::{self, HostEvents};
+use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::api::{ApiError, ApiErrorKind};
 use crate::bus::{
@@ -68,6 +69,7 @@ pub struct DeviceLab {
     /// Capabilities every run shares (publisher, kv); log and usb are per run.
     base: Capabilities,
     metrics: Arc<Metrics>,
+    metering: Arc<MeteringBatcher>,
     state: StdMutex<LabState>,
     rescan: Notify,
     /// Signalled whenever a run leaves a device queue.
@@ -129,6 +131,7 @@ impl DeviceLab {
         host_events: HostEvents,
         base: Capabilities,
         metrics: Arc<Metrics>,
+        metering: Arc<MeteringBatcher>,
     ) -> Self {
         Self {
             host_id,
@@ -141,6 +144,7 @@ impl DeviceLab {
             host_events,
             base,
             metrics,
+            metering,
             state: StdMutex::default(),
             rescan: Notify::new(),
             turn: Notify::new(),
@@ -822,6 +826,11 @@ impl DeviceLab {
                 &report.verdict.to_string(),
                 (wall > Duration::ZERO).then_some(wall),
             );
+            if wall > Duration::ZERO {
+                let failed = matches!(report.verdict, RunVerdict::Error | RunVerdict::Timeout);
+                self.metering
+                    .record(&record.request.script, "script", &report.metering, failed);
+            }
         }
         self.host_events
             .emit_or_log(

@@ -22,6 +22,7 @@ mod control;
 mod dispatcher;
 pub mod host_events;
 pub mod lab;
+pub mod metering;
 pub mod metrics;
 pub mod up;
 
@@ -164,6 +165,7 @@ impl Daemon {
             .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
         let host_events = HostEvents::new(&host_id, events.clone());
         let metrics = Arc::new(Metrics::default());
+        let metering = Arc::new(metering::MeteringBatcher::default());
         // Bound before anything runs: a metrics address that is taken is a start-up error.
         let metrics_listener = match self.config.metrics.listen {
             Some(addr) => Some(metrics::bind(addr).await.map_err(DaemonError::Config)?),
@@ -185,6 +187,7 @@ impl Daemon {
             grace: self.config.listeners.shutdown_grace,
             batch: self.config.listeners.batch,
             metrics: metrics.clone(),
+            metering: metering.clone(),
         });
         let dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>> = Arc::default();
         let watchers = CancellationToken::new();
@@ -210,6 +213,7 @@ impl Daemon {
             host_events.clone(),
             context.capabilities.clone(),
             metrics.clone(),
+            metering.clone(),
         ));
         // Before the API answers: this host's devices are known and a previous life's
         // unfinished runs are finished, so nothing accepted now can be mistaken for one.
@@ -229,6 +233,13 @@ impl Daemon {
             runs,
             metrics: metrics.clone(),
         });
+        let metering_stop = CancellationToken::new();
+        let metering_task = tokio::spawn(metering.clone().run(
+            host_events.clone(),
+            started_at.clone(),
+            self.config.metering.window,
+            metering_stop.clone(),
+        ));
         let metrics_stop = CancellationToken::new();
         if let Some(listener) = metrics_listener {
             if let Ok(addr) = listener.local_addr() {
@@ -276,6 +287,9 @@ impl Daemon {
                 tracing::warn!(error = %e, "control API task failed");
             }
             let _ = presence_task.await;
+            // Last: the usage of the calls that just finished.
+            metering_stop.cancel();
+            let _ = metering_task.await;
             host_events
                 .host(host_events::HOST_STOPPED, &started_at)
                 .await;
