@@ -70,6 +70,11 @@ pub fn run_log_subject(run: &str) -> String {
     format!("{RUN_PREFIX}.{run}.log")
 }
 
+/// Every subject of one run (its log lines, then its report): what a follower reads.
+pub fn run_subjects(run: &str) -> String {
+    format!("{RUN_PREFIX}.{run}.>")
+}
+
 /// Subject of a run's final report.
 pub fn run_report_subject(run: &str) -> String {
     format!("{RUN_PREFIX}.{run}.report")

@@ -871,7 +871,7 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
     let consumer = stream
         .create_consumer(push::OrderedConfig {
             deliver_subject: c.nats.new_inbox(),
-            filter_subject: format!("{}.{run}.>", names::RUN_PREFIX),
+            filter_subject: names::run_subjects(run),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })

@@ -29,7 +29,7 @@ use super::metrics::Metrics;
 use crate::api::{ApiError, ApiErrorKind};
 use crate::bus::{
     BusErrorKind, DeviceInventory, DeviceRecord, DeviceState, HostRegistry, LEASE_RENEW, LEASE_TTL,
-    Lease, LeaseTable, RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, names,
+    Lease, LeaseTable, RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict,
     new_run_id,
 };
 use crate::devices::{self, DeviceBackend, DeviceInfo};
@@ -898,9 +898,4 @@ impl LogSink for RunLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-/// The subject a client follows for a run (log lines, then the report).
-pub fn run_subjects(run: &str) -> String {
-    format!("{}.{run}.>", names::RUN_PREFIX)
 }
