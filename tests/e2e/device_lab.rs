@@ -34,9 +34,15 @@ in = 0x81
 
 /// A daemon `lab` with the boards, and the two scripts uploaded.
 fn lab(devices: &str) -> Cluster {
+    lab_with(devices, "")
+}
+
+/// [`lab`] with a daemon config file holding `config`.
+fn lab_with(devices: &str, config: &str) -> Cluster {
     let mut cluster = Cluster::new();
     let file = write(&cluster, "devices.toml", devices.as_bytes());
-    cluster.spawn_daemon("lab", &["--simulate", &file]);
+    let config = write(&cluster, "sandbus.toml", config.as_bytes());
+    cluster.spawn_daemon("lab", &["--simulate", &file, "--config", &config]);
     cluster.wait_for_host("lab");
     cluster.cli_ok(&["upload", &guest("usb-smoke"), "--name", "smoke"]);
     cluster.cli_ok(&[
@@ -83,6 +89,21 @@ fn wait_finished(cluster: &mut Cluster, id: &str) -> Value {
     run_record(cluster, id)
 }
 
+/// Runs the smoke test on board 1 and follows it to its end.
+fn follow_smoke(cluster: &Cluster) -> std::process::Output {
+    cluster.cli(&[
+        "run",
+        "smoke",
+        "--device",
+        "serial=SB-0001",
+        "--arg",
+        "vendor=1209",
+        "--arg",
+        "product=0001",
+        "--follow",
+    ])
+}
+
 /// Every stored event of a type pattern, as JSON.
 fn events(cluster: &Cluster, pattern: &str) -> Vec<Value> {
     cluster
@@ -116,17 +137,7 @@ fn devices_lists_the_simulated_boards_as_free() {
 #[test]
 fn smoke_test_runs_on_the_selected_board_and_follow_streams_log_and_report() {
     let cluster = lab(BOARDS);
-    let out = cluster.cli(&[
-        "run",
-        "smoke",
-        "--device",
-        "serial=SB-0001",
-        "--arg",
-        "vendor=1209",
-        "--arg",
-        "product=0001",
-        "--follow",
-    ]);
+    let out = follow_smoke(&cluster);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("bulk-loopback: 64 bytes"), "live log: {text}");
@@ -556,4 +567,69 @@ fn a_device_lease_has_one_holder_at_a_time() {
             Some("run-b".to_owned())
         );
     });
+}
+
+#[test]
+fn billing_charges_each_run_its_lease_time_and_each_component_its_compute() {
+    let mut cluster = lab_with(BOARDS, "[metering]\nwindow = \"500ms\"\n");
+    cluster.cli_ok(&[
+        "upload",
+        &guest("billing-listener"),
+        "--name",
+        "billing",
+        "--limit",
+        "timeout=10s",
+    ]);
+    cluster.cli_ok(&[
+        "subscribe",
+        "billing",
+        "--events",
+        "sandbus.lease.released",
+        "--events",
+        "sandbus.metering",
+    ]);
+    cluster.wait_for_component("lab", "billing", 1);
+    for _ in 0..2 {
+        let out = follow_smoke(&cluster);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // What the daemon reported, read back from the event stream.
+    let held_ms: u64 = events(&cluster, "sandbus.lease.released")
+        .iter()
+        .map(|e| e["data"]["held_ms"].as_u64().unwrap())
+        .sum();
+    let smoke_compute = |c: &Cluster| -> (u64, u64) {
+        let mut usage = (0, 0);
+        for event in events(c, "sandbus.metering") {
+            for component in event["data"]["components"].as_array().unwrap() {
+                if component["component"] == "smoke" {
+                    usage.0 += component["usage"]["invocations"].as_u64().unwrap();
+                    usage.1 += component["usage"]["wall_us"].as_u64().unwrap();
+                }
+            }
+        }
+        usage
+    };
+    cluster.wait("both runs metered", |c| smoke_compute(c).0 == 2);
+    let (_, wall_us) = smoke_compute(&cluster);
+    assert!(held_ms > 0 && wall_us > 0, "{held_ms} ms, {wall_us} us");
+    let charged = |c: &Cluster, key: &str| -> Option<u64> {
+        c.kv_get("billing", key).map(|v| v.parse().unwrap())
+    };
+    cluster.wait("the lease time and compute charged", |c| {
+        charged(c, "lease-ms/total/smoke") == Some(held_ms)
+            && charged(c, "invocations/total/smoke") == Some(2)
+            && charged(c, "wall-us/total/smoke") == Some(wall_us)
+            // The listener's own calls are metered and charged too.
+            && charged(c, "invocations/total/billing").is_some()
+    });
+    // One usage key per run.
+    assert_eq!(cluster.kv("billing", "lease-ms/usage/smoke/").len(), 2);
+    let status = cluster.status("billing");
+    assert_eq!(status["dead_lettered"], 0, "{status}");
 }

@@ -1,7 +1,15 @@
 //! The billing listener (world `listener`): turns `vm.started` / `vm.stopped` events into billed
 //! seconds per instance and a running total per tenant, in its key-value space, and emits one
-//! `billing.usage` event per instance. The billing tests in the sandbox tests run it (duplicates,
-//! stops before starts, redelivery after a crash mid-handling, concurrent instances).
+//! `billing.usage` event per instance. It also charges what the sandbus daemons report:
+//! device lease time per script (`sandbus.lease.released`, `held_ms` per run) and compute per
+//! component (`sandbus.metering`: invocations, wall microseconds and fuel per window), each
+//! on its own meter ([`model::Meter`]; layout in [`model`]). Subscribe it to the events it
+//! should bill, e.g. `vm.>`, `sandbus.lease.released` and `sandbus.metering`. The billing
+//! tests in the sandbox tests run it (duplicates, stops before starts, redelivery after a
+//! crash mid-handling, concurrent instances, lease and metering charges).
+//!
+//! Lease time and compute follow steps 3 and 5 below with the run or the metering event as
+//! the entry (step 1, 2 and 4 are vm-only: those charges are known from one event).
 //!
 //! Every event counts exactly once, whatever the delivery order, duplicates or crashes, using
 //! only per-key atomic operations (layout in [`model`]):
@@ -55,7 +63,7 @@ wit_bindgen::generate!({
 });
 
 use exports::sandbus::host::handler::{Event, Guest, Outcome};
-use model::{Fact, Shard, UsageData, VmEvent};
+use model::{Charge, Fact, Meter, Shard, UsageData, VmEvent};
 use sandbus::host::bus::{self, BusError};
 use sandbus::host::kv::{self, KvError};
 use sandbus::host::log::{self, Level};
@@ -66,6 +74,8 @@ pub const TOTAL_TRIES: usize = 64;
 
 /// Why an event was not handled now.
 enum Failure {
+    /// The event itself is wrong (bad JSON, a bad name); nothing was changed.
+    Malformed(String),
     /// Transient: ask the host to deliver again later.
     Retry(String),
     /// The event cannot be handled; the reason goes to the dead-letter stream.
@@ -79,25 +89,37 @@ struct Billing;
 
 impl Guest for Billing {
     fn handle(event: Event) -> Outcome {
-        let vm = match model::parse_vm_event(&event.type_, event.time.as_deref(), &event.data) {
-            Ok(Some(vm)) => vm,
-            Ok(None) => {
+        let handled = match event.type_.as_str() {
+            model::STARTED | model::STOPPED => {
+                match model::parse_vm_event(&event.type_, event.time.as_deref(), &event.data) {
+                    Ok(Some(vm)) => handle_vm_event(&vm),
+                    Ok(None) => Ok(()),
+                    Err(reason) => Err(Failure::Malformed(reason)),
+                }
+            }
+            model::LEASE_RELEASED => model::parse_lease_released(&event.data)
+                .map_err(Failure::Malformed)
+                .and_then(|charge| charge_all(&[charge])),
+            model::METERING => model::parse_metering(&event.id, &event.data)
+                .map_err(Failure::Malformed)
+                .and_then(|charges| charge_all(&charges)),
+            _ => {
                 log::log(
                     Level::Debug,
                     &format!("ignoring event {} of type {}", event.id, event.type_),
                 );
-                return Outcome::Ok;
+                Ok(())
             }
-            Err(reason) => {
+        };
+        match handled {
+            Ok(()) => Outcome::Ok,
+            Err(Failure::Malformed(reason)) => {
                 log::log(
                     Level::Warn,
                     &format!("rejecting event {}: {reason}", event.id),
                 );
-                return Outcome::Reject(reason);
+                Outcome::Reject(reason)
             }
-        };
-        match handle_vm_event(&vm) {
-            Ok(()) => Outcome::Ok,
             Err(Failure::Retry(reason)) => {
                 log::log(
                     Level::Warn,
@@ -153,14 +175,14 @@ fn handle_vm_event(vm: &VmEvent) -> Result<()> {
         );
     }
     let seconds = record(
-        &model::usage_key(tenant, instance),
+        &model::usage_key(Meter::VmSeconds, tenant, instance),
         model::usage_seconds(start, stop),
     )?;
 
     let deferred = emit_usage(&UsageData::new(tenant, instance, seconds, start, stop))?;
     let shard = Shard::of(instance);
-    let shard_sum = update_shard(tenant, shard)?;
-    let total = update_total(tenant)?;
+    let shard_sum = update_shard(Meter::VmSeconds, tenant, shard)?;
+    let total = update_total(Meter::VmSeconds, tenant)?;
     log::log(
         Level::Info,
         &format!(
@@ -172,6 +194,28 @@ fn handle_vm_event(vm: &VmEvent) -> Result<()> {
         Some(reason) => Err(Failure::Reject(reason)),
         None => Ok(()),
     }
+}
+
+/// Charges each amount once (steps 3 and 5 of the module docs, for lease time and compute):
+/// records its usage key, then recomputes its shard and the account's total.
+fn charge_all(charges: &[Charge]) -> Result<()> {
+    for charge in charges {
+        let Charge {
+            meter,
+            account,
+            entry,
+            amount,
+        } = charge;
+        let charged = record(&model::usage_key(*meter, account, entry), *amount)?;
+        let shard = Shard::of(entry);
+        update_shard(*meter, account, shard)?;
+        let total = update_total(*meter, account)?;
+        log::log(
+            Level::Info,
+            &format!("{account} charged {charged} {meter} for {entry} (total {total})"),
+        );
+    }
+    Ok(())
 }
 
 /// First-write-wins: stores `value` under `key` unless a value is there, and returns the
@@ -248,24 +292,24 @@ fn emit_usage(usage: &UsageData<'_>) -> Result<Option<String>> {
     }
 }
 
-/// Step 5.1: recomputes `shard/<tenant>/<shard>` from the usage keys of that shard; returns
-/// the sum written (or found).
-fn update_shard(tenant: &str, shard: Shard) -> Result<i64> {
-    let prefix = model::usage_shard_prefix(tenant, shard);
-    recompute(&model::shard_key(tenant, shard), || {
+/// Step 5.1: recomputes `<m>shard/<account>/<shard>` from the usage keys of that shard;
+/// returns the sum written (or found).
+fn update_shard(meter: Meter, account: &str, shard: Shard) -> Result<i64> {
+    let prefix = model::usage_shard_prefix(meter, account, shard);
+    recompute(&model::shard_key(meter, account, shard), || {
         let keys = kv::list_keys(&prefix).map_err(|e| kv_failure("list-keys", &prefix, e))?;
         // Usage keys are never deleted; one missing now counts as nothing.
-        sum_of(tenant, keys.iter().map(|key| read(key)))
+        sum_of(account, keys.iter().map(|key| read(key)))
     })
 }
 
-/// Step 5.2: recomputes `total/<tenant>` from the tenant's shard sums (an absent shard counts
-/// 0); returns the total written (or found).
-fn update_total(tenant: &str) -> Result<i64> {
-    recompute(&model::total_key(tenant), || {
+/// Step 5.2: recomputes `<m>total/<account>` from the account's shard sums (an absent shard
+/// counts 0); returns the total written (or found).
+fn update_total(meter: Meter, account: &str) -> Result<i64> {
+    recompute(&model::total_key(meter, account), || {
         sum_of(
-            tenant,
-            Shard::all().map(|shard| read(&model::shard_key(tenant, shard))),
+            account,
+            Shard::all().map(|shard| read(&model::shard_key(meter, account, shard))),
         )
     })
 }
@@ -292,15 +336,15 @@ fn recompute(key: &str, mut sum: impl FnMut() -> Result<i64>) -> Result<i64> {
     )))
 }
 
-/// The sum of stored values of `tenant`, an absent one counting 0; stops at the first read
+/// The sum of stored values of `account`, an absent one counting 0; stops at the first read
 /// that fails.
-fn sum_of(tenant: &str, values: impl Iterator<Item = Result<Option<i64>>>) -> Result<i64> {
+fn sum_of(account: &str, values: impl Iterator<Item = Result<Option<i64>>>) -> Result<i64> {
     let mut sum: i64 = 0;
     for value in values {
         let Some(value) = value? else { continue };
-        sum = sum.checked_add(value).ok_or_else(|| {
-            Failure::Reject(format!("the usage of tenant {tenant} overflows 64 bits"))
-        })?;
+        sum = sum
+            .checked_add(value)
+            .ok_or_else(|| Failure::Reject(format!("the usage of {account} overflows 64 bits")))?;
     }
     Ok(sum)
 }

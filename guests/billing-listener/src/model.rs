@@ -1,25 +1,37 @@
-//! The billing listener's pure logic: reading a `vm.started` / `vm.stopped` event, checking
-//! the tenant and instance, the key-value layout, and the `billing.usage` event it emits. No
-//! host calls here, so it is unit-tested natively (`cargo test -p billing-listener`); the
-//! billing tests in the sandbox tests run the whole listener through the host.
+//! The billing listener's pure logic: reading the events it bills, checking names, the
+//! key-value layout, and the `billing.usage` event it emits. No host calls here, so it is
+//! unit-tested natively (`cargo test -p billing-listener`); the billing tests in the sandbox
+//! tests run the whole listener through the host.
 //!
-//! Key-value layout (the listener's private space; every value is decimal text):
+//! What is billed, each on its own [`Meter`], to an account:
 //!
-//! | key                                 | value                                        | written with       |
-//! |-------------------------------------|----------------------------------------------|--------------------|
-//! | `start/<tenant>/<instance>`         | unix seconds of the `vm.started` event       | `set-if-absent`    |
-//! | `stop/<tenant>/<instance>`          | unix seconds of the `vm.stopped` event       | `set-if-absent`    |
-//! | `usage/<tenant>/<shard>/<instance>` | billed seconds, `max(0, stop - start)`       | `set-if-absent`    |
-//! | `shard/<tenant>/<shard>`            | sum of every `usage/<tenant>/<shard>/*`      | `compare-and-swap` |
-//! | `total/<tenant>`                    | sum of the 16 `shard/<tenant>/*` (absent: 0) | `compare-and-swap` |
+//! | event                    | meter                             | account   | entry           | amount                   |
+//! |--------------------------|-----------------------------------|-----------|-----------------|--------------------------|
+//! | `vm.started`/`vm.stopped`| `vm-seconds`                      | tenant    | instance        | `max(0, stop - start)` s |
+//! | `sandbus.lease.released` | `lease-ms`                        | script    | run id          | `held_ms`                |
+//! | `sandbus.metering`       | `invocations`, `wall-us`, `fuel`  | component | the event's id  | the window's usage       |
 //!
-//! `<shard>` is [`Shard::of`] the instance: a stable hash of its name modulo [`SHARDS`], written
+//! Key-value layout (the listener's private space; every value is decimal text). `<m>` is the
+//! meter's key prefix: empty for `vm-seconds` (the layout it always had), `<meter name>/`
+//! for the others (`lease-ms/`, `invocations/`, `wall-us/`, `fuel/`).
+//!
+//! | key                                  | value                                         | written with       |
+//! |--------------------------------------|-----------------------------------------------|--------------------|
+//! | `start/<tenant>/<instance>`          | unix seconds of the `vm.started` event        | `set-if-absent`    |
+//! | `stop/<tenant>/<instance>`           | unix seconds of the `vm.stopped` event        | `set-if-absent`    |
+//! | `<m>usage/<account>/<shard>/<entry>` | the amount charged for one entry              | `set-if-absent`    |
+//! | `<m>shard/<account>/<shard>`         | sum of every `<m>usage/<account>/<shard>/*`   | `compare-and-swap` |
+//! | `<m>total/<account>`                 | sum of the 16 `<m>shard/<account>/*` (absent: 0) | `compare-and-swap` |
+//!
+//! `<shard>` is [`Shard::of`] the entry: a stable hash of its name modulo [`SHARDS`], written
 //! as two decimal digits (`00` to `15`), so recomputing a sum reads one shard's usage keys, not
-//! every instance of the tenant. The usage keys are the only keys under `usage/`: one per
-//! billed instance. The shard sums live under `shard/`, never under `usage/`, so a listing of
-//! `usage/<tenant>/` (or of one shard, `usage/<tenant>/<shard>/`) holds usage keys only.
+//! every entry of the account. The usage keys are the only keys under `<m>usage/`: one per
+//! billed entry. The shard sums live under `<m>shard/`, never under `<m>usage/`, so a listing
+//! of `usage/<tenant>/` (or of one shard, `usage/<tenant>/<shard>/`) holds usage keys only.
+//! Meter names differ from the first key parts of the `vm-seconds` layout (`start`, `stop`,
+//! `usage`, `shard`, `total`), so meters never share a key.
 //!
-//! The shard of an instance is part of its stored key, so [`Shard::of`] must never change:
+//! The shard of an entry is part of its stored key, so [`Shard::of`] must never change:
 //! a different hash (or a different [`SHARDS`]) would file a redelivered event's usage under a
 //! new key and bill it twice.
 
@@ -31,6 +43,10 @@ use serde::{Deserialize, Serialize};
 pub const STARTED: &str = "vm.started";
 /// The event type that records a stop.
 pub const STOPPED: &str = "vm.stopped";
+/// A device lease ended (from the host daemon): charged as lease time.
+pub const LEASE_RELEASED: &str = "sandbus.lease.released";
+/// A metering window's compute usage per component (from the host daemon).
+pub const METERING: &str = "sandbus.metering";
 /// The type of the event emitted once an instance's usage is known.
 pub const USAGE_TYPE: &str = "billing.usage";
 /// The `source` of the emitted events.
@@ -42,6 +58,205 @@ pub const MAX_NAME_LEN: usize = 200;
 /// How many shards a tenant's usage keys are spread over. Part of every stored usage key:
 /// never change it for existing data (see the module docs).
 pub const SHARDS: u8 = 16;
+
+/// What an amount measures. Each meter keeps its own usage, shard and total keys (see the
+/// module docs), so a tenant's vm seconds and a script's lease milliseconds never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Meter {
+    /// Seconds a vm ran, per tenant.
+    VmSeconds,
+    /// Milliseconds a script run held its device, per script.
+    LeaseMs,
+    /// Calls a component made, per component.
+    Invocations,
+    /// Wall time of a component's calls in microseconds, per component.
+    WallUs,
+    /// Fuel a component's calls consumed (0 unless the host meters fuel), per component.
+    Fuel,
+}
+
+impl Meter {
+    /// Every meter.
+    pub const ALL: [Meter; 5] = [
+        Meter::VmSeconds,
+        Meter::LeaseMs,
+        Meter::Invocations,
+        Meter::WallUs,
+        Meter::Fuel,
+    ];
+
+    /// The meter's name, as in log lines and (except `vm-seconds`) its key prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Meter::VmSeconds => "vm-seconds",
+            Meter::LeaseMs => "lease-ms",
+            Meter::Invocations => "invocations",
+            Meter::WallUs => "wall-us",
+            Meter::Fuel => "fuel",
+        }
+    }
+
+    /// The prefix of the meter's keys: empty for `vm-seconds` (its keys predate the other
+    /// meters and must not move), `<name>/` for the others.
+    fn key_prefix(self) -> String {
+        match self {
+            Meter::VmSeconds => String::new(),
+            other => format!("{}/", other.name()),
+        }
+    }
+}
+
+impl fmt::Display for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One amount to charge, exactly once, to an account on a meter. The entry names what is
+/// charged (an instance, a run, a metering event) and is unique within the account and
+/// meter: a redelivered event charges the same entry again, which changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// What the amount measures.
+    pub meter: Meter,
+    /// Who pays: valid as one key part ([`validate_name`]).
+    pub account: String,
+    /// What is charged: valid as one key part.
+    pub entry: String,
+    /// How much, never negative.
+    pub amount: i64,
+}
+
+/// The JSON `data` of a `sandbus.lease.released` event (the fields billing reads; the rest
+/// are allowed and ignored).
+#[derive(Deserialize)]
+struct LeaseReleasedData {
+    run: String,
+    script: String,
+    held_ms: u64,
+}
+
+/// Reads a `sandbus.lease.released` event: the run's device time, charged to its script.
+/// The entry is the run id: one lease per run, charged once.
+pub fn parse_lease_released(data: &[u8]) -> Result<Charge, String> {
+    let data: LeaseReleasedData = parse_json(
+        LEASE_RELEASED,
+        data,
+        "fields `run`, `script` (strings) and `held_ms` (an integer)",
+    )?;
+    validate_name("run", &data.run)?;
+    validate_name("script", &data.script)?;
+    Ok(Charge {
+        meter: Meter::LeaseMs,
+        account: data.script,
+        entry: data.run,
+        amount: amount("held_ms", data.held_ms)?,
+    })
+}
+
+/// The JSON `data` of a `sandbus.metering` event (the fields billing reads).
+#[derive(Deserialize)]
+struct MeteringData {
+    components: Vec<ComponentUsage>,
+}
+
+/// One component's usage in a metering window.
+#[derive(Deserialize)]
+struct ComponentUsage {
+    component: String,
+    usage: UsageFields,
+}
+
+/// The usage counters billing charges (`failed` and `peak_memory` are not charged).
+#[derive(Deserialize)]
+struct UsageFields {
+    invocations: u64,
+    wall_us: u64,
+    #[serde(default)]
+    fuel: u64,
+}
+
+/// Reads a `sandbus.metering` event: per component, its invocations, wall time and fuel
+/// over the window. The entry is the event id ([`entry_from_id`]): each window is emitted
+/// once with one id, and a component appears once per window. Zero amounts charge nothing
+/// and are left out.
+pub fn parse_metering(id: &str, data: &[u8]) -> Result<Vec<Charge>, String> {
+    let data: MeteringData = parse_json(
+        METERING,
+        data,
+        "field `components`, a list of {component, usage: {invocations, wall_us, fuel}}",
+    )?;
+    let entry = entry_from_id(id)?;
+    let mut charges = Vec::new();
+    for component in data.components {
+        validate_name("component", &component.component)?;
+        let usage = component.usage;
+        for (meter, field, value) in [
+            (Meter::Invocations, "invocations", usage.invocations),
+            (Meter::WallUs, "wall_us", usage.wall_us),
+            (Meter::Fuel, "fuel", usage.fuel),
+        ] {
+            let amount = amount(field, value)?;
+            if amount > 0 {
+                charges.push(Charge {
+                    meter,
+                    account: component.component.clone(),
+                    entry: entry.clone(),
+                    amount,
+                });
+            }
+        }
+    }
+    Ok(charges)
+}
+
+/// Parses event data as JSON of type `T`; the error names the event type and, for a wrong
+/// shape, what was `expected`.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    ty: &str,
+    data: &[u8],
+    expected: &str,
+) -> Result<T, String> {
+    serde_json::from_slice(data).map_err(|e| {
+        if e.is_data() {
+            format!("{ty} data must be a JSON object with {expected}: {e}")
+        } else {
+            format!("{ty} data is not valid JSON: {e}")
+        }
+    })
+}
+
+/// An amount as stored (a signed 64-bit integer); the error names the field.
+fn amount(field: &str, value: u64) -> Result<i64, String> {
+    i64::try_from(value).map_err(|_| format!("`{field}` {value} is larger than {}", i64::MAX))
+}
+
+/// An event id made into one key part, injectively: letters, digits, `_` and `-` stay, every
+/// other byte becomes `=` and two upper-case hex digits (`sandbus.metering/h1/...` becomes
+/// `sandbus=2Emetering=2Fh1=2F...`). Two different ids never give the same entry, and `=`
+/// is escaped too, so an id cannot pose as another's escape. The error says when the result
+/// would be longer than [`MAX_NAME_LEN`].
+pub fn entry_from_id(id: &str) -> Result<String, String> {
+    if id.is_empty() {
+        return Err("the event id is empty".to_string());
+    }
+    let mut entry = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            entry.push(char::from(byte));
+        } else {
+            entry.push_str(&format!("={byte:02X}"));
+        }
+    }
+    if entry.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "the event id {id:?} is too long to bill by ({} bytes once escaped; at most \
+             {MAX_NAME_LEN})",
+            entry.len()
+        ));
+    }
+    Ok(entry)
+}
 
 /// Which fact an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,32 +421,37 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The key holding the billed seconds of one instance, in its shard:
-/// `usage/<tenant>/<shard>/<instance>`.
-pub fn usage_key(tenant: &str, instance: &str) -> String {
-    format!("usage/{tenant}/{}/{instance}", Shard::of(instance))
+/// The key holding the amount charged for one entry, in its shard:
+/// `<m>usage/<account>/<shard>/<entry>` (for vm seconds: `usage/<tenant>/<shard>/<instance>`).
+pub fn usage_key(meter: Meter, account: &str, entry: &str) -> String {
+    format!(
+        "{}usage/{account}/{}/{entry}",
+        meter.key_prefix(),
+        Shard::of(entry)
+    )
 }
 
-/// The prefix of every usage key of a tenant, all shards (the trailing `/` keeps `acme` from
-/// matching `acme2`).
-pub fn usage_prefix(tenant: &str) -> String {
-    format!("usage/{tenant}/")
+/// The prefix of every usage key of an account on a meter, all shards (the trailing `/` keeps
+/// `acme` from matching `acme2`).
+pub fn usage_prefix(meter: Meter, account: &str) -> String {
+    format!("{}usage/{account}/", meter.key_prefix())
 }
 
-/// The prefix of the usage keys of one shard of a tenant (the trailing `/` keeps `acme` from
-/// matching `acme2`).
-pub fn usage_shard_prefix(tenant: &str, shard: Shard) -> String {
-    format!("usage/{tenant}/{shard}/")
+/// The prefix of the usage keys of one shard of an account (the trailing `/` keeps `acme`
+/// from matching `acme2`).
+pub fn usage_shard_prefix(meter: Meter, account: &str, shard: Shard) -> String {
+    format!("{}usage/{account}/{shard}/", meter.key_prefix())
 }
 
-/// The key holding the sum of one shard's usage keys: `shard/<tenant>/<shard>`.
-pub fn shard_key(tenant: &str, shard: Shard) -> String {
-    format!("shard/{tenant}/{shard}")
+/// The key holding the sum of one shard's usage keys: `<m>shard/<account>/<shard>`.
+pub fn shard_key(meter: Meter, account: &str, shard: Shard) -> String {
+    format!("{}shard/{account}/{shard}", meter.key_prefix())
 }
 
-/// The key holding a tenant's total billed seconds: the sum of its [`shard_key`]s.
-pub fn total_key(tenant: &str) -> String {
-    format!("total/{tenant}")
+/// The key holding an account's total on a meter: the sum of its [`shard_key`]s
+/// (`total/<tenant>` for vm seconds, `lease-ms/total/<script>` for lease time...).
+pub fn total_key(meter: Meter, account: &str) -> String {
+    format!("{}total/{account}", meter.key_prefix())
 }
 
 /// Billed seconds: `stop - start`, never negative (a stop stamped before its start, from
@@ -397,15 +617,24 @@ mod tests {
         assert_eq!(Fact::Start.key("acme", "vm-1"), "start/acme/vm-1");
         assert_eq!(Fact::Stop.key("acme", "vm-1"), "stop/acme/vm-1");
         assert_eq!(Fact::Start.other(), Fact::Stop);
-        assert_eq!(usage_key("acme", "vm-1"), "usage/acme/06/vm-1");
-        assert_eq!(usage_key("acme", "vm-2"), "usage/acme/03/vm-2");
-        assert_eq!(usage_prefix("acme"), "usage/acme/");
         assert_eq!(
-            usage_shard_prefix("acme", Shard::of("vm-1")),
+            usage_key(Meter::VmSeconds, "acme", "vm-1"),
+            "usage/acme/06/vm-1"
+        );
+        assert_eq!(
+            usage_key(Meter::VmSeconds, "acme", "vm-2"),
+            "usage/acme/03/vm-2"
+        );
+        assert_eq!(usage_prefix(Meter::VmSeconds, "acme"), "usage/acme/");
+        assert_eq!(
+            usage_shard_prefix(Meter::VmSeconds, "acme", Shard::of("vm-1")),
             "usage/acme/06/"
         );
-        assert_eq!(shard_key("acme", Shard::of("vm-1")), "shard/acme/06");
-        assert_eq!(total_key("acme"), "total/acme");
+        assert_eq!(
+            shard_key(Meter::VmSeconds, "acme", Shard::of("vm-1")),
+            "shard/acme/06"
+        );
+        assert_eq!(total_key(Meter::VmSeconds, "acme"), "total/acme");
         assert_eq!(usage_event_id("acme", "vm-1"), "billing-usage/acme/vm-1");
         assert_ne!(usage_event_id("a-b", "c"), usage_event_id("a", "b-c"));
     }
@@ -427,8 +656,8 @@ mod tests {
             assert_eq!(Shard::of(instance).index(), want, "{instance}");
             // The shard depends on the instance name only, not on the tenant.
             assert_eq!(
-                usage_key("acme", instance).strip_prefix("usage/acme/"),
-                usage_key("globex", instance).strip_prefix("usage/globex/"),
+                usage_key(Meter::VmSeconds, "acme", instance).strip_prefix("usage/acme/"),
+                usage_key(Meter::VmSeconds, "globex", instance).strip_prefix("usage/globex/"),
             );
         }
         assert_eq!(SHARDS, 16);
@@ -485,15 +714,15 @@ mod tests {
         for key in [
             Fact::Start.key(&long, &long),
             Fact::Stop.key(&long, &long),
-            usage_key(&long, &long),
-            shard_key(&long, shard),
-            total_key(&long),
-            usage_prefix(&long) + "x",
-            usage_shard_prefix(&long, shard) + "x",
+            usage_key(Meter::VmSeconds, &long, &long),
+            shard_key(Meter::VmSeconds, &long, shard),
+            total_key(Meter::VmSeconds, &long),
+            usage_prefix(Meter::VmSeconds, &long) + "x",
+            usage_shard_prefix(Meter::VmSeconds, &long, shard) + "x",
         ] {
             assert_valid_key(&key);
         }
-        assert_eq!(usage_key(&long, &long).len(), 410);
+        assert_eq!(usage_key(Meter::VmSeconds, &long, &long).len(), 410);
     }
 
     #[test]
@@ -513,14 +742,18 @@ mod tests {
         let mut others = Vec::new();
         for tenant in tenants {
             for instance in instances {
-                usage.push((tenant, Shard::of(instance), usage_key(tenant, instance)));
+                usage.push((
+                    tenant,
+                    Shard::of(instance),
+                    usage_key(Meter::VmSeconds, tenant, instance),
+                ));
                 others.push(Fact::Start.key(tenant, instance));
                 others.push(Fact::Stop.key(tenant, instance));
             }
             for shard in Shard::all() {
-                others.push(shard_key(tenant, shard));
+                others.push(shard_key(Meter::VmSeconds, tenant, shard));
             }
-            others.push(total_key(tenant));
+            others.push(total_key(Meter::VmSeconds, tenant));
         }
         // Only usage keys are under `usage/`: counting them counts billed instances.
         for key in &others {
@@ -529,8 +762,11 @@ mod tests {
         }
         for tenant in tenants {
             for shard in Shard::all() {
-                let prefix = usage_shard_prefix(tenant, shard);
-                assert!(prefix.starts_with(&usage_prefix(tenant)), "{prefix}");
+                let prefix = usage_shard_prefix(Meter::VmSeconds, tenant, shard);
+                assert!(
+                    prefix.starts_with(&usage_prefix(Meter::VmSeconds, tenant)),
+                    "{prefix}"
+                );
                 // A shard's prefix lists exactly that tenant's usage keys in that shard.
                 for (t, s, key) in &usage {
                     assert_eq!(
@@ -546,7 +782,7 @@ mod tests {
             // The tenant prefix lists that tenant's usage keys only (not `acme2`'s for `acme`).
             for (t, _, key) in &usage {
                 assert_eq!(
-                    key.starts_with(&usage_prefix(tenant)),
+                    key.starts_with(&usage_prefix(Meter::VmSeconds, tenant)),
                     *t == tenant,
                     "{key}"
                 );
@@ -582,5 +818,111 @@ mod tests {
         let e = parse_stored("usage/acme/vm-1", b"12x").unwrap_err();
         assert!(e.contains("usage/acme/vm-1"), "{e}");
         assert!(parse_stored("k", &[0xff]).is_err());
+    }
+
+    #[test]
+    fn a_released_lease_charges_its_run_to_the_script() {
+        let data = br#"{"run":"r-1795255200000-0a1b2c3d","host":"h1","device":"1209:0001","script":"smoke","held_ms":1520,"reset":"ok","verdict":"pass"}"#;
+        assert_eq!(
+            parse_lease_released(data),
+            Ok(Charge {
+                meter: Meter::LeaseMs,
+                account: "smoke".into(),
+                entry: "r-1795255200000-0a1b2c3d".into(),
+                amount: 1520,
+            })
+        );
+        let e = parse_lease_released(br#"{"run":"r-1","script":"smoke"}"#).unwrap_err();
+        assert!(e.contains("held_ms"), "{e}");
+        assert!(e.contains(LEASE_RELEASED), "{e}");
+        let e = parse_lease_released(br#"{"run":"r/1","script":"smoke","held_ms":1}"#).unwrap_err();
+        assert!(e.contains("`run`"), "{e}");
+        let e =
+            parse_lease_released(br#"{"run":"r-1","script":"smoke","held_ms":-1}"#).unwrap_err();
+        assert!(e.contains("held_ms"), "{e}");
+        let e = parse_lease_released(
+            format!(r#"{{"run":"r-1","script":"smoke","held_ms":{}}}"#, u64::MAX).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn a_metering_window_charges_each_component_its_nonzero_usage() {
+        let data = br#"{"host":"h1","window_start":"a","window_end":"b","components":[
+            {"component":"billing","world":"listener","usage":{"invocations":3,"failed":1,"wall_us":900,"peak_memory":65536,"fuel":0}},
+            {"component":"smoke","world":"script","usage":{"invocations":1,"failed":0,"wall_us":5,"peak_memory":1,"fuel":77}}]}"#;
+        let id = "sandbus.metering/h1/2026-11-22T10:00:00.123Z/4";
+        let charges = parse_metering(id, data).unwrap();
+        let entry = "sandbus=2Emetering=2Fh1=2F2026-11-22T10=3A00=3A00=2E123Z=2F4";
+        let got: Vec<(Meter, &str, &str, i64)> = charges
+            .iter()
+            .map(|c| (c.meter, c.account.as_str(), c.entry.as_str(), c.amount))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Meter::Invocations, "billing", entry, 3),
+                (Meter::WallUs, "billing", entry, 900),
+                (Meter::Invocations, "smoke", entry, 1),
+                (Meter::WallUs, "smoke", entry, 5),
+                (Meter::Fuel, "smoke", entry, 77),
+            ]
+        );
+        let e = parse_metering(
+            id,
+            br#"{"components":[{"component":"a b","usage":{"invocations":1,"wall_us":1}}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("`component`"), "{e}");
+        let e = parse_metering(id, br#"{"components":5}"#).unwrap_err();
+        assert!(e.contains(METERING), "{e}");
+        let e = parse_metering("", br#"{"components":[]}"#).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn entries_from_ids_are_injective_valid_key_parts() {
+        let ids = [
+            "a.b", "a=2Eb", "a/b", "a:b", "a_b", "a-b", "ab", "a..b", "=", "é",
+        ];
+        let entries: Vec<String> = ids.iter().map(|id| entry_from_id(id).unwrap()).collect();
+        for entry in &entries {
+            assert_eq!(validate_name("entry", entry), Ok(()), "{entry}");
+        }
+        let mut unique = entries.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "{entries:?}");
+        assert_eq!(entry_from_id("a=2Eb").unwrap(), "a=3D2Eb");
+        let e = entry_from_id(&"/".repeat(MAX_NAME_LEN)).unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn meters_never_share_keys() {
+        let mut keys = Vec::new();
+        for meter in Meter::ALL {
+            for account in ["acme", "lease-ms", "usage", "total"] {
+                keys.push(usage_key(meter, account, "e"));
+                keys.push(shard_key(meter, account, Shard::of("e")));
+                keys.push(total_key(meter, account));
+                assert_valid_key(&usage_key(
+                    meter,
+                    &"a".repeat(MAX_NAME_LEN),
+                    &"e".repeat(MAX_NAME_LEN),
+                ));
+            }
+        }
+        let count = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), count);
+        assert_eq!(total_key(Meter::LeaseMs, "smoke"), "lease-ms/total/smoke");
+        assert_eq!(total_key(Meter::VmSeconds, "acme"), "total/acme");
+        assert_eq!(
+            usage_key(Meter::WallUs, "billing", "vm-1"),
+            "wall-us/usage/billing/06/vm-1"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 use sandbus::event::CanonicalEvent;
-use sandbus::sandbox::{HandlerOutcome, World};
+use sandbus::sandbox::{HandlerOutcome, PreparedComponent, World};
 
 use super::support::guest;
 use super::{Harness, sandbox, spec};
@@ -71,12 +71,7 @@ pub fn expected_totals() -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn duplicates_and_out_of_order_stops_give_exact_totals() {
-    let billing = sandbox()
-        .prepare(
-            spec("billing", World::Listener, &["events.billing.>"], &[]),
-            &guest("billing-listener"),
-        )
-        .unwrap();
+    let billing = billing("billing");
     let h = Harness::new();
     let events = scenario_events();
     assert!(events.len() > 80, "the scenario should have duplicates");
@@ -118,12 +113,7 @@ async fn duplicates_and_out_of_order_stops_give_exact_totals() {
 
 #[tokio::test]
 async fn invalid_billing_event_is_rejected_with_a_reason() {
-    let billing = sandbox()
-        .prepare(
-            spec("billing-bad", World::Listener, &["events.billing.>"], &[]),
-            &guest("billing-listener"),
-        )
-        .unwrap();
+    let billing = billing("billing-bad");
     let h = Harness::new();
     let mut event = vm_event("started", "acme", "vm-1", 1_790_000_000);
     event.data = br#"{"tenant":"acme"}"#.to_vec();
@@ -134,6 +124,135 @@ async fn invalid_billing_event_is_rejected_with_a_reason() {
     assert!(reason.contains("instance"), "{reason}");
     assert!(
         h.kv.snapshot("billing-bad").is_empty(),
+        "a rejected event changes nothing"
+    );
+}
+
+/// The billing listener as component `name`, granted its `billing.usage` events.
+fn billing(name: &str) -> PreparedComponent {
+    sandbox()
+        .prepare(
+            spec(name, World::Listener, &["events.billing.>"], &[]),
+            &guest("billing-listener"),
+        )
+        .unwrap()
+}
+
+/// The kv value under `key` of `component`, as a number.
+fn stored(h: &Harness, component: &str, key: &str) -> Option<i64> {
+    let kv = h.kv.snapshot(component);
+    kv.get(key)
+        .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn lease_time_and_compute_are_charged_once_per_run_and_window() {
+    let billing = billing("billing-ops");
+    let h = Harness::new();
+    let lease = |run: &str, script: &str, held_ms: u64| {
+        super::event(
+            "sandbus.lease.released",
+            &format!("sandbus.lease.released/{run}"),
+            &format!(
+                r#"{{"run":"{run}","host":"h1","device":"1209:0001","script":"{script}","held_ms":{held_ms},"reset":"ok","verdict":"pass"}}"#
+            ),
+        )
+    };
+    let metering = |seq: u32, components: &str| {
+        super::event(
+            "sandbus.metering",
+            &format!("sandbus.metering/h1/2026-11-22T10:00:00.123Z/{seq}"),
+            &format!(
+                r#"{{"host":"h1","window_start":"x","window_end":"y","components":[{components}]}}"#
+            ),
+        )
+    };
+    let usage = |name: &str, invocations: u64, wall_us: u64, fuel: u64| {
+        format!(
+            r#"{{"component":"{name}","world":"listener","usage":{{"invocations":{invocations},"failed":0,"wall_us":{wall_us},"peak_memory":1024,"fuel":{fuel}}}}}"#
+        )
+    };
+    let events = vec![
+        lease("r-1-aa", "smoke", 1500),
+        lease("r-2-bb", "smoke", 2250),
+        lease("r-3-cc", "flash", 90_000),
+        metering(
+            1,
+            &format!(
+                "{},{}",
+                usage("audit", 10, 4000, 0),
+                usage("smoke", 1, 1_500_000, 300)
+            ),
+        ),
+        metering(2, &usage("audit", 5, 1000, 0)),
+    ];
+    // Everything twice, as after a crash before the acks, then once more in reverse.
+    let mut deliveries = events.clone();
+    deliveries.extend(events.clone());
+    deliveries.extend(events.into_iter().rev());
+    for event in deliveries {
+        let done = billing.handle(event, &h.caps).await.unwrap();
+        assert_eq!(done.output, HandlerOutcome::Ok, "{:?}", h.log.take());
+    }
+    let total = |key: &str| stored(&h, "billing-ops", key);
+    assert_eq!(total("lease-ms/total/smoke"), Some(3750));
+    assert_eq!(total("lease-ms/total/flash"), Some(90_000));
+    assert_eq!(total("invocations/total/audit"), Some(15));
+    assert_eq!(total("wall-us/total/audit"), Some(5000));
+    assert_eq!(total("invocations/total/smoke"), Some(1));
+    assert_eq!(total("wall-us/total/smoke"), Some(1_500_000));
+    assert_eq!(total("fuel/total/smoke"), Some(300));
+    assert_eq!(total("fuel/total/audit"), None, "zero fuel charges nothing");
+    assert!(
+        h.kv.snapshot("billing-ops")
+            .keys()
+            .all(|k| !k.starts_with("total/")),
+        "no vm seconds were billed"
+    );
+}
+
+#[tokio::test]
+async fn malformed_lease_or_metering_event_is_rejected_and_changes_nothing() {
+    let billing = sandbox()
+        .prepare(
+            spec(
+                "billing-bad-ops",
+                World::Listener,
+                &["events.billing.>"],
+                &[],
+            ),
+            &guest("billing-listener"),
+        )
+        .unwrap();
+    let h = Harness::new();
+    for (ty, data, want) in [
+        (
+            "sandbus.lease.released",
+            r#"{"run":"r-1","script":"smoke"}"#,
+            "held_ms",
+        ),
+        (
+            "sandbus.lease.released",
+            r#"{"run":"r 1","script":"smoke","held_ms":5}"#,
+            "`run`",
+        ),
+        (
+            "sandbus.metering",
+            r#"{"components":[{"component":"audit","usage":{"invocations":1,"wall_us":1}},{"component":"a/b","usage":{"invocations":1,"wall_us":1}}]}"#,
+            "`component`",
+        ),
+    ] {
+        let done = billing
+            .handle(super::event(ty, "id-1", data), &h.caps)
+            .await
+            .unwrap();
+        let HandlerOutcome::Reject { reason } = done.output else {
+            panic!("{ty} {data}: {:?}", done.output)
+        };
+        assert!(reason.contains(want), "{reason}");
+    }
+    assert!(
+        h.kv.snapshot("billing-bad-ops").is_empty(),
         "a rejected event changes nothing"
     );
 }
