@@ -94,6 +94,7 @@ fn per_event(c: &mut Criterion) {
             name: "noop".into(),
             expect: Some(World::Listener),
             grants: PublishGrants::default(),
+            kv_read: Default::default(),
             limits: Limits {
                 max_payload: 1 << 20,
                 ..Limits::for_world(World::Listener)

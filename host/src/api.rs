@@ -48,6 +48,16 @@ pub mod endpoint {
     pub const RUN_START: &str = "run.start";
     /// Cancel a run of the answering host (`sandbus.host.<id>.run.cancel`).
     pub const RUN_CANCEL: &str = "run.cancel";
+    /// Register a hook at an extension point.
+    pub const HOOK_ADD: &str = "hook.add";
+    /// Remove a hook from an extension point.
+    pub const HOOK_REMOVE: &str = "hook.remove";
+    /// Set an extension point's policy and deadline.
+    pub const HOOK_POLICY: &str = "hook.policy";
+    /// List the extension points and their hooks.
+    pub const HOOK_LIST: &str = "hook.list";
+    /// Ask an extension point about a proposed operation.
+    pub const HOOK_CALL: &str = "hook.call";
 
     /// Endpoints each host answers on its own subjects (`sandbus.host.<id>.<name>`): runs
     /// must reach the host that has the device.
@@ -67,6 +77,12 @@ pub mod endpoint {
         (DEVICES, false),
         (RUNS, false),
         (RUN, false),
+        (HOOK_ADD, true),
+        (HOOK_REMOVE, true),
+        (HOOK_POLICY, true),
+        (HOOK_LIST, false),
+        // A call is a question whose answer the caller waits for.
+        (HOOK_CALL, false),
     ];
 }
 
@@ -177,6 +193,9 @@ pub struct UploadRequest {
     /// Publish grants (subject patterns).
     #[serde(default)]
     pub grants: Vec<String>,
+    /// `kv-read` grants (component names).
+    #[serde(default)]
+    pub kv_read: Vec<String>,
     /// Limit settings, `NAME=VALUE`.
     #[serde(default)]
     pub limits: Vec<String>,
@@ -240,6 +259,104 @@ pub struct PublishRequest {
     /// Send as a cast.
     #[serde(default)]
     pub cast: bool,
+}
+
+/// `hook.add` / `hook.remove`: one hook at one extension point.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookRequest {
+    /// The hook (a component of world `hook`).
+    pub name: String,
+    /// The extension point, e.g. `vm.pre-create`.
+    pub point: String,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// `hook.policy`: what is given changes, the rest stays.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookPolicyRequest {
+    /// The extension point.
+    pub point: String,
+    /// What a failed hook counts as.
+    #[serde(default)]
+    pub policy: Option<crate::bus::HookPolicy>,
+    /// How long a call waits for the hooks, in milliseconds.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// `hook.call`: a proposed operation, as a CloudEvents JSON object, for the hooks at
+/// `point`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookCallRequest {
+    /// The extension point.
+    pub point: String,
+    /// The proposed operation.
+    pub event: Box<serde_json::value::RawValue>,
+}
+
+/// What one hook answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookOutcome {
+    /// It allowed the operation.
+    Allow,
+    /// It denied it.
+    Deny,
+    /// It could not answer: it returned an error, trapped, or is not loaded.
+    Error,
+    /// It did not answer within the point's deadline.
+    Timeout,
+}
+
+impl HookOutcome {
+    /// The name in replies and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookOutcome::Allow => "allow",
+            HookOutcome::Deny => "deny",
+            HookOutcome::Error => "error",
+            HookOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// One hook's part of a [`HookCallReply`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HookAnswer {
+    /// The hook.
+    pub hook: String,
+    /// What it answered.
+    pub outcome: HookOutcome,
+    /// Its reason (deny), or what went wrong (error, timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How long it took.
+    pub elapsed_ms: u64,
+}
+
+/// The reply to `hook.call`: the combined verdict and every hook's answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HookCallReply {
+    /// The point asked.
+    pub point: String,
+    /// Its policy for failed hooks.
+    pub policy: crate::bus::HookPolicy,
+    /// Its deadline, in milliseconds.
+    pub deadline_ms: u64,
+    /// Whether the operation may go ahead.
+    pub allowed: bool,
+    /// Why not: one line per denying (or, fail-closed, failing) hook, `<hook>: <reason>`.
+    pub reasons: Vec<String>,
+    /// Every hook's answer, in registration order (sorted by name).
+    pub hooks: Vec<HookAnswer>,
 }
 
 /// An empty request body.

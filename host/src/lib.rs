@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod dev;
 pub mod devices;
 pub mod event;
+pub mod grant;
 pub mod imports;
 pub mod invocation;
 pub mod sandbox;

@@ -19,6 +19,7 @@ mod daemon_listeners;
 mod dev_replay;
 mod dev_run;
 mod device_lab;
+mod hooks;
 mod inspect;
 mod operations;
 

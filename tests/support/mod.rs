@@ -75,6 +75,43 @@ pub fn wat_script(items: &str) -> Vec<u8> {
     wat_component("script", &format!("(module {PRELUDE} {items})"))
 }
 
+/// Builds a hook component from core WAT: `items` must define
+/// `(func (export "sandbus:host/check@0.1.0#check") (param i32) (result i32) ...)`, returning
+/// the address of a `result<decision, string>`: byte 0 is 0 (ok) or 1 (err); for ok, byte 4
+/// is 0 (allow) or 1 (deny) and a deny's reason is (address, length) at 8 and 12; for err,
+/// the text is (address, length) at 4 and 8.
+pub fn wat_hook(items: &str) -> Vec<u8> {
+    wat_component("hook", &format!("(module {PRELUDE} {items})"))
+}
+
+/// A hook that answers every proposal the same way: `allow`, `deny` (reason "denied by
+/// wat"), `error` (returns the error "cannot decide"), `trap`, or `spin` (loops forever).
+pub fn fixed_hook(answer: &str) -> Vec<u8> {
+    let body = match answer {
+        "allow" => {
+            "(i32.store8 (i32.const 64) (i32.const 0)) (i32.store8 (i32.const 68) (i32.const 0))"
+        }
+        "deny" => {
+            "(i32.store8 (i32.const 64) (i32.const 0)) (i32.store8 (i32.const 68) (i32.const 1)) \
+             (i32.store (i32.const 72) (i32.const 1024)) (i32.store (i32.const 76) (i32.const 13))"
+        }
+        "error" => {
+            "(i32.store8 (i32.const 64) (i32.const 1)) \
+             (i32.store (i32.const 68) (i32.const 1040)) (i32.store (i32.const 72) (i32.const 13))"
+        }
+        "trap" => "unreachable",
+        "spin" => "(loop $l (br $l))",
+        other => panic!("no fixed hook answering {other}"),
+    };
+    wat_hook(&format!(
+        r#"(data (i32.const 1024) "denied by wat")
+           (data (i32.const 1040) "cannot decide")
+           (func (export "sandbus:host/check@0.1.0#check") (param i32) (result i32)
+             {body}
+             (i32.const 64))"#
+    ))
+}
+
 /// Encodes a core module written in WAT as a component of `world` from `wit/`.
 pub fn wat_component(world: &str, module_wat: &str) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();

@@ -49,6 +49,18 @@ impl NatsKv {
         })
     }
 
+    /// Opens the bucket a daemon created (the CLI does this; it never creates it).
+    pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
+        let bucket = js
+            .get_key_value(names::GUEST_KV_BUCKET)
+            .await
+            .map_err(|e| BusError::not_set_up("the guest key-value bucket", e))?;
+        Ok(Self {
+            bucket,
+            client: js.client(),
+        })
+    }
+
     /// The bucket (tests and tools read guests' state through it).
     pub fn bucket(&self) -> &kv::Store {
         &self.bucket

@@ -12,6 +12,7 @@
 //! Nothing here runs guests; the daemon wires the bus to the sandbox.
 
 mod events;
+mod hooks;
 pub use events::humantime_serde;
 mod inventory;
 mod kv;
@@ -27,6 +28,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
+pub use hooks::{
+    DEFAULT_DEADLINE as DEFAULT_HOOK_DEADLINE, HookPoint, HookPoints, HookPolicy,
+    MAX_DEADLINE as MAX_HOOK_DEADLINE, validate_deadline as validate_hook_deadline, validate_point,
+};
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};

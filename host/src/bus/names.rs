@@ -51,6 +51,9 @@ pub const LEASES_BUCKET: &str = "sandbus-leases";
 /// KV bucket of the device inventory: every host's devices, one key per device.
 pub const DEVICES_BUCKET: &str = "sandbus-devices";
 
+/// KV bucket of extension points (policy, deadline, registered hooks), one key per point.
+pub const HOOK_POINTS_BUCKET: &str = "sandbus-hook-points";
+
 /// KV bucket of script runs, one key per run id.
 pub const RUNS_BUCKET: &str = "sandbus-runs";
 

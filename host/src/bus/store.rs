@@ -35,6 +35,9 @@ pub struct ComponentManifest {
     pub world: World,
     /// Subjects it may publish on.
     pub grants: Vec<String>,
+    /// Components whose key-value spaces it may read (`kv-read` grants).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv_read: Vec<String>,
     /// Limit settings (`NAME=VALUE`) applied over the world's defaults.
     pub limits: Vec<String>,
     /// When this version was recorded (RFC 3339).
@@ -73,6 +76,8 @@ pub struct ManifestDraft {
     pub world: World,
     /// Publish grants.
     pub grants: Vec<String>,
+    /// `kv-read` grants.
+    pub kv_read: Vec<String>,
     /// Limit settings.
     pub limits: Vec<String>,
 }
@@ -272,6 +277,7 @@ impl ComponentStore {
             size: draft.size,
             world: draft.world,
             grants: draft.grants.clone(),
+            kv_read: draft.kv_read.clone(),
             limits: draft.limits.clone(),
             recorded_at: now_rfc3339(),
             restored_from: None,

@@ -26,6 +26,7 @@ use sandbus::bus::{
 };
 use sandbus::devices::DeviceSelector;
 use sandbus::event::CanonicalEvent;
+use sandbus::grant::ManifestGrants;
 use sandbus::sandbox::{ComponentShape, World};
 
 use super::{EXIT_FAIL, EXIT_OK, EXIT_USAGE};
@@ -100,10 +101,10 @@ pub struct ClientArgs {
 }
 
 /// A connected client: the API, and the raw connection for the object store and events.
-struct Client {
+pub(super) struct Client {
     api: ApiClient,
-    nats: async_nats::Client,
-    json: bool,
+    pub(super) nats: async_nats::Client,
+    pub(super) json: bool,
 }
 
 impl Client {
@@ -118,7 +119,7 @@ impl Client {
         })
     }
 
-    async fn call<Q: Serialize, R: DeserializeOwned>(
+    pub(super) async fn call<Q: Serialize, R: DeserializeOwned>(
         &self,
         endpoint: &str,
         request: &Q,
@@ -142,7 +143,7 @@ pub fn fail(error: &ApiError, json: bool) -> u8 {
 }
 
 /// Runs a client command body, turning its error into output and an exit code.
-async fn client<F, Fut>(args: &ClientArgs, body: F) -> u8
+pub(super) async fn client<F, Fut>(args: &ClientArgs, body: F) -> u8
 where
     F: FnOnce(Client) -> Fut,
     Fut: Future<Output = Result<u8, ApiError>>,
@@ -158,11 +159,11 @@ where
     }
 }
 
-fn print_json(value: &impl Serialize) {
+pub(super) fn print_json(value: &impl Serialize) {
     super::outln!("{}", serde_json::to_string(value).unwrap_or_default());
 }
 
-fn print_cast(accepted: &CastAccepted, json: bool) {
+pub(super) fn print_cast(accepted: &CastAccepted, json: bool) {
     if json {
         print_json(accepted);
     } else {
@@ -193,20 +194,10 @@ pub async fn upload(
             args.json,
         ));
     }
-    let mut subjects = Vec::new();
-    for grant in grants {
-        match grant.strip_prefix("publish=") {
-            Some(subject) => subjects.push(subject.to_owned()),
-            None => {
-                return Ok(fail(
-                    &ApiError::bad_request(format!(
-                        "invalid grant `{grant}`: expected publish=SUBJECT, e.g. publish=events.billing.>"
-                    )),
-                    args.json,
-                ));
-            }
-        }
-    }
+    let grants = match ManifestGrants::parse(grants) {
+        Ok(grants) => grants,
+        Err(e) => return Ok(fail(&ApiError::bad_request(e.to_string()), args.json)),
+    };
     Ok(client(args, |c| async move {
         let js = async_nats::jetstream::new(c.nats.clone());
         let store = ComponentStore::open(&js).await?;
@@ -215,7 +206,8 @@ pub async fn upload(
             name,
             digest: digest.as_str().to_owned(),
             world,
-            grants: subjects,
+            grants: grants.publish,
+            kv_read: grants.kv_read,
             limits,
             bytes_added,
             cast,
@@ -264,8 +256,14 @@ fn print_manifest(m: &ComponentManifest) {
         m.recorded_at,
         restored
     );
-    if !m.grants.is_empty() {
-        super::outln!("{:<24} grants: {}", "", m.grants.join(", "));
+    if !m.grants.is_empty() || !m.kv_read.is_empty() {
+        let grants: Vec<String> = m
+            .grants
+            .iter()
+            .map(|g| format!("publish={g}"))
+            .chain(m.kv_read.iter().map(|n| format!("kv-read={n}")))
+            .collect();
+        super::outln!("{:<24} grants: {}", "", grants.join(", "));
     }
     if !m.limits.is_empty() {
         super::outln!("{:<24} limits: {}", "", m.limits.join(", "));
@@ -604,7 +602,7 @@ fn print_event(sequence: u64, payload: &[u8], json: bool) {
 }
 
 /// Escapes control characters: event and guest text is untrusted.
-fn printable(text: &str) -> String {
+pub(super) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() {

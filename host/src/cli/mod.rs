@@ -9,6 +9,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sandbus::dev::{self, Delivery, DevHost};
 use sandbus::devices::{self, DeviceSelector};
+use sandbus::grant::ManifestGrants;
+use sandbus::imports::kv_read::KvReadGrants;
 use sandbus::imports::log::{LogLine, LogSink};
 use sandbus::imports::usb::LeasedDevice;
 use sandbus::sandbox::{
@@ -28,6 +30,8 @@ pub(crate) use outln;
 
 mod client;
 mod daemon;
+mod hook;
+mod kv;
 
 /// Success; a script passed.
 pub const EXIT_OK: u8 = 0;
@@ -68,6 +72,7 @@ pub struct GlobalArgs {
 enum WorldArg {
     Listener,
     Script,
+    Hook,
 }
 
 impl From<WorldArg> for World {
@@ -75,6 +80,7 @@ impl From<WorldArg> for World {
         match w {
             WorldArg::Listener => World::Listener,
             WorldArg::Script => World::Script,
+            WorldArg::Hook => World::Hook,
         }
     }
 }
@@ -106,8 +112,9 @@ enum Command {
         /// The role it must have (refused otherwise); by default whatever it is.
         #[arg(long, value_enum)]
         world: Option<WorldArg>,
-        /// Grant, as publish=SUBJECT (NATS wildcards allowed), repeatable.
-        #[arg(long = "grant", value_name = "publish=SUBJECT")]
+        /// Grant, repeatable: publish=SUBJECT (NATS wildcards allowed) to publish there,
+        /// kv-read=COMPONENT to read that component's key-value space.
+        #[arg(long = "grant", value_name = "publish=SUBJECT|kv-read=COMPONENT")]
         grants: Vec<String>,
         /// Limit, as NAME=VALUE (memory=64MiB, timeout=2s, ...), repeatable.
         #[arg(long = "limit", value_name = "NAME=VALUE")]
@@ -286,6 +293,14 @@ enum Command {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+    /// Extension points: register hooks (components of world `hook`) that allow or deny
+    /// proposed operations, set each point's failure policy and deadline, ask a point.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
+    /// Read and write components' key-value spaces (a billing listener's totals, a quota
+    /// hook's limits).
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
     /// Describe a component file: its world, imports, exports, size and digest.
     Inspect {
         /// The component file.
@@ -349,8 +364,9 @@ struct ComponentArgs {
     /// The component's name (its kv namespace); defaults to the file name without extension.
     #[arg(long)]
     name: Option<String>,
-    /// Grant, as publish=SUBJECT (NATS wildcards allowed), e.g. publish=events.billing.> .
-    #[arg(long = "grant", value_name = "publish=SUBJECT")]
+    /// Grant, repeatable: publish=SUBJECT (NATS wildcards allowed, e.g.
+    /// publish=events.billing.>), or kv-read=COMPONENT to read that component's kv space.
+    #[arg(long = "grant", value_name = "publish=SUBJECT|kv-read=COMPONENT")]
     grants: Vec<String>,
     /// Limit, as NAME=VALUE: memory=64MiB, timeout=2s, fuel=N, instances=N, log=1MiB,
     /// publish-rate=100/s, payload=1MiB.
@@ -410,17 +426,12 @@ impl ComponentArgs {
                 .context("cannot derive a component name from the file name; pass --name")?,
         };
         sandbox::validate_component_name(&name)?;
-        let mut grants = Vec::new();
-        for grant in &self.grants {
-            let Some(subject) = grant.strip_prefix("publish=") else {
-                bail!(
-                    "invalid grant `{grant}`: expected publish=SUBJECT, e.g. publish=events.billing.>"
-                );
-            };
-            let pattern = SubjectPattern::parse(subject)
-                .map_err(|why| anyhow::anyhow!("invalid grant `{grant}`: {why}"))?;
-            grants.push(pattern);
-        }
+        let grants = ManifestGrants::parse(&self.grants)?;
+        let publish = grants
+            .publish
+            .iter()
+            .map(|s| SubjectPattern::parse(s).map_err(|why| anyhow::anyhow!("{s}: {why}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut limits = Limits::for_world(world);
         for setting in &self.limits {
             limits.apply(setting)?;
@@ -428,7 +439,8 @@ impl ComponentArgs {
         Ok(ComponentSpec {
             name,
             expect: Some(world),
-            grants: PublishGrants::new(grants),
+            grants: PublishGrants::new(publish),
+            kv_read: KvReadGrants::new(grants.kv_read),
             limits,
         })
     }
@@ -541,6 +553,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             client,
         } => Ok(client::logs(&client, &run, follow).await),
         Command::Cancel { run, client } => Ok(client::cancel(&client, &run).await),
+        Command::Hook(command) => Ok(hook::run(command).await),
+        Command::Kv(command) => Ok(kv::run(command).await),
         Command::Publish {
             r#type,
             data,

@@ -12,6 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::watch;
 
 use crate::bus::{ComponentManifest, ComponentStore, ManifestChange};
+use crate::imports::kv_read::KvReadGrants;
 use crate::sandbox::{ComponentSpec, Digest, PreparedComponent, Sandbox};
 use crate::subject::{PublishGrants, SubjectPattern};
 
@@ -46,6 +47,7 @@ pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, String> {
         name: manifest.name.clone(),
         expect: Some(manifest.world),
         grants: PublishGrants::new(grants),
+        kv_read: KvReadGrants::new(manifest.kv_read.iter().cloned()),
         limits: manifest.resolved_limits()?,
     })
 }

@@ -18,16 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::components::{LoadedComponents, spec_of};
+use super::hooks::HookDispatcher;
 use super::host_events::{self, HostEvents};
 use super::lab::DeviceLab;
 use super::metrics::Metrics;
 use crate::api::{
-    self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, NameRequest, PublishRequest,
-    RunIdRequest, StatusRequest, SubscribeRequest, UploadReply, UploadRequest, endpoint,
+    self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, HookCallRequest,
+    HookPolicyRequest, HookRequest, NameRequest, PublishRequest, RunIdRequest, StatusRequest,
+    SubscribeRequest, UploadReply, UploadRequest, endpoint,
 };
 use crate::bus::{
-    ComponentStore, DeviceInventory, EventStream, HostRegistry, ManifestDraft, RunStore,
-    Subscription, SubscriptionStore, names,
+    ComponentStore, DeviceInventory, EventStream, HookPoint, HostRegistry, ManifestDraft, RunStore,
+    Subscription, SubscriptionStore, names, validate_hook_deadline, validate_point,
 };
 use crate::event::CanonicalEvent;
 use crate::sandbox::{ComponentShape, Digest, Sandbox, World, validate_component_name};
@@ -106,6 +108,8 @@ pub struct ControlApi {
     pub runs: RunStore,
     /// Counters, also served in `$SRV.STATS`.
     pub metrics: Arc<Metrics>,
+    /// The extension points, and asking them.
+    pub hooks: Arc<HookDispatcher>,
 }
 
 /// The ack wait a listener's consumer needs for a deadline of `timeout`.
@@ -321,6 +325,24 @@ impl ControlApi {
                     cancelled,
                 })
             }
+            endpoint::HOOK_ADD => to_json(self.hook_add(parse(body)?).await?),
+            endpoint::HOOK_REMOVE => to_json(self.hook_remove(parse(body)?).await?),
+            endpoint::HOOK_POLICY => to_json(self.hook_policy(parse(body)?).await?),
+            endpoint::HOOK_LIST => {
+                let _: Empty = parse_or_empty(body)?;
+                to_json(self.hooks.points.list().await?)
+            }
+            endpoint::HOOK_CALL => {
+                let request: HookCallRequest = parse(body)?;
+                validate_point(&request.point).map_err(ApiError::bad_request)?;
+                let proposed =
+                    CanonicalEvent::from_json(request.event.get().as_bytes()).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "the proposed operation is not a valid event: {e}"
+                        ))
+                    })?;
+                to_json(self.hooks.call(&request.point, proposed).await?)
+            }
             other => Err(ApiError::new(
                 ApiErrorKind::NotFound,
                 format!("no endpoint `{other}`"),
@@ -366,6 +388,7 @@ impl ControlApi {
             size: bytes.len() as u64,
             world,
             grants: request.grants.clone(),
+            kv_read: request.kv_read.clone(),
             limits: request.limits.clone(),
             recorded_at: String::new(),
             restored_from: None,
@@ -390,6 +413,17 @@ impl ControlApi {
                 request.name
             )));
         }
+        if world != World::Hook {
+            let points = self.hooks.points.points_of(&request.name).await?;
+            if !points.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "`{0}` is registered as a hook at {1} and this component is a {world}; \
+                     `sandbus hook rm {0} --point POINT` first or upload it under another name",
+                    request.name,
+                    points.join(", ")
+                )));
+            }
+        }
         // The consumer must wait for acks at least as long as the new deadline before any
         // host runs the new version (and again on a repeat, in case that step failed).
         if let Some(subscription) = &subscription {
@@ -400,6 +434,7 @@ impl ControlApi {
         if let Some(current) = self.store.manifest(&request.name).await?
             && current.digest == candidate.digest
             && current.grants == candidate.grants
+            && current.kv_read == candidate.kv_read
             && current.limits == candidate.limits
             && current.world == world
         {
@@ -416,6 +451,7 @@ impl ControlApi {
                 size: candidate.size,
                 world,
                 grants: candidate.grants,
+                kv_read: candidate.kv_read,
                 limits: candidate.limits,
             })
             .await?;
@@ -440,6 +476,18 @@ impl ControlApi {
                 ),
             ));
         }
+        let points = self.hooks.points.points_of(&request.name).await?;
+        if !points.is_empty() {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "`{0}` is registered as a hook at {1}; `sandbus hook rm {0} --point POINT` \
+                     first",
+                    request.name,
+                    points.join(", ")
+                ),
+            ));
+        }
         let manifest = self.store.remove(&request.name).await?;
         self.component_event(host_events::COMPONENT_REMOVED, &manifest)
             .await;
@@ -450,7 +498,9 @@ impl ControlApi {
         &self,
         request: NameRequest,
     ) -> Result<crate::bus::ComponentManifest, ApiError> {
-        if let Some(subscription) = self.subscriptions.get(&request.name).await? {
+        let subscription = self.subscriptions.get(&request.name).await?;
+        let points = self.hooks.points.points_of(&request.name).await?;
+        if subscription.is_some() || !points.is_empty() {
             let history = self.store.history(&request.name).await?;
             let current = self.store.manifest(&request.name).await?;
             let target = current.and_then(|c| {
@@ -461,19 +511,33 @@ impl ControlApi {
                     .cloned()
             });
             if let Some(target) = &target {
-                if target.world != World::Listener {
+                if subscription.is_some() && target.world != World::Listener {
                     return Err(ApiError::new(
                         ApiErrorKind::Conflict,
                         format!(
-                            "the previous version of `{}` is a script, and it is subscribed as a listener",
-                            request.name
+                            "the previous version of `{}` is a {}, and it is subscribed as a listener",
+                            request.name, target.world
                         ),
                     ));
                 }
-                let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
-                self.subscriptions
-                    .put(&subscription, ack_wait_for(limits.timeout))
-                    .await?;
+                if !points.is_empty() && target.world != World::Hook {
+                    return Err(ApiError::new(
+                        ApiErrorKind::Conflict,
+                        format!(
+                            "the previous version of `{}` is a {}, and it is registered as a hook \
+                             at {}",
+                            request.name,
+                            target.world,
+                            points.join(", ")
+                        ),
+                    ));
+                }
+                if let Some(subscription) = &subscription {
+                    let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
+                    self.subscriptions
+                        .put(subscription, ack_wait_for(limits.timeout))
+                        .await?;
+                }
             }
         }
         let manifest = self.store.rollback(&request.name).await?;
@@ -482,16 +546,86 @@ impl ControlApi {
         Ok(manifest)
     }
 
-    async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, ApiError> {
-        let manifest = self.store.manifest(&request.name).await?.ok_or_else(|| {
+    /// The current manifest of `name`, or a not-found error saying to upload it.
+    async fn uploaded(&self, name: &str) -> Result<crate::bus::ComponentManifest, ApiError> {
+        self.store.manifest(name).await?.ok_or_else(|| {
             ApiError::new(
                 ApiErrorKind::NotFound,
-                format!(
-                    "no component named `{}`; upload it first with `sandbus upload`",
-                    request.name
-                ),
+                format!("no component named `{name}`; upload it first with `sandbus upload`"),
             )
-        })?;
+        })
+    }
+
+    async fn hook_add(&self, request: HookRequest) -> Result<HookPoint, ApiError> {
+        validate_point(&request.point).map_err(ApiError::bad_request)?;
+        let manifest = self.uploaded(&request.name).await?;
+        if manifest.world != World::Hook {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is a {}, not a hook; only components of world `hook` can be registered at \
+                 an extension point",
+                request.name, manifest.world
+            )));
+        }
+        let name = request.name.clone();
+        Ok(self
+            .hooks
+            .points
+            .update(&request.point, |point| {
+                point.hooks.push(name.clone());
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn hook_remove(&self, request: HookRequest) -> Result<HookPoint, ApiError> {
+        validate_point(&request.point).map_err(ApiError::bad_request)?;
+        let (name, at) = (request.name.clone(), request.point.clone());
+        Ok(self
+            .hooks
+            .points
+            .update(&request.point, |point| {
+                let before = point.hooks.len();
+                point.hooks.retain(|h| *h != name);
+                if point.hooks.len() == before {
+                    return Err(crate::bus::BusError::new(
+                        crate::bus::BusErrorKind::NotFound,
+                        format!(
+                            "`{name}` is not registered at `{at}`; `sandbus hook ls` lists them"
+                        ),
+                    ));
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn hook_policy(&self, request: HookPolicyRequest) -> Result<HookPoint, ApiError> {
+        validate_point(&request.point).map_err(ApiError::bad_request)?;
+        if request.policy.is_none() && request.deadline_ms.is_none() {
+            return Err(ApiError::bad_request(
+                "nothing to change: give a policy (--on-failure) or a deadline (--deadline)",
+            ));
+        }
+        if let Some(ms) = request.deadline_ms {
+            validate_hook_deadline(Duration::from_millis(ms)).map_err(ApiError::bad_request)?;
+        }
+        Ok(self
+            .hooks
+            .points
+            .update(&request.point, |point| {
+                if let Some(policy) = request.policy {
+                    point.policy = policy;
+                }
+                if let Some(ms) = request.deadline_ms {
+                    point.deadline_ms = ms;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, ApiError> {
+        let manifest = self.uploaded(&request.name).await?;
         if manifest.world != World::Listener {
             return Err(ApiError::bad_request(format!(
                 "`{}` is a {}, not a listener; only listeners can subscribe to events",

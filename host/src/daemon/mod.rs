@@ -20,6 +20,7 @@ mod components;
 pub mod config;
 mod control;
 mod dispatcher;
+pub mod hooks;
 pub mod host_events;
 pub mod lab;
 pub mod metering;
@@ -39,12 +40,13 @@ pub use components::{LoadedComponent, LoadedComponents};
 pub use config::ConfigFile;
 pub use control::ControlApi;
 pub use dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
+pub use hooks::HookDispatcher;
 pub use lab::DeviceLab;
 pub use metrics::Metrics;
 
 use crate::bus::{
-    self, BusError, BusErrorKind, ComponentStore, DeviceInventory, EventStream, HostInfo,
-    HostRegistry, LeaseTable, NatsKv, NatsPublisher, RunStore, SubscriptionChange,
+    self, BusError, BusErrorKind, ComponentStore, DeviceInventory, EventStream, HookPoints,
+    HostInfo, HostRegistry, LeaseTable, NatsKv, NatsPublisher, RunStore, SubscriptionChange,
     SubscriptionStore,
 };
 use crate::imports::log::DiscardLog;
@@ -160,6 +162,7 @@ impl Daemon {
             inventory,
             leases,
             runs,
+            hook_points,
         } = layout;
         let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
             .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
@@ -232,6 +235,14 @@ impl Daemon {
             inventory,
             runs,
             metrics: metrics.clone(),
+            hooks: Arc::new(HookDispatcher {
+                points: hook_points,
+                components: components.clone(),
+                capabilities: context.capabilities.clone(),
+                metrics: metrics.clone(),
+                metering: metering.clone(),
+                host_id: host_id.clone(),
+            }),
         });
         let metering_stop = CancellationToken::new();
         let metering_task = tokio::spawn(metering.clone().run(
@@ -332,6 +343,7 @@ impl Daemon {
                 let inventory = DeviceInventory::ensure(js, replicas).await?;
                 let leases = LeaseTable::ensure(js, replicas).await?;
                 let runs = RunStore::ensure(js, replicas).await?;
+                let hook_points = HookPoints::ensure(js, replicas).await?;
                 Ok::<_, BusError>(Layout {
                     events,
                     store,
@@ -341,6 +353,7 @@ impl Daemon {
                     inventory,
                     leases,
                     runs,
+                    hook_points,
                 })
             };
             match attempt.await {
@@ -378,6 +391,7 @@ struct Layout {
     inventory: DeviceInventory,
     leases: LeaseTable,
     runs: RunStore,
+    hook_points: HookPoints,
 }
 
 fn create_dir(path: &Path) -> Result<(), DaemonError> {

@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod kv;
+pub mod kv_read;
 pub mod log;
 pub mod usb;
 pub mod wasi;

@@ -25,6 +25,9 @@ pub enum World {
     Listener,
     /// Exports `sandbus:host/runner`: run on demand, ends in a report.
     Script,
+    /// Exports `sandbus:host/check`: asked to allow or deny proposed operations at the
+    /// extension points it is registered at.
+    Hook,
 }
 
 impl World {
@@ -33,6 +36,7 @@ impl World {
         match self {
             World::Listener => "listener",
             World::Script => "script",
+            World::Hook => "hook",
         }
     }
 
@@ -41,6 +45,7 @@ impl World {
         match self {
             World::Listener => "handler",
             World::Script => "runner",
+            World::Hook => "check",
         }
     }
 
@@ -51,6 +56,7 @@ impl World {
         match name.interface {
             "handler" => Some(World::Listener),
             "runner" => Some(World::Script),
+            "check" => Some(World::Hook),
             _ => None,
         }
     }
@@ -58,9 +64,9 @@ impl World {
     /// Interfaces of our package a component of this world may import.
     fn importable(self) -> &'static [&'static str] {
         match self {
-            World::Listener => &["types", "log", "bus", "kv"],
+            World::Listener | World::Hook => &["types", "log", "bus", "kv", "kv-read"],
             // Only a script runs against a leased device.
-            World::Script => &["types", "log", "bus", "kv", "usb"],
+            World::Script => &["types", "log", "bus", "kv", "kv-read", "usb"],
         }
     }
 }
@@ -201,9 +207,10 @@ impl ComponentShape {
             [] => Err(LoadError::new(
                 LoadErrorKind::MissingExport,
                 format!(
-                    "the component exports neither {PACKAGE}/handler@{PACKAGE_VERSION} (a \
-                     listener) nor {PACKAGE}/runner@{PACKAGE_VERSION} (a script); it exports [{}]. \
-                     Build it against the `listener` or `script` world in wit/",
+                    "the component exports none of {PACKAGE}/handler@{PACKAGE_VERSION} (a \
+                     listener), {PACKAGE}/runner@{PACKAGE_VERSION} (a script) or \
+                     {PACKAGE}/check@{PACKAGE_VERSION} (a hook); it exports [{}]. \
+                     Build it against the `listener`, `script` or `hook` world in wit/",
                     self.exports.join(", ")
                 ),
             )),

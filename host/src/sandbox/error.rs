@@ -20,7 +20,7 @@ pub enum LoadErrorKind {
     TooLarge,
     /// A component for another role (a script where a listener was expected, or the reverse).
     WrongWorld,
-    /// It exports neither role's interface, or lacks a function of it.
+    /// It exports no role's interface, or lacks a function of it.
     MissingExport,
     /// It imports an interface this host does not provide to its role.
     UnknownImport,

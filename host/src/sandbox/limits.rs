@@ -39,6 +39,8 @@ impl Limits {
         let timeout = match world {
             World::Listener => Duration::from_secs(2),
             World::Script => Duration::from_secs(600),
+            // Asked while an operation waits; the extension point's deadline may be shorter.
+            World::Hook => Duration::from_secs(1),
         };
         Self {
             timeout,

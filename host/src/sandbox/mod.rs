@@ -39,12 +39,14 @@ use wasmtime::{
     UpdateDeadline,
 };
 
+use crate::bindings::hook::{Hook, HookPre};
 use crate::bindings::listener::{Listener, ListenerPre};
 use crate::bindings::script::{Script, ScriptPre};
 use crate::event::CanonicalEvent;
 use crate::imports;
 use crate::imports::bus::{BusState, PublishRate, Publisher};
 use crate::imports::kv::{KvState, KvStore};
+use crate::imports::kv_read::{KvReadGrants, KvReadState};
 use crate::imports::log::{InvocationLog, LogSink, LogState, LogSummary};
 use crate::imports::usb::{LeasedDevice, UsbState};
 use crate::invocation::InvocationId;
@@ -57,7 +59,7 @@ pub use component::{
 };
 pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};
 pub use limits::{LimitError, Limits};
-pub use outcome::{HandlerOutcome, Report, Step, StepOutcome, Verdict};
+pub use outcome::{HandlerOutcome, HookDecision, Report, Step, StepOutcome, Verdict};
 pub use state::InvocationState;
 
 /// Settings of the sandbox as a whole (one engine per daemon). Per-component settings are
@@ -307,6 +309,7 @@ impl Sandbox {
         let pre = match world {
             World::Listener => Pre::Listener(ListenerPre::new(instance_pre).map_err(incompatible)?),
             World::Script => Pre::Script(ScriptPre::new(instance_pre).map_err(incompatible)?),
+            World::Hook => Pre::Hook(HookPre::new(instance_pre).map_err(incompatible)?),
         };
         Ok(PreparedComponent {
             name: spec.name.into(),
@@ -320,6 +323,7 @@ impl Sandbox {
             slots: Arc::new(Semaphore::new(limits.max_instances as usize)),
             pool: self.pool.clone(),
             grants: Arc::new(spec.grants),
+            kv_read: Arc::new(spec.kv_read),
             limits,
             engine: self.engine.clone(),
             fuel: self.config.fuel,
@@ -417,6 +421,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     imports::log::add_to_linker(&mut linker, |s| &mut s.log)?;
     imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
     imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;
+    imports::kv_read::add_to_linker(&mut linker, |s| &mut s.kv_read)?;
     imports::usb::add_to_linker(&mut linker, |s| &mut s.usb)?;
     Ok(linker)
 }
@@ -430,6 +435,8 @@ pub struct ComponentSpec {
     pub expect: Option<World>,
     /// Subjects it may publish on.
     pub grants: PublishGrants,
+    /// Other components' key-value spaces it may read.
+    pub kv_read: KvReadGrants,
     /// Its limits.
     pub limits: Limits,
 }
@@ -437,6 +444,7 @@ pub struct ComponentSpec {
 enum Pre {
     Listener(ListenerPre<InvocationState>),
     Script(ScriptPre<InvocationState>),
+    Hook(HookPre<InvocationState>),
 }
 
 /// A compiled, pre-linked component with its policy, ready to be called many times.
@@ -447,6 +455,7 @@ pub struct PreparedComponent {
     pre: Pre,
     limits: Limits,
     grants: Arc<PublishGrants>,
+    kv_read: Arc<KvReadGrants>,
     rate: Arc<PublishRate>,
     slots: Arc<Semaphore>,
     pool: Arc<Semaphore>,
@@ -568,6 +577,43 @@ impl PreparedComponent {
         })
     }
 
+    /// Asks a hook about a proposed operation, on a fresh instance, under `timeout` when it
+    /// is shorter than the component's own (the extension point's deadline).
+    ///
+    /// A proposal larger than the payload limit is refused without running anything.
+    pub async fn check(
+        &self,
+        proposed: CanonicalEvent,
+        caps: &Capabilities,
+        timeout: Duration,
+    ) -> Result<Invocation<HookDecision>, InvokeError> {
+        let Pre::Hook(pre) = &self.pre else {
+            return Err(self.not_this_world(World::Hook));
+        };
+        if proposed.size() as u64 > self.limits.max_payload {
+            return Err(self.refused_input(proposed.size()));
+        }
+        let timeout = timeout.min(self.limits.timeout);
+        let mut call = self.begin(caps, timeout).await?;
+        let proposed = proposed.into();
+        let result = self
+            .bounded(timeout, async {
+                let hook: Hook = pre
+                    .instantiate_async(&mut call.store)
+                    .await
+                    .map_err(Stage::Instantiate)?;
+                hook.sandbus_host_check()
+                    .call_check(&mut call.store, &proposed)
+                    .await
+                    .map_err(Stage::Call)
+            })
+            .await;
+        self.finish(call, result, |d| {
+            let decision = HookDecision::from(d);
+            (decision.size(), decision)
+        })
+    }
+
     /// Largest amount of data copied from the guest in one host call or return value: the
     /// payload limit (or the log cap, for one log line), plus room for the small fields.
     fn hostcall_budget(&self) -> usize {
@@ -641,6 +687,10 @@ impl PreparedComponent {
                 store: caps.kv.clone(),
                 namespace: self.name.clone(),
                 max_value: self.limits.max_payload,
+            },
+            kv_read: KvReadState {
+                store: caps.kv.clone(),
+                grants: self.kv_read.clone(),
             },
             usb: UsbState::new(caps.usb.clone(), deadline),
             memory: state::MemoryMeter::new(self.limits.memory),

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::bindings::hook::exports::sandbus::host::check::Decision as WitDecision;
 use crate::bindings::listener::exports::sandbus::host::handler::Outcome as WitOutcome;
 use crate::bindings::script::exports::sandbus::host::runner as wit;
 
@@ -44,6 +45,44 @@ impl From<WitOutcome> for HandlerOutcome {
                 delay: ms.map(Duration::from_millis),
             },
             WitOutcome::Reject(reason) => Self::Reject { reason },
+        }
+    }
+}
+
+/// What a hook said about a proposed operation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum HookDecision {
+    /// The operation may go ahead, as far as this hook is concerned.
+    Allow,
+    /// The operation must not go ahead.
+    Deny {
+        /// Why, from the hook.
+        reason: String,
+    },
+    /// The hook could not decide (it returned an error); the extension point's policy
+    /// decides instead.
+    Undecided {
+        /// Why, from the hook.
+        reason: String,
+    },
+}
+
+impl HookDecision {
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Self::Allow => 0,
+            Self::Deny { reason } | Self::Undecided { reason } => reason.len(),
+        }
+    }
+}
+
+impl From<Result<WitDecision, String>> for HookDecision {
+    fn from(r: Result<WitDecision, String>) -> Self {
+        match r {
+            Ok(WitDecision::Allow) => Self::Allow,
+            Ok(WitDecision::Deny(reason)) => Self::Deny { reason },
+            Err(reason) => Self::Undecided { reason },
         }
     }
 }

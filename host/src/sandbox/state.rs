@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::imports::bus::BusState;
 use crate::imports::kv::KvState;
+use crate::imports::kv_read::KvReadState;
 use crate::imports::log::LogState;
 use crate::imports::usb::UsbState;
 use crate::imports::wasi;
@@ -22,6 +23,7 @@ pub struct InvocationState {
     pub(crate) log: LogState,
     pub(crate) bus: BusState,
     pub(crate) kv: KvState,
+    pub(crate) kv_read: KvReadState,
     pub(crate) usb: UsbState,
     pub(crate) memory: MemoryMeter,
     pub(crate) deadline: Instant,

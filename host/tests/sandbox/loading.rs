@@ -47,7 +47,7 @@ fn component_for_another_world_is_refused() {
 fn component_without_a_role_export_is_refused() {
     let err = refused(&wat::parse_str("(component)").unwrap(), World::Listener);
     assert_eq!(err.kind, LoadErrorKind::MissingExport);
-    assert!(err.message.contains("exports neither"), "{}", err.message);
+    assert!(err.message.contains("exports none of"), "{}", err.message);
 }
 
 #[test]

@@ -15,6 +15,7 @@
 mod support;
 
 mod billing;
+mod hooks;
 mod hostile;
 mod loading;
 mod lockdown;
@@ -81,6 +82,7 @@ fn spec(name: &str, world: World, grants: &[&str], limits: &[&str]) -> Component
         name: name.into(),
         expect: Some(world),
         grants: PublishGrants::new(grants.iter().map(|g| SubjectPattern::parse(g).unwrap())),
+        kv_read: Default::default(),
         limits: l,
     }
 }

@@ -1,7 +1,7 @@
 //! `impl kv::Host`: key and size checks, namespacing, and `increment` /
 //! `set-if-absent` built on the store's compare-and-swap.
 
-use super::{KvState, KvStoreError, validate_key};
+use super::{KvState, KvStoreError, validate_key, validate_prefix};
 use crate::bindings::kv::{Host, KvError};
 
 /// Most keys one `list-keys` returns (the first ones in byte order).
@@ -68,16 +68,7 @@ impl KvState {
     }
 
     async fn list_keys_checked(&self, prefix: String) -> Result<Vec<String>, KvError> {
-        if !prefix.is_empty() {
-            // A prefix is a key being typed: same characters, may end in `.` or `/`.
-            let probe = format!("{}x", prefix.trim_start_matches('.'));
-            if prefix.starts_with('.') || validate_key(&probe).is_err() {
-                return Err(KvError::InvalidKey(format!(
-                    "the prefix `{}` has characters a key can't have",
-                    prefix.escape_debug()
-                )));
-            }
-        }
+        validate_prefix(&prefix).map_err(KvError::InvalidKey)?;
         let mut keys = self.store.list_keys(&self.namespace, &prefix).await?;
         keys.truncate(MAX_LISTED_KEYS);
         Ok(keys)

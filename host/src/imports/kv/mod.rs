@@ -8,6 +8,8 @@
 mod host;
 mod memory;
 
+pub use host::MAX_LISTED_KEYS;
+
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
@@ -67,6 +69,22 @@ pub fn validate_key(key: &str) -> Result<(), String> {
     }
     if key.starts_with('.') || key.ends_with('.') || key.contains("..") {
         return Err(format!("the key `{key}` has an empty `.`-separated part"));
+    }
+    Ok(())
+}
+
+/// Checks a `list-keys` prefix: empty, or a key being typed (the key characters, and it may
+/// end in `.` or `/`).
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let probe = format!("{}x", prefix.trim_start_matches('.'));
+    if prefix.starts_with('.') || validate_key(&probe).is_err() {
+        return Err(format!(
+            "the prefix `{}` has characters a key can't have",
+            prefix.escape_debug()
+        ));
     }
     Ok(())
 }
