@@ -1,10 +1,11 @@
-//! The harness of the daemon tests: a real `nats-server` on a free port, real `sandbus
-//! daemon` processes, the real CLI, and a direct NATS connection for what a test must see
-//! or do underneath (publish a thousand events, read a listener's kv, read dead letters).
+//! The harness of the daemon tests: a real `nats-server` on a free port (or a NATS cluster of
+//! several), real `sandbus daemon` processes, the real CLI, and a direct NATS connection for
+//! what a test must see or do underneath (publish a thousand events, read a listener's kv,
+//! read dead letters).
 //!
-//! Everything is torn down on drop: daemons are killed, the server is killed and its store
-//! removed. Compiled components are cached in one directory shared by every test of a run,
-//! so each guest is compiled once.
+//! Everything is torn down on drop: daemons are killed, the servers are killed and their
+//! stores removed. Compiled components are cached in one directory shared by every test of a
+//! run, so each guest is compiled once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,16 +15,24 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use serde_json::Value;
 
-use super::support::nats::NatsServer;
+use super::support::nats::{NatsCluster, NatsServer, log_tails};
 use super::support::workspace_root;
 
 /// How long a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
-/// A NATS server, some daemons, and a client.
+/// Publishes [`Cluster::publish_raw`] has in flight at most. Below async-nats' own limit
+/// (5,000 unacknowledged publishes per context), where a publish would wait for an ack that
+/// is only read once it returns.
+const PUBLISH_WINDOW: usize = 1_000;
+
+/// A NATS server (or a NATS cluster), some daemons, and a client.
 pub struct Cluster {
-    /// The server.
+    /// The server; on a NATS cluster ([`Cluster::with_nats_cluster`]), its first node.
     pub nats: NatsServer,
+    /// The other nodes of a NATS cluster, in order after [`nats`](Self::nats); none on one
+    /// server.
+    pub nats_peers: Vec<NatsServer>,
     /// Per-test files (daemon data directories, logs).
     pub dir: tempfile::TempDir,
     /// Extra arguments for every daemon and CLI call (e.g. credentials).
@@ -36,30 +45,46 @@ pub struct Cluster {
 
 /// Clusters alive at once in one test run. Each runs a nats-server and debug-built daemons
 /// that handle hundreds of events; more at once than this on a two-core machine only makes
-/// every test slower and deadlines flaky.
+/// every test slower and deadlines flaky. A cluster on a NATS cluster counts as all of them:
+/// its several servers and daemons alone keep the machine busy.
 const MAX_CLUSTERS: usize = 2;
 
 static RUNNING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 static FREED: std::sync::Condvar = std::sync::Condvar::new();
 
-/// One of the [`MAX_CLUSTERS`] places; given back on drop.
-struct ClusterSlot;
+/// Some of the [`MAX_CLUSTERS`] places, held by one cluster; given back on drop.
+struct ClusterSlot {
+    /// How many places are held.
+    places: usize,
+}
 
 impl ClusterSlot {
+    /// One place: a cluster on one nats-server.
     fn take() -> Self {
+        Self::take_places(1)
+    }
+
+    /// Every place: a cluster on a NATS cluster runs alone.
+    fn take_all() -> Self {
+        Self::take_places(MAX_CLUSTERS)
+    }
+
+    /// Waits until `places` places are free and takes them.
+    fn take_places(places: usize) -> Self {
         let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        while *running >= MAX_CLUSTERS {
+        while *running + places > MAX_CLUSTERS {
             running = FREED.wait(running).unwrap_or_else(|e| e.into_inner());
         }
-        *running += 1;
-        ClusterSlot
+        *running += places;
+        ClusterSlot { places }
     }
 }
 
 impl Drop for ClusterSlot {
     fn drop(&mut self) {
-        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        FREED.notify_one();
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= self.places;
+        // Every waiter: one that needs all the places must see them free too.
+        FREED.notify_all();
     }
 }
 
@@ -72,17 +97,30 @@ impl Cluster {
     /// A fresh server with no daemon yet.
     pub fn new() -> Self {
         let slot = ClusterSlot::take();
-        Self::build(slot, NatsServer::start(), Vec::new())
+        Self::build(slot, vec![NatsServer::start()], Vec::new())
     }
 
     /// A cluster on `nats`; `auth` is passed to every daemon and CLI call.
     pub fn with_server(nats: NatsServer, auth: Vec<String>) -> Self {
-        Self::build(ClusterSlot::take(), nats, auth)
+        Self::build(ClusterSlot::take(), vec![nats], auth)
     }
 
-    fn build(slot: ClusterSlot, nats: NatsServer, auth: Vec<String>) -> Self {
+    /// A fresh NATS cluster of `nodes` nodes with clustered JetStream ([`NatsCluster`]), and no
+    /// daemon yet. The CLI and a daemon connect to the first node, unless given another one
+    /// with `--nats` (see [`node_url`](Self::node_url)); [`connect`](Self::connect) to any.
+    /// Waits until no other cluster runs, and runs alone.
+    pub fn with_nats_cluster(nodes: usize) -> Self {
+        let slot = ClusterSlot::take_all();
+        Self::build(slot, NatsCluster::start(nodes).into_nodes(), Vec::new())
+    }
+
+    /// `nodes` holds one server, or the nodes of one NATS cluster.
+    fn build(slot: ClusterSlot, nodes: Vec<NatsServer>, auth: Vec<String>) -> Self {
+        let mut nodes = nodes.into_iter();
+        let nats = nodes.next().expect("a cluster needs a NATS server");
         Self {
             nats,
+            nats_peers: nodes.collect(),
             dir: tempfile::tempdir().unwrap(),
             auth,
             rt: tokio::runtime::Builder::new_multi_thread()
@@ -92,6 +130,22 @@ impl Cluster {
                 .unwrap(),
             daemons: BTreeMap::new(),
             _slot: slot,
+        }
+    }
+
+    /// The client URL of every NATS server, [`nats`](Self::nats) first.
+    fn nats_urls(&self) -> Vec<String> {
+        (0..=self.nats_peers.len())
+            .map(|node| self.node_url(node))
+            .collect()
+    }
+
+    /// The client URL of NATS node `node`: 0 is [`nats`](Self::nats), 1 the first of
+    /// [`nats_peers`](Self::nats_peers)...
+    pub fn node_url(&self, node: usize) -> String {
+        match node {
+            0 => self.nats.url(),
+            _ => self.nats_peers[node - 1].url(),
         }
     }
 
@@ -137,7 +191,12 @@ impl Cluster {
 
     /// Starts a daemon with host id `id` and waits until it answers and is listed.
     pub fn start_daemon(&mut self, id: &str) {
-        self.spawn_daemon(id, &[]);
+        self.start_daemon_with(id, &[]);
+    }
+
+    /// [`start_daemon`](Self::start_daemon) with more daemon flags, `extra`.
+    pub fn start_daemon_with(&mut self, id: &str, extra: &[&str]) {
+        self.spawn_daemon(id, extra);
         self.wait_for_host(id);
     }
 
@@ -208,15 +267,26 @@ impl Cluster {
         let deadline = Instant::now() + PATIENCE;
         while !done(self) {
             if Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .daemons
-                    .keys()
-                    .map(|id| format!("--- {id} ---\n{}", tail(&self.daemon_log(id), 60)))
-                    .collect();
-                panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+                self.fail(&format!("timed out waiting for {what}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Fails the test: panics with `message` and the tail of every running daemon's log (and,
+    /// on a NATS cluster, of every node's log).
+    pub fn fail(&self, message: &str) -> ! {
+        let mut logs: Vec<String> = self
+            .daemons
+            .keys()
+            .map(|id| format!("--- {id} ---\n{}", tail(&self.daemon_log(id), 60)))
+            .collect();
+        if !self.nats_peers.is_empty() {
+            logs.push(log_tails(
+                std::iter::once(&self.nats).chain(&self.nats_peers),
+            ));
+        }
+        panic!("{message}\n{}", logs.join("\n"));
     }
 
     /// SIGKILLs a daemon.
@@ -248,9 +318,9 @@ impl Cluster {
         }
     }
 
-    /// A direct NATS connection (for what the test does underneath the CLI).
+    /// A direct NATS connection (for what the test does underneath the CLI), to any server.
     pub fn connect(&self) -> async_nats::Client {
-        let url = self.nats.url();
+        let urls = self.nats_urls();
         let auth = self.auth.clone();
         self.rt.block_on(async move {
             let mut options = async_nats::ConnectOptions::new();
@@ -265,12 +335,12 @@ impl Cluster {
             if let Some(i) = auth.iter().position(|a| a == "--token") {
                 options = options.token(auth[i + 1].clone());
             }
-            options.connect(url).await.unwrap()
+            options.connect(urls.as_slice()).await.unwrap()
         })
     }
 
-    /// Publishes raw payloads on subjects through JetStream, all in flight at once, with
-    /// `Nats-Msg-Id` when given; waits until every one is stored.
+    /// Publishes raw payloads on subjects through JetStream, [`PUBLISH_WINDOW`] in flight at
+    /// once, with `Nats-Msg-Id` when given; waits until every one is stored.
     pub fn publish_raw(&self, messages: Vec<(String, Option<String>, Vec<u8>)>) {
         let client = self.connect();
         self.rt.block_on(async move {
@@ -286,6 +356,11 @@ impl Cluster {
                         .await
                         .unwrap(),
                 );
+                if acks.len() == PUBLISH_WINDOW {
+                    for ack in acks.drain(..) {
+                        ack.await.unwrap();
+                    }
+                }
             }
             for ack in acks {
                 ack.await.unwrap();

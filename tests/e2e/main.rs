@@ -22,6 +22,7 @@ mod device_lab;
 mod hooks;
 mod inspect;
 mod operations;
+mod scale_out;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -9,6 +9,9 @@
 //! dropped. A start waits until the server logs `Server is ready` (JetStream is up by then,
 //! streams recovered) and accepts TCP connections on its port.
 //!
+//! [`NatsCluster`] starts several such servers as the nodes of one NATS cluster with clustered
+//! JetStream, and waits until it elected a meta leader and can replicate a stream on every node.
+//!
 //! Everything here panics on failure, with what failed and the tail of the server's log: it
 //! is test code, and a panic is a failed test with its reason.
 
@@ -78,6 +81,12 @@ impl NatsServer {
     /// `&["--user", "u", "--pass", "p"]` or `&["--auth", "TOKEN"]`. They are passed again on
     /// every restart.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_on(free_port(), args)
+    }
+
+    /// [`start_with`](Self::start_with) on client port `port` (another free one if it turns
+    /// out to be taken).
+    fn start_on(port: u16, args: &[&str]) -> Self {
         let binary = std::env::var_os(NATS_SERVER_ENV)
             .filter(|value| !value.is_empty())
             .unwrap_or_else(|| OsString::from("nats-server"));
@@ -95,7 +104,7 @@ impl NatsServer {
         let mut server = NatsServer {
             binary,
             extra_args: args.iter().map(|arg| (*arg).to_string()).collect(),
-            port: free_port(),
+            port,
             store,
             log: dir.path().join("nats-server.log"),
             child: None,
@@ -331,6 +340,207 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How long a new [`NatsCluster`] may take, once every node is ready, to elect its JetStream
+/// meta leader and accept a stream replicated on every node.
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one request of a readiness probe of a new [`NatsCluster`] may take.
+const CLUSTER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two readiness probes of a new [`NatsCluster`].
+const CLUSTER_PROBE_PAUSE: Duration = Duration::from_millis(200);
+/// The stream a new [`NatsCluster`] must create (then deletes) to count as ready.
+const CLUSTER_PROBE_STREAM: &str = "HARNESS_CLUSTER_READY_PROBE";
+/// The cluster name (`--cluster_name`) of every [`NatsCluster`]; clusters of one test run never
+/// meet, as each one routes only to its own ports.
+const CLUSTER_NAME: &str = "sandbus-test";
+
+/// A NATS cluster: `nats-server` nodes with clustered JetStream, all on `127.0.0.1`.
+///
+/// Node `i` (from 0) is a [`NatsServer`] of its own (client port, store directory, log), named
+/// `n<i+1>` (`--server_name`), listening for routes on a port of its own (`--cluster`) and
+/// routing to every other node (`--routes`). [`start`](Self::start) returns once JetStream
+/// works across the cluster: every node answers `$JS.API.INFO`, and a stream with one replica
+/// per node could be created (then it is deleted), so a meta leader is elected and every node
+/// is a peer that can hold a replica.
+///
+/// Dropping it kills every node and removes their directories.
+pub struct NatsCluster {
+    /// The nodes, `n1` first.
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts a cluster of `nodes` nodes (at least 2) and waits until JetStream works across
+    /// it (see the type's docs).
+    pub fn start(nodes: usize) -> Self {
+        assert!(
+            nodes >= 2,
+            "a NATS cluster needs at least 2 nodes, not {nodes}"
+        );
+        // Client and route ports picked together, so that none is picked twice.
+        let ports = free_ports(2 * nodes);
+        let (client_ports, route_ports) = ports.split_at(nodes);
+        let route_url = |port: &u16| format!("nats://127.0.0.1:{port}");
+        let started = (0..nodes)
+            .map(|node| {
+                let routes: Vec<String> = route_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != node)
+                    .map(|(_, port)| route_url(port))
+                    .collect();
+                let name = format!("n{}", node + 1);
+                let listen = route_url(&route_ports[node]);
+                let routes = routes.join(",");
+                NatsServer::start_on(
+                    client_ports[node],
+                    &[
+                        "--cluster",
+                        &listen,
+                        "--routes",
+                        &routes,
+                        "--cluster_name",
+                        CLUSTER_NAME,
+                        "--server_name",
+                        &name,
+                    ],
+                )
+            })
+            .collect();
+        let cluster = NatsCluster { nodes: started };
+        cluster.wait_for_jetstream();
+        cluster
+    }
+
+    /// The client URL of node `node` (from 0), `nats://127.0.0.1:<port>`.
+    pub fn url(&self, node: usize) -> String {
+        self.nodes[node].url()
+    }
+
+    /// The client URL of every node, `n1` first.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Node `node` (from 0), to stop, kill or restart it.
+    pub fn node(&mut self, node: usize) -> &mut NatsServer {
+        &mut self.nodes[node]
+    }
+
+    /// The nodes, `n1` first, for an owner that keeps them (they still form the cluster).
+    pub fn into_nodes(self) -> Vec<NatsServer> {
+        self.nodes
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        log_tails(&self.nodes)
+    }
+
+    /// Waits until JetStream works across the cluster (see the type's docs); panics with every
+    /// node's log after [`CLUSTER_READY_TIMEOUT`].
+    fn wait_for_jetstream(&self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start a runtime to probe the NATS cluster: {e}"));
+        let urls = self.urls();
+        let replicas = self.nodes.len();
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        let last_error = runtime.block_on(async {
+            loop {
+                let error = match probe_jetstream(&urls, replicas).await {
+                    Ok(()) => return None,
+                    Err(error) => error,
+                };
+                if Instant::now() >= deadline {
+                    return Some(error);
+                }
+                tokio::time::sleep(CLUSTER_PROBE_PAUSE).await;
+            }
+        });
+        if let Some(error) = last_error {
+            panic!(
+                "the NATS cluster ({}) did not get JetStream working within {} s; last \
+                 error: {error}\n{}",
+                urls.join(", "),
+                CLUSTER_READY_TIMEOUT.as_secs(),
+                self.log_tails()
+            );
+        }
+    }
+}
+
+/// One readiness probe of a cluster: `$JS.API.INFO` on every node in `urls`, then a stream
+/// with `replicas` replicas created through the first node and deleted. What failed, if any.
+async fn probe_jetstream(urls: &[String], replicas: usize) -> Result<(), String> {
+    let mut first = None;
+    for url in urls {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url.as_str())
+            .await
+            .map_err(|e| format!("connect to {url}: {e}"))?;
+        // Short: right after the election, a request may go unanswered; the next probe
+        // comes soon.
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(CLUSTER_PROBE_TIMEOUT)
+            .build(client);
+        js.query_account()
+            .await
+            .map_err(|e| format!("$JS.API.INFO on {url}: {e}"))?;
+        first.get_or_insert(js);
+    }
+    let js = first.ok_or("no node to probe")?;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: CLUSTER_PROBE_STREAM.to_owned(),
+        subjects: vec!["harness.cluster-ready-probe".to_owned()],
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("create an R{replicas} stream: {e}"))?;
+    js.delete_stream(CLUSTER_PROBE_STREAM)
+        .await
+        .map_err(|e| format!("delete the R{replicas} probe stream: {e}"))?;
+    Ok(())
+}
+
+/// The last lines of the logs of `nodes`, each under a header naming its port.
+pub fn log_tails<'a>(nodes: impl IntoIterator<Item = &'a NatsServer>) -> String {
+    nodes
+        .into_iter()
+        .map(|node| {
+            format!(
+                "--- nats-server on port {} ---\n{}",
+                node.port(),
+                tail(&node.log())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Ports on `127.0.0.1` that were free a moment ago, all different (bound together, read,
+/// released).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .unwrap_or_else(|e| panic!("cannot find a free port on 127.0.0.1: {e}"))
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .map(|addr| addr.port())
+                .unwrap_or_else(|e| panic!("cannot read the address of a bound port: {e}"))
+        })
+        .collect()
 }
 
 /// A port on `127.0.0.1` that was free a moment ago (bound, read, released).
