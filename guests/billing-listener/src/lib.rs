@@ -11,8 +11,9 @@
 //! Lease time and compute follow steps 3 and 5 below with the run or the metering event as
 //! the entry (step 1, 2 and 4 are vm-only: those charges are known from one event).
 //!
-//! Every event counts exactly once, whatever the delivery order, duplicates or crashes, using
-//! only per-key atomic operations (layout in [`model`]):
+//! Every event counts exactly once, whatever the delivery order, duplicates, concurrent
+//! handlers on other hosts or crashes, using only per-key atomic operations (layout in
+//! [`model`]):
 //!
 //! 1. Record this event's fact: `set-if-absent(start|stop/<tenant>/<instance>, unix seconds)`.
 //!    A duplicate carries the same time, so first-write-wins is right.
@@ -20,32 +21,16 @@
 //! 3. Both known: `set-if-absent(usage/<tenant>/<shard>/<instance>, max(0, stop - start))`,
 //!    `<shard>` being the instance's fixed shard, `00` to `15` ([`model::Shard::of`]).
 //! 4. Emit `billing.usage` with a deterministic id; the bus drops a re-emitted copy.
-//! 5. Recompute the sums, in two levels, each written with `compare-and-swap` against the
-//!    value read before summing (retried, at most [`TOTAL_TRIES`] times each):
-//!    1. `shard/<tenant>/<shard>`, for the instance's shard, as the sum of every
-//!       `usage/<tenant>/<shard>/*` (one `list-keys`, one `get` per usage key of that shard:
-//!       about 1/16 of the tenant's instances);
-//!    2. `total/<tenant>` as the sum of the [`model::SHARDS`] `shard/<tenant>/<shard>` values,
-//!       an absent one counting 0 (16 `get`s, however many instances the tenant has).
-//!
-//!    Both run on every delivery that reaches step 5, even when 5.1 found nothing to change.
-//!
-//! Why the sums end exact. Usage keys are written once, never removed and never negative, so
-//! the sum of a shard's usage keys only grows. A shard key only ever receives such a sum, read
-//! after the value it replaces, and a swap fails if the key changed in between, so a swap that
-//! wins writes a sum that includes everything its writer saw and shard values only grow; the
-//! same holds one level up for the total, a sum of shard values. So the total never goes down
-//! and never exceeds the sum of the shards, which never exceeds the sum of the usage keys.
-//! A handler that reaches step 5 runs 5.1 after its usage key exists: when 5.1 ends, the shard
-//! includes that usage (its swap won, or the shard already held a sum that includes it). It
-//! then runs 5.2, reading every shard after that. In particular the handler whose swap was the
-//! last change to any of the tenant's shards recomputes the total afterwards from every
-//! shard's final value, so the total ends equal to the sum of every usage key, each counted
-//! once (one key per instance).
+//! 5. Settle the recorded amount ([`ledger::settle`]): add it to its shard's sum exactly once
+//!    (the shard value lists the entries in flight, and a `counted/` key marks an entry done),
+//!    then recompute the tenant's total from the 16 shard sums. The cost is flat: it does not
+//!    grow with the number of instances billed. The argument that it is exact is in
+//!    [`ledger`], and its tests check it against every interleaving of concurrent and
+//!    crashed deliveries.
 //!
 //! A crash between any two steps is repaired by the redelivery: steps 1 and 3 are no-ops the
-//! second time, 4 is de-duplicated, 5 repeats 5.1 and 5.2 from scratch. So is a 5.1 or 5.2
-//! that gives up after [`TOTAL_TRIES`] lost swaps: the event is retried.
+//! second time, 4 is de-duplicated, 5 finishes what the crashed delivery started. So is a
+//! step 5 that gives up after [`ledger::TRIES`] lost swaps: the event is retried.
 //!
 //! Outcomes: a malformed event (bad JSON, bad tenant or instance, missing or bad `time`) is
 //! rejected with a reason naming what is wrong; other event types are acknowledged and
@@ -54,6 +39,7 @@
 //! truth, the operator only forgot the grant `events.billing.>`. Any other emit error
 //! (a bug or a too-small payload limit) rejects, after the total is updated.
 
+pub mod ledger;
 pub mod model;
 pub mod time;
 
@@ -63,26 +49,11 @@ wit_bindgen::generate!({
 });
 
 use exports::sandbus::host::handler::{Event, Guest, Outcome};
-use model::{Charge, Fact, Meter, Shard, UsageData, VmEvent};
+use ledger::{Failure, Result, Settled, Store};
+use model::{Charge, Fact, Meter, UsageData, VmEvent};
 use sandbus::host::bus::{self, BusError};
 use sandbus::host::kv::{self, KvError};
 use sandbus::host::log::{self, Level};
-
-/// How many times a shard sum or the tenant total is recomputed when other handlers keep
-/// changing it.
-pub const TOTAL_TRIES: usize = 64;
-
-/// Why an event was not handled now.
-enum Failure {
-    /// The event itself is wrong (bad JSON, a bad name); nothing was changed.
-    Malformed(String),
-    /// Transient: ask the host to deliver again later.
-    Retry(String),
-    /// The event cannot be handled; the reason goes to the dead-letter stream.
-    Reject(String),
-}
-
-type Result<T> = std::result::Result<T, Failure>;
 
 /// The component.
 struct Billing;
@@ -180,9 +151,11 @@ fn handle_vm_event(vm: &VmEvent) -> Result<()> {
     )?;
 
     let deferred = emit_usage(&UsageData::new(tenant, instance, seconds, start, stop))?;
-    let shard = Shard::of(instance);
-    let shard_sum = update_shard(Meter::VmSeconds, tenant, shard)?;
-    let total = update_total(Meter::VmSeconds, tenant)?;
+    let Settled {
+        shard,
+        shard_sum,
+        total,
+    } = ledger::settle(&HostKv, Meter::VmSeconds, tenant, instance, seconds)?;
     log::log(
         Level::Info,
         &format!(
@@ -207,9 +180,7 @@ fn charge_all(charges: &[Charge]) -> Result<()> {
             amount,
         } = charge;
         let charged = record(&model::usage_key(*meter, account, entry), *amount)?;
-        let shard = Shard::of(entry);
-        update_shard(*meter, account, shard)?;
-        let total = update_total(*meter, account)?;
+        let Settled { total, .. } = ledger::settle(&HostKv, *meter, account, entry, charged)?;
         log::log(
             Level::Info,
             &format!("{account} charged {charged} {meter} for {entry} (total {total})"),
@@ -218,18 +189,10 @@ fn charge_all(charges: &[Charge]) -> Result<()> {
     Ok(())
 }
 
-/// First-write-wins: stores `value` under `key` unless a value is there, and returns the
-/// value that is there now (ours, or the one a previous delivery stored).
+/// First-write-wins ([`ledger::record`]), warning when an earlier delivery stored a
+/// different value (which is kept).
 fn record(key: &str, value: i64) -> Result<i64> {
-    let text = value.to_string();
-    if kv::set_if_absent(key, text.as_bytes()).map_err(|e| kv_failure("set-if-absent", key, e))? {
-        return Ok(value);
-    }
-    let stored = read(key)?.ok_or_else(|| {
-        Failure::Retry(format!(
-            "kv `{key}` existed, then vanished before it was read"
-        ))
-    })?;
+    let stored = ledger::record(&HostKv, key, value)?;
     if stored != value {
         log::log(
             Level::Warn,
@@ -241,11 +204,23 @@ fn record(key: &str, value: i64) -> Result<i64> {
 
 /// The decimal value under `key`, if any.
 fn read(key: &str) -> Result<Option<i64>> {
-    match kv::get(key).map_err(|e| kv_failure("get", key, e))? {
-        None => Ok(None),
-        Some(bytes) => model::parse_stored(key, &bytes)
-            .map(Some)
-            .map_err(Failure::Reject),
+    ledger::read(&HostKv, key)
+}
+
+/// The listener's own key-value space, through the host's `kv` interface.
+struct HostKv;
+
+impl Store for HostKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        kv::get(key).map_err(|e| kv_failure("get", key, e))
+    }
+
+    fn set_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+        kv::set_if_absent(key, value).map_err(|e| kv_failure("set-if-absent", key, e))
+    }
+
+    fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool> {
+        kv::compare_and_swap(key, expected, new).map_err(|e| kv_failure("compare-and-swap", key, e))
     }
 }
 
@@ -290,63 +265,6 @@ fn emit_usage(usage: &UsageData<'_>) -> Result<Option<String>> {
             bus_error_text(&other)
         ))),
     }
-}
-
-/// Step 5.1: recomputes `<m>shard/<account>/<shard>` from the usage keys of that shard;
-/// returns the sum written (or found).
-fn update_shard(meter: Meter, account: &str, shard: Shard) -> Result<i64> {
-    let prefix = model::usage_shard_prefix(meter, account, shard);
-    recompute(&model::shard_key(meter, account, shard), || {
-        let keys = kv::list_keys(&prefix).map_err(|e| kv_failure("list-keys", &prefix, e))?;
-        // Usage keys are never deleted; one missing now counts as nothing.
-        sum_of(account, keys.iter().map(|key| read(key)))
-    })
-}
-
-/// Step 5.2: recomputes `<m>total/<account>` from the account's shard sums (an absent shard
-/// counts 0); returns the total written (or found).
-fn update_total(meter: Meter, account: &str) -> Result<i64> {
-    recompute(&model::total_key(meter, account), || {
-        sum_of(
-            account,
-            Shard::all().map(|shard| read(&model::shard_key(meter, account, shard))),
-        )
-    })
-}
-
-/// The compare-and-swap loop of steps 5.1 and 5.2: reads `key`, then computes `sum` (whose
-/// reads all come after), and stores the sum unless `key` changed in between; at most
-/// [`TOTAL_TRIES`] times. Returns the sum stored (or found already there).
-fn recompute(key: &str, mut sum: impl FnMut() -> Result<i64>) -> Result<i64> {
-    for _ in 0..TOTAL_TRIES {
-        let old = kv::get(key).map_err(|e| kv_failure("get", key, e))?;
-        let sum = sum()?;
-        let new = sum.to_string();
-        if old.as_deref() == Some(new.as_bytes()) {
-            return Ok(sum);
-        }
-        if kv::compare_and_swap(key, old.as_deref(), new.as_bytes())
-            .map_err(|e| kv_failure("compare-and-swap", key, e))?
-        {
-            return Ok(sum);
-        }
-    }
-    Err(Failure::Retry(format!(
-        "kv `{key}` kept changing; gave up after {TOTAL_TRIES} tries"
-    )))
-}
-
-/// The sum of stored values of `account`, an absent one counting 0; stops at the first read
-/// that fails.
-fn sum_of(account: &str, values: impl Iterator<Item = Result<Option<i64>>>) -> Result<i64> {
-    let mut sum: i64 = 0;
-    for value in values {
-        let Some(value) = value? else { continue };
-        sum = sum
-            .checked_add(value)
-            .ok_or_else(|| Failure::Reject(format!("the usage of {account} overflows 64 bits")))?;
-    }
-    Ok(sum)
 }
 
 /// `unavailable` is worth a retry; anything else is a reason to reject.

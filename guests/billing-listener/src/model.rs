@@ -15,23 +15,25 @@
 //! meter's key prefix: empty for `vm-seconds` (the layout it always had), `<meter name>/`
 //! for the others (`lease-ms/`, `invocations/`, `wall-us/`, `fuel/`).
 //!
-//! | key                                  | value                                         | written with       |
-//! |--------------------------------------|-----------------------------------------------|--------------------|
-//! | `start/<tenant>/<instance>`          | unix seconds of the `vm.started` event        | `set-if-absent`    |
-//! | `stop/<tenant>/<instance>`           | unix seconds of the `vm.stopped` event        | `set-if-absent`    |
-//! | `<m>usage/<account>/<shard>/<entry>` | the amount charged for one entry              | `set-if-absent`    |
-//! | `<m>shard/<account>/<shard>`         | sum of every `<m>usage/<account>/<shard>/*`   | `compare-and-swap` |
-//! | `<m>total/<account>`                 | sum of the 16 `<m>shard/<account>/*` (absent: 0) | `compare-and-swap` |
+//! | key                                    | value                                           | written with       |
+//! |----------------------------------------|-------------------------------------------------|--------------------|
+//! | `start/<tenant>/<instance>`            | unix seconds of the `vm.started` event          | `set-if-absent`    |
+//! | `stop/<tenant>/<instance>`             | unix seconds of the `vm.stopped` event          | `set-if-absent`    |
+//! | `<m>usage/<account>/<shard>/<entry>`   | the amount charged for one entry                | `set-if-absent`    |
+//! | `<m>shard/<account>/<shard>`           | the shard's sum, then its pending entries ([`crate::ledger`]) | `compare-and-swap` |
+//! | `<m>counted/<account>/<shard>/<entry>` | the amount, once it is in the shard sum         | `set-if-absent`    |
+//! | `<m>sums/<account>`                    | the 16 shard sums the total counts, one per line | `compare-and-swap` |
+//! | `<m>total/<account>`                   | the sum of `<m>sums/<account>`                  | `compare-and-swap` |
 //!
 //! `<shard>` is [`Shard::of`] the entry: a stable hash of its name modulo [`SHARDS`], written
-//! as two decimal digits (`00` to `15`), so recomputing a sum reads one shard's usage keys, not
-//! every entry of the account. The usage keys are the only keys under `<m>usage/`: one per
-//! billed entry. The shard sums live under `<m>shard/`, never under `<m>usage/`, so a listing
-//! of `usage/<tenant>/` (or of one shard, `usage/<tenant>/<shard>/`) holds usage keys only.
-//! Meter names differ from the first key parts of the `vm-seconds` layout (`start`, `stop`,
-//! `usage`, `shard`, `total`), so meters never share a key.
+//! as two decimal digits (`00` to `15`). Handlers of different shards swap different keys, so
+//! the 16 shards spread the contention on an account's sum. The usage keys are the only keys
+//! under `<m>usage/`: one per billed entry, so a listing of `usage/<tenant>/` (or of one
+//! shard, `usage/<tenant>/<shard>/`) holds usage keys only. Meter names differ from the first
+//! key parts of the `vm-seconds` layout (`start`, `stop`, `usage`, `shard`, `counted`,
+//! `sums`, `total`), so meters never share a key.
 //!
-//! The shard of an entry is part of its stored key, so [`Shard::of`] must never change:
+//! The shard of an entry is part of its stored keys, so [`Shard::of`] must never change:
 //! a different hash (or a different [`SHARDS`]) would file a redelivered event's usage under a
 //! new key and bill it twice.
 
@@ -443,12 +445,28 @@ pub fn usage_shard_prefix(meter: Meter, account: &str, shard: Shard) -> String {
     format!("{}usage/{account}/{shard}/", meter.key_prefix())
 }
 
-/// The key holding the sum of one shard's usage keys: `<m>shard/<account>/<shard>`.
+/// The key marking that an entry's amount is in its shard sum:
+/// `<m>counted/<account>/<shard>/<entry>` (see [`crate::ledger`]).
+pub fn counted_key(meter: Meter, account: &str, entry: &str) -> String {
+    format!(
+        "{}counted/{account}/{}/{entry}",
+        meter.key_prefix(),
+        Shard::of(entry)
+    )
+}
+
+/// The key holding one shard's sum (and its pending entries): `<m>shard/<account>/<shard>`.
 pub fn shard_key(meter: Meter, account: &str, shard: Shard) -> String {
     format!("{}shard/{account}/{shard}", meter.key_prefix())
 }
 
-/// The key holding an account's total on a meter: the sum of its [`shard_key`]s
+/// The key recording the shard sums an account's total counts: `<m>sums/<account>`
+/// (see [`crate::ledger::ShardSums`]).
+pub fn sums_key(meter: Meter, account: &str) -> String {
+    format!("{}sums/{account}", meter.key_prefix())
+}
+
+/// The key holding an account's total on a meter: the sum of its [`sums_key`] record
 /// (`total/<tenant>` for vm seconds, `lease-ms/total/<script>` for lease time...).
 pub fn total_key(meter: Meter, account: &str) -> String {
     format!("{}total/{account}", meter.key_prefix())
@@ -716,6 +734,8 @@ mod tests {
             Fact::Stop.key(&long, &long),
             usage_key(Meter::VmSeconds, &long, &long),
             shard_key(Meter::VmSeconds, &long, shard),
+            counted_key(Meter::VmSeconds, &long, &long),
+            sums_key(Meter::VmSeconds, &long),
             total_key(Meter::VmSeconds, &long),
             usage_prefix(Meter::VmSeconds, &long) + "x",
             usage_shard_prefix(Meter::VmSeconds, &long, shard) + "x",
@@ -749,10 +769,12 @@ mod tests {
                 ));
                 others.push(Fact::Start.key(tenant, instance));
                 others.push(Fact::Stop.key(tenant, instance));
+                others.push(counted_key(Meter::VmSeconds, tenant, instance));
             }
             for shard in Shard::all() {
                 others.push(shard_key(Meter::VmSeconds, tenant, shard));
             }
+            others.push(sums_key(Meter::VmSeconds, tenant));
             others.push(total_key(Meter::VmSeconds, tenant));
         }
         // Only usage keys are under `usage/`: counting them counts billed instances.
@@ -903,15 +925,16 @@ mod tests {
     fn meters_never_share_keys() {
         let mut keys = Vec::new();
         for meter in Meter::ALL {
-            for account in ["acme", "lease-ms", "usage", "total"] {
+            for account in ["acme", "lease-ms", "usage", "counted", "sums", "total"] {
                 keys.push(usage_key(meter, account, "e"));
                 keys.push(shard_key(meter, account, Shard::of("e")));
+                keys.push(counted_key(meter, account, "e"));
+                keys.push(sums_key(meter, account));
                 keys.push(total_key(meter, account));
-                assert_valid_key(&usage_key(
-                    meter,
-                    &"a".repeat(MAX_NAME_LEN),
-                    &"e".repeat(MAX_NAME_LEN),
-                ));
+                let (long_account, long_entry) =
+                    ("a".repeat(MAX_NAME_LEN), "e".repeat(MAX_NAME_LEN));
+                assert_valid_key(&usage_key(meter, &long_account, &long_entry));
+                assert_valid_key(&counted_key(meter, &long_account, &long_entry));
             }
         }
         let count = keys.len();
