@@ -338,6 +338,52 @@ fn daemon_and_cli_authenticate_with_user_and_password_or_token() {
 }
 
 #[test]
+fn nats_takes_a_comma_separated_server_list_and_skips_a_dead_server() {
+    let mut cluster = Cluster::new();
+    // A loopback port nothing listens on (bound, read, released).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let list = format!("nats://127.0.0.1:{dead}, {}", cluster.nats.url());
+    cluster.start_daemon_with("h1", &["--nats", &list]);
+    let hosts = cluster.cli_json(&["hosts", "--nats", &list]);
+    assert!(
+        hosts.as_array().unwrap().iter().any(|h| h["id"] == "h1"),
+        "{hosts}"
+    );
+    // A list with a stray comma or a bad URL is refused, saying what is wrong, by the CLI and
+    // the daemon alike.
+    let empty_entry = format!("{},,nats://127.0.0.1:{dead}", cluster.nats.url());
+    let out = cluster
+        .command(&["hosts", "--nats", &empty_entry])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("empty entry (entry 2 of 3)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cluster
+        .command(&[
+            "daemon",
+            "--check-config",
+            "--nats",
+            "nats://ok:4222,http://no:80",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`http://no:80` in the NATS server list"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn up_runs_the_daemon_with_a_private_nats_server_when_none_answers() {
     let dir = tempfile::tempdir().unwrap();
     let already_running = std::net::TcpStream::connect_timeout(

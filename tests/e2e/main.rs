@@ -22,6 +22,7 @@ mod device_lab;
 mod hooks;
 mod inspect;
 mod operations;
+mod replicated_kv;
 mod scale_out;
 
 use std::path::Path;

@@ -17,9 +17,9 @@ const KILLED: &str = "h2";
 const INSTANCES: u64 = 10_000;
 /// The listener under test.
 const LISTENER: &str = "billing";
-/// Replicas of every stream and bucket the daemons create (`[events] replicas`). One: see the
-/// test's docs for why not three.
-const REPLICAS: usize = 1;
+/// Replicas of every stream and bucket the daemons create (`[events] replicas`): one per node,
+/// as a production cluster would run.
+const REPLICAS: usize = 3;
 /// How often the listener's status is read while waiting.
 const POLL: Duration = Duration::from_secs(2);
 /// How often progress is printed while waiting (seen with `--nocapture`).
@@ -152,12 +152,11 @@ fn billed_lines(log: &str) -> usize {
 /// are exact, there is exactly one usage key per instance with the right value, nothing is
 /// dead-lettered, and every daemon billed some instances (the killed one before the kill).
 ///
-/// Streams and buckets have one replica (R1), each on one node: the daemons on the other nodes
-/// reach it through the cluster's routes. Not R3, because with R3 the daemon's guest kv reads
-/// are served by any replica (JetStream direct get), so a read may miss a write already
-/// acknowledged; the billing listener then loses instances (both events of one instance each
-/// miss the other's fact), and the totals come out short. Raise [`REPLICAS`] once guest kv
-/// reads are served by the stream leader.
+/// Streams and buckets have three replicas (R3), one per node. Two things had to hold for
+/// that: buckets are read through their stream leader (direct get off; a replica that is
+/// behind made the billing listener miss a fact and lose instances), and a compare-and-swap
+/// that loses a race on a clustered server (error 10164) is a lost race, not an outage
+/// (`tests/e2e/replicated_kv.rs` checks both on their own).
 ///
 /// A bill costs the same however many instances were billed before (see the billing
 /// listener's `ledger` module): on an idle two-core machine, with debug builds, the 20,000

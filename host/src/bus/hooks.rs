@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt as _;
 
+use super::cas::is_lost_race;
 use super::names;
 use super::store::ensure_kv;
 use super::{BusError, BusErrorKind};
@@ -211,27 +212,28 @@ impl HookPoints {
             next.hooks.dedup();
             let bytes = serde_json::to_vec(&next)
                 .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+            // The error as text, and whether it lost a race to another writer.
             let written = match revision {
                 None => self
                     .points
                     .create(point, bytes.into())
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| (is_lost_race(&e), e.to_string())),
                 Some(revision) => self
                     .points
                     .update(point, bytes.into(), revision)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| (is_lost_race(&e), e.to_string())),
             };
             match written {
                 Ok(()) => return Ok(next),
                 // Someone else changed it in between: read again.
-                Err(e) if self.entry(point).await?.map(|(_, r)| r) != revision => {
+                Err((lost, e)) if lost || self.entry(point).await?.map(|(_, r)| r) != revision => {
                     tracing::debug!(point, error = %e, "extension point changed meanwhile; retrying");
                 }
-                Err(e) => return Err(BusError::unavailable("store the extension point", e)),
+                Err((_, e)) => return Err(BusError::unavailable("store the extension point", e)),
             }
         }
         Err(BusError::new(

@@ -10,8 +10,9 @@ use async_nats::jetstream::{self};
 use futures::StreamExt as _;
 
 use super::BusError;
+use super::cas::is_lost_race;
 use super::names;
-use super::store::ensure_kv;
+use super::store::{ensure_kv, open_kv};
 use crate::imports::kv::{KvStore, KvStoreError};
 
 /// Most keys `list-keys` returns (as the WIT documents).
@@ -51,10 +52,7 @@ impl NatsKv {
 
     /// Opens the bucket a daemon created (the CLI does this; it never creates it).
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
-        let bucket = js
-            .get_key_value(names::GUEST_KV_BUCKET)
-            .await
-            .map_err(|e| BusError::not_set_up("the guest key-value bucket", e))?;
+        let bucket = open_kv(js, names::GUEST_KV_BUCKET, "the guest key-value bucket").await?;
         Ok(Self {
             bucket,
             client: js.client(),
@@ -134,7 +132,7 @@ impl KvStore for NatsKv {
                 .await
             {
                 Ok(_) => return Ok(true),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if is_lost_race(&e) => continue,
                 Err(e) => return Err(unavailable(e)),
             }
         }

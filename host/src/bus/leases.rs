@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self};
 
+use super::cas::is_lost_race;
 use super::names;
 use super::store::ensure_kv;
 use super::{BusError, BusErrorKind};
@@ -80,7 +81,7 @@ impl LeaseTable {
                 key,
                 revision,
             }),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(e) if is_lost_race(&e) => {
                 match self.entry(&key).await? {
                     // Our own create went through but its reply was lost (a retry after a
                     // timeout): the lease is ours.
@@ -116,7 +117,7 @@ impl LeaseTable {
                 held.revision = revision;
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(e) if is_lost_race(&e) => {
                 match self.entry(&held.key).await? {
                     // Our previous renewal was applied but its reply was lost: adopt it.
                     Some((holder, revision)) if holder.run == held.lease.run => {
@@ -142,7 +143,7 @@ impl LeaseTable {
         {
             Ok(()) => Ok(()),
             // Someone else's now (ours expired): nothing of ours to release.
-            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+            Err(e) if is_lost_race(&e) => Ok(()),
             Err(e) => Err(BusError::unavailable("release the device lease", e)),
         }
     }

@@ -11,6 +11,7 @@
 //!
 //! Nothing here runs guests; the daemon wires the bus to the sandbox.
 
+mod cas;
 mod events;
 mod hooks;
 pub use events::humantime_serde;
@@ -26,6 +27,8 @@ mod subscriptions;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use async_nats::ServerAddr;
 
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
 pub use hooks::{
@@ -130,9 +133,15 @@ pub struct NatsOptions {
 }
 
 impl NatsOptions {
-    /// The URL to connect to: the given one or [`DEFAULT_URL`].
+    /// The server list as given (comma separated), or [`DEFAULT_URL`]; for messages. What is
+    /// connected to is [`servers`](Self::servers).
     pub fn url(&self) -> &str {
         self.url.as_deref().unwrap_or(DEFAULT_URL)
+    }
+
+    /// The servers to connect to: [`url`](Self::url) split on commas ([`parse_servers`]).
+    pub fn servers(&self) -> Result<Vec<ServerAddr>, BusError> {
+        parse_servers(self.url())
     }
 
     /// Fills every field that is unset here from `other` (flags over config file).
@@ -169,7 +178,7 @@ impl NatsOptions {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("--tls-cert and --tls-key go together; give both or neither");
         }
-        Ok(())
+        self.servers().map(|_| ())
     }
 
     /// The async-nats options for these settings. `name` is the connection name the server
@@ -220,15 +229,58 @@ impl NatsOptions {
     }
 }
 
+/// Splits a server list (`--nats`, `SANDBUS_NATS_URL`, `[nats] url`) on commas into server
+/// addresses, each trimmed: `nats://a:4222, nats://b:4222`. A part without a scheme is taken
+/// as `nats://` (`127.0.0.1:4222`), one without a port gets 4222.
+///
+/// async-nats takes one string as one URL, so a list must be split here. An empty part (a
+/// stray comma) or a part that is not a NATS server URL is refused, naming the part and what
+/// to give instead, rather than dropped: a typo in the list should not silently leave a
+/// daemon with fewer servers than its operator meant.
+pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, BusError> {
+    let bad = |message: String| BusError::new(BusErrorKind::Connect, message);
+    let parts: Vec<&str> = list.split(',').map(str::trim).collect();
+    let count = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            if part.is_empty() {
+                return Err(bad(format!(
+                    "the NATS server list `{list}` has an empty entry (entry {} of {count}); \
+                     give URLs separated by single commas, e.g. \
+                     nats://10.0.0.1:4222,nats://10.0.0.2:4222",
+                    i + 1
+                )));
+            }
+            let addr: ServerAddr = part.parse().map_err(|e| {
+                bad(format!(
+                    "`{part}` in the NATS server list `{list}` is not a NATS server URL ({e}); \
+                     give nats://HOST:PORT (or tls://, ws://, wss://)"
+                ))
+            })?;
+            if addr.host().is_empty() {
+                return Err(bad(format!(
+                    "`{part}` in the NATS server list `{list}` names no host; \
+                     give nats://HOST:PORT"
+                )));
+            }
+            Ok(addr)
+        })
+        .collect()
+}
+
 /// Connects for a short-lived client (the CLI): fails fast when nothing answers.
 pub async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+    let servers = options.servers()?;
     let connect = options
         .connect_options("sandbus-cli")
         .await?
         .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(3)
+        // Enough attempts to try every listed server once, however many are down.
+        .max_reconnects(servers.len().max(3))
         .request_timeout(Some(Duration::from_secs(30)));
-    connect.connect(options.url()).await.map_err(|e| {
+    connect.connect(servers).await.map_err(|e| {
         BusError::new(
             BusErrorKind::Connect,
             format!(
@@ -243,6 +295,7 @@ pub async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client,
 /// Connects for the daemon: waits for the server if it is not up yet and reconnects
 /// forever, with backoff, when the connection drops. Connection state changes are logged.
 pub async fn connect_daemon(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+    let servers = options.servers()?;
     let connect = options
         .connect_options("sandbus-daemon")
         .await?
@@ -259,7 +312,7 @@ pub async fn connect_daemon(options: &NatsOptions) -> Result<async_nats::Client,
                 other => tracing::info!(event = %other, "NATS connection event"),
             }
         });
-    connect.connect(options.url()).await.map_err(|e| {
+    connect.connect(servers).await.map_err(|e| {
         BusError::new(
             BusErrorKind::Connect,
             format!("cannot connect to NATS at {}: {e}", options.url()),
@@ -330,6 +383,70 @@ mod tests {
         let merged = flags.or(file);
         assert_eq!(merged.url(), "nats://a:1");
         assert_eq!(merged.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn a_comma_separated_server_list_gives_every_server() {
+        let servers = parse_servers("nats://127.0.0.1:4222, tls://nats.lab:4443 ,10.0.0.3")
+            .expect("a good list parses");
+        let hosts: Vec<(&str, &str, u16)> = servers
+            .iter()
+            .map(|s| (s.scheme(), s.host(), s.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("nats", "127.0.0.1", 4222),
+                ("tls", "nats.lab", 4443),
+                ("nats", "10.0.0.3", 4222),
+            ]
+        );
+        assert_eq!(parse_servers(DEFAULT_URL).map(|s| s.len()).ok(), Some(1));
+        let options = NatsOptions {
+            url: Some("nats://a:1,nats://b:2".into()),
+            ..Default::default()
+        };
+        assert_eq!(options.servers().map(|s| s.len()).ok(), Some(2));
+        assert!(options.validate().is_ok());
+    }
+
+    #[test]
+    fn a_server_list_with_an_empty_entry_is_refused_saying_where() {
+        for list in [
+            "nats://a:1,,nats://b:2",
+            "nats://a:1,",
+            ",nats://a:1",
+            " ",
+            "",
+        ] {
+            let err = parse_servers(list).unwrap_err();
+            assert_eq!(err.kind, BusErrorKind::Connect, "{list}");
+            assert!(err.message.contains("empty entry"), "{list}: {err}");
+            assert!(err.message.contains("separated by single commas"), "{err}");
+        }
+        let err = parse_servers("nats://a:1,,nats://b:2").unwrap_err();
+        assert!(err.message.contains("entry 2 of 3"), "{err}");
+    }
+
+    #[test]
+    fn a_server_list_with_a_bad_url_is_refused_naming_it() {
+        for (list, bad) in [
+            ("nats://a:1,http://b:2", "http://b:2"),
+            ("nats://a:notaport", "nats://a:notaport"),
+            ("nats://a b:1", "nats://a b:1"),
+            ("nats://", "nats://"),
+        ] {
+            let err = parse_servers(list).unwrap_err();
+            assert_eq!(err.kind, BusErrorKind::Connect, "{list}");
+            assert!(err.message.contains(&format!("`{bad}`")), "{list}: {err}");
+            assert!(err.message.contains("nats://HOST:PORT"), "{list}: {err}");
+        }
+        // Caught before connecting, and by `--check-config` (which validates).
+        let options = NatsOptions {
+            url: Some("nats://a:1,,nats://b:2".into()),
+            ..Default::default()
+        };
+        assert_eq!(options.validate().unwrap_err().kind, BusErrorKind::Connect);
     }
 
     #[test]

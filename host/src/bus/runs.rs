@@ -12,8 +12,9 @@ use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt as _;
 
+use super::cas::is_lost_race;
 use super::names;
-use super::store::ensure_kv;
+use super::store::{ensure_kv, open_kv};
 use super::{BusError, BusErrorKind};
 use crate::devices::DeviceInfo;
 use crate::sandbox::{Metering, Step};
@@ -166,12 +167,7 @@ impl RunStore {
 
     /// Opens the bucket (for clients); [`BusErrorKind::NotSetUp`] if no daemon created it.
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
-        let runs = js.get_key_value(names::RUNS_BUCKET).await.map_err(|e| {
-            BusError::new(
-                BusErrorKind::NotSetUp,
-                format!("no runs bucket ({e}); start a daemon first"),
-            )
-        })?;
+        let runs = open_kv(js, names::RUNS_BUCKET, "the runs bucket").await?;
         Ok(Self {
             js: js.clone(),
             runs,
@@ -218,7 +214,7 @@ impl RunStore {
                 .await
             {
                 Ok(_) => return Ok(true),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if is_lost_race(&e) => continue,
                 Err(e) => return Err(BusError::unavailable("record the run as finished", e)),
             }
         }

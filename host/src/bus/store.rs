@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use tokio::io::AsyncReadExt as _;
 
+use super::cas::is_lost_race;
 use super::names;
 use super::{BusError, BusErrorKind};
 use crate::sandbox::{Digest, Limits, World};
@@ -138,10 +139,7 @@ impl ComponentStore {
             .get_object_store(names::COMPONENTS_BUCKET)
             .await
             .map_err(|e| BusError::not_set_up("the component store", e))?;
-        let manifests = js
-            .get_key_value(names::MANIFESTS_BUCKET)
-            .await
-            .map_err(|e| BusError::not_set_up("the manifest bucket", e))?;
+        let manifests = open_kv(js, names::MANIFESTS_BUCKET, "the manifest bucket").await?;
         Ok(Self {
             objects,
             manifests,
@@ -343,7 +341,7 @@ impl ComponentStore {
                 .await
             {
                 Ok(_) => return Ok(manifest),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if is_lost_race(&e) => continue,
                 Err(e) => return Err(BusError::unavailable("record the manifest", e)),
             }
         }
@@ -357,11 +355,18 @@ impl ComponentStore {
     /// for version numbering), its bytes stay (another name may share them).
     pub async fn remove(&self, name: &str) -> Result<ComponentManifest, BusError> {
         let (current, revision) = self.current(name).await?.ok_or_else(|| not_found(name))?;
-        self.manifests
+        match self
+            .manifests
             .delete_expect_revision(names::manifest_key(name), Some(revision))
             .await
-            .map_err(|e| BusError::unavailable("remove the manifest", e))?;
-        Ok(current)
+        {
+            Ok(()) => Ok(current),
+            Err(e) if is_lost_race(&e) => Err(BusError::new(
+                BusErrorKind::Conflict,
+                format!("`{name}` changed while removing it; try again"),
+            )),
+            Err(e) => Err(BusError::unavailable("remove the manifest", e)),
+        }
     }
 
     /// Every current manifest, by name.
@@ -440,24 +445,85 @@ impl ComponentStore {
     }
 }
 
-/// Opens a KV bucket, creating it with `config` if it does not exist.
+/// Opens a KV bucket, creating it with `config` if it does not exist, and makes it serve
+/// reads from its stream leader only ([`read_through_leader`]). Every bucket a daemon uses
+/// is made here.
 pub(crate) async fn ensure_kv(
     js: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, BusError> {
-    match js.get_key_value(config.bucket.as_str()).await {
-        Ok(store) => Ok(store),
-        Err(_) => {
-            let bucket = config.bucket.clone();
-            match js.create_key_value(config).await {
-                Ok(store) => Ok(store),
-                // Another daemon created it in between.
-                Err(e) => js.get_key_value(bucket.as_str()).await.map_err(|_| {
-                    BusError::unavailable(&format!("create the KV bucket {bucket}"), e)
-                }),
-            }
-        }
+    let bucket = config.bucket.clone();
+    let mut store = match js.get_key_value(bucket.as_str()).await {
+        Ok(store) => store,
+        Err(_) => match js.create_key_value(config).await {
+            Ok(store) => store,
+            // Another daemon created it in between.
+            Err(e) => js
+                .get_key_value(bucket.as_str())
+                .await
+                .map_err(|_| BusError::unavailable(&format!("create the KV bucket {bucket}"), e))?,
+        },
+    };
+    read_through_leader(js, &mut store).await?;
+    Ok(store)
+}
+
+/// Opens a KV bucket a daemon created (clients do this); [`BusErrorKind::NotSetUp`] naming
+/// `what` if it does not exist. Like [`ensure_kv`], it turns direct get off if an older daemon
+/// left it on; when this client may not change the bucket, it logs why and reads as the
+/// bucket allows (a client only shows what it reads, it bases no compare-and-set on it).
+pub(crate) async fn open_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    what: &str,
+) -> Result<kv::Store, BusError> {
+    let mut store = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| BusError::not_set_up(what, e))?;
+    if let Err(e) = read_through_leader(js, &mut store).await {
+        tracing::warn!(bucket, error = %e, "reads of this bucket may lag behind its writes");
     }
+    Ok(store)
+}
+
+/// Turns off direct get on the bucket's stream, if it is on, and refreshes the store's cached
+/// stream info so that it reads through the stream leader.
+///
+/// async-nats creates every KV bucket with `allow_direct`, and a store whose cached stream
+/// info says so answers `get` and `entry` with a direct get, which any replica of a
+/// replicated bucket may serve, including one that has not applied the latest writes yet: a
+/// reader can miss a write it should see (a guest's read-modify-write misses the write before
+/// it), and a compare-and-swap that read a stale revision loses until the replica catches
+/// up. With direct get off, the store reads with `STREAM.MSG.GET`, which the leader answers.
+/// The store decides from the stream info it cached when it was opened, hence the refresh
+/// after the update. Buckets made by earlier versions (direct get on) are switched over here
+/// too.
+async fn read_through_leader(
+    js: &jetstream::Context,
+    store: &mut kv::Store,
+) -> Result<(), BusError> {
+    if !store.stream.cached_info().config.allow_direct {
+        return Ok(());
+    }
+    let what = format!("turn off direct get on the KV bucket {}", store.name);
+    let mut config = store.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(&config)
+        .await
+        .map_err(|e| BusError::unavailable(&what, e))?;
+    let info = store
+        .stream
+        .info()
+        .await
+        .map_err(|e| BusError::unavailable(&what, e))?;
+    if info.config.allow_direct {
+        return Err(BusError::unavailable(
+            &what,
+            "the server still reports it on after the update",
+        ));
+    }
+    Ok(())
 }
 
 fn parse_manifest(bytes: &Bytes) -> Result<ComponentManifest, BusError> {

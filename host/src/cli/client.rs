@@ -109,7 +109,13 @@ pub(super) struct Client {
 
 impl Client {
     async fn connect(args: &ClientArgs) -> Result<Self, ApiError> {
-        let nats = bus::connect_client(&args.nats.options())
+        let options = args.nats.options();
+        // Options that cannot work (a malformed server list, half of user/password) are the
+        // caller's mistake, not the bus being down: a usage error, before connecting.
+        options
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        let nats = bus::connect_client(&options)
             .await
             .map_err(|e| ApiError::new(ApiErrorKind::Unavailable, e.message))?;
         Ok(Self {
