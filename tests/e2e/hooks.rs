@@ -163,6 +163,26 @@ fn failed_hooks_follow_the_point_policy_and_any_deny_wins() {
         listed["hooks"],
         serde_json::json!(["stuck", "unsure", "yes"])
     );
+    // Each denial is recorded as a `sandbus.hook.denied` event for audit, in order, with
+    // its reasons; allowed calls record nothing.
+    let denied: Vec<Value> = cluster
+        .cli_ok(&["events", "sandbus.hook.denied", "--json"])
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    let (closed, by_no) = (&denied[0]["data"], &denied[1]["data"]);
+    assert_eq!(closed["point"], point);
+    assert_eq!(closed["policy"], "fail-closed");
+    assert_eq!(closed["reasons"].as_array().unwrap().len(), 2, "{closed}");
+    assert_eq!(closed["hooks"].as_array().unwrap().len(), 3, "{closed}");
+    assert_eq!(
+        closed["proposed"]["type"], point,
+        "the type defaults to the point"
+    );
+    assert_eq!(by_no["policy"], "fail-open");
+    assert_eq!(by_no["reasons"], serde_json::json!(["no: denied by wat"]));
+    assert_eq!(denied[1]["subject"], point);
 }
 
 #[test]

@@ -55,6 +55,11 @@ use sandbus::host::bus::{self, BusError};
 use sandbus::host::kv::{self, KvError};
 use sandbus::host::log::{self, Level};
 
+/// How long to wait before retrying an event whose `billing.usage` emit was rate-limited: the
+/// host only refuses a publish when the component's turn is over a second away, so sooner is
+/// pointless. The kv steps before the emit are redone as no-ops.
+const RATE_LIMITED_RETRY_MS: u64 = 2_000;
+
 /// The component.
 struct Billing;
 
@@ -97,6 +102,13 @@ impl Guest for Billing {
                     &format!("event {} will be retried: {reason}", event.id),
                 );
                 Outcome::Retry(None)
+            }
+            Err(Failure::RetryAfter(ms, reason)) => {
+                log::log(
+                    Level::Warn,
+                    &format!("event {} will be retried in {ms} ms: {reason}", event.id),
+                );
+                Outcome::Retry(Some(ms))
             }
             Err(Failure::Reject(reason)) => {
                 log::log(
@@ -251,10 +263,10 @@ fn emit_usage(usage: &UsageData<'_>) -> Result<Option<String>> {
             );
             Ok(None)
         }
-        Err(BusError::RateLimited) => Err(Failure::Retry(format!(
-            "emit {}: rate-limited",
-            model::USAGE_TYPE
-        ))),
+        Err(BusError::RateLimited) => Err(Failure::RetryAfter(
+            RATE_LIMITED_RETRY_MS,
+            format!("emit {}: rate-limited", model::USAGE_TYPE),
+        )),
         Err(BusError::Unavailable(why)) => Err(Failure::Retry(format!(
             "emit {}: bus unavailable: {why}",
             model::USAGE_TYPE

@@ -8,6 +8,9 @@
 //!
 //! Any daemon answers a call (the `hook.call` endpoint is in the shared queue group): every
 //! daemon loads every component, and the registrations are read from the bus at each call.
+//!
+//! A denial is also recorded as a `sandbus.hook.denied` event, so an audit listener sees
+//! every vetoed operation and why, whoever asked.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 
 use super::components::LoadedComponents;
+use super::host_events::{self, HostEvents};
 use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::api::{HookAnswer, HookCallReply, HookOutcome};
@@ -36,6 +40,8 @@ pub struct HookDispatcher {
     pub metering: Arc<MeteringBatcher>,
     /// This host's id, for answers about hooks not loaded here.
     pub host_id: String,
+    /// Where denials are recorded (`sandbus.hook.denied`).
+    pub events: HostEvents,
 }
 
 impl HookDispatcher {
@@ -59,7 +65,46 @@ impl HookDispatcher {
                 .map(|hook| self.ask(hook, proposed.clone(), deadline)),
         )
         .await;
-        Ok(combine(&point, answers))
+        let reply = combine(&point, answers);
+        if !reply.allowed {
+            self.record_denial(&reply, &proposed).await;
+        }
+        Ok(reply)
+    }
+
+    /// Emits `sandbus.hook.denied`. Each call is its own decision (the same proposal may be
+    /// allowed later, then denied again), so the id names this host and the moment. A failure
+    /// to emit is logged; the verdict stands.
+    async fn record_denial(&self, reply: &HookCallReply, proposed: &CanonicalEvent) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let id = format!(
+            "{}/{}/{}/{at}",
+            host_events::HOOK_DENIED,
+            reply.point,
+            self.host_id
+        );
+        let data = serde_json::json!({
+            "point": reply.point,
+            "policy": reply.policy,
+            "proposed": {
+                "id": proposed.id,
+                "type": proposed.ty,
+                "subject": proposed.subject,
+            },
+            "reasons": reply.reasons,
+            "hooks": reply.hooks,
+        });
+        self.events
+            .emit_or_log(
+                host_events::HOOK_DENIED,
+                id,
+                Some(reply.point.clone()),
+                data,
+            )
+            .await;
     }
 
     /// One hook's answer, never later than `deadline`.

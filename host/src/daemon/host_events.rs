@@ -36,6 +36,9 @@ pub const LEASE_RELEASED: &str = "sandbus.lease.released";
 pub const METERING: &str = "sandbus.metering";
 /// A run ended; data is its report.
 pub const RUN_FINISHED: &str = "sandbus.run.finished";
+/// An extension point denied a proposed operation (data: the point, the proposal's id, type
+/// and subject, the reasons and every hook's answer).
+pub const HOOK_DENIED: &str = "sandbus.hook.denied";
 
 /// Emits this host's events on the events stream.
 #[derive(Clone)]

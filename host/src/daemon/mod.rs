@@ -242,6 +242,7 @@ impl Daemon {
                 metrics: metrics.clone(),
                 metering: metering.clone(),
                 host_id: host_id.clone(),
+                events: host_events.clone(),
             }),
         });
         let metering_stop = CancellationToken::new();

@@ -2,7 +2,7 @@
 //!
 //! Refusals are `bus-error` values the guest handles; nothing here traps.
 
-use super::{BusState, MSG_ID_HEADER, OutboundMessage, PublishError};
+use super::{BusState, MSG_ID_HEADER, OutboundMessage, PublishError, PublishRate};
 use crate::bindings::bus::{BusError, Host};
 use crate::bindings::types::Event;
 use crate::event::CanonicalEvent;
@@ -30,8 +30,10 @@ impl BusState {
         for (name, value) in &headers {
             check_header(name, value).map_err(BusError::InvalidHeader)?;
         }
-        if !self.rate.try_take() {
-            return Err(BusError::RateLimited);
+        match self.rate.reserve(PublishRate::MAX_WAIT) {
+            None => return Err(BusError::RateLimited),
+            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Some(_) => {}
         }
         let message = OutboundMessage {
             subject,
@@ -108,6 +110,7 @@ mod tests {
     use crate::imports::bus::{PublishRate, RecordingPublisher};
     use crate::subject::{PublishGrants, SubjectPattern};
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn state(grant: &str, rate: u32) -> (Arc<RecordingPublisher>, BusState) {
         let publisher = Arc::new(RecordingPublisher::default());
@@ -202,5 +205,33 @@ mod tests {
         let limited = bus.publish("a.b".into(), vec![], vec![]).await.unwrap();
         assert_eq!(limited, Err(BusError::RateLimited));
         assert_eq!(publisher.take().len(), 2);
+    }
+
+    #[test]
+    fn a_publish_over_the_cap_waits_for_its_turn_up_to_a_second_then_is_refused() {
+        // 10 a second, a burst of 2: two now, then one every 100 ms, reserved in order.
+        let rate = PublishRate::new(10, 2);
+        assert_eq!(rate.reserve(PublishRate::MAX_WAIT), Some(Duration::ZERO));
+        assert_eq!(rate.reserve(PublishRate::MAX_WAIT), Some(Duration::ZERO));
+        let waits: Vec<Duration> = (0..10)
+            .map(|_| rate.reserve(PublishRate::MAX_WAIT).unwrap())
+            .collect();
+        for (i, wait) in waits.iter().enumerate() {
+            let due = Duration::from_millis(100 * (i as u64 + 1));
+            assert!(
+                wait.abs_diff(due) < Duration::from_millis(20),
+                "publish {i} waits {wait:?}, due in {due:?}"
+            );
+        }
+        // The eleventh would be more than a second away: refused, and nothing reserved.
+        assert_eq!(rate.reserve(PublishRate::MAX_WAIT), None);
+        assert!(
+            !rate.try_take(),
+            "a refused publish reserves nothing, and none is free"
+        );
+        // A bucket that never refills has nothing to wait for once its burst is spent.
+        let never = PublishRate::new(0, 1);
+        assert_eq!(never.reserve(PublishRate::MAX_WAIT), Some(Duration::ZERO));
+        assert_eq!(never.reserve(Duration::from_secs(3600)), None);
     }
 }

@@ -8,7 +8,7 @@
 mod host;
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker};
@@ -79,7 +79,11 @@ impl Publisher for RecordingPublisher {
 /// A token bucket: `per_second` tokens a second, at most `burst` saved up.
 ///
 /// Shared by every invocation of one component, so the cap holds for the component as a
-/// whole, not per event.
+/// whole, not per event. A publish over the cap is a throttle first: it reserves the next
+/// token and waits for it, as long as that is at most [`PublishRate::MAX_WAIT`] away; only a
+/// component that is further behind gets `rate-limited`. So a listener that emits one event
+/// per event it handles slows to the cap under a burst instead of failing its events, while a
+/// guest publishing in a loop is still held to the cap (it waits, inside its own timeout).
 #[derive(Debug)]
 pub struct PublishRate {
     per_second: f64,
@@ -88,6 +92,9 @@ pub struct PublishRate {
 }
 
 impl PublishRate {
+    /// The longest a publish waits for its turn before it fails with `rate-limited`.
+    pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
     /// A bucket that starts full.
     pub fn new(per_second: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
@@ -98,8 +105,16 @@ impl PublishRate {
         }
     }
 
-    /// Takes one token if there is one.
+    /// Takes one token if there is one now; `None` if not.
     pub fn try_take(&self) -> bool {
+        self.reserve(Duration::ZERO).is_some()
+    }
+
+    /// Reserves the next token if it is due within `max_wait`: returns how long to wait for
+    /// it (zero if one is there now), or `None`, reserving nothing, if it is further off.
+    /// Reserved tokens are owed: the bucket goes below zero and refills from there, so the
+    /// rate over time never exceeds the cap.
+    pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let refill = now.duration_since(state.1).as_secs_f64() * self.per_second;
@@ -107,10 +122,17 @@ impl PublishRate {
         state.1 = now;
         if state.0 >= 1.0 {
             state.0 -= 1.0;
-            true
-        } else {
-            false
+            return Some(Duration::ZERO);
         }
+        if self.per_second <= 0.0 {
+            return None;
+        }
+        let wait = Duration::from_secs_f64((1.0 - state.0) / self.per_second);
+        if wait > max_wait {
+            return None;
+        }
+        state.0 -= 1.0;
+        Some(wait)
     }
 }
 
