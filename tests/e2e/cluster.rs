@@ -189,6 +189,15 @@ impl Cluster {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 
+    /// Every stored event whose type matches `pattern` (`sandbus events PATTERN --json`),
+    /// oldest first.
+    pub fn events(&self, pattern: &str) -> Vec<Value> {
+        self.cli_ok(&["events", pattern, "--json"])
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+
     /// Starts a daemon with host id `id` and waits until it answers and is listed.
     pub fn start_daemon(&mut self, id: &str) {
         self.start_daemon_with(id, &[]);

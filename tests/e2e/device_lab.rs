@@ -104,15 +104,6 @@ fn follow_smoke(cluster: &Cluster) -> std::process::Output {
     ])
 }
 
-/// Every stored event of a type pattern, as JSON.
-fn events(cluster: &Cluster, pattern: &str) -> Vec<Value> {
-    cluster
-        .cli_ok(&["events", pattern, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn devices_lists_the_simulated_boards_as_free() {
     let cluster = lab(BOARDS);
@@ -130,7 +121,7 @@ fn devices_lists_the_simulated_boards_as_free() {
         "{text}"
     );
     // Each board was announced.
-    let attached = events(&cluster, "sandbus.device.attached");
+    let attached = cluster.events("sandbus.device.attached");
     assert_eq!(attached.len(), 2, "{attached:?}");
 }
 
@@ -154,7 +145,7 @@ fn smoke_test_runs_on_the_selected_board_and_follow_streams_log_and_report() {
         log.contains("device-descriptor: vendor:product 1209:0001"),
         "{log}"
     );
-    let finished = events(&cluster, "sandbus.run.finished");
+    let finished = cluster.events("sandbus.run.finished");
     assert_eq!(finished[0]["data"]["verdict"], "pass");
     assert_eq!(finished[0]["data"]["steps"].as_array().unwrap().len(), 4);
     assert!(finished[0]["data"]["metering"]["wall_us"].as_u64().unwrap() > 0);
@@ -181,7 +172,7 @@ fn two_runs_racing_for_one_device_run_one_after_the_other() {
     // The lease events, in stream order, never show the device held twice.
     let mut holder: Option<String> = None;
     let mut acquired = Vec::new();
-    for event in events(&cluster, "sandbus.lease.*") {
+    for event in cluster.events("sandbus.lease.*") {
         let run = event["data"]["run"].as_str().unwrap().to_owned();
         match event["type"].as_str().unwrap() {
             "sandbus.lease.acquired" => {
@@ -247,7 +238,8 @@ fn script_looping_on_the_device_times_out_and_the_next_waiter_runs() {
         "{record}"
     );
     // The device was reset and released, and the waiting run then passed on it.
-    let released: Vec<Value> = events(&cluster, "sandbus.lease.released")
+    let released: Vec<Value> = cluster
+        .events("sandbus.lease.released")
         .into_iter()
         .filter(|e| e["data"]["run"] == hog.as_str())
         .collect();
@@ -354,7 +346,7 @@ in = 0x81
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("bulk-in: UsbError::Disconnected"), "{text}");
     cluster.wait("device.detached", |c| {
-        events(c, "sandbus.device.detached")
+        c.events("sandbus.device.detached")
             .iter()
             .any(|e| e["data"]["device"]["id"] == "flaky")
     });
@@ -501,7 +493,8 @@ fn run_cancelled_in_the_middle_of_a_long_usb_read_frees_the_device_for_the_next_
         wait_finished(&mut cluster, &reading)["verdict"],
         "cancelled"
     );
-    let released: Vec<Value> = events(&cluster, "sandbus.lease.released")
+    let released: Vec<Value> = cluster
+        .events("sandbus.lease.released")
         .into_iter()
         .filter(|e| e["data"]["run"] == reading.as_str())
         .collect();
@@ -522,7 +515,8 @@ fn run_cancelled_in_the_middle_of_a_long_usb_read_frees_the_device_for_the_next_
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     // Exactly one report per run.
-    let finished: Vec<Value> = events(&cluster, "sandbus.run.finished")
+    let finished: Vec<Value> = cluster
+        .events("sandbus.run.finished")
         .into_iter()
         .filter(|e| e["data"]["run"] == reading.as_str())
         .collect();
@@ -599,13 +593,14 @@ fn billing_charges_each_run_its_lease_time_and_each_component_its_compute() {
         );
     }
     // What the daemon reported, read back from the event stream.
-    let held_ms: u64 = events(&cluster, "sandbus.lease.released")
+    let held_ms: u64 = cluster
+        .events("sandbus.lease.released")
         .iter()
         .map(|e| e["data"]["held_ms"].as_u64().unwrap())
         .sum();
     let smoke_compute = |c: &Cluster| -> (u64, u64) {
         let mut usage = (0, 0);
-        for event in events(c, "sandbus.metering") {
+        for event in c.events("sandbus.metering") {
             for component in event["data"]["components"].as_array().unwrap() {
                 if component["component"] == "smoke" {
                     usage.0 += component["usage"]["invocations"].as_u64().unwrap();

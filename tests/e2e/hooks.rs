@@ -165,11 +165,7 @@ fn failed_hooks_follow_the_point_policy_and_any_deny_wins() {
     );
     // Each denial is recorded as a `sandbus.hook.denied` event for audit, in order, with
     // its reasons; allowed calls record nothing.
-    let denied: Vec<Value> = cluster
-        .cli_ok(&["events", "sandbus.hook.denied", "--json"])
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let denied = cluster.events("sandbus.hook.denied");
     assert_eq!(denied.len(), 2, "{denied:?}");
     let (closed, by_no) = (&denied[0]["data"], &denied[1]["data"]);
     assert_eq!(closed["point"], point);

@@ -225,8 +225,9 @@ mod tests {
         }
         // The eleventh would be more than a second away: refused, and nothing reserved.
         assert_eq!(rate.reserve(PublishRate::MAX_WAIT), None);
-        assert!(
-            !rate.try_take(),
+        assert_eq!(
+            rate.reserve(Duration::ZERO),
+            None,
             "a refused publish reserves nothing, and none is free"
         );
         // A bucket that never refills has nothing to wait for once its burst is spent.

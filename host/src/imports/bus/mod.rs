@@ -105,11 +105,6 @@ impl PublishRate {
         }
     }
 
-    /// Takes one token if there is one now; `None` if not.
-    pub fn try_take(&self) -> bool {
-        self.reserve(Duration::ZERO).is_some()
-    }
-
     /// Reserves the next token if it is due within `max_wait`: returns how long to wait for
     /// it (zero if one is there now), or `None`, reserving nothing, if it is further off.
     /// Reserved tokens are owed: the bucket goes below zero and refills from there, so the
