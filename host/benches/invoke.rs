@@ -60,6 +60,7 @@ fn event(size: usize) -> CanonicalEvent {
         time: Some("2026-11-21T10:00:00Z".into()),
         datacontenttype: Some("application/octet-stream".into()),
         data: vec![b'x'; size],
+        depth: 0,
     }
 }
 
@@ -158,6 +159,7 @@ impl BenchState {
                 max_payload: 1 << 20,
                 rate: Arc::new(PublishRate::new(100, 100)),
                 published: 0,
+                depth: 0,
             },
             kv: KvState {
                 store: Arc::new(MemoryKv::default()),

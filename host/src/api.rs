@@ -86,6 +86,14 @@ pub mod endpoint {
     ];
 }
 
+/// Longest error message a reply carries, in bytes; longer ones are clipped, saying how long
+/// they were ([`crate::text::clip`]).
+pub const MAX_ERROR_LEN: usize = 4096;
+
+/// Longest reason one hook's answer carries, in bytes (in `hook.call` replies and
+/// `sandbus.hook.denied` events); longer ones are clipped, saying how long they were.
+pub const MAX_HOOK_REASON_LEN: usize = 1024;
+
 /// Header carrying an error's [`ApiErrorKind`].
 pub const ERROR_KIND_HEADER: &str = "Sandbus-Error-Kind";
 
@@ -357,6 +365,175 @@ pub struct HookCallReply {
     pub reasons: Vec<String>,
     /// Every hook's answer, in registration order (sorted by name).
     pub hooks: Vec<HookAnswer>,
+}
+
+/// A request body the daemon checks before acting on it, with the same rules the CLI
+/// applies before sending it: the API trusts nothing a client sends, whether or not the
+/// client is our CLI. A failure is a [`ApiErrorKind::BadRequest`] that says what to fix,
+/// with any echoed name clipped (see [`crate::text`]).
+pub trait Validate {
+    /// Checks the request; nothing has been done yet.
+    fn validate(&self) -> Result<(), ApiError>;
+}
+
+fn component_name(name: &str) -> Result<(), ApiError> {
+    crate::sandbox::validate_component_name(name).map_err(|e| ApiError::bad_request(e.message))
+}
+
+fn point_name(point: &str) -> Result<(), ApiError> {
+    crate::bus::validate_point(point).map_err(ApiError::bad_request)
+}
+
+impl Validate for UploadRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.name)?;
+        if self.digest.len() != 64 || !self.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is not a sha256 digest (64 hex digits)",
+                crate::text::echo(&self.digest)
+            )));
+        }
+        // The grants and limits are checked with the component's world, once the daemon has
+        // read the bytes (`ComponentPolicy::check`).
+        Ok(())
+    }
+}
+
+impl Validate for NameRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.name)
+    }
+}
+
+impl Validate for StatusRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        self.name.as_deref().map_or(Ok(()), component_name)
+    }
+}
+
+impl Validate for SubscribeRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.name)?;
+        let mut subscription = crate::bus::Subscription::new(&self.name, self.events.clone());
+        if let Some(n) = self.max_in_flight {
+            subscription.max_in_flight = n;
+        }
+        if let Some(n) = self.max_deliver {
+            subscription.max_deliver = n;
+        }
+        if let Some(backoff) = &self.backoff_ms {
+            subscription.backoff = backoff.iter().copied().map(Duration::from_millis).collect();
+        }
+        subscription.validate().map_err(ApiError::bad_request)
+    }
+}
+
+impl Validate for PublishRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        let event = crate::event::CanonicalEvent::from_json(self.event.get().as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")))?;
+        if crate::subject::is_host_event_type(&event.ty) {
+            return Err(ApiError::bad_request(format!(
+                "the type `{}` is reserved: `{}.*` events come only from sandbus daemons \
+                 (billing charges on them); publish your event under a type of your own",
+                crate::text::echo(&event.ty),
+                crate::subject::HOST_EVENT_PREFIX
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for HookRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.name)?;
+        point_name(&self.point)
+    }
+}
+
+impl Validate for HookPolicyRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        point_name(&self.point)?;
+        if self.policy.is_none() && self.deadline_ms.is_none() {
+            return Err(ApiError::bad_request(
+                "nothing to change: give a policy (--on-failure) or a deadline (--deadline)",
+            ));
+        }
+        if let Some(ms) = self.deadline_ms {
+            crate::bus::validate_hook_deadline(Duration::from_millis(ms))
+                .map_err(ApiError::bad_request)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for HookCallRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        point_name(&self.point)?;
+        crate::event::CanonicalEvent::from_json(self.event.get().as_bytes())
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::bad_request(format!("the proposed operation is not a valid event: {e}"))
+            })
+    }
+}
+
+impl Validate for RunIdRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        crate::bus::validate_run_id(&self.run).map_err(ApiError::bad_request)
+    }
+}
+
+impl Validate for crate::bus::RunRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.script)?;
+        let printable = |what: &str, text: &str, max: usize| {
+            if text.is_empty() || text.len() > max || text.chars().any(char::is_control) {
+                Err(ApiError::bad_request(format!(
+                    "the {what} `{}` must be 1 to {max} bytes of printable text",
+                    crate::text::echo(text)
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        printable("device", &self.device, 128)?;
+        printable("selector", &self.selector, 256)?;
+        let size: usize = self.args.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.args.len() > MAX_RUN_ARGS || size > MAX_RUN_ARGS_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "a run takes at most {MAX_RUN_ARGS} arguments of {MAX_RUN_ARGS_BYTES} bytes in \
+                 all; these are {} arguments of {size} bytes",
+                self.args.len()
+            )));
+        }
+        let day = crate::sandbox::MAX_TIMEOUT;
+        for (what, ms) in [
+            ("run timeout", self.timeout_ms),
+            ("queue timeout", self.queue_timeout_ms),
+        ] {
+            let timeout = Duration::from_millis(ms);
+            if timeout.is_zero() || timeout > day {
+                return Err(ApiError::bad_request(format!(
+                    "the {what} must be between 1 ms and {}",
+                    humantime::format_duration(day)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most arguments a run takes.
+pub const MAX_RUN_ARGS: usize = 256;
+
+/// Most bytes of arguments (names and values) a run takes.
+pub const MAX_RUN_ARGS_BYTES: usize = 64 << 10;
+
+impl Validate for Empty {
+    fn validate(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 /// An empty request body.

@@ -16,6 +16,14 @@ use serde_json::value::RawValue;
 /// The CloudEvents spec version this host reads and writes.
 pub const SPEC_VERSION: &str = "1.0";
 
+/// The CloudEvents extension attribute that carries [`CanonicalEvent::depth`].
+pub const DEPTH_ATTRIBUTE: &str = "sandbusdepth";
+
+/// Deepest chain of listener hops an event may be at: an event emitted while handling an
+/// event of this depth is refused. A listener that emits the type it listens to (directly,
+/// or through others) would otherwise grow the stream without end.
+pub const MAX_DEPTH: u32 = 8;
+
 /// Longest attribute accepted (`id`, `source`, `type`, `subject`, `time`,
 /// `datacontenttype`), in bytes.
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
@@ -39,6 +47,11 @@ pub struct CanonicalEvent {
     pub datacontenttype: Option<String>,
     /// The payload.
     pub data: Vec<u8>,
+    /// How many listener hops led here: 0 for an event a publisher or a daemon sent, `n + 1`
+    /// for one a listener emitted while handling an event of depth `n`. Set by the host,
+    /// never by the guest (the WIT event has no such field); on the wire it is the
+    /// CloudEvents extension attribute [`DEPTH_ATTRIBUTE`], absent when 0. See [`MAX_DEPTH`].
+    pub depth: u32,
 }
 
 /// Why a canonical event was refused.
@@ -83,6 +96,8 @@ struct Wire {
     data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbusdepth: Option<u32>,
 }
 
 /// The JSON wire form for parsing: every attribute borrowed as raw JSON text, so a parse
@@ -107,6 +122,8 @@ struct WireIn<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     data_base64: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sandbusdepth: Option<&'a RawValue>,
 }
 
 /// What a raw attribute holds.
@@ -211,6 +228,7 @@ impl CanonicalEvent {
             time: optional_attr("time", wire.time)?,
             datacontenttype,
             data,
+            depth: depth_attr(wire.sandbusdepth)?,
         };
         event.validate()?;
         Ok(event)
@@ -246,6 +264,7 @@ impl CanonicalEvent {
             datacontenttype: self.datacontenttype.clone().map(Value::String),
             data: inline,
             data_base64,
+            sandbusdepth: (self.depth > 0).then_some(self.depth),
         };
         // Serialising a struct of strings and `Value`s cannot fail.
         serde_json::to_vec(&wire).unwrap_or_default()
@@ -358,7 +377,27 @@ impl From<WitEvent> for CanonicalEvent {
             time: e.time,
             datacontenttype: e.datacontenttype,
             data: e.data,
+            // A guest cannot set the depth; the host stamps it when the event is emitted.
+            depth: 0,
         }
+    }
+}
+
+/// Reads the depth extension: absent (0), a JSON integer, or its decimal text (the form a
+/// binary-mode header would carry).
+fn depth_attr(raw: Option<&RawValue>) -> Result<u32, EventError> {
+    let invalid = |found: &str| EventError::Invalid {
+        name: DEPTH_ATTRIBUTE,
+        reason: format!(
+            "must be a whole number of at most {}, found {}",
+            u32::MAX,
+            crate::text::clip(found, 64)
+        ),
+    };
+    match attr(raw)? {
+        Attr::Absent => Ok(0),
+        Attr::Text(text) => text.parse().map_err(|_| invalid(&text)),
+        Attr::Other(number) => number.parse().map_err(|_| invalid(&number)),
     }
 }
 
@@ -421,6 +460,7 @@ mod tests {
             time: None,
             datacontenttype: Some("application/octet-stream".into()),
             data: (0u8..=255).collect(),
+            depth: 3,
         };
         let json = e.to_json();
         assert!(String::from_utf8_lossy(&json).contains("data_base64"));
@@ -495,6 +535,25 @@ mod tests {
         );
         let err = CanonicalEvent::from_json(long.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("`subject`"), "{err}");
+    }
+
+    #[test]
+    fn the_depth_travels_as_an_extension_attribute() {
+        let text = br#"{"specversion":"1.0","id":"1","source":"/s","type":"a.b","sandbusdepth":4}"#;
+        let e = CanonicalEvent::from_json(text).unwrap();
+        assert_eq!(e.depth, 4);
+        let json = String::from_utf8(e.to_json()).unwrap();
+        assert!(json.contains(r#""sandbusdepth":4"#), "{json}");
+        let shallow = CanonicalEvent { depth: 0, ..e };
+        let json = String::from_utf8(shallow.to_json()).unwrap();
+        assert!(!json.contains("sandbusdepth"), "absent at 0: {json}");
+        for bad in ["-1", "1.5", "\"x\"", "99999999999", "{}"] {
+            let text = format!(
+                r#"{{"specversion":"1.0","id":"1","source":"/s","type":"a.b","sandbusdepth":{bad}}}"#
+            );
+            let err = CanonicalEvent::from_json(text.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(DEPTH_ATTRIBUTE), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -26,3 +26,4 @@ pub mod imports;
 pub mod invocation;
 pub mod sandbox;
 pub mod subject;
+pub mod text;

@@ -12,9 +12,109 @@ pub const EVENTS_PREFIX: &str = "events";
 /// Longest subject accepted, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 512;
 
+/// First token of every subject sandbus itself uses outside the events stream: the control
+/// API (`sandbus.api.>`), run logs (`sandbus.run.>`), dead letters (`sandbus.dead-letter.>`).
+pub const SANDBUS_PREFIX: &str = "sandbus";
+
+/// First token of the event types sandbus daemons emit about themselves
+/// (`sandbus.lease.released`, `sandbus.metering`...). Listeners such as billing charge on these
+/// events, so only daemons may publish them: a guest's `emit`, the `event.publish` endpoint and
+/// every grant refuse this type space (see [`ReservedSpace::HostEvents`]).
+pub const HOST_EVENT_PREFIX: &str = "sandbus";
+
 /// The subject a canonical event of type `ty` is published on.
 pub fn event_subject(ty: &str) -> String {
     format!("{EVENTS_PREFIX}.{ty}")
+}
+
+/// Whether `ty` is a host event type: its first token is [`HOST_EVENT_PREFIX`].
+pub fn is_host_event_type(ty: &str) -> bool {
+    ty.split('.').next() == Some(HOST_EVENT_PREFIX)
+}
+
+/// A part of the subject space that only NATS and sandbus daemons may publish on. No grant
+/// may reach into one, and a guest's publish there is refused at run time too (a manifest
+/// recorded by an older version, or written by hand, cannot get around it).
+///
+/// Reserving whole first tokens keeps the rule one that a person can check by eye and that
+/// the NATS permissions `sandbus permissions` prints can state exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservedSpace {
+    /// A pattern whose first token is a wildcard (`>`, `*.>`): it covers every space below.
+    Everything,
+    /// `$…`: NATS and JetStream machinery (`$JS.API`, `$KV`, `$O`, `$SRV`, `$SYS`...).
+    System,
+    /// `_…`: reply inboxes (`_INBOX.>`) and other NATS-internal subjects.
+    Internal,
+    /// `sandbus.>`: the control API, run logs and dead letters.
+    Sandbus,
+    /// `events.sandbus.>`: host events, which only daemons emit.
+    HostEvents,
+}
+
+impl ReservedSpace {
+    /// Every reserved space, for messages and docs.
+    pub const ALL: [ReservedSpace; 4] = [
+        ReservedSpace::System,
+        ReservedSpace::Internal,
+        ReservedSpace::Sandbus,
+        ReservedSpace::HostEvents,
+    ];
+
+    /// The space as a pattern a person reads.
+    pub fn pattern(self) -> &'static str {
+        match self {
+            ReservedSpace::Everything => ">",
+            ReservedSpace::System => "$*.>",
+            ReservedSpace::Internal => "_*.>",
+            ReservedSpace::Sandbus => "sandbus.>",
+            ReservedSpace::HostEvents => "events.sandbus.>",
+        }
+    }
+
+    /// What lives there.
+    pub fn what(self) -> &'static str {
+        match self {
+            ReservedSpace::Everything => "every subject, the reserved ones included",
+            ReservedSpace::System => "NATS and JetStream APIs ($JS, $KV, $O, $SRV, $SYS)",
+            ReservedSpace::Internal => "reply inboxes (_INBOX) and NATS-internal subjects",
+            ReservedSpace::Sandbus => "sandbus's control API, run logs and dead letters",
+            ReservedSpace::HostEvents => "host events, which only sandbus daemons emit",
+        }
+    }
+
+    /// The reserved space a subject or pattern reaches into, if any. `subject` may hold
+    /// wildcards: `events.>` reaches into [`ReservedSpace::HostEvents`], `>` into everything.
+    pub fn reached_by(subject: &str) -> Option<ReservedSpace> {
+        let mut tokens = subject.split('.');
+        let first = tokens.next().unwrap_or_default();
+        match first {
+            "*" | ">" => Some(ReservedSpace::Everything),
+            _ if first.starts_with('$') => Some(ReservedSpace::System),
+            _ if first.starts_with('_') => Some(ReservedSpace::Internal),
+            SANDBUS_PREFIX => Some(ReservedSpace::Sandbus),
+            EVENTS_PREFIX => match tokens.next() {
+                Some("*" | ">" | HOST_EVENT_PREFIX) => Some(ReservedSpace::HostEvents),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// One line listing what is reserved, for error messages.
+    pub fn summary() -> String {
+        Self::ALL
+            .iter()
+            .map(|s| format!("{} ({})", s.pattern(), s.what()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for ReservedSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.pattern(), self.what())
+    }
 }
 
 /// Checks that `subject` is a concrete subject a message can be published on: dot separated
@@ -108,6 +208,22 @@ impl SubjectPattern {
         }
     }
 
+    /// Whether some concrete subject matches both patterns (NATS calls this a collision; a
+    /// consumer's filters must not collide).
+    pub fn overlaps(&self, other: &SubjectPattern) -> bool {
+        fn overlap(a: &[&str], b: &[&str]) -> bool {
+            match (a.split_first(), b.split_first()) {
+                (None, None) => true,
+                (Some((&">", _)), Some(_)) | (Some(_), Some((&">", _))) => true,
+                (Some((x, a)), Some((y, b))) if *x == "*" || *y == "*" || x == y => overlap(a, b),
+                _ => false,
+            }
+        }
+        let a: Vec<&str> = self.0.split('.').collect();
+        let b: Vec<&str> = other.0.split('.').collect();
+        overlap(&a, &b)
+    }
+
     /// The pattern text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -164,6 +280,48 @@ mod tests {
         assert!(!pattern("a.*").matches("a.b.c"));
         assert!(pattern("a.b").matches("a.b"));
         assert!(!pattern("a.b").matches("a.b.c"));
+    }
+
+    #[test]
+    fn patterns_overlap_when_some_subject_matches_both() {
+        for (a, b, overlap) in [
+            ("vm.*", "vm.started", true),
+            ("vm.>", "vm.a.b", true),
+            ("vm.>", "vm", false),
+            ("vm.*", "vm.a.b", false),
+            ("*.started", "vm.*", true),
+            ("a.b", "a.b", true),
+            ("a.b", "a.c", false),
+            (">", "x", true),
+            ("a.*.c", "a.b.*", true),
+            ("a.*.c", "a.b.d", false),
+        ] {
+            assert_eq!(pattern(a).overlaps(&pattern(b)), overlap, "{a} / {b}");
+            assert_eq!(pattern(b).overlaps(&pattern(a)), overlap, "{b} / {a}");
+        }
+    }
+
+    #[test]
+    fn reserved_spaces_are_named_for_subjects_and_patterns() {
+        for (subject, space) in [
+            ("$JS.API.STREAM.PURGE.X", Some(ReservedSpace::System)),
+            ("_INBOX.abc", Some(ReservedSpace::Internal)),
+            (
+                "sandbus.api.viewer.component.list",
+                Some(ReservedSpace::Sandbus),
+            ),
+            ("events.sandbus.metering", Some(ReservedSpace::HostEvents)),
+            ("events.sandbus", Some(ReservedSpace::HostEvents)),
+            ("events.>", Some(ReservedSpace::HostEvents)),
+            (">", Some(ReservedSpace::Everything)),
+            ("events.billing.usage", None),
+            ("events", None),
+            ("alerts.sandbus", None),
+        ] {
+            assert_eq!(ReservedSpace::reached_by(subject), space, "{subject}");
+        }
+        assert!(is_host_event_type("sandbus.lease.released"));
+        assert!(!is_host_event_type("sandboxes.created"));
     }
 
     #[test]

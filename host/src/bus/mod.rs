@@ -40,7 +40,9 @@ pub use kv::NatsKv;
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
 pub use publisher::NatsPublisher;
-pub use runs::{RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, new_run_id};
+pub use runs::{
+    RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, new_run_id, validate_run_id,
+};
 pub(crate) use store::now_rfc3339;
 pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
 pub use subscriptions::{

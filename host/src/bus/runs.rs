@@ -289,6 +289,23 @@ impl RunStore {
     }
 }
 
+/// Checks a run id as a client gives it: 1 to 64 bytes of `[A-Za-z0-9_-]` (ids are
+/// [`new_run_id`]s; they become a key and a subject token).
+pub fn validate_run_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a run id (like r-1764489600000-0a1b2c3d); `sandbus runs` lists them",
+            crate::text::echo(id)
+        ))
+    }
+}
+
 /// A new run id: time-ordered and unique enough across hosts (`r-<unix ms>-<random>`).
 pub fn new_run_id() -> String {
     let ms = std::time::SystemTime::now()

@@ -74,8 +74,21 @@ impl Subscription {
         if self.events.is_empty() {
             return Err("give at least one --events pattern, for example 'vm.*'".into());
         }
+        let mut filters: Vec<(&str, SubjectPattern)> = Vec::new();
         for pattern in &self.events {
-            validate_event_pattern(pattern)?;
+            let filter = SubjectPattern::parse(&validate_event_pattern(pattern)?)
+                .map_err(|why| format!("`{}`: {why}", crate::text::echo(pattern)))?;
+            // One consumer's filters may not overlap (NATS refuses it): the same event would
+            // match twice.
+            if let Some((other, _)) = filters.iter().find(|(_, f)| f.overlaps(&filter)) {
+                return Err(format!(
+                    "the patterns `{}` and `{}` overlap (an event could match both); give \
+                     patterns that don't, e.g. 'vm.*' alone instead of 'vm.*' and 'vm.started'",
+                    crate::text::echo(other),
+                    crate::text::echo(pattern)
+                ));
+            }
+            filters.push((pattern, filter));
         }
         if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
             return Err(format!("--max-in-flight must be 1 to {MAX_IN_FLIGHT}"));
@@ -118,8 +131,12 @@ impl Subscription {
 /// Checks an event type pattern such as `vm.*` or `device.>` and returns its subject.
 pub fn validate_event_pattern(pattern: &str) -> Result<String, String> {
     let subject = event_subject(pattern);
-    SubjectPattern::parse(&subject)
-        .map_err(|why| format!("`{pattern}` is not a valid event pattern: {why}"))?;
+    SubjectPattern::parse(&subject).map_err(|why| {
+        format!(
+            "`{}` is not a valid event pattern: {why}",
+            crate::text::echo(pattern)
+        )
+    })?;
     Ok(subject)
 }
 

@@ -26,7 +26,7 @@ use sandbus::bus::{
 };
 use sandbus::devices::DeviceSelector;
 use sandbus::event::CanonicalEvent;
-use sandbus::grant::ManifestGrants;
+use sandbus::grant::{ComponentPolicy, ManifestGrants, PolicyError};
 use sandbus::sandbox::{ComponentShape, World};
 
 use super::{EXIT_FAIL, EXIT_OK, EXIT_USAGE};
@@ -193,14 +193,22 @@ pub async fn upload(
 ) -> anyhow::Result<u8> {
     let bytes =
         std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
-    // Refuse what is plainly not a component before anything goes on the bus.
-    if let Err(e) = ComponentShape::read(&bytes).and_then(|s| s.check(world)) {
-        return Ok(fail(
-            &ApiError::bad_request(format!("{}: {}", file.display(), e.message)),
-            args.json,
-        ));
-    }
-    let grants = match ManifestGrants::parse(grants) {
+    // Refuse what is plainly not a component, or a policy the daemon would refuse, before
+    // anything goes on the bus: the same checks the daemon runs.
+    let shape_world = match ComponentShape::read(&bytes).and_then(|s| s.check(world)) {
+        Ok(world) => world,
+        Err(e) => {
+            return Ok(fail(
+                &ApiError::bad_request(format!("{}: {}", file.display(), e.message)),
+                args.json,
+            ));
+        }
+    };
+    let grants = match ManifestGrants::parse(grants)
+        .map_err(PolicyError::from)
+        .and_then(|g| {
+            ComponentPolicy::check(&name, shape_world, &g.publish, &g.kv_read, &limits).map(|_| g)
+        }) {
         Ok(grants) => grants,
         Err(e) => return Ok(fail(&ApiError::bad_request(e.to_string()), args.json)),
     };

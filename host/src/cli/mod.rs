@@ -9,14 +9,12 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sandbus::dev::{self, Delivery, DevHost};
 use sandbus::devices::{self, DeviceSelector};
-use sandbus::grant::ManifestGrants;
-use sandbus::imports::kv_read::KvReadGrants;
+use sandbus::grant::{ComponentPolicy, ManifestGrants};
 use sandbus::imports::log::{LogLine, LogSink};
 use sandbus::imports::usb::LeasedDevice;
 use sandbus::sandbox::{
-    self, ComponentSpec, HandlerOutcome, Limits, Report, SandboxConfig, StepOutcome, Verdict, World,
+    self, ComponentSpec, HandlerOutcome, Report, SandboxConfig, StepOutcome, Verdict, World,
 };
-use sandbus::subject::{PublishGrants, SubjectPattern};
 
 /// `println!` that never panics: once stdout is closed (`sandbus inspect x | head`), output
 /// is dropped and the command still finishes with its exit code.
@@ -425,23 +423,15 @@ impl ComponentArgs {
                 .map(str::to_owned)
                 .context("cannot derive a component name from the file name; pass --name")?,
         };
-        sandbox::validate_component_name(&name)?;
         let grants = ManifestGrants::parse(&self.grants)?;
-        let publish = grants
-            .publish
-            .iter()
-            .map(|s| SubjectPattern::parse(s).map_err(|why| anyhow::anyhow!("{s}: {why}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut limits = Limits::for_world(world);
-        for setting in &self.limits {
-            limits.apply(setting)?;
-        }
+        let policy =
+            ComponentPolicy::check(&name, world, &grants.publish, &grants.kv_read, &self.limits)?;
         Ok(ComponentSpec {
             name,
             expect: Some(world),
-            grants: PublishGrants::new(publish),
-            kv_read: KvReadGrants::new(grants.kv_read),
-            limits,
+            grants: policy.publish,
+            kv_read: policy.kv_read,
+            limits: policy.limits,
         })
     }
 }

@@ -12,9 +12,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::watch;
 
 use crate::bus::{ComponentManifest, ComponentStore, ManifestChange};
-use crate::imports::kv_read::KvReadGrants;
+use crate::grant::{ComponentPolicy, PolicyError};
 use crate::sandbox::{ComponentSpec, Digest, PreparedComponent, Sandbox};
-use crate::subject::{PublishGrants, SubjectPattern};
 
 /// One component as loaded here: its manifest and its compiled, pre-linked code.
 pub struct LoadedComponent {
@@ -36,19 +35,24 @@ pub struct LoadFailure {
     pub message: String,
 }
 
-/// Builds the sandbox spec of a manifest: its world, grants and limits.
-pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, String> {
-    let grants = manifest
-        .grants
-        .iter()
-        .map(|g| SubjectPattern::parse(g).map_err(|why| format!("grant `{g}`: {why}")))
-        .collect::<Result<Vec<_>, _>>()?;
+/// Builds the sandbox spec of a manifest: its world, grants and limits, through the one
+/// policy check every entry point runs ([`ComponentPolicy::check`]). A manifest written by
+/// hand (or by an older version) with a grant into a reserved space is refused here, and the
+/// reason shows under `failed_components` in `sandbus hosts`.
+pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, PolicyError> {
+    let policy = ComponentPolicy::check(
+        &manifest.name,
+        manifest.world,
+        &manifest.grants,
+        &manifest.kv_read,
+        &manifest.limits,
+    )?;
     Ok(ComponentSpec {
         name: manifest.name.clone(),
         expect: Some(manifest.world),
-        grants: PublishGrants::new(grants),
-        kv_read: KvReadGrants::new(manifest.kv_read.iter().cloned()),
-        limits: manifest.resolved_limits()?,
+        grants: policy.publish,
+        kv_read: policy.kv_read,
+        limits: policy.limits,
     })
 }
 
@@ -192,7 +196,7 @@ impl LoadedComponents {
             version: manifest.version,
             message,
         };
-        let spec = spec_of(&manifest).map_err(failure)?;
+        let spec = spec_of(&manifest).map_err(|e| failure(e.to_string()))?;
         let bytes = self
             .store
             .bytes(&manifest.digest, self.sandbox.config().max_component_size)

@@ -25,17 +25,21 @@ use super::metrics::Metrics;
 use crate::api::{
     self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, HookCallRequest,
     HookPolicyRequest, HookRequest, NameRequest, PublishRequest, RunIdRequest, StatusRequest,
-    SubscribeRequest, UploadReply, UploadRequest, endpoint,
+    SubscribeRequest, UploadReply, UploadRequest, Validate, endpoint,
 };
 use crate::bus::{
     ComponentStore, DeviceInventory, EventStream, HookPoint, HostRegistry, ManifestDraft, RunStore,
-    Subscription, SubscriptionStore, names, validate_hook_deadline, validate_point,
+    Subscription, SubscriptionStore, names,
 };
 use crate::event::CanonicalEvent;
-use crate::sandbox::{ComponentShape, Digest, Sandbox, World, validate_component_name};
+use crate::sandbox::{ComponentShape, Digest, Sandbox, World};
 
 /// Most control requests handled at once by one daemon.
 const MAX_CONCURRENT: usize = 32;
+
+/// Bytes of a reply kept free for the headers and the protocol, below the server's max
+/// payload.
+const REPLY_MARGIN: usize = 8 << 10;
 
 /// Extra time a consumer waits for an ack beyond the listener's own deadline.
 const ACK_MARGIN: Duration = Duration::from_secs(30);
@@ -47,6 +51,7 @@ type Requests = futures::stream::SelectAll<
 /// The registered service, ready to answer.
 pub struct ControlService {
     api: Arc<ControlApi>,
+    client: async_nats::Client,
     service: service::Service,
     requests: Requests,
 }
@@ -69,8 +74,9 @@ impl ControlService {
             };
             let api = self.api.clone();
             let casts_handle = casts.clone();
+            let max_payload = self.client.server_info().max_payload;
             tokio::spawn(async move {
-                api.answer(name, castable, request, permit, &casts_handle)
+                api.answer(name, castable, request, permit, &casts_handle, max_payload)
                     .await;
             });
         }
@@ -168,6 +174,7 @@ impl ControlApi {
         }
         Ok(ControlService {
             api: self,
+            client: client.clone(),
             service,
             requests: futures::stream::select_all(endpoints),
         })
@@ -180,6 +187,7 @@ impl ControlApi {
         request: service::Request,
         permit: tokio::sync::OwnedSemaphorePermit,
         casts: &TaskTracker,
+        max_payload: usize,
     ) {
         let body = request.message.payload.clone();
         let cast = serde_json::from_slice::<serde_json::Value>(&body)
@@ -230,8 +238,27 @@ impl ControlApi {
             drop(permit);
             result
         };
+        // Always an answer: a reply the server would not carry (over its max payload) is
+        // never delivered, and the client would wait out its timeout thinking no daemon is
+        // there. Such a reply becomes an error that says how big it was.
+        let result = result.and_then(|value| {
+            let body = Bytes::from(value.to_string());
+            let room = max_payload.saturating_sub(REPLY_MARGIN);
+            if body.len() > room {
+                return Err(ApiError::new(
+                    ApiErrorKind::Internal,
+                    format!(
+                        "the reply to `{name}` is {} bytes, more than the server carries ({} \
+                         bytes with headers); ask for less (or raise the server's max_payload)",
+                        body.len(),
+                        max_payload
+                    ),
+                ));
+            }
+            Ok(body)
+        });
         let reply = match result {
-            Ok(value) => request.respond(Ok(Bytes::from(value.to_string()))).await,
+            Ok(body) => request.respond(Ok(body)).await,
             Err(e) => {
                 tracing::debug!(endpoint = name, error = %e.message, "control request refused");
                 let mut headers = async_nats::HeaderMap::new();
@@ -239,7 +266,10 @@ impl ControlApi {
                 request
                     .respond_with_headers(
                         Err(service::error::Error {
-                            status: one_line(&e.message),
+                            status: crate::text::clip(
+                                &crate::text::one_line(&e.message),
+                                api::MAX_ERROR_LEN,
+                            ),
                             code: e.kind.code(),
                         }),
                         headers,
@@ -282,6 +312,7 @@ impl ControlApi {
             }
             endpoint::PUBLISH => {
                 let request: PublishRequest = parse(body)?;
+                // Validated (and refused for a host event type) by `parse`.
                 let event = CanonicalEvent::from_json(request.event.get().as_bytes())
                     .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")))?;
                 to_json(self.events.publish(&event).await?)
@@ -334,7 +365,6 @@ impl ControlApi {
             }
             endpoint::HOOK_CALL => {
                 let request: HookCallRequest = parse(body)?;
-                validate_point(&request.point).map_err(ApiError::bad_request)?;
                 let proposed =
                     CanonicalEvent::from_json(request.event.get().as_bytes()).map_err(|e| {
                         ApiError::bad_request(format!(
@@ -351,12 +381,6 @@ impl ControlApi {
     }
 
     async fn upload(&self, request: UploadRequest) -> Result<UploadReply, ApiError> {
-        if request.digest.len() != 64 || !request.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::bad_request(format!(
-                "`{}` is not a sha256 digest (64 hex digits)",
-                request.digest
-            )));
-        }
         let result = self.upload_checked(&request).await;
         if result.is_err() {
             // Bad input changes nothing: forget the compiled code, and the bytes if this
@@ -367,7 +391,6 @@ impl ControlApi {
     }
 
     async fn upload_checked(&self, request: &UploadRequest) -> Result<UploadReply, ApiError> {
-        validate_component_name(&request.name).map_err(|e| ApiError::bad_request(e.message))?;
         let bytes = self
             .store
             .bytes(&request.digest, self.sandbox.config().max_component_size)
@@ -393,7 +416,7 @@ impl ControlApi {
             recorded_at: String::new(),
             restored_from: None,
         };
-        let spec = spec_of(&candidate).map_err(ApiError::bad_request)?;
+        let spec = spec_of(&candidate).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let timeout = spec.limits.timeout;
         let sandbox = self.sandbox.clone();
         tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
@@ -557,7 +580,6 @@ impl ControlApi {
     }
 
     async fn hook_add(&self, request: HookRequest) -> Result<HookPoint, ApiError> {
-        validate_point(&request.point).map_err(ApiError::bad_request)?;
         let manifest = self.uploaded(&request.name).await?;
         if manifest.world != World::Hook {
             return Err(ApiError::bad_request(format!(
@@ -578,7 +600,6 @@ impl ControlApi {
     }
 
     async fn hook_remove(&self, request: HookRequest) -> Result<HookPoint, ApiError> {
-        validate_point(&request.point).map_err(ApiError::bad_request)?;
         let (name, at) = (request.name.clone(), request.point.clone());
         Ok(self
             .hooks
@@ -600,15 +621,6 @@ impl ControlApi {
     }
 
     async fn hook_policy(&self, request: HookPolicyRequest) -> Result<HookPoint, ApiError> {
-        validate_point(&request.point).map_err(ApiError::bad_request)?;
-        if request.policy.is_none() && request.deadline_ms.is_none() {
-            return Err(ApiError::bad_request(
-                "nothing to change: give a policy (--on-failure) or a deadline (--deadline)",
-            ));
-        }
-        if let Some(ms) = request.deadline_ms {
-            validate_hook_deadline(Duration::from_millis(ms)).map_err(ApiError::bad_request)?;
-        }
         Ok(self
             .hooks
             .points
@@ -685,12 +697,20 @@ impl ControlApi {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+/// Reads and validates a request body ([`Validate`]): nothing is done with a request that
+/// the CLI would not have sent.
+fn parse<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
+    let request: T = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not valid: {}",
+            crate::text::clip(&e.to_string(), 512)
+        ))
+    })?;
+    request.validate()?;
+    Ok(request)
 }
 
-fn parse_or_empty<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_or_empty<T: DeserializeOwned + Default + Validate>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
@@ -700,11 +720,4 @@ fn parse_or_empty<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiEr
 
 fn to_json<T: Serialize>(value: T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(value).map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))
-}
-
-/// The service error header holds one line.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }

@@ -110,10 +110,12 @@ impl HookDispatcher {
     /// One hook's answer, never later than `deadline`.
     async fn ask(&self, hook: &str, proposed: CanonicalEvent, deadline: Duration) -> HookAnswer {
         let started = Instant::now();
+        // A hook's reason is the guest's text: clipped, so that the reply and the
+        // `sandbus.hook.denied` event always fit in a message, however long it was.
         let answer = |outcome, reason: Option<String>| HookAnswer {
             hook: hook.to_owned(),
             outcome,
-            reason,
+            reason: reason.map(|r| crate::text::clip(&r, crate::api::MAX_HOOK_REASON_LEN)),
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         let Some(loaded) = self.components.get(hook) else {

@@ -77,6 +77,7 @@ impl HostEvents {
             time: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
             datacontenttype: Some("application/json".into()),
             data: data.to_string().into_bytes(),
+            depth: 0,
         };
         self.events.publish(&event).await
     }

@@ -53,9 +53,6 @@ const LOG_ACK_WINDOW: usize = 256;
 /// How long storing a run's remaining log lines may take once it ended.
 const LOG_DRAIN: Duration = Duration::from_secs(10);
 
-/// Longest deadline a run may ask for.
-pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
 /// What the lab works with.
 pub struct DeviceLab {
     host_id: String,
@@ -435,13 +432,6 @@ impl DeviceLab {
                 "`{}` is a {}, not a script",
                 request.script,
                 component.prepared.world()
-            )));
-        }
-        let timeout = Duration::from_millis(request.timeout_ms);
-        if timeout.is_zero() || timeout > MAX_RUN_TIMEOUT {
-            return Err(ApiError::bad_request(format!(
-                "the run timeout must be between 1 ms and {}",
-                humantime::format_duration(MAX_RUN_TIMEOUT)
             )));
         }
         let Some(device) = self.state().present.get(&request.device).cloned() else {

@@ -294,7 +294,10 @@ pub fn validate_component_name(name: &str) -> Result<(), LoadError> {
     let invalid = |why: String| {
         Err(LoadError::new(
             LoadErrorKind::InvalidName,
-            format!("invalid component name `{}`: {why}", name.escape_debug()),
+            format!(
+                "invalid component name `{}`: {why}",
+                crate::text::echo(name)
+            ),
         ))
     };
     if name.is_empty() || name.len() > MAX_NAME_LEN {

@@ -13,6 +13,24 @@ use super::World;
 /// Longest deadline a call may be given: a day (a script run can be long, not endless).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Largest memory cap: all of a 32-bit wasm address space. A host's own ceiling
+/// ([`super::SandboxConfig::memory_ceiling`]) and memory budget may be lower.
+pub const MAX_MEMORY: u64 = 4 << 30;
+
+/// Largest payload limit: 64 MiB, the most a NATS message can ever carry.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// Smallest and largest log cap per invocation. Below a kilobyte a component could not even
+/// say why it failed; above 64 MiB one call's log would be a storage problem.
+pub const LOG_BYTES: std::ops::RangeInclusive<u64> = (1 << 10)..=(64 << 20);
+
+/// Most instances of one component alive at once. A host's pool
+/// ([`super::SandboxConfig::pool_instances`]) and memory budget may allow fewer.
+pub const MAX_INSTANCES: u32 = 4096;
+
+/// Highest publish rate cap, per second.
+pub const MAX_PUBLISH_RATE: u32 = 1_000_000;
+
 /// Limits applied to every invocation of one component.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
@@ -103,10 +121,18 @@ impl Limits {
         Ok(())
     }
 
-    /// Checks the limits make sense together.
+    /// Checks every limit is within its bounds (the same everywhere; a host may have lower
+    /// ceilings of its own, checked when it loads the component).
     pub fn validate(&self) -> Result<(), String> {
+        let size = |bytes: u64| ByteSize(bytes).display().iec().to_string();
         if self.memory < 64 * 1024 {
             return Err("memory must be at least 64KiB (one wasm page)".into());
+        }
+        if self.memory > MAX_MEMORY {
+            return Err(format!(
+                "memory must be at most {} (a 32-bit wasm address space)",
+                size(MAX_MEMORY)
+            ));
         }
         if self.timeout.is_zero() {
             return Err("timeout must be more than zero".into());
@@ -122,11 +148,30 @@ impl Limits {
                 "publish-rate must be at least 1/s; grant no subject to forbid publishing".into(),
             );
         }
+        if self.publish_rate > MAX_PUBLISH_RATE {
+            return Err(format!("publish-rate must be at most {MAX_PUBLISH_RATE}/s"));
+        }
         if self.max_instances == 0 {
             return Err("instances must be at least 1".into());
         }
+        if self.max_instances > MAX_INSTANCES {
+            return Err(format!("instances must be at most {MAX_INSTANCES}"));
+        }
         if self.max_payload == 0 {
             return Err("payload must be more than zero".into());
+        }
+        if self.max_payload > MAX_PAYLOAD {
+            return Err(format!(
+                "payload must be at most {} (the most a NATS message can carry)",
+                size(MAX_PAYLOAD)
+            ));
+        }
+        if !LOG_BYTES.contains(&self.log_bytes) {
+            return Err(format!(
+                "log must be {} to {}",
+                size(*LOG_BYTES.start()),
+                size(*LOG_BYTES.end())
+            ));
         }
         Ok(())
     }
@@ -232,6 +277,13 @@ mod tests {
             ("timeout=300000000000years", "at most"),
             ("timeout=2days", "at most 1day"),
             ("publish-rate=0", "at least 1/s"),
+            ("publish-rate=2000000/s", "at most 1000000/s"),
+            ("payload=1TiB", "at most 64.0 MiB"),
+            ("memory=1TiB", "at most 4.0 GiB"),
+            ("log=0", "log must be 1.0 KiB to 64.0 MiB"),
+            ("log=1GiB", "log must be"),
+            ("instances=0", "at least 1"),
+            ("instances=100000", "at most 4096"),
         ] {
             let err = l.apply(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");

@@ -58,7 +58,10 @@ pub use component::{
     validate_component_name,
 };
 pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};
-pub use limits::{LimitError, Limits};
+pub use limits::{
+    LOG_BYTES, LimitError, Limits, MAX_INSTANCES, MAX_MEMORY, MAX_PAYLOAD, MAX_PUBLISH_RATE,
+    MAX_TIMEOUT,
+};
 pub use outcome::{HandlerOutcome, HookDecision, Report, Step, StepOutcome, Verdict};
 pub use state::InvocationState;
 
@@ -512,7 +515,7 @@ impl PreparedComponent {
         if event.size() as u64 > self.limits.max_payload {
             return Err(self.refused_input(event.size()));
         }
-        let mut call = self.begin(caps, self.limits.timeout).await?;
+        let mut call = self.begin(caps, self.limits.timeout, event.depth).await?;
         let event = event.into();
         let result = self
             .bounded(self.limits.timeout, async {
@@ -557,7 +560,7 @@ impl PreparedComponent {
         if size as u64 > self.limits.max_payload {
             return Err(self.refused_input(size));
         }
-        let mut call = self.begin(caps, timeout).await?;
+        let mut call = self.begin(caps, timeout, 0).await?;
         let result = self
             .bounded(timeout, async {
                 let script: Script = pre
@@ -594,7 +597,7 @@ impl PreparedComponent {
             return Err(self.refused_input(proposed.size()));
         }
         let timeout = timeout.min(self.limits.timeout);
-        let mut call = self.begin(caps, timeout).await?;
+        let mut call = self.begin(caps, timeout, 0).await?;
         let proposed = proposed.into();
         let result = self
             .bounded(timeout, async {
@@ -643,11 +646,13 @@ impl PreparedComponent {
     }
 
     /// Waits for one of the component's slots, then for a slot of the shared pool (so a
-    /// busy component makes others wait, never fail), and builds a fresh store.
+    /// busy component makes others wait, never fail), and builds a fresh store. `depth` is
+    /// the depth of the event the call handles (0 when it handles none).
     async fn begin(
         &self,
         caps: &Capabilities,
         timeout: Duration,
+        depth: u32,
     ) -> Result<ActiveCall, InvokeError> {
         let closed = |_| InvokeError {
             kind: InvokeErrorKind::Host,
@@ -682,6 +687,7 @@ impl PreparedComponent {
                 max_payload: self.limits.max_payload,
                 rate: self.rate.clone(),
                 published: 0,
+                depth,
             },
             kv: KvState {
                 store: caps.kv.clone(),

@@ -37,6 +37,7 @@ fn vm_event(kind: &str, tenant: &str, instance: &str, at: u64) -> CanonicalEvent
         time: Some(time),
         datacontenttype: Some("application/json".into()),
         data: format!(r#"{{"tenant":"{tenant}","instance":"{instance}"}}"#).into_bytes(),
+        depth: 0,
     }
 }
 

@@ -108,7 +108,7 @@ fn oversized_component_is_refused() {
 fn memory_limit_over_the_ceiling_is_refused() {
     let err = sandbox()
         .prepare(
-            spec("greedy", World::Listener, &[], &["memory=8GiB"]),
+            spec("greedy", World::Listener, &[], &["memory=2GiB"]),
             &guest("noop-listener"),
         )
         .err()

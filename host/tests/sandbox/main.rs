@@ -19,6 +19,7 @@ mod hooks;
 mod hostile;
 mod loading;
 mod lockdown;
+mod trust;
 mod usb;
 
 use std::sync::{Arc, OnceLock};
@@ -102,5 +103,6 @@ fn event(ty: &str, id: &str, data: &str) -> CanonicalEvent {
         time: None,
         datacontenttype: Some("application/json".into()),
         data: data.as_bytes().to_vec(),
+        depth: 0,
     }
 }

@@ -5,8 +5,8 @@
 use super::{BusState, MSG_ID_HEADER, OutboundMessage, PublishError, PublishRate};
 use crate::bindings::bus::{BusError, Host};
 use crate::bindings::types::Event;
-use crate::event::CanonicalEvent;
-use crate::subject::{event_subject, validate_publish_subject};
+use crate::event::{CanonicalEvent, MAX_DEPTH};
+use crate::subject::{EVENTS_PREFIX, ReservedSpace, event_subject, validate_publish_subject};
 
 impl BusState {
     /// Checks and sends one message. `size` is what the payload limit applies to: the
@@ -19,7 +19,9 @@ impl BusState {
         headers: Vec<(String, String)>,
     ) -> Result<(), BusError> {
         validate_publish_subject(&subject).map_err(BusError::InvalidSubject)?;
-        if !self.grants.allows(&subject) {
+        // A reserved subject is never granted, whatever the manifest says: a manifest from
+        // before grants were checked, or written by hand, cannot reach the bus's machinery.
+        if !self.grants.allows(&subject) || ReservedSpace::reached_by(&subject).is_some() {
             // Debug, not warn: a guest could otherwise flood the host's own log.
             tracing::debug!(subject, "guest publish refused: subject not granted");
             return Err(BusError::NotGranted(subject));
@@ -87,14 +89,32 @@ impl Host for BusState {
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<(), BusError>> {
+        // The events stream takes canonical events only, through `emit`: it checks the event
+        // and stamps the loop guard, which raw bytes would skip.
+        if subject.split('.').next() == Some(EVENTS_PREFIX) {
+            return Ok(Err(BusError::InvalidSubject(format!(
+                "`{subject}` is on the events stream, which takes canonical events: use `emit` \
+                 (with the grant for {subject}) instead of `publish`"
+            ))));
+        }
         let size = payload.len();
         Ok(self.send(subject, payload, size, headers).await)
     }
 
     async fn emit(&mut self, event: Event) -> wasmtime::Result<Result<(), BusError>> {
-        let event = CanonicalEvent::from(event);
+        let mut event = CanonicalEvent::from(event);
         if let Err(e) = event.validate() {
             return Ok(Err(BusError::InvalidEvent(e.to_string())));
+        }
+        event.depth = self.depth.saturating_add(1);
+        if event.depth > MAX_DEPTH {
+            tracing::debug!(event_type = %event.ty, depth = event.depth, "emit refused: loop guard");
+            return Ok(Err(BusError::InvalidEvent(format!(
+                "loop guard: this `{}` event would be {} listener hops from the event that \
+                 started the chain, and at most {MAX_DEPTH} are allowed; does a listener emit \
+                 a type it (or a listener it feeds) subscribes to?",
+                event.ty, event.depth
+            ))));
         }
         let subject = event_subject(&event.ty);
         let headers = vec![(MSG_ID_HEADER.to_owned(), event.id.clone())];
@@ -120,6 +140,7 @@ mod tests {
             max_payload: 16,
             rate: Arc::new(PublishRate::new(0, rate)),
             published: 0,
+            depth: 0,
         };
         (publisher, state)
     }
@@ -146,6 +167,65 @@ mod tests {
         assert_eq!(r, Err(BusError::NotGranted("secret.payroll".into())));
         let r = bus.emit(event("audit.leak")).await.unwrap();
         assert_eq!(r, Err(BusError::NotGranted("events.audit.leak".into())));
+        assert!(publisher.take().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reserved_subjects_are_refused_even_when_a_manifest_grants_everything() {
+        // A grant of `>` can't be recorded any more, but a manifest written by hand or by an
+        // older version may hold one: the publish is still refused.
+        let (publisher, mut bus) = state(">", 100);
+        for subject in [
+            "$KV.sandbus-kv.billing.total/acme",
+            "$JS.API.STREAM.PURGE.SANDBUS_DEAD_LETTERS",
+            "$SRV.PING",
+            "_INBOX.x.y",
+            "sandbus.api.operator.component.remove",
+            "sandbus.dead-letter.billing",
+        ] {
+            let r = bus
+                .publish(subject.into(), b"{}".to_vec(), vec![])
+                .await
+                .unwrap();
+            assert_eq!(r, Err(BusError::NotGranted(subject.into())), "{subject}");
+        }
+        let forged = bus.emit(event("sandbus.lease.released")).await.unwrap();
+        assert_eq!(
+            forged,
+            Err(BusError::NotGranted("events.sandbus.lease.released".into()))
+        );
+        assert!(publisher.take().is_empty(), "nothing reached the bus");
+    }
+
+    #[tokio::test]
+    async fn the_events_stream_takes_events_through_emit_only() {
+        let (publisher, mut bus) = state("events.billing.>", 100);
+        let raw = bus
+            .publish("events.billing.usage".into(), b"{}".to_vec(), vec![])
+            .await
+            .unwrap();
+        match raw {
+            Err(BusError::InvalidSubject(why)) => assert!(why.contains("use `emit`"), "{why}"),
+            other => panic!("raw bytes on the events stream were not refused: {other:?}"),
+        }
+        assert!(publisher.take().is_empty());
+        bus.emit(event("billing.usage")).await.unwrap().unwrap();
+        assert_eq!(publisher.take().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_emitted_event_is_one_hop_deeper_and_refused_past_the_limit() {
+        let (publisher, mut bus) = state("events.>", 100);
+        bus.depth = 3;
+        bus.emit(event("chain.next")).await.unwrap().unwrap();
+        let sent = CanonicalEvent::from_json(&publisher.take()[0].payload).unwrap();
+        assert_eq!(sent.depth, 4, "stamped by the host");
+        bus.depth = MAX_DEPTH;
+        let refused = bus.emit(event("chain.next")).await.unwrap();
+        match refused {
+            Err(BusError::InvalidEvent(why)) => assert!(why.contains("loop guard"), "{why}"),
+            other => panic!("an event past the depth limit went out: {other:?}"),
+        }
         assert!(publisher.take().is_empty());
     }
 

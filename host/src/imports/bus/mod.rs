@@ -143,6 +143,10 @@ pub struct BusState {
     pub rate: Arc<PublishRate>,
     /// Messages this invocation published.
     pub published: u64,
+    /// Depth of the event this invocation handles ([`crate::event::CanonicalEvent::depth`];
+    /// 0 for a script or a hook): what it emits is one deeper, and refused past
+    /// [`crate::event::MAX_DEPTH`].
+    pub depth: u32,
 }
 
 /// `HasData` marker: the `bus` host functions see a [`BusState`].
