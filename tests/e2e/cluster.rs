@@ -37,6 +37,11 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Extra arguments for every daemon and CLI call (e.g. credentials).
     pub auth: Vec<String>,
+    /// Credentials for the daemons instead of [`auth`](Self::auth), when they have their own
+    /// NATS user (the roles tests).
+    pub daemon_auth: Option<Vec<String>>,
+    /// Directories that must live as long as the cluster (a server's configuration files).
+    pub keep: Vec<tempfile::TempDir>,
     /// The async runtime the test's direct NATS calls run on.
     pub rt: tokio::runtime::Runtime,
     daemons: BTreeMap<String, Child>,
@@ -123,6 +128,8 @@ impl Cluster {
             nats_peers: nodes.collect(),
             dir: tempfile::tempdir().unwrap(),
             auth,
+            daemon_auth: None,
+            keep: Vec::new(),
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -227,7 +234,13 @@ impl Cluster {
             "5s",
         ];
         args.extend(extra);
-        args.extend(self.auth.iter().map(String::as_str));
+        args.extend(
+            self.daemon_auth
+                .as_ref()
+                .unwrap_or(&self.auth)
+                .iter()
+                .map(String::as_str),
+        );
         let child = self
             .command(&args)
             .env("SANDBUS_LOG", "info,async_nats=warn")

@@ -160,9 +160,11 @@ fn control_api_is_a_discoverable_nats_service_with_call_and_cast() {
         .map(|e| e["subject"].as_str().unwrap())
         .collect();
     for subject in [
-        "sandbus.api.component.upload",
-        "sandbus.api.listener.subscribe",
-        "sandbus.api.host.list",
+        "sandbus.api.operator.component.upload",
+        "sandbus.api.operator.listener.subscribe",
+        "sandbus.api.viewer.host.list",
+        "sandbus.api.publisher.event.publish",
+        "sandbus.api.operator.host.h1.run.start",
     ] {
         assert!(subjects.contains(&subject), "{subjects:?}");
     }

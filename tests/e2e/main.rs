@@ -23,7 +23,9 @@ mod hooks;
 mod inspect;
 mod operations;
 mod replicated_kv;
+mod roles;
 mod scale_out;
+mod trust;
 
 use std::path::Path;
 use std::process::{Command, Output};

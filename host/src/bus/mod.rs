@@ -11,6 +11,7 @@
 //!
 //! Nothing here runs guests; the daemon wires the bus to the sandbox.
 
+mod api_client;
 mod cas;
 mod events;
 mod hooks;
@@ -19,17 +20,22 @@ mod inventory;
 mod kv;
 mod leases;
 pub mod names;
+mod pages;
+pub mod permissions;
 mod presence;
 mod publisher;
+mod refusals;
 mod runs;
 mod store;
 mod subscriptions;
+mod uploads;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
 
+pub use api_client::ApiClient;
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
 pub use hooks::{
     DEFAULT_DEADLINE as DEFAULT_HOOK_DEADLINE, HookPoint, HookPoints, HookPolicy,
@@ -38,8 +44,10 @@ pub use hooks::{
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
+pub use pages::read_page;
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
 pub use publisher::NatsPublisher;
+pub use refusals::{Refusal, Refusals};
 pub use runs::{
     RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, new_run_id, validate_run_id,
 };
@@ -49,6 +57,7 @@ pub use subscriptions::{
     DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,
     Subscription, SubscriptionChange, SubscriptionStore, validate_event_pattern,
 };
+pub use uploads::{STAGE_TTL, StagedUploads};
 
 /// Default server URL, as `nats-server` listens out of the box.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -69,6 +78,9 @@ pub enum BusErrorKind {
     Conflict,
     /// What is stored is not what it should be (corrupt manifest, digest mismatch).
     Corrupt,
+    /// The server refused a publish or subscription: the user's permissions do not cover
+    /// the subject (named in the message).
+    PermissionDenied,
 }
 
 /// A failed bus operation.
@@ -132,6 +144,9 @@ pub struct NatsOptions {
     /// Refuse to connect without TLS.
     #[serde(default)]
     pub tls_required: bool,
+    /// Prefix of this connection's reply subjects (default `_INBOX`). A NATS user whose
+    /// permissions give it a private inbox (`sandbus permissions ROLE`) must use that one.
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsOptions {
@@ -159,6 +174,7 @@ impl NatsOptions {
             tls_cert: self.tls_cert.or(other.tls_cert),
             tls_key: self.tls_key.or(other.tls_key),
             tls_required: self.tls_required || other.tls_required,
+            inbox_prefix: self.inbox_prefix.or(other.inbox_prefix),
         }
     }
 
@@ -179,6 +195,14 @@ impl NatsOptions {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("--tls-cert and --tls-key go together; give both or neither");
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            crate::subject::validate_publish_subject(prefix).map_err(|why| {
+                BusError::new(
+                    BusErrorKind::Connect,
+                    format!("--inbox-prefix is not a subject prefix: {why}"),
+                )
+            })?;
         }
         self.servers().map(|_| ())
     }
@@ -227,6 +251,9 @@ impl NatsOptions {
         if self.tls_required {
             options = options.require_tls(true);
         }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix.clone());
+        }
         Ok(options.name(name))
     }
 }
@@ -272,17 +299,32 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, BusError> {
         .collect()
 }
 
-/// Connects for a short-lived client (the CLI): fails fast when nothing answers.
-pub async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+/// Connects for a short-lived client (the CLI): fails fast when nothing answers. The
+/// [`Refusals`] report what the server refuses on this connection, for
+/// [`Refusals::guard`].
+pub async fn connect_client(
+    options: &NatsOptions,
+) -> Result<(async_nats::Client, Refusals), BusError> {
     let servers = options.servers()?;
+    let refusals = Refusals::default();
+    let reporter = refusals.clone();
     let connect = options
         .connect_options("sandbus-cli")
         .await?
+        .event_callback(move |event| {
+            let reporter = reporter.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(error)) = event
+                {
+                    reporter.report(&error);
+                }
+            }
+        })
         .connection_timeout(Duration::from_secs(5))
         // Enough attempts to try every listed server once, however many are down.
         .max_reconnects(servers.len().max(3))
         .request_timeout(Some(Duration::from_secs(30)));
-    connect.connect(servers).await.map_err(|e| {
+    let client = connect.connect(servers).await.map_err(|e| {
         BusError::new(
             BusErrorKind::Connect,
             format!(
@@ -291,7 +333,8 @@ pub async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client,
                 options.url()
             ),
         )
-    })
+    })?;
+    Ok((client, refusals))
 }
 
 /// Connects for the daemon: waits for the server if it is not up yet and reconnects
@@ -310,6 +353,15 @@ pub async fn connect_daemon(options: &NatsOptions) -> Result<async_nats::Client,
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => {
                     tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                async_nats::Event::ServerError(async_nats::ServerError::Other(error))
+                    if Refusal::parse(&error).is_some() =>
+                {
+                    tracing::error!(
+                        %error,
+                        "NATS refused this daemon a subject it needs: its user lacks a \
+                         permission (`sandbus permissions daemon` prints what a daemon needs)"
+                    )
                 }
                 other => tracing::info!(event = %other, "NATS connection event"),
             }

@@ -4,6 +4,7 @@
 //! two daemons (or a daemon and a CLI) can never disagree on it. Event subjects themselves
 //! (`events.<type>`) come from [`crate::subject`].
 
+use crate::api::endpoint::{Endpoint, Role};
 use crate::subject::EVENTS_PREFIX;
 
 /// Default name of the JetStream stream that holds the canonical events (`events.>`).
@@ -88,13 +89,41 @@ pub fn lease_key(host: &str, device: &str) -> String {
     format!("{host}.{device}")
 }
 
-/// Subject prefix of one host's own endpoints (runs go to the host that has the device).
-pub fn host_api_prefix(host: &str) -> String {
-    format!("sandbus.host.{host}")
-}
-
 /// KV bucket holding every component's private key-value space.
 pub const GUEST_KV_BUCKET: &str = "sandbus-kv";
+
+/// KV bucket of component bytes staged part by part for an upload (`component.stage`),
+/// one key per part; parts expire when no upload follows.
+pub const UPLOADS_BUCKET: &str = "sandbus-uploads";
+
+/// Key of one staged part in [`UPLOADS_BUCKET`]: `<digest>.<parts>.<part>`.
+pub fn staged_part_key(digest: &str, parts: u32, part: u32) -> String {
+    format!("{digest}.{parts}.{part}")
+}
+
+/// Every KV bucket a daemon creates.
+pub const KV_BUCKETS: &[&str] = &[
+    MANIFESTS_BUCKET,
+    SUBSCRIPTIONS_BUCKET,
+    LISTENER_STATUS_BUCKET,
+    HOSTS_BUCKET,
+    LEASES_BUCKET,
+    DEVICES_BUCKET,
+    HOOK_POINTS_BUCKET,
+    RUNS_BUCKET,
+    GUEST_KV_BUCKET,
+    UPLOADS_BUCKET,
+];
+
+/// The stream behind KV bucket `bucket`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The stream behind object store `bucket`.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
 
 /// Key of a manifest in [`MANIFESTS_BUCKET`].
 pub fn manifest_key(component: &str) -> String {
@@ -122,9 +151,35 @@ pub const SERVICE_NAME: &str = "sandbus";
 /// Subject prefix of the control API endpoints.
 pub const API_PREFIX: &str = "sandbus.api";
 
-/// Subject of one control API endpoint, e.g. `sandbus.api.component.upload`.
-pub fn api_subject(endpoint: &str) -> String {
-    format!("{API_PREFIX}.{endpoint}")
+/// Subject prefix of one role's endpoints, `sandbus.api.<role>`: what that role's NATS
+/// permission allows (`sandbus.api.viewer.>`).
+pub fn api_role_prefix(role: Role) -> String {
+    format!("{API_PREFIX}.{role}")
+}
+
+/// Subject prefix of one host's own endpoints of a role, `sandbus.api.<role>.host.<id>`
+/// (runs go to the host that has the device).
+pub fn host_api_prefix(role: Role, host: &str) -> String {
+    format!("{}.host.{host}", api_role_prefix(role))
+}
+
+/// Subject of one control API endpoint, e.g. `sandbus.api.operator.component.upload`; for a
+/// per-host endpoint, the one of `host` (`sandbus.api.operator.host.lab-7.run.start`).
+/// `None` for a per-host endpoint without a host.
+pub fn api_subject(endpoint: &Endpoint, host: Option<&str>) -> Option<String> {
+    match (endpoint.per_host, host) {
+        (false, _) => Some(format!(
+            "{}.{}",
+            api_role_prefix(endpoint.role),
+            endpoint.name
+        )),
+        (true, Some(host)) => Some(format!(
+            "{}.{}",
+            host_api_prefix(endpoint.role, host),
+            endpoint.name
+        )),
+        (true, None) => None,
+    }
 }
 
 /// CloudEvents `source` of the events a daemon emits about itself.
@@ -137,16 +192,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_subject_sandbus_uses_is_in_its_reserved_space() {
+        use crate::subject::ReservedSpace;
+        let mut subjects = vec![
+            dead_letter_subject("billing"),
+            run_log_subject("r-1"),
+            run_report_subject("r-1"),
+            api_role_prefix(Role::Viewer),
+        ];
+        subjects.extend(
+            crate::api::endpoint::ALL
+                .iter()
+                .filter_map(|e| api_subject(e, Some("h1"))),
+        );
+        for subject in subjects {
+            assert_eq!(
+                ReservedSpace::reached_by(&subject),
+                Some(ReservedSpace::Sandbus),
+                "{subject}"
+            );
+        }
+    }
+
+    #[test]
     fn names_are_valid_nats_tokens() {
         for name in [
             manifest_key("billing"),
             guest_kv_key("billing", "total/acme"),
             listener_consumer("billing"),
             dead_letter_subject("billing"),
-            api_subject("component.upload"),
+            api_subject(&crate::api::endpoint::ALL[0], None).unwrap_or_default(),
         ] {
             assert!(!name.contains(' ') && !name.contains("..") && !name.is_empty());
         }
+        let upload = Endpoint::find(crate::api::endpoint::UPLOAD).unwrap();
+        assert_eq!(
+            api_subject(upload, None).unwrap(),
+            "sandbus.api.operator.component.upload"
+        );
+        let start = Endpoint::find(crate::api::endpoint::RUN_START).unwrap();
+        assert_eq!(api_subject(start, None), None);
+        assert_eq!(
+            api_subject(start, Some("lab-7")).unwrap(),
+            "sandbus.api.operator.host.lab-7.run.start"
+        );
         assert_eq!(dead_letter_subject("audit"), "sandbus.dead-letter.audit");
         assert_eq!(listener_consumer("audit"), "sandbus-listener-audit");
     }

@@ -1,38 +1,40 @@
-//! The client commands: thin wrappers over the control API (and, for `events`, a read-only
-//! consumer of the events stream). Each prints text, or JSON with `--json`, and exits
-//! non-zero on failure.
+//! The client commands: thin wrappers over the control API. Each prints text, or JSON with
+//! `--json`, and exits non-zero on failure. A client reaches sandbus only through the API
+//! (component bytes are staged through it too), so the NATS permissions of its role are all
+//! it needs.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use clap::Args;
-use futures::StreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use sandbus::api::{
-    self, ApiClient, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, NameRequest,
-    PublishRequest, RunIdRequest, StatusRequest, SubscribeRequest, UploadReply, UploadRequest,
-    endpoint,
+    self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, EventListRequest, MessagePage,
+    NameRequest, PublishRequest, RunIdRequest, RunLogRequest, StageReply, StageRequest,
+    StatusRequest, StoredMessage, SubscribeRequest, UploadReply, UploadRequest, endpoint,
 };
 use sandbus::bus::{
-    self, ComponentManifest, ComponentStore, DeviceRecord, DeviceState, HostInfo, ListenerStatus,
+    self, ApiClient, ComponentManifest, DeviceRecord, DeviceState, HostInfo, ListenerStatus,
     NatsOptions, PublishedEvent, RunRecord, RunReport, RunRequest, RunState, RunVerdict,
     Subscription, names,
 };
 use sandbus::devices::DeviceSelector;
 use sandbus::event::CanonicalEvent;
 use sandbus::grant::{ComponentPolicy, ManifestGrants, PolicyError};
-use sandbus::sandbox::{ComponentShape, World};
+use sandbus::sandbox::{ComponentShape, Digest, World};
 
 use super::{EXIT_FAIL, EXIT_OK, EXIT_USAGE};
 
 /// Exit code when no daemon answered or the bus failed.
 pub const EXIT_UNAVAILABLE: u8 = 5;
+
+/// Exit code when NATS refused the request: the user's permissions do not cover it.
+pub const EXIT_PERMISSION_DENIED: u8 = 6;
 
 /// How to reach NATS (flags, or `SANDBUS_NATS_*` environment variables).
 #[derive(Args, Debug, Clone, Default)]
@@ -67,6 +69,11 @@ pub struct NatsArgs {
     /// Refuse to connect without TLS.
     #[arg(long)]
     pub tls_required: bool,
+    /// Prefix of the reply subjects [default: _INBOX]. A NATS user with role permissions
+    /// from `sandbus permissions` receives replies only on its role's inbox, e.g.
+    /// _INBOX_viewer.
+    #[arg(long, value_name = "PREFIX", env = "SANDBUS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsArgs {
@@ -83,6 +90,7 @@ impl NatsArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             tls_required: self.tls_required,
+            inbox_prefix: self.inbox_prefix.clone(),
         }
     }
 }
@@ -100,10 +108,9 @@ pub struct ClientArgs {
     pub timeout: Duration,
 }
 
-/// A connected client: the API, and the raw connection for the object store and events.
+/// A connected client of the control API.
 pub(super) struct Client {
     api: ApiClient,
-    pub(super) nats: async_nats::Client,
     pub(super) json: bool,
 }
 
@@ -115,17 +122,16 @@ impl Client {
         options
             .validate()
             .map_err(|e| ApiError::bad_request(e.message))?;
-        let nats = bus::connect_client(&options)
+        let (nats, refusals) = bus::connect_client(&options)
             .await
             .map_err(|e| ApiError::new(ApiErrorKind::Unavailable, e.message))?;
         Ok(Self {
-            api: ApiClient::new(nats.clone(), args.timeout),
-            nats,
+            api: ApiClient::new(nats, refusals, args.timeout),
             json: args.json,
         })
     }
 
-    pub(super) async fn call<Q: Serialize, R: DeserializeOwned>(
+    pub(super) async fn call<Q: Serialize + api::Validate, R: DeserializeOwned>(
         &self,
         endpoint: &str,
         request: &Q,
@@ -144,6 +150,7 @@ pub fn fail(error: &ApiError, json: bool) -> u8 {
     match error.kind {
         ApiErrorKind::BadRequest => EXIT_USAGE,
         ApiErrorKind::Unavailable => EXIT_UNAVAILABLE,
+        ApiErrorKind::PermissionDenied => EXIT_PERMISSION_DENIED,
         ApiErrorKind::NotFound | ApiErrorKind::Conflict | ApiErrorKind::Internal => EXIT_FAIL,
     }
 }
@@ -213,17 +220,14 @@ pub async fn upload(
         Err(e) => return Ok(fail(&ApiError::bad_request(e.to_string()), args.json)),
     };
     Ok(client(args, |c| async move {
-        let js = async_nats::jetstream::new(c.nats.clone());
-        let store = ComponentStore::open(&js).await?;
-        let (digest, bytes_added) = store.put_bytes(&bytes).await?;
+        let digest = stage(&c, &bytes).await?;
         let request = UploadRequest {
             name,
-            digest: digest.as_str().to_owned(),
+            digest,
             world,
             grants: grants.publish,
             kv_read: grants.kv_read,
             limits,
-            bytes_added,
             cast,
         };
         if cast {
@@ -253,6 +257,30 @@ pub async fn upload(
         Ok(EXIT_OK)
     })
     .await)
+}
+
+/// Stages a component's bytes with a daemon, a part at a time (each part fits in one
+/// message whatever the server's max payload); returns their digest.
+async fn stage(c: &Client, bytes: &[u8]) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    let digest = Digest::of(bytes).as_str().to_owned();
+    let part_size = c.api.max_payload().saturating_sub(4096) / 4 * 3;
+    let part_size = part_size.max(1024);
+    let parts = bytes.len().div_ceil(part_size).max(1);
+    let parts = u32::try_from(parts).map_err(|_| {
+        ApiError::bad_request("the component is too large to send in parts; is it a component?")
+    })?;
+    for (part, chunk) in (0u32..).zip(bytes.chunks(part_size)) {
+        let request = StageRequest {
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            part,
+            parts,
+            data: base64::engine::general_purpose::STANDARD.encode(chunk),
+        };
+        let _: StageReply = c.call(endpoint::STAGE, &request).await?;
+    }
+    Ok(digest)
 }
 
 fn print_manifest(m: &ComponentManifest) {
@@ -522,66 +550,79 @@ pub async fn publish(args: &ClientArgs, events: Vec<serde_json::Value>, cast: bo
 }
 
 /// `sandbus events [PATTERN] [--follow] [--all]`: prints stored events (all of them, or none
-/// with `--follow` alone), then with `--follow` new ones as they arrive.
-pub async fn events(args: &ClientArgs, pattern: &str, follow: bool, all: bool, stream: &str) -> u8 {
-    let subject = match bus::validate_event_pattern(pattern) {
-        Ok(subject) => subject,
-        Err(why) => return fail(&ApiError::bad_request(why), args.json),
-    };
+/// with `--follow` alone), then with `--follow` new ones as they arrive. Pages come from a
+/// daemon (`event.list`); a follower's next page waits on the daemon for new events.
+pub async fn events(args: &ClientArgs, pattern: &str, follow: bool, all: bool) -> u8 {
+    if let Err(why) = bus::validate_event_pattern(pattern) {
+        return fail(&ApiError::bad_request(why), args.json);
+    }
+    let pattern = pattern.to_owned();
     client(args, |c| async move {
-        let js = async_nats::jetstream::new(c.nats.clone());
-        let events = bus::EventStream::open(js, stream).await?;
-        let stream = events.stream().await?;
-        let deliver_policy = if follow && !all {
-            DeliverPolicy::New
-        } else {
-            DeliverPolicy::All
-        };
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: c.nats.new_inbox(),
-                filter_subject: subject,
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ApiErrorKind::Unavailable,
-                    format!("cannot read the events stream: {e}"),
+        let mut after = 0;
+        if follow && !all {
+            let now: MessagePage = c
+                .call(
+                    endpoint::EVENTS,
+                    &EventListRequest {
+                        pattern: Some(pattern.clone()),
+                        max: Some(0),
+                        ..Default::default()
+                    },
                 )
-            })?;
-        let mut remaining = consumer.cached_info().num_pending;
-        if !follow && remaining == 0 {
-            return Ok(EXIT_OK);
+                .await?;
+            after = now.last_sequence;
         }
-        let mut messages = consumer.messages().await.map_err(|e| {
-            ApiError::new(
-                ApiErrorKind::Unavailable,
-                format!("cannot read the events stream: {e}"),
-            )
-        })?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| {
-                ApiError::new(
-                    ApiErrorKind::Unavailable,
-                    format!("reading events failed: {e}"),
+        loop {
+            let page: MessagePage = c
+                .call(
+                    endpoint::EVENTS,
+                    &EventListRequest {
+                        pattern: Some(pattern.clone()),
+                        after,
+                        max: None,
+                        wait_ms: if follow { FOLLOW_WAIT_MS } else { 0 },
+                    },
                 )
-            })?;
-            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            print_event(sequence, &message.payload, c.json);
-            remaining = remaining.saturating_sub(1);
-            let caught_up = message.info().is_ok_and(|i| i.pending == 0);
-            if !follow && (remaining == 0 || caught_up) {
-                break;
+                .await?;
+            if page.messages.is_empty() && !follow {
+                return Ok(EXIT_OK);
+            }
+            for message in &page.messages {
+                after = after.max(message.sequence);
+                print_event(message, c.json);
             }
         }
-        Ok(EXIT_OK)
     })
     .await
 }
 
-fn print_event(sequence: u64, payload: &[u8], json: bool) {
+/// How long a follower's request waits on the daemon for something new.
+const FOLLOW_WAIT_MS: u64 = 10_000;
+
+/// The body of a stored message, as stored.
+fn body(message: &StoredMessage) -> Vec<u8> {
+    use base64::Engine as _;
+    match (&message.json, &message.base64) {
+        (Some(json), _) => json.get().as_bytes().to_vec(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default(),
+        (None, None) => Vec::new(),
+    }
+}
+
+fn print_event(message: &StoredMessage, json: bool) {
+    let sequence = message.sequence;
+    if let Some(size) = message.too_large {
+        if json {
+            print_json(&json!({ "sequence": sequence, "too_large": size }));
+        } else {
+            super::outln!("{sequence:>6} (an event of {size} bytes, too large to show here)");
+        }
+        return;
+    }
+    let payload = body(message);
+    let payload = payload.as_slice();
     if json {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(payload);
@@ -646,9 +687,6 @@ pub fn read_event_file(path: &Path) -> Result<Vec<serde_json::Value>, ApiError> 
         .map(|(_, e)| serde_json::from_slice(&e.to_json()).unwrap_or_default())
         .collect())
 }
-
-/// Names the CLI's `--stream` flag defaults to.
-pub const DEFAULT_STREAM: &str = names::EVENTS_STREAM;
 
 /// `sandbus devices`: every host's devices and their state.
 pub async fn devices(args: &ClientArgs) -> u8 {
@@ -867,94 +905,82 @@ pub async fn cancel(args: &ClientArgs, run: &str) -> u8 {
 
 /// Prints a run's stored log lines and, with `wait`, follows it to its report. The exit
 /// code follows the verdict when the report was seen (0 pass, 1 fail, 3 error, 4 timeout or
-/// cancelled), else 0.
+/// cancelled), else 0. Pages come from a daemon (`run.log`).
 async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
-    let js = async_nats::jetstream::new(c.nats.clone());
-    let unavailable = |e: &dyn std::fmt::Display| {
-        ApiError::new(
-            ApiErrorKind::Unavailable,
-            format!("cannot read the run's log: {e}"),
-        )
-    };
-    let stream = js
-        .get_stream(names::RUNS_STREAM)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let consumer = stream
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: c.nats.new_inbox(),
-            filter_subject: names::run_subjects(run),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(&e))?;
-    if !wait && consumer.cached_info().num_pending == 0 {
-        return Ok(EXIT_OK);
-    }
-    let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
     let report_subject = names::run_report_subject(run);
+    let mut after = 0;
     let mut finished_seen: Option<Instant> = None;
     loop {
-        let next = match tokio::time::timeout(FOLLOW_IDLE, messages.next()).await {
-            Ok(next) => next,
-            Err(_) => {
-                // Quiet for a while: if the run is finished but its report never came (its
-                // host could not store it), end with the record's verdict.
-                let record: RunRecord = c
-                    .call(
-                        endpoint::RUN,
-                        &RunIdRequest {
-                            run: run.to_owned(),
-                        },
-                    )
-                    .await?;
-                if record.state == RunState::Finished {
-                    let seen = *finished_seen.get_or_insert_with(Instant::now);
-                    if seen.elapsed() >= FOLLOW_IDLE {
-                        let verdict = record.verdict.unwrap_or(RunVerdict::Error);
-                        if !c.json {
-                            super::outln!(
-                                "report: {verdict} (no stored report; from the run record)\nsummary: {}",
-                                printable(record.summary.as_deref().unwrap_or("-"))
-                            );
-                        } else {
-                            print_json(&json!({ "type": "record", "record": record }));
-                        }
-                        return Ok(verdict_exit_code(verdict));
+        let page: MessagePage = c
+            .call(
+                endpoint::RUN_LOG,
+                &RunLogRequest {
+                    run: run.to_owned(),
+                    after,
+                    wait_ms: if wait {
+                        u64::try_from(FOLLOW_IDLE.as_millis()).unwrap_or(u64::MAX)
+                    } else {
+                        0
+                    },
+                },
+            )
+            .await?;
+        for message in &page.messages {
+            after = after.max(message.sequence);
+            let payload = body(message);
+            if message.subject == report_subject {
+                let report: RunReport = serde_json::from_slice(&payload).map_err(|e| {
+                    ApiError::new(ApiErrorKind::Internal, format!("unreadable report: {e}"))
+                })?;
+                print_run_report(&report, c.json);
+                return Ok(verdict_exit_code(report.verdict));
+            }
+            if c.json {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&payload);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            } else {
+                match serde_json::from_slice::<sandbus::imports::log::LogLine>(&payload) {
+                    Ok(line) => {
+                        super::outln!("  {:<5} {}", line.level.as_str(), printable(&line.message))
                     }
+                    Err(_) => super::outln!("  (unreadable log line)"),
                 }
-                continue;
-            }
-        };
-        let Some(message) = next else { break };
-        let message = message.map_err(|e| unavailable(&e))?;
-        if message.subject.as_str() == report_subject {
-            let report: RunReport = serde_json::from_slice(&message.payload).map_err(|e| {
-                ApiError::new(ApiErrorKind::Internal, format!("unreadable report: {e}"))
-            })?;
-            print_run_report(&report, c.json);
-            return Ok(verdict_exit_code(report.verdict));
-        }
-        if c.json {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&message.payload);
-            let _ = out.write_all(b"\n");
-            let _ = out.flush();
-        } else {
-            match serde_json::from_slice::<sandbus::imports::log::LogLine>(&message.payload) {
-                Ok(line) => {
-                    super::outln!("  {:<5} {}", line.level.as_str(), printable(&line.message))
-                }
-                Err(_) => super::outln!("  (unreadable log line)"),
             }
         }
-        let caught_up = message.info().is_ok_and(|i| i.pending == 0);
-        if !wait && caught_up {
-            break;
+        if !page.messages.is_empty() {
+            continue;
+        }
+        if !wait {
+            return Ok(EXIT_OK);
+        }
+        // Quiet for a while: if the run is finished but its report never came (its host
+        // could not store it), end with the record's verdict.
+        let record: RunRecord = c
+            .call(
+                endpoint::RUN,
+                &RunIdRequest {
+                    run: run.to_owned(),
+                },
+            )
+            .await?;
+        if record.state == RunState::Finished {
+            let seen = *finished_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= FOLLOW_IDLE {
+                let verdict = record.verdict.unwrap_or(RunVerdict::Error);
+                if !c.json {
+                    super::outln!(
+                        "report: {verdict} (no stored report; from the run record)\nsummary: {}",
+                        printable(record.summary.as_deref().unwrap_or("-"))
+                    );
+                } else {
+                    print_json(&json!({ "type": "record", "record": record }));
+                }
+                return Ok(verdict_exit_code(verdict));
+            }
         }
     }
-    Ok(EXIT_OK)
 }
 
 /// How long `--follow` waits in silence before checking the run's record.

@@ -178,7 +178,7 @@ fn read_event(path: &std::path::Path) -> Result<serde_json::Value, ApiError> {
 }
 
 /// `add`, `rm`, `policy`: prints the point as it now is.
-async fn change<Q: serde::Serialize + Send + 'static>(
+async fn change<Q: serde::Serialize + sandbus::api::Validate + Send + 'static>(
     args: &ClientArgs,
     endpoint: &'static str,
     request: Q,

@@ -1,11 +1,14 @@
 //! `sandbus kv ...`: an operator's view into components' key-value spaces: read a billing
-//! listener's totals, set a quota hook's limits. Keys and values follow the guests' rules
-//! (the same checks as the `kv` interface), so what is written here reads back in a guest.
+//! listener's totals, set a quota hook's limits, through the control API (`kv.*`, operator
+//! role). Keys and values follow the guests' rules (the same checks as the `kv` interface),
+//! so what is written here reads back in a guest.
 
 use clap::Subcommand;
-use sandbus::api::{ApiError, ApiErrorKind};
-use sandbus::bus::NatsKv;
-use sandbus::imports::kv::{KvStore, validate_key, validate_prefix};
+use sandbus::api::{
+    ApiError, KvDeleteReply, KvEntry, KvKeyRequest, KvListReply, KvListRequest, KvSetRequest,
+    endpoint,
+};
+use sandbus::imports::kv::{validate_key, validate_prefix};
 use sandbus::sandbox::validate_component_name;
 
 use super::client::{ClientArgs, client, print_json, printable};
@@ -83,60 +86,81 @@ pub async fn run(command: KvCommand) -> u8 {
         return super::client::fail(&ApiError::bad_request(why), client_args.json);
     }
     client(&client_args, |c| async move {
-        let js = async_nats::jetstream::new(c.nats.clone());
-        let kv = NatsKv::open(&js).await?;
-        let unavailable = |e: sandbus::imports::kv::KvStoreError| {
-            ApiError::new(ApiErrorKind::Unavailable, e.to_string())
-        };
         match command {
             KvCommand::Get { key, .. } => {
-                let value = kv.get(&namespace, &key).await.map_err(unavailable)?;
-                let text = value.as_deref().map(String::from_utf8_lossy);
+                let entry: KvEntry = c
+                    .call(endpoint::KV_GET, &KvKeyRequest { namespace, key })
+                    .await?;
                 if c.json {
-                    print_json(&serde_json::json!({ "key": key, "value": text }));
-                } else if let Some(text) = &text {
+                    print_json(&entry);
+                } else if let Some(text) = &entry.value {
                     super::outln!("{}", printable(text));
+                } else if let Some(b64) = &entry.value_base64 {
+                    super::outln!("(not text; base64) {b64}");
                 }
-                Ok(if value.is_some() { EXIT_OK } else { EXIT_FAIL })
+                Ok(if entry.exists() { EXIT_OK } else { EXIT_FAIL })
             }
             KvCommand::Set { key, value, .. } => {
-                kv.set(&namespace, &key, value.into_bytes())
-                    .await
-                    .map_err(unavailable)?;
+                let entry: KvEntry = c
+                    .call(
+                        endpoint::KV_SET,
+                        &KvSetRequest {
+                            namespace: namespace.clone(),
+                            key,
+                            value,
+                        },
+                    )
+                    .await?;
                 if c.json {
-                    print_json(&serde_json::json!({ "key": key, "stored": true }));
+                    print_json(&serde_json::json!({ "key": entry.key, "stored": true }));
                 } else {
-                    super::outln!("stored {namespace} {key}");
+                    super::outln!("stored {namespace} {}", entry.key);
                 }
                 Ok(EXIT_OK)
             }
             KvCommand::Rm { key, .. } => {
-                let existed = kv.delete(&namespace, &key).await.map_err(unavailable)?;
+                let reply: KvDeleteReply = c
+                    .call(
+                        endpoint::KV_DELETE,
+                        &KvKeyRequest {
+                            namespace: namespace.clone(),
+                            key,
+                        },
+                    )
+                    .await?;
                 if c.json {
-                    print_json(&serde_json::json!({ "key": key, "removed": existed }));
-                } else if !existed {
-                    super::outln!("{namespace} has no key {key}");
+                    print_json(&reply);
+                } else if !reply.removed {
+                    super::outln!("{namespace} has no key {}", reply.key);
                 }
-                Ok(if existed { EXIT_OK } else { EXIT_FAIL })
+                Ok(if reply.removed { EXIT_OK } else { EXIT_FAIL })
             }
             KvCommand::Ls { prefix, .. } => {
-                let keys = kv
-                    .list_keys(&namespace, &prefix)
-                    .await
-                    .map_err(unavailable)?;
-                for key in keys {
-                    let value = kv.get(&namespace, &key).await.map_err(unavailable)?;
-                    let text = value
-                        .as_deref()
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default();
-                    if c.json {
-                        print_json(&serde_json::json!({ "key": key, "value": text }));
-                    } else {
-                        super::outln!("{}  {}", printable(&key), printable(&text));
+                let mut after = None;
+                loop {
+                    let page: KvListReply = c
+                        .call(
+                            endpoint::KV_LIST,
+                            &KvListRequest {
+                                namespace: namespace.clone(),
+                                prefix: prefix.clone(),
+                                after: after.clone(),
+                            },
+                        )
+                        .await?;
+                    for entry in &page.entries {
+                        let text = entry.value.clone().unwrap_or_default();
+                        if c.json {
+                            print_json(&serde_json::json!({ "key": entry.key, "value": text }));
+                        } else {
+                            super::outln!("{}  {}", printable(&entry.key), printable(&text));
+                        }
+                    }
+                    match page.entries.last() {
+                        Some(last) if page.more => after = Some(last.key.clone()),
+                        _ => return Ok(EXIT_OK),
                     }
                 }
-                Ok(EXIT_OK)
             }
         }
     })

@@ -30,6 +30,7 @@ mod client;
 mod daemon;
 mod hook;
 mod kv;
+mod permissions;
 
 /// Success; a script passed.
 pub const EXIT_OK: u8 = 0;
@@ -227,9 +228,6 @@ enum Command {
         /// With --follow, print the stored events first.
         #[arg(long)]
         all: bool,
-        /// The events stream.
-        #[arg(long, default_value = client::DEFAULT_STREAM)]
-        stream: String,
         #[command(flatten)]
         client: client::ClientArgs,
     },
@@ -299,6 +297,9 @@ enum Command {
     /// hook's limits).
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Print the NATS permissions of sandbus's roles (viewer, publisher, operator, daemon),
+    /// ready for a nats-server configuration.
+    Permissions(permissions::PermissionsArgs),
     /// Describe a component file: its world, imports, exports, size and digest.
     Inspect {
         /// The component file.
@@ -573,10 +574,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             pattern,
             follow,
             all,
-            stream,
             client,
-        } => Ok(client::events(&client, &pattern, follow, all, &stream).await),
+        } => Ok(client::events(&client, &pattern, follow, all).await),
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Permissions(args) => Ok(permissions::run(&args)),
         Command::Dev(DevCommand::Run {
             script,
             args,

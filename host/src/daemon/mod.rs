@@ -46,8 +46,8 @@ pub use metrics::Metrics;
 
 use crate::bus::{
     self, BusError, BusErrorKind, ComponentStore, DeviceInventory, EventStream, HookPoints,
-    HostInfo, HostRegistry, LeaseTable, NatsKv, NatsPublisher, RunStore, SubscriptionChange,
-    SubscriptionStore,
+    HostInfo, HostRegistry, LeaseTable, NatsKv, NatsPublisher, RunStore, StagedUploads,
+    SubscriptionChange, SubscriptionStore,
 };
 use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, Sandbox, SandboxConfig};
@@ -163,6 +163,7 @@ impl Daemon {
             leases,
             runs,
             hook_points,
+            uploads,
         } = layout;
         let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
             .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
@@ -244,6 +245,8 @@ impl Daemon {
                 host_id: host_id.clone(),
                 events: host_events.clone(),
             }),
+            uploads,
+            kv: context.capabilities.kv.clone(),
         });
         let metering_stop = CancellationToken::new();
         let metering_task = tokio::spawn(metering.clone().run(
@@ -345,7 +348,9 @@ impl Daemon {
                 let leases = LeaseTable::ensure(js, replicas).await?;
                 let runs = RunStore::ensure(js, replicas).await?;
                 let hook_points = HookPoints::ensure(js, replicas).await?;
+                let uploads = StagedUploads::ensure(js, replicas).await?;
                 Ok::<_, BusError>(Layout {
+                    uploads,
                     events,
                     store,
                     subscriptions,
@@ -393,6 +398,7 @@ struct Layout {
     leases: LeaseTable,
     runs: RunStore,
     hook_points: HookPoints,
+    uploads: StagedUploads,
 }
 
 fn create_dir(path: &Path) -> Result<(), DaemonError> {

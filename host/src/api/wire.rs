@@ -1,193 +1,15 @@
-//! The control API: request and response bodies, error codes, and the client the CLI uses.
-//!
-//! Every daemon serves the API as a NATS service named `sandbus` (discoverable with
-//! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`), with one request/reply endpoint per operation
-//! under `sandbus.api.`. Bodies are JSON. A failed request is answered with the service
-//! error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`) and `Sandbus-Error-Kind`.
-//!
-//! Mutations can be sent as a *call* (the reply carries the result) or a *cast*
-//! (`"cast": true`: the reply only says the request was accepted, with a request id; the
-//! result comes later as a `sandbus.request.finished` event with that id as its subject).
+//! The bodies of the control API: one request type per endpoint (unknown fields refused),
+//! the replies, and [`Validate`], the checks the daemon runs on every request and the CLI
+//! runs before sending one.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use crate::bus::names;
+use super::ApiError;
 use crate::sandbox::World;
 
-/// Endpoint names (the subject is `sandbus.api.<name>`).
-pub mod endpoint {
-    /// Record a component whose bytes are in the object store.
-    pub const UPLOAD: &str = "component.upload";
-    /// List components.
-    pub const LIST: &str = "component.list";
-    /// Remove a component.
-    pub const REMOVE: &str = "component.remove";
-    /// Point a component back at its previous content.
-    pub const ROLLBACK: &str = "component.rollback";
-    /// Subscribe a listener to event patterns.
-    pub const SUBSCRIBE: &str = "listener.subscribe";
-    /// Unsubscribe a listener.
-    pub const UNSUBSCRIBE: &str = "listener.unsubscribe";
-    /// A listener's status (or all of them).
-    pub const STATUS: &str = "listener.status";
-    /// Publish a canonical event.
-    pub const PUBLISH: &str = "event.publish";
-    /// Live hosts.
-    pub const HOSTS: &str = "host.list";
-    /// Every host's devices (inventory, with states).
-    pub const DEVICES: &str = "device.list";
-    /// Script runs, newest first.
-    pub const RUNS: &str = "run.list";
-    /// One run's record.
-    pub const RUN: &str = "run.get";
-    /// Start a run on a device of the answering host (`sandbus.host.<id>.run.start`).
-    pub const RUN_START: &str = "run.start";
-    /// Cancel a run of the answering host (`sandbus.host.<id>.run.cancel`).
-    pub const RUN_CANCEL: &str = "run.cancel";
-    /// Register a hook at an extension point.
-    pub const HOOK_ADD: &str = "hook.add";
-    /// Remove a hook from an extension point.
-    pub const HOOK_REMOVE: &str = "hook.remove";
-    /// Set an extension point's policy and deadline.
-    pub const HOOK_POLICY: &str = "hook.policy";
-    /// List the extension points and their hooks.
-    pub const HOOK_LIST: &str = "hook.list";
-    /// Ask an extension point about a proposed operation.
-    pub const HOOK_CALL: &str = "hook.call";
-
-    /// Endpoints each host answers on its own subjects (`sandbus.host.<id>.<name>`): runs
-    /// must reach the host that has the device.
-    pub const HOST_ONLY: &[&str] = &[RUN_START, RUN_CANCEL];
-
-    /// Every endpoint, with whether it may be cast (mutations) or only called (queries).
-    pub const ALL: &[(&str, bool)] = &[
-        (UPLOAD, true),
-        (LIST, false),
-        (REMOVE, true),
-        (ROLLBACK, true),
-        (SUBSCRIBE, true),
-        (UNSUBSCRIBE, true),
-        (STATUS, false),
-        (PUBLISH, true),
-        (HOSTS, false),
-        (DEVICES, false),
-        (RUNS, false),
-        (RUN, false),
-        (HOOK_ADD, true),
-        (HOOK_REMOVE, true),
-        (HOOK_POLICY, true),
-        (HOOK_LIST, false),
-        // A call is a question whose answer the caller waits for.
-        (HOOK_CALL, false),
-    ];
-}
-
-/// Longest error message a reply carries, in bytes; longer ones are clipped, saying how long
-/// they were ([`crate::text::clip`]).
-pub const MAX_ERROR_LEN: usize = 4096;
-
-/// Longest reason one hook's answer carries, in bytes (in `hook.call` replies and
-/// `sandbus.hook.denied` events); longer ones are clipped, saying how long they were.
-pub const MAX_HOOK_REASON_LEN: usize = 1024;
-
-/// Header carrying an error's [`ApiErrorKind`].
-pub const ERROR_KIND_HEADER: &str = "Sandbus-Error-Kind";
-
-/// What kind of error a request met.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ApiErrorKind {
-    /// The request was wrong; nothing changed. The message says what to fix.
-    BadRequest,
-    /// The thing named does not exist.
-    NotFound,
-    /// The request conflicts with the current state (for example removing a subscribed
-    /// listener).
-    Conflict,
-    /// No daemon answered, or the bus failed; retrying later may work.
-    Unavailable,
-    /// A bug or an unexpected failure in the daemon.
-    Internal,
-}
-
-impl ApiErrorKind {
-    /// The numeric code on the wire (HTTP-like).
-    pub fn code(self) -> usize {
-        match self {
-            Self::BadRequest => 400,
-            Self::NotFound => 404,
-            Self::Conflict => 409,
-            Self::Unavailable => 503,
-            Self::Internal => 500,
-        }
-    }
-
-    /// The kind for a wire name or code.
-    pub fn parse(name: Option<&str>, code: Option<usize>) -> Self {
-        match (name, code) {
-            (Some("bad-request"), _) | (_, Some(400)) => Self::BadRequest,
-            (Some("not-found"), _) | (_, Some(404)) => Self::NotFound,
-            (Some("conflict"), _) | (_, Some(409)) => Self::Conflict,
-            (Some("unavailable"), _) | (_, Some(503)) => Self::Unavailable,
-            _ => Self::Internal,
-        }
-    }
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad-request",
-            Self::NotFound => "not-found",
-            Self::Conflict => "conflict",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
-    }
-}
-
-/// A failed request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[error("{message}")]
-pub struct ApiError {
-    /// What kind of failure.
-    pub kind: ApiErrorKind,
-    /// What was wrong and what to do.
-    pub message: String,
-}
-
-impl ApiError {
-    /// A new error.
-    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// A bad request.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(ApiErrorKind::BadRequest, message)
-    }
-}
-
-impl From<crate::bus::BusError> for ApiError {
-    fn from(e: crate::bus::BusError) -> Self {
-        use crate::bus::BusErrorKind as K;
-        let kind = match e.kind {
-            K::NotFound => ApiErrorKind::NotFound,
-            K::Conflict => ApiErrorKind::Conflict,
-            K::Connect | K::Unavailable | K::NotSetUp => ApiErrorKind::Unavailable,
-            K::Corrupt => ApiErrorKind::Internal,
-        };
-        Self::new(kind, e.message)
-    }
-}
-
-/// `component.upload`: record a component whose bytes the client put in the object store.
+/// `component.upload`: record a component whose bytes are in the component store, or were
+/// staged part by part with `component.stage` (the daemon then stores them, checked against
+/// the digest, and drops the parts).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadRequest {
@@ -207,10 +29,6 @@ pub struct UploadRequest {
     /// Limit settings, `NAME=VALUE`.
     #[serde(default)]
     pub limits: Vec<String>,
-    /// The client stored the bytes for this upload (they were not in the store before), so
-    /// a refused upload removes them again.
-    #[serde(default)]
-    pub bytes_added: bool,
     /// Send as a cast.
     #[serde(default)]
     pub cast: bool,
@@ -367,6 +185,206 @@ pub struct HookCallReply {
     pub hooks: Vec<HookAnswer>,
 }
 
+/// `component.stage`: one part of a component's bytes, staged for a `component.upload` of
+/// the same digest. A client never writes the component store itself: a daemon checks the
+/// assembled bytes against their digest and stores them. Parts expire if no upload follows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRequest {
+    /// sha256 of the whole component, hex.
+    pub digest: String,
+    /// Size of the whole component, in bytes.
+    pub size: u64,
+    /// This part's index, from 0.
+    pub part: u32,
+    /// How many parts there are.
+    pub parts: u32,
+    /// The part's bytes, base64.
+    pub data: String,
+}
+
+/// The reply to `component.stage`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StageReply {
+    /// The digest the part was staged for.
+    pub digest: String,
+    /// The part staged.
+    pub part: u32,
+}
+
+/// Most parts one component is staged in.
+pub const MAX_STAGE_PARTS: u32 = 65_536;
+
+/// `event.list`: a page of stored events, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventListRequest {
+    /// Event type pattern (`vm.*`, `sandbus.>`); every event when absent.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Start after this stream sequence (0: from the first event).
+    #[serde(default)]
+    pub after: u64,
+    /// Most events in the page (at most [`MAX_PAGE`]; default [`MAX_PAGE`]). 0 asks only for
+    /// the stream's last sequence (to follow what comes next).
+    #[serde(default)]
+    pub max: Option<u32>,
+    /// When no event after `after` is stored yet, wait this long for one (at most
+    /// [`MAX_PAGE_WAIT_MS`]): a follower's long poll.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Most entries one page (`event.list`, `run.log`, `kv.list`) holds. A page also stops
+/// before its reply would pass the server's max payload.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Longest a page request may wait for something new, in milliseconds.
+pub const MAX_PAGE_WAIT_MS: u64 = 30_000;
+
+/// One stored message in a page: its sequence and its body.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredMessage {
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// The subject it was stored on.
+    pub subject: String,
+    /// The body when it is JSON (a CloudEvent, a log line, a report), byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Box<serde_json::value::RawValue>>,
+    /// The body, base64, when it is not JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Set instead of a body when the body alone is too large for a reply: its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<u64>,
+}
+
+/// A page of stored messages (`event.list`, `run.log`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MessagePage {
+    /// The messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// The stream's last sequence when the page was read: `after` for a follower that wants
+    /// only what comes next.
+    pub last_sequence: u64,
+}
+
+/// `run.log`: a page of one run's log lines and, once stored, its report (the report is the
+/// last message of a run).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLogRequest {
+    /// The run id.
+    pub run: String,
+    /// Start after this stream sequence (0: from the run's first line).
+    #[serde(default)]
+    pub after: u64,
+    /// When nothing after `after` is stored yet, wait this long (at most
+    /// [`MAX_PAGE_WAIT_MS`]).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// `kv.get` and `kv.delete`: one key of a component's space.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvKeyRequest {
+    /// The component whose space it is.
+    pub namespace: String,
+    /// The key.
+    pub key: String,
+}
+
+/// `kv.set`: store a value (text) under a key of a component's space.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvSetRequest {
+    /// The component whose space it is.
+    pub namespace: String,
+    /// The key.
+    pub key: String,
+    /// The value, stored as this text.
+    pub value: String,
+}
+
+/// `kv.list`: the keys (and values) of a component's space that start with a prefix, in
+/// byte order, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvListRequest {
+    /// The component whose space it is.
+    pub namespace: String,
+    /// Only keys starting with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// Only keys after this one (the last key of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// One key and its value: text when the value is UTF-8, base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value as text (absent when there is no value, or it is not UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value, base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+impl KvEntry {
+    /// The entry for `key` holding `value` (none: absent).
+    pub fn new(key: String, value: Option<Vec<u8>>) -> Self {
+        use base64::Engine as _;
+        match value.map(String::from_utf8) {
+            None => Self {
+                key,
+                value: None,
+                value_base64: None,
+            },
+            Some(Ok(text)) => Self {
+                key,
+                value: Some(text),
+                value_base64: None,
+            },
+            Some(Err(bytes)) => Self {
+                key,
+                value: None,
+                value_base64: Some(
+                    base64::engine::general_purpose::STANDARD.encode(bytes.into_bytes()),
+                ),
+            },
+        }
+    }
+
+    /// Whether the key holds a value.
+    pub fn exists(&self) -> bool {
+        self.value.is_some() || self.value_base64.is_some()
+    }
+}
+
+/// The reply to `kv.delete`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvDeleteReply {
+    /// The key.
+    pub key: String,
+    /// Whether it existed.
+    pub removed: bool,
+}
+
+/// The reply to `kv.list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvListReply {
+    /// The entries, in key order.
+    pub entries: Vec<KvEntry>,
+    /// More keys follow: ask again with `after` = the last key here.
+    pub more: bool,
+}
+
 /// A request body the daemon checks before acting on it, with the same rules the CLI
 /// applies before sending it: the API trusts nothing a client sends, whether or not the
 /// client is our CLI. A failure is a [`ApiErrorKind::BadRequest`] that says what to fix,
@@ -387,12 +405,7 @@ fn point_name(point: &str) -> Result<(), ApiError> {
 impl Validate for UploadRequest {
     fn validate(&self) -> Result<(), ApiError> {
         component_name(&self.name)?;
-        if self.digest.len() != 64 || !self.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::bad_request(format!(
-                "`{}` is not a sha256 digest (64 hex digits)",
-                crate::text::echo(&self.digest)
-            )));
-        }
+        digest(&self.digest)?;
         // The grants and limits are checked with the component's world, once the daemon has
         // read the bytes (`ComponentPolicy::check`).
         Ok(())
@@ -530,6 +543,90 @@ pub const MAX_RUN_ARGS: usize = 256;
 /// Most bytes of arguments (names and values) a run takes.
 pub const MAX_RUN_ARGS_BYTES: usize = 64 << 10;
 
+fn digest(digest: &str) -> Result<(), ApiError> {
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is not a sha256 digest (64 hex digits)",
+            crate::text::echo(digest)
+        )));
+    }
+    Ok(())
+}
+
+impl Validate for StageRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        digest(&self.digest)?;
+        if self.size == 0 || self.parts == 0 || self.parts > MAX_STAGE_PARTS {
+            return Err(ApiError::bad_request(format!(
+                "a component is 1 byte or more, in 1 to {MAX_STAGE_PARTS} parts"
+            )));
+        }
+        if self.part >= self.parts {
+            return Err(ApiError::bad_request(format!(
+                "part {} of {} parts (parts count from 0)",
+                self.part, self.parts
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn page_wait(wait_ms: u64) -> Result<(), ApiError> {
+    if wait_ms > MAX_PAGE_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms is at most {MAX_PAGE_WAIT_MS}"
+        )));
+    }
+    Ok(())
+}
+
+impl Validate for EventListRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        if let Some(pattern) = &self.pattern {
+            crate::bus::validate_event_pattern(pattern).map_err(ApiError::bad_request)?;
+        }
+        if self.max.is_some_and(|max| max > MAX_PAGE) {
+            return Err(ApiError::bad_request(format!("max is at most {MAX_PAGE}")));
+        }
+        page_wait(self.wait_ms)
+    }
+}
+
+impl Validate for RunLogRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        crate::bus::validate_run_id(&self.run).map_err(ApiError::bad_request)?;
+        page_wait(self.wait_ms)
+    }
+}
+
+fn kv_key(namespace: &str, key: &str) -> Result<(), ApiError> {
+    component_name(namespace)?;
+    crate::imports::kv::validate_key(key).map_err(ApiError::bad_request)
+}
+
+impl Validate for KvKeyRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        kv_key(&self.namespace, &self.key)
+    }
+}
+
+impl Validate for KvSetRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        kv_key(&self.namespace, &self.key)
+    }
+}
+
+impl Validate for KvListRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.namespace)?;
+        crate::imports::kv::validate_prefix(&self.prefix).map_err(ApiError::bad_request)?;
+        if let Some(after) = &self.after {
+            crate::imports::kv::validate_key(after).map_err(ApiError::bad_request)?;
+        }
+        Ok(())
+    }
+}
+
 impl Validate for Empty {
     fn validate(&self) -> Result<(), ApiError> {
         Ok(())
@@ -576,107 +673,9 @@ pub struct CancelReply {
     pub cancelled: bool,
 }
 
-/// A client of the control API over one NATS connection.
-#[derive(Clone)]
-pub struct ApiClient {
-    client: async_nats::Client,
-    timeout: Duration,
-}
-
-impl ApiClient {
-    /// A client that waits at most `timeout` for each reply.
-    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
-        Self { client, timeout }
-    }
-
-    /// Sends `request` to `endpoint` and decodes the reply.
-    pub async fn call<Q: Serialize, R: DeserializeOwned>(
-        &self,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        self.call_subject(names::api_subject(endpoint), request)
-            .await
-    }
-
-    /// Sends `request` to one host's own `endpoint` (see [`endpoint::HOST_ONLY`]).
-    pub async fn call_host<Q: Serialize, R: DeserializeOwned>(
-        &self,
-        host: &str,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        self.call_subject(
-            format!("{}.{endpoint}", names::host_api_prefix(host)),
-            request,
-        )
-        .await
-    }
-
-    async fn call_subject<Q: Serialize, R: DeserializeOwned>(
-        &self,
-        subject: String,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
-        let request = async_nats::Request::new()
-            .payload(Bytes::from(body))
-            .timeout(Some(self.timeout));
-        let reply = self
-            .client
-            .send_request(subject, request)
-            .await
-            .map_err(|e| {
-                use async_nats::RequestErrorKind as K;
-                let message = match e.kind() {
-                    K::NoResponders => "no sandbus daemon is answering on this NATS server; \
-                                        start one with `sandbus up` or `sandbus daemon`"
-                        .to_owned(),
-                    K::TimedOut => format!(
-                        "no reply from the daemon within {}",
-                        humantime::format_duration(self.timeout)
-                    ),
-                    _ => format!("the request failed: {e}"),
-                };
-                ApiError::new(ApiErrorKind::Unavailable, message)
-            })?;
-        if let Some(headers) = &reply.headers
-            && let Some(message) = headers.get(async_nats::service::NATS_SERVICE_ERROR)
-        {
-            let code = headers
-                .get(async_nats::service::NATS_SERVICE_ERROR_CODE)
-                .and_then(|c| c.as_str().parse().ok());
-            let kind =
-                ApiErrorKind::parse(headers.get(ERROR_KIND_HEADER).map(|k| k.as_str()), code);
-            return Err(ApiError::new(kind, message.as_str()));
-        }
-        serde_json::from_slice(&reply.payload).map_err(|e| {
-            ApiError::new(
-                ApiErrorKind::Internal,
-                format!("the daemon's reply is not what this CLI expects ({e}); are both the same version?"),
-            )
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_kinds_round_trip_through_the_wire_code() {
-        for kind in [
-            ApiErrorKind::BadRequest,
-            ApiErrorKind::NotFound,
-            ApiErrorKind::Conflict,
-            ApiErrorKind::Unavailable,
-            ApiErrorKind::Internal,
-        ] {
-            assert_eq!(ApiErrorKind::parse(None, Some(kind.code())), kind);
-            assert_eq!(ApiErrorKind::parse(Some(kind.as_str()), None), kind);
-        }
-    }
 
     #[test]
     fn requests_refuse_unknown_fields() {

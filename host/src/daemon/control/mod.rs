@@ -1,8 +1,13 @@
-//! The control API served by every daemon (see [`crate::api`] for the wire format).
+//! The control API served by every daemon (see [`crate::api`] for the wire format): the
+//! service and its router here, the endpoints by subject in [`components`] (staging, upload,
+//! removal, rollback) and [`reads`] (pages of events and run logs, components' kv spaces).
 //!
 //! All daemons join one queue group, so any of them answers any request: the state they
 //! change (manifests, subscriptions, consumers) is cluster-wide, and every daemon reacts to
 //! the change through its watches, not through the request.
+
+mod components;
+mod reads;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::components::{LoadedComponents, spec_of};
+use super::components::LoadedComponents;
 use super::hooks::HookDispatcher;
 use super::host_events::{self, HostEvents};
 use super::lab::DeviceLab;
@@ -25,14 +30,15 @@ use super::metrics::Metrics;
 use crate::api::{
     self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, HookCallRequest,
     HookPolicyRequest, HookRequest, NameRequest, PublishRequest, RunIdRequest, StatusRequest,
-    SubscribeRequest, UploadReply, UploadRequest, Validate, endpoint,
+    SubscribeRequest, Validate, endpoint,
 };
 use crate::bus::{
-    ComponentStore, DeviceInventory, EventStream, HookPoint, HostRegistry, ManifestDraft, RunStore,
+    ComponentStore, DeviceInventory, EventStream, HookPoint, HostRegistry, RunStore, StagedUploads,
     Subscription, SubscriptionStore, names,
 };
 use crate::event::CanonicalEvent;
-use crate::sandbox::{ComponentShape, Digest, Sandbox, World};
+use crate::imports::kv::KvStore;
+use crate::sandbox::{Sandbox, World};
 
 /// Most control requests handled at once by one daemon.
 const MAX_CONCURRENT: usize = 32;
@@ -116,6 +122,10 @@ pub struct ControlApi {
     pub metrics: Arc<Metrics>,
     /// The extension points, and asking them.
     pub hooks: Arc<HookDispatcher>,
+    /// Component bytes staged part by part for an upload.
+    pub uploads: StagedUploads,
+    /// Components' key-value spaces (an operator's `kv.*`).
+    pub kv: Arc<dyn KvStore>,
 }
 
 /// The ack wait a listener's consumer needs for a deadline of `timeout`.
@@ -150,27 +160,26 @@ impl ControlApi {
             .start(names::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
             .map_err(unavailable)?;
-        let group = service.group(names::API_PREFIX);
+        // One group per role (`sandbus.api.<role>`), and this host's own per-host endpoints
+        // (`sandbus.api.<role>.host.<id>`): runs go to the host that has the device.
         let mut endpoints = Vec::new();
-        for (name, castable) in endpoint::ALL {
-            let ep = group
+        for endpoint in endpoint::ALL {
+            let prefix = if endpoint.per_host {
+                names::host_api_prefix(endpoint.role, self.host_events.host_id())
+            } else {
+                names::api_role_prefix(endpoint.role)
+            };
+            let ep = service
+                .group(prefix)
                 .endpoint_builder()
-                .name(name.replace('.', "-"))
-                .add(*name)
+                .name(endpoint.name.replace('.', "-"))
+                .add(endpoint.name)
                 .await
                 .map_err(unavailable)?;
-            endpoints.push(ep.map(move |request| (*name, *castable, request)).boxed());
-        }
-        // This host's own endpoints: runs go to the host that has the device.
-        let own = service.group(names::host_api_prefix(self.host_events.host_id()));
-        for name in endpoint::HOST_ONLY {
-            let ep = own
-                .endpoint_builder()
-                .name(name.replace('.', "-"))
-                .add(*name)
-                .await
-                .map_err(unavailable)?;
-            endpoints.push(ep.map(move |request| (*name, false, request)).boxed());
+            endpoints.push(
+                ep.map(move |request| (endpoint.name, endpoint.castable, request))
+                    .boxed(),
+            );
         }
         Ok(ControlService {
             api: self,
@@ -285,7 +294,14 @@ impl ControlApi {
     /// Handles one request body for `name`; the JSON result or an error.
     pub async fn handle(&self, name: &str, body: &[u8]) -> Result<serde_json::Value, ApiError> {
         match name {
+            endpoint::STAGE => to_json(self.stage(parse(body)?).await?),
             endpoint::UPLOAD => to_json(self.upload(parse(body)?).await?),
+            endpoint::EVENTS => to_json(self.event_page(parse_or_empty(body)?).await?),
+            endpoint::RUN_LOG => to_json(self.run_log_page(parse(body)?).await?),
+            endpoint::KV_GET => to_json(self.kv_get(parse(body)?).await?),
+            endpoint::KV_SET => to_json(self.kv_set(parse(body)?).await?),
+            endpoint::KV_DELETE => to_json(self.kv_delete(parse(body)?).await?),
+            endpoint::KV_LIST => to_json(self.kv_list(parse(body)?).await?),
             endpoint::LIST => {
                 let _: Empty = parse_or_empty(body)?;
                 to_json(self.store.list().await?)
@@ -380,195 +396,6 @@ impl ControlApi {
         }
     }
 
-    async fn upload(&self, request: UploadRequest) -> Result<UploadReply, ApiError> {
-        let result = self.upload_checked(&request).await;
-        if result.is_err() {
-            // Bad input changes nothing: forget the compiled code, and the bytes if this
-            // upload is what put them in the store (and nothing uses them).
-            self.forget(&request.digest, request.bytes_added).await;
-        }
-        result
-    }
-
-    async fn upload_checked(&self, request: &UploadRequest) -> Result<UploadReply, ApiError> {
-        let bytes = self
-            .store
-            .bytes(&request.digest, self.sandbox.config().max_component_size)
-            .await
-            .map_err(|e| match e.kind {
-                crate::bus::BusErrorKind::NotFound | crate::bus::BusErrorKind::Corrupt => {
-                    ApiError::bad_request(e.message)
-                }
-                _ => e.into(),
-            })?;
-        let world = ComponentShape::read(&bytes)
-            .and_then(|shape| shape.check(request.world))
-            .map_err(|e| ApiError::bad_request(e.message))?;
-        let candidate = crate::bus::ComponentManifest {
-            name: request.name.clone(),
-            version: 0,
-            digest: Digest::of(&bytes).as_str().to_owned(),
-            size: bytes.len() as u64,
-            world,
-            grants: request.grants.clone(),
-            kv_read: request.kv_read.clone(),
-            limits: request.limits.clone(),
-            recorded_at: String::new(),
-            restored_from: None,
-        };
-        let spec = spec_of(&candidate).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let timeout = spec.limits.timeout;
-        let sandbox = self.sandbox.clone();
-        tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ApiErrorKind::Internal,
-                    format!("the compile task failed: {e}"),
-                )
-            })?
-            .map_err(|e| ApiError::bad_request(e.message))?;
-        let subscription = self.subscriptions.get(&request.name).await?;
-        if subscription.is_some() && world != World::Listener {
-            return Err(ApiError::bad_request(format!(
-                "`{0}` is subscribed as a listener and this component is a {world}; \
-                 `sandbus unsubscribe {0}` first or upload it under another name",
-                request.name
-            )));
-        }
-        if world != World::Hook {
-            let points = self.hooks.points.points_of(&request.name).await?;
-            if !points.is_empty() {
-                return Err(ApiError::bad_request(format!(
-                    "`{0}` is registered as a hook at {1} and this component is a {world}; \
-                     `sandbus hook rm {0} --point POINT` first or upload it under another name",
-                    request.name,
-                    points.join(", ")
-                )));
-            }
-        }
-        // The consumer must wait for acks at least as long as the new deadline before any
-        // host runs the new version (and again on a repeat, in case that step failed).
-        if let Some(subscription) = &subscription {
-            self.subscriptions
-                .put(subscription, ack_wait_for(timeout))
-                .await?;
-        }
-        if let Some(current) = self.store.manifest(&request.name).await?
-            && current.digest == candidate.digest
-            && current.grants == candidate.grants
-            && current.kv_read == candidate.kv_read
-            && current.limits == candidate.limits
-            && current.world == world
-        {
-            return Ok(UploadReply {
-                manifest: current,
-                unchanged: true,
-            });
-        }
-        let manifest = self
-            .store
-            .record(ManifestDraft {
-                name: candidate.name,
-                digest: Digest::from_hex(&candidate.digest),
-                size: candidate.size,
-                world,
-                grants: candidate.grants,
-                kv_read: candidate.kv_read,
-                limits: candidate.limits,
-            })
-            .await?;
-        self.component_event(host_events::COMPONENT_ADDED, &manifest)
-            .await;
-        Ok(UploadReply {
-            manifest,
-            unchanged: false,
-        })
-    }
-
-    async fn remove(
-        &self,
-        request: NameRequest,
-    ) -> Result<crate::bus::ComponentManifest, ApiError> {
-        if self.subscriptions.get(&request.name).await?.is_some() {
-            return Err(ApiError::new(
-                ApiErrorKind::Conflict,
-                format!(
-                    "`{0}` is subscribed; `sandbus unsubscribe {0}` first (its pending events are then dropped)",
-                    request.name
-                ),
-            ));
-        }
-        let points = self.hooks.points.points_of(&request.name).await?;
-        if !points.is_empty() {
-            return Err(ApiError::new(
-                ApiErrorKind::Conflict,
-                format!(
-                    "`{0}` is registered as a hook at {1}; `sandbus hook rm {0} --point POINT` \
-                     first",
-                    request.name,
-                    points.join(", ")
-                ),
-            ));
-        }
-        let manifest = self.store.remove(&request.name).await?;
-        self.component_event(host_events::COMPONENT_REMOVED, &manifest)
-            .await;
-        Ok(manifest)
-    }
-
-    async fn rollback(
-        &self,
-        request: NameRequest,
-    ) -> Result<crate::bus::ComponentManifest, ApiError> {
-        let subscription = self.subscriptions.get(&request.name).await?;
-        let points = self.hooks.points.points_of(&request.name).await?;
-        if subscription.is_some() || !points.is_empty() {
-            let history = self.store.history(&request.name).await?;
-            let current = self.store.manifest(&request.name).await?;
-            let target = current.and_then(|c| {
-                history
-                    .iter()
-                    .rev()
-                    .find(|m| m.version < c.content_version() && m.restored_from.is_none())
-                    .cloned()
-            });
-            if let Some(target) = &target {
-                if subscription.is_some() && target.world != World::Listener {
-                    return Err(ApiError::new(
-                        ApiErrorKind::Conflict,
-                        format!(
-                            "the previous version of `{}` is a {}, and it is subscribed as a listener",
-                            request.name, target.world
-                        ),
-                    ));
-                }
-                if !points.is_empty() && target.world != World::Hook {
-                    return Err(ApiError::new(
-                        ApiErrorKind::Conflict,
-                        format!(
-                            "the previous version of `{}` is a {}, and it is registered as a hook \
-                             at {}",
-                            request.name,
-                            target.world,
-                            points.join(", ")
-                        ),
-                    ));
-                }
-                if let Some(subscription) = &subscription {
-                    let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
-                    self.subscriptions
-                        .put(subscription, ack_wait_for(limits.timeout))
-                        .await?;
-                }
-            }
-        }
-        let manifest = self.store.rollback(&request.name).await?;
-        self.component_event(host_events::COMPONENT_ADDED, &manifest)
-            .await;
-        Ok(manifest)
-    }
-
     /// The current manifest of `name`, or a not-found error saying to upload it.
     async fn uploaded(&self, name: &str) -> Result<crate::bus::ComponentManifest, ApiError> {
         self.store.manifest(name).await?.ok_or_else(|| {
@@ -660,40 +487,6 @@ impl ControlApi {
             .put(&subscription, ack_wait_for(limits.timeout))
             .await?;
         Ok(subscription)
-    }
-
-    async fn component_event(&self, ty: &str, manifest: &crate::bus::ComponentManifest) {
-        let verb = if ty == host_events::COMPONENT_ADDED {
-            "added"
-        } else {
-            "removed"
-        };
-        self.host_events
-            .emit_or_log(
-                ty,
-                format!("component-{verb}/{}/{}", manifest.name, manifest.version),
-                Some(manifest.name.clone()),
-                serde_json::to_value(manifest).unwrap_or_default(),
-            )
-            .await;
-    }
-
-    /// Forgets the compiled code of a refused upload, and its bytes when `bytes_added` (the
-    /// client put them in the store for this upload), unless something uses them.
-    async fn forget(&self, digest: &str, bytes_added: bool) {
-        let loaded = self
-            .components
-            .names()
-            .iter()
-            .filter_map(|n| self.components.get(n))
-            .any(|c| c.manifest.digest == digest);
-        if loaded {
-            return;
-        }
-        self.sandbox.evict(&Digest::from_hex(digest));
-        if bytes_added && let Err(e) = self.store.forget_bytes_if_unused(digest).await {
-            tracing::warn!(%digest, error = %e, "could not delete the refused component's bytes");
-        }
     }
 }
 

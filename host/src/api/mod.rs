@@ -1,0 +1,150 @@
+//! The control API: who may call what, the request and reply bodies, and the error codes.
+//!
+//! Every daemon serves the API as a NATS service named `sandbus` (discoverable with
+//! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`), with one request/reply endpoint per operation.
+//! Each endpoint belongs to a [`Role`] and its subject says so:
+//! `sandbus.api.<role>.<endpoint>` ([`endpoint`]), so NATS permissions can give people a
+//! role. Bodies are JSON ([`wire`]); every request is validated by the daemon exactly as
+//! the CLI validates it before sending ([`Validate`]). A failed request is answered with the
+//! service error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`) and
+//! `Sandbus-Error-Kind`.
+//!
+//! Mutations can be sent as a *call* (the reply carries the result) or a *cast*
+//! (`"cast": true`: the reply only says the request was accepted, with a request id; the
+//! result comes later as a `sandbus.request.finished` event with that id as its subject).
+//!
+//! The client side lives with the rest of NATS, in [`crate::bus::ApiClient`].
+
+pub mod endpoint;
+mod wire;
+
+pub use endpoint::{Endpoint, Role};
+pub use wire::*;
+
+/// Longest error message a reply carries, in bytes; longer ones are clipped, saying how long
+/// they were ([`crate::text::clip`]).
+pub const MAX_ERROR_LEN: usize = 4096;
+
+/// Longest reason one hook's answer carries, in bytes (in `hook.call` replies and
+/// `sandbus.hook.denied` events); longer ones are clipped, saying how long they were.
+pub const MAX_HOOK_REASON_LEN: usize = 1024;
+
+/// Header carrying an error's [`ApiErrorKind`].
+pub const ERROR_KIND_HEADER: &str = "Sandbus-Error-Kind";
+
+/// What kind of error a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiErrorKind {
+    /// The request was wrong; nothing changed. The message says what to fix.
+    BadRequest,
+    /// NATS refused the request: the user may not publish (or receive replies) on a subject
+    /// its role needs. The message names the subject. Nothing changed.
+    PermissionDenied,
+    /// The thing named does not exist.
+    NotFound,
+    /// The request conflicts with the current state (for example removing a subscribed
+    /// listener).
+    Conflict,
+    /// No daemon answered, or the bus failed; retrying later may work.
+    Unavailable,
+    /// A bug or an unexpected failure in the daemon.
+    Internal,
+}
+
+impl ApiErrorKind {
+    /// The numeric code on the wire (HTTP-like).
+    pub fn code(self) -> usize {
+        match self {
+            Self::BadRequest => 400,
+            Self::PermissionDenied => 403,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The kind for a wire name or code.
+    pub fn parse(name: Option<&str>, code: Option<usize>) -> Self {
+        match (name, code) {
+            (Some("bad-request"), _) | (_, Some(400)) => Self::BadRequest,
+            (Some("permission-denied"), _) | (_, Some(403)) => Self::PermissionDenied,
+            (Some("not-found"), _) | (_, Some(404)) => Self::NotFound,
+            (Some("conflict"), _) | (_, Some(409)) => Self::Conflict,
+            (Some("unavailable"), _) | (_, Some(503)) => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::PermissionDenied => "permission-denied",
+            Self::NotFound => "not-found",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub kind: ApiErrorKind,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A bad request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorKind::BadRequest, message)
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
+        use crate::bus::BusErrorKind as K;
+        let kind = match e.kind {
+            K::NotFound => ApiErrorKind::NotFound,
+            K::Conflict => ApiErrorKind::Conflict,
+            K::Connect | K::Unavailable | K::NotSetUp => ApiErrorKind::Unavailable,
+            K::Corrupt => ApiErrorKind::Internal,
+            K::PermissionDenied => ApiErrorKind::PermissionDenied,
+        };
+        Self::new(kind, e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_round_trip_through_the_wire_code() {
+        for kind in [
+            ApiErrorKind::BadRequest,
+            ApiErrorKind::PermissionDenied,
+            ApiErrorKind::NotFound,
+            ApiErrorKind::Conflict,
+            ApiErrorKind::Unavailable,
+            ApiErrorKind::Internal,
+        ] {
+            assert_eq!(ApiErrorKind::parse(None, Some(kind.code())), kind);
+            assert_eq!(ApiErrorKind::parse(Some(kind.as_str()), None), kind);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The control API's component endpoints: staging bytes, uploading (checked with the one
+//! policy check, compiled once, recorded), removing and rolling back.
+
+use super::{ControlApi, ack_wait_for};
+use crate::api::{
+    ApiError, ApiErrorKind, NameRequest, StageReply, StageRequest, UploadReply, UploadRequest,
+};
+use crate::bus::ManifestDraft;
+use crate::daemon::components::spec_of;
+use crate::daemon::host_events;
+use crate::sandbox::{ComponentShape, Digest, World};
+
+impl ControlApi {
+    /// `component.stage`: keeps one part of a component's bytes for its upload.
+    pub(super) async fn stage(&self, request: StageRequest) -> Result<StageReply, ApiError> {
+        use base64::Engine as _;
+        let max_size = self.sandbox.config().max_component_size;
+        if request.size > max_size {
+            return Err(ApiError::bad_request(format!(
+                "the component is {} bytes, over this host's limit of {max_size} bytes",
+                request.size
+            )));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(request.data.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("the part's data is not base64: {e}")))?;
+        let max_part = self.uploads.max_part();
+        if bytes.len() > max_part {
+            return Err(ApiError::bad_request(format!(
+                "the part is {} bytes; a part is at most {max_part} bytes on this server",
+                bytes.len()
+            )));
+        }
+        let digest = Digest::from_hex(&request.digest);
+        self.uploads
+            .stage(&digest, request.parts, request.part, bytes)
+            .await?;
+        Ok(StageReply {
+            digest: digest.as_str().to_owned(),
+            part: request.part,
+        })
+    }
+
+    /// `component.upload`: the bytes come from the component store or, staged part by part,
+    /// are checked against the digest and stored; then the upload is checked and recorded.
+    /// A refused upload changes nothing: bytes it stored are deleted again.
+    pub(super) async fn upload(&self, request: UploadRequest) -> Result<UploadReply, ApiError> {
+        let digest = Digest::from_hex(&request.digest);
+        let fetched = self.upload_bytes(&digest).await;
+        // Staged parts have served their purpose either way (or are unusable).
+        if let Err(e) = self.uploads.drop_staged(&digest).await {
+            tracing::warn!(%digest, error = %e, "could not drop the staged parts");
+        }
+        let (bytes, added) = fetched?;
+        let result = self.upload_checked(&request, bytes).await;
+        if result.is_err() {
+            // Forget the compiled code, and the bytes if this upload is what put them in the
+            // store (and nothing uses them).
+            self.forget(&request.digest, added).await;
+        }
+        result
+    }
+
+    /// The bytes of `digest`, and whether this call put them in the component store.
+    async fn upload_bytes(&self, digest: &Digest) -> Result<(Vec<u8>, bool), ApiError> {
+        use crate::bus::BusErrorKind;
+        let max = self.sandbox.config().max_component_size;
+        match self.store.bytes(digest.as_str(), max).await {
+            Ok(bytes) => Ok((bytes, false)),
+            Err(e) if e.kind == BusErrorKind::NotFound => {
+                let staged = self
+                    .uploads
+                    .assemble(digest, max)
+                    .await
+                    .map_err(|e| match e.kind {
+                        BusErrorKind::NotFound | BusErrorKind::Corrupt => {
+                            ApiError::bad_request(e.message)
+                        }
+                        _ => e.into(),
+                    })?
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "no component bytes with digest {digest} are stored or staged; \
+                             stage them with `component.stage` first (`sandbus upload` does)"
+                        ))
+                    })?;
+                let (_, added) = self.store.put_bytes(&staged).await?;
+                Ok((staged, added))
+            }
+            Err(e) if e.kind == BusErrorKind::Corrupt => Err(ApiError::bad_request(e.message)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upload_checked(
+        &self,
+        request: &UploadRequest,
+        bytes: Vec<u8>,
+    ) -> Result<UploadReply, ApiError> {
+        let world = ComponentShape::read(&bytes)
+            .and_then(|shape| shape.check(request.world))
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        let candidate = crate::bus::ComponentManifest {
+            name: request.name.clone(),
+            version: 0,
+            digest: Digest::of(&bytes).as_str().to_owned(),
+            size: bytes.len() as u64,
+            world,
+            grants: request.grants.clone(),
+            kv_read: request.kv_read.clone(),
+            limits: request.limits.clone(),
+            recorded_at: String::new(),
+            restored_from: None,
+        };
+        let spec = spec_of(&candidate).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let timeout = spec.limits.timeout;
+        let sandbox = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ApiErrorKind::Internal,
+                    format!("the compile task failed: {e}"),
+                )
+            })?
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        let subscription = self.subscriptions.get(&request.name).await?;
+        if subscription.is_some() && world != World::Listener {
+            return Err(ApiError::bad_request(format!(
+                "`{0}` is subscribed as a listener and this component is a {world}; \
+                 `sandbus unsubscribe {0}` first or upload it under another name",
+                request.name
+            )));
+        }
+        if world != World::Hook {
+            let points = self.hooks.points.points_of(&request.name).await?;
+            if !points.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "`{0}` is registered as a hook at {1} and this component is a {world}; \
+                     `sandbus hook rm {0} --point POINT` first or upload it under another name",
+                    request.name,
+                    points.join(", ")
+                )));
+            }
+        }
+        // The consumer must wait for acks at least as long as the new deadline before any
+        // host runs the new version (and again on a repeat, in case that step failed).
+        if let Some(subscription) = &subscription {
+            self.subscriptions
+                .put(subscription, ack_wait_for(timeout))
+                .await?;
+        }
+        if let Some(current) = self.store.manifest(&request.name).await?
+            && current.digest == candidate.digest
+            && current.grants == candidate.grants
+            && current.kv_read == candidate.kv_read
+            && current.limits == candidate.limits
+            && current.world == world
+        {
+            return Ok(UploadReply {
+                manifest: current,
+                unchanged: true,
+            });
+        }
+        let manifest = self
+            .store
+            .record(ManifestDraft {
+                name: candidate.name,
+                digest: Digest::from_hex(&candidate.digest),
+                size: candidate.size,
+                world,
+                grants: candidate.grants,
+                kv_read: candidate.kv_read,
+                limits: candidate.limits,
+            })
+            .await?;
+        self.component_event(host_events::COMPONENT_ADDED, &manifest)
+            .await;
+        Ok(UploadReply {
+            manifest,
+            unchanged: false,
+        })
+    }
+
+    pub(super) async fn remove(
+        &self,
+        request: NameRequest,
+    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+        if self.subscriptions.get(&request.name).await?.is_some() {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "`{0}` is subscribed; `sandbus unsubscribe {0}` first (its pending events are then dropped)",
+                    request.name
+                ),
+            ));
+        }
+        let points = self.hooks.points.points_of(&request.name).await?;
+        if !points.is_empty() {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "`{0}` is registered as a hook at {1}; `sandbus hook rm {0} --point POINT` \
+                     first",
+                    request.name,
+                    points.join(", ")
+                ),
+            ));
+        }
+        let manifest = self.store.remove(&request.name).await?;
+        self.component_event(host_events::COMPONENT_REMOVED, &manifest)
+            .await;
+        Ok(manifest)
+    }
+
+    pub(super) async fn rollback(
+        &self,
+        request: NameRequest,
+    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+        let subscription = self.subscriptions.get(&request.name).await?;
+        let points = self.hooks.points.points_of(&request.name).await?;
+        if subscription.is_some() || !points.is_empty() {
+            let history = self.store.history(&request.name).await?;
+            let current = self.store.manifest(&request.name).await?;
+            let target = current.and_then(|c| {
+                history
+                    .iter()
+                    .rev()
+                    .find(|m| m.version < c.content_version() && m.restored_from.is_none())
+                    .cloned()
+            });
+            if let Some(target) = &target {
+                if subscription.is_some() && target.world != World::Listener {
+                    return Err(ApiError::new(
+                        ApiErrorKind::Conflict,
+                        format!(
+                            "the previous version of `{}` is a {}, and it is subscribed as a listener",
+                            request.name, target.world
+                        ),
+                    ));
+                }
+                if !points.is_empty() && target.world != World::Hook {
+                    return Err(ApiError::new(
+                        ApiErrorKind::Conflict,
+                        format!(
+                            "the previous version of `{}` is a {}, and it is registered as a hook \
+                             at {}",
+                            request.name,
+                            target.world,
+                            points.join(", ")
+                        ),
+                    ));
+                }
+                if let Some(subscription) = &subscription {
+                    let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
+                    self.subscriptions
+                        .put(subscription, ack_wait_for(limits.timeout))
+                        .await?;
+                }
+            }
+        }
+        let manifest = self.store.rollback(&request.name).await?;
+        self.component_event(host_events::COMPONENT_ADDED, &manifest)
+            .await;
+        Ok(manifest)
+    }
+
+    async fn component_event(&self, ty: &str, manifest: &crate::bus::ComponentManifest) {
+        let verb = if ty == host_events::COMPONENT_ADDED {
+            "added"
+        } else {
+            "removed"
+        };
+        self.host_events
+            .emit_or_log(
+                ty,
+                format!("component-{verb}/{}/{}", manifest.name, manifest.version),
+                Some(manifest.name.clone()),
+                serde_json::to_value(manifest).unwrap_or_default(),
+            )
+            .await;
+    }
+
+    /// Forgets the compiled code of a refused upload, and its bytes when `bytes_added` (the
+    /// client put them in the store for this upload), unless something uses them.
+    async fn forget(&self, digest: &str, bytes_added: bool) {
+        let loaded = self
+            .components
+            .names()
+            .iter()
+            .filter_map(|n| self.components.get(n))
+            .any(|c| c.manifest.digest == digest);
+        if loaded {
+            return;
+        }
+        self.sandbox.evict(&Digest::from_hex(digest));
+        if bytes_added && let Err(e) = self.store.forget_bytes_if_unused(digest).await {
+            tracing::warn!(%digest, error = %e, "could not delete the refused component's bytes");
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Trust boundaries end to end, on a real daemon: no grant reaches a reserved subject space,
+//! whether it comes through the CLI, straight to the control API, or in a manifest written
+//! by hand; host events come only from hosts; a listener that feeds itself stops at the depth
+//! limit; every request gets an answer that fits in a message, however large what it echoes.
+
+use std::time::{Duration, Instant};
+
+use sandbus::api::{Endpoint, endpoint};
+use sandbus::bus::names;
+use sandbus::event::MAX_DEPTH;
+use serde_json::{Value, json};
+
+use super::cluster::{Cluster, guest, write};
+use super::support::{guest as guest_bytes, wat_hook};
+
+/// Sends `body` straight to an endpoint (no CLI, no client-side checks), as the harness's
+/// user; the error code (None: success) and the error message or the reply body.
+fn api_raw(cluster: &Cluster, name: &str, body: &[u8]) -> (Option<usize>, String) {
+    let subject = names::api_subject(Endpoint::find(name).unwrap(), None).unwrap();
+    let client = cluster.connect();
+    let body = body.to_vec();
+    let reply = cluster.rt.block_on(async move {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request(subject, body.into()),
+        )
+        .await
+        .expect("an answer within 10 s")
+        .expect("a reply")
+    });
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.to_string())
+    };
+    match header("Nats-Service-Error-Code") {
+        Some(code) => (
+            code.parse().ok(),
+            header("Nats-Service-Error").unwrap_or_default(),
+        ),
+        None => (None, String::from_utf8_lossy(&reply.payload).into_owned()),
+    }
+}
+
+/// Stages a component's bytes with `component.stage` straight through the API; its digest.
+fn stage_raw(cluster: &Cluster, bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let digest = sandbus::sandbox::Digest::of(bytes).as_str().to_owned();
+    let body = json!({
+        "digest": digest, "size": bytes.len(), "part": 0, "parts": 1,
+        "data": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    let (code, reply) = api_raw(cluster, endpoint::STAGE, body.to_string().as_bytes());
+    assert_eq!(code, None, "{reply}");
+    digest
+}
+
+const RESERVED_GRANTS: &[&str] = &[
+    ">",
+    "*",
+    "*.>",
+    "$JS.API.>",
+    "$JS.API.STREAM.PURGE.SANDBUS_DEAD_LETTERS",
+    "$KV.sandbus-kv.billing.total/acme",
+    "$O.>",
+    "$SRV.>",
+    "$SYS.>",
+    "_INBOX.>",
+    "sandbus.>",
+    "sandbus.api.operator.component.remove",
+    "events.>",
+    "events.sandbus.lease.released",
+];
+
+#[test]
+fn every_reserved_grant_is_refused_at_the_cli_the_api_and_load() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    // The CLI.
+    for grant in RESERVED_GRANTS {
+        let out = cluster.cli(&[
+            "upload",
+            &guest("noop-listener"),
+            "--name",
+            "greedy",
+            "--grant",
+            &format!("publish={grant}"),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{grant}: {stderr}");
+        assert!(
+            stderr.contains("No grant can reach these"),
+            "{grant}: {stderr}"
+        );
+    }
+    // The API, with no CLI in front of it: grants, kv-read names and limits the CLI refuses.
+    let bytes = guest_bytes("noop-listener");
+    let digest = stage_raw(&cluster, &bytes);
+    let mut refusals: Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> = RESERVED_GRANTS
+        .iter()
+        .map(|g| (vec![*g], vec![], vec![]))
+        .collect();
+    for name in ["", "*", "..", "a.b", "evil.x"] {
+        refusals.push((vec![], vec![name], vec![]));
+    }
+    for limit in ["payload=1TiB", "log=0", "memory=1TiB", "instances=100000"] {
+        refusals.push((vec![], vec![], vec![limit]));
+    }
+    for (grants, kv_read, limits) in refusals {
+        stage_raw(&cluster, &bytes);
+        let body = json!({
+            "name": "greedy", "digest": digest, "grants": grants, "kv_read": kv_read,
+            "limits": limits,
+        });
+        let (code, message) = api_raw(&cluster, endpoint::UPLOAD, body.to_string().as_bytes());
+        assert_eq!(
+            code,
+            Some(400),
+            "{grants:?} {kv_read:?} {limits:?}: {message}"
+        );
+    }
+    // Nothing was recorded, and the bytes the refused uploads stored are gone again.
+    assert_eq!(cluster.cli_json(&["ls"]), json!([]));
+    let client = cluster.connect();
+    let stored = cluster.rt.block_on(async move {
+        let js = async_nats::jetstream::new(client);
+        let store = js.get_object_store(names::COMPONENTS_BUCKET).await.unwrap();
+        store.info(digest.as_str()).await.is_ok_and(|i| !i.deleted)
+    });
+    assert!(!stored, "a refused upload left its bytes in the store");
+
+    // Load: a manifest written by hand, past the API, with a grant into $KV.
+    cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "victim"]);
+    cluster.wait_for_component("h1", "victim", 1);
+    let client = cluster.connect();
+    cluster.rt.block_on(async move {
+        let js = async_nats::jetstream::new(client);
+        let manifests = js.get_key_value(names::MANIFESTS_BUCKET).await.unwrap();
+        let key = names::manifest_key("victim");
+        let mut manifest: Value =
+            serde_json::from_slice(&manifests.get(&key).await.unwrap().unwrap()).unwrap();
+        manifest["version"] = json!(2);
+        manifest["grants"] = json!(["$KV.>"]);
+        manifests
+            .put(&key, manifest.to_string().into())
+            .await
+            .unwrap();
+    });
+    cluster.wait("the hand-written manifest refused at load", |c| {
+        let hosts = c.cli_json(&["hosts"]);
+        hosts[0]["failed_components"]["victim"]
+            .as_str()
+            .is_some_and(|why| why.contains("$KV.>") && why.contains("No grant can reach"))
+    });
+    let hosts = cluster.cli_json(&["hosts"]);
+    assert_eq!(
+        hosts[0]["components"]["victim"], 1,
+        "the version with valid grants stays loaded: {hosts}"
+    );
+}
+
+/// Uploads the trust probe as `probe`, granted its own event types, and subscribes it.
+fn probe(cluster: &mut Cluster, events: &str) {
+    cluster.cli_ok(&[
+        "upload",
+        &guest("trust-probe-listener"),
+        "--name",
+        "probe",
+        "--grant",
+        "publish=events.probe.>",
+        "--limit",
+        "timeout=10s",
+    ]);
+    cluster.cli_ok(&[
+        "subscribe",
+        "probe",
+        "--events",
+        events,
+        "--max-deliver",
+        "1",
+    ]);
+    cluster.wait_for_component("h1", "probe", 1);
+}
+
+#[test]
+fn host_events_come_only_from_hosts() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    // The API refuses the type, from the CLI and from any client.
+    let out = cluster.cli(&[
+        "publish",
+        "sandbus.lease.released",
+        "--data",
+        r#"{"held_ms":86400000}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let forged = json!({ "event": {
+        "specversion": "1.0", "id": "forged-1", "source": "/sandbus/hosts/h1",
+        "type": "sandbus.lease.released", "data": { "held_ms": 86_400_000 } } });
+    let (code, message) = api_raw(&cluster, endpoint::PUBLISH, forged.to_string().as_bytes());
+    assert_eq!(code, Some(400), "{message}");
+    assert!(message.contains("reserved"), "{message}");
+    // A guest may not emit one.
+    probe(&mut cluster, "probe.forge");
+    cluster.cli_ok(&["publish", "probe.forge", "--data", "{}", "--id", "f-1"]);
+    cluster.wait("the probe's dead letter", |c| {
+        !c.dead_letters("probe").is_empty()
+    });
+    let (headers, _) = &cluster.dead_letters("probe")[0];
+    assert!(
+        headers["Sandbus-Reason"].contains("NotGranted(\"events.sandbus.lease.released\")"),
+        "{headers:?}"
+    );
+    assert!(
+        cluster.events("sandbus.lease.released").is_empty(),
+        "a forged host event reached the stream"
+    );
+}
+
+#[test]
+fn a_listener_that_emits_what_it_listens_to_stops_at_the_depth_limit() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    probe(&mut cluster, "probe.loop");
+    cluster.cli_ok(&["publish", "probe.loop", "--data", "{}", "--id", "l"]);
+    cluster.wait("the loop's dead letter", |c| {
+        !c.dead_letters("probe").is_empty()
+    });
+    let chain = cluster.events("probe.loop");
+    assert_eq!(
+        chain.len(),
+        1 + MAX_DEPTH as usize,
+        "the first event and one per hop allowed: {chain:?}"
+    );
+    let deepest = chain.last().unwrap();
+    assert_eq!(deepest["sandbusdepth"], MAX_DEPTH, "{deepest}");
+    let (headers, _) = &cluster.dead_letters("probe")[0];
+    assert!(
+        headers["Sandbus-Reason"].contains("loop guard"),
+        "{headers:?}"
+    );
+    // It stays stopped.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster.events("probe.loop").len(), chain.len());
+}
+
+#[test]
+fn every_request_gets_an_answer_that_fits() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    // A huge name: refused at once, the echo clipped.
+    let huge = "x".repeat(900 << 10);
+    let started = Instant::now();
+    let body = json!({ "name": huge }).to_string();
+    let (code, message) = api_raw(&cluster, endpoint::STATUS, body.as_bytes());
+    assert_eq!(code, Some(400), "{}", &message[..message.len().min(200)]);
+    assert!(message.len() < 8 << 10, "{} bytes", message.len());
+    assert!(message.contains("bytes in all"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Bad names and overlapping patterns are bad requests, not outages.
+    for (name, body) in [
+        (endpoint::REMOVE, json!({ "name": "../etc/passwd" })),
+        (endpoint::UNSUBSCRIBE, json!({ "name": "a b" })),
+        (
+            endpoint::SUBSCRIBE,
+            json!({ "name": "billing", "events": ["vm.*", "vm.started"] }),
+        ),
+        (endpoint::RUN, json!({ "run": "../../x" })),
+    ] {
+        let (code, message) = api_raw(&cluster, name, body.to_string().as_bytes());
+        assert_eq!(code, Some(400), "{name}: {message}");
+    }
+    let out = cluster.cli(&["rm", "../etc/passwd"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cluster.cli(&[
+        "subscribe",
+        "x",
+        "--events",
+        "vm.*",
+        "--events",
+        "vm.started",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overlap"));
+
+    // A hook denying with a 900 KiB reason: the reply comes, clipped, and the denial is
+    // recorded.
+    let hook = wat_hook(
+        r#"(func (export "sandbus:host/check@0.1.0#check") (param i32) (result i32)
+             (drop (memory.grow (i32.const 15)))
+             (i32.store8 (i32.const 64) (i32.const 0))
+             (i32.store8 (i32.const 68) (i32.const 1))
+             (i32.store (i32.const 72) (i32.const 131072))
+             (i32.store (i32.const 76) (i32.const 921600))
+             (i32.const 64))"#,
+    );
+    let file = write(&cluster, "verbose.wasm", &hook);
+    cluster.cli_ok(&["upload", &file, "--name", "verbose"]);
+    cluster.cli_ok(&["hook", "add", "verbose", "--point", "vm.pre-create"]);
+    cluster.wait_for_component("h1", "verbose", 1);
+    let started = Instant::now();
+    let out = cluster.cli(&["hook", "call", "vm.pre-create", "--data", "{}", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "denied: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = reply["hooks"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.ends_with("(921600 bytes in all)"),
+        "{}",
+        reason.len()
+    );
+    cluster.wait("the denial recorded", |c| {
+        !c.events("sandbus.hook.denied").is_empty()
+    });
+}
