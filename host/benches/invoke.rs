@@ -26,7 +26,7 @@ use sandbus::bindings::listener::ListenerPre;
 use sandbus::bindings::types::Event;
 use sandbus::event::CanonicalEvent;
 use sandbus::imports::bus::{BusState, PublishRate, RecordingPublisher};
-use sandbus::imports::kv::{KvState, MemoryKv};
+use sandbus::imports::kv::{KvQuota, KvState, MemoryKv};
 use sandbus::imports::log::{DiscardLog, InvocationLog, LogState};
 use sandbus::imports::{bus, kv, log};
 use sandbus::invocation::InvocationId;
@@ -165,6 +165,7 @@ impl BenchState {
                 store: Arc::new(MemoryKv::default()),
                 namespace: "noop".into(),
                 max_value: 1 << 20,
+                quota: KvQuota::NONE,
             },
         }
     }

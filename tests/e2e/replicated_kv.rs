@@ -58,18 +58,9 @@ fn every_bucket_a_daemon_sets_up_is_read_through_its_stream_leader() {
             .collect()
     });
     let names: Vec<&str> = buckets.iter().map(|(name, _)| name.as_str()).collect();
-    for expected in [
-        "sandbus-kv",
-        "sandbus-manifests",
-        "sandbus-subscriptions",
-        "sandbus-listener-status",
-        "sandbus-hosts",
-        "sandbus-devices",
-        "sandbus-leases",
-        "sandbus-runs",
-        "sandbus-hook-points",
-    ] {
-        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    assert_eq!(sandbus::bus::names::KV_BUCKETS.len(), 10);
+    for expected in sandbus::bus::names::KV_BUCKETS {
+        assert!(names.contains(expected), "{expected} not in {names:?}");
     }
     let direct: Vec<&str> = buckets
         .iter()
@@ -106,7 +97,7 @@ fn a_bucket_left_with_direct_get_is_switched_to_leader_reads_when_opened() {
         assert!(!allows_direct(&js, "sandbus-leases").await);
         // And a bucket it creates itself.
         js.delete_key_value("sandbus-kv").await.unwrap();
-        let created = NatsKv::ensure(&js, 1, 1 << 20).await.unwrap();
+        let created = NatsKv::ensure(&js, 1, 1 << 20, -1).await.unwrap();
         assert!(!allows_direct(&js, "sandbus-kv").await);
         assert!(!created.bucket().stream.cached_info().config.allow_direct);
     });
@@ -199,7 +190,7 @@ fn cas_race_on_a_replicated_bucket_is_a_lost_race_not_unavailable() {
         for url in &urls {
             let client = async_nats::connect(url.as_str()).await.unwrap();
             let js = jetstream::new(client);
-            stores.push(NatsKv::ensure(&js, NODES, 1 << 20).await.unwrap());
+            stores.push(NatsKv::ensure(&js, NODES, 1 << 20, -1).await.unwrap());
         }
         let replicas = stores[0].bucket().stream.cached_info().config.num_replicas;
         assert_eq!(replicas, NODES, "the bucket is replicated on every node");

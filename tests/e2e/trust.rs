@@ -320,3 +320,116 @@ fn every_request_gets_an_answer_that_fits() {
         !c.events("sandbus.hook.denied").is_empty()
     });
 }
+
+/// Uploads the trust probe as `name` with `limits`, subscribed to `probe.kv-flood` (one
+/// delivery: a refusal is dead-lettered with its reason).
+fn flood_probe(cluster: &mut Cluster, name: &str, limits: &[&str]) {
+    let probe = guest("trust-probe-listener");
+    let mut args = vec![
+        "upload",
+        probe.as_str(),
+        "--name",
+        name,
+        "--limit",
+        "timeout=30s",
+    ];
+    for limit in limits {
+        args.extend(["--limit", limit]);
+    }
+    cluster.cli_ok(&args);
+    cluster.wait_for_component("h1", name, 1);
+}
+
+/// Runs one kv flood of `value_size`-byte values on `name` (subscribed alone to the flood
+/// type for the time of it); the dead letter's reason.
+fn flood(cluster: &mut Cluster, name: &str, value_size: usize, id: &str) -> String {
+    cluster.cli_ok(&[
+        "subscribe",
+        name,
+        "--events",
+        "probe.kv-flood",
+        "--max-deliver",
+        "1",
+    ]);
+    cluster.cli_ok(&[
+        "publish",
+        "probe.kv-flood",
+        "--data",
+        &value_size.to_string(),
+        "--id",
+        id,
+    ]);
+    cluster.wait(&format!("{name}'s flood refused"), |c| {
+        !c.dead_letters(name).is_empty()
+    });
+    let (headers, _) = &cluster.dead_letters(name)[0];
+    let reason = headers["Sandbus-Reason"].clone();
+    // (Unsubscribing drops the listener's dead letters.)
+    cluster.cli_ok(&["unsubscribe", name]);
+    reason
+}
+
+#[test]
+fn memory_kv_and_bucket_ceilings_hold_against_hostile_guests() {
+    let mut cluster = Cluster::new();
+    let config = write(
+        &cluster,
+        "sandbus.toml",
+        b"[sandbox]\nmemory_budget = \"1GiB\"\n[kv]\nmax_bytes = \"8MiB\"\n",
+    );
+    cluster.start_daemon_with("h1", &["--config", &config]);
+    // A component that could not fit the host's memory budget even alone: refused with the
+    // numbers, nothing recorded.
+    let out = cluster.cli(&[
+        "upload",
+        &guest("trust-probe-listener"),
+        "--name",
+        "hog",
+        "--limit",
+        "memory=1GiB",
+        "--limit",
+        "instances=6",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("6.0 GiB") && stderr.contains("memory budget of 1.0 GiB"),
+        "{stderr}"
+    );
+    assert_eq!(cluster.cli_json(&["ls"]), json!([]));
+
+    // kv-bytes: 64 KiB values into a 1 MiB quota.
+    flood_probe(&mut cluster, "bytes", &["kv-bytes=1MiB"]);
+    let reason = flood(&mut cluster, "bytes", 64 << 10, "flood-bytes");
+    assert!(reason.contains("quota exceeded"), "{reason}");
+    assert!(reason.contains("kv-bytes quota of 1.0 MiB"), "{reason}");
+    let stored: usize = cluster
+        .kv("bytes", "")
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    assert!(
+        stored <= 1 << 20,
+        "{stored} bytes stored over a 1 MiB quota"
+    );
+    assert!(
+        stored > 900 << 10,
+        "the quota, not something else, stopped it: {stored}"
+    );
+
+    // kv-keys: tiny values, 50 keys.
+    flood_probe(&mut cluster, "keys", &["kv-keys=50"]);
+    let reason = flood(&mut cluster, "keys", 1, "flood-keys");
+    assert!(reason.contains("kv-keys quota of 50"), "{reason}");
+    assert!(reason.contains("kv-flood: 50 writes"), "{reason}");
+    assert_eq!(cluster.kv("keys", "").len(), 50);
+
+    // The bucket's own bound, under a component quota larger than it.
+    flood_probe(&mut cluster, "big", &["kv-bytes=64MiB", "kv-keys=1000000"]);
+    let reason = flood(&mut cluster, "big", 64 << 10, "flood-big");
+    assert!(reason.contains("the key-value bucket is full"), "{reason}");
+    // The daemon is unharmed, and an operator can make room.
+    cluster.cli_ok(&["kv", "rm", "big", "flood/0"]);
+    let hosts = cluster.cli_json(&["hosts"]);
+    assert_eq!(hosts[0]["id"], "h1", "the daemon is up: {hosts}");
+}

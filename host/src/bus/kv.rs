@@ -9,11 +9,16 @@ use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self};
 use futures::StreamExt as _;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use super::BusError;
 use super::cas::is_lost_race;
+use super::kv_usage::KvUsage;
 use super::names;
 use super::store::{ensure_kv, open_kv};
-use crate::imports::kv::{KvStore, KvStoreError};
+use crate::imports::kv::{KvFootprint, KvStore, KvStoreError};
 
 /// Most keys `list-keys` returns (as the WIT documents).
 const MAX_LIST: usize = 10_000;
@@ -23,14 +28,19 @@ const MAX_LIST: usize = 10_000;
 pub struct NatsKv {
     bucket: kv::Store,
     client: async_nats::Client,
+    usage: Arc<KvUsage>,
+    max_bytes: i64,
 }
 
 impl NatsKv {
-    /// Opens the bucket, creating it if missing. `max_value` caps one value in bytes.
+    /// Opens the bucket, creating it if missing. `max_value` caps one value in bytes;
+    /// `max_bytes` the whole bucket (-1: no bound), applied to an existing bucket too. A
+    /// write to a full bucket is refused, naming the bound.
     pub async fn ensure(
         js: &jetstream::Context,
         replicas: usize,
         max_value: i32,
+        max_bytes: i64,
     ) -> Result<Self, BusError> {
         let bucket = ensure_kv(
             js,
@@ -39,24 +49,67 @@ impl NatsKv {
                 description: "sandbus guest key-value spaces".into(),
                 history: 1,
                 max_value_size: max_value,
+                max_bytes,
                 num_replicas: replicas,
                 ..Default::default()
             },
         )
         .await?;
+        let current = bucket.stream.cached_info().config.clone();
+        if current.max_bytes != max_bytes {
+            let what = format!("bound the KV bucket {} at {max_bytes} bytes", bucket.name);
+            js.update_stream(&jetstream::stream::Config {
+                max_bytes,
+                ..current
+            })
+            .await
+            .map_err(|e| BusError::unavailable(&what, e))?;
+        }
         Ok(Self {
             bucket,
             client: js.client(),
+            usage: Arc::default(),
+            max_bytes,
         })
     }
 
-    /// Opens the bucket a daemon created (the CLI does this; it never creates it).
+    /// Opens the bucket a daemon created (tools do this; they never create it).
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
         let bucket = open_kv(js, names::GUEST_KV_BUCKET, "the guest key-value bucket").await?;
+        let max_bytes = bucket.stream.cached_info().config.max_bytes;
         Ok(Self {
             bucket,
             client: js.client(),
+            usage: Arc::default(),
+            max_bytes,
         })
+    }
+
+    /// Keeps every namespace's usage ([`KvUsage`]) current until `stop`, for the quota
+    /// checks; the daemon runs this for its whole life. Until it has counted what is stored
+    /// ([`NatsKv::usage_ready`]) quotas see less than there is.
+    pub async fn follow_usage(&self, stop: CancellationToken) {
+        self.usage
+            .follow(self.bucket.clone(), self.client.clone(), stop)
+            .await;
+    }
+
+    /// Waits until the stored keys have been counted (or `timeout`); whether they have.
+    pub async fn usage_ready(&self, timeout: std::time::Duration) -> bool {
+        self.usage.wait_ready(timeout).await
+    }
+
+    /// A write failure, named: a full bucket says so.
+    fn write_failed(&self, e: impl std::fmt::Display) -> KvStoreError {
+        let text = e.to_string();
+        if text.to_ascii_lowercase().contains("maximum bytes") {
+            return KvStoreError::Unavailable(format!(
+                "the key-value bucket is full (it holds at most {} bytes, [kv] max_bytes); \
+                 delete keys, or have the operator raise the bound",
+                self.max_bytes
+            ));
+        }
+        unavailable(text)
     }
 
     /// The bucket (tests and tools read guests' state through it).
@@ -80,11 +133,14 @@ impl KvStore for NatsKv {
     }
 
     async fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), KvStoreError> {
-        self.bucket
+        let len = value.len() as u64;
+        let revision = self
+            .bucket
             .put(names::guest_kv_key(namespace, key), value.into())
             .await
-            .map(|_| ())
-            .map_err(unavailable)
+            .map_err(|e| self.write_failed(e))?;
+        self.usage.record_write(namespace, key, len, revision);
+        Ok(())
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvStoreError> {
@@ -131,14 +187,22 @@ impl KvStore for NatsKv {
                 .update(full.as_str(), new.clone().into(), revision)
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(written) => {
+                    self.usage
+                        .record_write(namespace, key, new.len() as u64, written);
+                    return Ok(true);
+                }
                 Err(e) if is_lost_race(&e) => continue,
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(self.write_failed(e)),
             }
         }
         Err(KvStoreError::Unavailable(
             "the key kept changing; try again".into(),
         ))
+    }
+
+    async fn footprint(&self, namespace: &str, key: &str) -> Result<KvFootprint, KvStoreError> {
+        Ok(self.usage.footprint(namespace, key))
     }
 
     async fn list_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, KvStoreError> {

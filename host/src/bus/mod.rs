@@ -18,6 +18,7 @@ mod hooks;
 pub use events::humantime_serde;
 mod inventory;
 mod kv;
+mod kv_usage;
 mod leases;
 pub mod names;
 mod pages;
@@ -43,6 +44,7 @@ pub use hooks::{
 };
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
+pub use kv_usage::KvUsage;
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
 pub use pages::read_page;
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};

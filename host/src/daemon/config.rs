@@ -14,6 +14,7 @@
 //!
 //! [sandbox]
 //! pool_instances = 256
+//! memory_budget = "8GiB"                   # all guest instances together
 //!
 //! [events]
 //! max_age = "14d"
@@ -30,6 +31,9 @@
 //!
 //! [metering]
 //! window = "10s"                           # one sandbus.metering event per window
+//!
+//! [kv]
+//! max_bytes = "1GiB"                       # the guests' kv bucket, all components
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -57,6 +61,44 @@ pub struct ConfigFile {
     pub metrics: MetricsSection,
     /// Metering events.
     pub metering: MeteringSection,
+    /// The guests' key-value bucket.
+    pub kv: KvSection,
+}
+
+/// `[kv]`: the bucket holding every component's key-value space.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvSection {
+    /// Most bytes the bucket holds, all components together (each also has its own
+    /// `kv-bytes` quota); a write to a full bucket is refused. `"-1"`: no bound.
+    #[serde(with = "bound_serde")]
+    pub max_bytes: i64,
+}
+
+impl Default for KvSection {
+    fn default() -> Self {
+        Self { max_bytes: 1 << 30 }
+    }
+}
+
+/// `serde(with)` for a bound written like `"1GiB"`, or `"-1"` for none.
+mod bound_serde {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "-1" {
+            return Ok(-1);
+        }
+        text.parse::<bytesize::ByteSize>()
+            .ok()
+            .and_then(|b| i64::try_from(b.as_u64()).ok())
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a size like 1GiB (or -1 for no bound)"
+                ))
+            })
+    }
 }
 
 /// `[metering]`.
@@ -116,6 +158,11 @@ pub struct SandboxSection {
     pub cache: bool,
     /// Where [default: `<data_dir>/cache`]. Must be private to the daemon's user.
     pub cache_dir: Option<PathBuf>,
+    /// Linear memory all guest instances together may hold, e.g. `"8GiB"` [default: half
+    /// of the machine's memory]. Calls wait for their memory cap to fit; a component whose
+    /// `memory × instances` alone is over it is refused.
+    #[serde(default, with = "bytes_serde")]
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for SandboxSection {
@@ -126,7 +173,22 @@ impl Default for SandboxSection {
             fuel: false,
             cache: true,
             cache_dir: None,
+            memory_budget: None,
         }
+    }
+}
+
+/// `serde(with)` for an optional size written like `"8GiB"` or `"512MiB"`.
+mod bytes_serde {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<bytesize::ByteSize>()
+            .map(|b| Some(b.as_u64()))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("`{text}` is not a size like 8GiB or 512MiB: {e}"))
+            })
     }
 }
 
@@ -200,6 +262,12 @@ impl ConfigFile {
         }
         if self.sandbox.pool_instances == 0 {
             return Err("sandbox.pool_instances must be at least 1".into());
+        }
+        if self.kv.max_bytes != -1 && self.kv.max_bytes < 1 << 20 {
+            return Err("kv.max_bytes must be at least 1MiB (or -1 for no bound)".into());
+        }
+        if self.sandbox.memory_budget.is_some_and(|b| b < 1 << 20) {
+            return Err("sandbox.memory_budget must be at least 1MiB".into());
         }
         if self.events.stream.is_empty()
             || !self
@@ -276,9 +344,15 @@ mod tests {
         let config: ConfigFile = toml::from_str(
             "[nats]\nurl = \"nats://n:4222\"\nuser = \"u\"\npassword = \"p\"\n\
              [host]\nid = \"lab-7\"\n[events]\nmax_age = \"14d\"\n\
-             [listeners]\nshutdown_grace = \"3s\"",
+             [listeners]\nshutdown_grace = \"3s\"\n[sandbox]\nmemory_budget = \"512MiB\"",
         )
         .unwrap();
+        assert_eq!(config.sandbox.memory_budget, Some(512 << 20));
+        assert_eq!(config.kv.max_bytes, 1 << 30, "the default bound");
+        let unbounded: ConfigFile = toml::from_str("[kv]\nmax_bytes = \"-1\"").unwrap();
+        assert_eq!(unbounded.kv.max_bytes, -1);
+        let bad = toml::from_str::<ConfigFile>("[sandbox]\nmemory_budget = \"lots\"");
+        assert!(bad.unwrap_err().to_string().contains("not a size"));
         assert!(config.check().is_ok());
         assert_eq!(config.nats.url(), "nats://n:4222");
         assert_eq!(config.host.id.as_deref(), Some("lab-7"));

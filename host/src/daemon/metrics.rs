@@ -60,6 +60,21 @@ const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "Devices on this host, by state (free, leased).",
     ),
+    (
+        "sandbus_memory_budget_bytes",
+        "gauge",
+        "Linear memory all guest instances of this host may hold together ([sandbox] memory_budget).",
+    ),
+    (
+        "sandbus_memory_reserved_bytes",
+        "gauge",
+        "Linear memory reserved by the guest calls running now (each reserves its memory cap).",
+    ),
+    (
+        "sandbus_memory_reserved_peak_bytes",
+        "gauge",
+        "The most linear memory ever reserved at once since the daemon started.",
+    ),
 ];
 
 /// The daemon's metrics.

@@ -138,6 +138,11 @@ impl Daemon {
             pooling: self.config.sandbox.pooling,
             pool_instances: self.config.sandbox.pool_instances,
             fuel: self.config.sandbox.fuel,
+            memory_budget: self
+                .config
+                .sandbox
+                .memory_budget
+                .unwrap_or_else(crate::sandbox::default_memory_budget),
             cache_dir: self.config.sandbox.cache.then(|| {
                 self.config
                     .sandbox
@@ -175,6 +180,20 @@ impl Daemon {
             Some(addr) => Some(metrics::bind(addr).await.map_err(DaemonError::Config)?),
             None => None,
         };
+        // Quotas need every component's kv usage: count what is stored before any guest runs.
+        let usage_stop = CancellationToken::new();
+        tokio::spawn({
+            let kv = kv.clone();
+            let stop = usage_stop.clone();
+            async move { kv.follow_usage(stop).await }
+        });
+        if !kv.usage_ready(KV_USAGE_PATIENCE).await {
+            tracing::warn!(
+                "the guests' kv usage is not counted yet after {}s; quotas count what is seen \
+                 so far until it is",
+                KV_USAGE_PATIENCE.as_secs()
+            );
+        }
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
         let context = Arc::new(DispatchContext {
             host_id: host_id.clone(),
@@ -224,6 +243,7 @@ impl Daemon {
         lab.startup().await;
         let lab_stop = CancellationToken::new();
         let lab_task = tokio::spawn(lab.clone().run(lab_stop.clone()));
+        let sandbox_for_metrics = sandbox.clone();
         let api = Arc::new(ControlApi {
             sandbox,
             components: components.clone(),
@@ -268,6 +288,11 @@ impl Daemon {
             .await
             .map_err(|e| DaemonError::Control(e.message))?;
         let api_task = tokio::spawn(service.run(api_stop.clone()));
+        tokio::spawn(sample_sandbox(
+            sandbox_for_metrics,
+            metrics.clone(),
+            metrics_stop.clone(),
+        ));
         let presence_task = tokio::spawn(heartbeat(
             hosts.clone(),
             host_id.clone(),
@@ -298,6 +323,7 @@ impl Daemon {
             let handles: Vec<DispatcherHandle> =
                 dispatchers.lock().await.drain().map(|(_, h)| h).collect();
             futures::future::join_all(handles.into_iter().map(DispatcherHandle::stop)).await;
+            usage_stop.cancel();
             if let Err(e) = api_task.await {
                 tracing::warn!(error = %e, "control API task failed");
             }
@@ -342,7 +368,7 @@ impl Daemon {
                 let events = EventStream::ensure(js.clone(), &self.config.events).await?;
                 let store = ComponentStore::ensure(js, replicas).await?;
                 let subscriptions = SubscriptionStore::ensure(js, events.clone(), replicas).await?;
-                let kv = NatsKv::ensure(js, replicas, 1 << 20).await?;
+                let kv = NatsKv::ensure(js, replicas, 1 << 20, self.config.kv.max_bytes).await?;
                 let hosts = HostRegistry::ensure(js, replicas).await?;
                 let inventory = DeviceInventory::ensure(js, replicas).await?;
                 let leases = LeaseTable::ensure(js, replicas).await?;
@@ -500,6 +526,27 @@ async fn watch_subscriptions(
             },
             Err(e) => tracing::warn!(error = %e, "cannot watch the subscriptions; retrying"),
         }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// How long a starting daemon waits to count the guests' kv usage before it runs guests.
+const KV_USAGE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Copies the sandbox's memory budget figures into the metrics every second until `stop`.
+async fn sample_sandbox(sandbox: Arc<Sandbox>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    loop {
+        let (reserved, peak) = sandbox.memory_reserved();
+        metrics.set(
+            "sandbus_memory_budget_bytes",
+            &[],
+            sandbox.config().memory_budget as f64,
+        );
+        metrics.set("sandbus_memory_reserved_bytes", &[], reserved as f64);
+        metrics.set("sandbus_memory_reserved_peak_bytes", &[], peak as f64);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

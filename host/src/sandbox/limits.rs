@@ -49,7 +49,29 @@ pub struct Limits {
     pub publish_rate: u32,
     /// Largest payload in or out: event data, published payloads, kv values, return values.
     pub max_payload: u64,
+    /// Bytes the component's key-value space may hold (keys and values): a write that would
+    /// grow it past this is refused.
+    #[serde(default = "default_kv_bytes")]
+    pub kv_bytes: u64,
+    /// Keys the component's key-value space may hold: a write that would add one past this
+    /// is refused.
+    #[serde(default = "default_kv_keys")]
+    pub kv_keys: u64,
 }
+
+fn default_kv_bytes() -> u64 {
+    Limits::default().kv_bytes
+}
+
+fn default_kv_keys() -> u64 {
+    Limits::default().kv_keys
+}
+
+/// Bounds of a kv-bytes quota: a kilobyte to a terabyte.
+pub const KV_BYTES: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 40);
+
+/// Bounds of a kv-keys quota.
+pub const KV_KEYS: std::ops::RangeInclusive<u64> = 1..=100_000_000;
 
 impl Limits {
     /// The defaults for a role: listeners get a short deadline, scripts a long one.
@@ -68,7 +90,8 @@ impl Limits {
 
     /// Applies one `NAME=VALUE` setting, for example `memory=64MiB` or `timeout=2s`.
     ///
-    /// Names: `memory`, `timeout`, `fuel`, `instances`, `log`, `publish-rate`, `payload`.
+    /// Names: `memory`, `timeout`, `fuel`, `instances`, `log`, `publish-rate`, `payload`,
+    /// `kv-bytes`, `kv-keys`.
     /// On error nothing is changed.
     pub fn apply(&mut self, setting: &str) -> Result<(), LimitError> {
         let (name, value) = setting.split_once('=').ok_or_else(|| {
@@ -108,10 +131,13 @@ impl Limits {
                     .map_err(|_| LimitError::new(setting, "rate too large"))?
             }
             "payload" => next.max_payload = bytes(value)?,
+            "kv-bytes" => next.kv_bytes = bytes(value)?,
+            "kv-keys" => next.kv_keys = count(value)?,
             _ => {
                 return Err(LimitError::new(
                     setting,
-                    "unknown limit; known: memory, timeout, fuel, instances, log, publish-rate, payload",
+                    "unknown limit; known: memory, timeout, fuel, instances, log, publish-rate, \
+                     payload, kv-bytes, kv-keys",
                 ));
             }
         }
@@ -166,6 +192,20 @@ impl Limits {
                 size(MAX_PAYLOAD)
             ));
         }
+        if !KV_BYTES.contains(&self.kv_bytes) {
+            return Err(format!(
+                "kv-bytes must be {} to {}",
+                size(*KV_BYTES.start()),
+                size(*KV_BYTES.end())
+            ));
+        }
+        if !KV_KEYS.contains(&self.kv_keys) {
+            return Err(format!(
+                "kv-keys must be {} to {}",
+                KV_KEYS.start(),
+                KV_KEYS.end()
+            ));
+        }
         if !LOG_BYTES.contains(&self.log_bytes) {
             return Err(format!(
                 "log must be {} to {}",
@@ -187,6 +227,8 @@ impl Default for Limits {
             log_bytes: 1 << 20,
             publish_rate: 100,
             max_payload: 1 << 20,
+            kv_bytes: 64 << 20,
+            kv_keys: 100_000,
         }
     }
 }
@@ -195,13 +237,16 @@ impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "memory={} timeout={} instances={} log={} publish-rate={}/s payload={}",
+            "memory={} timeout={} instances={} log={} publish-rate={}/s payload={} kv-bytes={} \
+             kv-keys={}",
             ByteSize(self.memory).display().iec(),
             humantime::format_duration(self.timeout),
             self.max_instances,
             ByteSize(self.log_bytes).display().iec(),
             self.publish_rate,
             ByteSize(self.max_payload).display().iec(),
+            ByteSize(self.kv_bytes).display().iec(),
+            self.kv_keys,
         )?;
         if let Some(fuel) = self.fuel {
             write!(f, " fuel={fuel}")?;
@@ -257,6 +302,9 @@ mod tests {
         l.apply("publish-rate=50/s").unwrap();
         l.apply("payload=64KiB").unwrap();
         l.apply("fuel=1_000_000").unwrap();
+        l.apply("kv-bytes=1GiB").unwrap();
+        l.apply("kv-keys=1_000_000").unwrap();
+        assert_eq!((l.kv_bytes, l.kv_keys), (1 << 30, 1_000_000));
         assert_eq!(l.memory, 32 << 20);
         assert_eq!(l.timeout, Duration::from_millis(750));
         assert_eq!(l.publish_rate, 50);
@@ -284,6 +332,8 @@ mod tests {
             ("log=1GiB", "log must be"),
             ("instances=0", "at least 1"),
             ("instances=100000", "at most 4096"),
+            ("kv-bytes=10", "kv-bytes must be"),
+            ("kv-keys=0", "kv-keys must be 1 to"),
         ] {
             let err = l.apply(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");

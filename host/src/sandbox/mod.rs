@@ -8,7 +8,7 @@
 //!    import), compiles them once per content digest (memory, then a verified on-disk cache,
 //!    then Cranelift) and pre-links them into an `InstancePre`.
 //! 2. [`PreparedComponent::handle`] / [`PreparedComponent::run`] wait for a free instance
-//!    slot, build a fresh `Store` (its own WASI, log stream, memory meter and deadline),
+//!    slot and for their memory cap in the host's memory budget, build a fresh `Store` (its own WASI, log stream, memory meter and deadline),
 //!    instantiate from the pooling allocator, call the export, and drop it all. Nothing
 //!    survives a call except what the guest put in kv or published.
 //! 3. The result comes back with its [`Metering`]; a failure comes back as an
@@ -45,7 +45,7 @@ use crate::bindings::script::{Script, ScriptPre};
 use crate::event::CanonicalEvent;
 use crate::imports;
 use crate::imports::bus::{BusState, PublishRate, Publisher};
-use crate::imports::kv::{KvState, KvStore};
+use crate::imports::kv::{KvQuota, KvState, KvStore};
 use crate::imports::kv_read::{KvReadGrants, KvReadState};
 use crate::imports::log::{InvocationLog, LogSink, LogState, LogSummary};
 use crate::imports::usb::{LeasedDevice, UsbState};
@@ -88,6 +88,11 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     /// Largest component file accepted, in bytes.
     pub max_component_size: u64,
+    /// Bytes of linear memory all instances together may be given: each call reserves its
+    /// component's memory cap here before it starts, and waits while the budget is spent, so
+    /// the guests of a host can never hold more than this (however many components, at
+    /// whatever limits). A component whose `memory × instances` alone is over it is refused.
+    pub memory_budget: u64,
     /// Bytes of each pooled linear memory kept resident between instances and reset in
     /// place instead of unmapped. Used only where Linux's `PAGEMAP_SCAN` (6.7+) lets
     /// wasmtime reset just the touched pages; elsewhere the pool unmaps as usual (a
@@ -106,8 +111,88 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             cache_dir: None,
             max_component_size: 64 << 20,
+            memory_budget: default_memory_budget(),
             keep_resident: 2 << 20,
         }
+    }
+}
+
+/// The memory budget a host gets unless configured: half of its physical memory (at least
+/// 1 GiB), or 4 GiB when that can't be read.
+pub fn default_memory_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map(|kib| kib * 1024)
+        });
+    total.map_or(4 << 30, |bytes| (bytes / 2).max(1 << 30))
+}
+
+/// Memory is reserved from the budget in wasm pages (64 KiB).
+const PAGE: u64 = 64 << 10;
+
+/// The host-wide memory budget: a semaphore of wasm pages, and what is reserved of it.
+struct MemoryBudget {
+    pages: Arc<Semaphore>,
+    reserved: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryBudget {
+    fn new(total: u64) -> Self {
+        let pages = usize::try_from(total / PAGE).unwrap_or(Semaphore::MAX_PERMITS);
+        Self {
+            pages: Arc::new(Semaphore::new(pages.min(Semaphore::MAX_PERMITS))),
+            reserved: 0.into(),
+            peak: 0.into(),
+        }
+    }
+
+    /// Waits until `bytes` (rounded up to pages) are free and reserves them until the
+    /// returned reservation is dropped.
+    async fn reserve(self: &Arc<Self>, bytes: u64) -> Result<MemoryReservation, InvokeError> {
+        let pages = u32::try_from(bytes.div_ceil(PAGE)).unwrap_or(u32::MAX);
+        let permit = self
+            .pages
+            .clone()
+            .acquire_many_owned(pages)
+            .await
+            .map_err(|_| InvokeError {
+                kind: InvokeErrorKind::Host,
+                message: "the sandbox is shutting down".into(),
+                metering: Metering::default(),
+                log: LogSummary::default(),
+            })?;
+        let bytes = u64::from(pages) * PAGE;
+        let now = self.reserved.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Ok(MemoryReservation {
+            budget: self.clone(),
+            bytes,
+            _permit: permit,
+        })
+    }
+}
+
+/// Memory of the budget held by one call.
+struct MemoryReservation {
+    budget: Arc<MemoryBudget>,
+    bytes: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        self.budget.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -188,6 +273,8 @@ pub struct Sandbox {
     compiled: Mutex<HashMap<Digest, Component>>,
     /// One permit per pool slot: calls wait here instead of failing when the pool is full.
     pool: Arc<Semaphore>,
+    /// Linear memory all calls together may hold.
+    budget: Arc<MemoryBudget>,
     cache: Option<ArtifactCache>,
     config: SandboxConfig,
     _ticker: EpochTicker,
@@ -230,6 +317,7 @@ impl Sandbox {
             } else {
                 Semaphore::MAX_PERMITS
             })),
+            budget: Arc::new(MemoryBudget::new(config.memory_budget)),
             cache,
             config,
             _ticker: ticker,
@@ -239,6 +327,14 @@ impl Sandbox {
     /// The sandbox settings.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Bytes of the memory budget held by calls now, and the most ever held at once.
+    pub fn memory_reserved(&self) -> (u64, u64) {
+        (
+            self.budget.reserved.load(Ordering::SeqCst),
+            self.budget.peak.load(Ordering::SeqCst),
+        )
     }
 
     /// Checks, compiles (or loads from cache) and pre-links a component.
@@ -293,6 +389,24 @@ impl Sandbox {
                 ),
             ));
         }
+        let wanted = limits
+            .memory
+            .saturating_mul(u64::from(limits.max_instances));
+        if wanted > self.config.memory_budget {
+            let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+            return Err(LoadError::new(
+                LoadErrorKind::Limits,
+                format!(
+                    "memory={} × instances={} is {}, more than this host's memory budget of {} \
+                     for all instances together; lower memory or instances (or raise the \
+                     host's [sandbox] memory_budget)",
+                    size(limits.memory),
+                    limits.max_instances,
+                    size(wanted),
+                    size(self.config.memory_budget)
+                ),
+            ));
+        }
         let digest = Digest::of(bytes);
         let component = self.compile(&digest, bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
@@ -325,6 +439,7 @@ impl Sandbox {
             )),
             slots: Arc::new(Semaphore::new(limits.max_instances as usize)),
             pool: self.pool.clone(),
+            budget: self.budget.clone(),
             grants: Arc::new(spec.grants),
             kv_read: Arc::new(spec.kv_read),
             limits,
@@ -462,6 +577,7 @@ pub struct PreparedComponent {
     rate: Arc<PublishRate>,
     slots: Arc<Semaphore>,
     pool: Arc<Semaphore>,
+    budget: Arc<MemoryBudget>,
     engine: Engine,
     fuel: bool,
     max_wasm_stack: usize,
@@ -477,6 +593,7 @@ struct ActiveCall {
     fuel_start: u64,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _pool_slot: tokio::sync::OwnedSemaphorePermit,
+    _memory: MemoryReservation,
 }
 
 impl PreparedComponent {
@@ -662,6 +779,8 @@ impl PreparedComponent {
         };
         let slot = self.slots.clone().acquire_owned().await.map_err(closed)?;
         let pool_slot = self.pool.clone().acquire_owned().await.map_err(closed)?;
+        // The whole memory cap is reserved: the guest may grow to it at any point of the call.
+        let memory = self.budget.reserve(self.limits.memory).await?;
         let started = Instant::now();
         let id = InvocationId::next();
         let log = InvocationLog::new(
@@ -693,6 +812,10 @@ impl PreparedComponent {
                 store: caps.kv.clone(),
                 namespace: self.name.clone(),
                 max_value: self.limits.max_payload,
+                quota: KvQuota {
+                    bytes: self.limits.kv_bytes,
+                    keys: self.limits.kv_keys,
+                },
             },
             kv_read: KvReadState {
                 store: caps.kv.clone(),
@@ -734,6 +857,7 @@ impl PreparedComponent {
             fuel_start,
             _slot: slot,
             _pool_slot: pool_slot,
+            _memory: memory,
         })
     }
 

@@ -15,6 +15,7 @@
 mod support;
 
 mod billing;
+mod budget;
 mod hooks;
 mod hostile;
 mod loading;

@@ -3,6 +3,7 @@
 
 use super::{KvState, KvStoreError, validate_key, validate_prefix};
 use crate::bindings::kv::{Host, KvError};
+use bytesize::ByteSize;
 
 /// Most keys one `list-keys` returns (the first ones in byte order).
 pub const MAX_LISTED_KEYS: usize = 10_000;
@@ -29,6 +30,40 @@ impl KvState {
         Ok(())
     }
 
+    /// Refuses a write of `value_len` bytes under `key` that would take the namespace past
+    /// its quota. A write that does not grow the space (an overwrite with a value no larger,
+    /// which includes every delete) always passes, so a space over its quota (its quota was
+    /// lowered) can be cleaned up.
+    ///
+    /// The error is `unavailable` with a text that starts with "quota exceeded" (the WIT of
+    /// `sandbus:host@0.1` has no case of its own for it; adding one would break every
+    /// component built against it).
+    async fn room_for(&self, key: &str, value_len: usize) -> Result<(), KvError> {
+        let used = self.store.footprint(&self.namespace, key).await?;
+        let entry = (key.len() + value_len) as u64;
+        let bytes = used.bytes - used.key_bytes.unwrap_or(0).min(used.bytes) + entry;
+        let keys = used.keys + u64::from(used.key_bytes.is_none());
+        if used.key_bytes.is_none() && keys > self.quota.keys {
+            return Err(KvError::Unavailable(format!(
+                "quota exceeded: `{key}` would be key number {keys} of this component's space, \
+                 over its kv-keys quota of {}; delete keys, or have the operator raise \
+                 --limit kv-keys",
+                self.quota.keys
+            )));
+        }
+        if bytes > self.quota.bytes && bytes > used.bytes {
+            return Err(KvError::Unavailable(format!(
+                "quota exceeded: writing {} under `{key}` would make this component's space \
+                 {}, over its kv-bytes quota of {}; delete keys, or have the operator raise \
+                 --limit kv-bytes",
+                ByteSize(entry).display().iec(),
+                ByteSize(bytes).display().iec(),
+                ByteSize(self.quota.bytes).display().iec()
+            )));
+        }
+        Ok(())
+    }
+
     async fn increment_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.check(key, None)?;
         for attempt in 0..INCREMENT_ATTEMPTS {
@@ -49,14 +84,11 @@ impl KvState {
                     .ok_or(KvError::NotANumber)?,
             };
             let new = old.checked_add(delta).ok_or(KvError::Overflow)?;
+            let text = new.to_string();
+            self.room_for(key, text.len()).await?;
             let swapped = self
                 .store
-                .compare_and_swap(
-                    &self.namespace,
-                    key,
-                    current.as_deref(),
-                    new.to_string().into_bytes(),
-                )
+                .compare_and_swap(&self.namespace, key, current.as_deref(), text.into_bytes())
                 .await?;
             if swapped {
                 return Ok(new);
@@ -89,6 +121,9 @@ impl Host for KvState {
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), KvError>> {
         if let Err(e) = self.check(&key, Some(&value)) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.room_for(&key, value.len()).await {
             return Ok(Err(e));
         }
         Ok(self
@@ -125,6 +160,9 @@ impl Host for KvState {
         if let Err(e) = self.check(&key, Some(&value)) {
             return Ok(Err(e));
         }
+        if let Err(e) = self.room_for(&key, value.len()).await {
+            return Ok(Err(e));
+        }
         Ok(self
             .store
             .compare_and_swap(&self.namespace, &key, None, value)
@@ -139,6 +177,9 @@ impl Host for KvState {
         new: Vec<u8>,
     ) -> wasmtime::Result<Result<bool, KvError>> {
         if let Err(e) = self.check(&key, Some(&new)) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.room_for(&key, new.len()).await {
             return Ok(Err(e));
         }
         Ok(self
@@ -167,6 +208,7 @@ mod tests {
             store,
             namespace: ns.into(),
             max_value: 8,
+            quota: super::super::KvQuota::NONE,
         }
     }
 
@@ -216,6 +258,49 @@ mod tests {
         );
         assert_eq!(kv.delete("x".into()).await.unwrap(), Ok(true));
         assert_eq!(kv.delete("x".into()).await.unwrap(), Ok(false));
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_quota_are_refused_and_shrinking_ones_pass() {
+        use super::super::KvQuota;
+        let store = Arc::new(MemoryKv::default());
+        let mut kv = KvState {
+            quota: KvQuota { bytes: 20, keys: 2 },
+            max_value: 64,
+            ..state(store.clone(), "q")
+        };
+        // "a" + 8 bytes = 9, "b" + 8 = 9: 18 bytes, 2 keys.
+        kv.set("a".into(), vec![1; 8]).await.unwrap().unwrap();
+        kv.set("b".into(), vec![1; 8]).await.unwrap().unwrap();
+        let third = kv.set("c".into(), vec![1]).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&third, KvError::Unavailable(why) if why.starts_with("quota exceeded") && why.contains("kv-keys quota of 2")),
+            "{third:?}"
+        );
+        assert_eq!(
+            kv.set_if_absent("c".into(), vec![1]).await.unwrap(),
+            Err(third.clone())
+        );
+        // Overwriting a key does not add one; growing past the bytes does not pass.
+        let grow = kv
+            .compare_and_swap("a".into(), Some(vec![1; 8]), vec![1; 8])
+            .await
+            .unwrap();
+        assert_eq!(grow, Ok(true));
+        let over = kv.set("a".into(), vec![2; 12]).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&over, KvError::Unavailable(why) if why.contains("kv-bytes quota of 20 B")),
+            "{over:?}"
+        );
+        assert_eq!(store.snapshot("q")["a"], vec![1; 8], "nothing changed");
+        // Over the quota (it was lowered): shrinking writes and deletes still work.
+        kv.quota = KvQuota { bytes: 10, keys: 1 };
+        kv.set("a".into(), vec![1; 2]).await.unwrap().unwrap();
+        assert_eq!(kv.delete("b".into()).await.unwrap(), Ok(true));
+        assert_eq!(
+            kv.increment("a".into(), 1).await.unwrap(),
+            Err(KvError::NotANumber)
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use super::{KvStore, KvStoreError};
+use super::{KvFootprint, KvStore, KvStoreError};
 
 /// Keys per namespace in ordered maps behind one mutex; every operation is atomic.
 #[derive(Debug, Default)]
@@ -57,6 +57,19 @@ impl KvStore for MemoryKv {
         }
         space.insert(key.to_owned(), new);
         Ok(true)
+    }
+
+    async fn footprint(&self, ns: &str, key: &str) -> Result<KvFootprint, KvStoreError> {
+        let spaces = self.lock();
+        let Some(space) = spaces.get(ns) else {
+            return Ok(KvFootprint::default());
+        };
+        let size = |k: &String, v: &Vec<u8>| (k.len() + v.len()) as u64;
+        Ok(KvFootprint {
+            bytes: space.iter().map(|(k, v)| size(k, v)).sum(),
+            keys: space.len() as u64,
+            key_bytes: space.get_key_value(key).map(|(k, v)| size(k, v)),
+        })
     }
 
     async fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, KvStoreError> {

@@ -28,6 +28,35 @@ pub enum KvStoreError {
     Unavailable(String),
 }
 
+/// How much of a component's key-value space is used, and by one key: what a quota is
+/// checked against. An entry's size is its key's length plus its value's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvFootprint {
+    /// Bytes held by the namespace, keys and values.
+    pub bytes: u64,
+    /// Keys held by the namespace.
+    pub keys: u64,
+    /// Bytes held by the key asked about, if it holds a value.
+    pub key_bytes: Option<u64>,
+}
+
+/// A component's key-value quota (its `kv-bytes` and `kv-keys` limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Most bytes, keys and values.
+    pub bytes: u64,
+    /// Most keys.
+    pub keys: u64,
+}
+
+impl KvQuota {
+    /// No quota: the dev loop's default when none is given.
+    pub const NONE: KvQuota = KvQuota {
+        bytes: u64::MAX,
+        keys: u64::MAX,
+    };
+}
+
 /// Storage behind the `kv` interface. Every call names the component's namespace; keys are
 /// already validated. Each operation must be atomic on its key.
 #[async_trait::async_trait]
@@ -48,6 +77,9 @@ pub trait KvStore: Send + Sync {
     ) -> Result<bool, KvStoreError>;
     /// Keys starting with `prefix`, in byte order.
     async fn list_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, KvStoreError>;
+    /// How much of `namespace` is used, and by `key`. May lag a moment behind writes made
+    /// elsewhere (another host's): a quota holds to within the writes in flight at once.
+    async fn footprint(&self, namespace: &str, key: &str) -> Result<KvFootprint, KvStoreError>;
 }
 
 /// Checks a key: non-empty, at most [`MAX_KEY_LEN`] bytes, `[A-Za-z0-9._=/-]` only, and not
@@ -97,6 +129,8 @@ pub struct KvState {
     pub namespace: Arc<str>,
     /// Largest value accepted, in bytes.
     pub max_value: u64,
+    /// How much the namespace may hold.
+    pub quota: KvQuota,
 }
 
 /// `HasData` marker: the `kv` host functions see a [`KvState`].
