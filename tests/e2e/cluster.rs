@@ -319,6 +319,16 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (e.g. `STOP`) to a daemon, which stays listed as running.
+    pub fn signal_daemon(&mut self, id: &str, signal: &str) {
+        let child = self.daemons.get(id).expect("a running daemon");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {id}");
+    }
+
     /// SIGTERMs a daemon and returns its exit code (waits up to 30 s).
     pub fn terminate_daemon(&mut self, id: &str) -> Option<i32> {
         let mut child = self.daemons.remove(id)?;

@@ -85,3 +85,76 @@ fn nats_server_restarted_mid_stream_daemon_reconnects_and_resumes() {
         "the daemon saw the outage"
     );
 }
+
+/// Writes `events` as a JSON Lines file; its path.
+fn event_file(cluster: &Cluster, events: &[serde_json::Value]) -> String {
+    let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    super::cluster::write(
+        cluster,
+        "events.jsonl",
+        (lines.join("\n") + "\n").as_bytes(),
+    )
+}
+
+#[test]
+fn publish_file_survives_a_daemon_that_hangs_and_dies_mid_file() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.start_daemon("h2");
+    let (events, _) = billing_scenario(2000);
+    let file = event_file(&cluster, &events);
+    let publishing = cluster
+        .command(&["publish", "--file", &file])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cluster.wait("some events published", |c| {
+        c.events("vm.started").len() >= 100
+    });
+    // h1 hangs: a request routed to it gets no reply. Then it dies.
+    cluster.signal_daemon("h1", "STOP");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    cluster.kill_daemon("h1");
+    let out = publishing.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("trying again"),
+        "a lost reply was retried: {stderr}"
+    );
+    // Every event is stored, each once.
+    let stored = cluster.events("vm.*");
+    let mut ids: Vec<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(stored.len(), 4000);
+    assert_eq!(ids.len(), 4000);
+}
+
+#[test]
+fn publish_file_stops_naming_the_line_to_resume_from() {
+    let mut cluster = Cluster::new();
+    let (events, _) = billing_scenario(3);
+    let file = event_file(&cluster, &events);
+    // No daemon: nothing takes the first event.
+    let out = cluster.cli(&["publish", "--file", &file, "--reply-timeout", "2s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--file {file} --from-line 1")),
+        "{stderr}"
+    );
+    cluster.start_daemon("h1");
+    cluster.cli_ok(&["publish", "--file", &file, "--from-line", "3"]);
+    let stored: Vec<String> = cluster
+        .events("vm.*")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = events[2..]
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, expected, "lines 3 and on, in order");
+}

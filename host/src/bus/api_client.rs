@@ -35,6 +35,14 @@ impl ApiClient {
         }
     }
 
+    /// This client, waiting at most `timeout` for each reply.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
+    }
+
     /// The largest message the server takes, in bytes (what a request may carry).
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload

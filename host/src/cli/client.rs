@@ -509,21 +509,76 @@ pub fn event_from_flags(
     Ok(event)
 }
 
-/// `sandbus publish`: one event from flags, or every line of a JSON Lines file.
-pub async fn publish(args: &ClientArgs, events: Vec<serde_json::Value>, cast: bool) -> u8 {
+/// How long one try of a publish waits for its reply before it is sent again (to whichever
+/// daemon takes it: a dead one no longer can).
+const PUBLISH_TRY: Duration = Duration::from_secs(5);
+
+/// `sandbus publish`: one event from flags, or the lines of a JSON Lines file, in order.
+///
+/// Each event goes until a daemon stored it: a try whose reply is lost (the daemon died, the
+/// connection dropped) is sent again, after a short pause, for up to `--reply-timeout` per
+/// event. That is safe because an event keeps its id and the stream stores an id once within
+/// its duplicate window. When an event still did not go, the command stops and names the line
+/// to resume from (`--from-line`).
+pub async fn publish(
+    args: &ClientArgs,
+    events: Vec<(usize, serde_json::Value)>,
+    file: Option<&Path>,
+    cast: bool,
+) -> u8 {
+    let resume = |line: usize| match file {
+        Some(path) => format!(
+            "; nothing from line {line} on was published for sure: resume with `sandbus publish \
+             --file {} --from-line {line}` (events already stored are kept once)",
+            path.display()
+        ),
+        None => String::new(),
+    };
     client(args, |c| async move {
+        let patient = c.api.with_timeout(PUBLISH_TRY.min(args.timeout));
         let mut published = 0;
         let mut duplicates = 0;
-        for event in events {
+        for (line, event) in events {
             let raw = serde_json::value::to_raw_value(&event)
                 .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
             let request = PublishRequest { event: raw, cast };
+            let started = Instant::now();
+            let mut tries = 0u32;
+            let reply: serde_json::Value = loop {
+                tries += 1;
+                match patient.call(endpoint::PUBLISH, &request).await {
+                    Ok(reply) => break reply,
+                    Err(e)
+                        if e.kind == ApiErrorKind::Unavailable
+                            && started.elapsed() < args.timeout =>
+                    {
+                        if !c.json {
+                            eprintln!(
+                                "line {line}: {}; trying again (try {})",
+                                e.message,
+                                tries + 1
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(tries.min(10))))
+                            .await;
+                    }
+                    Err(e) => {
+                        let mut message = format!("line {line}: {}", e.message);
+                        if e.kind == ApiErrorKind::Unavailable {
+                            message.push_str(&resume(line));
+                        }
+                        return Err(ApiError::new(e.kind, message));
+                    }
+                }
+            };
             if cast {
-                let accepted: CastAccepted = c.call(endpoint::PUBLISH, &request).await?;
+                let accepted: CastAccepted = serde_json::from_value(reply)
+                    .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
                 print_cast(&accepted, c.json);
                 continue;
             }
-            let p: PublishedEvent = c.call(endpoint::PUBLISH, &request).await?;
+            let p: PublishedEvent = serde_json::from_value(reply)
+                .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
             if c.json {
                 print_json(&p);
             } else if p.duplicate {
@@ -669,8 +724,9 @@ pub(super) fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Reads a JSON Lines file of events for `publish --file`; every bad line is reported.
-pub fn read_event_file(path: &Path) -> Result<Vec<serde_json::Value>, ApiError> {
+/// Reads a JSON Lines file of events for `publish --file`, with their line numbers; every
+/// bad line is reported.
+pub fn read_event_file(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, ApiError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ApiError::bad_request(format!("cannot read {}: {e}", path.display())))?;
     let events = sandbus::dev::read_events(&text).map_err(|errors| {
@@ -684,7 +740,12 @@ pub fn read_event_file(path: &Path) -> Result<Vec<serde_json::Value>, ApiError> 
     })?;
     Ok(events
         .into_iter()
-        .map(|(_, e)| serde_json::from_slice(&e.to_json()).unwrap_or_default())
+        .map(|(line, e)| {
+            (
+                line,
+                serde_json::from_slice(&e.to_json()).unwrap_or_default(),
+            )
+        })
         .collect())
 }
 

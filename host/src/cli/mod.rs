@@ -208,9 +208,15 @@ enum Command {
         /// The event subject (what it is about).
         #[arg(long, conflicts_with = "file")]
         subject: Option<String>,
-        /// Publish every CloudEvent of this JSON Lines file instead.
+        /// Publish every CloudEvent of this JSON Lines file instead. A lost reply is retried
+        /// (the stream keeps an id once), so a daemon that dies mid-file costs a retry on
+        /// another; if no daemon takes an event within --reply-timeout, the command stops
+        /// and says which line to resume from.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// With --file: start at this line (1-based), skipping the lines before it.
+        #[arg(long, value_name = "LINE", requires = "file", default_value_t = 1)]
+        from_line: usize,
         /// Return at once; the result comes as an event.
         #[arg(long)]
         cast: bool,
@@ -553,20 +559,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             source,
             subject,
             file,
+            from_line,
             cast,
             client,
         } => {
             let events = match (&file, r#type, data) {
-                (Some(path), _, _) => client::read_event_file(path),
+                (Some(path), _, _) => client::read_event_file(path).map(|events| {
+                    events
+                        .into_iter()
+                        .filter(|(line, _)| *line >= from_line)
+                        .collect()
+                }),
                 (None, Some(ty), Some(data)) => {
-                    client::event_from_flags(&ty, &data, id, source, subject).map(|e| vec![e])
+                    client::event_from_flags(&ty, &data, id, source, subject).map(|e| vec![(1, e)])
                 }
                 _ => Err(sandbus::api::ApiError::bad_request(
                     "give TYPE and --data, or --file FILE",
                 )),
             };
             match events {
-                Ok(events) => Ok(client::publish(&client, events, cast).await),
+                Ok(events) => Ok(client::publish(&client, events, file.as_deref(), cast).await),
                 Err(e) => Ok(client::fail(&e, client.json)),
             }
         }
