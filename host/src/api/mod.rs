@@ -16,9 +16,13 @@
 //! The client side lives with the rest of NATS, in [`crate::bus::ApiClient`].
 
 pub mod endpoint;
+mod request;
+mod validate;
 mod wire;
 
 pub use endpoint::{Endpoint, Role};
+pub use request::Request;
+pub use validate::{MAX_RUN_ARGS, MAX_RUN_ARGS_BYTES, Validate};
 pub use wire::*;
 
 /// Longest error message a reply carries, in bytes; longer ones are clipped, saying how long

@@ -17,7 +17,6 @@ use async_nats::service::{self, ServiceExt as _};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,15 +27,13 @@ use super::host_events::{self, HostEvents};
 use super::lab::DeviceLab;
 use super::metrics::Metrics;
 use crate::api::{
-    self, ApiError, ApiErrorKind, CancelReply, CastAccepted, Empty, HookCallRequest,
-    HookPolicyRequest, HookRequest, NameRequest, PublishRequest, RunIdRequest, StatusRequest,
-    SubscribeRequest, Validate, endpoint,
+    self, ApiError, ApiErrorKind, CancelReply, CastAccepted, HookPolicyRequest, HookRequest,
+    Request, SubscribeRequest, endpoint,
 };
 use crate::bus::{
     ComponentStore, DeviceInventory, EventStream, HookPoint, HostRegistry, RunStore, StagedUploads,
     Subscription, SubscriptionStore, names,
 };
-use crate::event::CanonicalEvent;
 use crate::imports::kv::KvStore;
 use crate::sandbox::{Sandbox, World};
 
@@ -293,73 +290,49 @@ impl ControlApi {
 
     /// Handles one request body for `name`; the JSON result or an error.
     pub async fn handle(&self, name: &str, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-        match name {
-            endpoint::STAGE => to_json(self.stage(parse(body)?).await?),
-            endpoint::UPLOAD => to_json(self.upload(parse(body)?).await?),
-            endpoint::EVENTS => to_json(self.event_page(parse_or_empty(body)?).await?),
-            endpoint::RUN_LOG => to_json(self.run_log_page(parse(body)?).await?),
-            endpoint::KV_GET => to_json(self.kv_get(parse(body)?).await?),
-            endpoint::KV_SET => to_json(self.kv_set(parse(body)?).await?),
-            endpoint::KV_DELETE => to_json(self.kv_delete(parse(body)?).await?),
-            endpoint::KV_LIST => to_json(self.kv_list(parse(body)?).await?),
-            endpoint::LIST => {
-                let _: Empty = parse_or_empty(body)?;
-                to_json(self.store.list().await?)
-            }
-            endpoint::REMOVE => to_json(self.remove(parse(body)?).await?),
-            endpoint::ROLLBACK => to_json(self.rollback(parse(body)?).await?),
-            endpoint::SUBSCRIBE => to_json(self.subscribe(parse(body)?).await?),
-            endpoint::UNSUBSCRIBE => {
-                let request: NameRequest = parse(body)?;
+        match Request::parse(name, body)? {
+            Request::Stage(request) => to_json(self.stage(request).await?),
+            Request::Upload(request) => to_json(self.upload(request).await?),
+            Request::Events(request) => to_json(self.event_page(request).await?),
+            Request::RunLog(request) => to_json(self.run_log_page(request).await?),
+            Request::KvGet(request) => to_json(self.kv_get(request).await?),
+            Request::KvSet(request) => to_json(self.kv_set(request).await?),
+            Request::KvDelete(request) => to_json(self.kv_delete(request).await?),
+            Request::KvList(request) => to_json(self.kv_list(request).await?),
+            Request::List => to_json(self.store.list().await?),
+            Request::Remove(request) => to_json(self.remove(request).await?),
+            Request::Rollback(request) => to_json(self.rollback(request).await?),
+            Request::Subscribe(request) => to_json(self.subscribe(request).await?),
+            Request::Unsubscribe(request) => {
                 to_json(self.subscriptions.remove(&request.name).await?)
             }
-            endpoint::STATUS => {
-                let request: StatusRequest = parse_or_empty(body)?;
-                match request.name {
-                    Some(name) => to_json(self.subscriptions.status(&name).await?),
-                    None => {
-                        let mut all = Vec::new();
-                        for s in self.subscriptions.list().await? {
-                            all.push(self.subscriptions.status(&s.listener).await?);
-                        }
-                        to_json(all)
+            Request::Status(request) => match request.name {
+                Some(name) => to_json(self.subscriptions.status(&name).await?),
+                None => {
+                    let mut all = Vec::new();
+                    for s in self.subscriptions.list().await? {
+                        all.push(self.subscriptions.status(&s.listener).await?);
                     }
+                    to_json(all)
                 }
-            }
-            endpoint::PUBLISH => {
-                let request: PublishRequest = parse(body)?;
-                // Validated (and refused for a host event type) by `parse`.
-                let event = CanonicalEvent::from_json(request.event.get().as_bytes())
-                    .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")))?;
-                to_json(self.events.publish(&event).await?)
-            }
-            endpoint::HOSTS => {
-                let _: Empty = parse_or_empty(body)?;
-                to_json(self.hosts.list().await?)
-            }
-            endpoint::DEVICES => {
-                let _: Empty = parse_or_empty(body)?;
+            },
+            Request::Publish(event) => to_json(self.events.publish(&event).await?),
+            Request::Hosts => to_json(self.hosts.list().await?),
+            Request::Devices => {
                 let live: Vec<String> =
                     self.hosts.list().await?.into_iter().map(|h| h.id).collect();
                 to_json(self.inventory.list_live(&live).await?)
             }
-            endpoint::RUNS => {
-                let _: Empty = parse_or_empty(body)?;
-                to_json(self.runs.list().await?)
-            }
-            endpoint::RUN => {
-                let request: RunIdRequest = parse(body)?;
-                match self.runs.get(&request.run).await? {
-                    Some(record) => to_json(record),
-                    None => Err(ApiError::new(
-                        ApiErrorKind::NotFound,
-                        format!("no run `{}`; see `sandbus runs`", request.run),
-                    )),
-                }
-            }
-            endpoint::RUN_START => to_json(self.lab.start(parse(body)?).await?),
-            endpoint::RUN_CANCEL => {
-                let request: RunIdRequest = parse(body)?;
+            Request::Runs => to_json(self.runs.list().await?),
+            Request::Run(request) => match self.runs.get(&request.run).await? {
+                Some(record) => to_json(record),
+                None => Err(ApiError::new(
+                    ApiErrorKind::NotFound,
+                    format!("no run `{}`; see `sandbus runs`", request.run),
+                )),
+            },
+            Request::RunStart(request) => to_json(self.lab.start(request).await?),
+            Request::RunCancel(request) => {
                 let cancelled = self.lab.cancel(&request.run);
                 if !cancelled && self.runs.get(&request.run).await?.is_none() {
                     return Err(ApiError::new(
@@ -372,27 +345,13 @@ impl ControlApi {
                     cancelled,
                 })
             }
-            endpoint::HOOK_ADD => to_json(self.hook_add(parse(body)?).await?),
-            endpoint::HOOK_REMOVE => to_json(self.hook_remove(parse(body)?).await?),
-            endpoint::HOOK_POLICY => to_json(self.hook_policy(parse(body)?).await?),
-            endpoint::HOOK_LIST => {
-                let _: Empty = parse_or_empty(body)?;
-                to_json(self.hooks.points.list().await?)
+            Request::HookAdd(request) => to_json(self.hook_add(request).await?),
+            Request::HookRemove(request) => to_json(self.hook_remove(request).await?),
+            Request::HookPolicy(request) => to_json(self.hook_policy(request).await?),
+            Request::HookList => to_json(self.hooks.points.list().await?),
+            Request::HookCall { point, proposed } => {
+                to_json(self.hooks.call(&point, proposed).await?)
             }
-            endpoint::HOOK_CALL => {
-                let request: HookCallRequest = parse(body)?;
-                let proposed =
-                    CanonicalEvent::from_json(request.event.get().as_bytes()).map_err(|e| {
-                        ApiError::bad_request(format!(
-                            "the proposed operation is not a valid event: {e}"
-                        ))
-                    })?;
-                to_json(self.hooks.call(&request.point, proposed).await?)
-            }
-            other => Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                format!("no endpoint `{other}`"),
-            )),
         }
     }
 
@@ -487,27 +446,6 @@ impl ControlApi {
             .put(&subscription, ack_wait_for(limits.timeout))
             .await?;
         Ok(subscription)
-    }
-}
-
-/// Reads and validates a request body ([`Validate`]): nothing is done with a request that
-/// the CLI would not have sent.
-fn parse<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
-    let request: T = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not valid: {}",
-            crate::text::clip(&e.to_string(), 512)
-        ))
-    })?;
-    request.validate()?;
-    Ok(request)
-}
-
-fn parse_or_empty<T: DeserializeOwned + Default + Validate>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        parse(body)
     }
 }
 
