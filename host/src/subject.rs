@@ -32,6 +32,30 @@ pub fn is_host_event_type(ty: &str) -> bool {
     ty.split('.').next() == Some(HOST_EVENT_PREFIX)
 }
 
+/// The CloudEvents `source` prefix of the events daemons emit (`/sandbus/hosts/<id>`): like
+/// host event types, no one else may claim it.
+pub const HOST_SOURCE_PREFIX: &str = "/sandbus/hosts/";
+
+/// Why an event that is not a daemon's must not be published as it is: it has a host event
+/// type, or it claims a daemon as its source. `None` when it may go.
+pub fn host_claim(ty: &str, source: &str) -> Option<String> {
+    if is_host_event_type(ty) {
+        return Some(format!(
+            "the type `{}` is reserved: `{HOST_EVENT_PREFIX}.*` events come only from sandbus \
+             daemons (billing charges on them); use a type of your own",
+            crate::text::echo(ty)
+        ));
+    }
+    if source.starts_with(HOST_SOURCE_PREFIX) {
+        return Some(format!(
+            "the source `{}` is reserved: `{HOST_SOURCE_PREFIX}…` names a sandbus daemon; use \
+             a source of your own",
+            crate::text::echo(source)
+        ));
+    }
+    None
+}
+
 /// A part of the subject space that only NATS and sandbus daemons may publish on. No grant
 /// may reach into one, and a guest's publish there is refused at run time too (a manifest
 /// recorded by an older version, or written by hand, cannot get around it).
@@ -322,6 +346,9 @@ mod tests {
         }
         assert!(is_host_event_type("sandbus.lease.released"));
         assert!(!is_host_event_type("sandboxes.created"));
+        assert!(host_claim("sandbus.metering", "/cli").is_some());
+        assert!(host_claim("vm.started", "/sandbus/hosts/h1").is_some());
+        assert_eq!(host_claim("vm.started", "/sandbus/cli"), None);
     }
 
     #[test]

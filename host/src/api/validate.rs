@@ -66,15 +66,10 @@ impl Validate for PublishRequest {
     fn validate(&self) -> Result<(), ApiError> {
         let event = crate::event::CanonicalEvent::from_json(self.event.get().as_bytes())
             .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")))?;
-        if crate::subject::is_host_event_type(&event.ty) {
-            return Err(ApiError::bad_request(format!(
-                "the type `{}` is reserved: `{}.*` events come only from sandbus daemons \
-                 (billing charges on them); publish your event under a type of your own",
-                crate::text::echo(&event.ty),
-                crate::subject::HOST_EVENT_PREFIX
-            )));
+        match crate::subject::host_claim(&event.ty, &event.source) {
+            Some(why) => Err(ApiError::bad_request(why)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

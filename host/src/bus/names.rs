@@ -184,7 +184,7 @@ pub fn api_subject(endpoint: &Endpoint, host: Option<&str>) -> Option<String> {
 
 /// CloudEvents `source` of the events a daemon emits about itself.
 pub fn host_source(host_id: &str) -> String {
-    format!("/sandbus/hosts/{host_id}")
+    format!("{}{host_id}", crate::subject::HOST_SOURCE_PREFIX)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use super::{BusState, MSG_ID_HEADER, OutboundMessage, PublishError, PublishRate}
 use crate::bindings::bus::{BusError, Host};
 use crate::bindings::types::Event;
 use crate::event::{CanonicalEvent, MAX_DEPTH};
-use crate::subject::{EVENTS_PREFIX, ReservedSpace, event_subject, validate_publish_subject};
+use crate::subject::{
+    EVENTS_PREFIX, HOST_SOURCE_PREFIX, ReservedSpace, event_subject, validate_publish_subject,
+};
 
 impl BusState {
     /// Checks and sends one message. `size` is what the payload limit applies to: the
@@ -106,6 +108,14 @@ impl Host for BusState {
         if let Err(e) = event.validate() {
             return Ok(Err(BusError::InvalidEvent(e.to_string())));
         }
+        // A host event type is refused below (its subject is in a reserved space); a daemon's
+        // source is refused here.
+        if event.source.starts_with(HOST_SOURCE_PREFIX) {
+            return Ok(Err(BusError::InvalidEvent(format!(
+                "the source `{}` is reserved for sandbus daemons; use a source of your own",
+                crate::text::echo(&event.source)
+            ))));
+        }
         event.depth = self.depth.saturating_add(1);
         if event.depth > MAX_DEPTH {
             tracing::debug!(event_type = %event.ty, depth = event.depth, "emit refused: loop guard");
@@ -194,6 +204,14 @@ mod tests {
             forged,
             Err(BusError::NotGranted("events.sandbus.lease.released".into()))
         );
+        let posing = Event {
+            source: "/sandbus/hosts/h1".into(),
+            ..event("vm.started")
+        };
+        match bus.emit(posing).await.unwrap() {
+            Err(BusError::InvalidEvent(why)) => assert!(why.contains("reserved"), "{why}"),
+            other => panic!("an event posing as a daemon went out: {other:?}"),
+        }
         assert!(publisher.take().is_empty(), "nothing reached the bus");
     }
 
