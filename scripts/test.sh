@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: set up (target, nats-server, guests), then formatting, lints, and every
-# test of the workspace and of the guests. This is what CI runs.
+# The test command: set up (target, nats-server, guests), then formatting, lints, every
+# test of the workspace and of the guests, and a bounded fuzzing run of the parsers a
+# stranger reaches (FUZZ_SECONDS a target, default 30). This is what CI runs.
 set -euo pipefail
 
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +30,9 @@ host_target="$(rustc -vV | sed -n 's/^host: //p')"
 
 echo "== host tests"
 cargo test --locked --workspace 2>&1 | tee -a "$log"
+
+echo "== fuzz (the parsers a stranger reaches, ${FUZZ_SECONDS:-30}s a target)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
 
 # One closing line over every test binary above (the last binary alone, doc-tests, may
 # have none).
