@@ -14,6 +14,7 @@ source scripts/nats-server-path.sh
 echo "== format"
 cargo fmt --all -- --check
 (cd guests && cargo fmt --all -- --check)
+(cd fuzz && cargo fmt --all -- --check)
 
 echo "== lints"
 cargo clippy --locked --workspace --all-targets -- -D warnings

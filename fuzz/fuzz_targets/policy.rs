@@ -19,14 +19,22 @@ fuzz_target!(|data: &[u8]| {
             &manifest.limits,
         ) {
             for pattern in policy.publish.patterns() {
-                assert_eq!(ReservedSpace::reached_by(pattern.as_str()), None, "{pattern}");
+                assert_eq!(
+                    ReservedSpace::reached_by(pattern.as_str()),
+                    None,
+                    "{pattern}"
+                );
             }
             assert!(policy.limits.validate().is_ok());
         }
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(Grant::Publish(pattern)) = Grant::parse(text) {
-            assert_eq!(ReservedSpace::reached_by(pattern.as_str()), None, "{pattern}");
+            assert_eq!(
+                ReservedSpace::reached_by(pattern.as_str()),
+                None,
+                "{pattern}"
+            );
         }
         let mut limits = sandbus::sandbox::Limits::default();
         let before = limits.clone();
