@@ -35,6 +35,11 @@ impl ApiClient {
         }
     }
 
+    /// How long this client waits for each reply.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// This client, waiting at most `timeout` for each reply.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {

@@ -635,7 +635,14 @@ pub async fn events(args: &ClientArgs, pattern: &str, follow: bool, all: bool) -
                         pattern: Some(pattern.clone()),
                         after,
                         max: None,
-                        wait_ms: if follow { FOLLOW_WAIT_MS } else { 0 },
+                        // A long poll, well inside the reply timeout.
+                        wait_ms: if follow {
+                            FOLLOW_WAIT_MS.min(
+                                u64::try_from(args.timeout.as_millis() / 2).unwrap_or(u64::MAX),
+                            )
+                        } else {
+                            0
+                        },
                     },
                 )
                 .await?;
@@ -979,7 +986,8 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
                     run: run.to_owned(),
                     after,
                     wait_ms: if wait {
-                        u64::try_from(FOLLOW_IDLE.as_millis()).unwrap_or(u64::MAX)
+                        u64::try_from(FOLLOW_IDLE.min(c.api.timeout() / 2).as_millis())
+                            .unwrap_or(u64::MAX)
                     } else {
                         0
                     },
