@@ -16,6 +16,18 @@ use serde_json::value::RawValue;
 /// The CloudEvents spec version this host reads and writes.
 pub const SPEC_VERSION: &str = "1.0";
 
+/// The de-duplication key of an event with `source` and `id`, sent as `Nats-Msg-Id` when it
+/// is published: the stream keeps one event per key within its duplicate window.
+///
+/// CloudEvents makes an id unique per source, so the key is both, written without ambiguity
+/// (`<source length>:<source><id>`). Keyed by id alone, anyone who may publish an event could
+/// claim the id of an event a daemon will emit (a run's `sandbus.lease.released`, the next
+/// `sandbus.metering`) and have the daemon's real event dropped as a duplicate; no one but a
+/// daemon publishes with a daemon's source.
+pub fn dedup_key(source: &str, id: &str) -> String {
+    format!("{}:{source}{id}", source.len())
+}
+
 /// The CloudEvents extension attribute that carries [`CanonicalEvent::depth`].
 pub const DEPTH_ATTRIBUTE: &str = "sandbusdepth";
 
@@ -327,6 +339,45 @@ impl CanonicalEvent {
         Ok(())
     }
 
+    /// Checks that this event, read from a message on `subject`, is what that subject says:
+    /// its type's subject is `subject` (`events.<type>`), and it claims a daemon as its source
+    /// only on a host event's subject. A listener hands on nothing else: an event whose body
+    /// says `sandbus.lease.released` on `events.vm.forged` is not a host event, and must not
+    /// be charged as one.
+    pub fn check_arrival(&self, subject: &str) -> Result<(), EventError> {
+        let expected = crate::subject::event_subject(&self.ty);
+        if expected != subject {
+            return Err(EventError::Invalid {
+                name: "type",
+                reason: format!(
+                    "the type `{}` does not match the subject `{}` it arrived on (an event of \
+                     that type is published on `{}`)",
+                    crate::text::echo(&self.ty),
+                    crate::text::echo(subject),
+                    crate::text::echo(&expected)
+                ),
+            });
+        }
+        if self.source.starts_with(crate::subject::HOST_SOURCE_PREFIX)
+            && !crate::subject::is_host_event_type(&self.ty)
+        {
+            return Err(EventError::Invalid {
+                name: "source",
+                reason: format!(
+                    "`{}` names a sandbus daemon, which emits only `{}.*` events",
+                    crate::text::echo(&self.source),
+                    crate::subject::HOST_EVENT_PREFIX
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Its de-duplication key ([`dedup_key`]).
+    pub fn dedup_key(&self) -> String {
+        dedup_key(&self.source, &self.id)
+    }
+
     /// Whether `datacontenttype` says JSON (absent counts as JSON, as CloudEvents does).
     pub fn is_json_content(&self) -> bool {
         json_media_type(self.datacontenttype.as_deref())
@@ -554,6 +605,23 @@ mod tests {
             let err = CanonicalEvent::from_json(text.as_bytes()).unwrap_err();
             assert!(err.to_string().contains(DEPTH_ATTRIBUTE), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn an_event_must_be_what_its_subject_says() {
+        let forged = br#"{"specversion":"1.0","id":"1","source":"/sandbus/hosts/h1","type":"sandbus.lease.released","data":{"held_ms":1}}"#;
+        let e = CanonicalEvent::from_json(forged).unwrap();
+        assert!(e.check_arrival("events.sandbus.lease.released").is_ok());
+        let err = e.check_arrival("events.vm.forged").unwrap_err().to_string();
+        assert!(err.contains("does not match the subject"), "{err}");
+        let posing =
+            br#"{"specversion":"1.0","id":"1","source":"/sandbus/hosts/h1","type":"vm.started"}"#;
+        let e = CanonicalEvent::from_json(posing).unwrap();
+        let err = e
+            .check_arrival("events.vm.started")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names a sandbus daemon"), "{err}");
     }
 
     #[test]

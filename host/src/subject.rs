@@ -32,6 +32,21 @@ pub fn is_host_event_type(ty: &str) -> bool {
     ty.split('.').next() == Some(HOST_EVENT_PREFIX)
 }
 
+/// How every reply inbox's first token starts: NATS's `_INBOX` and the roles' own
+/// (`_INBOX_viewer`...). A daemon answers a control request only on such a subject: the
+/// reply goes out with the daemon's rights, so a requester must not pick where it lands.
+pub const REPLY_INBOX_PREFIX: &str = "_INBOX";
+
+/// Whether `subject` is a reply inbox: its first token starts with [`REPLY_INBOX_PREFIX`]
+/// (and it is a valid subject to publish on).
+pub fn is_reply_inbox(subject: &str) -> bool {
+    subject
+        .split('.')
+        .next()
+        .is_some_and(|first| first.starts_with(REPLY_INBOX_PREFIX))
+        && validate_publish_subject(subject).is_ok()
+}
+
 /// The CloudEvents `source` prefix of the events daemons emit (`/sandbus/hosts/<id>`): like
 /// host event types, no one else may claim it.
 pub const HOST_SOURCE_PREFIX: &str = "/sandbus/hosts/";
@@ -346,6 +361,16 @@ mod tests {
         }
         assert!(is_host_event_type("sandbus.lease.released"));
         assert!(!is_host_event_type("sandboxes.created"));
+        assert!(is_reply_inbox("_INBOX.abc.def"));
+        assert!(is_reply_inbox("_INBOX_viewer.abc"));
+        for not_inbox in [
+            "$JS.API.STREAM.DELETE.X",
+            "events.sandbus.x",
+            "_INBOX.*",
+            "x._INBOX",
+        ] {
+            assert!(!is_reply_inbox(not_inbox), "{not_inbox}");
+        }
         assert!(host_claim("sandbus.metering", "/cli").is_some());
         assert!(host_claim("vm.started", "/sandbus/hosts/h1").is_some());
         assert_eq!(host_claim("vm.started", "/sandbus/cli"), None);

@@ -400,7 +400,8 @@ impl Cluster {
         });
     }
 
-    /// Publishes CloudEvents JSON objects on `events.<type>` with their id as `Nats-Msg-Id`.
+    /// Publishes CloudEvents JSON objects on `events.<type>`, de-duplicated by their source and
+    /// id as a daemon's are (`Nats-Msg-Id`).
     pub fn publish_events(&self, events: &[Value]) {
         self.publish_raw(
             events
@@ -408,7 +409,10 @@ impl Cluster {
                 .map(|e| {
                     (
                         format!("events.{}", e["type"].as_str().unwrap()),
-                        Some(e["id"].as_str().unwrap().to_owned()),
+                        Some(sandbus::event::dedup_key(
+                            e["source"].as_str().unwrap(),
+                            e["id"].as_str().unwrap(),
+                        )),
                         e.to_string().into_bytes(),
                     )
                 })

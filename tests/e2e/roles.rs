@@ -258,18 +258,26 @@ fn no_person_reaches_jetstream_or_forges_a_host_event() {
             "{role}: the daemon answers (with a refusal)"
         );
     }
-    // A publisher publishes ordinary events straight onto the stream, and through the API.
-    assert!(!raw_publish(
-        &cluster,
-        "publisher",
-        "events.vm.started",
-        "{}"
-    ));
+    // Not even ordinary events go straight onto the stream (a raw publisher would choose its
+    // own Nats-Msg-Id): they go through the API.
+    for role in ["publisher", "operator"] {
+        assert!(
+            raw_publish(&cluster, role, "events.vm.started", "{}"),
+            "{role}"
+        );
+    }
     cli_ok_as(
         &cluster,
         "publisher",
         &["publish", "vm.started", "--data", "{}"],
     );
+    // Nor through service discovery, which answers with the daemon's rights.
+    for role in ["viewer", "publisher", "operator"] {
+        assert!(
+            raw_publish(&cluster, role, "$SRV.PING.sandbus", ""),
+            "{role}"
+        );
+    }
     // Not one host event reached the stream but the daemon's own.
     let forged_seen: Vec<Value> = cluster
         .events("sandbus.>")
@@ -277,6 +285,76 @@ fn no_person_reaches_jetstream_or_forges_a_host_event() {
         .filter(|e| e["type"] == "sandbus.lease.released")
         .collect();
     assert!(forged_seen.is_empty(), "{forged_seen:?}");
+}
+
+/// Publishes `body` on `subject` as `role`'s user with the reply subject `reply`, raw.
+fn publish_with_reply(cluster: &Cluster, role: &str, subject: &str, reply: &str, body: &str) {
+    let options = NatsOptions {
+        url: Some(cluster.nats.url()),
+        user: Some(role.to_owned()),
+        password: Some(password(role)),
+        inbox_prefix: PermissionRole::parse(role)
+            .ok()
+            .map(|r| r.default_inbox_prefix()),
+        ..Default::default()
+    };
+    let (subject, reply, body) = (subject.to_owned(), reply.to_owned(), body.to_owned());
+    cluster.rt.block_on(async move {
+        let (client, _) = sandbus::bus::connect_client(&options).await.unwrap();
+        client
+            .publish_with_reply(subject, reply, body.into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    });
+}
+
+#[test]
+fn a_daemon_never_answers_onto_a_subject_a_requester_picked() {
+    let mut cluster = role_cluster();
+    cluster.start_daemon("h1");
+    cli_ok_as(
+        &cluster,
+        "publisher",
+        &["publish", "vm.started", "--data", "{}"],
+    );
+    let stored = cluster.events(">").len();
+    assert!(stored >= 2, "host started and vm.started");
+    // A viewer's (bad) request whose reply subject is a JetStream call, a bucket key or a
+    // host event: the daemon's answer would be written there with its rights.
+    for reply in [
+        "$JS.API.STREAM.PURGE.SANDBUS_EVENTS",
+        "$JS.API.STREAM.DELETE.SANDBUS_DEAD_LETTERS",
+        "$KV.sandbus-kv.billing.total/acme",
+        "events.sandbus.lease.released",
+    ] {
+        for body in ["not json", "{}"] {
+            publish_with_reply(
+                &cluster,
+                "viewer",
+                "sandbus.api.viewer.listener.status",
+                reply,
+                body,
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster.events(">").len(),
+        stored,
+        "nothing purged, nothing added"
+    );
+    assert_eq!(cluster.kv_get("billing", "total/acme"), None);
+    let client = cluster.connect();
+    let dead_letters = cluster.rt.block_on(async move {
+        async_nats::jetstream::new(client)
+            .get_stream(names::DEAD_LETTER_STREAM)
+            .await
+            .is_ok()
+    });
+    assert!(dead_letters, "the dead-letter stream is still there");
+    // The daemon still answers requests that come with an inbox.
+    cli_ok_as(&cluster, "viewer", &["status"]);
 }
 
 #[test]
@@ -347,12 +425,8 @@ in = 0x81
         ],
     );
     let stop = vm_event("stopped", "acme", "i-1", 4_000_000_000);
-    assert!(!raw_publish(
-        &cluster,
-        "publisher",
-        "events.vm.stopped",
-        &stop.to_string()
-    ));
+    let file = write(&cluster, "stop.jsonl", stop.to_string().as_bytes());
+    cli_ok_as(&cluster, "publisher", &["publish", "--file", &file]);
     let (out, _) = cli_as(
         &cluster,
         "publisher",

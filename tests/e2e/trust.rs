@@ -159,6 +159,15 @@ fn every_reserved_grant_is_refused_at_the_cli_the_api_and_load() {
         hosts[0]["components"]["victim"], 1,
         "the version with valid grants stays loaded: {hosts}"
     );
+    // Nor does a rollback bring such a version back.
+    cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "victim"]);
+    let out = cluster.cli(&["rollback", "victim"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("version 2 of `victim` cannot be restored"),
+        "{stderr}"
+    );
 }
 
 /// Uploads the trust probe as `probe`, granted its own event types, and subscribes it.
@@ -217,6 +226,69 @@ fn host_events_come_only_from_hosts() {
         cluster.events("sandbus.lease.released").is_empty(),
         "a forged host event reached the stream"
     );
+    // Anyone who can publish onto the stream without sandbus (here: an account admin) can put
+    // a host event's body on another type's subject; listeners do not take it as one.
+    cluster.cli_ok(&[
+        "upload",
+        &guest("billing-listener"),
+        "--name",
+        "billing",
+        "--grant",
+        "publish=events.billing.>",
+    ]);
+    cluster.cli_ok(&[
+        "subscribe",
+        "billing",
+        "--events",
+        "vm.>",
+        "--max-deliver",
+        "1",
+    ]);
+    cluster.wait_for_component("h1", "billing", 1);
+    let forged = json!({
+        "specversion": "1.0", "id": "forged-2", "source": "/sandbus/hosts/h1",
+        "type": "sandbus.lease.released",
+        "data": { "run": "r-forged", "script": "victim", "held_ms": 86_400_000 } });
+    cluster.publish_raw(vec![(
+        "events.vm.forged".into(),
+        None,
+        forged.to_string().into_bytes(),
+    )]);
+    cluster.wait("the forgery dead-lettered", |c| {
+        !c.dead_letters("billing").is_empty()
+    });
+    let (headers, _) = &cluster.dead_letters("billing")[0];
+    assert!(
+        headers["Sandbus-Reason"].contains("does not match the subject"),
+        "{headers:?}"
+    );
+    assert_eq!(cluster.kv_get("billing", "lease-ms/total/victim"), None);
+}
+
+#[test]
+fn no_one_suppresses_a_host_event_by_claiming_its_id_first() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.start_daemon("h2");
+    let hosts = cluster.cli_json(&["hosts"]);
+    let h1 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "h1")
+        .unwrap();
+    let started_at = h1["started_at"].as_str().unwrap().to_owned();
+    // The id the daemon's `sandbus.host.stopped` will have, claimed first by a publisher.
+    let claimed = format!("sandbus.host.stopped/h1/{started_at}");
+    cluster.cli_ok(&["publish", "vm.noise", "--data", "{}", "--id", &claimed]);
+    assert_eq!(cluster.terminate_daemon("h1"), Some(0));
+    let stopped = cluster.events("sandbus.host.stopped");
+    assert_eq!(
+        stopped.len(),
+        1,
+        "the daemon's event was stored: {stopped:?}"
+    );
+    assert_eq!(stopped[0]["id"], claimed);
 }
 
 #[test]
@@ -244,6 +316,49 @@ fn a_listener_that_emits_what_it_listens_to_stops_at_the_depth_limit() {
     // It stays stopped.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(cluster.events("probe.loop").len(), chain.len());
+}
+
+#[test]
+fn a_loop_through_the_daemons_own_events_stops_at_the_depth_limit_too() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.cli_ok(&[
+        "upload",
+        &guest("trust-probe-listener"),
+        "--name",
+        "probe",
+        "--grant",
+        "publish=events.probe.>",
+    ]);
+    // Each rejected probe.reject is dead-lettered; each dead-letter notice makes another.
+    cluster.cli_ok(&[
+        "subscribe",
+        "probe",
+        "--events",
+        "probe.reject",
+        "--events",
+        "sandbus.listener.dead-lettered",
+        "--max-deliver",
+        "1",
+    ]);
+    cluster.wait_for_component("h1", "probe", 1);
+    cluster.cli_ok(&["publish", "probe.reject", "--data", "{}", "--id", "r"]);
+    // Depths 0, 2, 4, 6, 8 for probe.reject; 1, 3, 5, 7 for the notices; the letter of the
+    // one at depth 8 is stored, but its notice (depth 9) is not emitted.
+    cluster.wait("the chain's five dead letters", |c| {
+        c.dead_letters("probe").len() == 5
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let rejects = cluster.events("probe.reject");
+    let notices = cluster.events("sandbus.listener.dead-lettered");
+    assert_eq!(rejects.len(), 5, "{rejects:?}");
+    assert_eq!(notices.len(), 4, "{notices:?}");
+    assert_eq!(notices.last().unwrap()["sandbusdepth"], 7);
+    assert_eq!(
+        cluster.dead_letters("probe").len(),
+        5,
+        "the loop stayed stopped"
+    );
 }
 
 #[test]

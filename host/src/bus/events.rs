@@ -1,10 +1,10 @@
 //! The canonical event stream and the dead-letter stream.
 //!
 //! Every canonical event lives in one JetStream stream over `events.>`, as CloudEvents JSON,
-//! published with `Nats-Msg-Id` = the event id so that a re-publish inside the stream's
-//! duplicate window is dropped by the server. Events no listener could handle are copied,
-//! unchanged and with the reason in headers, to a dead-letter stream, one subject per
-//! listener.
+//! published with `Nats-Msg-Id` = its source and id (`crate::event::dedup_key`) so that a
+//! re-publish inside the stream's duplicate window is dropped by the server. Events no
+//! listener could handle are copied, unchanged and with the reason in headers, to a
+//! dead-letter stream, one subject per listener.
 
 use std::time::Duration;
 
@@ -194,7 +194,7 @@ impl EventStream {
     pub async fn publish(&self, event: &CanonicalEvent) -> Result<PublishedEvent, BusError> {
         let subject = event_subject(&event.ty);
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, event.id.as_str());
+        headers.insert(MSG_ID_HEADER, event.dedup_key().as_str());
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, event.to_json().into())

@@ -14,8 +14,7 @@
 //! a million keys cost about 40 MB on every daemon.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash as _, Hasher as _};
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -66,6 +65,9 @@ impl Space {
 pub struct KvUsage {
     state: Mutex<State>,
     ready: watch::Sender<bool>,
+    /// Keys are counted by a hash keyed randomly per process: a guest cannot search offline
+    /// for two keys that collide and so hide one's bytes from its quota.
+    hasher: RandomState,
 }
 
 #[derive(Debug, Default)]
@@ -81,17 +83,16 @@ impl Default for KvUsage {
         Self {
             state: Mutex::new(State::default()),
             ready: watch::channel(false).0,
+            hasher: RandomState::new(),
         }
     }
 }
 
-fn hash(key: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
-}
-
 impl KvUsage {
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -105,7 +106,7 @@ impl KvUsage {
         KvFootprint {
             bytes: space.bytes,
             keys: space.entries.len() as u64,
-            key_bytes: space.entries.get(&hash(key)).map(|e| e.size),
+            key_bytes: space.entries.get(&self.hash(key)).map(|e| e.size),
         }
     }
 
@@ -117,7 +118,7 @@ impl KvUsage {
             return;
         }
         state.spaces.entry(namespace.to_owned()).or_default().apply(
-            hash(key),
+            self.hash(key),
             Some(key.len() as u64 + value_len),
             revision,
         );
@@ -129,7 +130,7 @@ impl KvUsage {
         let mut state = self.lock();
         state.watched = state.watched.max(revision);
         state.spaces.entry(namespace.to_owned()).or_default().apply(
-            hash(key),
+            self.hash(key),
             value_len.map(|v| key.len() as u64 + v),
             revision,
         );

@@ -198,13 +198,18 @@ impl NatsOptions {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("--tls-cert and --tls-key go together; give both or neither");
         }
-        if let Some(prefix) = &self.inbox_prefix {
-            crate::subject::validate_publish_subject(prefix).map_err(|why| {
-                BusError::new(
-                    BusErrorKind::Connect,
-                    format!("--inbox-prefix is not a subject prefix: {why}"),
-                )
-            })?;
+        if let Some(prefix) = &self.inbox_prefix
+            && !crate::subject::is_reply_inbox(prefix)
+        {
+            return Err(BusError::new(
+                BusErrorKind::Connect,
+                format!(
+                    "--inbox-prefix `{}` is not a reply inbox: give a subject prefix whose first \
+                     token starts with {} (daemons answer only there), e.g. _INBOX_viewer",
+                    crate::text::echo(prefix),
+                    crate::subject::REPLY_INBOX_PREFIX
+                ),
+            ));
         }
         self.servers().map(|_| ())
     }

@@ -2,8 +2,10 @@
 //!
 //! sandbus has four kinds of NATS user. Three are people ([`Role`]): a *viewer* reads, a
 //! *publisher* publishes canonical events, an *operator* runs the lab. They act only through
-//! the control API, whose subjects carry the role (`sandbus.api.<role>.>`), and have no
-//! JetStream rights at all: a client that may create consumers or write a bucket can deliver
+//! the control API, whose subjects carry the role (`sandbus.api.<role>.>`); they may not
+//! publish onto the events stream themselves (a raw publisher chooses its own `Nats-Msg-Id`,
+//! and could claim the id of an event a daemon will emit) and have no JetStream rights at
+//! all: a client that may create consumers or write a bucket can deliver
 //! stored messages to any subject or rewrite another component's state, so only daemons get
 //! those. The fourth is the *daemon*, trusted with sandbus's streams and buckets (and only
 //! those), the control API's subjects, and the subjects its guests are granted.
@@ -146,18 +148,12 @@ pub fn permissions(role: PermissionRole, settings: &PermissionSettings) -> Permi
                     .allow
                     .push(format!("{}.>", names::api_role_prefix(*covered)));
             }
-            if role.covers().contains(&Role::Viewer) {
-                // Service discovery (`$SRV.PING.sandbus`...), of sandbus only.
-                let service = names::SERVICE_NAME;
-                publish.allow.push(format!("$SRV.*.{service}"));
-                publish.allow.push(format!("$SRV.*.{service}.>"));
-            }
-            if role.covers().contains(&Role::Publisher) {
-                // Publishing straight onto the events stream, without a daemon in the way:
-                // every type but the host events.
-                publish.allow.push(format!("{EVENTS_PREFIX}.>"));
-                publish.deny.extend(host_events);
-            }
+            // Nothing else: no service discovery (`$SRV.…` is answered by the service
+            // framework, to whatever reply subject a requester gives, with the daemon's
+            // rights) and no raw publishing onto the events stream (a raw publisher picks its
+            // own `Nats-Msg-Id` and skips validation): events go through `event.publish`.
+            // Host events are denied outright, so that a hand-made allow cannot reach them.
+            publish.deny.extend(host_events);
             Permissions {
                 publish,
                 subscribe: SubjectList {
@@ -275,10 +271,11 @@ mod tests {
             &viewer.publish,
             "$JS.API.STREAM.PURGE.SANDBUS_DEAD_LETTERS"
         ));
+        assert!(!allowed(&viewer.publish, "$SRV.PING.sandbus"));
         assert!(allowed(&viewer.subscribe, "_INBOX_viewer.abc.1"));
         assert!(!allowed(&viewer.subscribe, "_INBOX.abc.1"));
         let publisher = permissions(PermissionRole::Api(Role::Publisher), &settings);
-        assert!(allowed(&publisher.publish, "events.vm.started"));
+        assert!(!allowed(&publisher.publish, "events.vm.started"));
         assert!(allowed(
             &publisher.publish,
             "sandbus.api.publisher.event.publish"
@@ -349,7 +346,7 @@ mod tests {
         let conf = permissions(PermissionRole::Api(Role::Publisher), &Default::default())
             .to_conf("SANDBUS_PUBLISHER");
         assert!(conf.starts_with("SANDBUS_PUBLISHER = {"), "{conf}");
-        assert!(conf.contains("\"events.>\""), "{conf}");
+        assert!(conf.contains("\"sandbus.api.publisher.>\""), "{conf}");
         assert!(conf.contains("deny: [\n      \"events.sandbus\""), "{conf}");
         assert_eq!(
             PermissionRole::parse("viewer"),

@@ -20,6 +20,9 @@ use super::store::ensure_kv;
 use super::{BusError, BusErrorKind, names};
 use crate::sandbox::Digest;
 
+/// Most bytes staged at once, all uploads together: sixteen of the largest components.
+pub const MAX_STAGED_BYTES: i64 = 1 << 30;
+
 /// How long staged parts wait for their upload.
 pub const STAGE_TTL: Duration = Duration::from_secs(3600);
 
@@ -40,6 +43,8 @@ impl StagedUploads {
                 description: "sandbus component bytes staged for an upload".into(),
                 history: 1,
                 max_age: STAGE_TTL,
+                // A flood of parts can only fill this bucket, never the others.
+                max_bytes: MAX_STAGED_BYTES,
                 num_replicas: replicas,
                 ..Default::default()
             },
@@ -102,6 +107,7 @@ impl StagedUploads {
             .map_err(|e| BusError::unavailable("read the staged parts", e))?;
         // parts count → part → bytes; a set staged with another count is a different upload.
         let mut sets: BTreeMap<u32, BTreeMap<u32, bytes::Bytes>> = BTreeMap::new();
+        let mut sizes: BTreeMap<u32, u64> = BTreeMap::new();
         let mut total = 0u64;
         for _ in 0..pending {
             let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -132,41 +138,72 @@ impl StagedUploads {
             if deleted {
                 continue;
             }
+            // What is read is bounded: a set is at most `max` bytes (more is not a component
+            // this host takes), and all sets together a few times that.
             total += message.payload.len() as u64;
-            if total > max {
+            if total > max.saturating_mul(4) {
                 return Err(BusError::new(
                     BusErrorKind::Corrupt,
-                    format!("the staged parts are over the component size limit of {max} bytes"),
+                    format!(
+                        "more than {} bytes are staged for {digest}; wait for the staged parts to \
+                         expire ({} min) and send them again",
+                        max.saturating_mul(4),
+                        STAGE_TTL.as_secs() / 60
+                    ),
                 ));
+            }
+            let size = sizes.entry(parts).or_default();
+            *size += message.payload.len() as u64;
+            if *size > max {
+                // Over the size limit: not a set that can be the component.
+                sets.remove(&parts);
+                continue;
             }
             sets.entry(parts)
                 .or_default()
                 .insert(part, message.payload.clone());
         }
-        let Some((parts, set)) = sets.into_iter().next_back() else {
+        if sets.is_empty() {
             return Ok(None);
-        };
-        if set.len() as u64 != u64::from(parts) {
-            return Err(BusError::new(
+        }
+        // Parts staged under another parts count are another upload of the same digest (or
+        // someone's junk): the first complete set that hashes to the digest is the one.
+        let mut problem = None;
+        for (parts, set) in sets.into_iter().rev() {
+            if set.len() as u64 != u64::from(parts) {
+                problem.get_or_insert_with(|| {
+                    BusError::new(
+                        BusErrorKind::NotFound,
+                        format!(
+                            "only {} of the {parts} parts of {digest} are staged; send them all \
+                             again",
+                            set.len()
+                        ),
+                    )
+                });
+                continue;
+            }
+            let mut bytes = Vec::new();
+            for part in set.into_values() {
+                bytes.extend_from_slice(&part);
+            }
+            let actual = Digest::of(&bytes);
+            if &actual == digest {
+                return Ok(Some(bytes));
+            }
+            problem.get_or_insert_with(|| {
+                BusError::new(
+                    BusErrorKind::Corrupt,
+                    format!("the staged parts of {digest} hash to {actual}; send them again"),
+                )
+            });
+        }
+        Err(problem.unwrap_or_else(|| {
+            BusError::new(
                 BusErrorKind::NotFound,
-                format!(
-                    "only {} of the {parts} parts of {digest} are staged; send them all again",
-                    set.len()
-                ),
-            ));
-        }
-        let mut bytes = Vec::new();
-        for part in set.into_values() {
-            bytes.extend_from_slice(&part);
-        }
-        let actual = Digest::of(&bytes);
-        if &actual != digest {
-            return Err(BusError::new(
-                BusErrorKind::Corrupt,
-                format!("the staged parts of {digest} hash to {actual}; send them again"),
-            ));
-        }
-        Ok(Some(bytes))
+                format!("no parts of {digest} are staged"),
+            )
+        }))
     }
 
     /// Drops every staged part of `digest` (its upload is done, or refused).

@@ -56,11 +56,22 @@ pub fn run(args: &PermissionsArgs) -> u8 {
             return EXIT_USAGE;
         }
     }
-    if let Some(prefix) = &args.inbox_prefix
-        && let Err(why) = sandbus::subject::validate_publish_subject(prefix)
-    {
-        eprintln!("error: --inbox-prefix: {why}");
-        return EXIT_USAGE;
+    if let Some(prefix) = &args.inbox_prefix {
+        if !sandbus::subject::is_reply_inbox(prefix) {
+            eprintln!(
+                "error: --inbox-prefix `{prefix}` is not a reply inbox: its first token must \
+                 start with {} (daemons answer only there), e.g. _INBOX_alice",
+                sandbus::subject::REPLY_INBOX_PREFIX
+            );
+            return EXIT_USAGE;
+        }
+        if roles.len() != 1 {
+            eprintln!(
+                "error: --inbox-prefix is one user's (or one role's) inbox: give one role with \
+                 it, e.g. `sandbus permissions operator --inbox-prefix {prefix}`"
+            );
+            return EXIT_USAGE;
+        }
     }
     let settings = PermissionSettings {
         inbox_prefix: args.inbox_prefix.clone(),

@@ -13,7 +13,9 @@
 //!   subscription's backoff). `reject`, a trap or a timeout are naked with the backoff while
 //!   deliveries remain; the last failure copies the event to the dead-letter stream with the
 //!   reason, emits `sandbus.listener.dead-lettered`, and only then acknowledges. An event that
-//!   is not a valid canonical event is dead-lettered at once: retrying cannot fix it.
+//!   is not a valid canonical event, or not what its subject says (its type's subject is
+//!   another, or it claims a daemon's source off the host events' subjects), is dead-lettered
+//!   at once: retrying cannot fix it.
 //! - **Stopping.** On shutdown the dispatcher stops pulling, gives calls in flight a grace
 //!   period, naks the ones that do not finish and naks what was pulled but not started.
 
@@ -269,7 +271,9 @@ impl ListenerDispatcher {
             }
         };
         let subject = message.subject.to_string();
-        let event = match CanonicalEvent::from_json(&message.payload) {
+        let event = match CanonicalEvent::from_json(&message.payload)
+            .and_then(|event| event.check_arrival(&subject).map(|()| event))
+        {
             Ok(event) => event,
             Err(e) => {
                 let reason = format!("not a valid canonical event: {e}");
@@ -280,6 +284,7 @@ impl ListenerDispatcher {
         };
         let event_id = event.id.clone();
         let event_type = event.ty.clone();
+        let event_depth = event.depth;
         let Some(component) = self.context.components.get(self.listener()) else {
             // Unloaded while this message waited: someone else (or later) handles it.
             let _ = message
@@ -345,8 +350,15 @@ impl ListenerDispatcher {
             },
             Some(Err(e)) => e.to_string(),
         };
-        self.record_failure(sequence, Some(&event_id), &event_type, &failure, deliveries)
-            .await;
+        self.record_failure(
+            sequence,
+            Some(&event_id),
+            &event_type,
+            event_depth,
+            &failure,
+            deliveries,
+        )
+        .await;
         if deliveries < u64::from(self.subscription.max_deliver) {
             let delay = self.subscription.backoff_after(deliveries);
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
@@ -360,7 +372,7 @@ impl ListenerDispatcher {
                 sequence,
                 deliveries,
                 &subject,
-                Some((&event_id, &event_type)),
+                Some((&event_id, &event_type, event_depth)),
                 reason,
             )
             .await;
@@ -402,6 +414,7 @@ impl ListenerDispatcher {
         sequence: u64,
         event_id: Option<&str>,
         event_type: &str,
+        depth: u32,
         reason: &str,
         deliveries: u64,
     ) {
@@ -438,9 +451,10 @@ impl ListenerDispatcher {
             reports.last = Some(now);
             std::mem::take(&mut reports.suppressed)
         };
-        self.context
+        let emitted = self
+            .context
             .host_events
-            .emit_or_log(
+            .emit_caused(
                 host_events::LISTENER_FAILED,
                 format!(
                     "listener-failed/{}/{sequence}/{deliveries}",
@@ -456,8 +470,12 @@ impl ListenerDispatcher {
                     "reason": reason,
                     "unreported_failures": suppressed,
                 }),
+                depth,
             )
             .await;
+        if let Err(e) = emitted {
+            tracing::warn!(listener = self.listener(), error = %e, "could not emit a host event");
+        }
     }
 
     /// Copies the message to the dead-letter stream, emits the event, then acknowledges. If
@@ -468,9 +486,12 @@ impl ListenerDispatcher {
         sequence: u64,
         deliveries: u64,
         subject: &str,
-        event: Option<(&str, &str)>,
+        event: Option<(&str, &str, u32)>,
         reason: String,
     ) {
+        // What caused the letter: the event's id, type and depth (depth 0 for a message that
+        // is not an event).
+        let depth = event.map_or(0, |(_, _, depth)| depth);
         let letter = DeadLetter {
             listener: self.listener().to_owned(),
             reason: reason.clone(),
@@ -480,7 +501,7 @@ impl ListenerDispatcher {
             payload: message.payload.clone(),
         };
         if event.is_none() {
-            self.record_failure(sequence, None, "", &reason, deliveries)
+            self.record_failure(sequence, None, "", depth, &reason, deliveries)
                 .await;
         }
         if let Err(e) = self.context.events.dead_letter(&letter).await {
@@ -504,14 +525,15 @@ impl ListenerDispatcher {
         // The copy is stored: the decision is final. The announcement is tried a few times
         // (its id makes repeats harmless), but the event is never handed to the listener
         // again because of it.
-        let about_itself = event.is_some_and(|(_, ty)| ty == host_events::LISTENER_DEAD_LETTERED);
+        let about_itself =
+            event.is_some_and(|(_, ty, _)| ty == host_events::LISTENER_DEAD_LETTERED);
         if !about_itself {
             let data = json!({
                 "listener": self.listener(),
                 "host": self.context.host_id,
                 "sequence": sequence,
                 "subject": subject,
-                "event_id": event.map(|(id, _)| id),
+                "event_id": event.map(|(id, _, _)| id),
                 "deliveries": deliveries,
                 "reason": reason,
             });
@@ -519,11 +541,12 @@ impl ListenerDispatcher {
                 let result = self
                     .context
                     .host_events
-                    .emit(
+                    .emit_caused(
                         host_events::LISTENER_DEAD_LETTERED,
                         format!("dead-lettered/{}/{sequence}", self.listener()),
                         Some(self.listener().to_owned()),
                         data.clone(),
+                        depth,
                     )
                     .await;
                 match result {

@@ -8,7 +8,7 @@
 use serde_json::json;
 
 use crate::bus::{BusError, EventStream, PublishedEvent, names};
-use crate::event::CanonicalEvent;
+use crate::event::{CanonicalEvent, MAX_DEPTH};
 
 /// A component version was recorded (upload or rollback).
 pub const COMPONENT_ADDED: &str = "sandbus.component.added";
@@ -69,6 +69,37 @@ impl HostEvents {
         subject: Option<String>,
         data: serde_json::Value,
     ) -> Result<PublishedEvent, BusError> {
+        self.publish(ty, id, subject, data, 0).await
+    }
+
+    /// Like [`HostEvents::emit`], for an event caused by handling an event of depth `cause`
+    /// (a listener's failure, a dead letter): it is one hop deeper, and not emitted at all
+    /// past [`MAX_DEPTH`] (`Ok(None)`), so that a listener reacting to these host events
+    /// cannot loop through them either.
+    pub async fn emit_caused(
+        &self,
+        ty: &str,
+        id: String,
+        subject: Option<String>,
+        data: serde_json::Value,
+        cause: u32,
+    ) -> Result<Option<PublishedEvent>, BusError> {
+        let depth = cause.saturating_add(1);
+        if depth > MAX_DEPTH {
+            tracing::debug!(event_type = ty, depth, "host event not emitted: loop guard");
+            return Ok(None);
+        }
+        self.publish(ty, id, subject, data, depth).await.map(Some)
+    }
+
+    async fn publish(
+        &self,
+        ty: &str,
+        id: String,
+        subject: Option<String>,
+        data: serde_json::Value,
+        depth: u32,
+    ) -> Result<PublishedEvent, BusError> {
         let event = CanonicalEvent {
             id,
             source: names::host_source(&self.host_id),
@@ -77,7 +108,7 @@ impl HostEvents {
             time: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
             datacontenttype: Some("application/json".into()),
             data: data.to_string().into_bytes(),
-            depth: 0,
+            depth,
         };
         self.events.publish(&event).await
     }

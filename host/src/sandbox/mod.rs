@@ -389,10 +389,14 @@ impl Sandbox {
                 ),
             ));
         }
+        // In the budget's own unit, wasm pages: a cap that is not a whole number of pages
+        // reserves the page it starts, and the budget holds only whole pages.
         let wanted = limits
             .memory
-            .saturating_mul(u64::from(limits.max_instances));
-        if wanted > self.config.memory_budget {
+            .div_ceil(PAGE)
+            .saturating_mul(u64::from(limits.max_instances))
+            .saturating_mul(PAGE);
+        if wanted > self.config.memory_budget / PAGE * PAGE {
             let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
             return Err(LoadError::new(
                 LoadErrorKind::Limits,

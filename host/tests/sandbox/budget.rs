@@ -59,6 +59,51 @@ fn a_component_that_cannot_fit_the_budget_is_refused_with_the_numbers() {
 }
 
 #[tokio::test]
+async fn a_budget_and_caps_that_are_not_whole_pages_are_counted_in_pages() {
+    // 512 MB is 7812.5 pages: the budget holds 7812. A cap of 512 MB needs 7813: it could
+    // never be reserved, so it is refused rather than left waiting forever.
+    let host = Sandbox::new(SandboxConfig {
+        pool_instances: 4,
+        memory_budget: 512_000_000,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let err = host
+        .prepare(
+            spec(
+                "odd",
+                World::Listener,
+                &[],
+                &["memory=512MB", "instances=1"],
+            ),
+            &guest("noop-listener"),
+        )
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, LoadErrorKind::Limits, "{err}");
+    // A cap of whole pages that fits is accepted, and its calls run.
+    let fits = host
+        .prepare(
+            spec(
+                "fits",
+                World::Listener,
+                &[],
+                &["memory=488MiB", "instances=1"],
+            ),
+            &guest("noop-listener"),
+        )
+        .unwrap();
+    let h = Harness::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        fits.handle(event("vm.started", "e", "{}"), &h.caps),
+    )
+    .await
+    .expect("the call got its memory")
+    .unwrap();
+}
+
+#[tokio::test]
 async fn memory_bombs_on_many_components_never_hold_more_than_the_budget() {
     let host = Arc::new(small_host());
     let bombs: Vec<_> = ["bomb-a", "bomb-b", "bomb-c"]

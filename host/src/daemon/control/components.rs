@@ -219,44 +219,54 @@ impl ControlApi {
     ) -> Result<crate::bus::ComponentManifest, ApiError> {
         let subscription = self.subscriptions.get(&request.name).await?;
         let points = self.hooks.points.points_of(&request.name).await?;
-        if subscription.is_some() || !points.is_empty() {
-            let history = self.store.history(&request.name).await?;
-            let current = self.store.manifest(&request.name).await?;
-            let target = current.and_then(|c| {
-                history
-                    .iter()
-                    .rev()
-                    .find(|m| m.version < c.content_version() && m.restored_from.is_none())
-                    .cloned()
-            });
-            if let Some(target) = &target {
-                if subscription.is_some() && target.world != World::Listener {
-                    return Err(ApiError::new(
-                        ApiErrorKind::Conflict,
-                        format!(
-                            "the previous version of `{}` is a {}, and it is subscribed as a listener",
-                            request.name, target.world
-                        ),
-                    ));
-                }
-                if !points.is_empty() && target.world != World::Hook {
-                    return Err(ApiError::new(
-                        ApiErrorKind::Conflict,
-                        format!(
-                            "the previous version of `{}` is a {}, and it is registered as a hook \
-                             at {}",
-                            request.name,
-                            target.world,
-                            points.join(", ")
-                        ),
-                    ));
-                }
-                if let Some(subscription) = &subscription {
-                    let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
-                    self.subscriptions
-                        .put(subscription, ack_wait_for(limits.timeout))
-                        .await?;
-                }
+        let history = self.store.history(&request.name).await?;
+        let current = self.store.manifest(&request.name).await?;
+        let target = current.and_then(|c| {
+            history
+                .iter()
+                .rev()
+                .find(|m| m.version < c.content_version() && m.restored_from.is_none())
+                .cloned()
+        });
+        // A version recorded before today's rules (a grant now reserved) is not brought back:
+        // every daemon would refuse to load it.
+        if let Some(target) = &target {
+            spec_of(target).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "version {} of `{}` cannot be restored: {e}; upload a new version instead",
+                    target.version, request.name
+                ))
+            })?;
+        }
+        if (subscription.is_some() || !points.is_empty())
+            && let Some(target) = &target
+        {
+            if subscription.is_some() && target.world != World::Listener {
+                return Err(ApiError::new(
+                    ApiErrorKind::Conflict,
+                    format!(
+                        "the previous version of `{}` is a {}, and it is subscribed as a listener",
+                        request.name, target.world
+                    ),
+                ));
+            }
+            if !points.is_empty() && target.world != World::Hook {
+                return Err(ApiError::new(
+                    ApiErrorKind::Conflict,
+                    format!(
+                        "the previous version of `{}` is a {}, and it is registered as a hook \
+                         at {}",
+                        request.name,
+                        target.world,
+                        points.join(", ")
+                    ),
+                ));
+            }
+            if let Some(subscription) = &subscription {
+                let limits = target.resolved_limits().map_err(ApiError::bad_request)?;
+                self.subscriptions
+                    .put(subscription, ack_wait_for(limits.timeout))
+                    .await?;
             }
         }
         let manifest = self.store.rollback(&request.name).await?;

@@ -28,7 +28,7 @@ use super::lab::DeviceLab;
 use super::metrics::Metrics;
 use crate::api::{
     self, ApiError, ApiErrorKind, CancelReply, CastAccepted, HookPolicyRequest, HookRequest,
-    Request, SubscribeRequest, endpoint,
+    Request, Role, SubscribeRequest, endpoint,
 };
 use crate::bus::{
     ComponentStore, DeviceInventory, EventStream, HookPoint, HostRegistry, RunStore, StagedUploads,
@@ -36,9 +36,12 @@ use crate::bus::{
 };
 use crate::imports::kv::KvStore;
 use crate::sandbox::{Sandbox, World};
+use crate::subject::is_reply_inbox;
 
-/// Most control requests handled at once by one daemon.
-const MAX_CONCURRENT: usize = 32;
+/// Control requests of one role handled at once by one daemon. Each role has its own
+/// share, so a flood of one role's requests (a viewer's long polls) never holds up
+/// another's (an operator's upload).
+const MAX_CONCURRENT_PER_ROLE: usize = 16;
 
 /// Bytes of a reply kept free for the headers and the protocol, below the server's max
 /// payload.
@@ -56,40 +59,92 @@ pub struct ControlService {
     api: Arc<ControlApi>,
     client: async_nats::Client,
     service: service::Service,
-    requests: Requests,
+    /// Each role's endpoints, answered by a loop of their own.
+    requests: Vec<(Role, Requests)>,
 }
 
 impl ControlService {
     /// Answers requests until `stop`; then unregisters and waits for casts in progress.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+    pub async fn run(self, stop: CancellationToken) {
         let casts = TaskTracker::new();
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => break,
-                next = self.requests.next() => next,
-            };
-            let Some((name, castable, request)) = next else {
-                break;
-            };
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            let api = self.api.clone();
-            let casts_handle = casts.clone();
-            let max_payload = self.client.server_info().max_payload;
-            tokio::spawn(async move {
-                api.answer(name, castable, request, permit, &casts_handle, max_payload)
-                    .await;
-            });
-        }
+        let loops: Vec<_> = self
+            .requests
+            .into_iter()
+            .map(|(role, requests)| {
+                let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PER_ROLE));
+                let run = answer_role(
+                    role,
+                    requests,
+                    limit.clone(),
+                    self.api.clone(),
+                    self.client.clone(),
+                    casts.clone(),
+                    stop.clone(),
+                );
+                async move {
+                    run.await;
+                    limit
+                }
+            })
+            .collect();
+        let limits = futures::future::join_all(loops).await;
         if let Err(e) = self.service.stop().await {
             tracing::warn!(error = %e, "could not stop the control service cleanly");
         }
         // Requests being answered hold permits; casts are tracked.
-        let _ = limit.acquire_many(MAX_CONCURRENT as u32).await;
+        for limit in limits {
+            let _ = limit.acquire_many(MAX_CONCURRENT_PER_ROLE as u32).await;
+        }
         casts.close();
         casts.wait().await;
+    }
+}
+
+/// Answers one role's requests until `stop`, at most [`MAX_CONCURRENT_PER_ROLE`] at once.
+async fn answer_role(
+    role: Role,
+    mut requests: Requests,
+    limit: Arc<tokio::sync::Semaphore>,
+    api: Arc<ControlApi>,
+    client: async_nats::Client,
+    casts: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = requests.next() => next,
+        };
+        let Some((name, castable, request)) = next else {
+            break;
+        };
+        // The reply goes out with this daemon's rights: only to a reply inbox, never to a
+        // subject a requester picked to make the daemon write there (a JetStream API call,
+        // a bucket, a host event).
+        if !request
+            .message
+            .reply
+            .as_ref()
+            .is_some_and(|reply| is_reply_inbox(reply.as_str()))
+        {
+            tracing::debug!(
+                endpoint = name,
+                %role,
+                reply = ?request.message.reply.as_ref().map(|r| crate::text::echo(r.as_str())),
+                "control request dropped: its reply subject is not a reply inbox"
+            );
+            continue;
+        }
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let api = api.clone();
+        let casts_handle = casts.clone();
+        let max_payload = client.server_info().max_payload;
+        tokio::spawn(async move {
+            api.answer(name, castable, request, permit, &casts_handle, max_payload)
+                .await;
+        });
     }
 }
 
@@ -159,7 +214,7 @@ impl ControlApi {
             .map_err(unavailable)?;
         // One group per role (`sandbus.api.<role>`), and this host's own per-host endpoints
         // (`sandbus.api.<role>.host.<id>`): runs go to the host that has the device.
-        let mut endpoints = Vec::new();
+        let mut by_role: Vec<(Role, Vec<_>)> = Role::ALL.iter().map(|r| (*r, Vec::new())).collect();
         for endpoint in endpoint::ALL {
             let prefix = if endpoint.per_host {
                 names::host_api_prefix(endpoint.role, self.host_events.host_id())
@@ -173,16 +228,21 @@ impl ControlApi {
                 .add(endpoint.name)
                 .await
                 .map_err(unavailable)?;
-            endpoints.push(
-                ep.map(move |request| (endpoint.name, endpoint.castable, request))
-                    .boxed(),
-            );
+            let stream = ep
+                .map(move |request| (endpoint.name, endpoint.castable, request))
+                .boxed();
+            if let Some((_, streams)) = by_role.iter_mut().find(|(r, _)| *r == endpoint.role) {
+                streams.push(stream);
+            }
         }
         Ok(ControlService {
             api: self,
             client: client.clone(),
             service,
-            requests: futures::stream::select_all(endpoints),
+            requests: by_role
+                .into_iter()
+                .map(|(role, streams)| (role, futures::stream::select_all(streams)))
+                .collect(),
         })
     }
 

@@ -11,7 +11,7 @@ use crate::api::{
     KvListRequest, KvSetRequest, MAX_PAGE, MessagePage, RunLogRequest,
 };
 use crate::bus::{names, read_page, validate_event_pattern};
-use crate::imports::kv::KvStoreError;
+use crate::imports::kv::{KvQuota, KvState, KvStoreError};
 
 /// Entries of a `kv.list` page (each also costs a read of its value).
 const KV_PAGE: usize = 200;
@@ -74,14 +74,39 @@ impl ControlApi {
         Ok(KvEntry::new(request.key, value))
     }
 
-    /// `kv.set`: an operator's write, under the same limits as the component's own.
+    /// `kv.set`: an operator's write, through the same checks as the component's own writes
+    /// (its value size and its quota; a component not uploaded gets the default limits).
     pub(super) async fn kv_set(&self, request: KvSetRequest) -> Result<KvEntry, ApiError> {
+        use crate::bindings::kv::{Host as _, KvError};
+        let limits = match self.store.manifest(&request.namespace).await? {
+            Some(manifest) => manifest.resolved_limits().map_err(ApiError::bad_request)?,
+            None => crate::sandbox::Limits::default(),
+        };
+        let mut space = KvState {
+            store: self.kv.clone(),
+            namespace: request.namespace.as_str().into(),
+            max_value: limits.max_payload,
+            quota: KvQuota {
+                bytes: limits.kv_bytes,
+                keys: limits.kv_keys,
+            },
+        };
         let value = request.value.into_bytes();
-        self.kv
-            .set(&request.namespace, &request.key, value.clone())
+        let written = space
+            .set(request.key.clone(), value.clone())
             .await
-            .map_err(unavailable)?;
-        Ok(KvEntry::new(request.key, Some(value)))
+            .map_err(|e| ApiError::new(ApiErrorKind::Internal, format!("{e:#}")))?;
+        match written {
+            Ok(()) => Ok(KvEntry::new(request.key, Some(value))),
+            Err(KvError::Unavailable(why)) if why.starts_with("quota exceeded") => {
+                Err(ApiError::new(ApiErrorKind::Conflict, why))
+            }
+            Err(KvError::Unavailable(why)) => Err(ApiError::new(ApiErrorKind::Unavailable, why)),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "`{}` of `{}` cannot take this value: {e:?}",
+                request.key, request.namespace
+            ))),
+        }
     }
 
     /// `kv.delete`.

@@ -127,7 +127,7 @@ impl Host for BusState {
             ))));
         }
         let subject = event_subject(&event.ty);
-        let headers = vec![(MSG_ID_HEADER.to_owned(), event.id.clone())];
+        let headers = vec![(MSG_ID_HEADER.to_owned(), event.dedup_key())];
         Ok(self
             .send(subject, event.to_json(), event.data.len(), headers)
             .await)
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(sent[0].subject, "events.billing.usage");
         assert_eq!(
             sent[0].headers,
-            vec![(MSG_ID_HEADER.to_owned(), "ev-1".to_owned())]
+            vec![(MSG_ID_HEADER.to_owned(), "5:/testev-1".to_owned())]
         );
         let back = CanonicalEvent::from_json(&sent[0].payload).unwrap();
         assert_eq!(back.id, "ev-1");
