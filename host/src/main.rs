@@ -12,6 +12,9 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if let Some(code) = cli::run_without_runtime(&args) {
+        return ExitCode::from(code);
+    }
     if let Err(e) = cli::init_tracing(&args) {
         eprintln!("error: {e:#}");
         return ExitCode::from(cli::EXIT_USAGE);

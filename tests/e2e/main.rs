@@ -13,6 +13,7 @@
 mod support;
 
 mod cluster;
+mod compile_budget;
 mod daemon_control;
 mod daemon_faults;
 mod daemon_listeners;

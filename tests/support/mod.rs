@@ -69,6 +69,22 @@ pub fn wat_listener_importing(imports: &str, items: &str) -> Vec<u8> {
     wat_component("listener", &format!("(module {imports} {PRELUDE} {items})"))
 }
 
+/// A listener whose module also holds one function of `adds` straight-line `i32.add`s: a
+/// small file that takes Cranelift long and much memory to compile (about 3 bytes of wasm
+/// per add), like the hostile uploads the compile budget is for. The handler itself just
+/// acknowledges.
+pub fn straight_line_listener(adds: usize) -> Vec<u8> {
+    let mut body = String::with_capacity(adds * 24);
+    for _ in 0..adds {
+        body.push_str("(local.get 0) i32.add\n");
+    }
+    wat_listener(&format!(
+        r#"(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32) (call $ok))
+           (func (export "big") (param i32) (result i32) (local.get 0)
+             {body})"#
+    ))
+}
+
 /// Builds a script component from core WAT: `items` must define
 /// `(func (export "sandbus:host/runner@0.1.0#run") (param i32 i32) (result i32) ...)`.
 pub fn wat_script(items: &str) -> Vec<u8> {

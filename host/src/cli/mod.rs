@@ -27,6 +27,7 @@ macro_rules! outln {
 pub(crate) use outln;
 
 mod client;
+mod compile_worker;
 mod daemon;
 mod hook;
 mod kv;
@@ -314,6 +315,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile one component from stdin to stdout under limits (started by the daemon).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker(compile_worker::CompileWorkerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -464,9 +468,19 @@ pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a command that must not start an async runtime or log subscriber (the compile
+/// worker, which limits its own memory); `None` for every other command.
+pub fn run_without_runtime(cli: &Cli) -> Option<u8> {
+    match &cli.command {
+        Command::CompileWorker(args) => Some(compile_worker::run(args)),
+        _ => None,
+    }
+}
+
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::CompileWorker(args) => Ok(compile_worker::run(&args)),
         Command::Daemon(args) => daemon::daemon(&args).await,
         Command::Up(args) => daemon::up(&args).await,
         Command::Upload {

@@ -15,6 +15,9 @@
 //! [sandbox]
 //! pool_instances = 256
 //! memory_budget = "8GiB"                   # all guest instances together
+//! compile_timeout = "60s"                  # compile budget per component, in a worker:
+//! compile_memory = "2GiB"                  #   time and memory (over it: refused)
+//! compile_concurrency = 1                  #   and compiles at once
 //!
 //! [events]
 //! max_age = "14d"
@@ -38,6 +41,8 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use bytesize::ByteSize;
 
 use crate::bus::{EventStreamConfig, NatsOptions};
 
@@ -161,8 +166,15 @@ pub struct SandboxSection {
     /// Linear memory all guest instances together may hold, e.g. `"8GiB"` [default: half
     /// of the machine's memory]. Calls wait for their memory cap to fit; a component whose
     /// `memory × instances` alone is over it is refused.
-    #[serde(default, with = "bytes_serde")]
-    pub memory_budget: Option<u64>,
+    pub memory_budget: Option<ByteSize>,
+    /// Longest one component may take to compile (in a worker process, killed after it); a
+    /// component that takes longer is refused on upload and fails to load.
+    #[serde(with = "crate::bus::humantime_serde")]
+    pub compile_timeout: Duration,
+    /// Most memory one compile may use, e.g. `2GiB`; over it, as over the timeout.
+    pub compile_memory: ByteSize,
+    /// Compiles at once; the others wait for their turn.
+    pub compile_concurrency: usize,
 }
 
 impl Default for SandboxSection {
@@ -174,23 +186,15 @@ impl Default for SandboxSection {
             cache: true,
             cache_dir: None,
             memory_budget: None,
+            compile_timeout: crate::sandbox::DEFAULT_COMPILE_TIMEOUT,
+            compile_memory: ByteSize(crate::sandbox::DEFAULT_COMPILE_MEMORY),
+            compile_concurrency: crate::sandbox::DEFAULT_COMPILE_CONCURRENCY,
         }
     }
 }
 
-/// `serde(with)` for an optional size written like `"8GiB"` or `"512MiB"`.
-mod bytes_serde {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse::<bytesize::ByteSize>()
-            .map(|b| Some(b.as_u64()))
-            .map_err(|e| {
-                serde::de::Error::custom(format!("`{text}` is not a size like 8GiB or 512MiB: {e}"))
-            })
-    }
-}
+/// Least memory a compile budget may give: the worker itself needs some before it compiles.
+pub const MIN_COMPILE_MEMORY: u64 = 16 << 20;
 
 /// `[listeners]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -266,8 +270,24 @@ impl ConfigFile {
         if self.kv.max_bytes != -1 && self.kv.max_bytes < 1 << 20 {
             return Err("kv.max_bytes must be at least 1MiB (or -1 for no bound)".into());
         }
-        if self.sandbox.memory_budget.is_some_and(|b| b < 1 << 20) {
+        if self
+            .sandbox
+            .memory_budget
+            .is_some_and(|b| b.as_u64() < 1 << 20)
+        {
             return Err("sandbox.memory_budget must be at least 1MiB".into());
+        }
+        if self.sandbox.compile_timeout < Duration::from_millis(100) {
+            return Err("sandbox.compile_timeout must be at least 100ms".into());
+        }
+        if self.sandbox.compile_memory.as_u64() < MIN_COMPILE_MEMORY {
+            return Err(format!(
+                "sandbox.compile_memory must be at least {}",
+                ByteSize(MIN_COMPILE_MEMORY).display().iec()
+            ));
+        }
+        if !(1..=64).contains(&self.sandbox.compile_concurrency) {
+            return Err("sandbox.compile_concurrency must be 1 to 64".into());
         }
         if self.events.stream.is_empty()
             || !self
@@ -337,6 +357,14 @@ mod tests {
         assert!(config.check().unwrap_err().contains("batch"));
         let grace = toml::from_str::<ConfigFile>("[listeners]\nshutdown_grace = \"later\"");
         assert!(grace.is_err());
+        let memory = toml::from_str::<ConfigFile>("[sandbox]\ncompile_memory = \"lots\"");
+        assert!(memory.is_err());
+        let config: ConfigFile = toml::from_str("[sandbox]\ncompile_memory = \"1MiB\"").unwrap();
+        assert!(config.check().unwrap_err().contains("compile_memory"));
+        let config: ConfigFile = toml::from_str("[sandbox]\ncompile_timeout = \"1ms\"").unwrap();
+        assert!(config.check().unwrap_err().contains("compile_timeout"));
+        let config: ConfigFile = toml::from_str("[sandbox]\ncompile_concurrency = 0").unwrap();
+        assert!(config.check().unwrap_err().contains("compile_concurrency"));
     }
 
     #[test]
@@ -344,19 +372,45 @@ mod tests {
         let config: ConfigFile = toml::from_str(
             "[nats]\nurl = \"nats://n:4222\"\nuser = \"u\"\npassword = \"p\"\n\
              [host]\nid = \"lab-7\"\n[events]\nmax_age = \"14d\"\n\
-             [listeners]\nshutdown_grace = \"3s\"\n[sandbox]\nmemory_budget = \"512MiB\"",
+             [sandbox]\ncompile_timeout = \"30s\"\ncompile_memory = \"512MiB\"\n\
+             compile_concurrency = 2\nmemory_budget = \"512MiB\"\n\
+             [listeners]\nshutdown_grace = \"3s\"",
         )
         .unwrap();
-        assert_eq!(config.sandbox.memory_budget, Some(512 << 20));
+        assert_eq!(config.sandbox.memory_budget, Some(ByteSize(512 << 20)));
         assert_eq!(config.kv.max_bytes, 1 << 30, "the default bound");
         let unbounded: ConfigFile = toml::from_str("[kv]\nmax_bytes = \"-1\"").unwrap();
         assert_eq!(unbounded.kv.max_bytes, -1);
         let bad = toml::from_str::<ConfigFile>("[sandbox]\nmemory_budget = \"lots\"");
-        assert!(bad.unwrap_err().to_string().contains("not a size"));
+        assert!(bad.unwrap_err().to_string().contains("memory_budget"));
         assert!(config.check().is_ok());
         assert_eq!(config.nats.url(), "nats://n:4222");
         assert_eq!(config.host.id.as_deref(), Some("lab-7"));
         assert_eq!(config.events.max_age, Duration::from_secs(14 * 86_400));
         assert_eq!(config.listeners.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(config.sandbox.compile_timeout, Duration::from_secs(30));
+        assert_eq!(config.sandbox.compile_memory, ByteSize::mib(512));
+        assert_eq!(config.sandbox.compile_concurrency, 2);
+    }
+
+    #[test]
+    fn the_compile_budget_defaults_to_a_minute_and_two_gibibytes() {
+        let config: ConfigFile = toml::from_str("[sandbox]\npool_instances = 4").unwrap();
+        assert_eq!(config.sandbox.compile_timeout, Duration::from_secs(60));
+        assert_eq!(config.sandbox.compile_memory, ByteSize::gib(2));
+        assert_eq!(config.sandbox.compile_concurrency, 1);
+    }
+
+    #[test]
+    fn the_module_example_is_a_valid_config() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        let config: ConfigFile = toml::from_str(&doc).unwrap();
+        assert_eq!(config.sandbox.compile_memory, ByteSize::gib(2));
     }
 }

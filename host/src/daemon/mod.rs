@@ -50,7 +50,7 @@ use crate::bus::{
     SubscriptionChange, SubscriptionStore,
 };
 use crate::imports::log::DiscardLog;
-use crate::sandbox::{Capabilities, Sandbox, SandboxConfig};
+use crate::sandbox::{Capabilities, CompileBudget, CompileMode, Sandbox, SandboxConfig};
 use host_events::HostEvents;
 
 /// Why the daemon could not start.
@@ -142,13 +142,19 @@ impl Daemon {
                 .config
                 .sandbox
                 .memory_budget
-                .unwrap_or_else(crate::sandbox::default_memory_budget),
+                .map_or_else(crate::sandbox::default_memory_budget, |b| b.as_u64()),
             cache_dir: self.config.sandbox.cache.then(|| {
                 self.config
                     .sandbox
                     .cache_dir
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("cache"))
+            }),
+            compile: CompileMode::Worker(CompileBudget {
+                exe: worker_exe()?,
+                timeout: self.config.sandbox.compile_timeout,
+                memory: self.config.sandbox.compile_memory.as_u64(),
+                concurrency: self.config.sandbox.compile_concurrency,
             }),
             ..SandboxConfig::default()
         })?);
@@ -425,6 +431,22 @@ struct Layout {
     runs: RunStore,
     hook_points: HookPoints,
     uploads: StagedUploads,
+}
+
+/// The program compile workers run: this very binary, so what a worker compiles was made by
+/// the same code as the engine that loads it. On Linux that is `/proc/self/exe`, which names
+/// the running binary even after an upgrade replaced the file on disk (the path it was
+/// started from would then start another version); elsewhere, or without `/proc`, that path.
+fn worker_exe() -> Result<PathBuf, DaemonError> {
+    let running = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && running.exists() {
+        return Ok(running.to_owned());
+    }
+    std::env::current_exe().map_err(|source| DaemonError::Io {
+        what: "cannot find the daemon's own program (for its compile workers):",
+        path: PathBuf::from("current_exe"),
+        source,
+    })
 }
 
 fn create_dir(path: &Path) -> Result<(), DaemonError> {

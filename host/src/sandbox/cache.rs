@@ -105,8 +105,8 @@ impl ArtifactCache {
             return (CacheLookup::Rejected, None);
         }
         let artifact = &bytes[MAGIC.len() + MAC_LEN..];
-        // SAFETY: `artifact` is byte for byte what `Component::serialize` produced on this
-        // host for this engine fingerprint: the HMAC above, keyed by a secret only this host
+        // SAFETY: `artifact` is byte for byte what this host stored (`Component::serialize`,
+        // or its own compile worker's output that it loaded) for this engine fingerprint: the HMAC above, keyed by a secret only this host
         // holds, proves it. wasmtime additionally checks its own version/config header.
         match unsafe { Component::deserialize(engine, artifact) } {
             Ok(component) => (CacheLookup::Hit, Some(component)),
@@ -118,20 +118,27 @@ impl ArtifactCache {
         }
     }
 
-    /// Stores the artifact of `component` for `digest`. Written to a temporary file and
-    /// renamed, so a crash never leaves a half-written entry under the real name.
+    /// Stores the artifact of `component` for `digest` (see [`ArtifactCache::store_artifact`]).
     pub fn store(&self, digest: &Digest, component: &Component) -> std::io::Result<()> {
         let artifact = component
             .serialize()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mac = self.mac(digest, &artifact).finalize().into_bytes();
+        self.store_artifact(digest, &artifact)
+    }
+
+    /// Stores `artifact`, the compiled form of `digest` for this cache's engine (what
+    /// `Component::serialize` or a compile worker's `Engine::precompile_component` made and
+    /// this host loaded). Written to a temporary file and renamed, so a crash never leaves a
+    /// half-written entry under the real name.
+    pub fn store_artifact(&self, digest: &Digest, artifact: &[u8]) -> std::io::Result<()> {
+        let mac = self.mac(digest, artifact).finalize().into_bytes();
         let path = self.entry_path(digest);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         {
             let mut file = fs::File::create(&tmp)?;
             file.write_all(MAGIC)?;
             file.write_all(&mac)?;
-            file.write_all(&artifact)?;
+            file.write_all(artifact)?;
             file.sync_all()?;
         }
         fs::rename(&tmp, &path)

@@ -33,6 +33,13 @@ pub enum LoadErrorKind {
     Limits,
     /// The component name is not usable (it names the kv namespace and log lines).
     InvalidName,
+    /// Compiling it took longer or needed more memory than the sandbox's compile budget
+    /// ([`super::CompileBudget`]); the message names the budget and what was exceeded.
+    CompileBudget,
+    /// This host failed to compile it for a reason of its own (its compile worker could not
+    /// start or answered nonsense), not because of the component; another host, or this one
+    /// once repaired, may load it.
+    Host,
 }
 
 /// A component that was refused, and why.

@@ -6,7 +6,8 @@
 //!
 //! 1. [`Sandbox::prepare`] checks the bytes (not wasm, core module, wrong world, unknown
 //!    import), compiles them once per content digest (memory, then a verified on-disk cache,
-//!    then Cranelift) and pre-links them into an `InstancePre`.
+//!    then Cranelift: in this process, or in a worker process under a compile budget, see
+//!    [`CompileMode`]) and pre-links them into an `InstancePre`.
 //! 2. [`PreparedComponent::handle`] / [`PreparedComponent::run`] wait for a free instance
 //!    slot and for their memory cap in the host's memory budget, build a fresh `Store` (its own WASI, log stream, memory meter and deadline),
 //!    instantiate from the pooling allocator, call the export, and drop it all. Nothing
@@ -20,6 +21,7 @@
 //! whole call, host calls included, is additionally bounded by a timer.
 
 mod cache;
+mod compile;
 mod component;
 mod error;
 mod limits;
@@ -35,8 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
-    UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
 use crate::bindings::hook::{Hook, HookPre};
@@ -53,6 +54,11 @@ use crate::invocation::InvocationId;
 use crate::subject::PublishGrants;
 
 pub use cache::{ArtifactCache, CacheLookup, engine_fingerprint};
+pub use compile::{
+    CompileBudget, CompileMode, CompileSettings, DEFAULT_COMPILE_CONCURRENCY,
+    DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, WORKER_SUBCOMMAND, WorkerError, WorkerRequest,
+    WorkerRun, limit_worker, precompile, worker_exit,
+};
 pub use component::{
     ComponentInfo, ComponentShape, Digest, MAX_NAME_LEN, PACKAGE, PACKAGE_VERSION, World, inspect,
     validate_component_name,
@@ -98,6 +104,9 @@ pub struct SandboxConfig {
     /// wasmtime reset just the touched pages; elsewhere the pool unmaps as usual (a
     /// blind `memset` of this many bytes would be slower). See `docs/benchmarks.md`.
     pub keep_resident: u64,
+    /// Where and under which budget components are compiled: in this process (the default,
+    /// for the dev loop, tests and benchmarks) or in a bounded worker process (the daemon).
+    pub compile: CompileMode,
 }
 
 impl Default for SandboxConfig {
@@ -113,6 +122,7 @@ impl Default for SandboxConfig {
             max_component_size: 64 << 20,
             memory_budget: default_memory_budget(),
             keep_resident: 2 << 20,
+            compile: CompileMode::InProcess,
         }
     }
 }
@@ -276,6 +286,12 @@ pub struct Sandbox {
     /// Linear memory all calls together may hold.
     budget: Arc<MemoryBudget>,
     cache: Option<ArtifactCache>,
+    /// The compile workers, when compiling under a budget.
+    workers: Option<compile::Workers>,
+    /// Digests a worker refused (over the budget, or not compilable), and why: the same
+    /// bytes under the same budget are refused again at once instead of compiled again, so a
+    /// daemon retrying a failed load does not spend a budget on it every few seconds.
+    refused: Mutex<HashMap<Digest, LoadError>>,
     config: SandboxConfig,
     _ticker: EpochTicker,
 }
@@ -284,12 +300,8 @@ impl Sandbox {
     /// Builds the engine and the linker. Fails if the configuration is unusable (for example
     /// the pool can't reserve its address space).
     pub fn new(config: SandboxConfig) -> Result<Self, ConfigError> {
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
-            .consume_fuel(config.fuel)
-            .max_wasm_stack(config.max_wasm_stack)
-            .async_stack_size(config.max_wasm_stack + (1 << 20))
-            .wasm_component_model(true);
+        let settings = CompileSettings::of(&config);
+        let mut wasm = settings.wasm_config();
         if config.pooling {
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&config)));
         }
@@ -307,6 +319,18 @@ impl Sandbox {
                         None
                     }
                 });
+        let workers = match &config.compile {
+            CompileMode::InProcess => None,
+            CompileMode::Worker(budget) => {
+                if !budget.exe.exists() {
+                    return Err(ConfigError(format!(
+                        "the compile worker's program {} does not exist",
+                        budget.exe.display()
+                    )));
+                }
+                Some(compile::Workers::new(budget.clone(), settings))
+            }
+        };
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         Ok(Self {
             engine,
@@ -319,6 +343,8 @@ impl Sandbox {
             })),
             budget: Arc::new(MemoryBudget::new(config.memory_budget)),
             cache,
+            workers,
+            refused: Mutex::new(HashMap::new()),
             config,
             _ticker: ticker,
         })
@@ -341,8 +367,10 @@ impl Sandbox {
     ///
     /// Refused with a [`LoadError`] naming the problem: not wasm, a core module, too large,
     /// the wrong world, a missing export, an import this host does not provide, limits over
-    /// the sandbox's ceiling. Compilation is CPU-heavy the first time a digest is seen: call
-    /// this from a blocking-friendly context (`spawn_blocking`) in a server.
+    /// the sandbox's ceiling, a compile over the budget ([`LoadErrorKind::CompileBudget`]).
+    /// Compilation is CPU-heavy the first time a digest is seen, and under a budget it waits
+    /// for its turn and for the worker: call this from a blocking-friendly context
+    /// (`spawn_blocking`) in a server.
     pub fn prepare(
         &self,
         spec: ComponentSpec,
@@ -472,42 +500,121 @@ impl Sandbox {
     }
 
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Component, LoadError> {
-        if let Some(component) = self
-            .compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
-        {
-            return Ok(component.clone());
+        if let Some(component) = self.remembered(digest) {
+            return Ok(component);
         }
         let cached = self
             .cache
             .as_ref()
             .and_then(|cache| cache.load(&self.engine, digest).1);
-        let component = match cached {
-            Some(component) => component,
-            None => {
-                let started = Instant::now();
-                let component = Component::new(&self.engine, bytes).map_err(|e| {
-                    LoadError::new(
-                        LoadErrorKind::Invalid,
-                        format!("the component does not compile: {e:#}"),
-                    )
-                })?;
-                tracing::info!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
-                if let Some(cache) = &self.cache
-                    && let Err(e) = cache.store(digest, &component)
-                {
-                    tracing::warn!(%digest, error = %e, "could not write the compile cache");
-                }
-                component
+        if let Some(component) = cached {
+            return Ok(self.remember(digest, component));
+        }
+        let Some(workers) = &self.workers else {
+            let started = Instant::now();
+            let component = Component::new(&self.engine, bytes).map_err(|e| {
+                LoadError::new(
+                    LoadErrorKind::Invalid,
+                    format!("the component does not compile: {e:#}"),
+                )
+            })?;
+            tracing::info!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+            if let Some(cache) = &self.cache
+                && let Err(e) = cache.store(digest, &component)
+            {
+                tracing::warn!(%digest, error = %e, "could not write the compile cache");
             }
+            return Ok(self.remember(digest, component));
         };
+        self.compile_in_worker(workers, digest, bytes)
+    }
+
+    /// Compiles `bytes` in a worker under the budget, one of [`CompileBudget::concurrency`]
+    /// at a time, and caches the artifact. Bytes a worker refused are refused again at once.
+    fn compile_in_worker(
+        &self,
+        workers: &compile::Workers,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
+        if let Some(e) = self.refused_before(digest) {
+            return Err(e);
+        }
+        let _permit = workers.permit()?;
+        // Another prepare of the same bytes may have compiled (or been refused) while this
+        // one waited.
+        if let Some(component) = self.remembered(digest) {
+            return Ok(component);
+        }
+        if let Some(e) = self.refused_before(digest) {
+            return Err(e);
+        }
+        let started = Instant::now();
+        let artifact = workers.compile(bytes).inspect_err(|e| {
+            tracing::warn!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, kind = ?e.kind, reason = %e.message, "compile refused");
+            // Deterministic for these bytes under this budget (a time budget nearly so).
+            if matches!(
+                e.kind,
+                LoadErrorKind::CompileBudget | LoadErrorKind::Invalid
+            ) {
+                let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+                // Each entry cost a whole compile, but they must not pile up without bound.
+                if refused.len() >= MAX_REFUSED {
+                    refused.clear();
+                }
+                refused.insert(digest.clone(), e.clone());
+            }
+        })?;
+        // SAFETY: `artifact` is what `Engine::precompile_component` produced, for an engine
+        // with this sandbox's compilation settings (`CompileSettings`), in a worker process
+        // this sandbox just started from the configured program (the daemon's own binary) and
+        // whose stdout only this sandbox read. Compiling there is compiling here, in a process
+        // that may run out of memory on its own. wasmtime additionally checks the artifact's
+        // version and settings header.
+        let component =
+            unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(|e| {
+                LoadError::new(
+                    LoadErrorKind::Host,
+                    format!(
+                        "this host could not load what its compile worker made (is the worker \
+                     program the daemon's own binary?): {e:#}"
+                    ),
+                )
+            })?;
+        tracing::info!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component in a worker");
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.store_artifact(digest, &artifact)
+        {
+            tracing::warn!(%digest, error = %e, "could not write the compile cache");
+        }
+        Ok(self.remember(digest, component))
+    }
+
+    /// Why a worker refused `digest` before, if it did.
+    fn refused_before(&self, digest: &Digest) -> Option<LoadError> {
+        self.refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    /// The compiled code of `digest`, if it is in memory.
+    fn remembered(&self, digest: &Digest) -> Option<Component> {
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    /// Keeps `component` in memory as the compiled code of `digest`; returns it.
+    fn remember(&self, digest: &Digest, component: Component) -> Component {
         self.compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(digest.clone(), component.clone());
-        Ok(component)
+        component
     }
 }
 
@@ -1058,6 +1165,10 @@ impl PreparedComponent {
         }
     }
 }
+
+/// Most refused digests a sandbox remembers (`Sandbox::refused`); past it, it forgets them all
+/// and starts again.
+const MAX_REFUSED: usize = 1024;
 
 /// Most WASI resources (streams, pollables...) one invocation may hold at once.
 const MAX_RESOURCES: usize = 4096;

@@ -27,7 +27,7 @@ pub fn scenario() -> Vec<(String, String, u64, u64)> {
         .collect()
 }
 
-fn vm_event(kind: &str, tenant: &str, instance: &str, at: u64) -> CanonicalEvent {
+pub fn vm_event(kind: &str, tenant: &str, instance: &str, at: u64) -> CanonicalEvent {
     let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string();
     CanonicalEvent {
         id: format!("{kind}-{tenant}-{instance}"),

@@ -1,7 +1,9 @@
 //! Sandbox tests: components run through the library, with in-memory capabilities and no
 //! bus. They prove containment (every hostile fixture is stopped with the right error kind
 //! and the same sandbox serves the next call normally), the WASI lock-down, validation of
-//! bad uploads, the compile cache's integrity checks, and the billing listener's exactness.
+//! bad uploads, the compile cache's integrity checks, the compile budget (compiles in worker
+//! processes, run from the `sandbus` binary cargo builds for these tests), and the billing
+//! listener's exactness.
 //!
 //! Needs the guests built by `scripts/build-guests.sh` (inline-WAT fixtures need nothing).
 
@@ -16,6 +18,7 @@ mod support;
 
 mod billing;
 mod budget;
+mod compile_budget;
 mod hooks;
 mod hostile;
 mod loading;

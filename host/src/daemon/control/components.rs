@@ -8,7 +8,7 @@ use crate::api::{
 use crate::bus::ManifestDraft;
 use crate::daemon::components::spec_of;
 use crate::daemon::host_events;
-use crate::sandbox::{ComponentShape, Digest, World};
+use crate::sandbox::{ComponentShape, Digest, LoadErrorKind, World};
 
 impl ControlApi {
     /// `component.stage`: keeps one part of a component's bytes for its upload.
@@ -123,7 +123,11 @@ impl ControlApi {
                     format!("the compile task failed: {e}"),
                 )
             })?
-            .map_err(|e| ApiError::bad_request(e.message))?;
+            .map_err(|e| match e.kind {
+                // Not the component's fault: retrying (or another host) may work.
+                LoadErrorKind::Host => ApiError::new(ApiErrorKind::Internal, e.message),
+                _ => ApiError::bad_request(e.message),
+            })?;
         let subscription = self.subscriptions.get(&request.name).await?;
         if subscription.is_some() && world != World::Listener {
             return Err(ApiError::bad_request(format!(
