@@ -245,6 +245,11 @@ impl Workers {
         }
     }
 
+    /// The wall-clock budget of one compile.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.budget.timeout
+    }
+
     /// Waits (blocking the thread) until fewer than [`CompileBudget::concurrency`] compiles
     /// run; the permit is given back when dropped.
     pub(crate) fn permit(&self) -> Result<SemaphorePermit<'_>, LoadError> {

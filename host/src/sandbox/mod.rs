@@ -20,6 +20,7 @@
 //! (so one busy guest cannot starve others) and traps once its deadline has passed. The
 //! whole call, host calls included, is additionally bounded by a timer.
 
+mod budget;
 mod cache;
 mod compile;
 mod component;
@@ -53,6 +54,8 @@ use crate::imports::usb::{LeasedDevice, UsbState};
 use crate::invocation::InvocationId;
 use crate::subject::PublishGrants;
 
+pub use budget::default_memory_budget;
+use budget::{MemoryBudget, MemoryReservation, PAGE};
 pub use cache::{ArtifactCache, CacheLookup, engine_fingerprint};
 pub use compile::{
     CompileBudget, CompileMode, CompileSettings, DEFAULT_COMPILE_CONCURRENCY,
@@ -124,85 +127,6 @@ impl Default for SandboxConfig {
             keep_resident: 2 << 20,
             compile: CompileMode::InProcess,
         }
-    }
-}
-
-/// The memory budget a host gets unless configured: half of its physical memory (at least
-/// 1 GiB), or 4 GiB when that can't be read.
-pub fn default_memory_budget() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .map(|kib| kib * 1024)
-        });
-    total.map_or(4 << 30, |bytes| (bytes / 2).max(1 << 30))
-}
-
-/// Memory is reserved from the budget in wasm pages (64 KiB).
-const PAGE: u64 = 64 << 10;
-
-/// The host-wide memory budget: a semaphore of wasm pages, and what is reserved of it.
-struct MemoryBudget {
-    pages: Arc<Semaphore>,
-    reserved: std::sync::atomic::AtomicU64,
-    peak: std::sync::atomic::AtomicU64,
-}
-
-impl MemoryBudget {
-    fn new(total: u64) -> Self {
-        let pages = usize::try_from(total / PAGE).unwrap_or(Semaphore::MAX_PERMITS);
-        Self {
-            pages: Arc::new(Semaphore::new(pages.min(Semaphore::MAX_PERMITS))),
-            reserved: 0.into(),
-            peak: 0.into(),
-        }
-    }
-
-    /// Waits until `bytes` (rounded up to pages) are free and reserves them until the
-    /// returned reservation is dropped.
-    async fn reserve(self: &Arc<Self>, bytes: u64) -> Result<MemoryReservation, InvokeError> {
-        let pages = u32::try_from(bytes.div_ceil(PAGE)).unwrap_or(u32::MAX);
-        let permit = self
-            .pages
-            .clone()
-            .acquire_many_owned(pages)
-            .await
-            .map_err(|_| InvokeError {
-                kind: InvokeErrorKind::Host,
-                message: "the sandbox is shutting down".into(),
-                metering: Metering::default(),
-                log: LogSummary::default(),
-            })?;
-        let bytes = u64::from(pages) * PAGE;
-        let now = self.reserved.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        Ok(MemoryReservation {
-            budget: self.clone(),
-            bytes,
-            _permit: permit,
-        })
-    }
-}
-
-/// Memory of the budget held by one call.
-struct MemoryReservation {
-    budget: Arc<MemoryBudget>,
-    bytes: u64,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Drop for MemoryReservation {
-    fn drop(&mut self) {
-        self.budget.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -288,10 +212,13 @@ pub struct Sandbox {
     cache: Option<ArtifactCache>,
     /// The compile workers, when compiling under a budget.
     workers: Option<compile::Workers>,
-    /// Digests a worker refused (over the budget, or not compilable), and why: the same
-    /// bytes under the same budget are refused again at once instead of compiled again, so a
-    /// daemon retrying a failed load does not spend a budget on it every few seconds.
-    refused: Mutex<HashMap<Digest, LoadError>>,
+    /// Digests a worker refused (over the budget, or not compilable), why, and until when
+    /// (`None`: for good): the same bytes under the same budget are refused again at once
+    /// instead of compiled again, so a daemon retrying a failed load does not spend a budget
+    /// on it every few seconds. A refusal for time, which a busy moment may have caused,
+    /// lasts [`REFUSED_FOR_TIME`]; one for memory or invalid bytes, which the same bytes
+    /// always earn, lasts until the daemon restarts.
+    refused: Mutex<HashMap<Digest, (LoadError, Option<Instant>)>>,
     config: SandboxConfig,
     _ticker: EpochTicker,
 }
@@ -552,17 +479,18 @@ impl Sandbox {
         let started = Instant::now();
         let artifact = workers.compile(bytes).inspect_err(|e| {
             tracing::warn!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, kind = ?e.kind, reason = %e.message, "compile refused");
-            // Deterministic for these bytes under this budget (a time budget nearly so).
             if matches!(
                 e.kind,
                 LoadErrorKind::CompileBudget | LoadErrorKind::Invalid
             ) {
+                let until = (started.elapsed() >= workers.timeout())
+                    .then(|| Instant::now() + REFUSED_FOR_TIME);
                 let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
                 // Each entry cost a whole compile, but they must not pile up without bound.
                 if refused.len() >= MAX_REFUSED {
                     refused.clear();
                 }
-                refused.insert(digest.clone(), e.clone());
+                refused.insert(digest.clone(), (e.clone(), until));
             }
         })?;
         // SAFETY: `artifact` is what `Engine::precompile_component` produced, for an engine
@@ -590,13 +518,17 @@ impl Sandbox {
         Ok(self.remember(digest, component))
     }
 
-    /// Why a worker refused `digest` before, if it did.
+    /// Why a worker refused `digest` before, if it did and the refusal still holds.
     fn refused_before(&self, digest: &Digest) -> Option<LoadError> {
-        self.refused
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
-            .cloned()
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        match refused.get(digest) {
+            Some((_, Some(until))) if Instant::now() >= *until => {
+                refused.remove(digest);
+                None
+            }
+            Some((error, _)) => Some(error.clone()),
+            None => None,
+        }
     }
 
     /// The compiled code of `digest`, if it is in memory.
@@ -1165,6 +1097,11 @@ impl PreparedComponent {
         }
     }
 }
+
+/// How long bytes a worker refused for taking too long are refused without compiling again:
+/// long enough that a daemon retrying a failed load every few seconds does not spend a budget
+/// each time, short enough that a compile slowed by a busy moment gets another chance.
+const REFUSED_FOR_TIME: Duration = Duration::from_secs(600);
 
 /// Most refused digests a sandbox remembers (`Sandbox::refused`); past it, it forgets them all
 /// and starts again.
