@@ -319,6 +319,14 @@ impl CanonicalEvent {
                     reason: format!("longer than {MAX_ATTRIBUTE_LEN} bytes"),
                 });
             }
+            // Attributes travel in headers (`Nats-Msg-Id` is made of the source and the id)
+            // and in log lines: one line of text each.
+            if let Some(c) = value.chars().find(|c| c.is_control()) {
+                return Err(EventError::Invalid {
+                    name,
+                    reason: format!("contains the control character {c:?}"),
+                });
+            }
         }
         if let Err(reason) = crate::subject::validate_event_type(&self.ty) {
             return Err(EventError::Invalid {
@@ -622,6 +630,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("names a sandbus daemon"), "{err}");
+    }
+
+    #[test]
+    fn attributes_are_one_line_of_text() {
+        for (attribute, value) in [("id", "a\nb"), ("source", "/x\r"), ("subject", "s\u{0}")] {
+            let mut event = serde_json::json!({
+                "specversion": "1.0", "id": "1", "source": "/s", "type": "a.b"
+            });
+            event[attribute] = serde_json::json!(value);
+            let err = CanonicalEvent::from_json(event.to_string().as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("control character"), "{attribute}: {err}");
+        }
     }
 
     #[test]

@@ -37,14 +37,34 @@ pub fn is_host_event_type(ty: &str) -> bool {
 /// reply goes out with the daemon's rights, so a requester must not pick where it lands.
 pub const REPLY_INBOX_PREFIX: &str = "_INBOX";
 
-/// Whether `subject` is a reply inbox: its first token starts with [`REPLY_INBOX_PREFIX`]
-/// (and it is a valid subject to publish on).
+/// The inbox a daemon receives its own replies on (JetStream answers, consumer deliveries).
+/// Not a reply inbox ([`is_reply_inbox`]): no request can make a daemon answer into it.
+pub const DAEMON_INBOX_PREFIX: &str = "_SANDBUS_DAEMON";
+
+/// Whether `subject` is a reply inbox a daemon may answer on: its first token is `_INBOX`
+/// or starts with `_INBOX_` (a role's or a person's inbox), or it is a reply subject the NATS
+/// server made itself (`_R_.…` for a service imported from another account,
+/// `_GR_.<cluster>.<server>.<reply>` across a gateway: clients may not publish with those),
+/// and it is a valid subject to publish on.
 pub fn is_reply_inbox(subject: &str) -> bool {
-    subject
-        .split('.')
-        .next()
-        .is_some_and(|first| first.starts_with(REPLY_INBOX_PREFIX))
-        && validate_publish_subject(subject).is_ok()
+    if validate_publish_subject(subject).is_err() {
+        return false;
+    }
+    let mut tokens = subject.splitn(4, '.');
+    match tokens.next() {
+        Some("_R_") => true,
+        Some("_GR_") => match (tokens.next(), tokens.next(), tokens.next()) {
+            (Some(_), Some(_), Some(reply)) => is_reply_inbox(reply),
+            _ => false,
+        },
+        Some(first) => {
+            first == REPLY_INBOX_PREFIX
+                || first
+                    .strip_prefix(REPLY_INBOX_PREFIX)
+                    .is_some_and(|rest| rest.starts_with('_') && rest.len() > 1)
+        }
+        None => false,
+    }
 }
 
 /// The CloudEvents `source` prefix of the events daemons emit (`/sandbus/hosts/<id>`): like
@@ -361,13 +381,24 @@ mod tests {
         }
         assert!(is_host_event_type("sandbus.lease.released"));
         assert!(!is_host_event_type("sandboxes.created"));
-        assert!(is_reply_inbox("_INBOX.abc.def"));
-        assert!(is_reply_inbox("_INBOX_viewer.abc"));
+        for inbox in [
+            "_INBOX.abc.def",
+            "_INBOX_viewer.abc",
+            "_R_.abc.def",
+            "_GR_.c1.s1._INBOX_viewer.abc",
+        ] {
+            assert!(is_reply_inbox(inbox), "{inbox}");
+        }
         for not_inbox in [
             "$JS.API.STREAM.DELETE.X",
             "events.sandbus.x",
             "_INBOX.*",
             "x._INBOX",
+            "_INBOXfoo.x",
+            "_INBOX_.x",
+            "_SANDBUS_DAEMON.abc.def",
+            "_GR_.c1.s1.$JS.API.STREAM.DELETE.X",
+            "_GR_.c1",
         ] {
             assert!(!is_reply_inbox(not_inbox), "{not_inbox}");
         }

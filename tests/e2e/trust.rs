@@ -362,6 +362,64 @@ fn a_loop_through_the_daemons_own_events_stops_at_the_depth_limit_too() {
 }
 
 #[test]
+fn one_roles_flood_is_answered_busy_and_never_holds_up_another() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    let subject = |name: &str| names::api_subject(Endpoint::find(name).unwrap(), None).unwrap();
+    let client = cluster.connect();
+    let (events, kv_get) = (subject(endpoint::EVENTS), subject(endpoint::KV_GET));
+    let (busy, other) = cluster.rt.block_on(async move {
+        // Every viewer slot held by a long poll that has nothing to wait for.
+        let mut polls = Vec::new();
+        for _ in 0..16 {
+            let client = client.clone();
+            let events = events.clone();
+            polls.push(tokio::spawn(async move {
+                client
+                    .request(events, r#"{"after":1000000000,"wait_ms":20000}"#.into())
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        let busy = client
+            .request(events.clone(), "{}".into())
+            .await
+            .expect("an answer, at once");
+        let busy_after = started.elapsed();
+        // An operator's request is answered meanwhile.
+        let other = client
+            .request(
+                kv_get,
+                r#"{"namespace":"billing","key":"total/acme"}"#.into(),
+            )
+            .await
+            .expect("the operator's answer");
+        for poll in polls {
+            poll.abort();
+        }
+        ((busy, busy_after), other)
+    });
+    let (busy, after) = busy;
+    let header = |m: &async_nats::Message, name: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.to_string())
+    };
+    assert_eq!(
+        header(&busy, "Nats-Service-Error-Code").as_deref(),
+        Some("503")
+    );
+    assert!(
+        header(&busy, "Nats-Service-Error").is_some_and(|m| m.contains("busy")),
+        "{busy:?}"
+    );
+    assert!(after < Duration::from_secs(2), "busy came after {after:?}");
+    assert_eq!(header(&other, "Nats-Service-Error-Code"), None, "{other:?}");
+}
+
+#[test]
 fn every_request_gets_an_answer_that_fits() {
     let mut cluster = Cluster::new();
     cluster.start_daemon("h1");

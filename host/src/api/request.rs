@@ -36,7 +36,7 @@ pub enum Request {
     Unsubscribe(NameRequest),
     /// `listener.status`.
     Status(StatusRequest),
-    /// `event.publish`: the event, valid and not of a host type.
+    /// `event.publish`: the event, valid and not of a host type, at depth 0.
     Publish(CanonicalEvent),
     /// `event.list`.
     Events(EventListRequest),
@@ -94,7 +94,12 @@ impl Request {
             endpoint::STATUS => Self::Status(parse_or_default(body)?),
             endpoint::PUBLISH => {
                 let request: PublishRequest = parse(body)?;
-                Self::Publish(event(&request.event, "the event is not valid")?)
+                let mut published = event(&request.event, "the event is not valid")?;
+                // An event published from outside starts a chain: its depth is the host's
+                // to count, not the publisher's to claim (a deep one would silence the
+                // daemon's events about it).
+                published.depth = 0;
+                Self::Publish(published)
             }
             endpoint::EVENTS => Self::Events(parse_or_default(body)?),
             endpoint::HOSTS => empty(body, Self::Hosts)?,
@@ -182,6 +187,15 @@ mod tests {
     }
 
     #[test]
+    fn a_published_event_starts_a_chain() {
+        let body = r#"{"event":{"specversion":"1.0","id":"1","source":"/s","type":"vm.x","sandbusdepth":8}}"#;
+        match Request::parse(endpoint::PUBLISH, body.as_bytes()) {
+            Ok(Request::Publish(event)) => assert_eq!(event.depth, 0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn bodies_are_read_strictly_and_validated() {
         assert!(matches!(
             Request::parse(endpoint::LIST, b""),
@@ -198,6 +212,10 @@ mod tests {
             ),
             (endpoint::EVENTS, r#"{"wait_ms":99999999}"#),
             (endpoint::KV_GET, r#"{"namespace":"a.b","key":"k"}"#),
+            (
+                endpoint::PUBLISH,
+                r#"{"event":{"specversion":"1.0","id":"a\nb","source":"/s","type":"vm.x"}}"#,
+            ),
         ] {
             let error = Request::parse(name, body.as_bytes()).unwrap_err();
             assert_eq!(error.kind, ApiErrorKind::BadRequest, "{name} {body}");

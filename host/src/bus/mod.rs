@@ -198,18 +198,13 @@ impl NatsOptions {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("--tls-cert and --tls-key go together; give both or neither");
         }
-        if let Some(prefix) = &self.inbox_prefix
-            && !crate::subject::is_reply_inbox(prefix)
-        {
-            return Err(BusError::new(
-                BusErrorKind::Connect,
-                format!(
-                    "--inbox-prefix `{}` is not a reply inbox: give a subject prefix whose first \
-                     token starts with {} (daemons answer only there), e.g. _INBOX_viewer",
-                    crate::text::echo(prefix),
-                    crate::subject::REPLY_INBOX_PREFIX
-                ),
-            ));
+        if let Some(prefix) = &self.inbox_prefix {
+            crate::subject::validate_publish_subject(prefix).map_err(|why| {
+                BusError::new(
+                    BusErrorKind::Connect,
+                    format!("--inbox-prefix is not a subject prefix: {why}"),
+                )
+            })?;
         }
         self.servers().map(|_| ())
     }
@@ -312,6 +307,19 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, BusError> {
 pub async fn connect_client(
     options: &NatsOptions,
 ) -> Result<(async_nats::Client, Refusals), BusError> {
+    if let Some(prefix) = &options.inbox_prefix
+        && !crate::subject::is_reply_inbox(prefix)
+    {
+        return Err(BusError::new(
+            BusErrorKind::Connect,
+            format!(
+                "--inbox-prefix `{}` is not a reply inbox: daemons answer only on subjects whose \
+                 first token is {1} or starts with {1}_, e.g. {1}_viewer",
+                crate::text::echo(prefix),
+                crate::subject::REPLY_INBOX_PREFIX
+            ),
+        ));
+    }
     let servers = options.servers()?;
     let refusals = Refusals::default();
     let reporter = refusals.clone();
@@ -347,15 +355,52 @@ pub async fn connect_client(
 /// Connects for the daemon: waits for the server if it is not up yet and reconnects
 /// forever, with backoff, when the connection drops. Connection state changes are logged.
 pub async fn connect_daemon(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+    connect_daemon_as(options, "sandbus-daemon", None).await
+}
+
+/// Requests one control API endpoint of a daemon queues before it drops more (the requester
+/// then times out): what a flood of requests can make a daemon hold, per endpoint.
+pub const API_REQUEST_QUEUE: usize = 16;
+
+/// Connects the daemon's control API: a connection of its own (the same way as
+/// [`connect_daemon`]) whose subscriptions queue at most [`API_REQUEST_QUEUE`] requests
+/// each, so that a flood of requests (up to the server's max payload each) can neither fill
+/// the daemon's memory nor delay its JetStream traffic.
+pub async fn connect_daemon_api(options: &NatsOptions) -> Result<async_nats::Client, BusError> {
+    connect_daemon_as(options, "sandbus-daemon-api", Some(API_REQUEST_QUEUE)).await
+}
+
+async fn connect_daemon_as(
+    options: &NatsOptions,
+    name: &str,
+    queue: Option<usize>,
+) -> Result<async_nats::Client, BusError> {
     let servers = options.servers()?;
-    let connect = options
-        .connect_options("sandbus-daemon")
+    // The daemon's own replies come on an inbox no request may name as its reply subject.
+    let inbox = options
+        .inbox_prefix
+        .clone()
+        .unwrap_or_else(|| crate::subject::DAEMON_INBOX_PREFIX.to_owned());
+    if crate::subject::is_reply_inbox(&inbox) {
+        return Err(BusError::new(
+            BusErrorKind::Connect,
+            format!(
+                "a daemon's inbox prefix must not be a reply inbox (`{}`): requests could name \
+                 it as their reply subject; leave [nats] inbox_prefix out (default {})",
+                crate::text::echo(&inbox),
+                crate::subject::DAEMON_INBOX_PREFIX
+            ),
+        ));
+    }
+    let mut connect = options
+        .connect_options(name)
         .await?
+        .custom_inbox_prefix(inbox)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move {
+        .event_callback(move |event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => {
@@ -370,9 +415,15 @@ pub async fn connect_daemon(options: &NatsOptions) -> Result<async_nats::Client,
                          permission (`sandbus permissions daemon` prints what a daemon needs)"
                     )
                 }
+                async_nats::Event::SlowConsumer(_) if queue.is_some() => {
+                    tracing::debug!("control requests dropped: more arrived than the daemon queues")
+                }
                 other => tracing::info!(event = %other, "NATS connection event"),
             }
         });
+    if let Some(queue) = queue {
+        connect = connect.subscription_capacity(queue);
+    }
     connect.connect(servers).await.map_err(|e| {
         BusError::new(
             BusErrorKind::Connect,

@@ -65,12 +65,12 @@ impl PermissionRole {
     }
 
     /// The inbox prefix a user of this role receives replies on, unless told otherwise: one
-    /// per API role, so people of one role cannot read another's replies; the daemon keeps
-    /// NATS's default.
+    /// per API role, so people of one role cannot read another's replies; the daemon's own,
+    /// which no request may name as its reply subject.
     pub fn default_inbox_prefix(self) -> String {
         match self {
             PermissionRole::Api(role) => format!("_INBOX_{role}"),
-            PermissionRole::Daemon => "_INBOX".to_owned(),
+            PermissionRole::Daemon => crate::subject::DAEMON_INBOX_PREFIX.to_owned(),
         }
     }
 }

@@ -628,24 +628,24 @@ pub async fn events(args: &ClientArgs, pattern: &str, follow: bool, all: bool) -
             after = now.last_sequence;
         }
         loop {
-            let page: MessagePage = c
-                .call(
-                    endpoint::EVENTS,
-                    &EventListRequest {
-                        pattern: Some(pattern.clone()),
-                        after,
-                        max: None,
-                        // A long poll, well inside the reply timeout.
-                        wait_ms: if follow {
-                            FOLLOW_WAIT_MS.min(
-                                u64::try_from(args.timeout.as_millis() / 2).unwrap_or(u64::MAX),
-                            )
-                        } else {
-                            0
-                        },
+            let page: MessagePage = follower_call(
+                &c,
+                follow,
+                endpoint::EVENTS,
+                &EventListRequest {
+                    pattern: Some(pattern.clone()),
+                    after,
+                    max: None,
+                    // A long poll, well inside the reply timeout.
+                    wait_ms: if follow {
+                        FOLLOW_WAIT_MS
+                            .min(u64::try_from(args.timeout.as_millis() / 2).unwrap_or(u64::MAX))
+                    } else {
+                        0
                     },
-                )
-                .await?;
+                },
+            )
+            .await?;
             if page.messages.is_empty() && !follow {
                 return Ok(EXIT_OK);
             }
@@ -656,6 +656,25 @@ pub async fn events(args: &ClientArgs, pattern: &str, follow: bool, all: bool) -
         }
     })
     .await
+}
+
+/// A page request of a command that may follow: while following, a daemon that is busy (or
+/// a reply lost) is asked again a moment later rather than ending the command.
+async fn follower_call<Q: Serialize + api::Validate>(
+    c: &Client,
+    following: bool,
+    endpoint: &str,
+    request: &Q,
+) -> Result<MessagePage, ApiError> {
+    loop {
+        match c.call(endpoint, request).await {
+            Err(e) if following && e.kind == ApiErrorKind::Unavailable => {
+                tracing::debug!(error = %e.message, "asking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// How long a follower's request waits on the daemon for something new.
@@ -979,21 +998,22 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
     let mut after = 0;
     let mut finished_seen: Option<Instant> = None;
     loop {
-        let page: MessagePage = c
-            .call(
-                endpoint::RUN_LOG,
-                &RunLogRequest {
-                    run: run.to_owned(),
-                    after,
-                    wait_ms: if wait {
-                        u64::try_from(FOLLOW_IDLE.min(c.api.timeout() / 2).as_millis())
-                            .unwrap_or(u64::MAX)
-                    } else {
-                        0
-                    },
+        let page: MessagePage = follower_call(
+            c,
+            wait,
+            endpoint::RUN_LOG,
+            &RunLogRequest {
+                run: run.to_owned(),
+                after,
+                wait_ms: if wait {
+                    u64::try_from(FOLLOW_IDLE.min(c.api.timeout() / 2).as_millis())
+                        .unwrap_or(u64::MAX)
+                } else {
+                    0
                 },
-            )
-            .await?;
+            },
+        )
+        .await?;
         for message in &page.messages {
             after = after.max(message.sequence);
             let payload = body(message);

@@ -33,6 +33,9 @@ pub struct CompileWorkerArgs {
     /// The sandbox meters fuel.
     #[arg(long)]
     fuel: bool,
+    /// The daemon's process id: the worker dies with it.
+    #[arg(long, value_name = "PID")]
+    parent: u32,
 }
 
 impl CompileWorkerArgs {
@@ -44,6 +47,7 @@ impl CompileWorkerArgs {
             },
             memory: self.memory,
             timeout: Duration::from_millis(self.timeout_ms),
+            parent: self.parent,
         }
     }
 }
@@ -83,7 +87,7 @@ pub fn run(args: &CompileWorkerArgs) -> u8 {
 }
 
 fn work(request: &WorkerRequest) -> Result<(), WorkerError> {
-    sandbox::limit_worker(request.memory, request.timeout)
+    sandbox::limit_worker(request.memory, request.timeout, request.parent)
         .map_err(|e| WorkerError::Failed(format!("cannot limit the compile worker: {e}")))?;
     let mut bytes = Vec::new();
     std::io::stdin()
@@ -113,6 +117,7 @@ mod tests {
             },
             memory: 2 << 30,
             timeout: Duration::from_millis(60_000),
+            parent: 4242,
         };
         let mut argv: Vec<std::ffi::OsString> =
             vec!["sandbus".into(), sandbox::WORKER_SUBCOMMAND.into()];

@@ -57,11 +57,23 @@ pub fn run(args: &PermissionsArgs) -> u8 {
         }
     }
     if let Some(prefix) = &args.inbox_prefix {
-        if !sandbus::subject::is_reply_inbox(prefix) {
+        let for_daemon = roles == [PermissionRole::Daemon];
+        if !for_daemon && !sandbus::subject::is_reply_inbox(prefix) {
             eprintln!(
                 "error: --inbox-prefix `{prefix}` is not a reply inbox: its first token must \
-                 start with {} (daemons answer only there), e.g. _INBOX_alice",
+                 be {0} or start with {0}_ (daemons answer only there), e.g. {0}_alice",
                 sandbus::subject::REPLY_INBOX_PREFIX
+            );
+            return EXIT_USAGE;
+        }
+        if for_daemon
+            && (sandbus::subject::is_reply_inbox(prefix)
+                || sandbus::subject::validate_publish_subject(prefix).is_err())
+        {
+            eprintln!(
+                "error: --inbox-prefix `{prefix}` cannot be a daemon's: it must be a subject \
+                 prefix that is not a reply inbox (default {})",
+                sandbus::subject::DAEMON_INBOX_PREFIX
             );
             return EXIT_USAGE;
         }

@@ -258,6 +258,16 @@ impl ConfigFile {
     /// Checks values serde can't.
     pub fn check(&self) -> Result<(), String> {
         self.nats.validate().map_err(|e| e.message)?;
+        if let Some(prefix) = &self.nats.inbox_prefix
+            && crate::subject::is_reply_inbox(prefix)
+        {
+            return Err(format!(
+                "nats.inbox_prefix `{}` is a reply inbox, which requests could name as their \
+                 reply subject; leave it out (a daemon uses {})",
+                crate::text::echo(prefix),
+                crate::subject::DAEMON_INBOX_PREFIX
+            ));
+        }
         if let Some(id) = &self.host.id {
             validate_host_id(id)?;
         }

@@ -289,10 +289,16 @@ impl Daemon {
             tokio::spawn(metrics.clone().serve(listener, metrics_stop.clone()));
         }
         let api_stop = CancellationToken::new();
+        let api_client = bus::connect_daemon_api(&self.config.nats).await?;
         let service = api
-            .start(&client)
+            .start(&api_client)
             .await
             .map_err(|e| DaemonError::Control(e.message))?;
+        // The API's connection is new: a round trip makes sure the server has its
+        // subscriptions before this host says it is up.
+        if let Err(e) = api_client.flush().await {
+            tracing::warn!(error = %e, "the control API's connection is not flushed yet");
+        }
         let api_task = tokio::spawn(service.run(api_stop.clone()));
         tokio::spawn(sample_sandbox(
             sandbox_for_metrics,
@@ -463,17 +469,27 @@ async fn watch_manifests(
     components: Arc<LoadedComponents>,
     stop: CancellationToken,
 ) {
-    let mut retry = tokio::time::interval(RETRY_FAILED_LOADS);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Failed loads are retried on a task of their own: a retry that compiles for a while
+    // (up to the compile budget) must not hold up the changes that come meanwhile.
+    tokio::spawn({
+        let components = components.clone();
+        let stop = stop.clone();
+        async move {
+            let mut retry = tokio::time::interval(RETRY_FAILED_LOADS);
+            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = retry.tick() => components.retry_failed().await,
+                }
+            }
+        }
+    });
     while !stop.is_cancelled() {
         match store.watch().await {
             Ok(mut changes) => loop {
                 let change = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = retry.tick() => {
-                        components.retry_failed().await;
-                        continue;
-                    }
+                    _ = stop.cancelled() => break,
                     change = changes.next() => change,
                 };
                 match change {

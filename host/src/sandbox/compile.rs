@@ -20,6 +20,7 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use process_control::{ChildExt as _, Control as _};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{Config, Engine};
 
-use libc::{SIGABRT, SIGKILL, SIGXCPU};
+use libc::{SIGABRT, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGXCPU};
 
 use super::{LoadError, LoadErrorKind};
 
@@ -189,8 +190,19 @@ impl WorkerError {
 /// memory (the allocator reserves 64 MiB per thread arena), so a bound on it would depend on
 /// the number of cores more than on the compile. A limit is never raised above the one the
 /// process inherited.
-pub fn limit_worker(memory: u64, timeout: Duration) -> std::io::Result<()> {
+pub fn limit_worker(memory: u64, timeout: Duration, parent: u32) -> std::io::Result<()> {
     use rlimit::Resource;
+    // Killed with its daemon: a worker must not go on compiling (with up to its budget of
+    // memory and CPU) for a daemon that is gone. If the daemon died before this, the worker
+    // was handed to another parent already: stop now.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get())
+        != i32::try_from(parent).ok()
+    {
+        return Err(std::io::Error::other(
+            "the daemon that started this worker is gone",
+        ));
+    }
     let lower = |resource: Resource, soft: u64, hard: u64| -> std::io::Result<()> {
         let (_, inherited) = resource.get()?;
         resource.set(soft.min(inherited), hard.min(inherited))
@@ -245,11 +257,6 @@ impl Workers {
         }
     }
 
-    /// The wall-clock budget of one compile.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.budget.timeout
-    }
-
     /// Waits (blocking the thread) until fewer than [`CompileBudget::concurrency`] compiles
     /// run; the permit is given back when dropped.
     pub(crate) fn permit(&self) -> Result<SemaphorePermit<'_>, LoadError> {
@@ -268,6 +275,7 @@ impl Workers {
             settings: self.settings,
             memory: self.budget.memory,
             timeout: self.budget.timeout,
+            parent: std::process::id(),
         };
         let host = |what: &str, e: &dyn std::fmt::Display| {
             LoadError::new(
@@ -283,12 +291,16 @@ impl Workers {
             .arg(WORKER_SUBCOMMAND)
             .args(request.args())
             .env_clear()
+            // A group of its own: a Ctrl-C or a stop signal for the daemon's process group
+            // is the daemon's to handle, not a crash of the compile.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| host("cannot start the compile worker", &e))?;
         let stdin = child.stdin.take();
+        let pid = child.id();
         let output = std::thread::scope(|scope| {
             // Written from a thread of its own while the output is read: a worker that dies
             // early must not leave us blocked on a full pipe. Closing stdin ends the input.
@@ -298,11 +310,35 @@ impl Workers {
                     let _ = stdin.write_all(bytes);
                 }
             });
-            child
+            // What the daemon keeps of the worker's output is bounded: an artifact is never
+            // larger than the memory it was made in, and of stderr only the start is kept.
+            let mut stdout_left = self.budget.memory;
+            let mut stderr_left = STDERR_KEPT;
+            let waited = child
                 .controlled_with_output()
                 .time_limit(self.budget.timeout)
                 .terminate_for_timeout()
-                .wait()
+                .stdout_filter(move |bytes| {
+                    stdout_left = stdout_left.checked_sub(bytes.len() as u64).ok_or_else(|| {
+                        std::io::Error::other("the worker wrote more than its budget")
+                    })?;
+                    Ok(true)
+                })
+                .stderr_filter(move |bytes| {
+                    let keep = stderr_left >= bytes.len();
+                    stderr_left = stderr_left.saturating_sub(bytes.len());
+                    Ok(keep)
+                })
+                .wait();
+            if waited.is_err()
+                && let Some(pid) = i32::try_from(pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+            {
+                // The worker broke its bound (or could not be read): it goes.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            waited
         })
         .map_err(|e| host("cannot wait for the compile worker", &e))?;
         let run = match output {
@@ -333,6 +369,8 @@ pub struct WorkerRequest {
     pub memory: u64,
     /// The time budget (the worker sets its CPU backstop from it).
     pub timeout: Duration,
+    /// The daemon's process id: the worker dies with it.
+    pub parent: u32,
 }
 
 impl WorkerRequest {
@@ -343,6 +381,8 @@ impl WorkerRequest {
             self.memory.to_string().into(),
             "--timeout-ms".into(),
             self.timeout.as_millis().to_string().into(),
+            "--parent".into(),
+            self.parent.to_string().into(),
         ];
         args.extend(self.settings.args());
         args
@@ -414,16 +454,18 @@ impl WorkerRun {
             (Some(code), _) if code == i64::from(worker_exit::INVALID) => {
                 Err(LoadError::new(LoadErrorKind::Invalid, said))
             }
-            (_, Some(SIGKILL)) => Err(LoadError::new(
-                LoadErrorKind::CompileBudget,
-                format!(
-                    "compiling this component was stopped by the system before it finished \
-                     (SIGKILL: most likely the host ran out of memory, or the compile ran out \
-                     of CPU time); the compile budget is {} and {} of memory",
-                    budget.timeout_text(),
-                    budget.memory_text()
-                ),
-            )),
+            // Killed by someone else (the kernel's OOM killer, a stop of the whole service):
+            // the host's trouble, not the component's; it is tried again later.
+            (_, Some(signal)) if [SIGKILL, SIGTERM, SIGINT, SIGHUP].contains(&signal) => {
+                Err(LoadError::new(
+                    LoadErrorKind::Host,
+                    format!(
+                        "this host could not compile the component: the compile worker was \
+                         stopped by signal {signal} before it finished (the host out of \
+                         memory, or stopping); it is tried again later"
+                    ),
+                ))
+            }
             (_, Some(signal)) => Err(LoadError::new(
                 LoadErrorKind::Invalid,
                 format!(
@@ -495,6 +537,21 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_stopped_from_outside_is_the_hosts_trouble_not_the_components() {
+        for signal in [SIGKILL, SIGTERM, SIGINT, SIGHUP] {
+            let e = exited(None, Some(signal), "")
+                .verdict(&budget())
+                .unwrap_err();
+            assert_eq!(
+                e.kind,
+                LoadErrorKind::Host,
+                "signal {signal}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
     fn running_out_of_memory_names_the_memory_budget() {
         let abort = exited(
             None,
@@ -551,6 +608,7 @@ mod tests {
             },
             memory: 123,
             timeout: Duration::from_millis(1500),
+            parent: 1,
         };
         let args: Vec<String> = request
             .args()
@@ -564,6 +622,8 @@ mod tests {
                 "123",
                 "--timeout-ms",
                 "1500",
+                "--parent",
+                "1",
                 "--max-wasm-stack",
                 "524288",
                 "--fuel"

@@ -212,13 +212,13 @@ pub struct Sandbox {
     cache: Option<ArtifactCache>,
     /// The compile workers, when compiling under a budget.
     workers: Option<compile::Workers>,
-    /// Digests a worker refused (over the budget, or not compilable), why, and until when
-    /// (`None`: for good): the same bytes under the same budget are refused again at once
-    /// instead of compiled again, so a daemon retrying a failed load does not spend a budget
-    /// on it every few seconds. A refusal for time, which a busy moment may have caused,
-    /// lasts [`REFUSED_FOR_TIME`]; one for memory or invalid bytes, which the same bytes
-    /// always earn, lasts until the daemon restarts.
-    refused: Mutex<HashMap<Digest, (LoadError, Option<Instant>)>>,
+    /// Digests a worker refused (over the budget, or not compilable), why, when, and until
+    /// when (`None`: for good): the same bytes under the same budget are refused again at
+    /// once instead of compiled again, so a daemon retrying a failed load does not spend a
+    /// budget on it every few seconds. A refusal for the budget, which a busy or crowded
+    /// moment may have caused, lasts [`REFUSED_FOR_BUDGET`]; one for bytes that do not
+    /// compile lasts until the daemon restarts. A host's own trouble is never remembered.
+    refused: Mutex<HashMap<Digest, Refusal>>,
     config: SandboxConfig,
     _ticker: EpochTicker,
 }
@@ -483,14 +483,28 @@ impl Sandbox {
                 e.kind,
                 LoadErrorKind::CompileBudget | LoadErrorKind::Invalid
             ) {
-                let until = (started.elapsed() >= workers.timeout())
-                    .then(|| Instant::now() + REFUSED_FOR_TIME);
+                let now = Instant::now();
+                let until =
+                    (e.kind == LoadErrorKind::CompileBudget).then(|| now + REFUSED_FOR_BUDGET);
                 let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
-                // Each entry cost a whole compile, but they must not pile up without bound.
-                if refused.len() >= MAX_REFUSED {
-                    refused.clear();
+                // Each entry cost a whole compile, but they must not pile up without bound:
+                // past the most, the oldest goes.
+                if refused.len() >= MAX_REFUSED
+                    && let Some(oldest) = refused
+                        .iter()
+                        .min_by_key(|(_, r)| r.at)
+                        .map(|(digest, _)| digest.clone())
+                {
+                    refused.remove(&oldest);
                 }
-                refused.insert(digest.clone(), (e.clone(), until));
+                refused.insert(
+                    digest.clone(),
+                    Refusal {
+                        error: e.clone(),
+                        at: now,
+                        until,
+                    },
+                );
             }
         })?;
         // SAFETY: `artifact` is what `Engine::precompile_component` produced, for an engine
@@ -522,11 +536,13 @@ impl Sandbox {
     fn refused_before(&self, digest: &Digest) -> Option<LoadError> {
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         match refused.get(digest) {
-            Some((_, Some(until))) if Instant::now() >= *until => {
+            Some(Refusal {
+                until: Some(until), ..
+            }) if Instant::now() >= *until => {
                 refused.remove(digest);
                 None
             }
-            Some((error, _)) => Some(error.clone()),
+            Some(refusal) => Some(refusal.error.clone()),
             None => None,
         }
     }
@@ -1098,10 +1114,18 @@ impl PreparedComponent {
     }
 }
 
-/// How long bytes a worker refused for taking too long are refused without compiling again:
-/// long enough that a daemon retrying a failed load every few seconds does not spend a budget
-/// each time, short enough that a compile slowed by a busy moment gets another chance.
-const REFUSED_FOR_TIME: Duration = Duration::from_secs(600);
+/// How long bytes a worker refused for the budget are refused without compiling again: long
+/// enough that a daemon retrying a failed load every few seconds does not spend a budget
+/// each time, short enough that a compile slowed or crowded by a busy moment gets another
+/// chance.
+const REFUSED_FOR_BUDGET: Duration = Duration::from_secs(600);
+
+/// A compile refusal, remembered ([`Sandbox::refused`]).
+struct Refusal {
+    error: LoadError,
+    at: Instant,
+    until: Option<Instant>,
+}
 
 /// Most refused digests a sandbox remembers (`Sandbox::refused`); past it, it forgets them all
 /// and starts again.

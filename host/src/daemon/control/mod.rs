@@ -100,7 +100,31 @@ impl ControlService {
     }
 }
 
+/// Answers `request` with `error` (one line, at most [`api::MAX_ERROR_LEN`] bytes).
+async fn respond_error(request: &service::Request, name: &str, error: &ApiError) {
+    tracing::debug!(endpoint = name, error = %error.message, "control request refused");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(api::ERROR_KIND_HEADER, error.kind.as_str());
+    let sent = request
+        .respond_with_headers(
+            Err(service::error::Error {
+                status: crate::text::clip(
+                    &crate::text::one_line(&error.message),
+                    api::MAX_ERROR_LEN,
+                ),
+                code: error.kind.code(),
+            }),
+            headers,
+        )
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(endpoint = name, error = %e, "could not send a control reply");
+    }
+}
+
 /// Answers one role's requests until `stop`, at most [`MAX_CONCURRENT_PER_ROLE`] at once.
+/// A request that finds them all taken is answered "busy" at once, so a flood is never
+/// queued up in the daemon's memory.
 async fn answer_role(
     role: Role,
     mut requests: Requests,
@@ -135,8 +159,20 @@ async fn answer_role(
             );
             continue;
         }
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let busy = ApiError::new(
+                    ApiErrorKind::Unavailable,
+                    format!(
+                        "this daemon is busy: it is answering {MAX_CONCURRENT_PER_ROLE} {role} \
+                         requests already; try again in a moment"
+                    ),
+                );
+                respond_error(&request, name, &busy).await;
+                continue;
+            }
         };
         let api = api.clone();
         let casts_handle = casts.clone();
@@ -323,28 +359,13 @@ impl ControlApi {
             }
             Ok(body)
         });
-        let reply = match result {
-            Ok(body) => request.respond(Ok(body)).await,
-            Err(e) => {
-                tracing::debug!(endpoint = name, error = %e.message, "control request refused");
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(api::ERROR_KIND_HEADER, e.kind.as_str());
-                request
-                    .respond_with_headers(
-                        Err(service::error::Error {
-                            status: crate::text::clip(
-                                &crate::text::one_line(&e.message),
-                                api::MAX_ERROR_LEN,
-                            ),
-                            code: e.kind.code(),
-                        }),
-                        headers,
-                    )
-                    .await
+        match result {
+            Ok(body) => {
+                if let Err(e) = request.respond(Ok(body)).await {
+                    tracing::warn!(endpoint = name, error = %e, "could not send a control reply");
+                }
             }
-        };
-        if let Err(e) = reply {
-            tracing::warn!(endpoint = name, error = %e, "could not send a control reply");
+            Err(e) => respond_error(&request, name, &e).await,
         }
     }
 
