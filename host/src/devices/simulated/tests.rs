@@ -1,0 +1,694 @@
+//! The simulated backend against its own spec: the file format, descriptors, transfers,
+//! claims, detach and reset, as the module docs describe them.
+
+use super::*;
+use crate::devices::{ControlSetup, GET_DEVICE_DESCRIPTOR};
+
+const MS: Duration = Duration::from_millis(1);
+const SHORT: Duration = Duration::from_millis(30);
+const LONG: Duration = Duration::from_secs(5);
+
+const BOARD: &str = r#"
+    [[device]]
+    id = "board-1"
+    vendor_id = 0x1209
+    product_id = 0x0001
+    serial = "SB-0001"
+    manufacturer = "sandbus"
+    product = "Loopback board"
+    stall = [0x82, 0x02]
+    hang = [0x84]
+
+    [device.loopback]
+    out = 0x01
+    in = 0x81
+
+    [[device.control]]
+    request_type = 0xc0
+    request = 0x01
+    answer = [1, 2, 3]
+
+    [[device.control]]
+    request_type = 0x40
+    request = 0x02
+    value = 7
+
+    [[device.interrupt]]
+    endpoint = 0x83
+    answer = [9, 8]
+    period = "5ms"
+
+    [[device]]
+    id = "bare"
+    vendor_id = 0x1209
+    product_id = 0x0002
+"#;
+
+fn board() -> SimulatedBackend {
+    SimulatedBackend::from_toml_str(BOARD).unwrap()
+}
+
+fn open_claimed(backend: &SimulatedBackend, id: &str) -> Box<dyn DeviceHandle> {
+    let mut handle = backend.open(id).unwrap();
+    handle.claim_interface(0).unwrap();
+    handle
+}
+
+fn setup(request_type: u8, request: u8, value: u16) -> ControlSetup {
+    ControlSetup {
+        request_type,
+        request,
+        value,
+        index: 0,
+    }
+}
+
+fn kind<T>(result: Result<T, UsbError>) -> UsbErrorKind {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.kind,
+    }
+}
+
+fn invalid_file(text: &str) -> String {
+    let err = SimulatedBackend::from_toml_str(text).unwrap_err();
+    assert_eq!(err.kind, UsbErrorKind::InvalidArgument, "{err}");
+    err.message
+}
+
+#[test]
+fn documented_example_parses() {
+    // The example in the module docs is the reference for the format: keep it valid.
+    let source = include_str!("mod.rs");
+    let example: String = source
+        .lines()
+        .skip_while(|l| *l != "//! ```toml")
+        .skip(1)
+        .take_while(|l| *l != "//! ```")
+        .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start_matches(' ')))
+        .collect();
+    assert!(example.contains("[[device]]"));
+    let backend = SimulatedBackend::from_toml_str(&example).unwrap();
+    let ids: Vec<String> = backend.scan().unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(ids, ["board-1", "bare"]);
+}
+
+#[test]
+fn scan_lists_devices_in_file_order_with_defaults() {
+    let devices = board().scan().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0].id, "board-1");
+    assert_eq!(devices[0].vid_pid(), "1209:0001");
+    assert_eq!(devices[0].serial.as_deref(), Some("SB-0001"));
+    assert_eq!(devices[0].manufacturer.as_deref(), Some("sandbus"));
+    assert_eq!(devices[0].product.as_deref(), Some("Loopback board"));
+    assert_eq!(devices[0].location, "sim-1");
+    assert_eq!(devices[0].class, 0xff);
+    assert_eq!(devices[1].id, "bare");
+    assert_eq!(devices[1].location, "sim-2");
+    assert_eq!(devices[1].serial, None);
+    assert_eq!(board().name(), "simulated");
+}
+
+#[test]
+fn loopback_echoes_what_was_written() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    assert_eq!(handle.bulk_out(0x01, b"hello", LONG).unwrap(), 5);
+    assert_eq!(handle.bulk_out(0x01, b" world", LONG).unwrap(), 6);
+    // FIFO, and a read returns at most what was asked for.
+    assert_eq!(handle.bulk_in(0x81, 3, LONG).unwrap(), b"hel");
+    assert_eq!(handle.bulk_in(0x81, 64, LONG).unwrap(), b"lo world");
+    // Drained: the next read waits for its timeout.
+    assert_eq!(kind(handle.bulk_in(0x81, 64, SHORT)), UsbErrorKind::Timeout);
+}
+
+#[test]
+fn loopback_writes_wait_for_room_then_time_out() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    let full = vec![0x55; LOOPBACK_CAPACITY];
+    assert_eq!(handle.bulk_out(0x01, &full, LONG).unwrap(), full.len());
+    assert_eq!(
+        kind(handle.bulk_out(0x01, &[1], SHORT)),
+        UsbErrorKind::Timeout
+    );
+    assert_eq!(handle.bulk_in(0x81, 10, LONG).unwrap(), vec![0x55; 10]);
+    assert_eq!(handle.bulk_out(0x01, &[1], SHORT).unwrap(), 1);
+}
+
+#[test]
+fn loopback_delay_is_added_to_each_transfer() {
+    let backend = SimulatedBackend::from_toml_str(
+        r#"
+        [[device]]
+        id = "slow"
+        vendor_id = 1
+        product_id = 2
+        [device.loopback]
+        out = 0x02
+        in = 0x82
+        delay = "40ms"
+        "#,
+    )
+    .unwrap();
+    let mut handle = open_claimed(&backend, "slow");
+    let start = Instant::now();
+    handle.bulk_out(0x02, b"x", LONG).unwrap();
+    assert_eq!(handle.bulk_in(0x82, 1, LONG).unwrap(), b"x");
+    assert!(start.elapsed() >= Duration::from_millis(80));
+}
+
+#[test]
+fn delays_longer_than_the_timeout_time_out_after_the_timeout() {
+    let backend = SimulatedBackend::from_toml_str(
+        r#"
+        [[device]]
+        id = "slow"
+        vendor_id = 1
+        product_id = 2
+        [[device.control]]
+        request_type = 0xc1
+        request = 9
+        answer = [1]
+        delay = "10s"
+        "#,
+    )
+    .unwrap();
+    let mut handle = backend.open("slow").unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        kind(handle.control_in(setup(0xc1, 9, 0), 1, SHORT)),
+        UsbErrorKind::Timeout
+    );
+    let took = start.elapsed();
+    assert!(took >= SHORT && took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn reads_time_out_on_a_hanging_endpoint() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    let start = Instant::now();
+    assert_eq!(kind(handle.bulk_in(0x84, 8, SHORT)), UsbErrorKind::Timeout);
+    assert!(start.elapsed() >= SHORT);
+    // Hanging endpoints do not care about the transfer type.
+    assert_eq!(
+        kind(handle.interrupt_in(0x84, 8, MS)),
+        UsbErrorKind::Timeout
+    );
+}
+
+#[test]
+fn stalled_endpoints_stall_both_ways() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    assert_eq!(kind(handle.bulk_in(0x82, 8, LONG)), UsbErrorKind::Stall);
+    assert_eq!(kind(handle.bulk_out(0x02, b"x", LONG)), UsbErrorKind::Stall);
+    assert_eq!(
+        kind(handle.interrupt_out(0x02, b"x", LONG)),
+        UsbErrorKind::Stall
+    );
+}
+
+#[test]
+fn interrupt_endpoint_answers_its_report_each_period() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    let start = Instant::now();
+    assert_eq!(handle.interrupt_in(0x83, 64, LONG).unwrap(), [9, 8]);
+    assert_eq!(handle.interrupt_in(0x83, 1, LONG).unwrap(), [9]);
+    assert!(start.elapsed() >= Duration::from_millis(10));
+    // A period longer than the timeout is a timeout.
+    assert_eq!(
+        kind(handle.interrupt_in(0x83, 64, Duration::ZERO)),
+        UsbErrorKind::Timeout
+    );
+}
+
+#[test]
+fn transfers_on_endpoints_the_device_lacks_are_invalid() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    let err = handle.bulk_in(0x85, 8, LONG).unwrap_err();
+    assert_eq!(err.kind, UsbErrorKind::InvalidArgument);
+    assert!(err.message.contains("0x85"), "{err}");
+    // Wrong direction, and wrong transfer type.
+    assert_eq!(
+        kind(handle.bulk_in(0x01, 8, LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(handle.bulk_out(0x81, b"x", LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(handle.bulk_in(0x83, 8, LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(handle.interrupt_in(0x81, 8, LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+    let mut bare = open_claimed(&backend, "bare");
+    assert_eq!(
+        kind(bare.bulk_out(0x01, b"x", LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn transfers_need_the_interface_claimed_except_control() {
+    let backend = board();
+    let mut handle = backend.open("board-1").unwrap();
+    assert_eq!(
+        kind(handle.bulk_out(0x01, b"x", LONG)),
+        UsbErrorKind::NotClaimed
+    );
+    assert_eq!(
+        kind(handle.interrupt_in(0x83, 2, LONG)),
+        UsbErrorKind::NotClaimed
+    );
+    assert_eq!(
+        handle
+            .control_in(GET_DEVICE_DESCRIPTOR, 18, LONG)
+            .unwrap()
+            .len(),
+        18
+    );
+    assert_eq!(
+        kind(handle.claim_interface(1)),
+        UsbErrorKind::InvalidArgument
+    );
+    assert_eq!(kind(handle.release_interface(0)), UsbErrorKind::NotClaimed);
+    handle.claim_interface(0).unwrap();
+    assert_eq!(handle.bulk_out(0x01, b"x", LONG).unwrap(), 1);
+    handle.release_interface(0).unwrap();
+    assert_eq!(
+        kind(handle.bulk_in(0x81, 1, LONG)),
+        UsbErrorKind::NotClaimed
+    );
+}
+
+#[test]
+fn second_open_is_busy_until_the_first_handle_drops() {
+    let backend = board();
+    let first = backend.open("board-1").unwrap();
+    assert!(backend.is_open("board-1"));
+    assert_eq!(kind(backend.open("board-1")), UsbErrorKind::Busy);
+    // Other devices are independent.
+    drop(backend.open("bare").unwrap());
+    drop(first);
+    assert!(!backend.is_open("board-1"));
+    drop(backend.open("board-1").unwrap());
+    assert_eq!(backend.opens("board-1"), 2);
+    assert_eq!(kind(backend.open("nope")), UsbErrorKind::NotFound);
+}
+
+#[test]
+fn scripted_detach_fails_transfers_and_hides_the_device() {
+    let backend = SimulatedBackend::from_toml_str(
+        r#"
+        [[device]]
+        id = "flaky"
+        vendor_id = 1
+        product_id = 2
+        detach_after_transfers = 3
+        [device.loopback]
+        out = 0x01
+        in = 0x81
+        "#,
+    )
+    .unwrap();
+    let mut handle = open_claimed(&backend, "flaky");
+    // Transfers that fail on their arguments never reach the device and do not count.
+    assert_eq!(
+        kind(handle.bulk_in(0x82, 1, LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+    assert_eq!(handle.bulk_out(0x01, b"ab", LONG).unwrap(), 2);
+    assert_eq!(handle.bulk_in(0x81, 1, LONG).unwrap(), b"a");
+    assert_eq!(backend.scan().unwrap().len(), 1);
+    // The third transfer completes, and the device leaves with it.
+    assert_eq!(handle.bulk_in(0x81, 1, LONG).unwrap(), b"b");
+    assert_eq!(
+        kind(handle.bulk_out(0x01, b"c", LONG)),
+        UsbErrorKind::Disconnected
+    );
+    assert_eq!(
+        kind(handle.control_in(GET_DEVICE_DESCRIPTOR, 18, LONG)),
+        UsbErrorKind::Disconnected
+    );
+    assert_eq!(kind(handle.claim_interface(0)), UsbErrorKind::Disconnected);
+    assert_eq!(kind(handle.reset()), UsbErrorKind::Disconnected);
+    assert!(backend.scan().unwrap().is_empty());
+    assert_eq!(kind(backend.open("flaky")), UsbErrorKind::NotFound);
+    assert_eq!(kind(backend.descriptors("flaky")), UsbErrorKind::NotFound);
+    assert!(!backend.is_open("flaky"));
+}
+
+#[test]
+fn timed_detach_counts_from_the_first_open() {
+    let backend = SimulatedBackend::from_toml_str(
+        r#"
+        [[device]]
+        id = "flaky"
+        vendor_id = 1
+        product_id = 2
+        detach_after = "60ms"
+        hang = [0x81]
+        "#,
+    )
+    .unwrap();
+    // Not opened yet: the timer has not started.
+    std::thread::sleep(Duration::from_millis(80));
+    assert_eq!(backend.scan().unwrap().len(), 1);
+    let mut handle = open_claimed(&backend, "flaky");
+    // A read waiting past the detach is woken by it.
+    let start = Instant::now();
+    assert_eq!(
+        kind(handle.bulk_in(0x81, 1, LONG)),
+        UsbErrorKind::Disconnected
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(backend.scan().unwrap().is_empty());
+    assert_eq!(kind(backend.open("flaky")), UsbErrorKind::NotFound);
+}
+
+#[test]
+fn detach_wakes_a_waiting_read_and_attach_brings_the_device_back() {
+    let backend = Arc::new(board());
+    let mut handle = open_claimed(&backend, "board-1");
+    let reader = std::thread::spawn(move || {
+        let result = handle.bulk_in(0x81, 8, LONG);
+        (result, handle)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    backend.detach("board-1").unwrap();
+    let (result, mut handle) = reader.join().unwrap();
+    assert_eq!(kind(result), UsbErrorKind::Disconnected);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(backend.scan().unwrap().len(), 1);
+    assert_eq!(kind(backend.detach("nope")), UsbErrorKind::NotFound);
+
+    backend.attach("board-1").unwrap();
+    assert_eq!(backend.scan().unwrap().len(), 2);
+    // The old handle stays dead; a new open works although the old one is not dropped.
+    assert_eq!(
+        kind(handle.bulk_out(0x01, b"x", LONG)),
+        UsbErrorKind::Disconnected
+    );
+    let mut fresh = open_claimed(&backend, "board-1");
+    assert_eq!(fresh.bulk_out(0x01, b"x", LONG).unwrap(), 1);
+    drop(handle);
+    assert!(
+        backend.is_open("board-1"),
+        "dropping a stale handle closes nothing"
+    );
+}
+
+#[test]
+fn unknown_control_request_stalls() {
+    let backend = board();
+    let mut handle = backend.open("board-1").unwrap();
+    assert_eq!(
+        kind(handle.control_in(setup(0xc0, 0x01, 1), 8, LONG)),
+        UsbErrorKind::Stall
+    );
+    assert_eq!(
+        kind(handle.control_out(setup(0x40, 0x02, 8), b"x", LONG)),
+        UsbErrorKind::Stall
+    );
+    // Descriptors that do not exist stall too: string 4, configuration 1, BOS.
+    for value in [0x0304, 0x0201, 0x0f00] {
+        assert_eq!(
+            kind(handle.control_in(setup(0x80, 6, value), 255, LONG)),
+            UsbErrorKind::Stall
+        );
+    }
+    let mut bare = backend.open("bare").unwrap();
+    assert_eq!(
+        kind(bare.control_in(setup(0x80, 6, 0x0301), 255, LONG)),
+        UsbErrorKind::Stall
+    );
+}
+
+#[test]
+fn listed_control_requests_are_answered() {
+    let backend = board();
+    let mut handle = backend.open("board-1").unwrap();
+    assert_eq!(
+        handle.control_in(setup(0xc0, 0x01, 0), 64, LONG).unwrap(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        handle.control_in(setup(0xc0, 0x01, 0), 2, LONG).unwrap(),
+        [1, 2]
+    );
+    assert_eq!(
+        handle
+            .control_out(setup(0x40, 0x02, 7), b"abcd", LONG)
+            .unwrap(),
+        4
+    );
+    // Directions are checked against the call.
+    assert_eq!(
+        kind(handle.control_in(setup(0x40, 0x02, 7), 4, LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(handle.control_out(setup(0xc0, 0x01, 0), b"", LONG)),
+        UsbErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn device_descriptor_answers_get_descriptor() {
+    let backend = board();
+    let mut handle = backend.open("board-1").unwrap();
+    let device = handle.control_in(GET_DEVICE_DESCRIPTOR, 18, LONG).unwrap();
+    assert_eq!(
+        device,
+        [
+            18, 1, 0x00, 0x02, 0xff, 0, 0, 64, 0x09, 0x12, 0x01, 0x00, 0x00, 0x01, 1, 2, 3, 1
+        ]
+    );
+    // Truncated to the requested length, as hosts read the first 8 bytes first.
+    assert_eq!(
+        handle.control_in(GET_DEVICE_DESCRIPTOR, 8, LONG).unwrap(),
+        device[..8]
+    );
+    assert_eq!(backend.descriptors("board-1").unwrap().device, device);
+
+    // Without strings, the indexes are 0; class and version come from the file.
+    let other = SimulatedBackend::from_toml_str(
+        "[[device]]\nid = \"x\"\nvendor_id = 1\nproduct_id = 2\nclass = 0\ndevice_version = 0x0234\n",
+    )
+    .unwrap();
+    let d = other.descriptors("x").unwrap().device;
+    assert_eq!(d[4], 0);
+    assert_eq!(&d[12..18], &[0x34, 0x02, 0, 0, 0, 1]);
+}
+
+#[test]
+fn configuration_descriptor_lists_every_endpoint() {
+    let backend = board();
+    let config = handle_config(&backend);
+    let descriptors = backend.descriptors("board-1").unwrap();
+    assert_eq!(descriptors.configurations, vec![config.clone()]);
+    // 9 (configuration) + 9 (interface) + 6 endpoints of 7 bytes.
+    let total = 9 + 9 + 6 * 7;
+    assert_eq!(config.len(), total);
+    assert_eq!(&config[..9], &[9, 2, total as u8, 0, 1, 1, 0, 0x80, 50]);
+    assert_eq!(&config[9..18], &[9, 4, 0, 0, 6, 0xff, 0, 0, 0]);
+    let endpoints: Vec<&[u8]> = config[18..].chunks(7).collect();
+    assert_eq!(
+        endpoints,
+        [
+            &[7, 5, 0x01, 2, 64, 0, 0][..],
+            &[7, 5, 0x81, 2, 64, 0, 0],
+            &[7, 5, 0x83, 3, 64, 0, 5],
+            &[7, 5, 0x82, 2, 64, 0, 0],
+            &[7, 5, 0x02, 2, 64, 0, 0],
+            &[7, 5, 0x84, 2, 64, 0, 0],
+        ]
+    );
+}
+
+fn handle_config(backend: &SimulatedBackend) -> Vec<u8> {
+    let mut handle = backend.open("board-1").unwrap();
+    // Hosts read the 9-byte header, then wTotalLength bytes.
+    let header = handle.control_in(setup(0x80, 6, 0x0200), 9, LONG).unwrap();
+    assert_eq!(header.len(), 9);
+    let total = u16::from_le_bytes([header[2], header[3]]);
+    handle
+        .control_in(setup(0x80, 6, 0x0200), total, LONG)
+        .unwrap()
+}
+
+#[test]
+fn string_descriptors_are_utf16_with_language_0409() {
+    let backend = SimulatedBackend::from_toml_str(
+        "[[device]]\nid = \"x\"\nvendor_id = 1\nproduct_id = 2\nproduct = \"Bürette\"\n",
+    )
+    .unwrap();
+    let mut handle = backend.open("x").unwrap();
+    assert_eq!(
+        handle
+            .control_in(setup(0x80, 6, 0x0300), 255, LONG)
+            .unwrap(),
+        [4, 3, 0x09, 0x04]
+    );
+    let mut expected = vec![16, 3];
+    for unit in "Bürette".encode_utf16() {
+        expected.extend(unit.to_le_bytes());
+    }
+    let string = ControlSetup {
+        index: 0x0409,
+        ..setup(0x80, 6, 0x0302)
+    };
+    assert_eq!(handle.control_in(string, 255, LONG).unwrap(), expected);
+    assert_eq!(handle.control_in(string, 2, LONG).unwrap(), [16, 3]);
+    // Index 2 is the product; manufacturer (1) and serial (3) are absent.
+    let device = handle.control_in(GET_DEVICE_DESCRIPTOR, 18, LONG).unwrap();
+    assert_eq!(&device[14..17], &[0, 2, 0]);
+}
+
+#[test]
+fn reset_clears_state_and_is_counted() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    handle.bulk_out(0x01, b"left over", LONG).unwrap();
+    assert_eq!(backend.resets("board-1"), 0);
+    handle.reset().unwrap();
+    assert_eq!(backend.resets("board-1"), 1);
+    // The claim is gone with the reset ...
+    assert_eq!(
+        kind(handle.bulk_in(0x81, 64, LONG)),
+        UsbErrorKind::NotClaimed
+    );
+    // ... and so is what the loopback held.
+    handle.claim_interface(0).unwrap();
+    assert_eq!(kind(handle.bulk_in(0x81, 64, SHORT)), UsbErrorKind::Timeout);
+    handle.reset().unwrap();
+    assert_eq!(backend.resets("board-1"), 2);
+    assert_eq!(backend.resets("nope"), 0);
+}
+
+#[test]
+fn bad_file_names_the_device_and_the_field() {
+    let unknown =
+        invalid_file("[[device]]\nid = \"board-1\"\nvendor_id = 1\nproduct_id = 2\nvendorid = 3\n");
+    assert!(unknown.contains("(inline TOML)"), "{unknown}");
+    assert!(unknown.contains("board-1"), "{unknown}");
+    assert!(unknown.contains("vendorid"), "{unknown}");
+
+    let missing = invalid_file("[[device]]\nid = \"b\"\nvendor_id = 1\n");
+    assert!(missing.contains("device `b`"), "{missing}");
+    assert!(missing.contains("product_id"), "{missing}");
+
+    let nested = invalid_file(
+        "[[device]]\nid = \"b\"\nvendor_id = 1\nproduct_id = 2\n[device.loopback]\nout = 1\nin = 0x81\nspeed = 3\n",
+    );
+    assert!(nested.contains("speed"), "{nested}");
+
+    let direction = invalid_file(
+        "[[device]]\nid = \"b\"\nvendor_id = 1\nproduct_id = 2\n[device.loopback]\nout = 0x81\nin = 0x81\n",
+    );
+    assert!(direction.contains("loopback.out"), "{direction}");
+    assert!(direction.contains("0x81"), "{direction}");
+
+    let duration = invalid_file(
+        "[[device]]\nid = \"b\"\nvendor_id = 1\nproduct_id = 2\ndetach_after = \"soon\"\n",
+    );
+    assert!(duration.contains("detach_after"), "{duration}");
+    assert!(duration.contains("soon"), "{duration}");
+
+    let range = invalid_file("[[device]]\nid = \"b\"\nvendor_id = 70000\nproduct_id = 2\n");
+    assert!(range.contains("70000"), "{range}");
+
+    // A device without an id is named by its position.
+    let anonymous = invalid_file(
+        "[[device]]\nid = \"a\"\nvendor_id = 1\nproduct_id = 2\n[[device]]\nvendor_id = 1\n",
+    );
+    assert!(anonymous.contains("device #2"), "{anonymous}");
+    assert!(anonymous.contains("`id`"), "{anonymous}");
+}
+
+#[test]
+fn inconsistent_devices_are_rejected() {
+    let cases = [
+        // (file body after the ids, what the message must mention)
+        ("id = \"Board\"", "`id`"),
+        (
+            "id = \"a\"\n[[device]]\nid = \"a\"\nvendor_id = 1\nproduct_id = 2",
+            "already",
+        ),
+        ("id = \"a\"\nstall = [0x81]\nhang = [0x81]", "0x81"),
+        ("id = \"a\"\nhang = [0x04]", "hang[0]"),
+        ("id = \"a\"\nstall = [0x80]", "stall[0]"),
+        (
+            "id = \"a\"\ndetach_after_transfers = 0",
+            "detach_after_transfers",
+        ),
+        (
+            "id = \"a\"\n[[device.control]]\nrequest_type = 0xc0\nrequest = 1",
+            "control[0]",
+        ),
+        (
+            "id = \"a\"\n[[device.control]]\nrequest_type = 0x40\nrequest = 1\nanswer = [1]",
+            "control[0].answer",
+        ),
+        (
+            "id = \"a\"\n[[device.control]]\nrequest_type = 0x80\nrequest = 6\nanswer = [1]",
+            "GET_DESCRIPTOR",
+        ),
+        (
+            "id = \"a\"\n[[device.interrupt]]\nendpoint = 0x03\nanswer = []",
+            "interrupt[0].endpoint",
+        ),
+    ];
+    for (body, needle) in cases {
+        let text = format!("[[device]]\nvendor_id = 1\nproduct_id = 2\n{body}\n");
+        let message = invalid_file(&text);
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    let top = invalid_file("[[devices]]\nid = \"a\"\n");
+    assert!(top.contains("devices"), "{top}");
+    let syntax = invalid_file("[[device]\n");
+    assert!(syntax.contains("(inline TOML)"), "{syntax}");
+}
+
+#[test]
+fn from_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devices.toml");
+    std::fs::write(&path, BOARD).unwrap();
+    assert_eq!(
+        SimulatedBackend::from_file(&path)
+            .unwrap()
+            .scan()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    std::fs::write(&path, "[[device]]\nid = \"x\"\n").unwrap();
+    let err = SimulatedBackend::from_file(&path).unwrap_err();
+    assert_eq!(err.kind, UsbErrorKind::InvalidArgument);
+    assert!(err.message.contains("devices.toml"), "{err}");
+    assert!(err.message.contains("device `x`"), "{err}");
+
+    let missing = SimulatedBackend::from_file(dir.path().join("nope.toml")).unwrap_err();
+    assert_eq!(missing.kind, UsbErrorKind::InvalidArgument);
+    assert!(missing.message.contains("nope.toml"), "{missing}");
+
+    // The daemon's chooser uses the same reader.
+    assert_eq!(
+        crate::devices::backend(Some(&dir.path().join("nope.toml")))
+            .err()
+            .map(|e| e.kind),
+        Some(UsbErrorKind::InvalidArgument)
+    );
+}
