@@ -18,8 +18,8 @@ pub mod listener {
         world: "listener",
         path: "../wit",
         imports: {
-            "sandbus:host/log": trappable,
-            default: async | trappable,
+            "sandbus:host/log": trappable | tracing,
+            default: async | trappable | tracing,
         },
         exports: { default: async },
         additional_derives: [PartialEq, Eq],
@@ -35,7 +35,7 @@ pub mod script {
     wasmtime::component::bindgen!({
         world: "script",
         path: "../wit",
-        imports: { default: async | trappable },
+        imports: { default: async | trappable | tracing },
         exports: { default: async },
         additional_derives: [PartialEq, Eq],
         with: {
@@ -57,7 +57,7 @@ pub mod hook {
     wasmtime::component::bindgen!({
         world: "hook",
         path: "../wit",
-        imports: { default: async | trappable },
+        imports: { default: async | trappable | tracing },
         exports: { default: async },
         additional_derives: [PartialEq, Eq],
         with: {
