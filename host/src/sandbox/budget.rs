@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::Semaphore;
 
-use super::{InvokeError, InvokeErrorKind, Metering};
-use crate::imports::log::LogSummary;
+use super::InvokeError;
+use super::failure::Failure;
 
 /// The memory budget a host gets unless configured: half of its physical memory (at least
 /// 1 GiB), or 4 GiB when that can't be read.
@@ -64,12 +64,7 @@ impl MemoryBudget {
             .clone()
             .acquire_many_owned(pages)
             .await
-            .map_err(|_| InvokeError {
-                kind: InvokeErrorKind::Host,
-                message: "the sandbox is shutting down".into(),
-                metering: Metering::default(),
-                log: LogSummary::default(),
-            })?;
+            .map_err(|_| Failure::shutting_down().before_start())?;
         let bytes = u64::from(pages) * PAGE;
         let now = self.reserved.fetch_add(bytes, Ordering::SeqCst) + bytes;
         self.peak.fetch_max(now, Ordering::SeqCst);
