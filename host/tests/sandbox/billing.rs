@@ -130,7 +130,7 @@ async fn invalid_billing_event_is_rejected_with_a_reason() {
 }
 
 /// The billing listener as component `name`, granted its `billing.usage` events.
-fn billing(name: &str) -> PreparedComponent {
+pub fn billing(name: &str) -> PreparedComponent {
     sandbox()
         .prepare(
             spec(name, World::Listener, &["events.billing.>"], &[]),
