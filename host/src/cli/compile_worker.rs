@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Args;
 use sandbus::sandbox::{self, CompileSettings, WorkerError, WorkerRequest};
 
-use super::EXIT_OK;
+use super::output::EXIT_OK;
 
 /// `sandbus compile-worker` arguments: what `WorkerRequest::args` writes.
 #[derive(Args, Debug)]

@@ -12,8 +12,8 @@ use sandbus::daemon::Daemon;
 use sandbus::daemon::config::{self, ConfigFile};
 use sandbus::daemon::up::{self, LocalNats};
 
-use super::EXIT_OK;
-use super::client::NatsArgs;
+use super::connect::NatsArgs;
+use super::output::{EXIT_OK, outln};
 
 /// Flags of `daemon` and `up` (over the config file).
 #[derive(Args, Debug, Clone)]
@@ -127,7 +127,7 @@ fn stop_on_signal() -> anyhow::Result<CancellationToken> {
 pub async fn daemon(args: &DaemonArgs) -> anyhow::Result<u8> {
     let config = args.config()?;
     if args.check_config {
-        super::outln!("configuration is valid (NATS at {})", config.nats.url());
+        outln!("configuration is valid (NATS at {})", config.nats.url());
         return Ok(EXIT_OK);
     }
     let stop = stop_on_signal()?;
@@ -139,7 +139,7 @@ pub async fn daemon(args: &DaemonArgs) -> anyhow::Result<u8> {
 pub async fn up(args: &DaemonArgs) -> anyhow::Result<u8> {
     let mut config = args.config()?;
     if args.check_config {
-        super::outln!("configuration is valid");
+        outln!("configuration is valid");
         return Ok(EXIT_OK);
     }
     let stop = stop_on_signal()?;

@@ -3,13 +3,14 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use sandbus::api::{
-    ApiError, CastAccepted, Empty, HookCallReply, HookCallRequest, HookOutcome, HookPolicyRequest,
-    HookRequest, endpoint,
+    ApiError, Empty, HookCallReply, HookCallRequest, HookOutcome, HookPolicyRequest, HookRequest,
+    endpoint,
 };
 use sandbus::bus::{HookPoint, HookPolicy};
 
-use super::client::{self, ClientArgs, client, print_cast, print_json, printable};
-use super::{EXIT_FAIL, EXIT_OK};
+use super::connect::{ClientArgs, with_client};
+use super::events::event_from_flags;
+use super::output::{self, EXIT_FAIL, EXIT_OK, outln, print_json_or, printable};
 
 /// What a failed hook counts as, on the command line.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +116,13 @@ pub async fn run(command: HookCommand) -> u8 {
     match command {
         HookCommand::Add(at) => {
             let (client, request) = at.request();
-            change(&client, endpoint::HOOK_ADD, request).await
+            let cast = request.cast;
+            change(&client, endpoint::HOOK_ADD, request, cast).await
         }
         HookCommand::Rm(at) => {
             let (client, request) = at.request();
-            change(&client, endpoint::HOOK_REMOVE, request).await
+            let cast = request.cast;
+            change(&client, endpoint::HOOK_REMOVE, request, cast).await
         }
         HookCommand::Policy {
             point,
@@ -134,7 +137,7 @@ pub async fn run(command: HookCommand) -> u8 {
                 deadline_ms: deadline.map(|d| d.as_millis() as u64),
                 cast,
             };
-            change(&client, endpoint::HOOK_POLICY, request).await
+            change(&client, endpoint::HOOK_POLICY, request, cast).await
         }
         HookCommand::Ls { client } => list(&client).await,
         HookCommand::Call {
@@ -148,7 +151,7 @@ pub async fn run(command: HookCommand) -> u8 {
         } => {
             let event = match (file, data) {
                 (Some(path), _) => read_event(&path),
-                (None, Some(data)) => client::event_from_flags(
+                (None, Some(data)) => event_from_flags(
                     ty.as_deref().unwrap_or(&point),
                     &data,
                     id,
@@ -159,7 +162,7 @@ pub async fn run(command: HookCommand) -> u8 {
             };
             match event {
                 Ok(event) => call(&client, point, event).await,
-                Err(e) => client::fail(&e, client.json),
+                Err(e) => output::fail(&e, client.json),
             }
         }
     }
@@ -177,35 +180,27 @@ fn read_event(path: &std::path::Path) -> Result<serde_json::Value, ApiError> {
     })
 }
 
-/// `add`, `rm`, `policy`: prints the point as it now is.
-async fn change<Q: serde::Serialize + sandbus::api::Validate + Send + 'static>(
+/// `add`, `rm`, `policy`: prints the point as it now is (or, for a cast, that it was
+/// accepted).
+async fn change<Q: serde::Serialize + sandbus::api::Validate>(
     args: &ClientArgs,
     endpoint: &'static str,
     request: Q,
+    cast: bool,
 ) -> u8 {
-    let cast = serde_json::to_value(&request)
-        .ok()
-        .and_then(|v| v["cast"].as_bool())
-        .unwrap_or(false);
-    client(args, |c| async move {
+    with_client(args, |c| async move {
         if cast {
-            let accepted: CastAccepted = c.call(endpoint, &request).await?;
-            print_cast(&accepted, c.json);
-            return Ok(EXIT_OK);
+            return c.cast(endpoint, &request).await;
         }
         let point: HookPoint = c.call(endpoint, &request).await?;
-        if c.json {
-            print_json(&point);
-        } else {
-            print_point(&point);
-        }
+        print_json_or(c.json, &point, print_point);
         Ok(EXIT_OK)
     })
     .await
 }
 
 fn print_point(point: &HookPoint) {
-    super::outln!(
+    outln!(
         "{:<24} {:<12} {:>6} ms  hooks: {}",
         printable(&point.point),
         point.policy.as_str(),
@@ -219,54 +214,54 @@ fn print_point(point: &HookPoint) {
 }
 
 async fn list(args: &ClientArgs) -> u8 {
-    client(args, |c| async move {
+    with_client(args, |c| async move {
         let points: Vec<HookPoint> = c.call(endpoint::HOOK_LIST, &Empty {}).await?;
-        if c.json {
-            print_json(&points);
-        } else if points.is_empty() {
-            super::outln!("no extension points; `sandbus hook add NAME --point POINT` makes one");
-        } else {
-            for point in &points {
+        print_json_or(c.json, &points, |points| {
+            if points.is_empty() {
+                outln!("no extension points; `sandbus hook add NAME --point POINT` makes one");
+            }
+            for point in points {
                 print_point(point);
             }
-        }
+        });
         Ok(EXIT_OK)
     })
     .await
 }
 
 async fn call(args: &ClientArgs, point: String, event: serde_json::Value) -> u8 {
-    client(args, |c| async move {
+    with_client(args, |c| async move {
         let raw = serde_json::value::to_raw_value(&event)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let reply: HookCallReply = c
             .call(endpoint::HOOK_CALL, &HookCallRequest { point, event: raw })
             .await?;
-        if c.json {
-            print_json(&reply);
-        } else {
-            super::outln!(
-                "{}: {}",
-                printable(&reply.point),
-                if reply.allowed { "allowed" } else { "denied" }
-            );
-            for reason in &reply.reasons {
-                super::outln!("  {}", printable(reason));
-            }
-            for answer in &reply.hooks {
-                let reason = answer.reason.as_deref().map(printable).unwrap_or_default();
-                super::outln!(
-                    "  {:<20} {:<8} {:>5} ms  {reason}",
-                    printable(&answer.hook),
-                    answer.outcome.as_str(),
-                    answer.elapsed_ms
-                );
-            }
-            if reply.hooks.iter().any(|a| a.outcome != HookOutcome::Allow) && reply.allowed {
-                super::outln!("  (failed hooks counted as allow: the point is fail-open)");
-            }
-        }
+        print_json_or(c.json, &reply, print_verdict);
         Ok(if reply.allowed { EXIT_OK } else { EXIT_FAIL })
     })
     .await
+}
+
+/// Prints a point's combined verdict, its reasons, and each hook's answer.
+fn print_verdict(reply: &HookCallReply) {
+    outln!(
+        "{}: {}",
+        printable(&reply.point),
+        if reply.allowed { "allowed" } else { "denied" }
+    );
+    for reason in &reply.reasons {
+        outln!("  {}", printable(reason));
+    }
+    for answer in &reply.hooks {
+        let reason = answer.reason.as_deref().map(printable).unwrap_or_default();
+        outln!(
+            "  {:<20} {:<8} {:>5} ms  {reason}",
+            printable(&answer.hook),
+            answer.outcome.as_str(),
+            answer.elapsed_ms
+        );
+    }
+    if reply.hooks.iter().any(|a| a.outcome != HookOutcome::Allow) && reply.allowed {
+        outln!("  (failed hooks counted as allow: the point is fail-open)");
+    }
 }

@@ -11,8 +11,8 @@ use sandbus::api::{
 use sandbus::imports::kv::{validate_key, validate_prefix};
 use sandbus::sandbox::validate_component_name;
 
-use super::client::{ClientArgs, client, print_json, printable};
-use super::{EXIT_FAIL, EXIT_OK};
+use super::connect::{ClientArgs, with_client};
+use super::output::{self, EXIT_FAIL, EXIT_OK, outln, print_json, printable};
 
 /// The `kv` subcommands. NAMESPACE is a component's name.
 #[derive(Subcommand, Debug)]
@@ -83,9 +83,9 @@ pub async fn run(command: KvCommand) -> u8 {
             KvCommand::Ls { prefix, .. } => validate_prefix(prefix),
         });
     if let Err(why) = checked {
-        return super::client::fail(&ApiError::bad_request(why), client_args.json);
+        return output::fail(&ApiError::bad_request(why), client_args.json);
     }
-    client(&client_args, |c| async move {
+    with_client(&client_args, |c| async move {
         match command {
             KvCommand::Get { key, .. } => {
                 let entry: KvEntry = c
@@ -94,9 +94,9 @@ pub async fn run(command: KvCommand) -> u8 {
                 if c.json {
                     print_json(&entry);
                 } else if let Some(text) = &entry.value {
-                    super::outln!("{}", printable(text));
+                    outln!("{}", printable(text));
                 } else if let Some(b64) = &entry.value_base64 {
-                    super::outln!("(not text; base64) {b64}");
+                    outln!("(not text; base64) {b64}");
                 }
                 Ok(if entry.exists() { EXIT_OK } else { EXIT_FAIL })
             }
@@ -114,7 +114,7 @@ pub async fn run(command: KvCommand) -> u8 {
                 if c.json {
                     print_json(&serde_json::json!({ "key": entry.key, "stored": true }));
                 } else {
-                    super::outln!("stored {namespace} {}", entry.key);
+                    outln!("stored {namespace} {}", entry.key);
                 }
                 Ok(EXIT_OK)
             }
@@ -131,7 +131,7 @@ pub async fn run(command: KvCommand) -> u8 {
                 if c.json {
                     print_json(&reply);
                 } else if !reply.removed {
-                    super::outln!("{namespace} has no key {}", reply.key);
+                    outln!("{namespace} has no key {}", reply.key);
                 }
                 Ok(if reply.removed { EXIT_OK } else { EXIT_FAIL })
             }
@@ -153,7 +153,7 @@ pub async fn run(command: KvCommand) -> u8 {
                         if c.json {
                             print_json(&serde_json::json!({ "key": entry.key, "value": text }));
                         } else {
-                            super::outln!("{}  {}", printable(&entry.key), printable(&text));
+                            outln!("{}  {}", printable(&entry.key), printable(&text));
                         }
                     }
                     match page.entries.last() {

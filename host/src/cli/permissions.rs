@@ -8,7 +8,7 @@ use sandbus::bus::permissions::{
 };
 use sandbus::grant::Grant;
 
-use super::{EXIT_OK, EXIT_USAGE};
+use super::output::{EXIT_OK, EXIT_USAGE, outln};
 
 /// `sandbus permissions` arguments.
 #[derive(Args, Debug)]

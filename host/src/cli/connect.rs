@@ -1,0 +1,242 @@
+//! How a client command reaches sandbus: the NATS flags, the connection, the control API's
+//! calls, and [`with_client`], which runs a command's body and turns its error into output
+//! and an exit code.
+//!
+//! A client reaches sandbus only through the control API (component bytes are staged
+//! through it too), so the NATS permissions of its role are all it needs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use sandbus::api::{self, ApiError, ApiErrorKind, CastAccepted, MessagePage, StoredMessage};
+use sandbus::bus::{self, ApiClient, NatsOptions};
+
+use super::output::{self, EXIT_OK};
+
+/// How to reach NATS (flags, or `SANDBUS_NATS_*` environment variables).
+#[derive(Args, Debug, Clone, Default)]
+pub struct NatsArgs {
+    /// NATS server URL(s) [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats", value_name = "URL", env = "SANDBUS_NATS_URL")]
+    pub url: Option<String>,
+    /// User name (with --password).
+    #[arg(long, env = "SANDBUS_NATS_USER")]
+    pub user: Option<String>,
+    /// Password (with --user).
+    #[arg(long, env = "SANDBUS_NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "SANDBUS_NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding an nkey seed.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
+    /// A .creds file (JWT + nkey seed).
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate (PEM) for the server's TLS certificate.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --tls-key).
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    #[arg(long)]
+    pub tls_required: bool,
+    /// Prefix of the reply subjects [default: _INBOX]. A NATS user with role permissions
+    /// from `sandbus permissions` receives replies only on its role's inbox, e.g.
+    /// _INBOX_viewer.
+    #[arg(long, value_name = "PREFIX", env = "SANDBUS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
+}
+
+impl NatsArgs {
+    /// The options these flags give.
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            nkey: self.nkey.clone(),
+            creds: self.creds.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_required: self.tls_required,
+            inbox_prefix: self.inbox_prefix.clone(),
+        }
+    }
+}
+
+/// What every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the daemon's reply.
+    #[arg(long = "reply-timeout", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A connected client of the control API, and how its command prints.
+pub struct Client {
+    api: ApiClient,
+    /// Print JSON rather than text (`--json`).
+    pub json: bool,
+}
+
+impl Client {
+    async fn connect(args: &ClientArgs) -> Result<Self, ApiError> {
+        let options = args.nats.options();
+        // Options that cannot work (a malformed server list, half of user/password) are the
+        // caller's mistake, not the bus being down: a usage error, before connecting.
+        options
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        let (nats, refusals) = bus::connect_client(&options)
+            .await
+            .map_err(|e| ApiError::new(ApiErrorKind::Unavailable, e.message))?;
+        Ok(Self {
+            api: ApiClient::new(nats, refusals, args.timeout),
+            json: args.json,
+        })
+    }
+
+    /// Calls an endpoint on whichever daemon answers.
+    pub async fn call<Q: Serialize + api::Validate, R: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<R, ApiError> {
+        self.api.call(endpoint, request).await
+    }
+
+    /// Calls an endpoint on one host's daemon (the one that has the run or the device).
+    pub async fn call_host<Q: Serialize + api::Validate, R: DeserializeOwned>(
+        &self,
+        host: &str,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<R, ApiError> {
+        self.api.call_host(host, endpoint, request).await
+    }
+
+    /// Sends a request as a cast (the daemon answers at once, the result comes later as an
+    /// event), prints that it was accepted, and ends the command.
+    pub async fn cast<Q: Serialize + api::Validate>(
+        &self,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<u8, ApiError> {
+        let accepted: CastAccepted = self.call(endpoint, request).await?;
+        output::print_cast(&accepted, self.json);
+        Ok(EXIT_OK)
+    }
+
+    /// Asks for a page of stored messages. While `following`, a daemon that is busy (or a
+    /// reply lost) is asked again a moment later rather than ending the command.
+    pub async fn page<Q: Serialize + api::Validate>(
+        &self,
+        following: bool,
+        endpoint: &str,
+        request: &Q,
+    ) -> Result<MessagePage, ApiError> {
+        loop {
+            match self.call(endpoint, request).await {
+                Err(e) if following && e.kind == ApiErrorKind::Unavailable => {
+                    tracing::debug!(error = %e.message, "asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// How long a call waits for its reply (`--reply-timeout`).
+    pub fn reply_timeout(&self) -> Duration {
+        self.api.timeout()
+    }
+
+    /// The same client, waiting `timeout` for each reply.
+    pub fn with_reply_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            api: self.api.with_timeout(timeout),
+            json: self.json,
+        }
+    }
+
+    /// The largest message the server takes, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.api.max_payload()
+    }
+}
+
+/// Connects and runs a client command's body; an error (connecting, or from the body) is
+/// printed and becomes the command's exit code.
+pub async fn with_client<F, Fut>(args: &ClientArgs, body: F) -> u8
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<u8, ApiError>>,
+{
+    let json = args.json;
+    let result = match Client::connect(args).await {
+        Ok(client) => body(client).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => output::fail(&e, json),
+    }
+}
+
+/// The body of a stored message (an event, a run's log line or report), as stored.
+pub fn stored_body(message: &StoredMessage) -> Vec<u8> {
+    use base64::Engine as _;
+    match (&message.json, &message.base64) {
+        (Some(json), _) => json.get().as_bytes().to_vec(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default(),
+        (None, None) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct ClientCommand {
+        #[command(flatten)]
+        client: ClientArgs,
+    }
+
+    #[test]
+    fn a_client_command_takes_the_nats_flags_json_and_a_reply_timeout() {
+        let parsed = ClientCommand::try_parse_from([
+            "sandbus",
+            "--nats",
+            "nats://bus:4222",
+            "--json",
+            "--reply-timeout",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(parsed.client.nats.url.as_deref(), Some("nats://bus:4222"));
+        assert!(parsed.client.json);
+        assert_eq!(parsed.client.timeout, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,81 @@
+//! `sandbus hosts` and `sandbus devices`: the live hosts, and the USB devices each has (free,
+//! leased by a run, or offline).
+
+use sandbus::api::{Empty, endpoint};
+use sandbus::bus::{DeviceRecord, HostInfo};
+
+use super::connect::{ClientArgs, with_client};
+use super::output::{EXIT_OK, outln, print_json_or, printable};
+
+/// `sandbus hosts`
+pub async fn hosts(args: &ClientArgs) -> u8 {
+    with_client(args, |c| async move {
+        let hosts: Vec<HostInfo> = c.call(endpoint::HOSTS, &Empty {}).await?;
+        print_json_or(c.json, &hosts, |hosts| {
+            if hosts.is_empty() {
+                outln!("no live hosts");
+            }
+            for h in hosts {
+                outln!(
+                    "{:<20} {:<16} v{} pid {} since {}  components: {}  listeners: {}",
+                    h.id,
+                    h.hostname,
+                    h.version,
+                    h.pid,
+                    h.started_at,
+                    h.components
+                        .iter()
+                        .map(|(n, v)| format!("{n}@v{v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    h.listeners.join(",")
+                );
+            }
+        });
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+/// `sandbus devices`: every host's devices and their state.
+pub async fn devices(args: &ClientArgs) -> u8 {
+    with_client(args, |c| async move {
+        let devices: Vec<DeviceRecord> = c.call(endpoint::DEVICES, &Empty {}).await?;
+        print_json_or(c.json, &devices, |devices| print_devices(devices));
+        Ok(EXIT_OK)
+    })
+    .await
+}
+
+fn print_devices(devices: &[DeviceRecord]) {
+    if devices.is_empty() {
+        outln!("no devices on any live host");
+        return;
+    }
+    outln!(
+        "{:<16} {:<16} {:<10} {:<16} {:<8} {:<10} run",
+        "host",
+        "device",
+        "vid:pid",
+        "serial",
+        "state",
+        "location"
+    );
+    for d in devices {
+        let run = match (&d.run, d.queued) {
+            (Some(run), 0) => run.clone(),
+            (Some(run), n) => format!("{run} (+{n} queued)"),
+            (None, 0) => "-".into(),
+            (None, n) => format!("({n} queued)"),
+        };
+        outln!(
+            "{:<16} {:<16} {:<10} {:<16} {:<8} {:<10} {run}",
+            printable(&d.host),
+            printable(&d.info.id),
+            d.info.vid_pid(),
+            printable(d.info.serial.as_deref().unwrap_or("-")),
+            d.state.to_string(),
+            printable(&d.info.location),
+        );
+    }
+}
