@@ -1,9 +1,8 @@
 //! The component store's changes: `sandbus.component.added` and `sandbus.component.removed`.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::HostEvent;
+use crate::{HostEvent, Record};
 
 /// `sandbus.component.added`: a component version was recorded (an upload, or a rollback,
 /// which records the restored version anew). The data is the version's manifest, whole.
@@ -17,7 +16,7 @@ pub struct ComponentAdded<Manifest = serde_json::Value> {
     pub manifest: Manifest,
 }
 
-impl<Manifest: Serialize + DeserializeOwned> HostEvent for ComponentAdded<Manifest> {
+impl<Manifest: Record> HostEvent for ComponentAdded<Manifest> {
     const TYPE: &'static str = "sandbus.component.added";
 }
 
@@ -30,7 +29,7 @@ pub struct ComponentRemoved<Manifest = serde_json::Value> {
     pub manifest: Manifest,
 }
 
-impl<Manifest: Serialize + DeserializeOwned> HostEvent for ComponentRemoved<Manifest> {
+impl<Manifest: Record> HostEvent for ComponentRemoved<Manifest> {
     const TYPE: &'static str = "sandbus.component.removed";
 }
 

@@ -1,9 +1,8 @@
 //! An extension point's veto: `sandbus.hook.denied`.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::HostEvent;
+use crate::{HostEvent, Record};
 
 /// What was proposed to an extension point, as a [`HookDenied`] names it: the proposed
 /// event's id, type and subject (not its data, which may be large or private).
@@ -39,11 +38,7 @@ pub struct HookDenied<Policy = serde_json::Value, Answer = serde_json::Value> {
     pub hooks: Vec<Answer>,
 }
 
-impl<Policy, Answer> HostEvent for HookDenied<Policy, Answer>
-where
-    Policy: Serialize + DeserializeOwned,
-    Answer: Serialize + DeserializeOwned,
-{
+impl<Policy: Record, Answer: Record> HostEvent for HookDenied<Policy, Answer> {
     const TYPE: &'static str = "sandbus.hook.denied";
 }
 

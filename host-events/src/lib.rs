@@ -12,8 +12,9 @@
 //!
 //! Some events carry a record only the daemon knows the type of (a component's manifest, a
 //! run's report, a control request's result, a hook's answer). Those events are generic over
-//! it, with [`serde_json::Value`] as the default: the daemon fills in its own type, a guest
-//! reads the record as a value (`ComponentAdded` is `ComponentAdded<serde_json::Value>`).
+//! it (a [`Record`]), with [`serde_json::Value`] as the default: the daemon fills in its own
+//! type, a guest reads the record as a value (`ComponentAdded` is
+//! `ComponentAdded<serde_json::Value>`).
 //!
 //! Plain data only (serde): this crate builds for the host and for `wasm32-wasip2` guests.
 
@@ -54,6 +55,13 @@ pub trait HostEvent: Serialize + DeserializeOwned {
         serde_json::to_value(self).and_then(|value| serde_json::to_vec(&value))
     }
 }
+
+/// A record of the daemon's own that an event carries whole or in part (a component's
+/// manifest, a run's report, a request's result, a hook's answer): anything that goes to JSON
+/// and back. The events that carry one are generic over it, [`serde_json::Value`] by default.
+pub trait Record: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> Record for T {}
 
 #[cfg(test)]
 mod testing {

@@ -1,9 +1,8 @@
 //! The end of a control request sent as a cast: `sandbus.request.finished`.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::HostEvent;
+use crate::{HostEvent, Record};
 
 /// `sandbus.request.finished`: a control request sent as a cast (answered at once with its
 /// request id) finished. Its subject is the request id; the data holds either the result
@@ -49,11 +48,7 @@ impl<Output, Failure> RequestFinished<Output, Failure> {
     }
 }
 
-impl<Output, Failure> HostEvent for RequestFinished<Output, Failure>
-where
-    Output: Serialize + DeserializeOwned,
-    Failure: Serialize + DeserializeOwned,
-{
+impl<Output: Record, Failure: Record> HostEvent for RequestFinished<Output, Failure> {
     const TYPE: &'static str = "sandbus.request.finished";
 }
 

@@ -6,10 +6,9 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{DeviceInfo, HostEvent};
+use crate::{DeviceInfo, HostEvent, Record};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +109,7 @@ pub struct RunFinished<Report = serde_json::Value> {
     pub report: Report,
 }
 
-impl<Report: Serialize + DeserializeOwned> HostEvent for RunFinished<Report> {
+impl<Report: Record> HostEvent for RunFinished<Report> {
     const TYPE: &'static str = "sandbus.run.finished";
 }
 
