@@ -39,6 +39,7 @@
 
 use std::fmt;
 
+use sandbus_host_events::{HostEvent, LeaseReleased, Metering};
 use serde::{Deserialize, Serialize};
 
 /// The event type that records a start.
@@ -46,9 +47,9 @@ pub const STARTED: &str = "vm.started";
 /// The event type that records a stop.
 pub const STOPPED: &str = "vm.stopped";
 /// A device lease ended (from the host daemon): charged as lease time.
-pub const LEASE_RELEASED: &str = "sandbus.lease.released";
+pub const LEASE_RELEASED: &str = LeaseReleased::TYPE;
 /// A metering window's compute usage per component (from the host daemon).
-pub const METERING: &str = "sandbus.metering";
+pub const METERING: &str = Metering::TYPE;
 /// The type of the event emitted once an instance's usage is known.
 pub const USAGE_TYPE: &str = "billing.usage";
 /// The `source` of the emitted events.
@@ -129,22 +130,16 @@ pub struct Charge {
     pub amount: i64,
 }
 
-/// The JSON `data` of a `sandbus.lease.released` event (the fields billing reads; the rest
-/// are allowed and ignored).
-#[derive(Deserialize)]
-struct LeaseReleasedData {
-    run: String,
-    script: String,
-    held_ms: u64,
-}
-
-/// Reads a `sandbus.lease.released` event: the run's device time, charged to its script.
-/// The entry is the run id: one lease per run, charged once.
+/// Reads a `sandbus.lease.released` event ([`LeaseReleased`], as the host emits it, every
+/// field present): the run's device time, charged to its script. The entry is the run id: one
+/// lease per run, charged once.
 pub fn parse_lease_released(data: &[u8]) -> Result<Charge, String> {
-    let data: LeaseReleasedData = parse_json(
+    let data: LeaseReleased = parse_json(
         LEASE_RELEASED,
         data,
-        "fields `run`, `script` (strings) and `held_ms` (an integer)",
+        "the fields `run`, `host`, `script`, `reset` (strings), `device` (an object), \
+         `held_ms` (an integer) and `verdict` (`pass`, `fail`...); billing charges `held_ms` \
+         to `script`",
     )?;
     validate_name("run", &data.run)?;
     validate_name("script", &data.script)?;
@@ -156,37 +151,17 @@ pub fn parse_lease_released(data: &[u8]) -> Result<Charge, String> {
     })
 }
 
-/// The JSON `data` of a `sandbus.metering` event (the fields billing reads).
-#[derive(Deserialize)]
-struct MeteringData {
-    components: Vec<ComponentUsage>,
-}
-
-/// One component's usage in a metering window.
-#[derive(Deserialize)]
-struct ComponentUsage {
-    component: String,
-    usage: UsageFields,
-}
-
-/// The usage counters billing charges (`failed` and `peak_memory` are not charged).
-#[derive(Deserialize)]
-struct UsageFields {
-    invocations: u64,
-    wall_us: u64,
-    #[serde(default)]
-    fuel: u64,
-}
-
-/// Reads a `sandbus.metering` event: per component, its invocations, wall time and fuel
-/// over the window. The entry is the event id ([`entry_from_id`]): each window is emitted
-/// once with one id, and a component appears once per window. Zero amounts charge nothing
-/// and are left out.
+/// Reads a `sandbus.metering` event ([`Metering`], as the host emits it, every field
+/// present): per component, its invocations, wall time and fuel over the window (`failed`
+/// and `peak_memory` are not charged). The entry is the event id ([`entry_from_id`]): each
+/// window is emitted once with one id, and a component appears once per window. Zero amounts
+/// charge nothing and are left out.
 pub fn parse_metering(id: &str, data: &[u8]) -> Result<Vec<Charge>, String> {
-    let data: MeteringData = parse_json(
+    let data: Metering = parse_json(
         METERING,
         data,
-        "field `components`, a list of {component, usage: {invocations, wall_us, fuel}}",
+        "the fields `host`, `window_start`, `window_end` (strings) and `components`, a list \
+         of {component, world, usage: {invocations, failed, wall_us, peak_memory, fuel}}",
     )?;
     let entry = entry_from_id(id)?;
     let mut charges = Vec::new();
@@ -842,11 +817,33 @@ mod tests {
         assert!(parse_stored("k", &[0xff]).is_err());
     }
 
+    /// A `sandbus.lease.released` event's data as the host emits it (every field, the device
+    /// whole), for run `run` of `script` that held its device `held_ms`.
+    fn lease_released(run: &str, script: &str, held_ms: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "run": run,
+            "host": "h1",
+            "device": {
+                "id": "board-1", "vendor_id": 4617, "product_id": 1, "serial": null,
+                "manufacturer": "pid.codes", "product": "Test board", "location": "1-2.3",
+                "class": 0,
+            },
+            "script": script,
+            "held_ms": held_ms,
+            "reset": "ok",
+            "verdict": "pass",
+        })
+    }
+
+    fn bytes(data: &serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(data).unwrap()
+    }
+
     #[test]
     fn a_released_lease_charges_its_run_to_the_script() {
-        let data = br#"{"run":"r-1795255200000-0a1b2c3d","host":"h1","device":"1209:0001","script":"smoke","held_ms":1520,"reset":"ok","verdict":"pass"}"#;
+        let data = lease_released("r-1795255200000-0a1b2c3d", "smoke", 1520.into());
         assert_eq!(
-            parse_lease_released(data),
+            parse_lease_released(&bytes(&data)),
             Ok(Charge {
                 meter: Meter::LeaseMs,
                 account: "smoke".into(),
@@ -854,19 +851,32 @@ mod tests {
                 amount: 1520,
             })
         );
-        let e = parse_lease_released(br#"{"run":"r-1","script":"smoke"}"#).unwrap_err();
+        let mut without_held_ms = lease_released("r-1", "smoke", 1.into());
+        without_held_ms.as_object_mut().unwrap().remove("held_ms");
+        let e = parse_lease_released(&bytes(&without_held_ms)).unwrap_err();
         assert!(e.contains("held_ms"), "{e}");
         assert!(e.contains(LEASE_RELEASED), "{e}");
-        let e = parse_lease_released(br#"{"run":"r/1","script":"smoke","held_ms":1}"#).unwrap_err();
+        assert!(e.contains("missing field `held_ms`"), "{e}");
+        let e =
+            parse_lease_released(&bytes(&lease_released("r/1", "smoke", 1.into()))).unwrap_err();
         assert!(e.contains("`run`"), "{e}");
         let e =
-            parse_lease_released(br#"{"run":"r-1","script":"smoke","held_ms":-1}"#).unwrap_err();
+            parse_lease_released(&bytes(&lease_released("r-1", "smoke", (-1).into()))).unwrap_err();
         assert!(e.contains("held_ms"), "{e}");
-        let e = parse_lease_released(
-            format!(r#"{{"run":"r-1","script":"smoke","held_ms":{}}}"#, u64::MAX).as_bytes(),
-        )
-        .unwrap_err();
+        let e = parse_lease_released(&bytes(&lease_released("r-1", "smoke", u64::MAX.into())))
+            .unwrap_err();
         assert!(e.contains("larger than"), "{e}");
+    }
+
+    /// A `sandbus.metering` event's data as the host emits it (every field), for a window
+    /// with `components`.
+    fn metering(components: serde_json::Value) -> Vec<u8> {
+        bytes(&serde_json::json!({
+            "host": "h1",
+            "window_start": "2026-11-22T10:00:00.123Z",
+            "window_end": "2026-11-22T10:00:10.123Z",
+            "components": components,
+        }))
     }
 
     #[test]
@@ -891,15 +901,16 @@ mod tests {
                 (Meter::Fuel, "smoke", entry, 77),
             ]
         );
-        let e = parse_metering(
-            id,
-            br#"{"components":[{"component":"a b","usage":{"invocations":1,"wall_us":1}}]}"#,
-        )
-        .unwrap_err();
+        let bad_name = serde_json::json!([{
+            "component": "a b",
+            "world": "listener",
+            "usage": { "invocations": 1, "failed": 0, "wall_us": 1, "peak_memory": 1, "fuel": 0 },
+        }]);
+        let e = parse_metering(id, &metering(bad_name)).unwrap_err();
         assert!(e.contains("`component`"), "{e}");
-        let e = parse_metering(id, br#"{"components":5}"#).unwrap_err();
+        let e = parse_metering(id, &metering(5.into())).unwrap_err();
         assert!(e.contains(METERING), "{e}");
-        let e = parse_metering("", br#"{"components":[]}"#).unwrap_err();
+        let e = parse_metering("", &metering(serde_json::json!([]))).unwrap_err();
         assert!(e.contains("empty"), "{e}");
     }
 

@@ -34,33 +34,8 @@ pub enum RunState {
     Finished,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunVerdict {
-    /// The script reported pass.
-    Pass,
-    /// The script reported fail.
-    Fail,
-    /// The script reported error, or the run could not run (trap, no device, host lost).
-    Error,
-    /// The run hit its deadline.
-    Timeout,
-    /// Someone cancelled it.
-    Cancelled,
-}
-
-impl std::fmt::Display for RunVerdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RunVerdict::Pass => "pass",
-            RunVerdict::Fail => "fail",
-            RunVerdict::Error => "error",
-            RunVerdict::Timeout => "timeout",
-            RunVerdict::Cancelled => "cancelled",
-        })
-    }
-}
+/// How a run ended. Defined with the host events that carry it (`sandbus.lease.released`).
+pub use sandbus_host_events::RunVerdict;
 
 /// What `sandbus run` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 
 use super::components::LoadedComponents;
-use super::host_events::{self, HostEvents};
+use super::host_events::{HookDenied, HostEvent, HostEvents, Proposal};
 use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::api::{HookAnswer, HookCallReply, HookOutcome};
@@ -82,28 +82,23 @@ impl HookDispatcher {
             .as_micros();
         let id = format!(
             "{}/{}/{}/{at}",
-            host_events::HOOK_DENIED,
+            <HookDenied>::TYPE,
             reply.point,
             self.host_id
         );
-        let data = serde_json::json!({
-            "point": reply.point,
-            "policy": reply.policy,
-            "proposed": {
-                "id": proposed.id,
-                "type": proposed.ty,
-                "subject": proposed.subject,
+        let denied = HookDenied {
+            point: reply.point.clone(),
+            policy: reply.policy,
+            proposed: Proposal {
+                id: proposed.id.clone(),
+                ty: proposed.ty.clone(),
+                subject: proposed.subject.clone(),
             },
-            "reasons": reply.reasons,
-            "hooks": reply.hooks,
-        });
+            reasons: reply.reasons.clone(),
+            hooks: reply.hooks.clone(),
+        };
         self.events
-            .emit_or_log(
-                host_events::HOOK_DENIED,
-                id,
-                Some(reply.point.clone()),
-                data,
-            )
+            .emit_or_log_typed(&denied, id, Some(reply.point.clone()))
             .await;
     }
 

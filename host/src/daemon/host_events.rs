@@ -4,41 +4,30 @@
 //! can subscribe to them like to any other. Ids are derived from what happened (component
 //! and version, listener and stream sequence...), so when several daemons report the same
 //! fact, or one daemon reports it again after a restart, the stream keeps it once.
+//!
+//! What each event's data holds is defined once, as a type in the `sandbus-host-events`
+//! crate (re-exported here), which the guests that read them use too: [`HostEvents`] takes a
+//! typed event and emits it as its [`HostEvent::TYPE`].
 
-use serde_json::json;
-
-use crate::bus::{BusError, EventStream, PublishedEvent, names};
+use crate::bus::{BusError, BusErrorKind, EventStream, PublishedEvent, names};
 use crate::event::{CanonicalEvent, MAX_DEPTH};
 
-/// A component version was recorded (upload or rollback).
-pub const COMPONENT_ADDED: &str = "sandbus.component.added";
-/// A component was removed.
-pub const COMPONENT_REMOVED: &str = "sandbus.component.removed";
-/// A listener failed to handle an event (it will be retried). Rate limited per listener.
-pub const LISTENER_FAILED: &str = "sandbus.listener.failed";
-/// A listener gave up on an event; it went to the dead-letter stream.
-pub const LISTENER_DEAD_LETTERED: &str = "sandbus.listener.dead-lettered";
-/// A daemon started.
-pub const HOST_STARTED: &str = "sandbus.host.started";
-/// A daemon stopped cleanly.
-pub const HOST_STOPPED: &str = "sandbus.host.stopped";
-/// A control request sent as a cast finished; carries its result or error.
-pub const REQUEST_FINISHED: &str = "sandbus.request.finished";
-/// A USB device appeared on a host.
-pub const DEVICE_ATTACHED: &str = "sandbus.device.attached";
-/// A USB device went away from a host.
-pub const DEVICE_DETACHED: &str = "sandbus.device.detached";
-/// A run took a device (billing charges device time from this to `lease.released`).
-pub const LEASE_ACQUIRED: &str = "sandbus.lease.acquired";
-/// A run gave its device back (data: `held_ms`, the reset result, the verdict).
-pub const LEASE_RELEASED: &str = "sandbus.lease.released";
-/// Usage of every component over one metering window (see `daemon::metering`).
-pub const METERING: &str = "sandbus.metering";
-/// A run ended; data is its report.
-pub const RUN_FINISHED: &str = "sandbus.run.finished";
-/// An extension point denied a proposed operation (data: the point, the proposal's id, type
-/// and subject, the reasons and every hook's answer).
-pub const HOOK_DENIED: &str = "sandbus.hook.denied";
+pub use sandbus_host_events::{
+    ComponentAdded, ComponentRemoved, ComponentUsage, DeviceAttached, DeviceDetached, HookDenied,
+    HostEvent, HostStarted, HostStopped, LeaseAcquired, LeaseReleased, ListenerDeadLettered,
+    ListenerFailed, Metering, Proposal, RequestFinished, RunFinished,
+};
+
+/// [`ComponentAdded`]'s type, for the call sites that still emit JSON.
+pub const COMPONENT_ADDED: &str = <ComponentAdded>::TYPE;
+/// [`ComponentRemoved`]'s type, for the call sites that still emit JSON.
+pub const COMPONENT_REMOVED: &str = <ComponentRemoved>::TYPE;
+/// [`ListenerFailed`]'s type, for the call sites that still emit JSON.
+pub const LISTENER_FAILED: &str = ListenerFailed::TYPE;
+/// [`ListenerDeadLettered`]'s type, for the call sites that still emit JSON.
+pub const LISTENER_DEAD_LETTERED: &str = ListenerDeadLettered::TYPE;
+/// [`RequestFinished`]'s type, for the call sites that still emit JSON.
+pub const REQUEST_FINISHED: &str = <RequestFinished>::TYPE;
 
 /// Emits this host's events on the events stream.
 #[derive(Clone)]
@@ -61,21 +50,55 @@ impl HostEvents {
         &self.host_id
     }
 
-    /// Builds and publishes an event of type `ty` with id `id` and JSON `data`.
-    pub async fn emit(
+    /// Publishes `event` with id `id`.
+    pub async fn emit<E: HostEvent>(
         &self,
-        ty: &str,
+        event: &E,
         id: String,
         subject: Option<String>,
-        data: serde_json::Value,
     ) -> Result<PublishedEvent, BusError> {
-        self.publish(ty, id, subject, data, 0).await
+        self.publish(E::TYPE, id, subject, encode(event)?, 0).await
     }
 
     /// Like [`HostEvents::emit`], for an event caused by handling an event of depth `cause`
     /// (a listener's failure, a dead letter): it is one hop deeper, and not emitted at all
     /// past [`MAX_DEPTH`] (`Ok(None)`), so that a listener reacting to these host events
     /// cannot loop through them either.
+    ///
+    /// Named `emit_caused` once [`HostEvents::emit_caused`]'s JSON call sites are converted.
+    pub async fn emit_caused_typed<E: HostEvent>(
+        &self,
+        event: &E,
+        id: String,
+        subject: Option<String>,
+        cause: u32,
+    ) -> Result<Option<PublishedEvent>, BusError> {
+        let Some(depth) = caused_depth(E::TYPE, cause) else {
+            return Ok(None);
+        };
+        self.publish(E::TYPE, id, subject, encode(event)?, depth)
+            .await
+            .map(Some)
+    }
+
+    /// Like [`HostEvents::emit`], but only logs a failure: for events whose loss must not
+    /// stop the work that produced them.
+    ///
+    /// Named `emit_or_log` once [`HostEvents::emit_or_log`]'s JSON call sites are converted.
+    pub async fn emit_or_log_typed<E: HostEvent>(
+        &self,
+        event: &E,
+        id: String,
+        subject: Option<String>,
+    ) {
+        log_failure(E::TYPE, self.emit(event, id, subject).await);
+    }
+
+    /// [`HostEvents::emit_caused_typed`] with the type and data given as JSON.
+    ///
+    /// Only for the two call sites in `daemon/dispatcher.rs` (`listener.failed`,
+    /// `listener.dead-lettered`) still to convert to [`ListenerFailed`] and
+    /// [`ListenerDeadLettered`]; then this goes, and the typed method takes its name.
     pub async fn emit_caused(
         &self,
         ty: &str,
@@ -84,12 +107,57 @@ impl HostEvents {
         data: serde_json::Value,
         cause: u32,
     ) -> Result<Option<PublishedEvent>, BusError> {
-        let depth = cause.saturating_add(1);
-        if depth > MAX_DEPTH {
-            tracing::debug!(event_type = ty, depth, "host event not emitted: loop guard");
+        let Some(depth) = caused_depth(ty, cause) else {
             return Ok(None);
-        }
-        self.publish(ty, id, subject, data, depth).await.map(Some)
+        };
+        self.publish(ty, id, subject, data.to_string().into_bytes(), depth)
+            .await
+            .map(Some)
+    }
+
+    /// [`HostEvents::emit_or_log_typed`] with the type and data given as JSON.
+    ///
+    /// Only for the call sites in `daemon/control/` (`component.added` / `.removed`,
+    /// `request.finished`) still to convert to [`ComponentAdded`], [`ComponentRemoved`] and
+    /// [`RequestFinished`]; then this goes, and the typed method takes its name.
+    pub async fn emit_or_log(
+        &self,
+        ty: &str,
+        id: String,
+        subject: Option<String>,
+        data: serde_json::Value,
+    ) {
+        let published = self
+            .publish(ty, id, subject, data.to_string().into_bytes(), 0)
+            .await;
+        log_failure(ty, published);
+    }
+
+    /// `sandbus.host.started`, with the daemon's start time in the id so every run of the
+    /// daemon is its own fact.
+    pub async fn host_started(&self, started_at: &str) {
+        let event = HostStarted {
+            host: self.host_id.clone(),
+            started_at: started_at.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        self.emit_lifecycle(&event, started_at).await;
+    }
+
+    /// `sandbus.host.stopped`, the [`HostEvents::host_started`] of the same run ending.
+    pub async fn host_stopped(&self, started_at: &str) {
+        let event = HostStopped {
+            host: self.host_id.clone(),
+            started_at: started_at.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        self.emit_lifecycle(&event, started_at).await;
+    }
+
+    async fn emit_lifecycle<E: HostEvent>(&self, event: &E, started_at: &str) {
+        let id = format!("{}/{}/{started_at}", E::TYPE, self.host_id);
+        self.emit_or_log_typed(event, id, Some(self.host_id.clone()))
+            .await;
     }
 
     async fn publish(
@@ -97,7 +165,7 @@ impl HostEvents {
         ty: &str,
         id: String,
         subject: Option<String>,
-        data: serde_json::Value,
+        data: Vec<u8>,
         depth: u32,
     ) -> Result<PublishedEvent, BusError> {
         let event = CanonicalEvent {
@@ -107,36 +175,38 @@ impl HostEvents {
             subject,
             time: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
             datacontenttype: Some("application/json".into()),
-            data: data.to_string().into_bytes(),
+            data,
             depth,
         };
         self.events.publish(&event).await
     }
+}
 
-    /// Like [`HostEvents::emit`], but only logs a failure: for events whose loss must not
-    /// stop the work that produced them.
-    pub async fn emit_or_log(
-        &self,
-        ty: &str,
-        id: String,
-        subject: Option<String>,
-        data: serde_json::Value,
-    ) {
-        if let Err(e) = self.emit(ty, id, subject, data).await {
-            tracing::warn!(event_type = ty, error = %e, "could not emit a host event");
-        }
-    }
-
-    /// `sandbus.host.started` / `sandbus.host.stopped`, with the daemon's start time in the
-    /// id so every run of the daemon is its own fact.
-    pub async fn host(&self, ty: &str, started_at: &str) {
-        let id = format!("{ty}/{}/{started_at}", self.host_id);
-        self.emit_or_log(
-            ty,
-            id,
-            Some(self.host_id.clone()),
-            json!({ "host": self.host_id, "started_at": started_at, "version": env!("CARGO_PKG_VERSION") }),
+/// An event's data. Never fails for the daemon's events (plain records, string keys); if
+/// one ever did, it is not emitted and the failure says which event.
+fn encode<E: HostEvent>(event: &E) -> Result<Vec<u8>, BusError> {
+    event.to_data().map_err(|e| {
+        BusError::new(
+            BusErrorKind::Corrupt,
+            format!("could not encode a {} event: {e}", E::TYPE),
         )
-        .await;
+    })
+}
+
+/// The depth of an event caused by one of depth `cause`, or `None` past [`MAX_DEPTH`] (then it
+/// is not emitted: the loop guard).
+fn caused_depth(ty: &str, cause: u32) -> Option<u32> {
+    let depth = cause.saturating_add(1);
+    if depth > MAX_DEPTH {
+        tracing::debug!(event_type = ty, depth, "host event not emitted: loop guard");
+        return None;
+    }
+    Some(depth)
+}
+
+/// Logs a failed emit of an event of type `ty`.
+fn log_failure(ty: &str, published: Result<PublishedEvent, BusError>) {
+    if let Err(e) = published {
+        tracing::warn!(event_type = ty, error = %e, "could not emit a host event");
     }
 }

@@ -18,12 +18,14 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadedComponents;
-use super::host_events::{self, HostEvents};
+use super::host_events::{
+    DeviceAttached, DeviceDetached, HostEvent, HostEvents, LeaseAcquired, LeaseReleased,
+    RunFinished,
+};
 use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::api::{ApiError, ApiErrorKind};
@@ -261,19 +263,14 @@ impl DeviceLab {
         for device in attached {
             tracing::info!(device = %device.id, kind = %device.vid_pid(), "device attached");
             self.publish_device(&device).await;
+            let id = self.device_event_id::<DeviceAttached>(&device);
+            let subject = Some(device.id.clone());
+            let attached = DeviceAttached {
+                host: self.host_id.clone(),
+                device,
+            };
             self.host_events
-                .emit_or_log(
-                    host_events::DEVICE_ATTACHED,
-                    format!(
-                        "{}/{}/{}/{}",
-                        host_events::DEVICE_ATTACHED,
-                        self.host_id,
-                        device.id,
-                        crate::bus::now_rfc3339()
-                    ),
-                    Some(device.id.clone()),
-                    json!({ "host": self.host_id, "device": device }),
-                )
+                .emit_or_log_typed(&attached, id, subject)
                 .await;
         }
         for device in detached {
@@ -281,21 +278,28 @@ impl DeviceLab {
             if let Err(e) = self.inventory.remove(&self.host_id, &device.id).await {
                 tracing::warn!(error = %e, "could not update the device inventory");
             }
+            let id = self.device_event_id::<DeviceDetached>(&device);
+            let subject = Some(device.id.clone());
+            let detached = DeviceDetached {
+                host: self.host_id.clone(),
+                device,
+            };
             self.host_events
-                .emit_or_log(
-                    host_events::DEVICE_DETACHED,
-                    format!(
-                        "{}/{}/{}/{}",
-                        host_events::DEVICE_DETACHED,
-                        self.host_id,
-                        device.id,
-                        crate::bus::now_rfc3339()
-                    ),
-                    Some(device.id.clone()),
-                    json!({ "host": self.host_id, "device": device }),
-                )
+                .emit_or_log_typed(&detached, id, subject)
                 .await;
         }
+    }
+
+    /// The id of a `sandbus.device.*` event of type `E` about `device`: each attach or detach
+    /// is its own fact, so the id names the moment.
+    fn device_event_id<E: HostEvent>(&self, device: &DeviceInfo) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            E::TYPE,
+            self.host_id,
+            device.id,
+            crate::bus::now_rfc3339()
+        )
     }
 
     /// Writes one device's inventory entry with its current state.
@@ -615,16 +619,17 @@ impl DeviceLab {
             tracing::warn!(run = %record.id, error = %e, "could not record the run as running");
         }
         self.publish_device_by_id(&device.id).await;
-        let lease_data = json!({
-            "run": record.id, "host": self.host_id, "device": device,
-            "script": record.request.script,
-        });
+        let lease = LeaseAcquired {
+            run: record.id.clone(),
+            host: self.host_id.clone(),
+            device: device.clone(),
+            script: record.request.script.clone(),
+        };
         self.host_events
-            .emit_or_log(
-                host_events::LEASE_ACQUIRED,
-                format!("{}/{}", host_events::LEASE_ACQUIRED, record.id),
+            .emit_or_log_typed(
+                &lease,
+                format!("{}/{}", LeaseAcquired::TYPE, record.id),
                 Some(device.id.clone()),
-                lease_data.clone(),
             )
             .await;
 
@@ -688,16 +693,12 @@ impl DeviceLab {
         if let Err(e) = self.leases.release(held).await {
             tracing::warn!(error = %e, "could not release the device lease (it expires on its own)");
         }
-        let mut released = lease_data;
-        released["held_ms"] = json!(acquired.elapsed().as_millis() as u64);
-        released["reset"] = json!(reset);
-        released["verdict"] = json!(ending.verdict);
+        let released = lease.released(acquired.elapsed().as_millis() as u64, reset, ending.verdict);
         self.host_events
-            .emit_or_log(
-                host_events::LEASE_RELEASED,
-                format!("{}/{}", host_events::LEASE_RELEASED, record.id),
+            .emit_or_log_typed(
+                &released,
+                format!("{}/{}", LeaseReleased::TYPE, record.id),
                 Some(device.id.clone()),
-                released,
             )
             .await;
         ending
@@ -822,12 +823,14 @@ impl DeviceLab {
                     .record(&record.request.script, "script", &report.metering, failed);
             }
         }
+        let finished = RunFinished {
+            report: report.clone(),
+        };
         self.host_events
-            .emit_or_log(
-                host_events::RUN_FINISHED,
-                format!("{}/{}", host_events::RUN_FINISHED, record.id),
+            .emit_or_log_typed(
+                &finished,
+                format!("{}/{}", <RunFinished>::TYPE, record.id),
                 Some(record.id.clone()),
-                json!(report),
             )
             .await;
     }

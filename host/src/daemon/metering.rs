@@ -12,29 +12,17 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::host_events::{self, HostEvents};
+use super::host_events::{self, ComponentUsage, HostEvent, HostEvents};
 use crate::sandbox::Metering;
 
 /// Default metering window.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
-/// One component's usage in a window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    /// Calls finished.
-    pub invocations: u64,
-    /// Calls that failed (trap, timeout, memory limit...).
-    pub failed: u64,
-    /// Wall time of all calls, microseconds.
-    pub wall_us: u64,
-    /// The highest linear memory any call reached, bytes.
-    pub peak_memory: u64,
-    /// Fuel consumed by all calls (0 when fuel is not metered).
-    pub fuel: u64,
-}
+/// One component's usage in a window. Defined with the `sandbus.metering` event that
+/// carries it.
+pub use sandbus_host_events::Usage;
 
 /// Accumulates usage and emits it once per window.
 #[derive(Debug, Default)]
@@ -79,29 +67,26 @@ impl MeteringBatcher {
             let closed = crate::bus::now_rfc3339();
             if !totals.is_empty() {
                 sequence += 1;
-                let components: Vec<serde_json::Value> = totals
-                    .into_iter()
-                    .map(|((component, world), usage)| {
-                        json!({ "component": component, "world": world, "usage": usage })
-                    })
-                    .collect();
+                let metered = host_events::Metering {
+                    host: events.host_id().to_owned(),
+                    window_start: opened,
+                    window_end: closed.clone(),
+                    components: totals
+                        .into_iter()
+                        .map(|((component, world), usage)| ComponentUsage {
+                            component,
+                            world: world.to_owned(),
+                            usage,
+                        })
+                        .collect(),
+                };
                 let id = format!(
                     "{}/{}/{started_at}/{sequence}",
-                    host_events::METERING,
+                    host_events::Metering::TYPE,
                     events.host_id()
                 );
                 events
-                    .emit_or_log(
-                        host_events::METERING,
-                        id,
-                        Some(events.host_id().to_owned()),
-                        json!({
-                            "host": events.host_id(),
-                            "window_start": opened,
-                            "window_end": closed,
-                            "components": components,
-                        }),
-                    )
+                    .emit_or_log_typed(&metered, id, Some(events.host_id().to_owned()))
                     .await;
             }
             opened = closed;

@@ -313,9 +313,7 @@ impl Daemon {
             dispatchers.clone(),
             watchers.clone(),
         ));
-        host_events
-            .host(host_events::HOST_STARTED, &started_at)
-            .await;
+        host_events.host_started(&started_at).await;
         tracing::info!(host = %host_id, "daemon ready");
 
         stop.cancelled().await;
@@ -343,9 +341,7 @@ impl Daemon {
             // Last: the usage of the calls that just finished.
             metering_stop.cancel();
             let _ = metering_task.await;
-            host_events
-                .host(host_events::HOST_STOPPED, &started_at)
-                .await;
+            host_events.host_stopped(&started_at).await;
             if let Err(e) = hosts.leave(&host_id).await {
                 tracing::warn!(error = %e, "could not remove this host's presence entry");
             }

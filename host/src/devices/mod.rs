@@ -69,33 +69,8 @@ pub enum UsbErrorKind {
 }
 
 /// A device as this host sees it: enough to list it, select it and describe it to a guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceInfo {
-    /// Stable id on this host: the simulated device's name, or `usb-<bus>-<port path>` for
-    /// real hardware (stable while the device stays in the same port).
-    pub id: String,
-    /// USB vendor id.
-    pub vendor_id: u16,
-    /// USB product id.
-    pub product_id: u16,
-    /// Serial number string, when the device has one and it could be read.
-    pub serial: Option<String>,
-    /// Manufacturer string, when readable.
-    pub manufacturer: Option<String>,
-    /// Product string, when readable.
-    pub product: Option<String>,
-    /// Where it is plugged in: bus and port path, e.g. `1-2.3`.
-    pub location: String,
-    /// Device class from the device descriptor (0 = per interface).
-    pub class: u8,
-}
-
-impl DeviceInfo {
-    /// `vvvv:pppp` in lower-case hex, as `lsusb` prints it.
-    pub fn vid_pid(&self) -> String {
-        format!("{:04x}:{:04x}", self.vendor_id, self.product_id)
-    }
-}
+/// Defined with the host events that carry it (`sandbus.device.attached`...).
+pub use sandbus_host_events::DeviceInfo;
 
 /// Direction and kind of a control request, as in the `bmRequestType` byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, UNIX_EPOCH};
 
+use sandbus::bus::RunVerdict;
+use sandbus::daemon::metering::Usage;
+use sandbus::devices::DeviceInfo;
 use sandbus::event::CanonicalEvent;
 use sandbus::sandbox::{HandlerOutcome, PreparedComponent, World};
+use sandbus_host_events::{ComponentUsage, HostEvent, LeaseReleased, Metering};
 
 use super::support::guest;
 use super::{Harness, sandbox, spec};
@@ -146,31 +150,74 @@ fn stored(h: &Harness, component: &str, key: &str) -> Option<i64> {
         .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
 }
 
+/// A `sandbus.lease.released` as a daemon emits it: run `run` of `script` held its device
+/// `held_ms`.
+fn lease_released(run: &str, script: &str, held_ms: u64) -> LeaseReleased {
+    LeaseReleased {
+        run: run.into(),
+        host: "h1".into(),
+        device: DeviceInfo {
+            id: "board-1".into(),
+            vendor_id: 0x1209,
+            product_id: 0x0001,
+            serial: Some("SN-1".into()),
+            manufacturer: None,
+            product: Some("Test board".into()),
+            location: "1-2".into(),
+            class: 0,
+        },
+        script: script.into(),
+        held_ms,
+        reset: "ok".into(),
+        verdict: RunVerdict::Pass,
+    }
+}
+
+/// A `sandbus.metering` window of host `h1`, as a daemon emits it.
+fn metering_window(components: Vec<ComponentUsage>) -> Metering {
+    Metering {
+        host: "h1".into(),
+        window_start: "2026-11-22T10:00:00.123Z".into(),
+        window_end: "2026-11-22T10:00:10.123Z".into(),
+        components,
+    }
+}
+
+/// A listener's line in a metering window (no failed calls, 1 KiB peak memory).
+fn listener_usage(name: &str, invocations: u64, wall_us: u64, fuel: u64) -> ComponentUsage {
+    ComponentUsage {
+        component: name.into(),
+        world: "listener".into(),
+        usage: Usage {
+            invocations,
+            failed: 0,
+            wall_us,
+            peak_memory: 1024,
+            fuel,
+        },
+    }
+}
+
+/// A host event with id `id`, its data as the daemon writes it.
+fn host_event<E: HostEvent>(id: &str, event: &E) -> CanonicalEvent {
+    let data = String::from_utf8(event.to_data().unwrap()).unwrap();
+    super::event(E::TYPE, id, &data)
+}
+
 #[tokio::test]
 async fn lease_time_and_compute_are_charged_once_per_run_and_window() {
     let billing = billing("billing-ops");
     let h = Harness::new();
     let lease = |run: &str, script: &str, held_ms: u64| {
-        super::event(
-            "sandbus.lease.released",
+        host_event(
             &format!("sandbus.lease.released/{run}"),
-            &format!(
-                r#"{{"run":"{run}","host":"h1","device":"1209:0001","script":"{script}","held_ms":{held_ms},"reset":"ok","verdict":"pass"}}"#
-            ),
+            &lease_released(run, script, held_ms),
         )
     };
-    let metering = |seq: u32, components: &str| {
-        super::event(
-            "sandbus.metering",
+    let metering = |seq: u32, components: Vec<ComponentUsage>| {
+        host_event(
             &format!("sandbus.metering/h1/2026-11-22T10:00:00.123Z/{seq}"),
-            &format!(
-                r#"{{"host":"h1","window_start":"x","window_end":"y","components":[{components}]}}"#
-            ),
-        )
-    };
-    let usage = |name: &str, invocations: u64, wall_us: u64, fuel: u64| {
-        format!(
-            r#"{{"component":"{name}","world":"listener","usage":{{"invocations":{invocations},"failed":0,"wall_us":{wall_us},"peak_memory":1024,"fuel":{fuel}}}}}"#
+            &metering_window(components),
         )
     };
     let events = vec![
@@ -179,13 +226,12 @@ async fn lease_time_and_compute_are_charged_once_per_run_and_window() {
         lease("r-3-cc", "flash", 90_000),
         metering(
             1,
-            &format!(
-                "{},{}",
-                usage("audit", 10, 4000, 0),
-                usage("smoke", 1, 1_500_000, 300)
-            ),
+            vec![
+                listener_usage("audit", 10, 4000, 0),
+                listener_usage("smoke", 1, 1_500_000, 300),
+            ],
         ),
-        metering(2, &usage("audit", 5, 1000, 0)),
+        metering(2, vec![listener_usage("audit", 5, 1000, 0)]),
     ];
     // Everything twice, as after a crash before the acks, then once more in reverse.
     let mut deliveries = events.clone();
@@ -226,25 +272,28 @@ async fn malformed_lease_or_metering_event_is_rejected_and_changes_nothing() {
         )
         .unwrap();
     let h = Harness::new();
+    let mut without_held_ms = serde_json::to_value(lease_released("r-1", "smoke", 5)).unwrap();
+    without_held_ms.as_object_mut().unwrap().remove("held_ms");
+    let bad_run = lease_released("r 1", "smoke", 5);
+    let bad_component = metering_window(vec![
+        listener_usage("audit", 1, 1, 0),
+        listener_usage("a/b", 1, 1, 0),
+    ]);
     for (ty, data, want) in [
+        (LeaseReleased::TYPE, without_held_ms.to_string(), "held_ms"),
         (
-            "sandbus.lease.released",
-            r#"{"run":"r-1","script":"smoke"}"#,
-            "held_ms",
-        ),
-        (
-            "sandbus.lease.released",
-            r#"{"run":"r 1","script":"smoke","held_ms":5}"#,
+            LeaseReleased::TYPE,
+            String::from_utf8(bad_run.to_data().unwrap()).unwrap(),
             "`run`",
         ),
         (
-            "sandbus.metering",
-            r#"{"components":[{"component":"audit","usage":{"invocations":1,"wall_us":1}},{"component":"a/b","usage":{"invocations":1,"wall_us":1}}]}"#,
+            Metering::TYPE,
+            String::from_utf8(bad_component.to_data().unwrap()).unwrap(),
             "`component`",
         ),
     ] {
         let done = billing
-            .handle(super::event(ty, "id-1", data), &h.caps)
+            .handle(super::event(ty, "id-1", &data), &h.caps)
             .await
             .unwrap();
         let HandlerOutcome::Reject { reason } = done.output else {
