@@ -55,6 +55,7 @@ pub use runs::{
 };
 pub(crate) use store::now_rfc3339;
 pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
+pub use subscriptions::ack_wait_for;
 pub use subscriptions::{
     DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,
     Subscription, SubscriptionChange, SubscriptionStore, validate_event_pattern,

@@ -295,7 +295,7 @@ impl ListenerDispatcher {
         // The event may wait for a free instance before its deadline starts: tell the server
         // it is in progress well within the consumer's ack wait, so it is not redelivered
         // while it waits or runs.
-        let progress_every = super::control::ack_wait_for(component.prepared.limits().timeout) / 3;
+        let progress_every = crate::bus::ack_wait_for(component.prepared.limits().timeout) / 3;
         let running = self.context.metrics.in_flight(self.listener());
         let call = component.prepared.handle(event, &self.context.capabilities);
         let mut call = std::pin::pin!(call);
