@@ -39,7 +39,10 @@ use tokio_util::sync::CancellationToken;
 pub use components::{LoadedComponent, LoadedComponents};
 pub use config::ConfigFile;
 pub use control::ControlApi;
-pub use dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
+pub use dispatcher::{
+    BusFailures, DispatchContext, DispatcherHandle, ListenerComponents, ListenerDispatcher,
+    ListenerFailures,
+};
 pub use hooks::HookDispatcher;
 pub use lab::DeviceLab;
 pub use metrics::Metrics;
@@ -203,8 +206,12 @@ impl Daemon {
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
         let context = Arc::new(DispatchContext {
             host_id: host_id.clone(),
-            events: events.clone(),
-            subscriptions: subscriptions.clone(),
+            deliveries: Arc::new(subscriptions.clone()),
+            failures: Arc::new(BusFailures {
+                subscriptions: subscriptions.clone(),
+                events: events.clone(),
+                host_events: host_events.clone(),
+            }),
             components: components.clone(),
             capabilities: Capabilities {
                 log: Arc::new(DiscardLog),
@@ -212,7 +219,6 @@ impl Daemon {
                 kv: Arc::new(kv),
                 usb: None,
             },
-            host_events: host_events.clone(),
             grace: self.config.listeners.shutdown_grace,
             batch: self.config.listeners.batch,
             metrics: metrics.clone(),
