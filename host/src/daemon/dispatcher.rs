@@ -631,3 +631,6 @@ impl ListenerDispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
