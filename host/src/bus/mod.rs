@@ -20,6 +20,7 @@ pub use events::humantime_serde;
 mod inventory;
 mod kv;
 mod kv_usage;
+mod layout;
 mod leases;
 pub mod names;
 mod pages;
@@ -47,6 +48,7 @@ pub use hooks::{
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
 pub use kv_usage::KvUsage;
+pub use layout::{BusLayout, DaemonBus};
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
 pub use pages::read_page;
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
