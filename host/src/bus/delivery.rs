@@ -186,31 +186,20 @@ mod tests {
 
     #[test]
     fn a_pull_that_can_recover_is_interrupted_and_one_that_cannot_has_ended() {
-        for kind in [
-            MessagesErrorKind::MissingHeartbeat,
-            MessagesErrorKind::Pull,
-            MessagesErrorKind::Other,
+        for (kind, recovers) in [
+            (MessagesErrorKind::MissingHeartbeat, true),
+            (MessagesErrorKind::Pull, true),
+            (MessagesErrorKind::Other, true),
+            (MessagesErrorKind::ConsumerDeleted, false),
+            (MessagesErrorKind::PushBasedConsumer, false),
+            (MessagesErrorKind::NoResponders, false),
+            (MessagesErrorKind::RequestLimitExceeded, false),
         ] {
-            assert!(
-                matches!(
-                    PullError::from(MessagesError::new(kind)),
-                    PullError::Interrupted(_)
-                ),
-                "{kind}"
-            );
-        }
-        for kind in [
-            MessagesErrorKind::ConsumerDeleted,
-            MessagesErrorKind::PushBasedConsumer,
-            MessagesErrorKind::NoResponders,
-            MessagesErrorKind::RequestLimitExceeded,
-        ] {
-            assert!(
-                matches!(
-                    PullError::from(MessagesError::new(kind)),
-                    PullError::Ended(_)
-                ),
-                "{kind}"
+            let error = PullError::from(MessagesError::new(kind));
+            assert_eq!(
+                matches!(error, PullError::Interrupted(_)),
+                recovers,
+                "{kind}: {error}"
             );
         }
     }

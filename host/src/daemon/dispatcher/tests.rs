@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -218,14 +218,18 @@ impl ListenerComponents for FakeComponents {
 }
 
 /// Hands out the given deliveries on the first pull, then nothing; the stream never ends.
+/// `pulled` is notified on every pull.
+#[derive(Default)]
 struct FakeSource {
     deliveries: std::sync::Mutex<Vec<FakeDelivery>>,
+    pulled: Arc<Notify>,
 }
 
 #[async_trait::async_trait]
 impl DeliverySource for FakeSource {
     async fn pull(&self, listener: &str, _batch: usize) -> Result<Deliveries, BusError> {
         assert_eq!(listener, LISTENER);
+        self.pulled.notify_one();
         let deliveries = std::mem::take(
             &mut *self
                 .deliveries
@@ -419,12 +423,9 @@ impl Setup {
     fn build(self) -> Harness {
         let journal = Arc::new(Journal::default());
         let stop = CancellationToken::new();
-        let source = FakeSource {
-            deliveries: std::sync::Mutex::default(),
-        };
         let dispatcher = Arc::new(ListenerDispatcher {
             subscription: Arc::new(self.subscription()),
-            context: self.context(&journal, source),
+            context: self.context(&journal, FakeSource::default()),
             stop: stop.clone(),
             failures: tokio::sync::Mutex::new(FailureReports::default()),
             newest: std::sync::atomic::AtomicU64::new(0),
@@ -436,12 +437,20 @@ impl Setup {
         }
     }
 
-    /// Runs a whole dispatcher (pull loop included) whose first pull gets `deliveries`.
-    fn spawn(self, journal: &Arc<Journal>, deliveries: Vec<FakeDelivery>) -> DispatcherHandle {
+    /// Runs a whole dispatcher (pull loop included) whose first pull gets `deliveries`;
+    /// the `Notify` is notified when it pulls.
+    fn spawn(
+        self,
+        journal: &Arc<Journal>,
+        deliveries: Vec<FakeDelivery>,
+    ) -> (DispatcherHandle, Arc<Notify>) {
         let source = FakeSource {
             deliveries: std::sync::Mutex::new(deliveries),
+            pulled: Arc::default(),
         };
-        ListenerDispatcher::spawn(self.subscription(), self.context(journal, source))
+        let pulled = source.pulled.clone();
+        let handle = ListenerDispatcher::spawn(self.subscription(), self.context(journal, source));
+        (handle, pulled)
     }
 }
 
@@ -493,6 +502,21 @@ fn event(id: &str) -> Vec<u8> {
         depth: 0,
     }
     .to_json()
+}
+
+/// What a dead letter at the `deliveries`th delivery does, in order: the failure is recorded
+/// and announced, the copy stored and announced, and only then the event terminated.
+fn dead_lettered(event_id: Option<&str>, deliveries: u64) -> Vec<Entry> {
+    vec![
+        recorded(event_id),
+        announced(LISTENER_FAILED, 0),
+        Entry::DeadLettered {
+            sequence: SEQUENCE,
+            deliveries,
+        },
+        announced(LISTENER_DEAD_LETTERED, 0),
+        Entry::Term(SEQUENCE),
+    ]
 }
 
 /// The one item of `items`.
@@ -568,16 +592,7 @@ async fn a_failure_at_the_last_delivery_is_dead_lettered_then_terminated() {
     let payload = event("e1");
     assert_eq!(
         harness.dispatch(3, payload.clone()).await,
-        [
-            recorded(Some("e1")),
-            announced(LISTENER_FAILED, 0),
-            Entry::DeadLettered {
-                sequence: SEQUENCE,
-                deliveries: 3,
-            },
-            announced(LISTENER_DEAD_LETTERED, 0),
-            Entry::Term(SEQUENCE),
-        ]
+        dead_lettered(Some("e1"), 3)
     );
     let letter = only(harness.journal.letters());
     assert_eq!(letter.listener, LISTENER);
@@ -601,16 +616,7 @@ async fn a_reject_at_the_last_delivery_is_dead_lettered_with_the_listeners_reaso
     let harness = Setup::with("retry-once-listener", &[]).build();
     assert_eq!(
         harness.dispatch(3, event("a..b")).await,
-        [
-            recorded(Some("a..b")),
-            announced(LISTENER_FAILED, 0),
-            Entry::DeadLettered {
-                sequence: SEQUENCE,
-                deliveries: 3,
-            },
-            announced(LISTENER_DEAD_LETTERED, 0),
-            Entry::Term(SEQUENCE),
-        ]
+        dead_lettered(Some("a..b"), 3)
     );
     let reason = only(harness.journal.letters()).reason;
     assert!(reason.starts_with("rejected: "), "{reason}");
@@ -652,16 +658,7 @@ async fn a_message_that_is_not_an_event_is_dead_lettered_at_once() {
     .build();
     assert_eq!(
         harness.dispatch(1, "not an event").await,
-        [
-            recorded(None),
-            announced(LISTENER_FAILED, 0),
-            Entry::DeadLettered {
-                sequence: SEQUENCE,
-                deliveries: 1,
-            },
-            announced(LISTENER_DEAD_LETTERED, 0),
-            Entry::Term(SEQUENCE),
-        ]
+        dead_lettered(None, 1)
     );
     let reason = only(harness.journal.failure_reasons());
     assert!(
@@ -748,7 +745,7 @@ async fn a_call_still_running_at_shutdown_is_handed_back_after_the_grace() {
 async fn stopping_hands_back_the_call_in_flight_and_what_was_pulled_but_not_started() {
     // One event at a time: the first spins, the second waits in the pulled batch.
     let journal = Arc::new(Journal::default());
-    let handle = Setup {
+    let (handle, pulled) = Setup {
         max_in_flight: 1,
         ..Setup::with("spin-listener", &["timeout=30s"])
     }
@@ -759,7 +756,11 @@ async fn stopping_hands_back_the_call_in_flight_and_what_was_pulled_but_not_star
             delivery(&journal, 2, 1, event("e2")),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(10), pulled.notified())
+        .await
+        .expect("the dispatcher pulls");
+    // Time for the first call to start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     handle.stop().await;
     // The one not started is handed back at once, the one running after the grace.
