@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 /// The CloudEvents spec version this host reads and writes.
 pub const SPEC_VERSION: &str = "1.0";
 
-/// The de-duplication key of an event with `source` and `id`, sent as `Nats-Msg-Id` when it
-/// is published: the stream keeps one event per key within its duplicate window.
+/// The de-duplication key of an event with `source` and `id`, sent as [`MSG_ID_HEADER`] when
+/// it is published: the stream keeps one event per key within its duplicate window.
 ///
 /// CloudEvents makes an id unique per source, so the key is both, written without ambiguity
 /// (`<source length>:<source><id>`). Keyed by id alone, anyone who may publish an event could
@@ -27,6 +27,11 @@ pub const SPEC_VERSION: &str = "1.0";
 pub fn dedup_key(source: &str, id: &str) -> String {
     format!("{}:{source}{id}", source.len())
 }
+
+/// The header the bus de-duplicates on: an event is published with its [`dedup_key`] here,
+/// a dead letter with its listener and sequence, and a guest may set it on a publish (the
+/// one reserved header it may set).
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// The CloudEvents extension attribute that carries [`CanonicalEvent::depth`].
 pub const DEPTH_ATTRIBUTE: &str = "sandbusdepth";

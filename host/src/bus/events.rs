@@ -15,8 +15,7 @@ use futures::TryStreamExt as _;
 
 use super::names;
 use super::{BusError, BusErrorKind};
-use crate::event::CanonicalEvent;
-use crate::imports::bus::MSG_ID_HEADER;
+use crate::event::{CanonicalEvent, MSG_ID_HEADER};
 use crate::subject::event_subject;
 
 /// Header naming the listener on a dead letter.

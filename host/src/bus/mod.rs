@@ -13,12 +13,14 @@
 
 mod api_client;
 mod cas;
+mod delivery;
 mod events;
 mod hooks;
 pub use events::humantime_serde;
 mod inventory;
 mod kv;
 mod kv_usage;
+mod layout;
 mod leases;
 pub mod names;
 mod pages;
@@ -37,6 +39,7 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 
 pub use api_client::ApiClient;
+pub use delivery::{Deliveries, Delivery, DeliveryInfo, DeliverySource, PullError};
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
 pub use hooks::{
     DEFAULT_DEADLINE as DEFAULT_HOOK_DEADLINE, HookPoint, HookPoints, HookPolicy,
@@ -45,6 +48,7 @@ pub use hooks::{
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
 pub use kv_usage::KvUsage;
+pub use layout::{BusLayout, DaemonBus};
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
 pub use pages::read_page;
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
@@ -55,6 +59,7 @@ pub use runs::{
 };
 pub(crate) use store::now_rfc3339;
 pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
+pub use subscriptions::ack_wait_for;
 pub use subscriptions::{
     DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,
     Subscription, SubscriptionChange, SubscriptionStore, validate_event_pattern,

@@ -457,6 +457,17 @@ fn parse(bytes: &[u8]) -> Result<Subscription, BusError> {
     })
 }
 
+/// Extra time a consumer waits for an ack beyond the listener's own deadline.
+const ACK_MARGIN: Duration = Duration::from_secs(30);
+
+/// The ack wait a listener's consumer needs for a deadline of `timeout`: the deadline and a
+/// margin, so a call that runs to its deadline is acknowledged before the server redelivers
+/// it. A dispatcher whose event waits longer (for a free instance) reports progress well
+/// within it.
+pub fn ack_wait_for(timeout: Duration) -> Duration {
+    timeout.saturating_add(ACK_MARGIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,26 +18,30 @@
 //!   at once: retrying cannot fix it.
 //! - **Stopping.** On shutdown the dispatcher stops pulling, gives calls in flight a grace
 //!   period, naks the ones that do not finish and naks what was pulled but not started.
+//!
+//! The dispatcher never names NATS: its deliveries come through the bus's [`Delivery`] seam
+//! ([`DeliverySource`]), its failure reports go to [`ListenerFailures`], and its components
+//! come from [`ListenerComponents`], so each rule above is tested here without a server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::AckKind;
-use async_nats::jetstream::Message;
 use futures::{FutureExt as _, StreamExt as _};
 use serde_json::json;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::components::LoadedComponents;
-use super::host_events::{self, HostEvents};
+use super::components::{LoadedComponent, LoadedComponents};
+use super::host_events;
 use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
-use crate::bus::LastError;
-use crate::bus::{DeadLetter, EventStream, Subscription, SubscriptionStore};
+use crate::bus::{DeadLetter, Delivery, DeliverySource, LastError, PullError, Subscription};
 use crate::event::CanonicalEvent;
 use crate::sandbox::{Capabilities, HandlerOutcome, Invocation, InvokeError};
+
+mod failures;
+pub use failures::{BusFailures, ListenerFailures};
 
 /// Delay on events handed back at shutdown: long enough that the stopping dispatcher does
 /// not get them again, short enough that another host (or the restarted one) soon does.
@@ -50,20 +54,38 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// How many times the dead-letter event is tried once the copy is stored.
 const ANNOUNCE_TRIES: u32 = 5;
 
+/// The components a dispatcher hands its listener's events to: [`LoadedComponents`] in the
+/// daemon.
+pub trait ListenerComponents: Send + Sync {
+    /// The component loaded under `name` now, if any.
+    fn get(&self, name: &str) -> Option<Arc<LoadedComponent>>;
+
+    /// A receiver that changes whenever a component is loaded, swapped or removed.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+impl ListenerComponents for LoadedComponents {
+    fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
+        LoadedComponents::get(self, name)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        LoadedComponents::changes(self)
+    }
+}
+
 /// What every dispatcher of a daemon shares.
 pub struct DispatchContext {
     /// This host's id (on failure records).
     pub host_id: String,
-    /// The events and dead-letter streams.
-    pub events: EventStream,
-    /// Subscriptions, consumers and listener status.
-    pub subscriptions: SubscriptionStore,
+    /// Where each listener's deliveries are pulled from: its durable consumer.
+    pub deliveries: Arc<dyn DeliverySource>,
+    /// Where failures and dead letters are reported.
+    pub failures: Arc<dyn ListenerFailures>,
     /// The components loaded here.
-    pub components: Arc<LoadedComponents>,
+    pub components: Arc<dyn ListenerComponents>,
     /// What guests reach: bus, kv, log.
     pub capabilities: Capabilities,
-    /// The host's own events.
-    pub host_events: HostEvents,
     /// How long calls in flight may run on after a shutdown began.
     pub grace: Duration,
     /// Most messages asked for in one pull.
@@ -149,27 +171,12 @@ impl ListenerDispatcher {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
                 }
             }
-            let consumer = match self.context.subscriptions.consumer(self.listener()).await {
-                Ok(consumer) => consumer,
-                Err(e) => {
-                    tracing::warn!(listener = self.listener(), error = %e, "cannot open the consumer; retrying");
-                    self.pause(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
             let batch = self
                 .context
                 .batch
                 .min(self.subscription.max_in_flight as usize)
                 .max(1);
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await;
-            let mut messages = match messages {
+            let mut messages = match self.context.deliveries.pull(self.listener(), batch).await {
                 Ok(messages) => messages,
                 Err(e) => {
                     tracing::warn!(listener = self.listener(), error = %e, "cannot pull; retrying");
@@ -201,23 +208,18 @@ impl ListenerDispatcher {
                         // Boxed: the call's future is several KiB, and a task's future is
                         // copied when it is spawned and again when it completes.
                         let dispatch = Box::pin(async move {
-                            this.dispatch(message).await;
+                            this.dispatch(&*message).await;
                             drop(permit);
                         });
                         tracker.spawn(dispatch);
                     }
-                    Some(Err(e)) => {
-                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                        match e.kind() {
-                            K::MissingHeartbeat | K::Pull | K::Other => {
-                                tracing::debug!(listener = self.listener(), error = %e, "pull interrupted; continuing");
-                            }
-                            _ => {
-                                tracing::warn!(listener = self.listener(), error = %e, "pull ended; pulling again");
-                                self.pause(Duration::from_millis(500)).await;
-                                break;
-                            }
-                        }
+                    Some(Err(e @ PullError::Interrupted(_))) => {
+                        tracing::debug!(listener = self.listener(), error = %e, "pull interrupted; continuing");
+                    }
+                    Some(Err(e @ PullError::Ended(_))) => {
+                        tracing::warn!(listener = self.listener(), error = %e, "pull ended; pulling again");
+                        self.pause(Duration::from_millis(500)).await;
+                        break;
                     }
                     None => break,
                 }
@@ -229,7 +231,7 @@ impl ListenerDispatcher {
                 for _ in 0..batch {
                     match messages.next().now_or_never() {
                         Some(Some(Ok(message))) => {
-                            let _ = message.ack_with(AckKind::Nak(Some(HANDBACK_DELAY))).await;
+                            let _ = message.nak(HANDBACK_DELAY).await;
                         }
                         _ => break,
                     }
@@ -249,7 +251,17 @@ impl ListenerDispatcher {
     }
 
     /// Handles one message to the end: ack, nak or dead letter.
-    async fn dispatch(&self, message: Message) {
+    #[tracing::instrument(
+        name = "dispatch",
+        skip_all,
+        fields(
+            component = %self.listener(),
+            sequence = tracing::field::Empty,
+            delivery = tracing::field::Empty,
+            event = tracing::field::Empty,
+        )
+    )]
+    async fn dispatch(&self, message: &dyn Delivery) {
         let (sequence, deliveries) = match message.info() {
             Ok(info) => {
                 let previous = self
@@ -262,40 +274,42 @@ impl ListenerDispatcher {
                         info.pending as f64,
                     );
                 }
-                (info.stream_sequence, info.delivered.max(1) as u64)
+                (info.stream_sequence, info.delivered.max(1))
             }
             Err(e) => {
-                tracing::error!(listener = self.listener(), error = %e, "a message without JetStream metadata; terminating it");
-                let _ = message.ack_with(AckKind::Term).await;
+                tracing::error!(listener = self.listener(), error = %e, "a message without delivery metadata; terminating it");
+                let _ = message.term().await;
                 return;
             }
         };
-        let subject = message.subject.to_string();
-        let event = match CanonicalEvent::from_json(&message.payload)
+        let span = tracing::Span::current();
+        span.record("sequence", sequence);
+        span.record("delivery", deliveries);
+        let subject = message.subject().to_owned();
+        let event = match CanonicalEvent::from_json(message.payload())
             .and_then(|event| event.check_arrival(&subject).map(|()| event))
         {
             Ok(event) => event,
             Err(e) => {
                 let reason = format!("not a valid canonical event: {e}");
-                self.dead_letter(&message, sequence, deliveries, &subject, None, reason)
+                self.dead_letter(message, sequence, deliveries, &subject, None, reason)
                     .await;
                 return;
             }
         };
+        span.record("event", event.id.as_str());
         let event_id = event.id.clone();
         let event_type = event.ty.clone();
         let event_depth = event.depth;
         let Some(component) = self.context.components.get(self.listener()) else {
             // Unloaded while this message waited: someone else (or later) handles it.
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            let _ = message.nak(Duration::from_secs(1)).await;
             return;
         };
         // The event may wait for a free instance before its deadline starts: tell the server
         // it is in progress well within the consumer's ack wait, so it is not redelivered
         // while it waits or runs.
-        let progress_every = super::control::ack_wait_for(component.prepared.limits().timeout) / 3;
+        let progress_every = crate::bus::ack_wait_for(component.prepared.limits().timeout) / 3;
         let running = self.context.metrics.in_flight(self.listener());
         let call = component.prepared.handle(event, &self.context.capabilities);
         let mut call = std::pin::pin!(call);
@@ -317,7 +331,7 @@ impl ListenerDispatcher {
                     if stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         break None;
                     }
-                    let _ = message.ack_with(AckKind::Progress).await;
+                    let _ = message.in_progress().await;
                 }
             }
         };
@@ -326,7 +340,7 @@ impl ListenerDispatcher {
         let failure = match result {
             None => {
                 // Did not finish within the shutdown grace: hand it back.
-                let _ = message.ack_with(AckKind::Nak(Some(HANDBACK_DELAY))).await;
+                let _ = message.nak(HANDBACK_DELAY).await;
                 return;
             }
             Some(Ok(invocation)) => match invocation.output {
@@ -341,7 +355,7 @@ impl ListenerDispatcher {
                         let delay = delay
                             .map(|d| d.min(MAX_RETRY_DELAY))
                             .unwrap_or_else(|| self.subscription.backoff_after(deliveries));
-                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                        let _ = message.nak(delay).await;
                         return;
                     }
                     "the listener asked for a retry, but no deliveries are left".to_owned()
@@ -361,14 +375,14 @@ impl ListenerDispatcher {
         .await;
         if deliveries < u64::from(self.subscription.max_deliver) {
             let delay = self.subscription.backoff_after(deliveries);
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            let _ = message.nak(delay).await;
         } else {
             let reason = format!(
                 "{failure} (after {deliveries} deliveries, max-deliver {})",
                 self.subscription.max_deliver
             );
             self.dead_letter(
-                &message,
+                message,
                 sequence,
                 deliveries,
                 &subject,
@@ -426,12 +440,7 @@ impl ListenerDispatcher {
             event_id: event_id.map(str::to_owned),
             reason: reason.to_owned(),
         };
-        if let Err(e) = self
-            .context
-            .subscriptions
-            .record_failure(self.listener(), &record)
-            .await
-        {
+        if let Err(e) = self.context.failures.record(self.listener(), &record).await {
             tracing::warn!(listener = self.listener(), error = %e, "could not record the failure");
         }
         // Never report a listener's failures on its own failure events: that would loop.
@@ -453,14 +462,14 @@ impl ListenerDispatcher {
         };
         let emitted = self
             .context
-            .host_events
-            .emit_caused(
+            .failures
+            .announce(
                 host_events::LISTENER_FAILED,
                 format!(
                     "listener-failed/{}/{sequence}/{deliveries}",
                     self.listener()
                 ),
-                Some(self.listener().to_owned()),
+                self.listener(),
                 json!({
                     "listener": self.listener(),
                     "host": self.context.host_id,
@@ -482,7 +491,7 @@ impl ListenerDispatcher {
     /// the copy fails the message is naked instead: nothing is dropped.
     async fn dead_letter(
         &self,
-        message: &Message,
+        message: &dyn Delivery,
         sequence: u64,
         deliveries: u64,
         subject: &str,
@@ -498,17 +507,15 @@ impl ListenerDispatcher {
             deliveries,
             subject: subject.to_owned(),
             sequence,
-            payload: message.payload.clone(),
+            payload: message.payload().clone(),
         };
         if event.is_none() {
             self.record_failure(sequence, None, "", depth, &reason, deliveries)
                 .await;
         }
-        if let Err(e) = self.context.events.dead_letter(&letter).await {
+        if let Err(e) = self.context.failures.dead_letter(&letter).await {
             tracing::warn!(listener = self.listener(), sequence, error = %e, "could not dead-letter; will retry");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            let _ = message.nak(Duration::from_secs(1)).await;
             return;
         }
         tracing::warn!(
@@ -540,11 +547,11 @@ impl ListenerDispatcher {
             for attempt in 1..=ANNOUNCE_TRIES {
                 let result = self
                     .context
-                    .host_events
-                    .emit_caused(
+                    .failures
+                    .announce(
                         host_events::LISTENER_DEAD_LETTERED,
                         format!("dead-lettered/{}/{sequence}", self.listener()),
-                        Some(self.listener().to_owned()),
+                        self.listener(),
                         data.clone(),
                         depth,
                     )
@@ -558,8 +565,11 @@ impl ListenerDispatcher {
                 }
             }
         }
-        if let Err(e) = message.ack_with(AckKind::Term).await {
+        if let Err(e) = message.term().await {
             tracing::warn!(listener = self.listener(), error = %e, "could not terminate a dead-lettered event");
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,21 +32,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{Stream, StreamExt as _};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use components::{LoadedComponent, LoadedComponents};
 pub use config::ConfigFile;
 pub use control::ControlApi;
-pub use dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
+pub use dispatcher::{
+    BusFailures, DispatchContext, DispatcherHandle, ListenerComponents, ListenerDispatcher,
+    ListenerFailures,
+};
 pub use hooks::HookDispatcher;
 pub use lab::DeviceLab;
 pub use metrics::Metrics;
 
 use crate::bus::{
-    self, BusError, BusErrorKind, ComponentStore, DeviceInventory, EventStream, HookPoints,
-    HostInfo, HostRegistry, LeaseTable, NatsKv, NatsPublisher, RunStore, StagedUploads,
+    self, BusError, BusErrorKind, BusLayout, ComponentStore, DaemonBus, HostInfo, HostRegistry,
     SubscriptionChange, SubscriptionStore,
 };
 use crate::imports::log::DiscardLog;
@@ -159,12 +161,11 @@ impl Daemon {
             ..SandboxConfig::default()
         })?);
         tracing::info!(host = %host_id, url = self.config.nats.url(), "connecting to NATS");
-        let client = bus::connect_daemon(&self.config.nats).await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let Some(layout) = self.set_up(&js, &stop).await? else {
+        let bus = DaemonBus::connect(&self.config.nats).await?;
+        let Some(layout) = self.set_up(&bus, &stop).await? else {
             return Ok(());
         };
-        let Layout {
+        let BusLayout {
             events,
             store,
             subscriptions,
@@ -175,6 +176,7 @@ impl Daemon {
             runs,
             hook_points,
             uploads,
+            publisher,
         } = layout;
         let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
             .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
@@ -203,16 +205,19 @@ impl Daemon {
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
         let context = Arc::new(DispatchContext {
             host_id: host_id.clone(),
-            events: events.clone(),
-            subscriptions: subscriptions.clone(),
+            deliveries: Arc::new(subscriptions.clone()),
+            failures: Arc::new(BusFailures {
+                subscriptions: subscriptions.clone(),
+                events: events.clone(),
+                host_events: host_events.clone(),
+            }),
             components: components.clone(),
             capabilities: Capabilities {
                 log: Arc::new(DiscardLog),
-                publisher: Arc::new(NatsPublisher::new(js.clone())),
+                publisher: Arc::new(publisher),
                 kv: Arc::new(kv),
                 usb: None,
             },
-            host_events: host_events.clone(),
             grace: self.config.listeners.shutdown_grace,
             batch: self.config.listeners.batch,
             metrics: metrics.clone(),
@@ -345,7 +350,7 @@ impl Daemon {
             if let Err(e) = hosts.leave(&host_id).await {
                 tracing::warn!(error = %e, "could not remove this host's presence entry");
             }
-            if tokio::time::timeout(FINAL_FLUSH, client.flush())
+            if tokio::time::timeout(FINAL_FLUSH, bus.flush())
                 .await
                 .is_err()
             {
@@ -366,36 +371,12 @@ impl Daemon {
     /// `None` if stopped while waiting.
     async fn set_up(
         &self,
-        js: &async_nats::jetstream::Context,
+        bus: &DaemonBus,
         stop: &CancellationToken,
-    ) -> Result<Option<Layout>, DaemonError> {
-        let replicas = self.config.events.replicas;
+    ) -> Result<Option<BusLayout>, DaemonError> {
         let mut delay = Duration::from_millis(200);
         loop {
-            let attempt = async {
-                let events = EventStream::ensure(js.clone(), &self.config.events).await?;
-                let store = ComponentStore::ensure(js, replicas).await?;
-                let subscriptions = SubscriptionStore::ensure(js, events.clone(), replicas).await?;
-                let kv = NatsKv::ensure(js, replicas, 1 << 20, self.config.kv.max_bytes).await?;
-                let hosts = HostRegistry::ensure(js, replicas).await?;
-                let inventory = DeviceInventory::ensure(js, replicas).await?;
-                let leases = LeaseTable::ensure(js, replicas).await?;
-                let runs = RunStore::ensure(js, replicas).await?;
-                let hook_points = HookPoints::ensure(js, replicas).await?;
-                let uploads = StagedUploads::ensure(js, replicas).await?;
-                Ok::<_, BusError>(Layout {
-                    uploads,
-                    events,
-                    store,
-                    subscriptions,
-                    kv,
-                    hosts,
-                    inventory,
-                    leases,
-                    runs,
-                    hook_points,
-                })
-            };
+            let attempt = bus.set_up(&self.config.events, self.config.kv.max_bytes);
             match attempt.await {
                 Ok(layout) => return Ok(Some(layout)),
                 Err(e) if e.kind == BusErrorKind::Unavailable => {
@@ -421,19 +402,6 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(15);
 
 /// How long the last flush to NATS may take at shutdown (the server may be gone).
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
-
-struct Layout {
-    events: EventStream,
-    store: ComponentStore,
-    subscriptions: SubscriptionStore,
-    kv: NatsKv,
-    hosts: HostRegistry,
-    inventory: DeviceInventory,
-    leases: LeaseTable,
-    runs: RunStore,
-    hook_points: HookPoints,
-    uploads: StagedUploads,
-}
 
 /// The program compile workers run: this very binary, so what a worker compiles was made by
 /// the same code as the engine that loads it. On Linux that is `/proc/self/exe`, which names
@@ -481,33 +449,17 @@ async fn watch_manifests(
             }
         }
     });
-    while !stop.is_cancelled() {
-        match store.watch().await {
-            Ok(mut changes) => loop {
-                let change = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    change = changes.next() => change,
-                };
-                match change {
-                    Some(Ok(change)) => {
-                        if let Err(e) = components.apply(change).await {
-                            tracing::error!(error = %e, "could not load a component");
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "the manifest watch failed; watching again");
-                        break;
-                    }
-                    None => break,
-                }
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot watch the manifests; retrying"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    keep_watching(
+        "manifest",
+        &stop,
+        || store.watch(),
+        |change| async {
+            if let Err(e) = components.apply(change).await {
+                tracing::error!(error = %e, "could not load a component");
+            }
+        },
+    )
+    .await;
 }
 
 /// Starts, restarts and stops dispatchers as subscriptions change, until `stop`.
@@ -517,48 +469,86 @@ async fn watch_subscriptions(
     dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>>,
     stop: CancellationToken,
 ) {
+    keep_watching(
+        "subscription",
+        &stop,
+        || subscriptions.watch(),
+        |change| apply_subscription_change(change, &context, &dispatchers),
+    )
+    .await;
+}
+
+/// Runs what a subscription change asks for: a dispatcher started, restarted (when what it
+/// runs by changed) or stopped.
+async fn apply_subscription_change(
+    change: SubscriptionChange,
+    context: &Arc<DispatchContext>,
+    dispatchers: &Mutex<HashMap<String, DispatcherHandle>>,
+) {
+    match change {
+        SubscriptionChange::Put(subscription) => {
+            let mut running = dispatchers.lock().await;
+            let same = running.get(&subscription.listener).is_some_and(|h| {
+                h.subscription.events == subscription.events
+                    && h.subscription.max_in_flight == subscription.max_in_flight
+                    && h.subscription.max_deliver == subscription.max_deliver
+                    && h.subscription.backoff == subscription.backoff
+            });
+            if same {
+                return;
+            }
+            if let Some(old) = running.remove(&subscription.listener) {
+                old.stop().await;
+            }
+            let name = subscription.listener.clone();
+            running.insert(
+                name,
+                ListenerDispatcher::spawn(subscription, context.clone()),
+            );
+        }
+        SubscriptionChange::Removed(listener) => {
+            let old = dispatchers.lock().await.remove(&listener);
+            if let Some(old) = old {
+                old.stop().await;
+            }
+        }
+    }
+}
+
+/// Follows a watch until `stop`: `open` starts it, every change goes to `apply` (one at a
+/// time, in order), and when the watch fails or ends it is opened again a second later.
+/// `what` names the watched items in the log ("the manifest watch failed", "cannot watch
+/// the manifests").
+async fn keep_watching<T, S, W, A>(
+    what: &str,
+    stop: &CancellationToken,
+    mut open: impl FnMut() -> W,
+    mut apply: impl FnMut(T) -> A,
+) where
+    W: Future<Output = Result<S, BusError>>,
+    S: Stream<Item = Result<T, BusError>>,
+    A: Future<Output = ()>,
+{
     while !stop.is_cancelled() {
-        match subscriptions.watch().await {
-            Ok(mut changes) => loop {
-                let change = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    change = changes.next() => change,
-                };
-                match change {
-                    Some(Ok(SubscriptionChange::Put(subscription))) => {
-                        let mut running = dispatchers.lock().await;
-                        let same = running.get(&subscription.listener).is_some_and(|h| {
-                            h.subscription.events == subscription.events
-                                && h.subscription.max_in_flight == subscription.max_in_flight
-                                && h.subscription.max_deliver == subscription.max_deliver
-                                && h.subscription.backoff == subscription.backoff
-                        });
-                        if same {
-                            continue;
+        match open().await {
+            Ok(changes) => {
+                let mut changes = std::pin::pin!(changes);
+                loop {
+                    let change = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        change = changes.next() => change,
+                    };
+                    match change {
+                        Some(Ok(change)) => apply(change).await,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "the {what} watch failed; watching again");
+                            break;
                         }
-                        if let Some(old) = running.remove(&subscription.listener) {
-                            old.stop().await;
-                        }
-                        let name = subscription.listener.clone();
-                        running.insert(
-                            name,
-                            ListenerDispatcher::spawn(subscription, context.clone()),
-                        );
+                        None => break,
                     }
-                    Some(Ok(SubscriptionChange::Removed(listener))) => {
-                        let old = dispatchers.lock().await.remove(&listener);
-                        if let Some(old) = old {
-                            old.stop().await;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "the subscription watch failed; watching again");
-                        break;
-                    }
-                    None => break,
                 }
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot watch the subscriptions; retrying"),
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the {what}s; retrying"),
         }
         tokio::select! {
             _ = stop.cancelled() => return,

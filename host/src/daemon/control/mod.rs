@@ -47,9 +47,6 @@ const MAX_CONCURRENT_PER_ROLE: usize = 16;
 /// payload.
 const REPLY_MARGIN: usize = 8 << 10;
 
-/// Extra time a consumer waits for an ack beyond the listener's own deadline.
-const ACK_MARGIN: Duration = Duration::from_secs(30);
-
 type Requests = futures::stream::SelectAll<
     futures::stream::BoxStream<'static, (&'static str, bool, service::Request)>,
 >;
@@ -216,10 +213,8 @@ pub struct ControlApi {
     pub kv: Arc<dyn KvStore>,
 }
 
-/// The ack wait a listener's consumer needs for a deadline of `timeout`.
-pub fn ack_wait_for(timeout: Duration) -> Duration {
-    timeout.saturating_add(ACK_MARGIN)
-}
+// Temporary, until this module imports it from the bus itself.
+pub use crate::bus::ack_wait_for;
 
 impl ControlApi {
     /// Registers the service and its endpoints. Fails (and the daemon with it) when the

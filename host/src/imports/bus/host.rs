@@ -2,10 +2,10 @@
 //!
 //! Refusals are `bus-error` values the guest handles; nothing here traps.
 
-use super::{BusState, MSG_ID_HEADER, OutboundMessage, PublishError, PublishRate};
+use super::{BusState, OutboundMessage, PublishError, PublishRate};
 use crate::bindings::bus::{BusError, Host};
 use crate::bindings::types::Event;
-use crate::event::{CanonicalEvent, MAX_DEPTH};
+use crate::event::{CanonicalEvent, MAX_DEPTH, MSG_ID_HEADER};
 use crate::subject::{
     EVENTS_PREFIX, HOST_SOURCE_PREFIX, ReservedSpace, event_subject, validate_publish_subject,
 };

@@ -16,9 +16,6 @@ use wasmtime::component::{HasData, Linker};
 use crate::bindings::bus as wit;
 use crate::subject::PublishGrants;
 
-/// Header the bus de-duplicates on; an emitted event carries its id here.
-pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-
 /// A message that passed every check and is ready to go on the bus.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OutboundMessage {
