@@ -27,13 +27,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
-use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::components::{LoadedComponent, LoadedComponents};
-use super::host_events;
+use super::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
 use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::bus::{DeadLetter, Delivery, DeliverySource, LastError, PullError, Subscription};
@@ -463,22 +462,20 @@ impl ListenerDispatcher {
         let emitted = self
             .context
             .failures
-            .announce(
-                host_events::LISTENER_FAILED,
+            .announce_failure(
+                &ListenerFailed {
+                    listener: self.listener().to_owned(),
+                    host: self.context.host_id.clone(),
+                    sequence,
+                    event_id: event_id.map(str::to_owned),
+                    deliveries,
+                    reason: reason.to_owned(),
+                    unreported_failures: suppressed,
+                },
                 format!(
                     "listener-failed/{}/{sequence}/{deliveries}",
                     self.listener()
                 ),
-                self.listener(),
-                json!({
-                    "listener": self.listener(),
-                    "host": self.context.host_id,
-                    "sequence": sequence,
-                    "event_id": event_id,
-                    "deliveries": deliveries,
-                    "reason": reason,
-                    "unreported_failures": suppressed,
-                }),
                 depth,
             )
             .await;
@@ -532,27 +529,24 @@ impl ListenerDispatcher {
         // The copy is stored: the decision is final. The announcement is tried a few times
         // (its id makes repeats harmless), but the event is never handed to the listener
         // again because of it.
-        let about_itself =
-            event.is_some_and(|(_, ty, _)| ty == host_events::LISTENER_DEAD_LETTERED);
+        let about_itself = event.is_some_and(|(_, ty, _)| ty == ListenerDeadLettered::TYPE);
         if !about_itself {
-            let data = json!({
-                "listener": self.listener(),
-                "host": self.context.host_id,
-                "sequence": sequence,
-                "subject": subject,
-                "event_id": event.map(|(id, _, _)| id),
-                "deliveries": deliveries,
-                "reason": reason,
-            });
+            let dead_lettered = ListenerDeadLettered {
+                listener: self.listener().to_owned(),
+                host: self.context.host_id.clone(),
+                sequence,
+                subject: subject.to_owned(),
+                event_id: event.map(|(id, _, _)| id.to_owned()),
+                deliveries,
+                reason,
+            };
             for attempt in 1..=ANNOUNCE_TRIES {
                 let result = self
                     .context
                     .failures
-                    .announce(
-                        host_events::LISTENER_DEAD_LETTERED,
+                    .announce_dead_letter(
+                        &dead_lettered,
                         format!("dead-lettered/{}/{sequence}", self.listener()),
-                        self.listener(),
-                        data.clone(),
                         depth,
                     )
                     .await;

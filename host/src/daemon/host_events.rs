@@ -66,7 +66,7 @@ impl HostEvents {
     /// cannot loop through them either.
     ///
     /// Named `emit_caused` once [`HostEvents::emit_caused`]'s JSON call sites are converted.
-    pub async fn emit_caused_typed<E: HostEvent>(
+    pub async fn emit_caused<E: HostEvent>(
         &self,
         event: &E,
         id: String,
@@ -92,27 +92,6 @@ impl HostEvents {
         subject: Option<String>,
     ) {
         log_failure(E::TYPE, self.emit(event, id, subject).await);
-    }
-
-    /// [`HostEvents::emit_caused_typed`] with the type and data given as JSON.
-    ///
-    /// Only for the two call sites in `daemon/dispatcher.rs` (`listener.failed`,
-    /// `listener.dead-lettered`) still to convert to [`ListenerFailed`] and
-    /// [`ListenerDeadLettered`]; then this goes, and the typed method takes its name.
-    pub async fn emit_caused(
-        &self,
-        ty: &str,
-        id: String,
-        subject: Option<String>,
-        data: serde_json::Value,
-        cause: u32,
-    ) -> Result<Option<PublishedEvent>, BusError> {
-        let Some(depth) = caused_depth(ty, cause) else {
-            return Ok(None);
-        };
-        self.publish(ty, id, subject, data.to_string().into_bytes(), depth)
-            .await
-            .map(Some)
     }
 
     /// [`HostEvents::emit_or_log_typed`] with the type and data given as JSON.

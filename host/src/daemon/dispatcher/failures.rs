@@ -4,6 +4,7 @@
 
 use crate::bus::{BusError, DeadLetter, EventStream, LastError, SubscriptionStore};
 use crate::daemon::host_events::HostEvents;
+use crate::daemon::host_events::{ListenerDeadLettered, ListenerFailed};
 
 /// Where a dispatcher reports what went wrong with its listener's events: in the daemon,
 /// the bus ([`BusFailures`]). A report that fails is logged; only a dead letter that could
@@ -17,15 +18,22 @@ pub trait ListenerFailures: Send + Sync {
     /// listener and sequence is stored once, however often this is called.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BusError>;
 
-    /// Emits the host event `ty` with id `id` about `listener`, caused by handling an event
-    /// of depth `cause` (one hop deeper, and not at all past the depth limit:
+    /// Emits `sandbus.listener.failed` with id `id`, caused by handling an event of depth
+    /// `cause` (one hop deeper, and not at all past the depth limit:
     /// [`HostEvents::emit_caused`]).
-    async fn announce(
+    async fn announce_failure(
         &self,
-        ty: &str,
+        failed: &ListenerFailed,
         id: String,
-        listener: &str,
-        data: serde_json::Value,
+        cause: u32,
+    ) -> Result<(), BusError>;
+
+    /// Emits `sandbus.listener.dead-lettered` with id `id`, caused by handling an event of
+    /// depth `cause`, as [`ListenerFailures::announce_failure`] does.
+    async fn announce_dead_letter(
+        &self,
+        dead_lettered: &ListenerDeadLettered,
+        id: String,
         cause: u32,
     ) -> Result<(), BusError>;
 }
@@ -51,16 +59,28 @@ impl ListenerFailures for BusFailures {
         self.events.dead_letter(letter).await
     }
 
-    async fn announce(
+    async fn announce_failure(
         &self,
-        ty: &str,
+        failed: &ListenerFailed,
         id: String,
-        listener: &str,
-        data: serde_json::Value,
         cause: u32,
     ) -> Result<(), BusError> {
+        let subject = Some(failed.listener.clone());
         self.host_events
-            .emit_caused(ty, id, Some(listener.to_owned()), data, cause)
+            .emit_caused(failed, id, subject, cause)
+            .await
+            .map(|_| ())
+    }
+
+    async fn announce_dead_letter(
+        &self,
+        dead_lettered: &ListenerDeadLettered,
+        id: String,
+        cause: u32,
+    ) -> Result<(), BusError> {
+        let subject = Some(dead_lettered.listener.clone());
+        self.host_events
+            .emit_caused(dead_lettered, id, subject, cause)
             .await
             .map(|_| ())
     }

@@ -24,7 +24,9 @@ use crate::bus::{
     DeliverySource, LastError, Subscription,
 };
 use crate::daemon::components::{LoadedComponent, spec_of};
-use crate::daemon::host_events::{LISTENER_DEAD_LETTERED, LISTENER_FAILED};
+use crate::daemon::host_events::{
+    HostEvent as _, LISTENER_DEAD_LETTERED, LISTENER_FAILED, ListenerDeadLettered, ListenerFailed,
+};
 use crate::daemon::metering::MeteringBatcher;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::{DispatchContext, DispatcherHandle};
@@ -184,17 +186,29 @@ impl ListenerFailures for FakeFailures {
         Ok(())
     }
 
-    async fn announce(
+    async fn announce_failure(
         &self,
-        ty: &str,
+        failed: &ListenerFailed,
         _id: String,
-        listener: &str,
-        _data: serde_json::Value,
         cause: u32,
     ) -> Result<(), BusError> {
-        assert_eq!(listener, LISTENER);
+        assert_eq!(failed.listener, LISTENER);
         self.journal.push(Entry::Announced {
-            ty: ty.to_owned(),
+            ty: ListenerFailed::TYPE.to_owned(),
+            cause,
+        });
+        Ok(())
+    }
+
+    async fn announce_dead_letter(
+        &self,
+        dead_lettered: &ListenerDeadLettered,
+        _id: String,
+        cause: u32,
+    ) -> Result<(), BusError> {
+        assert_eq!(dead_lettered.listener, LISTENER);
+        self.journal.push(Entry::Announced {
+            ty: ListenerDeadLettered::TYPE.to_owned(),
             cause,
         });
         Ok(())
