@@ -50,6 +50,16 @@ pub struct StatusRequest {
     pub name: Option<String>,
 }
 
+/// The reply to `listener.status`: the one listener asked for, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum StatusReply {
+    /// The listener named in the request.
+    One(crate::bus::ListenerStatus),
+    /// Every subscribed listener (the request named none).
+    All(Vec<crate::bus::ListenerStatus>),
+}
+
 /// `listener.subscribe`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
