@@ -257,6 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn each_call_type_is_its_row_of_the_table() {
+        assert_eq!(Endpoint::find(UPLOAD), Some(&Upload::ENDPOINT));
+        assert_eq!(Endpoint::find(RUN_CANCEL), Some(&RunCancel::ENDPOINT));
+        let row = |name, role, castable, per_host| Endpoint {
+            name,
+            role,
+            castable,
+            per_host,
+        };
+        assert_eq!(
+            Upload::ENDPOINT,
+            row("component.upload", Role::Operator, true, false)
+        );
+        assert_eq!(
+            List::ENDPOINT,
+            row("component.list", Role::Viewer, false, false)
+        );
+        assert_eq!(
+            RunStart::ENDPOINT,
+            row("run.start", Role::Operator, false, true)
+        );
+    }
+
+    #[test]
     fn an_operator_covers_every_role_and_the_others_only_their_own() {
         for role in Role::ALL {
             assert!(Role::Operator.covers().contains(&role));

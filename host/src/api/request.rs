@@ -8,9 +8,9 @@
 
 use super::endpoint::{self, Call};
 use super::{
-    ApiError, ApiErrorKind, Empty, EventListRequest, HookPolicyRequest, HookRequest,
-    KvKeyRequest, KvListRequest, KvSetRequest, NameRequest, RunIdRequest, RunLogRequest,
-    StageRequest, StatusRequest, SubscribeRequest, UploadRequest, Validate as _,
+    ApiError, ApiErrorKind, Empty, EventListRequest, HookPolicyRequest, HookRequest, KvKeyRequest,
+    KvListRequest, KvSetRequest, NameRequest, RunIdRequest, RunLogRequest, StageRequest,
+    StatusRequest, SubscribeRequest, UploadRequest, Validate as _,
 };
 use crate::bus::RunRequest;
 use crate::event::CanonicalEvent;

@@ -55,7 +55,7 @@ pub struct StatusRequest {
 #[serde(untagged)]
 pub enum StatusReply {
     /// The listener named in the request.
-    One(crate::bus::ListenerStatus),
+    One(Box<crate::bus::ListenerStatus>),
     /// Every subscribed listener (the request named none).
     All(Vec<crate::bus::ListenerStatus>),
 }
@@ -443,5 +443,26 @@ mod tests {
             serde_json::from_str(r#"{"name":"a","events":["vm.*"]}"#).unwrap();
         assert_eq!(ok.max_deliver, None);
         assert!(!ok.cast);
+    }
+
+    #[test]
+    fn a_status_reply_is_the_bare_status_or_a_list_of_them() {
+        let status = crate::bus::ListenerStatus {
+            subscription: crate::bus::Subscription::new("audit", vec!["vm.*".to_owned()]),
+            pending: 1,
+            in_flight: 0,
+            redelivered: 0,
+            dead_lettered: 0,
+            last_error: None,
+        };
+        let bare = serde_json::to_value(&status).unwrap();
+        let one = StatusReply::One(Box::new(status.clone()));
+        let all = StatusReply::All(vec![status]);
+        assert_eq!(serde_json::to_value(&one).unwrap(), bare);
+        assert_eq!(
+            serde_json::to_value(&all).unwrap(),
+            serde_json::json!([bare])
+        );
+        assert_eq!(serde_json::from_value::<StatusReply>(bare).unwrap(), one);
     }
 }

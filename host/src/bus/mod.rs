@@ -13,6 +13,7 @@
 
 mod api_client;
 mod cas;
+mod control_service;
 mod events;
 mod hooks;
 pub use events::humantime_serde;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 
 pub use api_client::ApiClient;
+pub use control_service::{ControlHandler, ControlRequest, ControlService, RequestSlot};
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
 pub use hooks::{
     DEFAULT_DEADLINE as DEFAULT_HOOK_DEADLINE, HookPoint, HookPoints, HookPolicy,

@@ -1,16 +1,27 @@
-//! The control API's component endpoints: staging bytes, uploading (checked with the one
-//! policy check, compiled once, recorded), removing and rolling back.
+//! The control API's component endpoints (`component.*`): staging bytes, uploading (checked
+//! with the one policy check, compiled once, recorded), removing and rolling back.
 
-use super::{ControlApi, ack_wait_for};
+use super::ControlApi;
+use super::ack_wait_for;
 use crate::api::{
     ApiError, ApiErrorKind, NameRequest, StageReply, StageRequest, UploadReply, UploadRequest,
 };
-use crate::bus::ManifestDraft;
+use crate::bus::{ComponentManifest, ManifestDraft};
 use crate::daemon::components::spec_of;
 use crate::daemon::host_events;
 use crate::sandbox::{ComponentShape, Digest, LoadErrorKind, World};
 
 impl ControlApi {
+    /// The current manifest of `name`, or a not-found error saying to upload it.
+    pub(super) async fn uploaded(&self, name: &str) -> Result<ComponentManifest, ApiError> {
+        self.store.manifest(name).await?.ok_or_else(|| {
+            ApiError::new(
+                ApiErrorKind::NotFound,
+                format!("no component named `{name}`; upload it first with `sandbus upload`"),
+            )
+        })
+    }
+
     /// `component.stage`: keeps one part of a component's bytes for its upload.
     pub(super) async fn stage(&self, request: StageRequest) -> Result<StageReply, ApiError> {
         use base64::Engine as _;
@@ -100,7 +111,7 @@ impl ControlApi {
         let world = ComponentShape::read(&bytes)
             .and_then(|shape| shape.check(request.world))
             .map_err(|e| ApiError::bad_request(e.message))?;
-        let candidate = crate::bus::ComponentManifest {
+        let candidate = ComponentManifest {
             name: request.name.clone(),
             version: 0,
             digest: Digest::of(&bytes).as_str().to_owned(),
@@ -186,10 +197,8 @@ impl ControlApi {
         })
     }
 
-    pub(super) async fn remove(
-        &self,
-        request: NameRequest,
-    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+    /// `component.remove`: refused while the component is subscribed or registered as a hook.
+    pub(super) async fn remove(&self, request: NameRequest) -> Result<ComponentManifest, ApiError> {
         if self.subscriptions.get(&request.name).await?.is_some() {
             return Err(ApiError::new(
                 ApiErrorKind::Conflict,
@@ -217,10 +226,12 @@ impl ControlApi {
         Ok(manifest)
     }
 
+    /// `component.rollback`: back to the previous content, unless that no longer fits how the
+    /// component is used (subscribed, registered as a hook) or today's rules.
     pub(super) async fn rollback(
         &self,
         request: NameRequest,
-    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+    ) -> Result<ComponentManifest, ApiError> {
         let subscription = self.subscriptions.get(&request.name).await?;
         let points = self.hooks.points.points_of(&request.name).await?;
         let history = self.store.history(&request.name).await?;
@@ -279,7 +290,7 @@ impl ControlApi {
         Ok(manifest)
     }
 
-    async fn component_event(&self, ty: &str, manifest: &crate::bus::ComponentManifest) {
+    async fn component_event(&self, ty: &str, manifest: &ComponentManifest) {
         let verb = if ty == host_events::COMPONENT_ADDED {
             "added"
         } else {
