@@ -167,7 +167,7 @@ fn empty<E: Call<Request = Empty>>(body: &[u8], request: Request) -> Result<Requ
     Ok(request)
 }
 
-/// The event in a request (already checked by the request's [`Validate`]).
+/// The event in a request (already checked by the request's [`super::Validate`]).
 fn event(raw: &serde_json::value::RawValue, what: &str) -> Result<CanonicalEvent, ApiError> {
     CanonicalEvent::from_json(raw.get().as_bytes())
         .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
