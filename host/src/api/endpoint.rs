@@ -9,8 +9,30 @@
 //!
 //! Endpoints that must reach one particular host (runs go to the host that has the device)
 //! are served per host: `sandbus.api.<role>.host.<host-id>.<endpoint>`.
+//!
+//! Every endpoint is described once, in the table at the end of this file: its name, role,
+//! how it may be sent, and its request and reply types. The daemon serves [`ALL`] and its
+//! router reads bodies by the table's types ([`super::Request`]); the client
+//! ([`crate::bus::ApiClient`]) finds subjects in it and can call through a [`Call`] type.
+//! Adding an endpoint is one row here, one variant of [`super::Request`] and its handler in
+//! the daemon; the compiler points at the last two.
 
 use std::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    CancelReply, Empty, EventListRequest, HookCallReply, HookCallRequest, HookPolicyRequest,
+    HookRequest, KvDeleteReply, KvEntry, KvKeyRequest, KvListReply, KvListRequest, KvSetRequest,
+    MessagePage, NameRequest, PublishRequest, RunIdRequest, RunLogRequest, StageReply,
+    StageRequest, StatusReply, StatusRequest, SubscribeRequest, UploadReply, UploadRequest,
+    Validate,
+};
+use crate::bus::{
+    ComponentManifest, DeviceRecord, HookPoint, HostInfo, PublishedEvent, RunRecord, RunRequest,
+    Subscription,
+};
 
 /// Who may call an endpoint: the API roles an operator gives people, as NATS permissions.
 /// The daemon itself is the fourth role of `sandbus permissions`; it serves the API and
@@ -72,15 +94,27 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    const fn new(name: &'static str, role: Role, castable: bool) -> Self {
+    /// A query: only called, its reply carries the result.
+    const fn query(name: &'static str, role: Role) -> Self {
         Self {
             name,
             role,
-            castable,
+            castable: false,
             per_host: false,
         }
     }
 
+    /// A mutation that may be called or cast.
+    const fn cast(name: &'static str, role: Role) -> Self {
+        Self {
+            name,
+            role,
+            castable: true,
+            per_host: false,
+        }
+    }
+
+    /// Served by each host on its own subject, and only called.
     const fn per_host(name: &'static str, role: Role) -> Self {
         Self {
             name,
@@ -96,89 +130,107 @@ impl Endpoint {
     }
 }
 
-/// Stage one part of a component's bytes for an upload.
-pub const STAGE: &str = "component.stage";
-/// Record a component whose bytes are in the component store or staged.
-pub const UPLOAD: &str = "component.upload";
-/// List components.
-pub const LIST: &str = "component.list";
-/// Remove a component.
-pub const REMOVE: &str = "component.remove";
-/// Point a component back at its previous content.
-pub const ROLLBACK: &str = "component.rollback";
-/// Subscribe a listener to event patterns.
-pub const SUBSCRIBE: &str = "listener.subscribe";
-/// Unsubscribe a listener.
-pub const UNSUBSCRIBE: &str = "listener.unsubscribe";
-/// A listener's status (or all of them).
-pub const STATUS: &str = "listener.status";
-/// Publish a canonical event.
-pub const PUBLISH: &str = "event.publish";
-/// A page of stored events, waiting a while for new ones when there are none yet.
-pub const EVENTS: &str = "event.list";
-/// Live hosts.
-pub const HOSTS: &str = "host.list";
-/// Every host's devices (inventory, with states).
-pub const DEVICES: &str = "device.list";
-/// Script runs, newest first.
-pub const RUNS: &str = "run.list";
-/// One run's record.
-pub const RUN: &str = "run.get";
-/// A page of one run's log lines (and its report once stored).
-pub const RUN_LOG: &str = "run.log";
-/// Start a run on a device of the answering host (per host).
-pub const RUN_START: &str = "run.start";
-/// Cancel a run of the answering host (per host).
-pub const RUN_CANCEL: &str = "run.cancel";
-/// Register a hook at an extension point.
-pub const HOOK_ADD: &str = "hook.add";
-/// Remove a hook from an extension point.
-pub const HOOK_REMOVE: &str = "hook.remove";
-/// Set an extension point's policy and deadline.
-pub const HOOK_POLICY: &str = "hook.policy";
-/// List the extension points and their hooks.
-pub const HOOK_LIST: &str = "hook.list";
-/// Ask an extension point about a proposed operation.
-pub const HOOK_CALL: &str = "hook.call";
-/// Read one key of a component's key-value space.
-pub const KV_GET: &str = "kv.get";
-/// Write one key of a component's key-value space.
-pub const KV_SET: &str = "kv.set";
-/// Remove one key of a component's key-value space.
-pub const KV_DELETE: &str = "kv.delete";
-/// A page of the keys (and values) of a component's key-value space.
-pub const KV_LIST: &str = "kv.list";
+/// One endpoint as a type: what it takes and what a call of it answers, as the endpoint table
+/// says. The daemon's router reads each request as its endpoint's `Request` and must answer
+/// with its `Reply`; a client that calls through it gets both checked at compile time.
+pub trait Call {
+    /// The endpoint's row in [`ALL`].
+    const ENDPOINT: Endpoint;
+    /// The request body (checked with the same [`Validate`] by the client and the daemon).
+    type Request: Serialize + DeserializeOwned + Validate;
+    /// The reply to a call. A cast is answered with a [`super::CastAccepted`] instead; its
+    /// result comes later as an event.
+    type Reply: Serialize + DeserializeOwned;
+}
 
-/// Every endpoint.
-pub const ALL: &[Endpoint] = &[
-    Endpoint::new(LIST, Role::Viewer, false),
-    Endpoint::new(STATUS, Role::Viewer, false),
-    Endpoint::new(EVENTS, Role::Viewer, false),
-    Endpoint::new(HOSTS, Role::Viewer, false),
-    Endpoint::new(DEVICES, Role::Viewer, false),
-    Endpoint::new(RUNS, Role::Viewer, false),
-    Endpoint::new(RUN, Role::Viewer, false),
-    Endpoint::new(RUN_LOG, Role::Viewer, false),
-    Endpoint::new(HOOK_LIST, Role::Viewer, false),
-    Endpoint::new(PUBLISH, Role::Publisher, true),
-    // A call is a question whose answer the caller waits for.
-    Endpoint::new(HOOK_CALL, Role::Publisher, false),
-    Endpoint::new(STAGE, Role::Operator, false),
-    Endpoint::new(UPLOAD, Role::Operator, true),
-    Endpoint::new(REMOVE, Role::Operator, true),
-    Endpoint::new(ROLLBACK, Role::Operator, true),
-    Endpoint::new(SUBSCRIBE, Role::Operator, true),
-    Endpoint::new(UNSUBSCRIBE, Role::Operator, true),
-    Endpoint::new(HOOK_ADD, Role::Operator, true),
-    Endpoint::new(HOOK_REMOVE, Role::Operator, true),
-    Endpoint::new(HOOK_POLICY, Role::Operator, true),
-    Endpoint::new(KV_GET, Role::Operator, false),
-    Endpoint::new(KV_SET, Role::Operator, false),
-    Endpoint::new(KV_DELETE, Role::Operator, false),
-    Endpoint::new(KV_LIST, Role::Operator, false),
-    Endpoint::per_host(RUN_START, Role::Operator),
-    Endpoint::per_host(RUN_CANCEL, Role::Operator),
-];
+/// The endpoint table: one row per endpoint, the one place an endpoint is described. Each row
+/// gives the name constant (what the CLI and tests name it by), the [`Call`] type, the
+/// subject name, the role, how it is sent (`query`: only called; `cast`: called or cast;
+/// `per_host`: called on one host's own subject), and the request and reply types.
+macro_rules! endpoints {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident, $call:ident = $subject:literal: $role:ident, $how:ident,
+            $request:ty => $reply:ty;
+    )+) => {
+        $(
+            $(#[doc = $doc])+
+            pub const $name: &str = $subject;
+
+            #[doc = concat!("`", $subject, "` as a [`Call`]:")]
+            $(#[doc = $doc])+
+            #[derive(Debug, Clone, Copy)]
+            pub struct $call;
+
+            impl Call for $call {
+                const ENDPOINT: Endpoint = Endpoint::$how($name, Role::$role);
+                type Request = $request;
+                type Reply = $reply;
+            }
+        )+
+
+        /// Every endpoint, in the order of the table.
+        pub const ALL: &[Endpoint] = &[$(<$call as Call>::ENDPOINT),+];
+    };
+}
+
+endpoints! {
+    /// List components.
+    LIST, List = "component.list": Viewer, query, Empty => Vec<ComponentManifest>;
+    /// A listener's status (or all of them).
+    STATUS, Status = "listener.status": Viewer, query, StatusRequest => StatusReply;
+    /// A page of stored events, waiting a while for new ones when there are none yet.
+    EVENTS, Events = "event.list": Viewer, query, EventListRequest => MessagePage;
+    /// Live hosts.
+    HOSTS, Hosts = "host.list": Viewer, query, Empty => Vec<HostInfo>;
+    /// Every host's devices (inventory, with states).
+    DEVICES, Devices = "device.list": Viewer, query, Empty => Vec<DeviceRecord>;
+    /// Script runs, newest first.
+    RUNS, Runs = "run.list": Viewer, query, Empty => Vec<RunRecord>;
+    /// One run's record.
+    RUN, Run = "run.get": Viewer, query, RunIdRequest => RunRecord;
+    /// A page of one run's log lines (and its report once stored).
+    RUN_LOG, RunLog = "run.log": Viewer, query, RunLogRequest => MessagePage;
+    /// List the extension points and their hooks.
+    HOOK_LIST, HookList = "hook.list": Viewer, query, Empty => Vec<HookPoint>;
+    /// Publish a canonical event.
+    PUBLISH, Publish = "event.publish": Publisher, cast, PublishRequest => PublishedEvent;
+    /// Ask an extension point about a proposed operation. A query: the caller waits for the
+    /// answer.
+    HOOK_CALL, HookCall = "hook.call": Publisher, query, HookCallRequest => HookCallReply;
+    /// Stage one part of a component's bytes for an upload.
+    STAGE, Stage = "component.stage": Operator, query, StageRequest => StageReply;
+    /// Record a component whose bytes are in the component store or staged.
+    UPLOAD, Upload = "component.upload": Operator, cast, UploadRequest => UploadReply;
+    /// Remove a component.
+    REMOVE, Remove = "component.remove": Operator, cast, NameRequest => ComponentManifest;
+    /// Point a component back at its previous content.
+    ROLLBACK, Rollback = "component.rollback": Operator, cast, NameRequest => ComponentManifest;
+    /// Subscribe a listener to event patterns.
+    SUBSCRIBE, Subscribe = "listener.subscribe": Operator, cast,
+        SubscribeRequest => Subscription;
+    /// Unsubscribe a listener.
+    UNSUBSCRIBE, Unsubscribe = "listener.unsubscribe": Operator, cast,
+        NameRequest => Subscription;
+    /// Register a hook at an extension point.
+    HOOK_ADD, HookAdd = "hook.add": Operator, cast, HookRequest => HookPoint;
+    /// Remove a hook from an extension point.
+    HOOK_REMOVE, HookRemove = "hook.remove": Operator, cast, HookRequest => HookPoint;
+    /// Set an extension point's policy and deadline.
+    HOOK_POLICY, HookPolicy = "hook.policy": Operator, cast, HookPolicyRequest => HookPoint;
+    /// Read one key of a component's key-value space.
+    KV_GET, KvGet = "kv.get": Operator, query, KvKeyRequest => KvEntry;
+    /// Write one key of a component's key-value space.
+    KV_SET, KvSet = "kv.set": Operator, query, KvSetRequest => KvEntry;
+    /// Remove one key of a component's key-value space.
+    KV_DELETE, KvDelete = "kv.delete": Operator, query, KvKeyRequest => KvDeleteReply;
+    /// A page of the keys (and values) of a component's key-value space.
+    KV_LIST, KvList = "kv.list": Operator, query, KvListRequest => KvListReply;
+    /// Start a run on a device of the answering host.
+    RUN_START, RunStart = "run.start": Operator, per_host, RunRequest => RunRecord;
+    /// Cancel a run of the answering host.
+    RUN_CANCEL, RunCancel = "run.cancel": Operator, per_host, RunIdRequest => CancelReply;
+}
 
 #[cfg(test)]
 mod tests {
@@ -202,6 +254,30 @@ mod tests {
                 assert_eq!(e.role, Role::Operator, "{}", e.name);
             }
         }
+    }
+
+    #[test]
+    fn each_call_type_is_its_row_of_the_table() {
+        assert_eq!(Endpoint::find(UPLOAD), Some(&Upload::ENDPOINT));
+        assert_eq!(Endpoint::find(RUN_CANCEL), Some(&RunCancel::ENDPOINT));
+        let row = |name, role, castable, per_host| Endpoint {
+            name,
+            role,
+            castable,
+            per_host,
+        };
+        assert_eq!(
+            Upload::ENDPOINT,
+            row("component.upload", Role::Operator, true, false)
+        );
+        assert_eq!(
+            List::ENDPOINT,
+            row("component.list", Role::Viewer, false, false)
+        );
+        assert_eq!(
+            RunStart::ENDPOINT,
+            row("run.start", Role::Operator, false, true)
+        );
     }
 
     #[test]

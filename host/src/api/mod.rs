@@ -4,7 +4,7 @@
 //! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`), with one request/reply endpoint per operation.
 //! Each endpoint belongs to a [`Role`] and its subject says so:
 //! `sandbus.api.<role>.<endpoint>` ([`endpoint`]), so NATS permissions can give people a
-//! role. Bodies are JSON ([`wire`]); every request is validated by the daemon exactly as
+//! role. Bodies are JSON (the request and reply types here); every request is validated by the daemon exactly as
 //! the CLI validates it before sending ([`Validate`]). A failed request is answered with the
 //! service error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`) and
 //! `Sandbus-Error-Kind`.
@@ -13,7 +13,8 @@
 //! (`"cast": true`: the reply only says the request was accepted, with a request id; the
 //! result comes later as a `sandbus.request.finished` event with that id as its subject).
 //!
-//! The client side lives with the rest of NATS, in [`crate::bus::ApiClient`].
+//! Both sides on NATS live with the rest of NATS: the client in [`crate::bus::ApiClient`], the
+//! daemon's service in [`crate::bus::ControlService`].
 
 pub mod endpoint;
 mod request;

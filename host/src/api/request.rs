@@ -1,18 +1,16 @@
 //! [`Request`]: a control API request read and validated, one variant per endpoint.
 //!
-//! The one place that maps an endpoint to the body it takes. The daemon's router matches on
-//! it, and the fuzz targets feed it arbitrary bodies: whatever reaches the API is read here,
-//! strictly (unknown fields refused), and checked with [`Validate`] before anything acts on
-//! it.
+//! The one place that maps an endpoint's name to its variant; the body each takes is the
+//! endpoint table's ([`endpoint::Call::Request`]), so the two cannot disagree. The daemon's
+//! router matches on it, and the fuzz targets feed it arbitrary bodies: whatever reaches the
+//! API is read here, strictly (unknown fields refused), and checked with
+//! [`super::Validate`] before anything acts on it.
 
-use serde::de::DeserializeOwned;
-
-use super::endpoint;
+use super::endpoint::{self, Call};
 use super::{
-    ApiError, ApiErrorKind, Empty, EventListRequest, HookCallRequest, HookPolicyRequest,
-    HookRequest, KvKeyRequest, KvListRequest, KvSetRequest, NameRequest, PublishRequest,
-    RunIdRequest, RunLogRequest, StageRequest, StatusRequest, SubscribeRequest, UploadRequest,
-    Validate,
+    ApiError, ApiErrorKind, Empty, EventListRequest, HookPolicyRequest, HookRequest, KvKeyRequest,
+    KvListRequest, KvSetRequest, NameRequest, RunIdRequest, RunLogRequest, StageRequest,
+    StatusRequest, SubscribeRequest, UploadRequest, Validate as _,
 };
 use crate::bus::RunRequest;
 use crate::event::CanonicalEvent;
@@ -83,17 +81,18 @@ impl Request {
     /// Reads `body` as the request of the endpoint named `name` and validates it. An unknown
     /// endpoint is [`ApiErrorKind::NotFound`]; a bad body a bad request saying what is wrong.
     pub fn parse(name: &str, body: &[u8]) -> Result<Self, ApiError> {
+        use endpoint as e;
         Ok(match name {
-            endpoint::STAGE => Self::Stage(parse(body)?),
-            endpoint::UPLOAD => Self::Upload(parse(body)?),
-            endpoint::LIST => empty(body, Self::List)?,
-            endpoint::REMOVE => Self::Remove(parse(body)?),
-            endpoint::ROLLBACK => Self::Rollback(parse(body)?),
-            endpoint::SUBSCRIBE => Self::Subscribe(parse(body)?),
-            endpoint::UNSUBSCRIBE => Self::Unsubscribe(parse(body)?),
-            endpoint::STATUS => Self::Status(parse_or_default(body)?),
-            endpoint::PUBLISH => {
-                let request: PublishRequest = parse(body)?;
+            e::STAGE => Self::Stage(read::<e::Stage>(body)?),
+            e::UPLOAD => Self::Upload(read::<e::Upload>(body)?),
+            e::LIST => empty::<e::List>(body, Self::List)?,
+            e::REMOVE => Self::Remove(read::<e::Remove>(body)?),
+            e::ROLLBACK => Self::Rollback(read::<e::Rollback>(body)?),
+            e::SUBSCRIBE => Self::Subscribe(read::<e::Subscribe>(body)?),
+            e::UNSUBSCRIBE => Self::Unsubscribe(read::<e::Unsubscribe>(body)?),
+            e::STATUS => Self::Status(read_or_default::<e::Status>(body)?),
+            e::PUBLISH => {
+                let request = read::<e::Publish>(body)?;
                 let mut published = event(&request.event, "the event is not valid")?;
                 // An event published from outside starts a chain: its depth is the host's
                 // to count, not the publisher's to claim (a deep one would silence the
@@ -101,20 +100,20 @@ impl Request {
                 published.depth = 0;
                 Self::Publish(published)
             }
-            endpoint::EVENTS => Self::Events(parse_or_default(body)?),
-            endpoint::HOSTS => empty(body, Self::Hosts)?,
-            endpoint::DEVICES => empty(body, Self::Devices)?,
-            endpoint::RUNS => empty(body, Self::Runs)?,
-            endpoint::RUN => Self::Run(parse(body)?),
-            endpoint::RUN_LOG => Self::RunLog(parse(body)?),
-            endpoint::RUN_START => Self::RunStart(parse(body)?),
-            endpoint::RUN_CANCEL => Self::RunCancel(parse(body)?),
-            endpoint::HOOK_ADD => Self::HookAdd(parse(body)?),
-            endpoint::HOOK_REMOVE => Self::HookRemove(parse(body)?),
-            endpoint::HOOK_POLICY => Self::HookPolicy(parse(body)?),
-            endpoint::HOOK_LIST => empty(body, Self::HookList)?,
-            endpoint::HOOK_CALL => {
-                let request: HookCallRequest = parse(body)?;
+            e::EVENTS => Self::Events(read_or_default::<e::Events>(body)?),
+            e::HOSTS => empty::<e::Hosts>(body, Self::Hosts)?,
+            e::DEVICES => empty::<e::Devices>(body, Self::Devices)?,
+            e::RUNS => empty::<e::Runs>(body, Self::Runs)?,
+            e::RUN => Self::Run(read::<e::Run>(body)?),
+            e::RUN_LOG => Self::RunLog(read::<e::RunLog>(body)?),
+            e::RUN_START => Self::RunStart(read::<e::RunStart>(body)?),
+            e::RUN_CANCEL => Self::RunCancel(read::<e::RunCancel>(body)?),
+            e::HOOK_ADD => Self::HookAdd(read::<e::HookAdd>(body)?),
+            e::HOOK_REMOVE => Self::HookRemove(read::<e::HookRemove>(body)?),
+            e::HOOK_POLICY => Self::HookPolicy(read::<e::HookPolicy>(body)?),
+            e::HOOK_LIST => empty::<e::HookList>(body, Self::HookList)?,
+            e::HOOK_CALL => {
+                let request = read::<e::HookCall>(body)?;
                 Self::HookCall {
                     proposed: event(
                         &request.event,
@@ -123,10 +122,10 @@ impl Request {
                     point: request.point,
                 }
             }
-            endpoint::KV_GET => Self::KvGet(parse(body)?),
-            endpoint::KV_SET => Self::KvSet(parse(body)?),
-            endpoint::KV_DELETE => Self::KvDelete(parse(body)?),
-            endpoint::KV_LIST => Self::KvList(parse(body)?),
+            e::KV_GET => Self::KvGet(read::<e::KvGet>(body)?),
+            e::KV_SET => Self::KvSet(read::<e::KvSet>(body)?),
+            e::KV_DELETE => Self::KvDelete(read::<e::KvDelete>(body)?),
+            e::KV_LIST => Self::KvList(read::<e::KvList>(body)?),
             other => {
                 return Err(ApiError::new(
                     ApiErrorKind::NotFound,
@@ -137,10 +136,10 @@ impl Request {
     }
 }
 
-/// Reads and validates a request body: nothing is done with a request the CLI would not have
-/// sent.
-fn parse<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
-    let request: T = serde_json::from_slice(body).map_err(|e| {
+/// Reads and validates the body of a request to `E`, as the endpoint table types it:
+/// nothing is done with a request the CLI would not have sent.
+fn read<E: Call>(body: &[u8]) -> Result<E::Request, ApiError> {
+    let request: E::Request = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the request body is not valid: {}",
             crate::text::clip(&e.to_string(), 512)
@@ -150,22 +149,25 @@ fn parse<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
     Ok(request)
 }
 
-/// [`parse`], where an empty body means the request's defaults.
-fn parse_or_default<T: DeserializeOwned + Default + Validate>(body: &[u8]) -> Result<T, ApiError> {
+/// [`read`], where an empty body means the request's defaults.
+fn read_or_default<E: Call>(body: &[u8]) -> Result<E::Request, ApiError>
+where
+    E::Request: Default,
+{
     if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
+        Ok(E::Request::default())
     } else {
-        parse(body)
+        read::<E>(body)
     }
 }
 
-/// A request that takes no fields: an empty body or `{}`.
-fn empty(body: &[u8], request: Request) -> Result<Request, ApiError> {
-    let _: Empty = parse_or_default(body)?;
+/// A request to `E`, which takes no fields: an empty body or `{}`.
+fn empty<E: Call<Request = Empty>>(body: &[u8], request: Request) -> Result<Request, ApiError> {
+    let _: Empty = read_or_default::<E>(body)?;
     Ok(request)
 }
 
-/// The event in a request (already checked by the request's [`Validate`]).
+/// The event in a request (already checked by the request's [`super::Validate`]).
 fn event(raw: &serde_json::value::RawValue, what: &str) -> Result<CanonicalEvent, ApiError> {
     CanonicalEvent::from_json(raw.get().as_bytes())
         .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))

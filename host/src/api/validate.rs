@@ -8,7 +8,7 @@ use super::wire::*;
 
 /// A request body the daemon checks before acting on it, with the same rules the CLI
 /// applies before sending it: the API trusts nothing a client sends, whether or not the
-/// client is our CLI. A failure is a [`ApiErrorKind::BadRequest`] that says what to fix,
+/// client is our CLI. A failure is a [`super::ApiErrorKind::BadRequest`] that says what to fix,
 /// with any echoed name clipped (see [`crate::text`]).
 pub trait Validate {
     /// Checks the request; nothing has been done yet.

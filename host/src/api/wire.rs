@@ -50,6 +50,16 @@ pub struct StatusRequest {
     pub name: Option<String>,
 }
 
+/// The reply to `listener.status`: the one listener asked for, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum StatusReply {
+    /// The listener named in the request.
+    One(Box<crate::bus::ListenerStatus>),
+    /// Every subscribed listener (the request named none).
+    All(Vec<crate::bus::ListenerStatus>),
+}
+
 /// `listener.subscribe`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -433,5 +443,26 @@ mod tests {
             serde_json::from_str(r#"{"name":"a","events":["vm.*"]}"#).unwrap();
         assert_eq!(ok.max_deliver, None);
         assert!(!ok.cast);
+    }
+
+    #[test]
+    fn a_status_reply_is_the_bare_status_or_a_list_of_them() {
+        let status = crate::bus::ListenerStatus {
+            subscription: crate::bus::Subscription::new("audit", vec!["vm.*".to_owned()]),
+            pending: 1,
+            in_flight: 0,
+            redelivered: 0,
+            dead_lettered: 0,
+            last_error: None,
+        };
+        let bare = serde_json::to_value(&status).unwrap();
+        let one = StatusReply::One(Box::new(status.clone()));
+        let all = StatusReply::All(vec![status]);
+        assert_eq!(serde_json::to_value(&one).unwrap(), bare);
+        assert_eq!(
+            serde_json::to_value(&all).unwrap(),
+            serde_json::json!([bare])
+        );
+        assert_eq!(serde_json::from_value::<StatusReply>(bare).unwrap(), one);
     }
 }

@@ -1,7 +1,8 @@
 //! [`ApiClient`]: the control API seen from a client (the CLI), over one NATS connection.
 //!
-//! It sends each request to the subject of its endpoint's role
-//! ([`crate::api::endpoint`]) and turns what comes back into a reply or an [`ApiError`].
+//! It sends each request to the subject of its endpoint's role, as the endpoint table gives
+//! it ([`crate::api::endpoint`]), and turns what comes back into a reply or an [`ApiError`];
+//! through a [`Call`] type the request and reply types are the table's too.
 //! A request NATS refuses (the user's permissions do not cover the subject) fails within
 //! moments as [`ApiErrorKind::PermissionDenied`] naming the subject, instead of waiting out
 //! the reply timeout as if no daemon were there ([`Refusals`]).
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::names;
 use super::refusals::Refusals;
+use crate::api::endpoint::Call;
 use crate::api::{ApiError, ApiErrorKind, ERROR_KIND_HEADER, Endpoint, Validate};
 
 /// A client of the control API over one NATS connection.
@@ -73,6 +75,22 @@ impl ApiClient {
         request: &Q,
     ) -> Result<R, ApiError> {
         self.send(endpoint, Some(host), request).await
+    }
+
+    /// Calls the endpoint `E` (see [`crate::api::endpoint::Call`]): the request and reply
+    /// are of the types the endpoint table gives it, so the compiler checks what the daemon
+    /// will read and answer. A per-host endpoint needs [`Self::call_host_endpoint`].
+    pub async fn call_endpoint<E: Call>(&self, request: &E::Request) -> Result<E::Reply, ApiError> {
+        self.send(E::ENDPOINT.name, None, request).await
+    }
+
+    /// [`Self::call_endpoint`] on one host's own endpoint (a per-host endpoint).
+    pub async fn call_host_endpoint<E: Call>(
+        &self,
+        host: &str,
+        request: &E::Request,
+    ) -> Result<E::Reply, ApiError> {
+        self.send(E::ENDPOINT.name, Some(host), request).await
     }
 
     async fn send<Q: Serialize + Validate, R: DeserializeOwned>(

@@ -13,6 +13,7 @@
 
 mod api_client;
 mod cas;
+mod control_service;
 mod delivery;
 mod events;
 mod hooks;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 
 pub use api_client::ApiClient;
+pub use control_service::{ControlHandler, ControlRequest, ControlService, RequestSlot};
 pub use delivery::{Deliveries, Delivery, DeliveryInfo, DeliverySource, PullError};
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
 pub use hooks::{

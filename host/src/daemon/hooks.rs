@@ -98,7 +98,7 @@ impl HookDispatcher {
             hooks: reply.hooks.clone(),
         };
         self.events
-            .emit_or_log_typed(&denied, id, Some(reply.point.clone()))
+            .emit_or_log(&denied, id, Some(reply.point.clone()))
             .await;
     }
 

@@ -18,17 +18,6 @@ pub use sandbus_host_events::{
     ListenerFailed, Metering, Proposal, RequestFinished, RunFinished,
 };
 
-/// [`ComponentAdded`]'s type, for the call sites that still emit JSON.
-pub const COMPONENT_ADDED: &str = <ComponentAdded>::TYPE;
-/// [`ComponentRemoved`]'s type, for the call sites that still emit JSON.
-pub const COMPONENT_REMOVED: &str = <ComponentRemoved>::TYPE;
-/// [`ListenerFailed`]'s type, for the call sites that still emit JSON.
-pub const LISTENER_FAILED: &str = ListenerFailed::TYPE;
-/// [`ListenerDeadLettered`]'s type, for the call sites that still emit JSON.
-pub const LISTENER_DEAD_LETTERED: &str = ListenerDeadLettered::TYPE;
-/// [`RequestFinished`]'s type, for the call sites that still emit JSON.
-pub const REQUEST_FINISHED: &str = <RequestFinished>::TYPE;
-
 /// Emits this host's events on the events stream.
 #[derive(Clone)]
 pub struct HostEvents {
@@ -85,31 +74,8 @@ impl HostEvents {
     /// stop the work that produced them.
     ///
     /// Named `emit_or_log` once [`HostEvents::emit_or_log`]'s JSON call sites are converted.
-    pub async fn emit_or_log_typed<E: HostEvent>(
-        &self,
-        event: &E,
-        id: String,
-        subject: Option<String>,
-    ) {
+    pub async fn emit_or_log<E: HostEvent>(&self, event: &E, id: String, subject: Option<String>) {
         log_failure(E::TYPE, self.emit(event, id, subject).await);
-    }
-
-    /// [`HostEvents::emit_or_log_typed`] with the type and data given as JSON.
-    ///
-    /// Only for the call sites in `daemon/control/` (`component.added` / `.removed`,
-    /// `request.finished`) still to convert to [`ComponentAdded`], [`ComponentRemoved`] and
-    /// [`RequestFinished`]; then this goes, and the typed method takes its name.
-    pub async fn emit_or_log(
-        &self,
-        ty: &str,
-        id: String,
-        subject: Option<String>,
-        data: serde_json::Value,
-    ) {
-        let published = self
-            .publish(ty, id, subject, data.to_string().into_bytes(), 0)
-            .await;
-        log_failure(ty, published);
     }
 
     /// `sandbus.host.started`, with the daemon's start time in the id so every run of the
@@ -135,7 +101,7 @@ impl HostEvents {
 
     async fn emit_lifecycle<E: HostEvent>(&self, event: &E, started_at: &str) {
         let id = format!("{}/{}/{started_at}", E::TYPE, self.host_id);
-        self.emit_or_log_typed(event, id, Some(self.host_id.clone()))
+        self.emit_or_log(event, id, Some(self.host_id.clone()))
             .await;
     }
 

@@ -269,9 +269,7 @@ impl DeviceLab {
                 host: self.host_id.clone(),
                 device,
             };
-            self.host_events
-                .emit_or_log_typed(&attached, id, subject)
-                .await;
+            self.host_events.emit_or_log(&attached, id, subject).await;
         }
         for device in detached {
             tracing::warn!(device = %device.id, "device detached");
@@ -284,9 +282,7 @@ impl DeviceLab {
                 host: self.host_id.clone(),
                 device,
             };
-            self.host_events
-                .emit_or_log_typed(&detached, id, subject)
-                .await;
+            self.host_events.emit_or_log(&detached, id, subject).await;
         }
     }
 
@@ -626,7 +622,7 @@ impl DeviceLab {
             script: record.request.script.clone(),
         };
         self.host_events
-            .emit_or_log_typed(
+            .emit_or_log(
                 &lease,
                 format!("{}/{}", LeaseAcquired::TYPE, record.id),
                 Some(device.id.clone()),
@@ -695,7 +691,7 @@ impl DeviceLab {
         }
         let released = lease.released(acquired.elapsed().as_millis() as u64, reset, ending.verdict);
         self.host_events
-            .emit_or_log_typed(
+            .emit_or_log(
                 &released,
                 format!("{}/{}", LeaseReleased::TYPE, record.id),
                 Some(device.id.clone()),
@@ -827,7 +823,7 @@ impl DeviceLab {
             report: report.clone(),
         };
         self.host_events
-            .emit_or_log_typed(
+            .emit_or_log(
                 &finished,
                 format!("{}/{}", <RunFinished>::TYPE, record.id),
                 Some(record.id.clone()),

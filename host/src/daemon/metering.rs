@@ -86,7 +86,7 @@ impl MeteringBatcher {
                     events.host_id()
                 );
                 events
-                    .emit_or_log_typed(&metered, id, Some(events.host_id().to_owned()))
+                    .emit_or_log(&metered, id, Some(events.host_id().to_owned()))
                     .await;
             }
             opened = closed;

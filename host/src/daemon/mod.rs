@@ -295,8 +295,7 @@ impl Daemon {
         }
         let api_stop = CancellationToken::new();
         let api_client = bus::connect_daemon_api(&self.config.nats).await?;
-        let service = api
-            .start(&api_client)
+        let service = bus::ControlService::start(&api_client, api)
             .await
             .map_err(|e| DaemonError::Control(e.message))?;
         // The API's connection is new: a round trip makes sure the server has its

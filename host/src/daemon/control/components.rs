@@ -1,16 +1,27 @@
-//! The control API's component endpoints: staging bytes, uploading (checked with the one
-//! policy check, compiled once, recorded), removing and rolling back.
+//! The control API's component endpoints (`component.*`): staging bytes, uploading (checked
+//! with the one policy check, compiled once, recorded), removing and rolling back.
 
-use super::{ControlApi, ack_wait_for};
+use super::ControlApi;
 use crate::api::{
     ApiError, ApiErrorKind, NameRequest, StageReply, StageRequest, UploadReply, UploadRequest,
 };
-use crate::bus::ManifestDraft;
+use crate::bus::ack_wait_for;
+use crate::bus::{ComponentManifest, ManifestDraft};
 use crate::daemon::components::spec_of;
-use crate::daemon::host_events;
+use crate::daemon::host_events::{ComponentAdded, ComponentRemoved, HostEvent};
 use crate::sandbox::{ComponentShape, Digest, LoadErrorKind, World};
 
 impl ControlApi {
+    /// The current manifest of `name`, or a not-found error saying to upload it.
+    pub(super) async fn uploaded(&self, name: &str) -> Result<ComponentManifest, ApiError> {
+        self.store.manifest(name).await?.ok_or_else(|| {
+            ApiError::new(
+                ApiErrorKind::NotFound,
+                format!("no component named `{name}`; upload it first with `sandbus upload`"),
+            )
+        })
+    }
+
     /// `component.stage`: keeps one part of a component's bytes for its upload.
     pub(super) async fn stage(&self, request: StageRequest) -> Result<StageReply, ApiError> {
         use base64::Engine as _;
@@ -100,7 +111,7 @@ impl ControlApi {
         let world = ComponentShape::read(&bytes)
             .and_then(|shape| shape.check(request.world))
             .map_err(|e| ApiError::bad_request(e.message))?;
-        let candidate = crate::bus::ComponentManifest {
+        let candidate = ComponentManifest {
             name: request.name.clone(),
             version: 0,
             digest: Digest::of(&bytes).as_str().to_owned(),
@@ -178,18 +189,21 @@ impl ControlApi {
                 limits: candidate.limits,
             })
             .await?;
-        self.component_event(host_events::COMPONENT_ADDED, &manifest)
-            .await;
+        self.component_event(
+            ComponentAdded {
+                manifest: manifest.clone(),
+            },
+            &manifest,
+        )
+        .await;
         Ok(UploadReply {
             manifest,
             unchanged: false,
         })
     }
 
-    pub(super) async fn remove(
-        &self,
-        request: NameRequest,
-    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+    /// `component.remove`: refused while the component is subscribed or registered as a hook.
+    pub(super) async fn remove(&self, request: NameRequest) -> Result<ComponentManifest, ApiError> {
         if self.subscriptions.get(&request.name).await?.is_some() {
             return Err(ApiError::new(
                 ApiErrorKind::Conflict,
@@ -212,15 +226,22 @@ impl ControlApi {
             ));
         }
         let manifest = self.store.remove(&request.name).await?;
-        self.component_event(host_events::COMPONENT_REMOVED, &manifest)
-            .await;
+        self.component_event(
+            ComponentRemoved {
+                manifest: manifest.clone(),
+            },
+            &manifest,
+        )
+        .await;
         Ok(manifest)
     }
 
+    /// `component.rollback`: back to the previous content, unless that no longer fits how the
+    /// component is used (subscribed, registered as a hook) or today's rules.
     pub(super) async fn rollback(
         &self,
         request: NameRequest,
-    ) -> Result<crate::bus::ComponentManifest, ApiError> {
+    ) -> Result<ComponentManifest, ApiError> {
         let subscription = self.subscriptions.get(&request.name).await?;
         let points = self.hooks.points.points_of(&request.name).await?;
         let history = self.store.history(&request.name).await?;
@@ -274,23 +295,29 @@ impl ControlApi {
             }
         }
         let manifest = self.store.rollback(&request.name).await?;
-        self.component_event(host_events::COMPONENT_ADDED, &manifest)
-            .await;
+        self.component_event(
+            ComponentAdded {
+                manifest: manifest.clone(),
+            },
+            &manifest,
+        )
+        .await;
         Ok(manifest)
     }
 
-    async fn component_event(&self, ty: &str, manifest: &crate::bus::ComponentManifest) {
-        let verb = if ty == host_events::COMPONENT_ADDED {
+    /// Emits `event` (a version of `manifest` added or removed) with an id made of the
+    /// component and its version, so every daemon reporting it reports one fact.
+    async fn component_event<E: HostEvent>(&self, event: E, manifest: &ComponentManifest) {
+        let verb = if E::TYPE == <ComponentAdded>::TYPE {
             "added"
         } else {
             "removed"
         };
         self.host_events
             .emit_or_log(
-                ty,
+                &event,
                 format!("component-{verb}/{}/{}", manifest.name, manifest.version),
                 Some(manifest.name.clone()),
-                serde_json::to_value(manifest).unwrap_or_default(),
             )
             .await;
     }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::ControlApi;
+use super::lab::no_run;
 use crate::api::{
     ApiError, ApiErrorKind, EventListRequest, KvDeleteReply, KvEntry, KvKeyRequest, KvListReply,
     KvListRequest, KvSetRequest, MAX_PAGE, MessagePage, RunLogRequest,
@@ -48,10 +49,7 @@ impl ControlApi {
         request: RunLogRequest,
     ) -> Result<MessagePage, ApiError> {
         if self.runs.get(&request.run).await?.is_none() {
-            return Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                format!("no run `{}`; see `sandbus runs`", request.run),
-            ));
+            return Err(no_run(&request.run));
         }
         Ok(read_page(
             self.events.context(),

@@ -24,9 +24,7 @@ use crate::bus::{
     DeliverySource, LastError, Subscription,
 };
 use crate::daemon::components::{LoadedComponent, spec_of};
-use crate::daemon::host_events::{
-    HostEvent as _, LISTENER_DEAD_LETTERED, LISTENER_FAILED, ListenerDeadLettered, ListenerFailed,
-};
+use crate::daemon::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
 use crate::daemon::metering::MeteringBatcher;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::{DispatchContext, DispatcherHandle};
@@ -523,12 +521,12 @@ fn event(id: &str) -> Vec<u8> {
 fn dead_lettered(event_id: Option<&str>, deliveries: u64) -> Vec<Entry> {
     vec![
         recorded(event_id),
-        announced(LISTENER_FAILED, 0),
+        announced(ListenerFailed::TYPE, 0),
         Entry::DeadLettered {
             sequence: SEQUENCE,
             deliveries,
         },
-        announced(LISTENER_DEAD_LETTERED, 0),
+        announced(ListenerDeadLettered::TYPE, 0),
         Entry::Term(SEQUENCE),
     ]
 }
@@ -593,7 +591,7 @@ async fn a_failure_with_deliveries_left_is_reported_and_handed_back_after_the_ba
         harness.dispatch(1, event("e1")).await,
         [
             recorded(Some("e1")),
-            announced(LISTENER_FAILED, 0),
+            announced(ListenerFailed::TYPE, 0),
             Entry::Nak(SEQUENCE, Duration::from_millis(100)),
         ]
     );
@@ -704,7 +702,7 @@ async fn a_dead_letter_that_cannot_be_stored_is_handed_back_not_dropped() {
         harness.dispatch(3, event("e1")).await,
         [
             recorded(Some("e1")),
-            announced(LISTENER_FAILED, 0),
+            announced(ListenerFailed::TYPE, 0),
             Entry::Nak(SEQUENCE, Duration::from_secs(1)),
         ]
     );
