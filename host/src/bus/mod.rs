@@ -12,11 +12,13 @@
 //! Nothing here runs guests; the daemon wires the bus to the sandbox.
 
 mod api_client;
+mod bucket;
 mod cas;
 mod events;
 mod hooks;
 pub use events::humantime_serde;
 mod inventory;
+mod json_bucket;
 mod kv;
 mod kv_usage;
 mod leases;
