@@ -4,7 +4,7 @@
 //! hosts, devices, leases, runs, extension points) each live in a KV bucket, one JSON record a
 //! key. This is the one place that reads, writes, lists and watches them: it encodes and
 //! decodes the records, checks keys before they reach the server, tells a lost
-//! compare-and-set race from a failure ([`is_lost_race`]) and says what failed in a
+//! compare-and-set race from a failure ([`is_lost_race`](super::cas::is_lost_race)) and says what failed in a
 //! [`BucketError`] whose [`BucketErrorKind`] the caller matches on. The stores built on it
 //! keep only their own rules: their key layout, what a record means, and when a write is
 //! conditional.
@@ -23,126 +23,9 @@ use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::BusError;
 use super::bucket::{BucketSpec, ensure_bucket, open_bucket};
-use super::cas::is_lost_race;
-use super::{BusError, BusErrorKind};
-
-/// What kind of failure a [`JsonBucket`] operation met. `Copy`, for callers to match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BucketErrorKind {
-    /// The request failed, was refused or timed out; retrying later may work.
-    Unavailable,
-    /// A conditional write ([`JsonBucket::create`], [`JsonBucket::update`],
-    /// [`JsonBucket::delete_at`]) found the key changed: another writer got there first.
-    /// An expected outcome, not an outage: read again and decide again.
-    LostRace,
-    /// The stored value is not a record of this type (written by another version, or
-    /// damaged).
-    Undecodable,
-    /// The value could not be encoded as JSON.
-    Unencodable,
-    /// Not a key a KV bucket takes ([`is_valid_key`]); refused before asking the server.
-    InvalidKey,
-}
-
-/// A failed [`JsonBucket`] operation: its kind, the bucket and key it was about, and the
-/// error underneath (the client's, the server's or serde's), kept as the `source`.
-#[derive(Debug, thiserror::Error)]
-pub(crate) struct BucketError {
-    kind: BucketErrorKind,
-    bucket: String,
-    /// Empty for operations on the whole bucket (listing its keys, watching it).
-    key: String,
-    #[source]
-    source: Option<Box<dyn StdError + Send + Sync>>,
-}
-
-impl BucketError {
-    fn new(
-        kind: BucketErrorKind,
-        bucket: &str,
-        key: &str,
-        source: Option<Box<dyn StdError + Send + Sync>>,
-    ) -> Self {
-        Self {
-            kind,
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            source,
-        }
-    }
-
-    /// A request about `key` (empty: the whole bucket) that failed with `error`: a
-    /// [`BucketErrorKind::LostRace`] if it lost a compare-and-set race, else
-    /// [`BucketErrorKind::Unavailable`].
-    fn failed(bucket: &str, key: &str, error: impl StdError + Send + Sync + 'static) -> Self {
-        let kind = if is_lost_race(&error) {
-            BucketErrorKind::LostRace
-        } else {
-            BucketErrorKind::Unavailable
-        };
-        Self::new(kind, bucket, key, Some(Box::new(error)))
-    }
-
-    /// What kind of failure it was.
-    pub(crate) fn kind(&self) -> BucketErrorKind {
-        self.kind
-    }
-
-    /// The error a store reports, `what` saying what it was doing ("read the run record"):
-    /// [`BusErrorKind::Unavailable`] for a failed request (and, as the client reports it, a
-    /// key the bucket does not take), [`BusErrorKind::Conflict`] for a lost race,
-    /// [`BusErrorKind::Corrupt`] for a value that does not decode or encode.
-    pub(crate) fn into_bus_error(self, what: &str) -> BusError {
-        match (self.kind, &self.source) {
-            (BucketErrorKind::Unavailable, Some(source)) => BusError::unavailable(what, source),
-            (BucketErrorKind::Unavailable | BucketErrorKind::InvalidKey, _) => {
-                BusError::unavailable(what, &self)
-            }
-            (BucketErrorKind::LostRace, _) => BusError::new(
-                BusErrorKind::Conflict,
-                format!("cannot {what}: {self}; try again"),
-            ),
-            (BucketErrorKind::Undecodable | BucketErrorKind::Unencodable, _) => {
-                BusError::new(BusErrorKind::Corrupt, format!("cannot {what}: {self}"))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for BucketError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (bucket, key) = (&self.bucket, &self.key);
-        match (self.kind, key.is_empty()) {
-            (BucketErrorKind::Unavailable, true) => {
-                write!(f, "a request to the KV bucket {bucket} failed")?
-            }
-            (BucketErrorKind::Unavailable, false) => {
-                write!(f, "a request for `{key}` in the KV bucket {bucket} failed")?
-            }
-            (BucketErrorKind::LostRace, _) => {
-                write!(f, "`{key}` in the KV bucket {bucket} changed meanwhile")?
-            }
-            (BucketErrorKind::Undecodable, _) => write!(
-                f,
-                "the stored `{key}` in the KV bucket {bucket} is not valid"
-            )?,
-            (BucketErrorKind::Unencodable, _) => {
-                write!(f, "the value of `{key}` cannot be encoded")?
-            }
-            (BucketErrorKind::InvalidKey, _) => write!(
-                f,
-                "`{}` is not a KV key (letters, digits and -/_=. only, not starting or \
-                 ending with a dot)",
-                crate::text::echo(key)
-            )?,
-        }
-        match &self.source {
-            Some(source) => write!(f, ": {source}"),
-            None => Ok(()),
-        }
-    }
-}
+pub(crate) use super::bucket_error::{BucketError, BucketErrorKind};
 
 /// Whether the bucket takes `key`: not empty, neither starting nor ending with a dot, and only
 /// letters, digits and `-/_=.` (what the server and async-nats accept).
@@ -214,7 +97,7 @@ impl Unreadable {
         match (self, read) {
             (_, Ok(value)) => Ok(value),
             (Unreadable::Skip, Err(_)) => Ok(None),
-            (Unreadable::SkipUndecodable, Err(e)) if e.kind == BucketErrorKind::Undecodable => {
+            (Unreadable::SkipUndecodable, Err(e)) if e.kind() == BucketErrorKind::Undecodable => {
                 Ok(None)
             }
             (_, Err(e)) => Err(e),
@@ -240,7 +123,8 @@ impl<T> Clone for JsonBucket<T> {
 
 impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
     /// Opens the bucket, creating it as `spec` says if missing (daemons do this); it reads
-    /// through its stream leader ([`ensure_bucket`]).
+    /// through its stream leader ([`ensure_bucket`]). Opening fails with a [`BusError`]
+    /// already worded for a person: a store only passes it on.
     pub(crate) async fn ensure(
         js: &jetstream::Context,
         spec: BucketSpec,
@@ -249,7 +133,8 @@ impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
     }
 
     /// Opens the bucket `name` a daemon created (clients do this);
-    /// [`BusErrorKind::NotSetUp`] naming `what` if there is none ([`open_bucket`]).
+    /// [`BusErrorKind::NotSetUp`](super::BusErrorKind::NotSetUp) naming `what` if there is
+    /// none ([`open_bucket`]).
     pub(crate) async fn open(
         js: &jetstream::Context,
         name: &str,
@@ -518,6 +403,7 @@ fn change_of<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::BusErrorKind;
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Record {
@@ -580,27 +466,6 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_race_is_told_from_a_failure_and_becomes_a_conflict() {
-        let lost = BucketError::failed(
-            "b",
-            "k",
-            kv::UpdateError::new(kv::UpdateErrorKind::WrongLastRevision),
-        );
-        assert_eq!(lost.kind(), BucketErrorKind::LostRace);
-        assert_eq!(lost.into_bus_error("store it").kind, BusErrorKind::Conflict);
-        let failed = BucketError::failed(
-            "b",
-            "k",
-            kv::UpdateError::new(kv::UpdateErrorKind::TimedOut),
-        );
-        assert_eq!(failed.kind(), BucketErrorKind::Unavailable);
-        let bus = failed.into_bus_error("store it");
-        assert_eq!(bus.kind, BusErrorKind::Unavailable);
-        // The message a store gave before there was a JsonBucket: what, then the client's error.
-        assert_eq!(bus.message, "cannot store it: timed out");
-    }
-
-    #[test]
     fn a_listing_keeps_or_drops_what_it_cannot_read_as_asked() {
         let timed_out =
             || BucketError::failed("b", "k", kv::EntryError::new(kv::EntryErrorKind::TimedOut));
@@ -653,18 +518,5 @@ mod tests {
         }
         let skipped = change_of::<Record>("b", "k".into(), kv::Operation::Put, 6, b"not json");
         assert_eq!(skipped, None);
-    }
-
-    #[test]
-    fn an_invalid_key_is_reported_as_the_client_reported_it() {
-        let error = BucketError::new(BucketErrorKind::InvalidKey, "b", "a b", None);
-        assert!(
-            error.to_string().contains("`a b` is not a KV key"),
-            "{error}"
-        );
-        assert_eq!(
-            error.into_bus_error("read it").kind,
-            BusErrorKind::Unavailable
-        );
     }
 }

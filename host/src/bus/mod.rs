@@ -13,6 +13,7 @@
 
 mod api_client;
 mod bucket;
+mod bucket_error;
 mod cas;
 mod events;
 mod hooks;
