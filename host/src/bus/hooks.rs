@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
-use futures::TryStreamExt as _;
+use async_nats::jetstream;
 
-use super::cas::is_lost_race;
+use super::bucket::BucketSpec;
+use super::json_bucket::{BucketErrorKind, JsonBucket, Unreadable, Versioned};
 use super::names;
-use super::store::ensure_kv;
 use super::{BusError, BusErrorKind};
 
 /// Longest point name, in bytes.
@@ -118,69 +117,41 @@ pub fn validate_deadline(deadline: Duration) -> Result<(), String> {
 /// The cluster's extension points.
 #[derive(Clone)]
 pub struct HookPoints {
-    points: kv::Store,
+    points: JsonBucket<HookPoint>,
 }
 
 impl HookPoints {
     /// Creates the bucket if missing (the daemon does this).
     pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
-        let points = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::HOOK_POINTS_BUCKET.to_owned(),
-                description: "sandbus extension points and their hooks".into(),
-                history: 4,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::HOOK_POINTS_BUCKET,
+            "sandbus extension points and their hooks",
+            replicas,
         )
-        .await?;
-        Ok(Self { points })
+        .history(4);
+        Ok(Self {
+            points: JsonBucket::ensure(js, spec).await?,
+        })
     }
 
     /// The point `point`, if anyone configured it or registered a hook there.
     pub async fn get(&self, point: &str) -> Result<Option<HookPoint>, BusError> {
-        Ok(self.entry(point).await?.map(|(point, _)| point))
+        Ok(self.entry(point).await?.map(|point| point.value))
     }
 
-    async fn entry(&self, point: &str) -> Result<Option<(HookPoint, u64)>, BusError> {
-        let entry = self
-            .points
+    async fn entry(&self, point: &str) -> Result<Option<Versioned<HookPoint>>, BusError> {
+        self.points
             .entry(point)
             .await
-            .map_err(|e| BusError::unavailable("read the extension point", e))?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let parsed = serde_json::from_slice(&entry.value).map_err(|e| {
-                    BusError::new(
-                        BusErrorKind::Corrupt,
-                        format!("the stored extension point `{point}` is not valid: {e}"),
-                    )
-                })?;
-                Ok(Some((parsed, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+            .map_err(|e| e.into_bus_error("read the extension point"))
     }
 
     /// Every point, by name.
     pub async fn list(&self) -> Result<Vec<HookPoint>, BusError> {
-        let mut keys: Vec<String> = self
-            .points
-            .keys()
+        self.points
+            .values(Unreadable::Fails)
             .await
-            .map_err(|e| BusError::unavailable("list the extension points", e))?
-            .try_collect()
-            .await
-            .map_err(|e| BusError::unavailable("list the extension points", e))?;
-        keys.sort();
-        let mut all = Vec::new();
-        for key in keys {
-            if let Some(point) = self.get(&key).await? {
-                all.push(point);
-            }
-        }
-        Ok(all)
+            .map_err(|e| e.into_bus_error("list the extension points"))
     }
 
     /// The points `hook` is registered at.
@@ -205,35 +176,27 @@ impl HookPoints {
     ) -> Result<HookPoint, BusError> {
         for _ in 0..UPDATE_TRIES {
             let current = self.entry(point).await?;
-            let revision = current.as_ref().map(|(_, r)| *r);
-            let mut next = current.map_or_else(|| HookPoint::new(point), |(p, _)| p);
+            let revision = current.as_ref().map(|p| p.revision);
+            let mut next = current.map_or_else(|| HookPoint::new(point), |p| p.value);
             change(&mut next)?;
             next.hooks.sort();
             next.hooks.dedup();
-            let bytes = serde_json::to_vec(&next)
-                .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
-            // The error as text, and whether it lost a race to another writer.
             let written = match revision {
-                None => self
-                    .points
-                    .create(point, bytes.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (is_lost_race(&e), e.to_string())),
-                Some(revision) => self
-                    .points
-                    .update(point, bytes.into(), revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (is_lost_race(&e), e.to_string())),
+                None => self.points.create(point, &next).await,
+                Some(revision) => self.points.update(point, &next, revision).await,
             };
             match written {
-                Ok(()) => return Ok(next),
-                // Someone else changed it in between: read again.
-                Err((lost, e)) if lost || self.entry(point).await?.map(|(_, r)| r) != revision => {
+                Ok(_) => return Ok(next),
+                // Someone else changed it in between (a failed write may hide that too):
+                // read again.
+                Err(e)
+                    if e.kind() == BucketErrorKind::LostRace
+                        || e.kind() == BucketErrorKind::Unavailable
+                            && self.entry(point).await?.map(|p| p.revision) != revision =>
+                {
                     tracing::debug!(point, error = %e, "extension point changed meanwhile; retrying");
                 }
-                Err((_, e)) => return Err(BusError::unavailable("store the extension point", e)),
+                Err(e) => return Err(e.into_bus_error("store the extension point")),
             }
         }
         Err(BusError::new(

@@ -5,13 +5,12 @@
 //! the live hosts together: a device whose host is no longer live shows as `offline`, and a
 //! device with a live lease as `leased`.
 
-use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::{self};
-use futures::TryStreamExt as _;
+use async_nats::jetstream;
 
+use super::BusError;
+use super::bucket::BucketSpec;
+use super::json_bucket::{JsonBucket, Unreadable};
 use super::names;
-use super::store::ensure_kv;
-use super::{BusError, BusErrorKind};
 use crate::devices::DeviceInfo;
 
 /// Whether a device can take a run.
@@ -60,64 +59,47 @@ pub struct DeviceRecord {
 /// The inventory bucket.
 #[derive(Clone)]
 pub struct DeviceInventory {
-    devices: kv::Store,
+    devices: JsonBucket<DeviceRecord>,
 }
 
 impl DeviceInventory {
     /// Creates the bucket if missing.
     pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
-        let devices = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::DEVICES_BUCKET.to_owned(),
-                description: "sandbus device inventory, one entry per device per host".into(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        Ok(Self { devices })
+        let spec = BucketSpec::new(
+            names::DEVICES_BUCKET,
+            "sandbus device inventory, one entry per device per host",
+            replicas,
+        );
+        Ok(Self {
+            devices: JsonBucket::ensure(js, spec).await?,
+        })
     }
 
     /// Writes a device's entry.
     pub async fn put(&self, record: &DeviceRecord) -> Result<(), BusError> {
-        let body = serde_json::to_vec(record)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         self.devices
-            .put(names::lease_key(&record.host, &record.info.id), body.into())
+            .put(&names::lease_key(&record.host, &record.info.id), record)
             .await
-            .map_err(|e| BusError::unavailable("write the device inventory", e))?;
+            .map_err(|e| e.into_bus_error("write the device inventory"))?;
         Ok(())
     }
 
     /// Removes a device's entry (it was detached).
     pub async fn remove(&self, host: &str, device: &str) -> Result<(), BusError> {
         self.devices
-            .purge(names::lease_key(host, device))
+            .purge(&names::lease_key(host, device))
             .await
-            .map_err(|e| BusError::unavailable("update the device inventory", e))
+            .map_err(|e| e.into_bus_error("update the device inventory"))
     }
 
     /// Every device of every host, as last written (states are the writers' view; see
-    /// [`DeviceInventory::list_live`]).
+    /// [`DeviceInventory::list_live`]). A device whose entry cannot be read is left out.
     pub async fn list(&self) -> Result<Vec<DeviceRecord>, BusError> {
-        let keys: Vec<String> = match self.devices.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| BusError::unavailable("list the devices", e))?,
-            Err(e) => return Err(BusError::unavailable("list the devices", e)),
-        };
-        let mut records = Vec::new();
-        for key in keys {
-            if let Ok(Some(entry)) = self.devices.entry(key.as_str()).await
-                && entry.operation == Operation::Put
-                && let Ok(record) = serde_json::from_slice::<DeviceRecord>(&entry.value)
-            {
-                records.push(record);
-            }
-        }
+        let mut records = self
+            .devices
+            .values(Unreadable::Skip)
+            .await
+            .map_err(|e| e.into_bus_error("list the devices"))?;
         records.sort_by(|a, b| (&a.host, &a.info.id).cmp(&(&b.host, &b.info.id)));
         Ok(records)
     }

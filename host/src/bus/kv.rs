@@ -14,10 +14,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::BusError;
+use super::bucket::{BucketSpec, ensure_bucket, open_bucket};
 use super::cas::is_lost_race;
 use super::kv_usage::KvUsage;
 use super::names;
-use super::store::{ensure_kv, open_kv};
 use crate::imports::kv::{KvFootprint, KvStore, KvStoreError};
 
 /// Most keys `list-keys` returns (as the WIT documents).
@@ -42,19 +42,14 @@ impl NatsKv {
         max_value: i32,
         max_bytes: i64,
     ) -> Result<Self, BusError> {
-        let bucket = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::GUEST_KV_BUCKET.to_owned(),
-                description: "sandbus guest key-value spaces".into(),
-                history: 1,
-                max_value_size: max_value,
-                max_bytes,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::GUEST_KV_BUCKET,
+            "sandbus guest key-value spaces",
+            replicas,
         )
-        .await?;
+        .max_value_size(max_value)
+        .max_bytes(max_bytes);
+        let bucket = ensure_bucket(js, spec).await?;
         let current = bucket.stream.cached_info().config.clone();
         if current.max_bytes != max_bytes {
             let what = format!("bound the KV bucket {} at {max_bytes} bytes", bucket.name);
@@ -75,7 +70,7 @@ impl NatsKv {
 
     /// Opens the bucket a daemon created (tools do this; they never create it).
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
-        let bucket = open_kv(js, names::GUEST_KV_BUCKET, "the guest key-value bucket").await?;
+        let bucket = open_bucket(js, names::GUEST_KV_BUCKET, "the guest key-value bucket").await?;
         let max_bytes = bucket.stream.cached_info().config.max_bytes;
         Ok(Self {
             bucket,

@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::{self};
+use async_nats::jetstream;
 
-use super::cas::is_lost_race;
+use super::bucket::BucketSpec;
+use super::json_bucket::{BucketErrorKind, JsonBucket, Versioned};
 use super::names;
-use super::store::ensure_kv;
 use super::{BusError, BusErrorKind};
 
 /// How long a lease lives without renewal.
@@ -48,80 +47,72 @@ pub struct HeldLease {
 /// The leases bucket.
 #[derive(Clone)]
 pub struct LeaseTable {
-    leases: kv::Store,
+    leases: JsonBucket<Lease>,
 }
 
 impl LeaseTable {
     /// Creates the bucket if missing.
     pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
-        let leases = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::LEASES_BUCKET.to_owned(),
-                description: "sandbus device leases (entries expire unless renewed)".into(),
-                history: 1,
-                max_age: LEASE_TTL,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::LEASES_BUCKET,
+            "sandbus device leases (entries expire unless renewed)",
+            replicas,
         )
-        .await?;
-        Ok(Self { leases })
+        .max_age(LEASE_TTL);
+        Ok(Self {
+            leases: JsonBucket::ensure(js, spec).await?,
+        })
     }
 
     /// Takes the device for `lease.run`. Fails with [`BusErrorKind::Conflict`] (naming the
     /// holder) when another run holds it.
     pub async fn acquire(&self, lease: Lease) -> Result<HeldLease, BusError> {
         let key = names::lease_key(&lease.host, &lease.device);
-        let body = serde_json::to_vec(&lease)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
-        match self.leases.create(key.as_str(), body.into()).await {
+        match self.leases.create(&key, &lease).await {
             Ok(revision) => Ok(HeldLease {
                 lease,
                 key,
                 revision,
             }),
-            Err(e) if is_lost_race(&e) => {
+            Err(e) if e.kind() == BucketErrorKind::LostRace => {
                 match self.entry(&key).await? {
                     // Our own create went through but its reply was lost (a retry after a
                     // timeout): the lease is ours.
-                    Some((holder, revision)) if holder.run == lease.run => Ok(HeldLease {
+                    Some(holder) if holder.value.run == lease.run => Ok(HeldLease {
                         lease,
                         key,
-                        revision,
+                        revision: holder.revision,
                     }),
                     holder => Err(BusError::new(
                         BusErrorKind::Conflict,
                         format!(
                             "the device is leased by {}",
-                            holder.map_or_else(|| "another run".into(), |(l, _)| l.run)
+                            holder.map_or_else(|| "another run".into(), |h| h.value.run)
                         ),
                     )),
                 }
             }
-            Err(e) => Err(BusError::unavailable("take the device lease", e)),
+            Err(e) => Err(e.into_bus_error("take the device lease")),
         }
     }
 
     /// Renews a held lease. [`BusErrorKind::Conflict`] means it was lost (expired and taken,
     /// or removed): stop using the device.
     pub async fn renew(&self, held: &mut HeldLease) -> Result<(), BusError> {
-        let body = serde_json::to_vec(&held.lease)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         match self
             .leases
-            .update(held.key.as_str(), body.into(), held.revision)
+            .update(&held.key, &held.lease, held.revision)
             .await
         {
             Ok(revision) => {
                 held.revision = revision;
                 Ok(())
             }
-            Err(e) if is_lost_race(&e) => {
+            Err(e) if e.kind() == BucketErrorKind::LostRace => {
                 match self.entry(&held.key).await? {
                     // Our previous renewal was applied but its reply was lost: adopt it.
-                    Some((holder, revision)) if holder.run == held.lease.run => {
-                        held.revision = revision;
+                    Some(holder) if holder.value.run == held.lease.run => {
+                        held.revision = holder.revision;
                         Ok(())
                     }
                     _ => Err(BusError::new(
@@ -130,21 +121,17 @@ impl LeaseTable {
                     )),
                 }
             }
-            Err(e) => Err(BusError::unavailable("renew the device lease", e)),
+            Err(e) => Err(e.into_bus_error("renew the device lease")),
         }
     }
 
     /// Gives the device back, if this lease still holds it.
     pub async fn release(&self, held: HeldLease) -> Result<(), BusError> {
-        match self
-            .leases
-            .delete_expect_revision(held.key.as_str(), Some(held.revision))
-            .await
-        {
+        match self.leases.delete_at(&held.key, held.revision).await {
             Ok(()) => Ok(()),
             // Someone else's now (ours expired): nothing of ours to release.
-            Err(e) if is_lost_race(&e) => Ok(()),
-            Err(e) => Err(BusError::unavailable("release the device lease", e)),
+            Err(e) if e.kind() == BucketErrorKind::LostRace => Ok(()),
+            Err(e) => Err(e.into_bus_error("release the device lease")),
         }
     }
 
@@ -153,18 +140,16 @@ impl LeaseTable {
         Ok(self
             .entry(&names::lease_key(host, device))
             .await?
-            .map(|(lease, _)| lease))
+            .map(|holder| holder.value))
     }
 
-    async fn entry(&self, key: &str) -> Result<Option<(Lease, u64)>, BusError> {
+    /// The lease on `key` and its revision; none when the entry is not a lease this version
+    /// can read (it expires on its own like any other).
+    async fn entry(&self, key: &str) -> Result<Option<Versioned<Lease>>, BusError> {
         match self.leases.entry(key).await {
-            Ok(Some(entry)) if entry.operation == Operation::Put => {
-                Ok(serde_json::from_slice(&entry.value)
-                    .ok()
-                    .map(|lease| (lease, entry.revision)))
-            }
-            Ok(_) => Ok(None),
-            Err(e) => Err(BusError::unavailable("read the device lease", e)),
+            Ok(lease) => Ok(lease),
+            Err(e) if e.kind() == BucketErrorKind::Undecodable => Ok(None),
+            Err(e) => Err(e.into_bus_error("read the device lease")),
         }
     }
 }

@@ -12,6 +12,8 @@
 //! Nothing here runs guests; the daemon wires the bus to the sandbox.
 
 mod api_client;
+mod bucket;
+mod bucket_error;
 mod cas;
 mod control_service;
 mod delivery;
@@ -19,6 +21,7 @@ mod events;
 mod hooks;
 pub use events::humantime_serde;
 mod inventory;
+mod json_bucket;
 mod kv;
 mod kv_usage;
 mod layout;

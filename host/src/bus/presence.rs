@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::{self};
-use futures::TryStreamExt as _;
+use async_nats::jetstream;
 
+use super::BusError;
+use super::bucket::BucketSpec;
+use super::json_bucket::{JsonBucket, Unreadable};
 use super::names;
-use super::store::ensure_kv;
-use super::{BusError, BusErrorKind};
 
 /// How often a daemon refreshes its presence entry.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -44,35 +43,29 @@ pub struct HostInfo {
 /// The live-hosts bucket.
 #[derive(Clone)]
 pub struct HostRegistry {
-    hosts: kv::Store,
+    hosts: JsonBucket<HostInfo>,
 }
 
 impl HostRegistry {
     /// Creates the bucket if missing.
     pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
-        let hosts = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::HOSTS_BUCKET.to_owned(),
-                description: "sandbus live hosts (entries expire without heartbeats)".into(),
-                history: 1,
-                max_age: HEARTBEAT * 3,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::HOSTS_BUCKET,
+            "sandbus live hosts (entries expire without heartbeats)",
+            replicas,
         )
-        .await?;
-        Ok(Self { hosts })
+        .max_age(HEARTBEAT * 3);
+        Ok(Self {
+            hosts: JsonBucket::ensure(js, spec).await?,
+        })
     }
 
     /// Writes (or refreshes) a host's entry.
     pub async fn beat(&self, info: &HostInfo) -> Result<(), BusError> {
-        let body = serde_json::to_vec(info)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         self.hosts
-            .put(info.id.as_str(), body.into())
+            .put(&info.id, info)
             .await
-            .map_err(|e| BusError::unavailable("write the host's presence", e))?;
+            .map_err(|e| e.into_bus_error("write the host's presence"))?;
         Ok(())
     }
 
@@ -81,36 +74,16 @@ impl HostRegistry {
         self.hosts
             .purge(id)
             .await
-            .map_err(|e| BusError::unavailable("remove the host's presence", e))
+            .map_err(|e| e.into_bus_error("remove the host's presence"))
     }
 
     /// The live hosts, by id.
     pub async fn list(&self) -> Result<Vec<HostInfo>, BusError> {
-        let mut keys: Vec<String> = self
-            .hosts
-            .keys()
+        // A read that fails fails the whole list: callers decide that hosts missing from it
+        // are gone, so a partial list must never look like a complete one.
+        self.hosts
+            .values(Unreadable::SkipUndecodable)
             .await
-            .map_err(|e| BusError::unavailable("list the hosts", e))?
-            .try_collect()
-            .await
-            .map_err(|e| BusError::unavailable("list the hosts", e))?;
-        keys.sort();
-        let mut hosts = Vec::new();
-        for key in keys {
-            // A read that fails fails the whole list: callers decide that hosts missing from
-            // it are gone, so a partial list must never look like a complete one.
-            let entry = self
-                .hosts
-                .entry(key.as_str())
-                .await
-                .map_err(|e| BusError::unavailable("read a host's presence", e))?;
-            if let Some(entry) = entry
-                && entry.operation == Operation::Put
-                && let Ok(info) = serde_json::from_slice(&entry.value)
-            {
-                hosts.push(info);
-            }
-        }
-        Ok(hosts)
+            .map_err(|e| e.into_bus_error("list the hosts"))
     }
 }

@@ -8,13 +8,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self, stream};
-use futures::TryStreamExt as _;
 
-use super::cas::is_lost_race;
+use super::bucket::BucketSpec;
+use super::json_bucket::{BucketErrorKind, JsonBucket, Unreadable};
 use super::names;
-use super::store::{ensure_kv, open_kv};
 use super::{BusError, BusErrorKind};
 use crate::devices::DeviceInfo;
 use crate::sandbox::{Metering, Step};
@@ -106,24 +104,19 @@ pub struct RunReport {
 #[derive(Clone)]
 pub struct RunStore {
     js: jetstream::Context,
-    runs: kv::Store,
+    runs: JsonBucket<RunRecord>,
 }
 
 impl RunStore {
     /// Creates the bucket and the stream if missing.
     pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
-        let runs = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::RUNS_BUCKET.to_owned(),
-                description: "sandbus script runs, one entry per run".into(),
-                history: 1,
-                max_age: RUN_RETENTION,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::RUNS_BUCKET,
+            "sandbus script runs, one entry per run",
+            replicas,
         )
-        .await?;
+        .max_age(RUN_RETENTION);
+        let runs = JsonBucket::ensure(js, spec).await?;
         js.get_or_create_stream(stream::Config {
             name: names::RUNS_STREAM.to_owned(),
             description: Some("sandbus run logs and reports".into()),
@@ -142,7 +135,7 @@ impl RunStore {
 
     /// Opens the bucket (for clients); [`BusErrorKind::NotSetUp`] if no daemon created it.
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
-        let runs = open_kv(js, names::RUNS_BUCKET, "the runs bucket").await?;
+        let runs = JsonBucket::open(js, names::RUNS_BUCKET, "the runs bucket").await?;
         Ok(Self {
             js: js.clone(),
             runs,
@@ -151,12 +144,10 @@ impl RunStore {
 
     /// Writes a run's record.
     pub async fn put(&self, record: &RunRecord) -> Result<(), BusError> {
-        let body = serde_json::to_vec(record)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         self.runs
-            .put(record.id.as_str(), body.into())
+            .put(&record.id, record)
             .await
-            .map_err(|e| BusError::unavailable("write the run record", e))?;
+            .map_err(|e| e.into_bus_error("write the run record"))?;
         Ok(())
     }
 
@@ -164,33 +155,21 @@ impl RunStore {
     /// caller that finished it stores the report and emits `run.finished`, so a run has one
     /// verdict even when its host and a sweeping peer race.
     pub async fn finish(&self, record: &RunRecord) -> Result<bool, BusError> {
-        let body = serde_json::to_vec(record)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         for _ in 0..16 {
-            let entry = self
+            let current = self
                 .runs
-                .entry(record.id.as_str())
+                .read(&record.id)
                 .await
-                .map_err(|e| BusError::unavailable("read the run record", e))?;
-            let revision = match entry {
-                Some(entry) if entry.operation == Operation::Put => {
-                    let current: Option<RunRecord> = serde_json::from_slice(&entry.value).ok();
-                    if current.is_some_and(|c| c.state == RunState::Finished) {
-                        return Ok(false);
-                    }
-                    entry.revision
-                }
-                Some(entry) => entry.revision,
-                None => 0,
-            };
-            match self
-                .runs
-                .update(record.id.as_str(), body.clone().into(), revision)
-                .await
-            {
+                .map_err(|e| e.into_bus_error("read the run record"))?;
+            // A record this version cannot read is not finished as far as it can tell.
+            let stored = current.value.ok().flatten();
+            if stored.is_some_and(|c| c.state == RunState::Finished) {
+                return Ok(false);
+            }
+            match self.runs.update(&record.id, record, current.revision).await {
                 Ok(_) => return Ok(true),
-                Err(e) if is_lost_race(&e) => continue,
-                Err(e) => return Err(BusError::unavailable("record the run as finished", e)),
+                Err(e) if e.kind() == BucketErrorKind::LostRace => continue,
+                Err(e) => return Err(e.into_bus_error("record the run as finished")),
             }
         }
         Err(BusError::new(
@@ -201,32 +180,19 @@ impl RunStore {
 
     /// One run's record.
     pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, BusError> {
-        match self.runs.entry(id).await {
-            Ok(Some(entry)) if entry.operation == Operation::Put => {
-                serde_json::from_slice(&entry.value)
-                    .map(Some)
-                    .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))
-            }
-            Ok(_) => Ok(None),
-            Err(e) => Err(BusError::unavailable("read the run record", e)),
-        }
+        self.runs
+            .get(id)
+            .await
+            .map_err(|e| e.into_bus_error("read the run record"))
     }
 
-    /// Every run, newest first.
+    /// Every run, newest first. A run whose record cannot be read is left out.
     pub async fn list(&self) -> Result<Vec<RunRecord>, BusError> {
-        let keys: Vec<String> = match self.runs.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| BusError::unavailable("list the runs", e))?,
-            Err(e) => return Err(BusError::unavailable("list the runs", e)),
-        };
-        let mut records = Vec::new();
-        for key in keys {
-            if let Ok(Some(record)) = self.get(&key).await {
-                records.push(record);
-            }
-        }
+        let mut records = self
+            .runs
+            .values(Unreadable::Skip)
+            .await
+            .map_err(|e| e.into_bus_error("list the runs"))?;
         records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(records)
     }

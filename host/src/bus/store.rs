@@ -7,19 +7,21 @@
 //! concurrent uploads of one name can't both claim a version. Daemons watch the bucket and
 //! load, swap and unload components as manifests change.
 
-use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self, object_store};
-use bytes::Bytes;
-use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use futures::{Stream, StreamExt as _};
 use tokio::io::AsyncReadExt as _;
 
-use super::cas::is_lost_race;
+use super::bucket::BucketSpec;
+use super::json_bucket::{BucketErrorKind, Change, JsonBucket, Unreadable, Versioned};
 use super::names;
 use super::{BusError, BusErrorKind};
 use crate::sandbox::{Digest, Limits, World};
 
 /// Manifest versions of one name kept in the bucket (the reach of `rollback`).
 const HISTORY: i64 = 32;
+
+/// What every manifest key starts with ([`names::manifest_key`]), before the component's name.
+const MANIFEST_KEY_PREFIX: &str = "component.";
 
 /// What a name points at: one version of a component and the policy it runs under.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,7 +98,7 @@ pub enum ManifestChange {
 #[derive(Clone)]
 pub struct ComponentStore {
     objects: object_store::ObjectStore,
-    manifests: kv::Store,
+    manifests: JsonBucket<ComponentManifest>,
     client: async_nats::Client,
 }
 
@@ -115,17 +117,13 @@ impl ComponentStore {
                 .await
                 .map_err(|e| BusError::unavailable("create the component object store", e))?,
         };
-        let manifests = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::MANIFESTS_BUCKET.to_owned(),
-                description: "sandbus component manifests".into(),
-                history: HISTORY,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::MANIFESTS_BUCKET,
+            "sandbus component manifests",
+            replicas,
         )
-        .await?;
+        .history(HISTORY);
+        let manifests = JsonBucket::ensure(js, spec).await?;
         Ok(Self {
             objects,
             manifests,
@@ -139,7 +137,8 @@ impl ComponentStore {
             .get_object_store(names::COMPONENTS_BUCKET)
             .await
             .map_err(|e| BusError::not_set_up("the component store", e))?;
-        let manifests = open_kv(js, names::MANIFESTS_BUCKET, "the manifest bucket").await?;
+        let manifests =
+            JsonBucket::open(js, names::MANIFESTS_BUCKET, "the manifest bucket").await?;
         Ok(Self {
             objects,
             manifests,
@@ -227,43 +226,23 @@ impl ComponentStore {
 
     /// The current manifest of `name`.
     pub async fn manifest(&self, name: &str) -> Result<Option<ComponentManifest>, BusError> {
-        Ok(self.current(name).await?.map(|(m, _)| m))
+        Ok(self.current(name).await?.map(|m| m.value))
     }
 
-    async fn current(&self, name: &str) -> Result<Option<(ComponentManifest, u64)>, BusError> {
-        let entry = self
-            .manifests
-            .entry(names::manifest_key(name))
+    async fn current(&self, name: &str) -> Result<Option<Versioned<ComponentManifest>>, BusError> {
+        self.manifests
+            .entry(&names::manifest_key(name))
             .await
-            .map_err(|e| BusError::unavailable("read the manifest", e))?;
-        match entry {
-            Some(entry) if entry.operation == Operation::Put => {
-                Ok(Some((parse_manifest(&entry.value)?, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+            .map_err(|e| e.into_bus_error("read the manifest"))
     }
 
-    /// Every manifest version of `name` still in the bucket, oldest first.
+    /// Every manifest version of `name` still in the bucket, oldest first (those this version
+    /// cannot read left out).
     pub async fn history(&self, name: &str) -> Result<Vec<ComponentManifest>, BusError> {
-        let mut history = self
-            .manifests
-            .history(names::manifest_key(name))
+        self.manifests
+            .history(&names::manifest_key(name))
             .await
-            .map_err(|e| BusError::unavailable("read the manifest history", e))?;
-        let mut versions = Vec::new();
-        while let Some(entry) = history
-            .try_next()
-            .await
-            .map_err(|e| BusError::unavailable("read the manifest history", e))?
-        {
-            if entry.operation == Operation::Put
-                && let Ok(manifest) = parse_manifest(&entry.value)
-            {
-                versions.push(manifest);
-            }
-        }
-        Ok(versions)
+            .map_err(|e| e.into_bus_error("read the manifest history"))
     }
 
     /// Records the next version of a name and returns it. Retries on a concurrent change.
@@ -286,7 +265,7 @@ impl ComponentStore {
     /// Points `name` back at the content it had before its current content, as a new
     /// version. Fails if there is no earlier version in the history.
     pub async fn rollback(&self, name: &str) -> Result<ComponentManifest, BusError> {
-        let (current, _) = self.current(name).await?.ok_or_else(|| not_found(name))?;
+        let current = self.manifest(name).await?.ok_or_else(|| not_found(name))?;
         let history = self.history(name).await?;
         let target = history
             .iter()
@@ -318,12 +297,14 @@ impl ComponentStore {
     ) -> Result<ComponentManifest, BusError> {
         let key = names::manifest_key(name);
         for _ in 0..16 {
-            let entry = self
+            // The revision of the key's last change, a removal included: a removal in between
+            // must fail the write as much as an upload.
+            let revision = self
                 .manifests
-                .entry(key.as_str())
+                .read(&key)
                 .await
-                .map_err(|e| BusError::unavailable("read the manifest", e))?;
-            let revision = entry.as_ref().map_or(0, |e| e.revision);
+                .map_err(|e| e.into_bus_error("read the manifest"))?
+                .revision;
             // Versions continue across removals, so a name never reuses a version number.
             let last = self
                 .history(name)
@@ -333,16 +314,10 @@ impl ComponentStore {
                 .max()
                 .unwrap_or(0);
             let manifest = make(last + 1);
-            let body = serde_json::to_vec(&manifest)
-                .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
-            match self
-                .manifests
-                .update(key.as_str(), body.into(), revision)
-                .await
-            {
+            match self.manifests.update(&key, &manifest, revision).await {
                 Ok(_) => return Ok(manifest),
-                Err(e) if is_lost_race(&e) => continue,
-                Err(e) => return Err(BusError::unavailable("record the manifest", e)),
+                Err(e) if e.kind() == BucketErrorKind::LostRace => continue,
+                Err(e) => return Err(e.into_bus_error("record the manifest")),
             }
         }
         Err(BusError::new(
@@ -354,53 +329,38 @@ impl ComponentStore {
     /// Removes `name`; returns the manifest it had. Its history stays (for the record and
     /// for version numbering), its bytes stay (another name may share them).
     pub async fn remove(&self, name: &str) -> Result<ComponentManifest, BusError> {
-        let (current, revision) = self.current(name).await?.ok_or_else(|| not_found(name))?;
+        let current = self.current(name).await?.ok_or_else(|| not_found(name))?;
         match self
             .manifests
-            .delete_expect_revision(names::manifest_key(name), Some(revision))
+            .delete_at(&names::manifest_key(name), current.revision)
             .await
         {
-            Ok(()) => Ok(current),
-            Err(e) if is_lost_race(&e) => Err(BusError::new(
+            Ok(()) => Ok(current.value),
+            Err(e) if e.kind() == BucketErrorKind::LostRace => Err(BusError::new(
                 BusErrorKind::Conflict,
                 format!("`{name}` changed while removing it; try again"),
             )),
-            Err(e) => Err(BusError::unavailable("remove the manifest", e)),
+            Err(e) => Err(e.into_bus_error("remove the manifest")),
         }
     }
 
     /// Every current manifest, by name.
     pub async fn list(&self) -> Result<Vec<ComponentManifest>, BusError> {
-        let mut keys: Vec<String> = match self.manifests.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| BusError::unavailable("list the manifests", e))?,
-            Err(e) => return Err(BusError::unavailable("list the manifests", e)),
-        };
-        keys.sort();
-        let mut manifests = Vec::new();
-        for key in keys {
-            if let Some(name) = key.strip_prefix("component.")
-                && let Some(manifest) = self.manifest(name).await?
-            {
-                manifests.push(manifest);
-            }
-        }
-        Ok(manifests)
+        self.manifests
+            .values_under(MANIFEST_KEY_PREFIX, Unreadable::Fails)
+            .await
+            .map_err(|e| e.into_bus_error("list the manifests"))
     }
 
     async fn all_versions(&self) -> Result<Vec<ComponentManifest>, BusError> {
+        let keys = self
+            .manifests
+            .keys()
+            .await
+            .map_err(|e| e.into_bus_error("list the manifests"))?;
         let mut all = Vec::new();
-        let keys: Vec<String> = match self.manifests.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| BusError::unavailable("list the manifests", e))?,
-            Err(e) => return Err(BusError::unavailable("list the manifests", e)),
-        };
         for key in keys {
-            if let Some(name) = key.strip_prefix("component.") {
+            if let Some(name) = key.strip_prefix(MANIFEST_KEY_PREFIX) {
                 all.extend(self.history(name).await?);
             }
         }
@@ -416,123 +376,18 @@ impl ComponentStore {
     ) -> Result<impl Stream<Item = Result<ManifestChange, BusError>> + use<>, BusError> {
         let watch = self
             .manifests
-            .watch_with_history(">")
+            .watch()
             .await
-            .map_err(|e| BusError::unavailable("watch the manifests", e))?;
-        Ok(watch.filter_map(|entry| {
-            std::future::ready((|| {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => return Some(Err(BusError::unavailable("watch the manifests", e))),
-            };
-            let name = entry
-                .key
-                .strip_prefix("component.")
-                .unwrap_or(&entry.key)
-                .to_owned();
-            match entry.operation {
-                Operation::Put => match parse_manifest(&entry.value) {
-                    Ok(manifest) => Some(Ok(ManifestChange::Put(manifest))),
-                    Err(e) => {
-                        tracing::error!(key = %entry.key, revision = entry.revision, error = %e, "skipping a manifest this daemon cannot read");
-                        None
-                    }
-                },
-                Operation::Delete | Operation::Purge => Some(Ok(ManifestChange::Removed(name))),
+            .map_err(|e| e.into_bus_error("watch the manifests"))?;
+        Ok(watch.map(|change| match change {
+            Ok(Change::Put { value, .. }) => Ok(ManifestChange::Put(value)),
+            Ok(Change::Removed { key }) => {
+                let name = key.strip_prefix(MANIFEST_KEY_PREFIX).unwrap_or(&key);
+                Ok(ManifestChange::Removed(name.to_owned()))
             }
-            })())
+            Err(e) => Err(e.into_bus_error("watch the manifests")),
         }))
     }
-}
-
-/// Opens a KV bucket, creating it with `config` if it does not exist, and makes it serve
-/// reads from its stream leader only ([`read_through_leader`]). Every bucket a daemon uses
-/// is made here.
-pub(crate) async fn ensure_kv(
-    js: &jetstream::Context,
-    config: kv::Config,
-) -> Result<kv::Store, BusError> {
-    let bucket = config.bucket.clone();
-    let mut store = match js.get_key_value(bucket.as_str()).await {
-        Ok(store) => store,
-        Err(_) => match js.create_key_value(config).await {
-            Ok(store) => store,
-            // Another daemon created it in between.
-            Err(e) => js
-                .get_key_value(bucket.as_str())
-                .await
-                .map_err(|_| BusError::unavailable(&format!("create the KV bucket {bucket}"), e))?,
-        },
-    };
-    read_through_leader(js, &mut store).await?;
-    Ok(store)
-}
-
-/// Opens a KV bucket a daemon created (clients do this); [`BusErrorKind::NotSetUp`] naming
-/// `what` if it does not exist. Like [`ensure_kv`], it turns direct get off if an older daemon
-/// left it on; when this client may not change the bucket, it logs why and reads as the
-/// bucket allows (a client only shows what it reads, it bases no compare-and-set on it).
-pub(crate) async fn open_kv(
-    js: &jetstream::Context,
-    bucket: &str,
-    what: &str,
-) -> Result<kv::Store, BusError> {
-    let mut store = js
-        .get_key_value(bucket)
-        .await
-        .map_err(|e| BusError::not_set_up(what, e))?;
-    if let Err(e) = read_through_leader(js, &mut store).await {
-        tracing::warn!(bucket, error = %e, "reads of this bucket may lag behind its writes");
-    }
-    Ok(store)
-}
-
-/// Turns off direct get on the bucket's stream, if it is on, and refreshes the store's cached
-/// stream info so that it reads through the stream leader.
-///
-/// async-nats creates every KV bucket with `allow_direct`, and a store whose cached stream
-/// info says so answers `get` and `entry` with a direct get, which any replica of a
-/// replicated bucket may serve, including one that has not applied the latest writes yet: a
-/// reader can miss a write it should see (a guest's read-modify-write misses the write before
-/// it), and a compare-and-swap that read a stale revision loses until the replica catches
-/// up. With direct get off, the store reads with `STREAM.MSG.GET`, which the leader answers.
-/// The store decides from the stream info it cached when it was opened, hence the refresh
-/// after the update. Buckets made by earlier versions (direct get on) are switched over here
-/// too.
-async fn read_through_leader(
-    js: &jetstream::Context,
-    store: &mut kv::Store,
-) -> Result<(), BusError> {
-    if !store.stream.cached_info().config.allow_direct {
-        return Ok(());
-    }
-    let what = format!("turn off direct get on the KV bucket {}", store.name);
-    let mut config = store.stream.cached_info().config.clone();
-    config.allow_direct = false;
-    js.update_stream(&config)
-        .await
-        .map_err(|e| BusError::unavailable(&what, e))?;
-    let info = store
-        .stream
-        .info()
-        .await
-        .map_err(|e| BusError::unavailable(&what, e))?;
-    if info.config.allow_direct {
-        return Err(BusError::unavailable(
-            &what,
-            "the server still reports it on after the update",
-        ));
-    }
-    Ok(())
-}
-
-fn parse_manifest(bytes: &Bytes) -> Result<ComponentManifest, BusError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        BusError::new(
-            BusErrorKind::Corrupt,
-            format!("a stored manifest is not valid: {e}"),
-        )
-    })
 }
 
 fn not_found(name: &str) -> BusError {

@@ -8,13 +8,14 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self};
-use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use futures::{Stream, StreamExt as _};
 
+use super::bucket::BucketSpec;
 use super::events::EventStream;
+use super::json_bucket::{Change, JsonBucket, Unreadable};
 use super::names;
-use super::store::{ensure_kv, now_rfc3339};
+use super::store::now_rfc3339;
 use super::{BusError, BusErrorKind};
 use crate::subject::{SubjectPattern, event_subject};
 
@@ -201,8 +202,8 @@ pub enum SubscriptionChange {
 /// The cluster's subscriptions and their consumers.
 #[derive(Clone)]
 pub struct SubscriptionStore {
-    subscriptions: kv::Store,
-    status: kv::Store,
+    subscriptions: JsonBucket<Subscription>,
+    status: JsonBucket<LastError>,
     events: EventStream,
 }
 
@@ -213,28 +214,19 @@ impl SubscriptionStore {
         events: EventStream,
         replicas: usize,
     ) -> Result<Self, BusError> {
-        let subscriptions = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::SUBSCRIPTIONS_BUCKET.to_owned(),
-                description: "sandbus listener subscriptions".into(),
-                history: 4,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let subscriptions = BucketSpec::new(
+            names::SUBSCRIPTIONS_BUCKET,
+            "sandbus listener subscriptions",
+            replicas,
         )
-        .await?;
-        let status = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::LISTENER_STATUS_BUCKET.to_owned(),
-                description: "sandbus listener status".into(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
+        .history(4);
+        let status = BucketSpec::new(
+            names::LISTENER_STATUS_BUCKET,
+            "sandbus listener status",
+            replicas,
+        );
+        let subscriptions = JsonBucket::ensure(js, subscriptions).await?;
+        let status = JsonBucket::ensure(js, status).await?;
         Ok(Self {
             subscriptions,
             status,
@@ -283,12 +275,10 @@ impl SubscriptionStore {
                 .map_err(|e| e.to_string()),
         };
         result.map_err(|e| BusError::unavailable("create the listener's consumer", e))?;
-        let body = serde_json::to_vec(subscription)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         self.subscriptions
-            .put(subscription.listener.as_str(), body.into())
+            .put(&subscription.listener, subscription)
             .await
-            .map_err(|e| BusError::unavailable("record the subscription", e))?;
+            .map_err(|e| e.into_bus_error("record the subscription"))?;
         Ok(())
     }
 
@@ -303,35 +293,18 @@ impl SubscriptionStore {
 
     /// The subscription of `listener`.
     pub async fn get(&self, listener: &str) -> Result<Option<Subscription>, BusError> {
-        let entry = self
-            .subscriptions
-            .entry(listener)
+        self.subscriptions
+            .get(listener)
             .await
-            .map_err(|e| BusError::unavailable("read the subscription", e))?;
-        match entry {
-            Some(entry) if entry.operation == Operation::Put => Ok(Some(parse(&entry.value)?)),
-            _ => Ok(None),
-        }
+            .map_err(|e| e.into_bus_error("read the subscription"))
     }
 
     /// Every subscription, by listener.
     pub async fn list(&self) -> Result<Vec<Subscription>, BusError> {
-        let mut keys: Vec<String> = self
-            .subscriptions
-            .keys()
+        self.subscriptions
+            .values(Unreadable::Fails)
             .await
-            .map_err(|e| BusError::unavailable("list the subscriptions", e))?
-            .try_collect()
-            .await
-            .map_err(|e| BusError::unavailable("list the subscriptions", e))?;
-        keys.sort();
-        let mut all = Vec::new();
-        for key in keys {
-            if let Some(subscription) = self.get(&key).await? {
-                all.push(subscription);
-            }
-        }
-        Ok(all)
+            .map_err(|e| e.into_bus_error("list the subscriptions"))
     }
 
     /// Deletes the consumer (pending events for it are dropped), the record, the status and
@@ -357,7 +330,7 @@ impl SubscriptionStore {
         self.subscriptions
             .delete(listener)
             .await
-            .map_err(|e| BusError::unavailable("remove the subscription", e))?;
+            .map_err(|e| e.into_bus_error("remove the subscription"))?;
         let _ = self.status.purge(listener).await;
         self.events.purge_dead_letters(listener).await?;
         Ok(subscription)
@@ -379,12 +352,10 @@ impl SubscriptionStore {
 
     /// Records the listener's latest failure.
     pub async fn record_failure(&self, listener: &str, error: &LastError) -> Result<(), BusError> {
-        let body = serde_json::to_vec(error)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
         self.status
-            .put(listener, body.into())
+            .put(listener, error)
             .await
-            .map_err(|e| BusError::unavailable("record the listener's status", e))?;
+            .map_err(|e| e.into_bus_error("record the listener's status"))?;
         Ok(())
     }
 
@@ -401,10 +372,8 @@ impl SubscriptionStore {
             .consumer_info(&names::listener_consumer(listener))
             .await
             .map_err(|e| BusError::unavailable("read the listener's consumer", e))?;
-        let last_error = match self.status.get(listener).await {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
-            _ => None,
-        };
+        // A status that cannot be read or decoded is no reason to fail the whole status.
+        let last_error = self.status.get(listener).await.ok().flatten();
         Ok(ListenerStatus {
             subscription,
             pending: info.num_pending,
@@ -422,39 +391,15 @@ impl SubscriptionStore {
     ) -> Result<impl Stream<Item = Result<SubscriptionChange, BusError>> + use<>, BusError> {
         let watch = self
             .subscriptions
-            .watch_with_history(">")
+            .watch()
             .await
-            .map_err(|e| BusError::unavailable("watch the subscriptions", e))?;
-        Ok(watch.filter_map(|entry| {
-            std::future::ready((|| {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => return Some(Err(BusError::unavailable("watch the subscriptions", e))),
-            };
-            match entry.operation {
-                Operation::Put => match parse(&entry.value) {
-                    Ok(subscription) => Some(Ok(SubscriptionChange::Put(subscription))),
-                    Err(e) => {
-                        tracing::error!(key = %entry.key, error = %e, "skipping a subscription this daemon cannot read");
-                        None
-                    }
-                },
-                Operation::Delete | Operation::Purge => {
-                    Some(Ok(SubscriptionChange::Removed(entry.key)))
-                }
-            }
-            })())
+            .map_err(|e| e.into_bus_error("watch the subscriptions"))?;
+        Ok(watch.map(|change| match change {
+            Ok(Change::Put { value, .. }) => Ok(SubscriptionChange::Put(value)),
+            Ok(Change::Removed { key }) => Ok(SubscriptionChange::Removed(key)),
+            Err(e) => Err(e.into_bus_error("watch the subscriptions")),
         }))
     }
-}
-
-fn parse(bytes: &[u8]) -> Result<Subscription, BusError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        BusError::new(
-            BusErrorKind::Corrupt,
-            format!("a stored subscription is not valid: {e}"),
-        )
-    })
 }
 
 /// Extra time a consumer waits for an ack beyond the listener's own deadline.

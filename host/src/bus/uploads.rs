@@ -16,7 +16,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::{self};
 use futures::StreamExt as _;
 
-use super::store::ensure_kv;
+use super::bucket::{BucketSpec, ensure_bucket};
 use super::{BusError, BusErrorKind, names};
 use crate::sandbox::Digest;
 
@@ -36,20 +36,15 @@ pub struct StagedUploads {
 impl StagedUploads {
     /// Opens the bucket, creating it if missing (the daemon does this).
     pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
-        let bucket = ensure_kv(
-            js,
-            kv::Config {
-                bucket: names::UPLOADS_BUCKET.to_owned(),
-                description: "sandbus component bytes staged for an upload".into(),
-                history: 1,
-                max_age: STAGE_TTL,
-                // A flood of parts can only fill this bucket, never the others.
-                max_bytes: MAX_STAGED_BYTES,
-                num_replicas: replicas,
-                ..Default::default()
-            },
+        let spec = BucketSpec::new(
+            names::UPLOADS_BUCKET,
+            "sandbus component bytes staged for an upload",
+            replicas,
         )
-        .await?;
+        .max_age(STAGE_TTL)
+        // A flood of parts can only fill this bucket, never the others.
+        .max_bytes(MAX_STAGED_BYTES);
+        let bucket = ensure_bucket(js, spec).await?;
         Ok(Self {
             bucket,
             client: js.client(),
