@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use super::names;
 use super::refusals::Refusals;
 use crate::api::endpoint::Call;
-use crate::api::{ApiError, ApiErrorKind, ERROR_KIND_HEADER, Endpoint, Validate};
+use crate::api::{ApiError, ApiErrorKind, CastAccepted, ERROR_KIND_HEADER, Endpoint, Validate};
 
 /// A client of the control API over one NATS connection.
 #[derive(Clone)]
@@ -55,32 +55,21 @@ impl ApiClient {
         self.client.server_info().max_payload
     }
 
-    /// Sends `request` to the endpoint named `endpoint` and decodes the reply. The request is
-    /// checked first with the same [`Validate`] the daemon runs: a request the daemon would
-    /// refuse is refused here, before anything is sent.
-    pub async fn call<Q: Serialize + Validate, R: DeserializeOwned>(
-        &self,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        self.send(endpoint, None, request).await
-    }
-
-    /// Sends `request` to one host's own endpoint (a per-host endpoint: runs go to the host
-    /// that has the device).
-    pub async fn call_host<Q: Serialize + Validate, R: DeserializeOwned>(
-        &self,
-        host: &str,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        self.send(endpoint, Some(host), request).await
-    }
-
     /// Calls the endpoint `E` (see [`crate::api::endpoint::Call`]): the request and reply
     /// are of the types the endpoint table gives it, so the compiler checks what the daemon
-    /// will read and answer. A per-host endpoint needs [`Self::call_host_endpoint`].
+    /// will read and answer. The request is checked first with the same [`Validate`] the
+    /// daemon runs: a request the daemon would refuse is refused here, before anything is
+    /// sent. A per-host endpoint needs [`Self::call_host_endpoint`].
     pub async fn call_endpoint<E: Call>(&self, request: &E::Request) -> Result<E::Reply, ApiError> {
+        self.send(E::ENDPOINT.name, None, request).await
+    }
+
+    /// Sends a request to the endpoint `E` as a cast: the daemon answers at once that it took
+    /// it, and reports the result later as a `sandbus.request.finished` event.
+    pub async fn cast_endpoint<E: Call>(
+        &self,
+        request: &E::Request,
+    ) -> Result<CastAccepted, ApiError> {
         self.send(E::ENDPOINT.name, None, request).await
     }
 

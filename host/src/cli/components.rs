@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
+use sandbus::api::endpoint::Call;
 use sandbus::api::{
-    ApiError, ApiErrorKind, Empty, NameRequest, StageReply, StageRequest, UploadReply,
-    UploadRequest, endpoint,
+    ApiError, Empty, NameRequest, StageReply, StageRequest, UploadReply, UploadRequest, endpoint,
 };
 use sandbus::bus::ComponentManifest;
 use sandbus::grant::{ComponentPolicy, ManifestGrants, PolicyError};
@@ -123,9 +123,9 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
             cast,
         };
         if cast {
-            return c.cast(endpoint::UPLOAD, &request).await;
+            return c.cast::<endpoint::Upload>(&request).await;
         }
-        let reply: UploadReply = c.call(endpoint::UPLOAD, &request).await?;
+        let reply: UploadReply = c.call::<endpoint::Upload>(&request).await?;
         print_json_or(c.json, &reply, |reply| {
             if reply.unchanged {
                 outln!(
@@ -168,7 +168,7 @@ async fn stage(c: &Client, bytes: &[u8]) -> Result<String, ApiError> {
             parts,
             data: base64::engine::general_purpose::STANDARD.encode(chunk),
         };
-        let _: StageReply = c.call(endpoint::STAGE, &request).await?;
+        let _: StageReply = c.call::<endpoint::Stage>(&request).await?;
     }
     Ok(digest)
 }
@@ -176,7 +176,7 @@ async fn stage(c: &Client, bytes: &[u8]) -> Result<String, ApiError> {
 /// `sandbus ls`
 pub async fn list(args: &ClientArgs) -> u8 {
     with_client(args, |c| async move {
-        let manifests: Vec<ComponentManifest> = c.call(endpoint::LIST, &Empty {}).await?;
+        let manifests: Vec<ComponentManifest> = c.call::<endpoint::List>(&Empty {}).await?;
         print_json_or(c.json, &manifests, |manifests| {
             if manifests.is_empty() {
                 outln!("no components; `sandbus upload FILE --name NAME` adds one");
@@ -221,36 +221,24 @@ fn print_manifest(m: &ComponentManifest) {
 
 /// `sandbus rm NAME`
 pub async fn remove(args: ComponentNameArgs) -> u8 {
-    name_command(
-        &args.client,
-        endpoint::REMOVE,
-        args.request(),
-        |request, _| {
-            outln!("removed {}", request.name);
-            Ok(())
-        },
-    )
+    name_command::<endpoint::Remove>(&args.client, args.request(), |request, _| {
+        outln!("removed {}", request.name);
+        Ok(())
+    })
     .await
 }
 
 /// `sandbus rollback NAME`
 pub async fn rollback(args: ComponentNameArgs) -> u8 {
-    name_command(
-        &args.client,
-        endpoint::ROLLBACK,
-        args.request(),
-        |_, reply| {
-            let m: ComponentManifest = serde_json::from_value(reply)
-                .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
-            outln!(
-                "{} is now version {}, restoring version {}",
-                m.name,
-                m.version,
-                m.restored_from.unwrap_or(m.version)
-            );
-            Ok(())
-        },
-    )
+    name_command::<endpoint::Rollback>(&args.client, args.request(), |_, m| {
+        outln!(
+            "{} is now version {}, restoring version {}",
+            m.name,
+            m.version,
+            m.restored_from.unwrap_or(m.version)
+        );
+        Ok(())
+    })
     .await
 }
 
@@ -265,17 +253,16 @@ impl ComponentNameArgs {
 
 /// Sends a request that names a component (`rm`, `rollback`, `unsubscribe`) and prints the
 /// reply: as it came with `--json`, else as `text` shows it. A cast prints its acceptance.
-pub(super) async fn name_command(
+pub(super) async fn name_command<E: Call<Request = NameRequest>>(
     args: &ClientArgs,
-    endpoint: &'static str,
     request: NameRequest,
-    text: impl FnOnce(&NameRequest, serde_json::Value) -> Result<(), ApiError>,
+    text: impl FnOnce(&NameRequest, E::Reply) -> Result<(), ApiError>,
 ) -> u8 {
     with_client(args, |c| async move {
         if request.cast {
-            return c.cast(endpoint, &request).await;
+            return c.cast::<E>(&request).await;
         }
-        let reply: serde_json::Value = c.call(endpoint, &request).await?;
+        let reply = c.call::<E>(&request).await?;
         if c.json {
             output::print_json(&reply);
         } else {

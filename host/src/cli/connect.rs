@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use sandbus::api::{self, ApiError, ApiErrorKind, CastAccepted, MessagePage, StoredMessage};
+use sandbus::api::endpoint::Call;
+use sandbus::api::{ApiError, ApiErrorKind, CastAccepted, MessagePage, StoredMessage};
 use sandbus::bus::{self, ApiClient, NatsOptions};
 
 use super::output::{self, EXIT_OK};
@@ -113,47 +112,48 @@ impl Client {
         })
     }
 
-    /// Calls an endpoint on whichever daemon answers.
-    pub async fn call<Q: Serialize + api::Validate, R: DeserializeOwned>(
-        &self,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        self.api.call(endpoint, request).await
+    /// Calls the endpoint `E` on whichever daemon answers; the request and the reply are the
+    /// types the endpoint table gives it.
+    pub async fn call<E: Call>(&self, request: &E::Request) -> Result<E::Reply, ApiError> {
+        self.api.call_endpoint::<E>(request).await
     }
 
-    /// Calls an endpoint on one host's daemon (the one that has the run or the device).
-    pub async fn call_host<Q: Serialize + api::Validate, R: DeserializeOwned>(
+    /// Calls the per-host endpoint `E` on one host's daemon (the one that has the run or the
+    /// device).
+    pub async fn call_host<E: Call>(
         &self,
         host: &str,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<R, ApiError> {
-        self.api.call_host(host, endpoint, request).await
+        request: &E::Request,
+    ) -> Result<E::Reply, ApiError> {
+        self.api.call_host_endpoint::<E>(host, request).await
     }
 
-    /// Sends a request as a cast (the daemon answers at once, the result comes later as an
-    /// event), prints that it was accepted, and ends the command.
-    pub async fn cast<Q: Serialize + api::Validate>(
-        &self,
-        endpoint: &str,
-        request: &Q,
-    ) -> Result<u8, ApiError> {
-        let accepted: CastAccepted = self.call(endpoint, request).await?;
+    /// Sends a request to `E` as a cast (the daemon answers at once, the result comes later
+    /// as an event), prints that it was accepted, and ends the command.
+    pub async fn cast<E: Call>(&self, request: &E::Request) -> Result<u8, ApiError> {
+        let accepted = self.cast_accepted::<E>(request).await?;
         output::print_cast(&accepted, self.json);
         Ok(EXIT_OK)
     }
 
-    /// Asks for a page of stored messages. While `following`, a daemon that is busy (or a
-    /// reply lost) is asked again a moment later rather than ending the command.
-    pub async fn page<Q: Serialize + api::Validate>(
+    /// Sends a request to `E` as a cast and gives back the daemon's acceptance, for a command
+    /// that sends several.
+    pub async fn cast_accepted<E: Call>(
+        &self,
+        request: &E::Request,
+    ) -> Result<CastAccepted, ApiError> {
+        self.api.cast_endpoint::<E>(request).await
+    }
+
+    /// Asks `E` for a page of stored messages. While `following`, a daemon that is busy (or
+    /// a reply lost) is asked again a moment later rather than ending the command.
+    pub async fn page<E: Call<Reply = MessagePage>>(
         &self,
         following: bool,
-        endpoint: &str,
-        request: &Q,
+        request: &E::Request,
     ) -> Result<MessagePage, ApiError> {
         loop {
-            match self.call(endpoint, request).await {
+            match self.call::<E>(request).await {
                 Err(e) if following && e.kind == ApiErrorKind::Unavailable => {
                     tracing::debug!(error = %e.message, "asking again");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -194,9 +194,20 @@ async fn publish_events(
             let request = PublishRequest { event: raw, cast };
             let started = Instant::now();
             let mut tries = 0u32;
-            let reply: serde_json::Value = loop {
+            let reply = loop {
                 tries += 1;
-                match patient.call(endpoint::PUBLISH, &request).await {
+                let sent = if cast {
+                    patient
+                        .cast_accepted::<endpoint::Publish>(&request)
+                        .await
+                        .map(Published::Accepted)
+                } else {
+                    patient
+                        .call::<endpoint::Publish>(&request)
+                        .await
+                        .map(Published::Stored)
+                };
+                match sent {
                     Ok(reply) => break reply,
                     Err(e)
                         if e.kind == ApiErrorKind::Unavailable
@@ -221,14 +232,13 @@ async fn publish_events(
                     }
                 }
             };
-            if cast {
-                let accepted: CastAccepted = serde_json::from_value(reply)
-                    .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
-                print_cast(&accepted, c.json);
-                continue;
-            }
-            let p: PublishedEvent = serde_json::from_value(reply)
-                .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
+            let p = match reply {
+                Published::Accepted(accepted) => {
+                    print_cast(&accepted, c.json);
+                    continue;
+                }
+                Published::Stored(p) => p,
+            };
             print_json_or(c.json, &p, |p| {
                 if p.duplicate {
                     outln!(
@@ -274,22 +284,18 @@ pub async fn events(args: EventsArgs) -> u8 {
         let mut after = 0;
         if follow && !all {
             let now: MessagePage = c
-                .call(
-                    endpoint::EVENTS,
-                    &EventListRequest {
-                        pattern: Some(pattern.clone()),
-                        max: Some(0),
-                        ..Default::default()
-                    },
-                )
+                .call::<endpoint::Events>(&EventListRequest {
+                    pattern: Some(pattern.clone()),
+                    max: Some(0),
+                    ..Default::default()
+                })
                 .await?;
             after = now.last_sequence;
         }
         loop {
             let page = c
-                .page(
+                .page::<endpoint::Events>(
                     follow,
-                    endpoint::EVENTS,
                     &EventListRequest {
                         pattern: Some(pattern.clone()),
                         after,
@@ -357,4 +363,12 @@ fn print_event(message: &StoredMessage, json: bool) {
         Err(err) => outln!("{sequence:>6} (not a valid event: {err})"),
     }
     let _ = std::io::Write::flush(&mut std::io::stdout().lock());
+}
+
+/// What the daemon answered to one published line.
+enum Published {
+    /// Taken as a cast: stored later, reported as an event.
+    Accepted(CastAccepted),
+    /// Stored (or found already stored).
+    Stored(PublishedEvent),
 }

@@ -2,6 +2,7 @@
 //! and ask a point about a proposed operation (what a platform does before it acts).
 
 use clap::{Args, Subcommand, ValueEnum};
+use sandbus::api::endpoint::Call;
 use sandbus::api::{
     ApiError, Empty, HookCallReply, HookCallRequest, HookOutcome, HookPolicyRequest, HookRequest,
     endpoint,
@@ -117,12 +118,12 @@ pub async fn run(command: HookCommand) -> u8 {
         HookCommand::Add(at) => {
             let (client, request) = at.request();
             let cast = request.cast;
-            change(&client, endpoint::HOOK_ADD, request, cast).await
+            change::<endpoint::HookAdd>(&client, request, cast).await
         }
         HookCommand::Rm(at) => {
             let (client, request) = at.request();
             let cast = request.cast;
-            change(&client, endpoint::HOOK_REMOVE, request, cast).await
+            change::<endpoint::HookRemove>(&client, request, cast).await
         }
         HookCommand::Policy {
             point,
@@ -137,7 +138,7 @@ pub async fn run(command: HookCommand) -> u8 {
                 deadline_ms: deadline.map(|d| d.as_millis() as u64),
                 cast,
             };
-            change(&client, endpoint::HOOK_POLICY, request, cast).await
+            change::<endpoint::HookPolicy>(&client, request, cast).await
         }
         HookCommand::Ls { client } => list(&client).await,
         HookCommand::Call {
@@ -182,17 +183,16 @@ fn read_event(path: &std::path::Path) -> Result<serde_json::Value, ApiError> {
 
 /// `add`, `rm`, `policy`: prints the point as it now is (or, for a cast, that it was
 /// accepted).
-async fn change<Q: serde::Serialize + sandbus::api::Validate>(
+async fn change<E: Call<Reply = HookPoint>>(
     args: &ClientArgs,
-    endpoint: &'static str,
-    request: Q,
+    request: E::Request,
     cast: bool,
 ) -> u8 {
     with_client(args, |c| async move {
         if cast {
-            return c.cast(endpoint, &request).await;
+            return c.cast::<E>(&request).await;
         }
-        let point: HookPoint = c.call(endpoint, &request).await?;
+        let point = c.call::<E>(&request).await?;
         print_json_or(c.json, &point, print_point);
         Ok(EXIT_OK)
     })
@@ -215,7 +215,7 @@ fn print_point(point: &HookPoint) {
 
 async fn list(args: &ClientArgs) -> u8 {
     with_client(args, |c| async move {
-        let points: Vec<HookPoint> = c.call(endpoint::HOOK_LIST, &Empty {}).await?;
+        let points: Vec<HookPoint> = c.call::<endpoint::HookList>(&Empty {}).await?;
         print_json_or(c.json, &points, |points| {
             if points.is_empty() {
                 outln!("no extension points; `sandbus hook add NAME --point POINT` makes one");
@@ -234,7 +234,7 @@ async fn call(args: &ClientArgs, point: String, event: serde_json::Value) -> u8 
         let raw = serde_json::value::to_raw_value(&event)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let reply: HookCallReply = c
-            .call(endpoint::HOOK_CALL, &HookCallRequest { point, event: raw })
+            .call::<endpoint::HookCall>(&HookCallRequest { point, event: raw })
             .await?;
         print_json_or(c.json, &reply, print_verdict);
         Ok(if reply.allowed { EXIT_OK } else { EXIT_FAIL })

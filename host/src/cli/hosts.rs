@@ -10,7 +10,7 @@ use super::output::{EXIT_OK, outln, print_json_or, printable};
 /// `sandbus hosts`
 pub async fn hosts(args: &ClientArgs) -> u8 {
     with_client(args, |c| async move {
-        let hosts: Vec<HostInfo> = c.call(endpoint::HOSTS, &Empty {}).await?;
+        let hosts: Vec<HostInfo> = c.call::<endpoint::Hosts>(&Empty {}).await?;
         print_json_or(c.json, &hosts, |hosts| {
             if hosts.is_empty() {
                 outln!("no live hosts");
@@ -40,7 +40,7 @@ pub async fn hosts(args: &ClientArgs) -> u8 {
 /// `sandbus devices`: every host's devices and their state.
 pub async fn devices(args: &ClientArgs) -> u8 {
     with_client(args, |c| async move {
-        let devices: Vec<DeviceRecord> = c.call(endpoint::DEVICES, &Empty {}).await?;
+        let devices: Vec<DeviceRecord> = c.call::<endpoint::Devices>(&Empty {}).await?;
         print_json_or(c.json, &devices, |devices| print_devices(devices));
         Ok(EXIT_OK)
     })

@@ -89,7 +89,7 @@ pub async fn run(command: KvCommand) -> u8 {
         match command {
             KvCommand::Get { key, .. } => {
                 let entry: KvEntry = c
-                    .call(endpoint::KV_GET, &KvKeyRequest { namespace, key })
+                    .call::<endpoint::KvGet>(&KvKeyRequest { namespace, key })
                     .await?;
                 if c.json {
                     print_json(&entry);
@@ -102,14 +102,11 @@ pub async fn run(command: KvCommand) -> u8 {
             }
             KvCommand::Set { key, value, .. } => {
                 let entry: KvEntry = c
-                    .call(
-                        endpoint::KV_SET,
-                        &KvSetRequest {
-                            namespace: namespace.clone(),
-                            key,
-                            value,
-                        },
-                    )
+                    .call::<endpoint::KvSet>(&KvSetRequest {
+                        namespace: namespace.clone(),
+                        key,
+                        value,
+                    })
                     .await?;
                 if c.json {
                     print_json(&serde_json::json!({ "key": entry.key, "stored": true }));
@@ -120,13 +117,10 @@ pub async fn run(command: KvCommand) -> u8 {
             }
             KvCommand::Rm { key, .. } => {
                 let reply: KvDeleteReply = c
-                    .call(
-                        endpoint::KV_DELETE,
-                        &KvKeyRequest {
-                            namespace: namespace.clone(),
-                            key,
-                        },
-                    )
+                    .call::<endpoint::KvDelete>(&KvKeyRequest {
+                        namespace: namespace.clone(),
+                        key,
+                    })
                     .await?;
                 if c.json {
                     print_json(&reply);
@@ -139,14 +133,11 @@ pub async fn run(command: KvCommand) -> u8 {
                 let mut after = None;
                 loop {
                     let page: KvListReply = c
-                        .call(
-                            endpoint::KV_LIST,
-                            &KvListRequest {
-                                namespace: namespace.clone(),
-                                prefix: prefix.clone(),
-                                after: after.clone(),
-                            },
-                        )
+                        .call::<endpoint::KvList>(&KvListRequest {
+                            namespace: namespace.clone(),
+                            prefix: prefix.clone(),
+                            after: after.clone(),
+                        })
                         .await?;
                     for entry in &page.entries {
                         let text = entry.value.clone().unwrap_or_default();

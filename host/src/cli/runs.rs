@@ -81,7 +81,7 @@ pub async fn run(args: RunArgs) -> u8 {
         client,
     } = args;
     with_client(&client, |c| async move {
-        let devices: Vec<DeviceRecord> = c.call(endpoint::DEVICES, &Empty {}).await?;
+        let devices: Vec<DeviceRecord> = c.call::<endpoint::Devices>(&Empty {}).await?;
         let device = pick_device(&devices, &selector)?;
         let request = RunRequest {
             script,
@@ -92,7 +92,7 @@ pub async fn run(args: RunArgs) -> u8 {
             queue_timeout_ms: u64::try_from(queue_timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let record: RunRecord = c
-            .call_host(&device.host, endpoint::RUN_START, &request)
+            .call_host::<endpoint::RunStart>(&device.host, &request)
             .await?;
         if !follow {
             print_json_or(c.json, &record, |record| outln!("{}", record.id));
@@ -151,7 +151,7 @@ fn pick_device<'a>(
 /// `sandbus runs`: every run, newest first.
 pub async fn runs(args: &ClientArgs) -> u8 {
     with_client(args, |c| async move {
-        let runs: Vec<RunRecord> = c.call(endpoint::RUNS, &Empty {}).await?;
+        let runs: Vec<RunRecord> = c.call::<endpoint::Runs>(&Empty {}).await?;
         print_json_or(c.json, &runs, |runs| print_runs(runs));
         Ok(EXIT_OK)
     })
@@ -201,7 +201,7 @@ pub async fn logs(args: LogsArgs) -> u8 {
         client,
     } = args;
     with_client(&client, |c| async move {
-        let record: RunRecord = c.call(endpoint::RUN, &RunIdRequest { run }).await?;
+        let record: RunRecord = c.call::<endpoint::Run>(&RunIdRequest { run }).await?;
         follow_run(&c, &record.id, follow).await
     })
     .await
@@ -212,7 +212,7 @@ pub async fn cancel(args: CancelArgs) -> u8 {
     let CancelArgs { run, client } = args;
     with_client(&client, |c| async move {
         let record: RunRecord = c
-            .call(endpoint::RUN, &RunIdRequest { run: run.clone() })
+            .call::<endpoint::Run>(&RunIdRequest { run: run.clone() })
             .await?;
         if record.state == RunState::Finished {
             return Err(ApiError::new(
@@ -224,7 +224,7 @@ pub async fn cancel(args: CancelArgs) -> u8 {
             ));
         }
         let reply: CancelReply = c
-            .call_host(&record.host, endpoint::RUN_CANCEL, &RunIdRequest { run })
+            .call_host::<endpoint::RunCancel>(&record.host, &RunIdRequest { run })
             .await?;
         print_json_or(c.json, &reply, |reply| {
             if reply.cancelled {
@@ -250,9 +250,8 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
     let mut finished_seen: Option<Instant> = None;
     loop {
         let page = c
-            .page(
+            .page::<endpoint::RunLog>(
                 wait,
-                endpoint::RUN_LOG,
                 &RunLogRequest {
                     run: run.to_owned(),
                     after,
@@ -293,12 +292,9 @@ async fn follow_run(c: &Client, run: &str, wait: bool) -> Result<u8, ApiError> {
         // Quiet for a while: if the run is finished but its report never came (its host
         // could not store it), end with the record's verdict.
         let record: RunRecord = c
-            .call(
-                endpoint::RUN,
-                &RunIdRequest {
-                    run: run.to_owned(),
-                },
-            )
+            .call::<endpoint::Run>(&RunIdRequest {
+                run: run.to_owned(),
+            })
             .await?;
         if record.state == RunState::Finished {
             let seen = *finished_seen.get_or_insert_with(Instant::now);

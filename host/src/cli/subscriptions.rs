@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use sandbus::api::{NameRequest, StatusRequest, SubscribeRequest, endpoint};
+use sandbus::api::{NameRequest, StatusReply, StatusRequest, SubscribeRequest, endpoint};
 use sandbus::bus::{ListenerStatus, Subscription};
 
 use super::components::name_command;
@@ -71,9 +71,9 @@ pub async fn subscribe(args: SubscribeArgs) -> u8 {
     };
     with_client(&args.client, |c| async move {
         if request.cast {
-            return c.cast(endpoint::SUBSCRIBE, &request).await;
+            return c.cast::<endpoint::Subscribe>(&request).await;
         }
-        let s: Subscription = c.call(endpoint::SUBSCRIBE, &request).await?;
+        let s: Subscription = c.call::<endpoint::Subscribe>(&request).await?;
         print_json_or(c.json, &s, |s| {
             outln!(
                 "subscribed {} to {} (max in flight {}, max deliver {}, backoff {})",
@@ -103,15 +103,10 @@ pub async fn unsubscribe(args: UnsubscribeArgs) -> u8 {
         name: args.name,
         cast: args.cast,
     };
-    name_command(
-        &args.client,
-        endpoint::UNSUBSCRIBE,
-        request,
-        |request, _| {
-            outln!("unsubscribed {}", request.name);
-            Ok(())
-        },
-    )
+    name_command::<endpoint::Unsubscribe>(&args.client, request, |request, _| {
+        outln!("unsubscribed {}", request.name);
+        Ok(())
+    })
     .await
 }
 
@@ -121,10 +116,9 @@ pub async fn status(args: StatusArgs) -> u8 {
     with_client(&client, |c| async move {
         let one = name.is_some();
         let request = StatusRequest { name };
-        let all: Vec<ListenerStatus> = if one {
-            vec![c.call(endpoint::STATUS, &request).await?]
-        } else {
-            c.call(endpoint::STATUS, &request).await?
+        let all: Vec<ListenerStatus> = match c.call::<endpoint::Status>(&request).await? {
+            StatusReply::One(status) => vec![*status],
+            StatusReply::All(all) => all,
         };
         if c.json {
             if one {
