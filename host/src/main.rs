@@ -1,8 +1,11 @@
-//! The `sandbus` command: the daemon (later issues), the local dev loop and tooling.
+//! The `sandbus` command: the daemon, the control API client, the local dev loop and tooling.
 //!
-//! Exit codes: 0 success (a script passed); 1 a script reported `fail`, a replayed event
-//! was not acknowledged, or `inspect` found a problem; 2 bad input or usage (nothing ran);
-//! 3 a script reported `error`; 4 the guest did not finish (timeout, trap, memory limit...).
+//! Exit codes (one list, in `cli/output.rs`): 0 success (a script passed); 1 a script
+//! reported `fail`, a replayed event was not acknowledged, `inspect` found a problem, or the
+//! daemon refused (not found, conflict, denied by a hook); 2 bad input or usage (nothing ran);
+//! 3 a script reported `error`; 4 the guest did not finish (timeout, trap, memory limit...);
+//! 5 no daemon answered, or the bus failed; 6 NATS refused: the user's permissions do not cover
+//! the request.
 
 mod cli;
 
