@@ -45,14 +45,8 @@ impl DeviceLab {
         for device in attached {
             tracing::info!(device = %device.id, kind = %device.vid_pid(), "device attached");
             self.publish_device(&device).await;
-            let id = self.device_event_id::<DeviceAttached>(&device);
-            let subject = Some(device.id.clone());
-            let attached = DeviceAttached {
-                host: self.host_id().to_owned(),
-                device,
-            };
-            self.host_events
-                .emit_or_log_typed(&attached, id, subject)
+            let host = self.host_id().to_owned();
+            self.announce_device(&device.id.clone(), DeviceAttached { host, device })
                 .await;
         }
         for device in detached {
@@ -60,28 +54,25 @@ impl DeviceLab {
             if let Err(e) = self.bus.inventory.remove(self.host_id(), &device.id).await {
                 tracing::warn!(error = %e, "could not update the device inventory");
             }
-            let id = self.device_event_id::<DeviceDetached>(&device);
-            let subject = Some(device.id.clone());
-            let detached = DeviceDetached {
-                host: self.host_id().to_owned(),
-                device,
-            };
-            self.host_events
-                .emit_or_log_typed(&detached, id, subject)
+            let host = self.host_id().to_owned();
+            self.announce_device(&device.id.clone(), DeviceDetached { host, device })
                 .await;
         }
     }
 
-    /// The id of a `sandbus.device.*` event of type `E` about `device`: each attach or detach
-    /// is its own fact, so the id names the moment.
-    fn device_event_id<E: HostEvent>(&self, device: &DeviceInfo) -> String {
-        format!(
+    /// Emits `event`, a `sandbus.device.*` event about `device`. Each attach or detach is its
+    /// own fact, so its id names the moment.
+    async fn announce_device<E: HostEvent>(&self, device: &str, event: E) {
+        let id = format!(
             "{}/{}/{}/{}",
             E::TYPE,
             self.host_id(),
-            device.id,
+            device,
             crate::bus::now_rfc3339()
-        )
+        );
+        self.host_events
+            .emit_or_log_typed(&event, id, Some(device.to_owned()))
+            .await;
     }
 
     /// Writes one device's inventory entry with its current state.

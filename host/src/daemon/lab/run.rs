@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::DeviceLab;
 use super::run_log::{LOG_DRAIN, RunLog};
 use crate::bus::{Lease, RunRecord, RunReport, RunState, RunVerdict};
-use crate::daemon::host_events::{HostEvent as _, LeaseAcquired, LeaseReleased};
+use crate::daemon::host_events::{HostEvent, LeaseAcquired};
 use crate::devices::{self, DeviceInfo};
 use crate::imports::usb::LeasedDevice;
 use crate::sandbox::{Capabilities, InvokeErrorKind, Metering, Verdict};
@@ -167,13 +167,7 @@ impl DeviceLab {
             device: device.clone(),
             script: record.request.script.clone(),
         };
-        self.host_events
-            .emit_or_log_typed(
-                &lease,
-                format!("{}/{}", LeaseAcquired::TYPE, record.id),
-                Some(device.id.clone()),
-            )
-            .await;
+        self.announce_lease(&lease, &record.id, &device.id).await;
 
         // Renew the lease while the run lives; losing it (taken, or not renewed for nearly a
         // TTL because the bus is unreachable) stops the run at once.
@@ -199,14 +193,16 @@ impl DeviceLab {
             tracing::warn!(error = %e, "could not release the device lease (it expires on its own)");
         }
         let released = lease.released(acquired.elapsed().as_millis() as u64, reset, ending.verdict);
-        self.host_events
-            .emit_or_log_typed(
-                &released,
-                format!("{}/{}", LeaseReleased::TYPE, record.id),
-                Some(device.id.clone()),
-            )
-            .await;
+        self.announce_lease(&released, &record.id, &device.id).await;
         ending
+    }
+
+    /// Emits `event`, a `sandbus.lease.*` event of `run` on `device`: one of each per run,
+    /// so its id is the run's.
+    async fn announce_lease<E: HostEvent>(&self, event: &E, run: &str, device: &str) {
+        self.host_events
+            .emit_or_log_typed(event, format!("{}/{run}", E::TYPE), Some(device.to_owned()))
+            .await;
     }
 
     /// Calls the script with the device, until it reports, fails, or is cancelled.
