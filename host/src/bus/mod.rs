@@ -54,7 +54,7 @@ pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::NatsKv;
 pub use kv_usage::KvUsage;
 pub use layout::{BusLayout, DaemonBus};
-pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable};
+pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable, RenewedLease};
 pub use pages::read_page;
 pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
 pub use publisher::NatsPublisher;

@@ -21,23 +21,23 @@
 //!
 //! The dispatcher never names NATS: its deliveries come through the bus's [`Delivery`] seam
 //! ([`DeliverySource`]), its failure reports go to [`ListenerFailures`], and its components
-//! come from [`ListenerComponents`], so each rule above is tested here without a server.
+//! come from the [`HostContext`]'s
+//! [`ComponentSource`](super::context::ComponentSource), so each rule above is tested here
+//! without a server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::components::{LoadedComponent, LoadedComponents};
+use super::context::HostContext;
 use super::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
-use super::metering::MeteringBatcher;
-use super::metrics::Metrics;
 use crate::bus::{DeadLetter, Delivery, DeliverySource, LastError, PullError, Subscription};
 use crate::event::CanonicalEvent;
-use crate::sandbox::{Capabilities, HandlerOutcome, Invocation, InvokeError};
+use crate::sandbox::{HandlerOutcome, Invocation, InvokeError};
 
 mod failures;
 pub use failures::{BusFailures, ListenerFailures};
@@ -53,46 +53,19 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// How many times the dead-letter event is tried once the copy is stored.
 const ANNOUNCE_TRIES: u32 = 5;
 
-/// The components a dispatcher hands its listener's events to: [`LoadedComponents`] in the
-/// daemon.
-pub trait ListenerComponents: Send + Sync {
-    /// The component loaded under `name` now, if any.
-    fn get(&self, name: &str) -> Option<Arc<LoadedComponent>>;
-
-    /// A receiver that changes whenever a component is loaded, swapped or removed.
-    fn changes(&self) -> watch::Receiver<u64>;
-}
-
-impl ListenerComponents for LoadedComponents {
-    fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
-        LoadedComponents::get(self, name)
-    }
-
-    fn changes(&self) -> watch::Receiver<u64> {
-        LoadedComponents::changes(self)
-    }
-}
-
-/// What every dispatcher of a daemon shares.
+/// What every dispatcher of a daemon shares: the host's context, and what only dispatchers
+/// use.
 pub struct DispatchContext {
-    /// This host's id (on failure records).
-    pub host_id: String,
+    /// The host's id, components, base capabilities (bus, kv, log), metrics and metering.
+    pub host: HostContext,
     /// Where each listener's deliveries are pulled from: its durable consumer.
     pub deliveries: Arc<dyn DeliverySource>,
     /// Where failures and dead letters are reported.
     pub failures: Arc<dyn ListenerFailures>,
-    /// The components loaded here.
-    pub components: Arc<dyn ListenerComponents>,
-    /// What guests reach: bus, kv, log.
-    pub capabilities: Capabilities,
     /// How long calls in flight may run on after a shutdown began.
     pub grace: Duration,
     /// Most messages asked for in one pull.
     pub batch: usize,
-    /// Counters for the metrics endpoint and `$SRV.STATS`.
-    pub metrics: Arc<Metrics>,
-    /// Usage per component, emitted as `sandbus.metering` events.
-    pub metering: Arc<MeteringBatcher>,
 }
 
 /// A running dispatcher: stop it, or wait for it.
@@ -158,12 +131,12 @@ impl ListenerDispatcher {
     async fn run(self: Arc<Self>) {
         let in_flight = Arc::new(Semaphore::new(self.subscription.max_in_flight as usize));
         let tracker = TaskTracker::new();
-        let mut changes = self.context.components.changes();
+        let mut changes = self.context.host.components.changes();
         tracing::info!(listener = self.listener(), events = ?self.subscription.events, "dispatcher started");
         while !self.stop.is_cancelled() {
             // Pull only while the listener is loaded here; otherwise its events wait in the
             // consumer (or go to a host that has it).
-            if self.context.components.get(self.listener()).is_none() {
+            if self.context.host.components.get(self.listener()).is_none() {
                 tokio::select! {
                     _ = self.stop.cancelled() => break,
                     _ = changes.changed() => continue,
@@ -187,7 +160,7 @@ impl ListenerDispatcher {
                 let permit = tokio::select! {
                     _ = self.stop.cancelled() => break,
                     _ = changes.changed() => {
-                        if self.context.components.get(self.listener()).is_none() {
+                        if self.context.host.components.get(self.listener()).is_none() {
                             break;
                         }
                         continue;
@@ -267,7 +240,7 @@ impl ListenerDispatcher {
                     .newest
                     .fetch_max(info.stream_sequence, std::sync::atomic::Ordering::Relaxed);
                 if info.stream_sequence >= previous {
-                    self.context.metrics.set(
+                    self.context.host.metrics.set(
                         "sandbus_listener_pending",
                         &[("listener", self.listener())],
                         info.pending as f64,
@@ -300,7 +273,7 @@ impl ListenerDispatcher {
         let event_id = event.id.clone();
         let event_type = event.ty.clone();
         let event_depth = event.depth;
-        let Some(component) = self.context.components.get(self.listener()) else {
+        let Some(component) = self.context.host.components.get(self.listener()) else {
             // Unloaded while this message waited: someone else (or later) handles it.
             let _ = message.nak(Duration::from_secs(1)).await;
             return;
@@ -309,8 +282,10 @@ impl ListenerDispatcher {
         // it is in progress well within the consumer's ack wait, so it is not redelivered
         // while it waits or runs.
         let progress_every = crate::bus::ack_wait_for(component.prepared.limits().timeout) / 3;
-        let running = self.context.metrics.in_flight(self.listener());
-        let call = component.prepared.handle(event, &self.context.capabilities);
+        let running = self.context.host.metrics.in_flight(self.listener());
+        let call = component
+            .prepared
+            .handle(event, &self.context.host.capabilities);
         let mut call = std::pin::pin!(call);
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         let result = loop {
@@ -394,7 +369,7 @@ impl ListenerDispatcher {
 
     /// Counts one finished call for the metrics.
     fn count(&self, result: &Option<Result<Invocation<HandlerOutcome>, InvokeError>>) {
-        let metrics = &self.context.metrics;
+        let metrics = &self.context.host.metrics;
         let name = self.listener();
         match result {
             None => {}
@@ -407,6 +382,7 @@ impl ListenerDispatcher {
                 let wall = Duration::from_micros(invocation.metering.wall_us);
                 metrics.invocation(name, "listener", outcome, Some(wall));
                 self.context
+                    .host
                     .metering
                     .record(name, "listener", &invocation.metering, false);
             }
@@ -416,6 +392,7 @@ impl ListenerDispatcher {
                 metrics.invocation(name, "listener", &kind, Some(wall));
                 metrics.error(name, &kind);
                 self.context
+                    .host
                     .metering
                     .record(name, "listener", &e.metering, true);
             }
@@ -434,7 +411,7 @@ impl ListenerDispatcher {
         tracing::warn!(listener = self.listener(), sequence, event = ?event_id, deliveries, reason, "listener failed an event");
         let record = LastError {
             at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            host: self.context.host_id.clone(),
+            host: self.context.host.host_id.to_string(),
             sequence,
             event_id: event_id.map(str::to_owned),
             reason: reason.to_owned(),
@@ -465,7 +442,7 @@ impl ListenerDispatcher {
             .announce_failure(
                 &ListenerFailed {
                     listener: self.listener().to_owned(),
-                    host: self.context.host_id.clone(),
+                    host: self.context.host.host_id.to_string(),
                     sequence,
                     event_id: event_id.map(str::to_owned),
                     deliveries,
@@ -521,7 +498,7 @@ impl ListenerDispatcher {
             reason,
             "dead-lettered an event"
         );
-        self.context.metrics.add(
+        self.context.host.metrics.add(
             "sandbus_dead_lettered_total",
             &[("listener", self.listener())],
             1.0,
@@ -533,7 +510,7 @@ impl ListenerDispatcher {
         if !about_itself {
             let dead_lettered = ListenerDeadLettered {
                 listener: self.listener().to_owned(),
-                host: self.context.host_id.clone(),
+                host: self.context.host.host_id.to_string(),
                 sequence,
                 subject: subject.to_owned(),
                 event_id: event.map(|(id, _, _)| id.to_owned()),

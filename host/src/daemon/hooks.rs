@@ -12,34 +12,24 @@
 //! A denial is also recorded as a `sandbus.hook.denied` event, so an audit listener sees
 //! every vetoed operation and why, whoever asked.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use super::components::LoadedComponents;
+use super::context::HostContext;
 use super::host_events::{HookDenied, HostEvent, HostEvents, Proposal};
-use super::metering::MeteringBatcher;
-use super::metrics::Metrics;
 use crate::api::{HookAnswer, HookCallReply, HookOutcome};
 use crate::bus::{BusError, HookPoint, HookPoints, HookPolicy};
 use crate::event::CanonicalEvent;
-use crate::sandbox::{Capabilities, HookDecision, InvokeErrorKind, World};
+use crate::sandbox::{HookDecision, InvokeErrorKind, World};
 
 /// Asks extension points.
 pub struct HookDispatcher {
     /// Where the points and their hooks are registered.
     pub points: HookPoints,
-    /// The hook components loaded here.
-    pub components: Arc<LoadedComponents>,
-    /// What hooks may reach (log, bus, kv; no device).
-    pub capabilities: Capabilities,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Usage per component.
-    pub metering: Arc<MeteringBatcher>,
-    /// This host's id, for answers about hooks not loaded here.
-    pub host_id: String,
+    /// The hook components loaded here, what they may reach (log, bus, kv; no device), and
+    /// where their calls are counted; the host's id, for answers about hooks not loaded here.
+    pub host: HostContext,
     /// Where denials are recorded (`sandbus.hook.denied`).
     pub events: HostEvents,
 }
@@ -84,7 +74,7 @@ impl HookDispatcher {
             "{}/{}/{}/{at}",
             <HookDenied>::TYPE,
             reply.point,
-            self.host_id
+            self.host.host_id
         );
         let denied = HookDenied {
             point: reply.point.clone(),
@@ -113,13 +103,13 @@ impl HookDispatcher {
             reason: reason.map(|r| crate::text::clip(&r, crate::api::MAX_HOOK_REASON_LEN)),
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
-        let Some(loaded) = self.components.get(hook) else {
+        let Some(loaded) = self.host.components.get(hook) else {
             return answer(
                 HookOutcome::Error,
                 Some(format!(
                     "`{hook}` is not loaded on host {} (not uploaded, or it failed to load; \
                      see `sandbus hosts --json`)",
-                    self.host_id
+                    self.host.host_id
                 )),
             );
         };
@@ -132,20 +122,20 @@ impl HookDispatcher {
                 )),
             );
         }
-        let running = self.metrics.in_flight(hook);
+        let running = self.host.metrics.in_flight(hook);
         // The call bounds itself by the deadline once it runs; this also bounds the wait for
         // an instance slot.
         let result = tokio::time::timeout(
             deadline,
             loaded
                 .prepared
-                .check(proposed, &self.capabilities, deadline),
+                .check(proposed, &self.host.capabilities, deadline),
         )
         .await;
         drop(running);
         match result {
             Err(_) => {
-                self.metrics.invocation(hook, "hook", "timeout", None);
+                self.host.metrics.invocation(hook, "hook", "timeout", None);
                 answer(
                     HookOutcome::Timeout,
                     Some(format!("no answer within {} ms", deadline.as_millis())),
@@ -158,9 +148,10 @@ impl HookDispatcher {
                     HookDecision::Deny { reason } => (HookOutcome::Deny, Some(reason)),
                     HookDecision::Undecided { reason } => (HookOutcome::Error, Some(reason)),
                 };
-                self.metrics
+                self.host
+                    .metrics
                     .invocation(hook, "hook", outcome.as_str(), Some(wall));
-                self.metering.record(
+                self.host.metering.record(
                     hook,
                     "hook",
                     &invocation.metering,
@@ -171,9 +162,11 @@ impl HookDispatcher {
             Ok(Err(e)) => {
                 let kind = e.kind.to_string();
                 let wall = Duration::from_micros(e.metering.wall_us);
-                self.metrics.invocation(hook, "hook", &kind, Some(wall));
-                self.metrics.error(hook, &kind);
-                self.metering.record(hook, "hook", &e.metering, true);
+                self.host
+                    .metrics
+                    .invocation(hook, "hook", &kind, Some(wall));
+                self.host.metrics.error(hook, &kind);
+                self.host.metering.record(hook, "hook", &e.metering, true);
                 let outcome = if e.kind == InvokeErrorKind::Timeout {
                     HookOutcome::Timeout
                 } else {

@@ -12,12 +12,17 @@
 //! - the [`DeviceLab`]: this host's USB devices (real, or simulated with `--simulate`),
 //!   their leases, and the script runs on them.
 //!
+//! The dispatchers, the lab and the hook dispatcher all run this host's components: what
+//! they share to do so (host id, loaded components, base capabilities, metrics, metering)
+//! is one [`HostContext`], built here once.
+//!
 //! Stopping is graceful: the API stops answering, dispatchers stop pulling and let calls in
 //! flight finish within the grace period (the rest are naked), `sandbus.host.stopped` is
 //! emitted and the presence entry removed.
 
 mod components;
 pub mod config;
+mod context;
 mod control;
 mod dispatcher;
 pub mod hooks;
@@ -38,13 +43,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use components::{LoadedComponent, LoadedComponents};
 pub use config::ConfigFile;
+pub use context::{ComponentSource, HostContext};
 pub use control::ControlApi;
 pub use dispatcher::{
-    BusFailures, DispatchContext, DispatcherHandle, ListenerComponents, ListenerDispatcher,
-    ListenerFailures,
+    BusFailures, DispatchContext, DispatcherHandle, ListenerDispatcher, ListenerFailures,
 };
 pub use hooks::HookDispatcher;
-pub use lab::DeviceLab;
+pub use lab::{DeviceLab, LabBus};
 pub use metrics::Metrics;
 
 use crate::bus::{
@@ -203,14 +208,9 @@ impl Daemon {
             );
         }
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
-        let context = Arc::new(DispatchContext {
-            host_id: host_id.clone(),
-            deliveries: Arc::new(subscriptions.clone()),
-            failures: Arc::new(BusFailures {
-                subscriptions: subscriptions.clone(),
-                events: events.clone(),
-                host_events: host_events.clone(),
-            }),
+        // What every guest runner of this host shares: the dispatchers, the lab, the hooks.
+        let host = HostContext {
+            host_id: host_id.as_str().into(),
             components: components.clone(),
             capabilities: Capabilities {
                 log: Arc::new(DiscardLog),
@@ -218,10 +218,19 @@ impl Daemon {
                 kv: Arc::new(kv),
                 usb: None,
             },
-            grace: self.config.listeners.shutdown_grace,
-            batch: self.config.listeners.batch,
             metrics: metrics.clone(),
             metering: metering.clone(),
+        };
+        let context = Arc::new(DispatchContext {
+            host: host.clone(),
+            deliveries: Arc::new(subscriptions.clone()),
+            failures: Arc::new(BusFailures {
+                subscriptions: subscriptions.clone(),
+                events: events.clone(),
+                host_events: host_events.clone(),
+            }),
+            grace: self.config.listeners.shutdown_grace,
+            batch: self.config.listeners.batch,
         });
         let dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>> = Arc::default();
         let watchers = CancellationToken::new();
@@ -237,17 +246,15 @@ impl Daemon {
             watchers.clone(),
         ));
         let lab = Arc::new(DeviceLab::new(
-            host_id.clone(),
-            backend,
-            inventory.clone(),
-            leases,
-            runs.clone(),
-            hosts.clone(),
-            components.clone(),
+            host.clone(),
             host_events.clone(),
-            context.capabilities.clone(),
-            metrics.clone(),
-            metering.clone(),
+            backend,
+            LabBus {
+                inventory: inventory.clone(),
+                leases,
+                runs: runs.clone(),
+                hosts: hosts.clone(),
+            },
         ));
         // Before the API answers: this host's devices are known and a previous life's
         // unfinished runs are finished, so nothing accepted now can be mistaken for one.
@@ -269,15 +276,11 @@ impl Daemon {
             metrics: metrics.clone(),
             hooks: Arc::new(HookDispatcher {
                 points: hook_points,
-                components: components.clone(),
-                capabilities: context.capabilities.clone(),
-                metrics: metrics.clone(),
-                metering: metering.clone(),
-                host_id: host_id.clone(),
+                host: host.clone(),
                 events: host_events.clone(),
             }),
             uploads,
-            kv: context.capabilities.kv.clone(),
+            kv: host.capabilities.kv.clone(),
         });
         let metering_stop = CancellationToken::new();
         let metering_task = tokio::spawn(metering.clone().run(

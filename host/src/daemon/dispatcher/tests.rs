@@ -16,14 +16,13 @@ use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    FailureReports, HANDBACK_DELAY, ListenerComponents, ListenerDispatcher, ListenerFailures,
-};
+use super::{FailureReports, HANDBACK_DELAY, ListenerDispatcher, ListenerFailures};
 use crate::bus::{
     BusError, BusErrorKind, ComponentManifest, DeadLetter, Deliveries, Delivery, DeliveryInfo,
     DeliverySource, LastError, Subscription,
 };
 use crate::daemon::components::{LoadedComponent, spec_of};
+use crate::daemon::context::{ComponentSource, HostContext};
 use crate::daemon::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
 use crate::daemon::metering::MeteringBatcher;
 use crate::daemon::metrics::Metrics;
@@ -219,7 +218,7 @@ struct FakeComponents {
     changed: watch::Sender<u64>,
 }
 
-impl ListenerComponents for FakeComponents {
+impl ComponentSource for FakeComponents {
     fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
         self.loaded.clone().filter(|c| c.manifest.name == name)
     }
@@ -401,26 +400,28 @@ impl Setup {
 
     fn context(&self, journal: &Arc<Journal>, source: FakeSource) -> Arc<DispatchContext> {
         Arc::new(DispatchContext {
-            host_id: "host-test".to_owned(),
+            host: HostContext {
+                host_id: "host-test".into(),
+                components: Arc::new(FakeComponents {
+                    loaded: self.listener.clone(),
+                    changed: watch::channel(0).0,
+                }),
+                capabilities: Capabilities {
+                    log: Arc::new(DiscardLog),
+                    publisher: Arc::new(RecordingPublisher::default()),
+                    kv: self.kv.clone(),
+                    usb: None,
+                },
+                metrics: Arc::new(Metrics::default()),
+                metering: Arc::new(MeteringBatcher::default()),
+            },
             deliveries: Arc::new(source),
             failures: Arc::new(FakeFailures {
                 journal: journal.clone(),
                 refuse_dead_letters: self.refuse_dead_letters,
             }),
-            components: Arc::new(FakeComponents {
-                loaded: self.listener.clone(),
-                changed: watch::channel(0).0,
-            }),
-            capabilities: Capabilities {
-                log: Arc::new(DiscardLog),
-                publisher: Arc::new(RecordingPublisher::default()),
-                kv: self.kv.clone(),
-                usb: None,
-            },
             grace: self.grace,
             batch: 16,
-            metrics: Arc::new(Metrics::default()),
-            metering: Arc::new(MeteringBatcher::default()),
         })
     }
 

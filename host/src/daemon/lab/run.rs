@@ -1,0 +1,292 @@
+//! A run, from its turn on the device to its ending: waiting in the device's queue, taking
+//! the lease and keeping it renewed, calling the script with the device, and handing the
+//! device back reset.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::DeviceLab;
+use super::run_log::{LOG_DRAIN, RunLog};
+use crate::bus::{Lease, RunRecord, RunReport, RunState, RunVerdict};
+use crate::daemon::host_events::{HostEvent, LeaseAcquired};
+use crate::devices::{self, DeviceInfo};
+use crate::imports::usb::LeasedDevice;
+use crate::sandbox::{Capabilities, InvokeErrorKind, Metering, Verdict};
+
+/// How a run ended, before its report is written.
+struct Ending {
+    verdict: RunVerdict,
+    steps: Vec<crate::sandbox::Step>,
+    summary: String,
+    metering: Metering,
+    log_lines_dropped: u64,
+}
+
+impl Ending {
+    /// A run that ended before (or without) the script reporting.
+    fn without_report(verdict: RunVerdict, summary: impl Into<String>, metering: Metering) -> Self {
+        Self {
+            verdict,
+            steps: Vec::new(),
+            summary: summary.into(),
+            metering,
+            log_lines_dropped: 0,
+        }
+    }
+}
+
+impl DeviceLab {
+    /// One run, from waiting for the device to its report.
+    pub(super) async fn execute(
+        self: Arc<Self>,
+        mut record: RunRecord,
+        device: DeviceInfo,
+        cancel: CancellationToken,
+    ) {
+        let queue_timeout = Duration::from_millis(record.request.queue_timeout_ms);
+        // Wait for our turn on the device (in arrival order), then for the lease.
+        let waited = Instant::now();
+        let turn = tokio::select! {
+            _ = cancel.cancelled() => Err(RunVerdict::Cancelled),
+            _ = tokio::time::sleep(queue_timeout) => Err(RunVerdict::Error),
+            () = self.my_turn(&device.id, &record.id) => Ok(()),
+        };
+        let ending = match turn {
+            Err(verdict) => {
+                let summary = match verdict {
+                    RunVerdict::Cancelled => "cancelled while waiting for the device".to_owned(),
+                    _ => format!(
+                        "the device stayed busy for {}; the run gave up waiting",
+                        humantime::format_duration(queue_timeout)
+                    ),
+                };
+                Ending::without_report(verdict, summary, Metering::default())
+            }
+            Ok(()) => {
+                let left = queue_timeout.saturating_sub(waited.elapsed());
+                self.with_lease(&mut record, &device, &cancel, left).await
+            }
+        };
+        // Leave the queue (whether or not the run had the device): the next one goes.
+        if let Some(queue) = self.state().queues.get_mut(&device.id) {
+            queue.retain(|id| id != &record.id);
+        }
+        self.turn.notify_waiters();
+        let report = RunReport {
+            run: record.id.clone(),
+            script: record.request.script.clone(),
+            host: self.host_id().to_owned(),
+            device: record.started_at.as_ref().map(|_| device.clone()),
+            verdict: ending.verdict,
+            steps: ending.steps,
+            summary: ending.summary,
+            metering: ending.metering,
+            log_lines_dropped: ending.log_lines_dropped,
+        };
+        self.state().active.remove(&record.id);
+        self.finish_record(record, &report).await;
+        self.publish_device_by_id(&device.id).await;
+    }
+
+    /// Returns once `run` is at the front of `device`'s queue.
+    async fn my_turn(&self, device: &str, run: &str) {
+        loop {
+            let notified = self.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let front = self
+                .state()
+                .queues
+                .get(device)
+                .and_then(|q| q.front().cloned());
+            if front.as_deref() == Some(run) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes the lease (waiting up to `left` for a stale one to expire), runs, releases.
+    async fn with_lease(
+        self: &Arc<Self>,
+        record: &mut RunRecord,
+        device: &DeviceInfo,
+        cancel: &CancellationToken,
+        left: Duration,
+    ) -> Ending {
+        let give_up = Instant::now() + left;
+        let held = loop {
+            let lease = Lease {
+                run: record.id.clone(),
+                host: self.host_id().to_owned(),
+                device: device.id.clone(),
+                acquired_at: crate::bus::now_rfc3339(),
+            };
+            match self.bus.leases.acquire(lease).await {
+                Ok(held) => break Ok(held),
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!(run = %record.id, error = %e, "waiting for the device lease");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break Err(Ending::without_report(
+                            RunVerdict::Cancelled,
+                            "cancelled while waiting for the device",
+                            Metering::default(),
+                        )),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) => {
+                    break Err(Ending::without_report(
+                        RunVerdict::Error,
+                        format!("could not lease the device: {e}"),
+                        Metering::default(),
+                    ));
+                }
+            }
+        };
+        let held = match held {
+            Ok(held) => held,
+            Err(ending) => return ending,
+        };
+        let acquired = Instant::now();
+        record.state = RunState::Running;
+        record.started_at = Some(crate::bus::now_rfc3339());
+        if let Some(active) = self.state().active.get_mut(&record.id) {
+            active.running = true;
+        }
+        if let Err(e) = self.bus.runs.put(record).await {
+            tracing::warn!(run = %record.id, error = %e, "could not record the run as running");
+        }
+        self.publish_device_by_id(&device.id).await;
+        let lease = LeaseAcquired {
+            run: record.id.clone(),
+            host: self.host_id().to_owned(),
+            device: device.clone(),
+            script: record.request.script.clone(),
+        };
+        self.announce_lease(&lease, &record.id, &device.id).await;
+
+        // Renew the lease while the run lives; losing it (taken, or not renewed for nearly a
+        // TTL because the bus is unreachable) stops the run at once.
+        let renewed = held.keep_renewed(&self.bus.leases, cancel.child_token());
+
+        let ending = self.call(record, device, cancel, renewed.lost()).await;
+
+        // Stop renewing, take the newest revision, reset the device, give the lease back.
+        let held = renewed.stop().await;
+        let backend = self.backend.clone();
+        let id = device.id.clone();
+        let reset =
+            tokio::task::spawn_blocking(move || devices::reset_after_run(&*backend, &id)).await;
+        let reset = match reset {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => {
+                tracing::warn!(device = %device.id, error = %e, "could not reset the device after the run");
+                format!("failed: {e}")
+            }
+            Err(e) => format!("failed: {e}"),
+        };
+        if let Err(e) = self.bus.leases.release(held).await {
+            tracing::warn!(error = %e, "could not release the device lease (it expires on its own)");
+        }
+        let released = lease.released(acquired.elapsed().as_millis() as u64, reset, ending.verdict);
+        self.announce_lease(&released, &record.id, &device.id).await;
+        ending
+    }
+
+    /// Emits `event`, a `sandbus.lease.*` event of `run` on `device`: one of each per run,
+    /// so its id is the run's.
+    async fn announce_lease<E: HostEvent>(&self, event: &E, run: &str, device: &str) {
+        self.host_events
+            .emit_or_log(event, format!("{}/{run}", E::TYPE), Some(device.to_owned()))
+            .await;
+    }
+
+    /// Calls the script with the device, until it reports, fails, or is cancelled.
+    async fn call(
+        &self,
+        record: &RunRecord,
+        device: &DeviceInfo,
+        cancel: &CancellationToken,
+        lost: &CancellationToken,
+    ) -> Ending {
+        let Some(component) = self.host.components.get(&record.request.script) else {
+            return Ending::without_report(
+                RunVerdict::Error,
+                format!(
+                    "the script `{}` was unloaded before it ran",
+                    record.request.script
+                ),
+                Metering::default(),
+            );
+        };
+        let (log, publishing) = RunLog::start(self.bus.runs.clone(), record.id.clone());
+        let caps = Capabilities {
+            log: log.clone(),
+            publisher: self.host.capabilities.publisher.clone(),
+            kv: self.host.capabilities.kv.clone(),
+            usb: Some(LeasedDevice {
+                info: device.clone(),
+                backend: self.backend.clone(),
+            }),
+        };
+        let timeout = Duration::from_millis(record.request.timeout_ms);
+        let started = Instant::now();
+        let running = self.host.metrics.in_flight(&record.request.script);
+        let result = tokio::select! {
+            result = component.prepared.run_for(record.request.args.clone(), &caps, timeout) => Some(result),
+            _ = cancel.cancelled() => None,
+            _ = lost.cancelled() => None,
+        };
+        drop(running);
+        drop(caps);
+        let dropped = log.dropped.clone();
+        drop(log);
+        // The lines the script wrote are stored before the report, within a bound: a bus
+        // that is down must not keep the device held.
+        if tokio::time::timeout(LOG_DRAIN, publishing).await.is_err() {
+            tracing::warn!(run = %record.id, "gave up storing the run's last log lines");
+        }
+        let mut ending = match result {
+            None if lost.is_cancelled() => Ending::without_report(
+                RunVerdict::Error,
+                "the run lost its device lease (taken, or not renewable for a whole lease TTL) \
+                 and was stopped",
+                wall(started),
+            ),
+            None => Ending::without_report(RunVerdict::Cancelled, "cancelled", wall(started)),
+            Some(Ok(invocation)) => Ending {
+                verdict: match invocation.output.verdict {
+                    Verdict::Pass => RunVerdict::Pass,
+                    Verdict::Fail => RunVerdict::Fail,
+                    Verdict::Error => RunVerdict::Error,
+                },
+                steps: invocation.output.steps,
+                summary: invocation.output.summary,
+                metering: invocation.metering,
+                log_lines_dropped: 0,
+            },
+            Some(Err(e)) => Ending::without_report(
+                if e.kind == InvokeErrorKind::Timeout {
+                    RunVerdict::Timeout
+                } else {
+                    RunVerdict::Error
+                },
+                format!("{}: {}", e.kind, e.message),
+                e.metering,
+            ),
+        };
+        ending.log_lines_dropped = dropped.load(Ordering::Relaxed);
+        ending
+    }
+}
+
+fn wall(started: Instant) -> Metering {
+    Metering {
+        wall_us: started.elapsed().as_micros() as u64,
+        ..Metering::default()
+    }
+}
