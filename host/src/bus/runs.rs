@@ -35,6 +35,19 @@ pub enum RunState {
 /// How a run ended. Defined with the host events that carry it (`sandbus.lease.released`).
 pub use sandbus_host_events::RunVerdict;
 
+/// How a run ended when its script reported: the script's own verdict (a run's other
+/// endings, timeout and cancelled, are the host's).
+impl From<crate::sandbox::Verdict> for RunVerdict {
+    fn from(verdict: crate::sandbox::Verdict) -> Self {
+        use crate::sandbox::Verdict;
+        match verdict {
+            Verdict::Pass => RunVerdict::Pass,
+            Verdict::Fail => RunVerdict::Fail,
+            Verdict::Error => RunVerdict::Error,
+        }
+    }
+}
+
 /// What `sandbus run` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunRequest {

@@ -78,11 +78,7 @@ pub fn verdict_exit_code(verdict: RunVerdict) -> u8 {
 /// The exit code of a script that finished with this verdict (run locally, so never timed
 /// out or cancelled): the same as a run's.
 pub fn script_exit_code(verdict: Verdict) -> u8 {
-    verdict_exit_code(match verdict {
-        Verdict::Pass => RunVerdict::Pass,
-        Verdict::Fail => RunVerdict::Fail,
-        Verdict::Error => RunVerdict::Error,
-    })
+    verdict_exit_code(verdict.into())
 }
 
 /// The line that says what a call cost: `metering: 1.2 ms wall, 64 KiB peak memory, 10 fuel`

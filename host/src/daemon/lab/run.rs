@@ -14,7 +14,7 @@ use crate::bus::{Lease, RunRecord, RunReport, RunState, RunVerdict};
 use crate::daemon::host_events::{HostEvent, LeaseAcquired};
 use crate::devices::{self, DeviceInfo};
 use crate::imports::usb::LeasedDevice;
-use crate::sandbox::{Capabilities, InvokeErrorKind, Metering, Verdict};
+use crate::sandbox::{Capabilities, InvokeErrorKind, Metering};
 
 /// How a run ended, before its report is written.
 struct Ending {
@@ -259,11 +259,7 @@ impl DeviceLab {
             ),
             None => Ending::without_report(RunVerdict::Cancelled, "cancelled", wall(started)),
             Some(Ok(invocation)) => Ending {
-                verdict: match invocation.output.verdict {
-                    Verdict::Pass => RunVerdict::Pass,
-                    Verdict::Fail => RunVerdict::Fail,
-                    Verdict::Error => RunVerdict::Error,
-                },
+                verdict: invocation.output.verdict.into(),
                 steps: invocation.output.steps,
                 summary: invocation.output.summary,
                 metering: invocation.metering,
