@@ -31,13 +31,13 @@ pub mod lab;
 pub mod metering;
 pub mod metrics;
 pub mod up;
+mod watches;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt as _};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -52,10 +52,7 @@ pub use hooks::HookDispatcher;
 pub use lab::{DeviceLab, LabBus};
 pub use metrics::Metrics;
 
-use crate::bus::{
-    self, BusError, BusErrorKind, BusLayout, ComponentStore, DaemonBus, HostInfo, HostRegistry,
-    SubscriptionChange, SubscriptionStore,
-};
+use crate::bus::{self, BusError, BusErrorKind, BusLayout, DaemonBus, HostInfo, HostRegistry};
 use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, CompileBudget, CompileMode, Sandbox, SandboxConfig};
 use host_events::HostEvents;
@@ -234,12 +231,12 @@ impl Daemon {
         });
         let dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>> = Arc::default();
         let watchers = CancellationToken::new();
-        let manifests_task = tokio::spawn(watch_manifests(
+        let manifests_task = tokio::spawn(watches::watch_manifests(
             store.clone(),
             components.clone(),
             watchers.clone(),
         ));
-        let subscriptions_task = tokio::spawn(watch_subscriptions(
+        let subscriptions_task = tokio::spawn(watches::watch_subscriptions(
             subscriptions.clone(),
             context.clone(),
             dispatchers.clone(),
@@ -395,9 +392,6 @@ impl Daemon {
     }
 }
 
-/// How often components that failed to load are tried again.
-const RETRY_FAILED_LOADS: Duration = Duration::from_secs(5);
-
 /// Time a graceful stop may take beyond the shutdown grace (for the host events, the
 /// presence entry and the last flush, each of which waits on NATS).
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(15);
@@ -427,136 +421,6 @@ fn create_dir(path: &Path) -> Result<(), DaemonError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Keeps the loaded components in step with the manifests until `stop`.
-async fn watch_manifests(
-    store: ComponentStore,
-    components: Arc<LoadedComponents>,
-    stop: CancellationToken,
-) {
-    // Failed loads are retried on a task of their own: a retry that compiles for a while
-    // (up to the compile budget) must not hold up the changes that come meanwhile.
-    tokio::spawn({
-        let components = components.clone();
-        let stop = stop.clone();
-        async move {
-            let mut retry = tokio::time::interval(RETRY_FAILED_LOADS);
-            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = retry.tick() => components.retry_failed().await,
-                }
-            }
-        }
-    });
-    keep_watching(
-        "manifest",
-        &stop,
-        || store.watch(),
-        |change| async {
-            if let Err(e) = components.apply(change).await {
-                tracing::error!(error = %e, "could not load a component");
-            }
-        },
-    )
-    .await;
-}
-
-/// Starts, restarts and stops dispatchers as subscriptions change, until `stop`.
-async fn watch_subscriptions(
-    subscriptions: SubscriptionStore,
-    context: Arc<DispatchContext>,
-    dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>>,
-    stop: CancellationToken,
-) {
-    keep_watching(
-        "subscription",
-        &stop,
-        || subscriptions.watch(),
-        |change| apply_subscription_change(change, &context, &dispatchers),
-    )
-    .await;
-}
-
-/// Runs what a subscription change asks for: a dispatcher started, restarted (when what it
-/// runs by changed) or stopped.
-async fn apply_subscription_change(
-    change: SubscriptionChange,
-    context: &Arc<DispatchContext>,
-    dispatchers: &Mutex<HashMap<String, DispatcherHandle>>,
-) {
-    match change {
-        SubscriptionChange::Put(subscription) => {
-            let mut running = dispatchers.lock().await;
-            let same = running.get(&subscription.listener).is_some_and(|h| {
-                h.subscription.events == subscription.events
-                    && h.subscription.max_in_flight == subscription.max_in_flight
-                    && h.subscription.max_deliver == subscription.max_deliver
-                    && h.subscription.backoff == subscription.backoff
-            });
-            if same {
-                return;
-            }
-            if let Some(old) = running.remove(&subscription.listener) {
-                old.stop().await;
-            }
-            let name = subscription.listener.clone();
-            running.insert(
-                name,
-                ListenerDispatcher::spawn(subscription, context.clone()),
-            );
-        }
-        SubscriptionChange::Removed(listener) => {
-            let old = dispatchers.lock().await.remove(&listener);
-            if let Some(old) = old {
-                old.stop().await;
-            }
-        }
-    }
-}
-
-/// Follows a watch until `stop`: `open` starts it, every change goes to `apply` (one at a
-/// time, in order), and when the watch fails or ends it is opened again a second later.
-/// `what` names the watched items in the log ("the manifest watch failed", "cannot watch
-/// the manifests").
-async fn keep_watching<T, S, W, A>(
-    what: &str,
-    stop: &CancellationToken,
-    mut open: impl FnMut() -> W,
-    mut apply: impl FnMut(T) -> A,
-) where
-    W: Future<Output = Result<S, BusError>>,
-    S: Stream<Item = Result<T, BusError>>,
-    A: Future<Output = ()>,
-{
-    while !stop.is_cancelled() {
-        match open().await {
-            Ok(changes) => {
-                let mut changes = std::pin::pin!(changes);
-                loop {
-                    let change = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        change = changes.next() => change,
-                    };
-                    match change {
-                        Some(Ok(change)) => apply(change).await,
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "the {what} watch failed; watching again");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the {what}s; retrying"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 /// How long a starting daemon waits to count the guests' kv usage before it runs guests.
