@@ -20,6 +20,7 @@ pub mod bus;
 pub mod daemon;
 pub mod dev;
 pub mod devices;
+pub mod error;
 pub mod event;
 pub mod grant;
 pub mod imports;

@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain, without repeating a cause an error's message already quotes.
+            eprintln!("error: {}", sandbus::error::Report(e.as_ref()));
             ExitCode::from(cli::EXIT_USAGE)
         }
     }

@@ -95,31 +95,20 @@ impl ApiErrorKind {
     }
 }
 
-/// A failed request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[error("{message}")]
-pub struct ApiError {
-    /// What kind of failure.
-    pub kind: ApiErrorKind,
-    /// What was wrong and what to do.
-    pub message: String,
-}
+/// A failed request: its [`ApiErrorKind`], what was wrong and what to do, and (on the side
+/// that made it) the error underneath as its `source` ([`crate::error::Error`]). On the wire
+/// it is `{"kind": …, "message": …}`.
+pub type ApiError = crate::error::Error<ApiErrorKind>;
 
 impl ApiError {
-    /// A new error.
-    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// A bad request.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(ApiErrorKind::BadRequest, message)
+    /// A bad request; `why` says what was wrong (a validator's error, or a text).
+    pub fn bad_request(why: impl std::fmt::Display) -> Self {
+        Self::new(ApiErrorKind::BadRequest, why.to_string())
     }
 }
 
+/// The bus error's message, with the kind a requester acts on; the bus error is kept as the
+/// source.
 impl From<crate::bus::BusError> for ApiError {
     fn from(e: crate::bus::BusError) -> Self {
         use crate::bus::BusErrorKind as K;
@@ -130,7 +119,7 @@ impl From<crate::bus::BusError> for ApiError {
             K::Corrupt => ApiErrorKind::Internal,
             K::PermissionDenied => ApiErrorKind::PermissionDenied,
         };
-        Self::new(kind, e.message)
+        Self::new(kind, e.message.clone()).caused_by(e)
     }
 }
 
@@ -151,5 +140,38 @@ mod tests {
             assert_eq!(ApiErrorKind::parse(None, Some(kind.code())), kind);
             assert_eq!(ApiErrorKind::parse(Some(kind.as_str()), None), kind);
         }
+    }
+
+    #[test]
+    fn an_error_reply_is_its_kind_and_message_as_before() {
+        let error = ApiError::bad_request("the request body is not valid: EOF");
+        let json = serde_json::to_value(&error).expect("serialises");
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "bad-request", "message": "the request body is not valid: EOF"})
+        );
+        let back: ApiError = serde_json::from_value(json).expect("deserialises");
+        assert_eq!(back, error);
+    }
+
+    #[test]
+    fn a_bus_failure_keeps_its_message_and_stays_reachable_as_the_source() {
+        use std::error::Error as _;
+
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let bus = crate::bus::BusError::unavailable("read the manifest", timeout);
+        let api = ApiError::from(bus);
+        assert_eq!(api.kind, ApiErrorKind::Unavailable);
+        assert_eq!(api.message, "cannot read the manifest: timed out");
+        let bus = api
+            .source()
+            .and_then(|s| s.downcast_ref::<crate::bus::BusError>())
+            .expect("the bus error is the source");
+        assert_eq!(bus.kind, crate::bus::BusErrorKind::Unavailable);
+        let io = bus
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the client's error is the bus error's source");
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
     }
 }

@@ -144,6 +144,7 @@ fn read<E: Call>(body: &[u8]) -> Result<E::Request, ApiError> {
             "the request body is not valid: {}",
             crate::text::clip(&e.to_string(), 512)
         ))
+        .caused_by(e)
     })?;
     request.validate()?;
     Ok(request)
@@ -170,7 +171,7 @@ fn empty<E: Call<Request = Empty>>(body: &[u8], request: Request) -> Result<Requ
 /// The event in a request (already checked by the request's [`super::Validate`]).
 fn event(raw: &serde_json::value::RawValue, what: &str) -> Result<CanonicalEvent, ApiError> {
     CanonicalEvent::from_json(raw.get().as_bytes())
-        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")).caused_by(e))
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl ApiClient {
                 )
             })?;
         let body = serde_json::to_vec(request)
-            .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()).caused_by(e))?;
         let request = async_nats::Request::new()
             .payload(Bytes::from(body))
             .timeout(Some(self.timeout));
@@ -122,6 +122,7 @@ impl ApiClient {
                             _ => format!("the request failed: {e}"),
                         };
                         super::BusError::new(super::BusErrorKind::Unavailable, message)
+                            .caused_by(e)
                     })
             })
             .await?;
@@ -143,6 +144,7 @@ impl ApiClient {
                      version?"
                 ),
             )
+            .caused_by(e)
         })
     }
 }

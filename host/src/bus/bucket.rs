@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
-use super::BusError;
+use super::{BusError, BusErrorKind};
 
 /// What a KV bucket is made with when it does not exist yet: its name, what it is for, how
 /// many revisions of a key it keeps, how long and how much it keeps, and its replicas.
@@ -96,8 +96,6 @@ pub(crate) async fn ensure_bucket(
 /// `what` if it does not exist. Like [`ensure_bucket`], it turns direct get off if an older
 /// daemon left it on; when this client may not change the bucket, it logs why and reads as the
 /// bucket allows (a client only shows what it reads, it bases no compare-and-set on it).
-///
-/// [`BusErrorKind::NotSetUp`]: super::BusErrorKind::NotSetUp
 pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
@@ -144,9 +142,9 @@ async fn read_through_leader(
         .await
         .map_err(|e| BusError::unavailable(&what, e))?;
     if info.config.allow_direct {
-        return Err(BusError::unavailable(
-            &what,
-            "the server still reports it on after the update",
+        return Err(BusError::new(
+            BusErrorKind::Unavailable,
+            format!("cannot {what}: the server still reports it on after the update"),
         ));
     }
     Ok(())

@@ -78,18 +78,23 @@ impl BucketError {
     /// [`BusErrorKind::Unavailable`] for a failed request (and, as the client reports it, a
     /// key the bucket does not take), [`BusErrorKind::Conflict`] for a lost race,
     /// [`BusErrorKind::Corrupt`] for a value that does not decode or encode.
+    ///
+    /// Its source is the error its message quotes: this one, or for a failed request the
+    /// client's error (stores have always reported a failed request in the client's words).
     pub(crate) fn into_bus_error(self, what: &str) -> BusError {
-        match (self.kind, &self.source) {
-            (BucketErrorKind::Unavailable, Some(source)) => BusError::unavailable(what, source),
-            (BucketErrorKind::Unavailable | BucketErrorKind::InvalidKey, _) => {
-                BusError::unavailable(what, &self)
+        match self.kind {
+            BucketErrorKind::Unavailable => match self.source {
+                Some(source) => BusError::unavailable(what, source),
+                None => BusError::unavailable(what, self),
+            },
+            BucketErrorKind::InvalidKey => BusError::unavailable(what, self),
+            BucketErrorKind::LostRace => {
+                let message = format!("cannot {what}: {self}; try again");
+                BusError::new(BusErrorKind::Conflict, message).caused_by(self)
             }
-            (BucketErrorKind::LostRace, _) => BusError::new(
-                BusErrorKind::Conflict,
-                format!("cannot {what}: {self}; try again"),
-            ),
-            (BucketErrorKind::Undecodable | BucketErrorKind::Unencodable, _) => {
-                BusError::new(BusErrorKind::Corrupt, format!("cannot {what}: {self}"))
+            BucketErrorKind::Undecodable | BucketErrorKind::Unencodable => {
+                let message = format!("cannot {what}: {self}");
+                BusError::new(BusErrorKind::Corrupt, message).caused_by(self)
             }
         }
     }
@@ -143,7 +148,21 @@ mod tests {
             kv::UpdateError::new(kv::UpdateErrorKind::WrongLastRevision),
         );
         assert_eq!(lost.kind(), BucketErrorKind::LostRace);
-        assert_eq!(lost.into_bus_error("store it").kind, BusErrorKind::Conflict);
+        let conflict = lost.into_bus_error("store it");
+        assert_eq!(conflict.kind, BusErrorKind::Conflict);
+        // The message quotes the bucket's error, which is kept as the source, and the
+        // client's error under it.
+        let bucket = conflict
+            .source()
+            .and_then(|s| s.downcast_ref::<BucketError>())
+            .expect("the bucket's error is the source");
+        assert_eq!(bucket.kind(), BucketErrorKind::LostRace);
+        assert!(
+            bucket
+                .source()
+                .is_some_and(|s| s.is::<kv::UpdateError>()),
+            "{bucket:?}"
+        );
         let failed = BucketError::failed(
             "b",
             "k",
@@ -152,8 +171,10 @@ mod tests {
         assert_eq!(failed.kind(), BucketErrorKind::Unavailable);
         let bus = failed.into_bus_error("store it");
         assert_eq!(bus.kind, BusErrorKind::Unavailable);
-        // The message a store gave before there was a JsonBucket: what, then the client's error.
+        // The message a store gave before there was a JsonBucket: what, then the client's
+        // error, which is the source.
         assert_eq!(bus.message, "cannot store it: timed out");
+        assert!(bus.source().is_some_and(|s| s.is::<kv::UpdateError>()), "{bus:?}");
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl<H: ControlHandler> ControlService<H> {
                 BusErrorKind::Unavailable,
                 format!("cannot start the control service: {e}"),
             )
+            .caused_by(e)
         };
         let stats = handler.clone();
         let service = client

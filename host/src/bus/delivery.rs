@@ -79,6 +79,7 @@ impl Delivery for jetstream::Message {
                 BusErrorKind::Corrupt,
                 format!("a message without JetStream metadata: {e}"),
             )
+            .caused_by(e)
         })?;
         Ok(DeliveryInfo {
             stream_sequence: info.stream_sequence,

@@ -287,6 +287,7 @@ impl EventStream {
                     BusErrorKind::Unavailable,
                     format!("cannot purge dead letters: {e}"),
                 )
+                .caused_by(e)
             })?;
         Ok(())
     }

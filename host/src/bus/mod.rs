@@ -95,32 +95,28 @@ pub enum BusErrorKind {
     PermissionDenied,
 }
 
-/// A failed bus operation.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct BusError {
-    /// What kind of failure.
-    pub kind: BusErrorKind,
-    /// What happened, for a person.
-    pub message: String,
-}
+/// A failed bus operation: its [`BusErrorKind`], a message for a person, and the client's
+/// (or server's, or serde's) error underneath as its `source` ([`crate::error::Error`]).
+pub type BusError = crate::error::Error<BusErrorKind>;
 
 impl BusError {
-    /// A new error.
-    pub fn new(kind: BusErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+    /// A JetStream request that failed with `e`; `what` says what was being done. The
+    /// message quotes `e`, which is kept as the source.
+    pub(crate) fn unavailable(
+        what: &str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let e = e.into();
+        Self::new(BusErrorKind::Unavailable, format!("cannot {what}: {e}")).caused_by(e)
     }
 
-    /// A JetStream request that failed; `what` says what was being done.
-    pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> Self {
-        Self::new(BusErrorKind::Unavailable, format!("cannot {what}: {e}"))
-    }
-
-    /// A bucket or stream that should exist and does not.
-    pub(crate) fn not_set_up(what: &str, e: impl std::fmt::Display) -> Self {
+    /// A bucket or stream that should exist and does not (opening it failed with `e`, kept
+    /// as the source).
+    pub(crate) fn not_set_up(
+        what: &str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let e = e.into();
         Self::new(
             BusErrorKind::NotSetUp,
             format!(
@@ -128,6 +124,7 @@ impl BusError {
                  (`sandbus up` or `sandbus daemon --nats URL`)"
             ),
         )
+        .caused_by(e)
     }
 }
 
@@ -234,6 +231,7 @@ impl NatsOptions {
                         BusErrorKind::Connect,
                         format!("cannot read the credentials file {}: {e}", path.display()),
                     )
+                    .caused_by(e)
                 })?,
             None => async_nats::ConnectOptions::new(),
         };
@@ -249,6 +247,7 @@ impl NatsOptions {
                     BusErrorKind::Connect,
                     format!("cannot read the nkey seed file {}: {e}", path.display()),
                 )
+                .caused_by(e)
             })?;
             options = options.nkey(seed.trim().to_owned());
         }
@@ -299,6 +298,7 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, BusError> {
                     "`{part}` in the NATS server list `{list}` is not a NATS server URL ({e}); \
                      give nats://HOST:PORT (or tls://, ws://, wss://)"
                 ))
+                .caused_by(e)
             })?;
             if addr.host().is_empty() {
                 return Err(bad(format!(
@@ -358,6 +358,7 @@ pub async fn connect_client(
                 options.url()
             ),
         )
+        .caused_by(e)
     })?;
     Ok((client, refusals))
 }
@@ -439,6 +440,7 @@ async fn connect_daemon_as(
             BusErrorKind::Connect,
             format!("cannot connect to NATS at {}: {e}", options.url()),
         )
+        .caused_by(e)
     })
 }
 

@@ -43,7 +43,6 @@ pub async fn read_page(
     max: u32,
     wait: Duration,
 ) -> Result<MessagePage, BusError> {
-    let unavailable = |e: &dyn std::fmt::Display| BusError::unavailable("read the stream", e);
     let client = js.client();
     let max_payload = client.server_info().max_payload;
     let stream = js
@@ -53,7 +52,7 @@ pub async fn read_page(
     let last_sequence = stream
         .get_info()
         .await
-        .map_err(|e| unavailable(&e))?
+        .map_err(unavailable)?
         .state
         .last_sequence;
     let max = max.min(MAX_PAGE) as usize;
@@ -74,12 +73,12 @@ pub async fn read_page(
             ..Default::default()
         })
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     let waiting = consumer.cached_info().num_pending;
     if waiting == 0 && wait.is_zero() {
         return Ok(page);
     }
-    let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    let mut messages = consumer.messages().await.map_err(unavailable)?;
     let budget = max_payload.saturating_sub(PAGE_MARGIN);
     let mut used = 0usize;
     // Stored messages are on their way (the server pushes them): give each a moment. With
@@ -87,7 +86,7 @@ pub async fn read_page(
     let mut patience = if waiting > 0 { DELIVERY_PATIENCE } else { wait };
     loop {
         let next = match tokio::time::timeout(patience, messages.next()).await {
-            Ok(Some(next)) => next.map_err(|e| unavailable(&e))?,
+            Ok(Some(next)) => next.map_err(unavailable)?,
             Ok(None) | Err(_) => break,
         };
         patience = DELIVERY_PATIENCE;
@@ -116,6 +115,11 @@ pub async fn read_page(
         }
     }
     Ok(page)
+}
+
+/// A request for the page that failed with `e`.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::unavailable("read the stream", e)
 }
 
 fn stored(sequence: u64, subject: String, payload: &[u8]) -> StoredMessage {

@@ -232,7 +232,7 @@ impl RunStore {
     /// Stores a run's report (the last message of the run).
     pub async fn report(&self, report: &RunReport) -> Result<(), BusError> {
         let body = serde_json::to_vec(report)
-            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()))?;
+            .map_err(|e| BusError::new(BusErrorKind::Corrupt, e.to_string()).caused_by(e))?;
         self.js
             .publish(names::run_report_subject(&report.run), body.into())
             .await

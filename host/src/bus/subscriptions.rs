@@ -262,17 +262,17 @@ impl SubscriptionStore {
             ..Default::default()
         };
         let name = names::listener_consumer(&subscription.listener);
-        let result = match stream.consumer_info(&name).await {
+        let result: Result<(), async_nats::Error> = match stream.consumer_info(&name).await {
             Ok(_) => stream
                 .update_consumer(config)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(Into::into),
             Err(_) => stream
                 .create_consumer(config)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(Into::into),
         };
         result.map_err(|e| BusError::unavailable("create the listener's consumer", e))?;
         self.subscriptions
@@ -347,6 +347,7 @@ impl SubscriptionStore {
                     BusErrorKind::NotFound,
                     format!("the consumer of `{listener}` is missing: {e}"),
                 )
+                .caused_by(e)
             })
     }
 

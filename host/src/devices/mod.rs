@@ -20,25 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// What went wrong talking to a device. Callers match on [`UsbErrorKind`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct UsbError {
-    /// What kind of failure.
-    pub kind: UsbErrorKind,
-    /// What happened, for a person.
-    pub message: String,
-}
-
-impl UsbError {
-    /// An error of `kind` saying `message`.
-    pub fn new(kind: UsbErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-}
+/// What went wrong talking to a device: its [`UsbErrorKind`] (callers match on it), a message
+/// for a person, and libusb's (or the OS's, or the device file parser's) error underneath as
+/// its `source` ([`crate::error::Error`]).
+pub type UsbError = crate::error::Error<UsbErrorKind>;
 
 /// The kinds of [`UsbError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ pub(super) fn kind_of(e: rusb::Error) -> UsbErrorKind {
 
 /// A libusb error while doing `what`.
 pub(super) fn usb_error(e: rusb::Error, what: &str) -> UsbError {
-    UsbError::new(kind_of(e), format!("{what}: {e}"))
+    UsbError::new(kind_of(e), format!("{what}: {e}")).caused_by(e)
 }
 
 /// A timeout libusb will honour: at least 1 ms (libusb waits forever on 0) and at most what
