@@ -3,9 +3,10 @@
 //!
 //! [`Error<K>`] is what the bus ([`crate::bus::BusError`]), the control API
 //! ([`crate::api::ApiError`]) and USB ([`crate::devices::UsbError`]) return, and what the
-//! validators of names, subjects, keys and limits return ([`crate::subject::SubjectError`],
-//! [`crate::imports::kv::KeyError`]...). Each domain brings its own kind enum; the shape is
-//! the same everywhere, so callers match on `kind`, show `message`, and walk `source()`.
+//! validators of subjects, keys and limits return ([`crate::subject::SubjectError`],
+//! [`crate::imports::kv::KeyError`]...); a value with one way to be wrong is an
+//! [`InvalidInput`]. Each domain brings its own kind enum; the shape is the same everywhere,
+//! so callers match on `kind`, show `message`, and walk `source()`.
 //!
 //! The message is complete on its own: it says what happened and what to do, and when the
 //! error was made from another one (the NATS client's, serde's, the OS's, libusb's) it quotes
@@ -69,7 +70,9 @@ impl<K> fmt::Display for Error<K> {
 impl<K: fmt::Debug> fmt::Debug for Error<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("Error");
-        debug.field("kind", &self.kind).field("message", &self.message);
+        debug
+            .field("kind", &self.kind)
+            .field("message", &self.message);
         if let Some(source) = &self.source {
             debug.field("source", source);
         }
@@ -92,6 +95,32 @@ impl<K: PartialEq> PartialEq for Error<K> {
 }
 
 impl<K: Eq> Eq for Error<K> {}
+
+/// Which input an [`InvalidInput`] is about. Each has one way to be wrong, so the input is
+/// the kind; inputs with several (subjects, keys, limits) have error kinds of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// A run id ([`crate::bus::validate_run_id`]).
+    RunId,
+    /// An extension point name ([`crate::bus::validate_point`]).
+    HookPoint,
+    /// An extension point's deadline ([`crate::bus::validate_hook_deadline`]).
+    HookDeadline,
+    /// The role `sandbus permissions` is asked for ([`crate::bus::permissions::PermissionRole`]).
+    PermissionRole,
+    /// A host id ([`crate::daemon::config::validate_host_id`]).
+    HostId,
+    /// A script argument, `NAME=VALUE` ([`crate::dev::parse_arg`]).
+    ScriptArg,
+    /// A device selector ([`crate::devices::DeviceSelector`]).
+    DeviceSelector,
+    /// A message header a guest set.
+    Header,
+}
+
+/// A value given from outside (a flag, a request field, a config entry, a guest's argument)
+/// that is not acceptable: which one it is, and what is wrong and what is accepted.
+pub type InvalidInput = Error<Input>;
 
 /// An error and the causes its text does not already say, separated by `: ` as `anyhow`'s
 /// `{:#}` does; for the last line a person reads (the CLI's `error: …`).
@@ -133,7 +162,8 @@ mod tests {
 
     #[test]
     fn the_error_it_was_made_from_is_its_source_and_can_be_downcast() {
-        let error = Error::new(Kind::Unavailable, "cannot read it: timed out").caused_by(io_error());
+        let error =
+            Error::new(Kind::Unavailable, "cannot read it: timed out").caused_by(io_error());
         assert_eq!(error.to_string(), "cannot read it: timed out");
         let source = StdError::source(&error).expect("the io error is kept");
         let io = source
@@ -151,7 +181,10 @@ mod tests {
         let caused = plain.clone().caused_by(io_error());
         assert_eq!(plain, caused);
         assert_eq!(caused.kind(), Kind::Unavailable);
-        assert_ne!(plain, Error::new(Kind::NotFound, "cannot read it: timed out"));
+        assert_ne!(
+            plain,
+            Error::new(Kind::NotFound, "cannot read it: timed out")
+        );
         assert_ne!(plain, Error::new(Kind::Unavailable, "cannot read it"));
     }
 
@@ -167,15 +200,13 @@ mod tests {
 
     #[test]
     fn a_report_does_not_repeat_a_cause_the_message_quotes() {
-        let error = Error::new(Kind::Unavailable, "cannot read it: timed out").caused_by(io_error());
+        let error =
+            Error::new(Kind::Unavailable, "cannot read it: timed out").caused_by(io_error());
         assert_eq!(Report(&error).to_string(), "cannot read it: timed out");
         let unquoted = Error::new(Kind::Unavailable, "cannot read it").caused_by(io_error());
         assert_eq!(Report(&unquoted).to_string(), "cannot read it: timed out");
         // The same as anyhow's `{:#}` for a chain that repeats nothing.
         let wrapped = anyhow::Error::new(unquoted).context("while starting");
-        assert_eq!(
-            Report(wrapped.as_ref()).to_string(),
-            format!("{wrapped:#}")
-        );
+        assert_eq!(Report(wrapped.as_ref()).to_string(), format!("{wrapped:#}"));
     }
 }

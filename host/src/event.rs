@@ -333,10 +333,10 @@ impl CanonicalEvent {
                 });
             }
         }
-        if let Err(reason) = crate::subject::validate_event_type(&self.ty) {
+        if let Err(e) = crate::subject::validate_event_type(&self.ty) {
             return Err(EventError::Invalid {
                 name: "type",
-                reason,
+                reason: e.message,
             });
         }
         if let Some(time) = &self.time

@@ -81,8 +81,8 @@ impl Grant {
             kind,
             why,
         };
-        let parsed =
-            SubjectPattern::parse(pattern).map_err(|why| error(GrantErrorKind::Malformed, why))?;
+        let parsed = SubjectPattern::parse(pattern)
+            .map_err(|e| error(GrantErrorKind::Malformed, e.message))?;
         if let Some(space) = ReservedSpace::reached_by(pattern) {
             let hint = match space {
                 ReservedSpace::Everything => {

@@ -176,65 +176,105 @@ impl fmt::Display for ReservedSpace {
     }
 }
 
+/// What is wrong with a subject, an event type or a subject pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectErrorKind {
+    /// It is empty.
+    Empty,
+    /// It is longer than [`MAX_SUBJECT_LEN`] bytes (an event type: its subject would be).
+    TooLong,
+    /// It has a character it may not have (whitespace or a control character; in an event
+    /// type, anything but `[A-Za-z0-9_-]` and dots).
+    Character,
+    /// One of its dot-separated tokens is empty.
+    EmptyToken,
+    /// A wildcard where a concrete subject is needed.
+    Wildcard,
+    /// A wildcard that is not a whole token, or a `>` that is not the last one.
+    MisplacedWildcard,
+}
+
+/// A subject, event type or pattern that is not valid; the message says what is wrong.
+pub type SubjectError = crate::error::Error<SubjectErrorKind>;
+
 /// Checks that `subject` is a concrete subject a message can be published on: dot separated
 /// tokens, none empty, no wildcards, no whitespace or control characters.
-pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
+pub fn validate_publish_subject(subject: &str) -> Result<(), SubjectError> {
     validate_tokens(subject, false)
 }
 
 /// Checks that `ty` can be an event type: the same rules as a subject, and tokens limited to
 /// `[A-Za-z0-9_-]` so the type reads the same in every tool.
-pub fn validate_event_type(ty: &str) -> Result<(), String> {
+pub fn validate_event_type(ty: &str) -> Result<(), SubjectError> {
     validate_tokens(ty, false)?;
     if event_subject(ty).len() > MAX_SUBJECT_LEN {
-        return Err(format!(
-            "the type is longer than {} bytes (its subject would be too long)",
-            MAX_SUBJECT_LEN - EVENTS_PREFIX.len() - 1
+        return Err(SubjectError::new(
+            SubjectErrorKind::TooLong,
+            format!(
+                "the type is longer than {} bytes (its subject would be too long)",
+                MAX_SUBJECT_LEN - EVENTS_PREFIX.len() - 1
+            ),
         ));
     }
     if let Some(bad) = ty
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "`{ty}` has the character {bad:?}; use [A-Za-z0-9_-] and dots"
+        return Err(SubjectError::new(
+            SubjectErrorKind::Character,
+            format!("`{ty}` has the character {bad:?}; use [A-Za-z0-9_-] and dots"),
         ));
     }
     Ok(())
 }
 
-fn validate_tokens(subject: &str, wildcards: bool) -> Result<(), String> {
+fn validate_tokens(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
+    let invalid = |kind, message: String| Err(SubjectError::new(kind, message));
     if subject.is_empty() {
-        return Err("the subject is empty".into());
+        return invalid(SubjectErrorKind::Empty, "the subject is empty".into());
     }
     if subject.len() > MAX_SUBJECT_LEN {
-        return Err(format!(
-            "the subject is longer than {MAX_SUBJECT_LEN} bytes"
-        ));
+        return invalid(
+            SubjectErrorKind::TooLong,
+            format!("the subject is longer than {MAX_SUBJECT_LEN} bytes"),
+        );
     }
     if let Some(c) = subject
         .chars()
         .find(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(format!("`{subject}` contains the character {c:?}"));
+        return invalid(
+            SubjectErrorKind::Character,
+            format!("`{subject}` contains the character {c:?}"),
+        );
     }
     let tokens: Vec<&str> = subject.split('.').collect();
     for (i, token) in tokens.iter().enumerate() {
         if token.is_empty() {
-            return Err(format!("`{subject}` has an empty token"));
+            return invalid(
+                SubjectErrorKind::EmptyToken,
+                format!("`{subject}` has an empty token"),
+            );
         }
         let is_wildcard = *token == "*" || *token == ">";
         if !wildcards && (is_wildcard || token.contains(['*', '>'])) {
-            return Err(format!(
-                "`{subject}` contains a wildcard; publish on a concrete subject"
-            ));
+            return invalid(
+                SubjectErrorKind::Wildcard,
+                format!("`{subject}` contains a wildcard; publish on a concrete subject"),
+            );
         }
         if wildcards {
             if token.len() > 1 && token.contains(['*', '>']) {
-                return Err(format!("`{subject}`: a wildcard must be a whole token"));
+                return invalid(
+                    SubjectErrorKind::MisplacedWildcard,
+                    format!("`{subject}`: a wildcard must be a whole token"),
+                );
             }
             if *token == ">" && i + 1 != tokens.len() {
-                return Err(format!("`{subject}`: `>` may only be the last token"));
+                return invalid(
+                    SubjectErrorKind::MisplacedWildcard,
+                    format!("`{subject}`: `>` may only be the last token"),
+                );
             }
         }
     }
@@ -247,7 +287,7 @@ pub struct SubjectPattern(String);
 
 impl SubjectPattern {
     /// Parses a pattern such as `events.billing.>` or `metrics.*.cpu`.
-    pub fn parse(pattern: &str) -> Result<Self, String> {
+    pub fn parse(pattern: &str) -> Result<Self, SubjectError> {
         validate_tokens(pattern, true)?;
         Ok(Self(pattern.to_owned()))
     }
@@ -417,8 +457,44 @@ mod tests {
         }
         assert!(validate_event_type("vm.started").is_ok());
         let long = "t".repeat(MAX_SUBJECT_LEN - EVENTS_PREFIX.len());
-        assert!(validate_event_type(&long).unwrap_err().contains("too long"));
+        let too_long = validate_event_type(&long).unwrap_err();
+        assert!(too_long.message.contains("too long"), "{too_long}");
+        assert_eq!(too_long.kind, SubjectErrorKind::TooLong);
         assert!(validate_event_type("vm.st@rted").is_err());
+    }
+
+    #[test]
+    fn a_refused_subject_says_which_rule_it_broke() {
+        let kind = |result: Result<(), SubjectError>| result.map_err(|e| e.kind).err();
+        assert_eq!(
+            kind(validate_publish_subject("")),
+            Some(SubjectErrorKind::Empty)
+        );
+        assert_eq!(
+            kind(validate_publish_subject("a b")),
+            Some(SubjectErrorKind::Character)
+        );
+        assert_eq!(
+            kind(validate_publish_subject("a..b")),
+            Some(SubjectErrorKind::EmptyToken)
+        );
+        assert_eq!(
+            kind(validate_publish_subject("a.*")),
+            Some(SubjectErrorKind::Wildcard)
+        );
+        assert_eq!(
+            kind(SubjectPattern::parse("a.>.b").map(|_| ())),
+            Some(SubjectErrorKind::MisplacedWildcard)
+        );
+        assert_eq!(
+            kind(validate_event_type("vm.st@rted")),
+            Some(SubjectErrorKind::Character)
+        );
+        // The message is the text callers (and guests, in `invalid-subject`) have always had.
+        assert_eq!(
+            validate_publish_subject("a.*").unwrap_err().to_string(),
+            "`a.*` contains a wildcard; publish on a concrete subject"
+        );
     }
 
     #[test]

@@ -64,8 +64,10 @@ impl Validate for SubscribeRequest {
 
 impl Validate for PublishRequest {
     fn validate(&self) -> Result<(), ApiError> {
-        let event = crate::event::CanonicalEvent::from_json(self.event.get().as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")).caused_by(e))?;
+        let event =
+            crate::event::CanonicalEvent::from_json(self.event.get().as_bytes()).map_err(|e| {
+                ApiError::bad_request(format!("the event is not valid: {e}")).caused_by(e)
+            })?;
         match crate::subject::host_claim(&event.ty, &event.source) {
             Some(why) => Err(ApiError::bad_request(why)),
             None => Ok(()),

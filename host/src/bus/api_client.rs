@@ -121,8 +121,7 @@ impl ApiClient {
                             ),
                             _ => format!("the request failed: {e}"),
                         };
-                        super::BusError::new(super::BusErrorKind::Unavailable, message)
-                            .caused_by(e)
+                        super::BusError::new(super::BusErrorKind::Unavailable, message).caused_by(e)
                     })
             })
             .await?;

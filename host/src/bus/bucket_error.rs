@@ -158,9 +158,7 @@ mod tests {
             .expect("the bucket's error is the source");
         assert_eq!(bucket.kind(), BucketErrorKind::LostRace);
         assert!(
-            bucket
-                .source()
-                .is_some_and(|s| s.is::<kv::UpdateError>()),
+            bucket.source().is_some_and(|s| s.is::<kv::UpdateError>()),
             "{bucket:?}"
         );
         let failed = BucketError::failed(
@@ -174,7 +172,10 @@ mod tests {
         // The message a store gave before there was a JsonBucket: what, then the client's
         // error, which is the source.
         assert_eq!(bus.message, "cannot store it: timed out");
-        assert!(bus.source().is_some_and(|s| s.is::<kv::UpdateError>()), "{bus:?}");
+        assert!(
+            bus.source().is_some_and(|s| s.is::<kv::UpdateError>()),
+            "{bus:?}"
+        );
     }
 
     #[test]

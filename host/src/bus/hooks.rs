@@ -13,6 +13,7 @@ use super::bucket::BucketSpec;
 use super::json_bucket::{BucketErrorKind, JsonBucket, Unreadable, Versioned};
 use super::names;
 use super::{BusError, BusErrorKind};
+use crate::error::{Input, InvalidInput};
 
 /// Longest point name, in bytes.
 pub const MAX_POINT_LEN: usize = 128;
@@ -82,9 +83,10 @@ impl HookPoint {
 
 /// Checks a point name: dot-separated parts of `[a-z0-9_-]`, none empty, at most
 /// [`MAX_POINT_LEN`] bytes (`vm.pre-create`, `device.pre-lease`).
-pub fn validate_point(point: &str) -> Result<(), String> {
+pub fn validate_point(point: &str) -> Result<(), InvalidInput> {
+    let invalid = |message: String| Err(InvalidInput::new(Input::HookPoint, message));
     if point.is_empty() || point.len() > MAX_POINT_LEN {
-        return Err(format!(
+        return invalid(format!(
             "an extension point name must be 1 to {MAX_POINT_LEN} bytes long"
         ));
     }
@@ -95,7 +97,7 @@ pub fn validate_point(point: &str) -> Result<(), String> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     };
     if !point.split('.').all(part_ok) {
-        return Err(format!(
+        return invalid(format!(
             "`{point}` is not an extension point name: use dot-separated parts of lower-case \
              letters, digits, `-` and `_`, e.g. vm.pre-create"
         ));
@@ -104,11 +106,14 @@ pub fn validate_point(point: &str) -> Result<(), String> {
 }
 
 /// Checks a point deadline: above zero and at most [`MAX_DEADLINE`].
-pub fn validate_deadline(deadline: Duration) -> Result<(), String> {
+pub fn validate_deadline(deadline: Duration) -> Result<(), InvalidInput> {
     if deadline.is_zero() || deadline > MAX_DEADLINE {
-        return Err(format!(
-            "a point's deadline must be above 0 and at most {}s",
-            MAX_DEADLINE.as_secs()
+        return Err(InvalidInput::new(
+            Input::HookDeadline,
+            format!(
+                "a point's deadline must be above 0 and at most {}s",
+                MAX_DEADLINE.as_secs()
+            ),
         ));
     }
     Ok(())
@@ -228,7 +233,10 @@ mod tests {
             assert!(validate_point(bad).is_err(), "{bad}");
         }
         assert!(validate_point(&"a".repeat(MAX_POINT_LEN + 1)).is_err());
-        assert!(validate_deadline(Duration::ZERO).is_err());
+        assert_eq!(
+            validate_deadline(Duration::ZERO).map_err(|e| e.kind),
+            Err(Input::HookDeadline)
+        );
         assert!(validate_deadline(MAX_DEADLINE + Duration::from_millis(1)).is_err());
         assert_eq!(validate_deadline(Duration::from_millis(200)), Ok(()));
         assert_eq!(HookPoint::new("p").policy, HookPolicy::FailClosed);

@@ -67,7 +67,8 @@ pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft
 pub use subscriptions::ack_wait_for;
 pub use subscriptions::{
     DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,
-    Subscription, SubscriptionChange, SubscriptionStore, validate_event_pattern,
+    Subscription, SubscriptionChange, SubscriptionError, SubscriptionErrorKind, SubscriptionStore,
+    validate_event_pattern,
 };
 pub use uploads::{STAGE_TTL, StagedUploads};
 
@@ -211,6 +212,7 @@ impl NatsOptions {
                     BusErrorKind::Connect,
                     format!("--inbox-prefix is not a subject prefix: {why}"),
                 )
+                .caused_by(why)
             })?;
         }
         self.servers().map(|_| ())

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::names;
 use crate::api::Role;
+use crate::error::{Input, InvalidInput};
 use crate::subject::{EVENTS_PREFIX, HOST_EVENT_PREFIX};
 
 /// A role `sandbus permissions` knows: the API roles, and the daemon.
@@ -44,14 +45,17 @@ impl PermissionRole {
     ];
 
     /// Reads a role name: `viewer`, `publisher`, `operator` or `daemon`.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, InvalidInput> {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == name)
             .ok_or_else(|| {
-                format!(
-                    "no role `{}`; the roles are viewer, publisher, operator and daemon",
-                    crate::text::echo(name)
+                InvalidInput::new(
+                    Input::PermissionRole,
+                    format!(
+                        "no role `{}`; the roles are viewer, publisher, operator and daemon",
+                        crate::text::echo(name)
+                    ),
                 )
             })
     }
@@ -355,6 +359,7 @@ mod tests {
         assert!(
             PermissionRole::parse("admin")
                 .unwrap_err()
+                .message
                 .contains("viewer")
         );
     }

@@ -15,6 +15,7 @@ use super::json_bucket::{BucketErrorKind, JsonBucket, Unreadable};
 use super::names;
 use super::{BusError, BusErrorKind};
 use crate::devices::DeviceInfo;
+use crate::error::{Input, InvalidInput};
 use crate::sandbox::{Metering, Step};
 
 /// How long finished runs (records, logs, reports) are kept.
@@ -245,7 +246,7 @@ impl RunStore {
 
 /// Checks a run id as a client gives it: 1 to 64 bytes of `[A-Za-z0-9_-]` (ids are
 /// [`new_run_id`]s; they become a key and a subject token).
-pub fn validate_run_id(id: &str) -> Result<(), String> {
+pub fn validate_run_id(id: &str) -> Result<(), InvalidInput> {
     let ok = (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -253,9 +254,12 @@ pub fn validate_run_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` is not a run id (like r-1764489600000-0a1b2c3d); `sandbus runs` lists them",
-            crate::text::echo(id)
+        Err(InvalidInput::new(
+            Input::RunId,
+            format!(
+                "`{}` is not a run id (like r-1764489600000-0a1b2c3d); `sandbus runs` lists them",
+                crate::text::echo(id)
+            ),
         ))
     }
 }

@@ -15,7 +15,7 @@ use super::bucket::BucketSpec;
 use super::json_bucket::{BucketErrorKind, Change, JsonBucket, Unreadable, Versioned};
 use super::names;
 use super::{BusError, BusErrorKind};
-use crate::sandbox::{Digest, Limits, World};
+use crate::sandbox::{Digest, LimitError, Limits, World};
 
 /// Manifest versions of one name kept in the bucket (the reach of `rollback`).
 const HISTORY: i64 = 32;
@@ -57,10 +57,10 @@ impl ComponentManifest {
     }
 
     /// The effective limits: the world's defaults with the manifest's settings applied.
-    pub fn resolved_limits(&self) -> Result<Limits, String> {
+    pub fn resolved_limits(&self) -> Result<Limits, LimitError> {
         let mut limits = Limits::for_world(self.world);
         for setting in &self.limits {
-            limits.apply(setting).map_err(|e| e.to_string())?;
+            limits.apply(setting)?;
         }
         Ok(limits)
     }

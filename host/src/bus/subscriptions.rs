@@ -17,7 +17,7 @@ use super::json_bucket::{Change, JsonBucket, Unreadable};
 use super::names;
 use super::store::now_rfc3339;
 use super::{BusError, BusErrorKind};
-use crate::subject::{SubjectPattern, event_subject};
+use crate::subject::{SubjectError, SubjectPattern, event_subject};
 
 /// Backoff between retries when a subscription gives none: 1 s, 5 s, then 30 s.
 pub const DEFAULT_BACKOFF: [Duration; 3] = [
@@ -57,6 +57,26 @@ pub struct Subscription {
     pub updated_at: String,
 }
 
+/// Which field of a [`Subscription`] is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionErrorKind {
+    /// No event pattern at all.
+    NoEvents,
+    /// A pattern is not a valid event pattern (its subject error is the source).
+    Pattern,
+    /// Two patterns overlap: an event could match both.
+    Overlap,
+    /// `max_in_flight` is out of its range.
+    MaxInFlight,
+    /// `max_deliver` is out of its range.
+    MaxDeliver,
+    /// The backoff has no delay, too many, or one over a day.
+    Backoff,
+}
+
+/// A subscription that cannot be made as it is; the message says what to fix.
+pub type SubscriptionError = crate::error::Error<SubscriptionErrorKind>;
+
 impl Subscription {
     /// A subscription with the defaults, for `listener` on `events`.
     pub fn new(listener: &str, events: Vec<String>) -> Self {
@@ -71,44 +91,74 @@ impl Subscription {
     }
 
     /// Checks every field; the message says what is wrong and how to fix it.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SubscriptionError> {
+        use SubscriptionErrorKind as Kind;
+        let invalid = |kind, message: String| Err(SubscriptionError::new(kind, message));
         if self.events.is_empty() {
-            return Err("give at least one --events pattern, for example 'vm.*'".into());
+            return invalid(
+                Kind::NoEvents,
+                "give at least one --events pattern, for example 'vm.*'".into(),
+            );
         }
         let mut filters: Vec<(&str, SubjectPattern)> = Vec::new();
         for pattern in &self.events {
-            let filter = SubjectPattern::parse(&validate_event_pattern(pattern)?)
-                .map_err(|why| format!("`{}`: {why}", crate::text::echo(pattern)))?;
+            let refused = |e: crate::subject::SubjectError, message: String| {
+                SubscriptionError::new(Kind::Pattern, message).caused_by(e)
+            };
+            let subject = validate_event_pattern(pattern).map_err(|e| {
+                let message = e.message.clone();
+                refused(e, message)
+            })?;
+            let filter = SubjectPattern::parse(&subject).map_err(|e| {
+                let message = format!("`{}`: {e}", crate::text::echo(pattern));
+                refused(e, message)
+            })?;
             // One consumer's filters may not overlap (NATS refuses it): the same event would
             // match twice.
             if let Some((other, _)) = filters.iter().find(|(_, f)| f.overlaps(&filter)) {
-                return Err(format!(
-                    "the patterns `{}` and `{}` overlap (an event could match both); give \
-                     patterns that don't, e.g. 'vm.*' alone instead of 'vm.*' and 'vm.started'",
-                    crate::text::echo(other),
-                    crate::text::echo(pattern)
-                ));
+                return invalid(
+                    Kind::Overlap,
+                    format!(
+                        "the patterns `{}` and `{}` overlap (an event could match both); give \
+                         patterns that don't, e.g. 'vm.*' alone instead of 'vm.*' and \
+                         'vm.started'",
+                        crate::text::echo(other),
+                        crate::text::echo(pattern)
+                    ),
+                );
             }
             filters.push((pattern, filter));
         }
         if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
-            return Err(format!("--max-in-flight must be 1 to {MAX_IN_FLIGHT}"));
+            return invalid(
+                Kind::MaxInFlight,
+                format!("--max-in-flight must be 1 to {MAX_IN_FLIGHT}"),
+            );
         }
         if !(1..=MAX_DELIVER).contains(&self.max_deliver) {
-            return Err(format!("--max-deliver must be 1 to {MAX_DELIVER}"));
+            return invalid(
+                Kind::MaxDeliver,
+                format!("--max-deliver must be 1 to {MAX_DELIVER}"),
+            );
         }
         if self.backoff.is_empty() || self.backoff.len() > 32 {
-            return Err("--backoff needs 1 to 32 delays, for example 1s,5s,30s".into());
+            return invalid(
+                Kind::Backoff,
+                "--backoff needs 1 to 32 delays, for example 1s,5s,30s".into(),
+            );
         }
         if let Some(d) = self
             .backoff
             .iter()
             .find(|d| **d > Duration::from_secs(24 * 3600))
         {
-            return Err(format!(
-                "a backoff of {} is over a day",
-                humantime::format_duration(*d)
-            ));
+            return invalid(
+                Kind::Backoff,
+                format!(
+                    "a backoff of {} is over a day",
+                    humantime::format_duration(*d)
+                ),
+            );
         }
         Ok(())
     }
@@ -129,14 +179,19 @@ impl Subscription {
     }
 }
 
-/// Checks an event type pattern such as `vm.*` or `device.>` and returns its subject.
-pub fn validate_event_pattern(pattern: &str) -> Result<String, String> {
+/// Checks an event type pattern such as `vm.*` or `device.>` and returns its subject. The
+/// error has the kind of the subject error it quotes, which is its source.
+pub fn validate_event_pattern(pattern: &str) -> Result<String, SubjectError> {
     let subject = event_subject(pattern);
     SubjectPattern::parse(&subject).map_err(|why| {
-        format!(
-            "`{}` is not a valid event pattern: {why}",
-            crate::text::echo(pattern)
+        SubjectError::new(
+            why.kind,
+            format!(
+                "`{}` is not a valid event pattern: {why}",
+                crate::text::echo(pattern)
+            ),
         )
+        .caused_by(why)
     })?;
     Ok(subject)
 }
@@ -429,7 +484,7 @@ mod tests {
         for bad in ["", "vm..x", "vm.>.x", "vm x", "vm.*a"] {
             let error = validate_event_pattern(bad).unwrap_err();
             assert!(
-                error.contains("not a valid event pattern"),
+                error.message.contains("not a valid event pattern"),
                 "{bad}: {error}"
             );
         }
@@ -447,17 +502,28 @@ mod tests {
 
     #[test]
     fn bad_subscriptions_say_what_to_fix() {
+        let refused = |s: &Subscription| s.validate().unwrap_err();
         let mut s = Subscription::new("l", vec![]);
-        assert!(s.validate().unwrap_err().contains("--events"));
+        assert!(refused(&s).message.contains("--events"));
+        assert_eq!(refused(&s).kind, SubscriptionErrorKind::NoEvents);
+        s.events = vec!["vm.*".into(), "vm.started".into()];
+        assert_eq!(refused(&s).kind, SubscriptionErrorKind::Overlap);
+        s.events = vec!["vm..x".into()];
+        let pattern = refused(&s);
+        assert_eq!(pattern.kind, SubscriptionErrorKind::Pattern);
+        assert!(
+            std::error::Error::source(&pattern).is_some_and(|e| e.is::<SubjectError>()),
+            "{pattern:?}"
+        );
         s.events = vec!["vm.*".into()];
         s.max_in_flight = 0;
-        assert!(s.validate().unwrap_err().contains("--max-in-flight"));
+        assert!(refused(&s).message.contains("--max-in-flight"));
         s.max_in_flight = 10;
         s.max_deliver = 0;
-        assert!(s.validate().unwrap_err().contains("--max-deliver"));
+        assert!(refused(&s).message.contains("--max-deliver"));
         s.max_deliver = 3;
         s.backoff.clear();
-        assert!(s.validate().unwrap_err().contains("--backoff"));
+        assert!(refused(&s).message.contains("--backoff"));
         s.backoff = vec![Duration::from_secs(1)];
         assert!(s.validate().is_ok());
         let json = serde_json::to_string(&s).unwrap();

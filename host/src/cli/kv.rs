@@ -76,11 +76,14 @@ pub async fn run(command: KvCommand) -> u8 {
     };
     let checked = validate_component_name(&namespace)
         .map_err(|e| e.message)
-        .and_then(|()| match &command {
-            KvCommand::Get { key, .. } | KvCommand::Set { key, .. } | KvCommand::Rm { key, .. } => {
-                validate_key(key)
+        .and_then(|()| {
+            match &command {
+                KvCommand::Get { key, .. }
+                | KvCommand::Set { key, .. }
+                | KvCommand::Rm { key, .. } => validate_key(key),
+                KvCommand::Ls { prefix, .. } => validate_prefix(prefix),
             }
-            KvCommand::Ls { prefix, .. } => validate_prefix(prefix),
+            .map_err(|e| e.message)
         });
     if let Err(why) = checked {
         return output::fail(&ApiError::bad_request(why), client_args.json);

@@ -45,6 +45,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 
 use crate::bus::{EventStreamConfig, NatsOptions};
+use crate::error::{Input, InvalidInput};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -269,7 +270,7 @@ impl ConfigFile {
             ));
         }
         if let Some(id) = &self.host.id {
-            validate_host_id(id)?;
+            validate_host_id(id).map_err(|e| e.message)?;
         }
         if self.listeners.batch == 0 || self.listeners.batch > 4096 {
             return Err("listeners.batch must be 1 to 4096".into());
@@ -320,14 +321,17 @@ impl ConfigFile {
 }
 
 /// Checks a host id: 1 to 64 of `[A-Za-z0-9_-]` (it is a KV key and part of event ids).
-pub fn validate_host_id(id: &str) -> Result<(), String> {
+pub fn validate_host_id(id: &str) -> Result<(), InvalidInput> {
     if id.is_empty()
         || id.len() > 64
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
-        return Err(format!("host id `{id}` must be 1 to 64 of [A-Za-z0-9_-]"));
+        return Err(InvalidInput::new(
+            Input::HostId,
+            format!("host id `{id}` must be 1 to 64 of [A-Za-z0-9_-]"),
+        ));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::{Input, InvalidInput};
 use crate::event::{CanonicalEvent, EventError};
 use crate::imports::bus::{OutboundMessage, RecordingPublisher};
 use crate::imports::kv::MemoryKv;
@@ -49,10 +50,13 @@ pub fn read_events(text: &str) -> Result<Vec<(usize, CanonicalEvent)>, Vec<Event
 }
 
 /// Parses `NAME=VALUE` (for `--arg`). The name must be non-empty.
-pub fn parse_arg(text: &str) -> Result<(String, String), String> {
+pub fn parse_arg(text: &str) -> Result<(String, String), InvalidInput> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
-        _ => Err(format!("`{text}` is not NAME=VALUE")),
+        _ => Err(InvalidInput::new(
+            Input::ScriptArg,
+            format!("`{text}` is not NAME=VALUE"),
+        )),
     }
 }
 

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Input, InvalidInput};
+
 /// What went wrong talking to a device: its [`UsbErrorKind`] (callers match on it), a message
 /// for a person, and libusb's (or the OS's, or the device file parser's) error underneath as
 /// its `source` ([`crate::error::Error`]).
@@ -226,27 +228,28 @@ pub struct DeviceSelector {
 
 impl DeviceSelector {
     /// Parses a selector; the error says what is wrong and what is accepted.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidInput> {
         let usage = "use VID:PID (hex, e.g. 1209:0001), serial=SERIAL, id=ID, or \
                      VID:PID,serial=SERIAL";
+        let invalid = |message: String| Err(InvalidInput::new(Input::DeviceSelector, message));
         let mut selector = DeviceSelector {
             kind: None,
             serial: None,
             id: None,
         };
         if text.trim().is_empty() {
-            return Err(format!("the device selector is empty; {usage}"));
+            return invalid(format!("the device selector is empty; {usage}"));
         }
         for part in text.split(',') {
             let part = part.trim();
             if let Some(serial) = part.strip_prefix("serial=") {
                 if serial.is_empty() || selector.serial.is_some() {
-                    return Err(format!("`{text}`: give one non-empty serial; {usage}"));
+                    return invalid(format!("`{text}`: give one non-empty serial; {usage}"));
                 }
                 selector.serial = Some(serial.to_owned());
             } else if let Some(id) = part.strip_prefix("id=") {
                 if id.is_empty() || selector.id.is_some() {
-                    return Err(format!("`{text}`: give one non-empty id; {usage}"));
+                    return invalid(format!("`{text}`: give one non-empty id; {usage}"));
                 }
                 selector.id = Some(id.to_owned());
             } else if let Some((vid, pid)) = part.split_once(':') {
@@ -258,10 +261,10 @@ impl DeviceSelector {
                 };
                 match (hex(vid), hex(pid), selector.kind) {
                     (Some(v), Some(p), None) => selector.kind = Some((v, p)),
-                    _ => return Err(format!("`{part}` is not a VID:PID pair; {usage}")),
+                    _ => return invalid(format!("`{part}` is not a VID:PID pair; {usage}")),
                 }
             } else {
-                return Err(format!("`{part}` is not a device selector; {usage}"));
+                return invalid(format!("`{part}` is not a device selector; {usage}"));
             }
         }
         Ok(selector)
@@ -296,7 +299,7 @@ impl std::fmt::Display for DeviceSelector {
 }
 
 impl std::str::FromStr for DeviceSelector {
-    type Err = String;
+    type Err = InvalidInput;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
@@ -342,7 +345,8 @@ mod tests {
             "", "12345:1", "zz:1", "serial=", "1209", "1:2,3:4", "name=x",
         ] {
             let err = DeviceSelector::parse(bad).unwrap_err();
-            assert!(err.contains("VID:PID"), "{bad}: {err}");
+            assert!(err.message.contains("VID:PID"), "{bad}: {err}");
+            assert_eq!(err.kind, Input::DeviceSelector);
         }
     }
 }

@@ -160,7 +160,7 @@ impl Sandbox {
         let limits = spec.limits;
         limits
             .validate()
-            .map_err(|why| LoadError::new(LoadErrorKind::Limits, why))?;
+            .map_err(|why| LoadError::new(LoadErrorKind::Limits, why.message))?;
         if limits.fuel.is_some() && !self.config.fuel {
             return Err(LoadError::new(
                 LoadErrorKind::Limits,

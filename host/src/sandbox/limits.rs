@@ -142,76 +142,102 @@ impl Limits {
             }
         }
         next.validate()
-            .map_err(|why| LimitError::new(setting, &why))?;
+            .map_err(|why| LimitError::new(setting, &why.message))?;
         *self = next;
         Ok(())
     }
 
     /// Checks every limit is within its bounds (the same everywhere; a host may have lower
     /// ceilings of its own, checked when it loads the component).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitOutOfBounds> {
+        use LimitName as L;
+        let out = |limit, message: String| Err(LimitOutOfBounds::new(limit, message));
         let size = |bytes: u64| ByteSize(bytes).display().iec().to_string();
         if self.memory < 64 * 1024 {
-            return Err("memory must be at least 64KiB (one wasm page)".into());
+            return out(
+                L::Memory,
+                "memory must be at least 64KiB (one wasm page)".into(),
+            );
         }
         if self.memory > MAX_MEMORY {
-            return Err(format!(
-                "memory must be at most {} (a 32-bit wasm address space)",
-                size(MAX_MEMORY)
-            ));
+            return out(
+                L::Memory,
+                format!(
+                    "memory must be at most {} (a 32-bit wasm address space)",
+                    size(MAX_MEMORY)
+                ),
+            );
         }
         if self.timeout.is_zero() {
-            return Err("timeout must be more than zero".into());
+            return out(L::Timeout, "timeout must be more than zero".into());
         }
         if self.timeout > MAX_TIMEOUT {
-            return Err(format!(
-                "timeout must be at most {}",
-                humantime::format_duration(MAX_TIMEOUT)
-            ));
+            return out(
+                L::Timeout,
+                format!(
+                    "timeout must be at most {}",
+                    humantime::format_duration(MAX_TIMEOUT)
+                ),
+            );
         }
         if self.publish_rate == 0 {
-            return Err(
+            return out(
+                L::PublishRate,
                 "publish-rate must be at least 1/s; grant no subject to forbid publishing".into(),
             );
         }
         if self.publish_rate > MAX_PUBLISH_RATE {
-            return Err(format!("publish-rate must be at most {MAX_PUBLISH_RATE}/s"));
+            return out(
+                L::PublishRate,
+                format!("publish-rate must be at most {MAX_PUBLISH_RATE}/s"),
+            );
         }
         if self.max_instances == 0 {
-            return Err("instances must be at least 1".into());
+            return out(L::Instances, "instances must be at least 1".into());
         }
         if self.max_instances > MAX_INSTANCES {
-            return Err(format!("instances must be at most {MAX_INSTANCES}"));
+            return out(
+                L::Instances,
+                format!("instances must be at most {MAX_INSTANCES}"),
+            );
         }
         if self.max_payload == 0 {
-            return Err("payload must be more than zero".into());
+            return out(L::Payload, "payload must be more than zero".into());
         }
         if self.max_payload > MAX_PAYLOAD {
-            return Err(format!(
-                "payload must be at most {} (the most a NATS message can carry)",
-                size(MAX_PAYLOAD)
-            ));
+            return out(
+                L::Payload,
+                format!(
+                    "payload must be at most {} (the most a NATS message can carry)",
+                    size(MAX_PAYLOAD)
+                ),
+            );
         }
         if !KV_BYTES.contains(&self.kv_bytes) {
-            return Err(format!(
-                "kv-bytes must be {} to {}",
-                size(*KV_BYTES.start()),
-                size(*KV_BYTES.end())
-            ));
+            return out(
+                L::KvBytes,
+                format!(
+                    "kv-bytes must be {} to {}",
+                    size(*KV_BYTES.start()),
+                    size(*KV_BYTES.end())
+                ),
+            );
         }
         if !KV_KEYS.contains(&self.kv_keys) {
-            return Err(format!(
-                "kv-keys must be {} to {}",
-                KV_KEYS.start(),
-                KV_KEYS.end()
-            ));
+            return out(
+                L::KvKeys,
+                format!("kv-keys must be {} to {}", KV_KEYS.start(), KV_KEYS.end()),
+            );
         }
         if !LOG_BYTES.contains(&self.log_bytes) {
-            return Err(format!(
-                "log must be {} to {}",
-                size(*LOG_BYTES.start()),
-                size(*LOG_BYTES.end())
-            ));
+            return out(
+                L::Log,
+                format!(
+                    "log must be {} to {}",
+                    size(*LOG_BYTES.start()),
+                    size(*LOG_BYTES.end())
+                ),
+            );
         }
         Ok(())
     }
@@ -254,6 +280,30 @@ impl fmt::Display for Limits {
         Ok(())
     }
 }
+
+/// Which limit [`Limits::validate`] found out of its bounds, by its `NAME=VALUE` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitName {
+    /// `memory`.
+    Memory,
+    /// `timeout`.
+    Timeout,
+    /// `publish-rate`.
+    PublishRate,
+    /// `instances`.
+    Instances,
+    /// `payload`.
+    Payload,
+    /// `kv-bytes`.
+    KvBytes,
+    /// `kv-keys`.
+    KvKeys,
+    /// `log`.
+    Log,
+}
+
+/// A limit out of its bounds: which one, and (the message) what its bounds are.
+pub type LimitOutOfBounds = crate::error::Error<LimitName>;
 
 /// A limit setting that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -339,5 +389,33 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
         assert_eq!(l, Limits::default());
+    }
+
+    #[test]
+    fn a_limit_out_of_bounds_is_named() {
+        let out = |limits: Limits| limits.validate().map_err(|e| e.kind).err();
+        let defaults = Limits::default();
+        assert_eq!(out(defaults.clone()), None);
+        assert_eq!(
+            out(Limits {
+                memory: 1,
+                ..defaults.clone()
+            }),
+            Some(LimitName::Memory)
+        );
+        assert_eq!(
+            out(Limits {
+                kv_keys: 0,
+                ..defaults.clone()
+            }),
+            Some(LimitName::KvKeys)
+        );
+        assert_eq!(
+            out(Limits {
+                log_bytes: 0,
+                ..defaults
+            }),
+            Some(LimitName::Log)
+        );
     }
 }

@@ -68,8 +68,8 @@ pub use component::{
 pub use engine::{ComponentSpec, Sandbox, pooling_config};
 pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};
 pub use limits::{
-    LOG_BYTES, LimitError, Limits, MAX_INSTANCES, MAX_MEMORY, MAX_PAYLOAD, MAX_PUBLISH_RATE,
-    MAX_TIMEOUT,
+    LOG_BYTES, LimitError, LimitName, LimitOutOfBounds, Limits, MAX_INSTANCES, MAX_MEMORY,
+    MAX_PAYLOAD, MAX_PUBLISH_RATE, MAX_TIMEOUT,
 };
 pub use outcome::{HandlerOutcome, HookDecision, Report, Step, StepOutcome, Verdict};
 pub use prepared::PreparedComponent;

@@ -164,8 +164,9 @@ impl SimulatedBackend {
 
     fn parse(text: &str, origin: &str) -> Result<Self, UsbError> {
         let invalid = |what: String| UsbError::new(UsbErrorKind::InvalidArgument, what);
-        let file: FileSpec = toml::from_str(text)
-            .map_err(|e| invalid(format!("{origin}: not a simulated device file: {e}")).caused_by(e))?;
+        let file: FileSpec = toml::from_str(text).map_err(|e| {
+            invalid(format!("{origin}: not a simulated device file: {e}")).caused_by(e)
+        })?;
         let mut devices: Vec<Arc<SimDevice>> = Vec::with_capacity(file.device.len());
         for (i, value) in file.device.into_iter().enumerate() {
             let number = i + 1;
@@ -175,7 +176,7 @@ impl SimulatedBackend {
             };
             let bad = |what: &dyn Display| invalid(format!("{origin}: {label}: {what}"));
             let spec: DeviceSpec = value.try_into().map_err(|e| bad(&e).caused_by(e))?;
-            let model = Model::from_spec(spec, number).map_err(|what| bad(&what))?;
+            let model = Model::from_spec(spec, number).map_err(|e| bad(&e).caused_by(e))?;
             if devices.iter().any(|d| d.model.info.id == model.info.id) {
                 return Err(bad(&"another device already has this id"));
             }

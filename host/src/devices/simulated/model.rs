@@ -9,7 +9,7 @@ use super::{
     DEFAULT_PERIOD, DT_CONFIGURATION, DT_DEVICE, DT_ENDPOINT, DT_INTERFACE, DT_STRING, LANGUAGE,
     MAX_PACKET, MAX_STRING_UNITS,
 };
-use crate::devices::{ControlSetup, DeviceInfo};
+use crate::devices::{ControlSetup, DeviceInfo, UsbError, UsbErrorKind};
 
 // ---------------------------------------------------------------------------------------------
 // The file, as serde reads it.
@@ -129,11 +129,20 @@ pub(super) struct Model {
     pub(super) strings: [Option<Vec<u8>>; 4],
 }
 
+/// A device entry's field that is not valid; the message names the field.
+fn invalid(message: impl Into<String>) -> UsbError {
+    UsbError::new(UsbErrorKind::InvalidArgument, message)
+}
+
 /// Parses a duration field, naming it when it is wrong.
-pub(super) fn duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, String> {
+pub(super) fn duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, UsbError> {
     text.map(|t| {
-        humantime::parse_duration(t)
-            .map_err(|e| format!("`{field}`: `{t}` is not a duration like 5ms or 2s ({e})"))
+        humantime::parse_duration(t).map_err(|e| {
+            invalid(format!(
+                "`{field}`: `{t}` is not a duration like 5ms or 2s ({e})"
+            ))
+            .caused_by(e)
+        })
     })
     .transpose()
 }
@@ -143,38 +152,38 @@ pub(super) fn check_endpoint(
     field: &str,
     address: u8,
     must_be_in: Option<bool>,
-) -> Result<(), String> {
+) -> Result<(), UsbError> {
     if address & 0x0f == 0 || address & 0x70 != 0 {
-        return Err(format!(
+        return Err(invalid(format!(
             "`{field}`: 0x{address:02x} is not an endpoint address (number 1-15, bit 7 for IN)"
-        ));
+        )));
     }
     match must_be_in {
-        Some(true) if address & 0x80 == 0 => Err(format!(
+        Some(true) if address & 0x80 == 0 => Err(invalid(format!(
             "`{field}`: 0x{address:02x} is an OUT address; it must be IN (bit 7 set, e.g. 0x{:02x})",
             address | 0x80
-        )),
-        Some(false) if address & 0x80 != 0 => Err(format!(
+        ))),
+        Some(false) if address & 0x80 != 0 => Err(invalid(format!(
             "`{field}`: 0x{address:02x} is an IN address; it must be OUT (bit 7 clear, e.g. 0x{:02x})",
             address & 0x7f
-        )),
+        ))),
         _ => Ok(()),
     }
 }
 
 impl Model {
     /// Checks one device entry; `number` counts devices from 1. Errors say which field.
-    pub(super) fn from_spec(spec: DeviceSpec, number: usize) -> Result<Self, String> {
+    pub(super) fn from_spec(spec: DeviceSpec, number: usize) -> Result<Self, UsbError> {
         if spec.id.is_empty()
             || !spec
                 .id
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(format!(
+            return Err(invalid(format!(
                 "`id`: `{}` must be non-empty and use only a-z, 0-9 and `-`",
                 spec.id
-            ));
+            )));
         }
         for (field, text) in [
             ("manufacturer", &spec.manufacturer),
@@ -184,14 +193,16 @@ impl Model {
             if let Some(text) = text
                 && text.encode_utf16().count() > MAX_STRING_UNITS
             {
-                return Err(format!(
+                return Err(invalid(format!(
                     "`{field}`: longer than a string descriptor holds ({MAX_STRING_UNITS} UTF-16 units)"
-                ));
+                )));
             }
         }
         let detach_after = duration("detach_after", spec.detach_after.as_deref())?;
         if spec.detach_after_transfers == Some(0) {
-            return Err("`detach_after_transfers`: must be at least 1".to_owned());
+            return Err(invalid(
+                "`detach_after_transfers`: must be at least 1".to_owned(),
+            ));
         }
 
         let mut endpoints = Vec::new();
@@ -240,10 +251,10 @@ impl Model {
         }
         for (i, a) in endpoints.iter().enumerate() {
             if endpoints[..i].iter().any(|b| b.address == a.address) {
-                return Err(format!(
+                return Err(invalid(format!(
                     "endpoint 0x{:02x} is given more than one behaviour (loopback, interrupt, stall, hang)",
                     a.address
-                ));
+                )));
             }
         }
 
@@ -256,32 +267,34 @@ impl Model {
                 index: c.index,
             };
             if setup.request_type == 0x80 && setup.request == 6 {
-                return Err(format!(
+                return Err(invalid(format!(
                     "`control[{i}]`: GET_DESCRIPTOR (0x80, 6) is answered from the generated descriptors"
-                ));
+                )));
             }
             if controls.iter().any(|other| other.setup == setup) {
-                return Err(format!(
+                return Err(invalid(format!(
                     "`control[{i}]`: the same request (type, request, value, index) is listed twice"
-                ));
+                )));
             }
             let delay =
                 duration(&format!("control[{i}].delay"), c.delay.as_deref())?.unwrap_or_default();
             match (&c.answer, setup.is_in()) {
                 (None, true) => {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "`control[{i}]`: request_type 0x{:02x} is IN, so it needs an `answer` (may be [])",
                         setup.request_type
-                    ));
+                    )));
                 }
                 (Some(_), false) => {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "`control[{i}].answer`: request_type 0x{:02x} is OUT (bit 7 clear); OUT requests take no answer",
                         setup.request_type
-                    ));
+                    )));
                 }
                 (Some(answer), true) if answer.len() > usize::from(u16::MAX) => {
-                    return Err(format!("`control[{i}].answer`: longer than 65535 bytes"));
+                    return Err(invalid(format!(
+                        "`control[{i}].answer`: longer than 65535 bytes"
+                    )));
                 }
                 _ => {}
             }

@@ -5,6 +5,7 @@
 use super::{BusState, OutboundMessage, PublishError, PublishRate};
 use crate::bindings::bus::{BusError, Host};
 use crate::bindings::types::Event;
+use crate::error::{Input, InvalidInput};
 use crate::event::{CanonicalEvent, MAX_DEPTH, MSG_ID_HEADER};
 use crate::subject::{
     EVENTS_PREFIX, HOST_SOURCE_PREFIX, ReservedSpace, event_subject, validate_publish_subject,
@@ -20,7 +21,7 @@ impl BusState {
         size: usize,
         headers: Vec<(String, String)>,
     ) -> Result<(), BusError> {
-        validate_publish_subject(&subject).map_err(BusError::InvalidSubject)?;
+        validate_publish_subject(&subject).map_err(|e| BusError::InvalidSubject(e.message))?;
         // A reserved subject is never granted, whatever the manifest says: a manifest from
         // before grants were checked, or written by hand, cannot reach the bus's machinery.
         if !self.grants.allows(&subject) || ReservedSpace::reached_by(&subject).is_some() {
@@ -32,7 +33,7 @@ impl BusState {
             return Err(BusError::PayloadTooLarge(self.max_payload));
         }
         for (name, value) in &headers {
-            check_header(name, value).map_err(BusError::InvalidHeader)?;
+            check_header(name, value).map_err(|e| BusError::InvalidHeader(e.message))?;
         }
         match self.rate.reserve(PublishRate::MAX_WAIT) {
             None => return Err(BusError::RateLimited),
@@ -53,16 +54,18 @@ impl BusState {
     }
 }
 
-fn check_header(name: &str, value: &str) -> Result<(), String> {
+/// Checks a header a guest set; the message is what the guest gets as `invalid-header`.
+fn check_header(name: &str, value: &str) -> Result<(), InvalidInput> {
+    let invalid = |message: String| Err(InvalidInput::new(Input::Header, message));
     if name.is_empty() {
-        return Err("a header name is empty".into());
+        return invalid("a header name is empty".into());
     }
     // Header names are HTTP-style tokens: visible ASCII, no separators.
     if let Some(c) = name
         .chars()
         .find(|c| !c.is_ascii_graphic() || matches!(c, ':' | '(' | ')' | '"' | ','))
     {
-        return Err(format!(
+        return invalid(format!(
             "header name `{}` contains {c:?}",
             name.escape_debug()
         ));
@@ -72,12 +75,12 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
         .get(..5)
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"nats-"));
     if reserved && !name.eq_ignore_ascii_case(MSG_ID_HEADER) {
-        return Err(format!(
+        return invalid(format!(
             "header `{name}` is reserved; only `{MSG_ID_HEADER}` may be set"
         ));
     }
     if value.contains(['\r', '\n']) {
-        return Err(format!(
+        return invalid(format!(
             "the value of header `{name}` contains a line break"
         ));
     }

@@ -23,7 +23,7 @@ impl From<KvStoreError> for KvError {
 
 impl KvState {
     fn check(&self, key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
-        validate_key(key).map_err(KvError::InvalidKey)?;
+        validate_key(key).map_err(|e| KvError::InvalidKey(e.message))?;
         if value.is_some_and(|v| v.len() as u64 > self.max_value) {
             return Err(KvError::ValueTooLarge(self.max_value));
         }
@@ -100,7 +100,7 @@ impl KvState {
     }
 
     async fn list_keys_checked(&self, prefix: String) -> Result<Vec<String>, KvError> {
-        validate_prefix(&prefix).map_err(KvError::InvalidKey)?;
+        validate_prefix(&prefix).map_err(|e| KvError::InvalidKey(e.message))?;
         let mut keys = self.store.list_keys(&self.namespace, &prefix).await?;
         keys.truncate(MAX_LISTED_KEYS);
         Ok(keys)
@@ -318,6 +318,31 @@ mod tests {
             let r = kv.list_keys(bad.into()).await.unwrap();
             assert!(matches!(r, Err(KvError::InvalidKey(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_key_says_which_rule_it_broke_and_guests_read_its_message() {
+        use crate::imports::kv::{KeyErrorKind, MAX_KEY_LEN};
+
+        let kind = |key: &str| validate_key(key).map_err(|e| e.kind).err();
+        assert_eq!(kind(""), Some(KeyErrorKind::Empty));
+        assert_eq!(
+            kind(&"k".repeat(MAX_KEY_LEN + 1)),
+            Some(KeyErrorKind::TooLong)
+        );
+        assert_eq!(kind("a b"), Some(KeyErrorKind::Character));
+        assert_eq!(kind("a..b"), Some(KeyErrorKind::EmptyPart));
+        assert_eq!(
+            validate_prefix("a b").map_err(|e| e.kind),
+            Err(KeyErrorKind::Prefix)
+        );
+        let kv = state(Arc::new(MemoryKv::default()), "c");
+        assert_eq!(
+            kv.check("a..b", None),
+            Err(KvError::InvalidKey(
+                "the key `a..b` has an empty `.`-separated part".into()
+            ))
+        );
     }
 
     #[tokio::test]

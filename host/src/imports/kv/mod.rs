@@ -82,40 +82,70 @@ pub trait KvStore: Send + Sync {
     async fn footprint(&self, namespace: &str, key: &str) -> Result<KvFootprint, KvStoreError>;
 }
 
+/// What is wrong with a key or a `list-keys` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyErrorKind {
+    /// The key is empty.
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`] bytes.
+    TooLong,
+    /// The key has a character outside `[A-Za-z0-9._=/-]`.
+    Character,
+    /// The key starts or ends with `.`, or has `..`.
+    EmptyPart,
+    /// The prefix has characters no key can have.
+    Prefix,
+}
+
+/// A key or prefix no store can hold; the message says what is wrong (guests get it as
+/// `invalid-key`).
+pub type KeyError = crate::error::Error<KeyErrorKind>;
+
 /// Checks a key: non-empty, at most [`MAX_KEY_LEN`] bytes, `[A-Za-z0-9._=/-]` only, and not
 /// starting or ending with `.` (the rules of a NATS KV key, so every store can hold it).
-pub fn validate_key(key: &str) -> Result<(), String> {
+pub fn validate_key(key: &str) -> Result<(), KeyError> {
+    let invalid = |kind, message: String| Err(KeyError::new(kind, message));
     if key.is_empty() {
-        return Err("the key is empty".into());
+        return invalid(KeyErrorKind::Empty, "the key is empty".into());
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(format!("the key is longer than {MAX_KEY_LEN} bytes"));
+        return invalid(
+            KeyErrorKind::TooLong,
+            format!("the key is longer than {MAX_KEY_LEN} bytes"),
+        );
     }
     if let Some(c) = key
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '=' | '/' | '-')))
     {
-        return Err(format!(
-            "the key `{key}` has the character {c:?}; use [A-Za-z0-9._=/-]"
-        ));
+        return invalid(
+            KeyErrorKind::Character,
+            format!("the key `{key}` has the character {c:?}; use [A-Za-z0-9._=/-]"),
+        );
     }
     if key.starts_with('.') || key.ends_with('.') || key.contains("..") {
-        return Err(format!("the key `{key}` has an empty `.`-separated part"));
+        return invalid(
+            KeyErrorKind::EmptyPart,
+            format!("the key `{key}` has an empty `.`-separated part"),
+        );
     }
     Ok(())
 }
 
 /// Checks a `list-keys` prefix: empty, or a key being typed (the key characters, and it may
 /// end in `.` or `/`).
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+pub fn validate_prefix(prefix: &str) -> Result<(), KeyError> {
     if prefix.is_empty() {
         return Ok(());
     }
     let probe = format!("{}x", prefix.trim_start_matches('.'));
     if prefix.starts_with('.') || validate_key(&probe).is_err() {
-        return Err(format!(
-            "the prefix `{}` has characters a key can't have",
-            prefix.escape_debug()
+        return Err(KeyError::new(
+            KeyErrorKind::Prefix,
+            format!(
+                "the prefix `{}` has characters a key can't have",
+                prefix.escape_debug()
+            ),
         ));
     }
     Ok(())

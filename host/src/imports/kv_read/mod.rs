@@ -66,7 +66,7 @@ impl Host for KvReadState {
             return Ok(Err(e));
         }
         if let Err(why) = validate_key(&key) {
-            return Ok(Err(KvReadError::Kv(KvError::InvalidKey(why))));
+            return Ok(Err(KvReadError::Kv(KvError::InvalidKey(why.message))));
         }
         Ok(self
             .store
@@ -84,7 +84,7 @@ impl Host for KvReadState {
             return Ok(Err(e));
         }
         if let Err(why) = validate_prefix(&prefix) {
-            return Ok(Err(KvReadError::Kv(KvError::InvalidKey(why))));
+            return Ok(Err(KvReadError::Kv(KvError::InvalidKey(why.message))));
         }
         Ok(self
             .store
