@@ -46,18 +46,12 @@ impl<K> Error<K> {
     }
 
     /// The same error, keeping `source` as the error it was made from. The message should
-    /// already quote it (see the module documentation).
+    /// say what it means for the caller, usually by quoting it: [`Report`] leaves a quoted
+    /// cause out, an unquoted one is printed after the message.
     #[must_use]
     pub fn caused_by(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         self.source = Some(Arc::from(source.into()));
         self
-    }
-}
-
-impl<K: Copy> Error<K> {
-    /// What kind of failure it was.
-    pub fn kind(&self) -> K {
-        self.kind
     }
 }
 
@@ -180,7 +174,6 @@ mod tests {
         let plain = Error::new(Kind::Unavailable, "cannot read it: timed out");
         let caused = plain.clone().caused_by(io_error());
         assert_eq!(plain, caused);
-        assert_eq!(caused.kind(), Kind::Unavailable);
         assert_ne!(
             plain,
             Error::new(Kind::NotFound, "cannot read it: timed out")

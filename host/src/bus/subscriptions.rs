@@ -102,16 +102,12 @@ impl Subscription {
         }
         let mut filters: Vec<(&str, SubjectPattern)> = Vec::new();
         for pattern in &self.events {
-            let refused = |e: crate::subject::SubjectError, message: String| {
-                SubscriptionError::new(Kind::Pattern, message).caused_by(e)
-            };
             let subject = validate_event_pattern(pattern).map_err(|e| {
-                let message = e.message.clone();
-                refused(e, message)
+                SubscriptionError::new(Kind::Pattern, e.message.clone()).caused_by(e)
             })?;
             let filter = SubjectPattern::parse(&subject).map_err(|e| {
                 let message = format!("`{}`: {e}", crate::text::echo(pattern));
-                refused(e, message)
+                SubscriptionError::new(Kind::Pattern, message).caused_by(e)
             })?;
             // One consumer's filters may not overlap (NATS refuses it): the same event would
             // match twice.

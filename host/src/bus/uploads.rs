@@ -107,11 +107,12 @@ impl StagedUploads {
         for _ in 0..pending {
             let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
                 .await
-                .map_err(|_| {
+                .map_err(|elapsed| {
                     BusError::new(
                         BusErrorKind::Unavailable,
                         "the staged parts stopped arriving; try the upload again",
                     )
+                    .caused_by(elapsed)
                 })?;
             let Some(message) = next else {
                 break;
