@@ -110,6 +110,8 @@ pub enum Input {
     DeviceSelector,
     /// A message header a guest set.
     Header,
+    /// A setting of the daemon's config file or flags ([`crate::daemon::ConfigFile::check`]).
+    Setting,
 }
 
 /// A value given from outside (a flag, a request field, a config entry, a guest's argument)

@@ -249,56 +249,60 @@ impl ConfigFile {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.check().map_err(|message| ConfigFileError::Invalid {
+        config.check().map_err(|e| ConfigFileError::Invalid {
             path: path.to_owned(),
-            message,
+            message: e.message,
         })?;
         Ok(config)
     }
 
     /// Checks values serde can't.
-    pub fn check(&self) -> Result<(), String> {
-        self.nats.validate().map_err(|e| e.message)?;
+    pub fn check(&self) -> Result<(), InvalidInput> {
+        self.nats
+            .validate()
+            .map_err(|e| setting(e.message.clone()).caused_by(e))?;
         if let Some(prefix) = &self.nats.inbox_prefix
             && crate::subject::is_reply_inbox(prefix)
         {
-            return Err(format!(
+            return Err(setting(format!(
                 "nats.inbox_prefix `{}` is a reply inbox, which requests could name as their \
                  reply subject; leave it out (a daemon uses {})",
                 crate::text::echo(prefix),
                 crate::subject::DAEMON_INBOX_PREFIX
-            ));
+            )));
         }
         if let Some(id) = &self.host.id {
-            validate_host_id(id).map_err(|e| e.message)?;
+            validate_host_id(id)?;
         }
         if self.listeners.batch == 0 || self.listeners.batch > 4096 {
-            return Err("listeners.batch must be 1 to 4096".into());
+            return Err(setting("listeners.batch must be 1 to 4096"));
         }
         if self.sandbox.pool_instances == 0 {
-            return Err("sandbox.pool_instances must be at least 1".into());
+            return Err(setting("sandbox.pool_instances must be at least 1"));
         }
         if self.kv.max_bytes != -1 && self.kv.max_bytes < 1 << 20 {
-            return Err("kv.max_bytes must be at least 1MiB (or -1 for no bound)".into());
+            return Err(setting(
+                "kv.max_bytes must be at least 1MiB (or -1 for no bound)",
+            ));
         }
         if self
             .sandbox
             .memory_budget
             .is_some_and(|b| b.as_u64() < 1 << 20)
         {
-            return Err("sandbox.memory_budget must be at least 1MiB".into());
+            return Err(setting("sandbox.memory_budget must be at least 1MiB"));
         }
         if self.sandbox.compile_timeout < Duration::from_millis(100) {
-            return Err("sandbox.compile_timeout must be at least 100ms".into());
+            return Err(setting("sandbox.compile_timeout must be at least 100ms"));
         }
         if self.sandbox.compile_memory.as_u64() < MIN_COMPILE_MEMORY {
-            return Err(format!(
+            return Err(setting(format!(
                 "sandbox.compile_memory must be at least {}",
                 ByteSize(MIN_COMPILE_MEMORY).display().iec()
-            ));
+            )));
         }
         if !(1..=64).contains(&self.sandbox.compile_concurrency) {
-            return Err("sandbox.compile_concurrency must be 1 to 64".into());
+            return Err(setting("sandbox.compile_concurrency must be 1 to 64"));
         }
         if self.events.stream.is_empty()
             || !self
@@ -307,17 +311,22 @@ impl ConfigFile {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return Err("events.stream must be a name of [A-Za-z0-9_-]".into());
+            return Err(setting("events.stream must be a name of [A-Za-z0-9_-]"));
         }
         if self.metering.window < Duration::from_millis(100) {
-            return Err("metering.window must be at least 100ms".into());
+            return Err(setting("metering.window must be at least 100ms"));
         }
         if let Some(file) = &self.devices.simulate {
             crate::devices::simulated::SimulatedBackend::from_file(file)
-                .map_err(|e| format!("devices.simulate: {e}"))?;
+                .map_err(|e| setting(format!("devices.simulate: {e}")).caused_by(e))?;
         }
         Ok(())
     }
+}
+
+/// A setting that is not acceptable, saying which and what is.
+fn setting(message: impl Into<String>) -> InvalidInput {
+    InvalidInput::new(Input::Setting, message)
 }
 
 /// Checks a host id: 1 to 64 of `[A-Za-z0-9_-]` (it is a KV key and part of event ids).
@@ -366,19 +375,37 @@ mod tests {
         let typo = toml::from_str::<ConfigFile>("[nats]\nurll = \"x\"").unwrap_err();
         assert!(typo.to_string().contains("urll"), "{typo}");
         let config: ConfigFile = toml::from_str("[host]\nid = \"has space\"").unwrap();
-        assert!(config.check().unwrap_err().contains("host id"));
+        assert!(config.check().unwrap_err().message.contains("host id"));
         let config: ConfigFile = toml::from_str("[listeners]\nbatch = 0").unwrap();
-        assert!(config.check().unwrap_err().contains("batch"));
+        assert!(config.check().unwrap_err().message.contains("batch"));
         let grace = toml::from_str::<ConfigFile>("[listeners]\nshutdown_grace = \"later\"");
         assert!(grace.is_err());
         let memory = toml::from_str::<ConfigFile>("[sandbox]\ncompile_memory = \"lots\"");
         assert!(memory.is_err());
         let config: ConfigFile = toml::from_str("[sandbox]\ncompile_memory = \"1MiB\"").unwrap();
-        assert!(config.check().unwrap_err().contains("compile_memory"));
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .message
+                .contains("compile_memory")
+        );
         let config: ConfigFile = toml::from_str("[sandbox]\ncompile_timeout = \"1ms\"").unwrap();
-        assert!(config.check().unwrap_err().contains("compile_timeout"));
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .message
+                .contains("compile_timeout")
+        );
         let config: ConfigFile = toml::from_str("[sandbox]\ncompile_concurrency = 0").unwrap();
-        assert!(config.check().unwrap_err().contains("compile_concurrency"));
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .message
+                .contains("compile_concurrency")
+        );
     }
 
     #[test]

@@ -217,11 +217,9 @@ impl Metrics {
     }
 }
 
-/// Binds the metrics endpoint; a clear error when the address is taken or invalid.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+/// Binds the metrics endpoint; the error says the address is taken or cannot be used.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
 }
 
 /// Reads an HTTP request head (at most 8 KiB).

@@ -53,6 +53,7 @@ pub use lab::{DeviceLab, LabBus};
 pub use metrics::Metrics;
 
 use crate::bus::{self, BusError, BusErrorKind, BusLayout, DaemonBus, HostInfo, HostRegistry};
+use crate::error::InvalidInput;
 use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, CompileBudget, CompileMode, Sandbox, SandboxConfig};
 use host_events::HostEvents;
@@ -60,9 +61,20 @@ use host_events::HostEvents;
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The configuration is unusable.
+    /// The configuration is unusable: which setting, and what is accepted.
     #[error("{0}")]
-    Config(String),
+    Config(#[from] InvalidInput),
+    /// The device backend could not start (a simulated device file that cannot be read).
+    #[error("devices: {0}")]
+    Devices(#[source] crate::devices::UsbError),
+    /// The metrics endpoint could not be served on its address.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why (taken, not an address of this host...).
+        source: std::io::Error,
+    },
     /// The data directory or host id file could not be used.
     #[error("{what} {path}: {source}")]
     Io {
@@ -81,7 +93,7 @@ pub enum DaemonError {
     Bus(#[from] BusError),
     /// The control API could not be registered on the bus.
     #[error("{0}")]
-    Control(String),
+    Control(#[source] BusError),
 }
 
 /// A daemon, configured and ready to run.
@@ -93,7 +105,7 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon from a checked configuration.
     pub fn new(config: ConfigFile) -> Result<Self, DaemonError> {
-        config.check().map_err(DaemonError::Config)?;
+        config.check()?;
         let data_dir = config
             .host
             .data_dir
@@ -111,8 +123,10 @@ impl Daemon {
         match std::fs::read_to_string(&path) {
             Ok(id) => {
                 let id = id.trim().to_owned();
-                config::validate_host_id(&id)
-                    .map_err(|why| DaemonError::Config(format!("{}: {why}", path.display())))?;
+                config::validate_host_id(&id).map_err(|e| {
+                    InvalidInput::new(e.kind, format!("{}: {}", path.display(), e.message))
+                        .caused_by(e)
+                })?;
                 Ok(id)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -181,13 +195,17 @@ impl Daemon {
             publisher,
         } = layout;
         let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
-            .map_err(|e| DaemonError::Config(format!("devices: {e}")))?;
+            .map_err(DaemonError::Devices)?;
         let host_events = HostEvents::new(&host_id, events.clone());
         let metrics = Arc::new(Metrics::default());
         let metering = Arc::new(metering::MeteringBatcher::default());
         // Bound before anything runs: a metrics address that is taken is a start-up error.
         let metrics_listener = match self.config.metrics.listen {
-            Some(addr) => Some(metrics::bind(addr).await.map_err(DaemonError::Config)?),
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Metrics { addr, source })?,
+            ),
             None => None,
         };
         // Quotas need every component's kv usage: count what is stored before any guest runs.
@@ -297,7 +315,7 @@ impl Daemon {
         let api_client = bus::connect_daemon_api(&self.config.nats).await?;
         let service = bus::ControlService::start(&api_client, api)
             .await
-            .map_err(|e| DaemonError::Control(e.message))?;
+            .map_err(DaemonError::Control)?;
         // The API's connection is new: a round trip makes sure the server has its
         // subscriptions before this host says it is up.
         if let Err(e) = api_client.flush().await {
