@@ -1,22 +1,19 @@
-//! The dispatcher's rules, without a NATS server: deliveries that record how they were
-//! answered, failure reports kept in the same journal (so the order shows), and real
-//! listener fixtures run in a real sandbox.
-//!
-//! Needs the guests built by `scripts/build-guests.sh` into `target/guests` (or
-//! `SANDBUS_GUESTS_DIR`).
+//! The fakes the dispatcher's specifications run over: a journal of everything the
+//! dispatcher did, deliveries and failure reports that write into it, a source that hands
+//! out given deliveries, and real listener fixtures in a real sandbox.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{FailureReports, HANDBACK_DELAY, ListenerDispatcher, ListenerFailures};
+use super::super::{FailureReports, ListenerDispatcher, ListenerFailures};
 use crate::bus::{
     BusError, BusErrorKind, ComponentManifest, DeadLetter, Deliveries, Delivery, DeliveryInfo,
     DeliverySource, LastError, Subscription,
@@ -34,16 +31,16 @@ use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, Sandbox, SandboxConfig, World};
 
 /// The listener under test.
-const LISTENER: &str = "orders";
+pub(super) const LISTENER: &str = "orders";
 /// The stream sequence of the event delivered.
-const SEQUENCE: u64 = 7;
+pub(super) const SEQUENCE: u64 = 7;
 /// The subject events of type `vm.started` arrive on.
-const SUBJECT: &str = "events.vm.started";
+pub(super) const SUBJECT: &str = "events.vm.started";
 
 /// What the dispatcher did, in order: its answers to deliveries (by stream sequence) and
 /// its failure reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Entry {
+pub(super) enum Entry {
     Ack(u64),
     Nak(u64, Duration),
     Term(u64),
@@ -55,37 +52,37 @@ enum Entry {
 
 /// Everything the fakes were told, shared between them.
 #[derive(Default)]
-struct Journal {
-    entries: std::sync::Mutex<Vec<Entry>>,
+pub(super) struct Journal {
+    pub(super) entries: std::sync::Mutex<Vec<Entry>>,
     /// The reasons of failure records, in order.
-    failure_reasons: std::sync::Mutex<Vec<String>>,
+    pub(super) failure_reasons: std::sync::Mutex<Vec<String>>,
     /// The dead letters stored, in order.
-    letters: std::sync::Mutex<Vec<DeadLetter>>,
+    pub(super) letters: std::sync::Mutex<Vec<DeadLetter>>,
 }
 
 impl Journal {
-    fn push(&self, entry: Entry) {
+    pub(super) fn push(&self, entry: Entry) {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(entry);
     }
 
-    fn entries(&self) -> Vec<Entry> {
+    pub(super) fn entries(&self) -> Vec<Entry> {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    fn failure_reasons(&self) -> Vec<String> {
+    pub(super) fn failure_reasons(&self) -> Vec<String> {
         self.failure_reasons
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    fn letters(&self) -> Vec<DeadLetter> {
+    pub(super) fn letters(&self) -> Vec<DeadLetter> {
         self.letters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -94,11 +91,11 @@ impl Journal {
 }
 
 /// A delivery that writes its answers into the journal.
-struct FakeDelivery {
-    info: Option<DeliveryInfo>,
-    subject: String,
-    payload: Bytes,
-    journal: Arc<Journal>,
+pub(super) struct FakeDelivery {
+    pub(super) info: Option<DeliveryInfo>,
+    pub(super) subject: String,
+    pub(super) payload: Bytes,
+    pub(super) journal: Arc<Journal>,
 }
 
 #[async_trait::async_trait]
@@ -138,15 +135,15 @@ impl Delivery for FakeDelivery {
 }
 
 impl FakeDelivery {
-    fn sequence(&self) -> u64 {
+    pub(super) fn sequence(&self) -> u64 {
         self.info.map_or(0, |info| info.stream_sequence)
     }
 }
 
 /// Failure reports into the journal; dead letters are refused when `refuse_dead_letters`.
-struct FakeFailures {
-    journal: Arc<Journal>,
-    refuse_dead_letters: bool,
+pub(super) struct FakeFailures {
+    pub(super) journal: Arc<Journal>,
+    pub(super) refuse_dead_letters: bool,
 }
 
 #[async_trait::async_trait]
@@ -213,9 +210,9 @@ impl ListenerFailures for FakeFailures {
 }
 
 /// The listener's component, or none.
-struct FakeComponents {
-    loaded: Option<Arc<LoadedComponent>>,
-    changed: watch::Sender<u64>,
+pub(super) struct FakeComponents {
+    pub(super) loaded: Option<Arc<LoadedComponent>>,
+    pub(super) changed: watch::Sender<u64>,
 }
 
 impl ComponentSource for FakeComponents {
@@ -231,9 +228,9 @@ impl ComponentSource for FakeComponents {
 /// Hands out the given deliveries on the first pull, then nothing; the stream never ends.
 /// `pulled` is notified on every pull.
 #[derive(Default)]
-struct FakeSource {
-    deliveries: std::sync::Mutex<Vec<FakeDelivery>>,
-    pulled: Arc<Notify>,
+pub(super) struct FakeSource {
+    pub(super) deliveries: std::sync::Mutex<Vec<FakeDelivery>>,
+    pub(super) pulled: Arc<Notify>,
 }
 
 #[async_trait::async_trait]
@@ -258,7 +255,7 @@ impl DeliverySource for FakeSource {
 }
 
 /// A key-value store that is always unavailable.
-struct UnavailableKv;
+pub(super) struct UnavailableKv;
 
 #[async_trait::async_trait]
 impl KvStore for UnavailableKv {
@@ -288,12 +285,12 @@ impl KvStore for UnavailableKv {
     }
 }
 
-fn unavailable() -> KvStoreError {
+pub(super) fn unavailable() -> KvStoreError {
     KvStoreError::Unavailable("the store is away".into())
 }
 
 /// One sandbox for every test, as in the daemon.
-fn sandbox() -> &'static Sandbox {
+pub(super) fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
         Sandbox::new(SandboxConfig {
@@ -306,7 +303,7 @@ fn sandbox() -> &'static Sandbox {
 
 /// A built guest fixture, loaded as the listener with `limits` (`timeout=30s`). Each is
 /// compiled once for all the tests.
-fn listener(guest: &str, limits: &[&str]) -> Arc<LoadedComponent> {
+pub(super) fn listener(guest: &str, limits: &[&str]) -> Arc<LoadedComponent> {
     type Compiled = HashMap<(String, Vec<String>), Arc<LoadedComponent>>;
     static COMPILED: OnceLock<std::sync::Mutex<Compiled>> = OnceLock::new();
     let limits: Vec<String> = limits.iter().map(|l| (*l).to_owned()).collect();
@@ -320,7 +317,7 @@ fn listener(guest: &str, limits: &[&str]) -> Arc<LoadedComponent> {
         .clone()
 }
 
-fn compile(guest: &str, limits: Vec<String>) -> Arc<LoadedComponent> {
+pub(super) fn compile(guest: &str, limits: Vec<String>) -> Arc<LoadedComponent> {
     let dir = std::env::var_os("SANDBUS_GUESTS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -359,21 +356,21 @@ fn compile(guest: &str, limits: Vec<String>) -> Arc<LoadedComponent> {
 }
 
 /// A dispatcher for [`LISTENER`] over fakes.
-struct Harness {
-    journal: Arc<Journal>,
-    dispatcher: Arc<ListenerDispatcher>,
-    stop: CancellationToken,
+pub(super) struct Harness {
+    pub(super) journal: Arc<Journal>,
+    pub(super) dispatcher: Arc<ListenerDispatcher>,
+    pub(super) stop: CancellationToken,
 }
 
 /// What a [`Harness`] is built from; `Setup::default()` is a listener that handles events.
-struct Setup {
-    listener: Option<Arc<LoadedComponent>>,
-    kv: Arc<dyn KvStore>,
-    max_deliver: u32,
-    backoff: Vec<Duration>,
-    max_in_flight: u32,
-    grace: Duration,
-    refuse_dead_letters: bool,
+pub(super) struct Setup {
+    pub(super) listener: Option<Arc<LoadedComponent>>,
+    pub(super) kv: Arc<dyn KvStore>,
+    pub(super) max_deliver: u32,
+    pub(super) backoff: Vec<Duration>,
+    pub(super) max_in_flight: u32,
+    pub(super) grace: Duration,
+    pub(super) refuse_dead_letters: bool,
 }
 
 impl Default for Setup {
@@ -391,14 +388,18 @@ impl Default for Setup {
 }
 
 impl Setup {
-    fn with(guest: &str, limits: &[&str]) -> Self {
+    pub(super) fn with(guest: &str, limits: &[&str]) -> Self {
         Self {
             listener: Some(listener(guest, limits)),
             ..Self::default()
         }
     }
 
-    fn context(&self, journal: &Arc<Journal>, source: FakeSource) -> Arc<DispatchContext> {
+    pub(super) fn context(
+        &self,
+        journal: &Arc<Journal>,
+        source: FakeSource,
+    ) -> Arc<DispatchContext> {
         Arc::new(DispatchContext {
             host: HostContext {
                 host_id: "host-test".into(),
@@ -425,7 +426,7 @@ impl Setup {
         })
     }
 
-    fn subscription(&self) -> Subscription {
+    pub(super) fn subscription(&self) -> Subscription {
         let mut subscription = Subscription::new(LISTENER, vec!["vm.*".to_owned()]);
         subscription.max_deliver = self.max_deliver;
         subscription.backoff = self.backoff.clone();
@@ -433,7 +434,7 @@ impl Setup {
         subscription
     }
 
-    fn build(self) -> Harness {
+    pub(super) fn build(self) -> Harness {
         let journal = Arc::new(Journal::default());
         let stop = CancellationToken::new();
         let dispatcher = Arc::new(ListenerDispatcher {
@@ -452,7 +453,7 @@ impl Setup {
 
     /// Runs a whole dispatcher (pull loop included) whose first pull gets `deliveries`;
     /// the `Notify` is notified when it pulls.
-    fn spawn(
+    pub(super) fn spawn(
         self,
         journal: &Arc<Journal>,
         deliveries: Vec<FakeDelivery>,
@@ -469,7 +470,7 @@ impl Setup {
 
 /// The `delivered`th delivery of `payload`, at `sequence` on [`SUBJECT`], answering into
 /// `journal`.
-fn delivery(
+pub(super) fn delivery(
     journal: &Arc<Journal>,
     sequence: u64,
     delivered: u64,
@@ -489,12 +490,12 @@ fn delivery(
 
 impl Harness {
     /// The `delivered`th delivery of `payload` at [`SEQUENCE`].
-    fn delivery(&self, delivered: u64, payload: impl Into<Bytes>) -> FakeDelivery {
+    pub(super) fn delivery(&self, delivered: u64, payload: impl Into<Bytes>) -> FakeDelivery {
         delivery(&self.journal, SEQUENCE, delivered, payload)
     }
 
     /// Dispatches the `delivered`th delivery of `payload` and returns what was done.
-    async fn dispatch(&self, delivered: u64, payload: impl Into<Bytes>) -> Vec<Entry> {
+    pub(super) async fn dispatch(&self, delivered: u64, payload: impl Into<Bytes>) -> Vec<Entry> {
         self.dispatcher
             .dispatch(&self.delivery(delivered, payload))
             .await;
@@ -503,7 +504,7 @@ impl Harness {
 }
 
 /// A `vm.started` event with id `id`, as it is on the stream.
-fn event(id: &str) -> Vec<u8> {
+pub(super) fn event(id: &str) -> Vec<u8> {
     CanonicalEvent {
         id: id.to_owned(),
         source: "/tests".to_owned(),
@@ -519,7 +520,7 @@ fn event(id: &str) -> Vec<u8> {
 
 /// What a dead letter at the `deliveries`th delivery does, in order: the failure is recorded
 /// and announced, the copy stored and announced, and only then the event terminated.
-fn dead_lettered(event_id: Option<&str>, deliveries: u64) -> Vec<Entry> {
+pub(super) fn dead_lettered(event_id: Option<&str>, deliveries: u64) -> Vec<Entry> {
     vec![
         recorded(event_id),
         announced(ListenerFailed::TYPE, 0),
@@ -533,251 +534,20 @@ fn dead_lettered(event_id: Option<&str>, deliveries: u64) -> Vec<Entry> {
 }
 
 /// The one item of `items`.
-fn only<T: Debug>(mut items: Vec<T>) -> T {
+pub(super) fn only<T: Debug>(mut items: Vec<T>) -> T {
     assert_eq!(items.len(), 1, "expected exactly one: {items:?}");
     items.remove(0)
 }
 
-fn announced(ty: &str, cause: u32) -> Entry {
+pub(super) fn announced(ty: &str, cause: u32) -> Entry {
     Entry::Announced {
         ty: ty.to_owned(),
         cause,
     }
 }
 
-fn recorded(event_id: Option<&str>) -> Entry {
+pub(super) fn recorded(event_id: Option<&str>) -> Entry {
     Entry::FailureRecorded {
         event_id: event_id.map(str::to_owned),
     }
-}
-
-#[tokio::test]
-async fn a_handled_event_is_acknowledged_and_nothing_else() {
-    let harness = Setup::default().build();
-    assert_eq!(
-        harness.dispatch(1, event("e1")).await,
-        [Entry::Ack(SEQUENCE)]
-    );
-}
-
-#[tokio::test]
-async fn a_retry_is_handed_back_after_the_delay_the_listener_asked_for() {
-    // The fixture asks for `retry(50 ms)` on an event's first attempt.
-    let harness = Setup::with("retry-once-listener", &[]).build();
-    assert_eq!(
-        harness.dispatch(1, event("e1")).await,
-        [Entry::Nak(SEQUENCE, Duration::from_millis(50))]
-    );
-}
-
-#[tokio::test]
-async fn a_retry_without_a_delay_waits_the_subscriptions_backoff_for_that_delivery() {
-    // With its kv unavailable, the fixture asks for `retry` with no delay.
-    let harness = Setup {
-        kv: Arc::new(UnavailableKv),
-        ..Setup::with("retry-once-listener", &[])
-    }
-    .build();
-    assert_eq!(
-        harness.dispatch(2, event("e1")).await,
-        [Entry::Nak(SEQUENCE, Duration::from_secs(2))],
-        "the backoff after the 2nd delivery"
-    );
-}
-
-#[tokio::test]
-async fn a_failure_with_deliveries_left_is_reported_and_handed_back_after_the_backoff() {
-    let harness = Setup::with("panic-listener", &[]).build();
-    assert_eq!(
-        harness.dispatch(1, event("e1")).await,
-        [
-            recorded(Some("e1")),
-            announced(ListenerFailed::TYPE, 0),
-            Entry::Nak(SEQUENCE, Duration::from_millis(100)),
-        ]
-    );
-    assert!(harness.journal.letters().is_empty());
-}
-
-#[tokio::test]
-async fn a_failure_at_the_last_delivery_is_dead_lettered_then_terminated() {
-    let harness = Setup::with("panic-listener", &[]).build();
-    let payload = event("e1");
-    assert_eq!(
-        harness.dispatch(3, payload.clone()).await,
-        dead_lettered(Some("e1"), 3)
-    );
-    let letter = only(harness.journal.letters());
-    assert_eq!(letter.listener, LISTENER);
-    assert_eq!(letter.subject, SUBJECT);
-    assert_eq!(
-        letter.payload, payload,
-        "the event exactly as it was delivered"
-    );
-    assert!(
-        letter
-            .reason
-            .ends_with("(after 3 deliveries, max-deliver 3)"),
-        "{}",
-        letter.reason
-    );
-}
-
-#[tokio::test]
-async fn a_reject_at_the_last_delivery_is_dead_lettered_with_the_listeners_reason() {
-    // The fixture rejects an id that cannot be part of a kv key.
-    let harness = Setup::with("retry-once-listener", &[]).build();
-    assert_eq!(
-        harness.dispatch(3, event("a..b")).await,
-        dead_lettered(Some("a..b"), 3)
-    );
-    let reason = only(harness.journal.letters()).reason;
-    assert!(reason.starts_with("rejected: "), "{reason}");
-    assert!(
-        reason.contains("kv key"),
-        "the listener's own words: {reason}"
-    );
-}
-
-#[tokio::test]
-async fn a_retry_asked_for_at_the_last_delivery_is_dead_lettered() {
-    let harness = Setup {
-        max_deliver: 1,
-        ..Setup::with("retry-once-listener", &[])
-    }
-    .build();
-    assert_eq!(
-        harness.dispatch(1, event("e1")).await,
-        dead_lettered(Some("e1"), 1)
-    );
-    assert_eq!(
-        harness.journal.failure_reasons(),
-        ["the listener asked for a retry, but no deliveries are left"]
-    );
-}
-
-#[tokio::test]
-async fn a_message_that_is_not_an_event_is_dead_lettered_at_once() {
-    // Its first delivery of three, and no component runs: retrying cannot fix it.
-    let harness = Setup {
-        listener: None,
-        ..Setup::default()
-    }
-    .build();
-    assert_eq!(
-        harness.dispatch(1, "not an event").await,
-        dead_lettered(None, 1)
-    );
-    let reason = only(harness.journal.failure_reasons());
-    assert!(
-        reason.starts_with("not a valid canonical event"),
-        "{reason}"
-    );
-    assert_eq!(only(harness.journal.letters()).reason, reason);
-}
-
-#[tokio::test]
-async fn an_event_on_another_types_subject_is_dead_lettered_at_once() {
-    let harness = Setup::default().build();
-    let mut delivery = harness.delivery(1, event("e1"));
-    delivery.subject = "events.vm.stopped".to_owned();
-    harness.dispatcher.dispatch(&delivery).await;
-    assert_eq!(harness.journal.entries(), dead_lettered(None, 1));
-    let letter = only(harness.journal.letters());
-    assert_eq!(letter.subject, "events.vm.stopped");
-    assert!(
-        letter.reason.contains("does not match"),
-        "{}",
-        letter.reason
-    );
-}
-
-#[tokio::test]
-async fn a_dead_letter_that_cannot_be_stored_is_handed_back_not_dropped() {
-    let harness = Setup {
-        refuse_dead_letters: true,
-        ..Setup::with("panic-listener", &[])
-    }
-    .build();
-    assert_eq!(
-        harness.dispatch(3, event("e1")).await,
-        [
-            recorded(Some("e1")),
-            announced(ListenerFailed::TYPE, 0),
-            Entry::Nak(SEQUENCE, Duration::from_secs(1)),
-        ]
-    );
-}
-
-#[tokio::test]
-async fn an_event_for_a_listener_unloaded_meanwhile_is_handed_back() {
-    let harness = Setup {
-        listener: None,
-        ..Setup::default()
-    }
-    .build();
-    assert_eq!(
-        harness.dispatch(1, event("e1")).await,
-        [Entry::Nak(SEQUENCE, Duration::from_secs(1))]
-    );
-}
-
-#[tokio::test]
-async fn a_message_without_delivery_metadata_is_terminated() {
-    let harness = Setup::default().build();
-    let mut delivery = harness.delivery(1, event("e1"));
-    delivery.info = None;
-    harness.dispatcher.dispatch(&delivery).await;
-    assert_eq!(harness.journal.entries(), [Entry::Term(0)]);
-}
-
-#[tokio::test]
-async fn a_call_still_running_at_shutdown_is_handed_back_after_the_grace() {
-    // The fixture spins until its 30 s deadline; the grace is 100 ms.
-    let harness = Setup::with("spin-listener", &["timeout=30s"]).build();
-    let started = Instant::now();
-    let (entries, ()) = tokio::join!(harness.dispatch(1, event("e1")), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        harness.stop.cancel();
-    });
-    assert_eq!(entries, [Entry::Nak(SEQUENCE, HANDBACK_DELAY)]);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "handed back after the grace, not the deadline: {:?}",
-        started.elapsed()
-    );
-}
-
-#[tokio::test]
-async fn stopping_hands_back_the_call_in_flight_and_what_was_pulled_but_not_started() {
-    // One event at a time: the first spins, the second waits in the pulled batch.
-    let journal = Arc::new(Journal::default());
-    let (handle, pulled) = Setup {
-        max_in_flight: 1,
-        ..Setup::with("spin-listener", &["timeout=30s"])
-    }
-    .spawn(
-        &journal,
-        vec![
-            delivery(&journal, 1, 1, event("e1")),
-            delivery(&journal, 2, 1, event("e2")),
-        ],
-    );
-    tokio::time::timeout(Duration::from_secs(10), pulled.notified())
-        .await
-        .expect("the dispatcher pulls");
-    // Time for the first call to start.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
-    handle.stop().await;
-    // The one not started is handed back at once, the one running after the grace.
-    assert_eq!(
-        journal.entries(),
-        [Entry::Nak(2, HANDBACK_DELAY), Entry::Nak(1, HANDBACK_DELAY),]
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "stopped after the grace: {:?}",
-        started.elapsed()
-    );
 }
