@@ -172,6 +172,9 @@ pub trait DeviceHandle: Send {
         data: &[u8],
         timeout: Duration,
     ) -> Result<usize, UsbError>;
+    /// Clears a halt on bulk or interrupt endpoint `endpoint`: CLEAR_FEATURE(ENDPOINT_HALT)
+    /// to the device and the host's data toggle reset, as a protocol's stall recovery needs.
+    fn clear_halt(&mut self, endpoint: u8) -> Result<(), UsbError>;
     /// Resets the device (a USB port reset), so the next run finds it in a known state.
     fn reset(&mut self) -> Result<(), UsbError>;
 }

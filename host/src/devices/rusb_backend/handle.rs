@@ -218,6 +218,15 @@ impl DeviceHandle for RusbHandle {
             })
     }
 
+    fn clear_halt(&mut self, endpoint: u8) -> Result<(), UsbError> {
+        self.handle.clear_halt(endpoint).map_err(|e| {
+            self.error(
+                e,
+                format_args!("clearing the halt on endpoint 0x{endpoint:02x}"),
+            )
+        })
+    }
+
     fn reset(&mut self) -> Result<(), UsbError> {
         // NotFound here means the device came back as a different device: open it again.
         self.handle

@@ -524,6 +524,19 @@ impl DeviceHandle for SimulatedHandle {
         self.write(Kind::Interrupt, endpoint, data, timeout)
     }
 
+    fn clear_halt(&mut self, endpoint: u8) -> Result<(), UsbError> {
+        let _present = self.lock_present()?;
+        self.check_claimed()?;
+        if self.device.model.endpoint(endpoint).is_none() {
+            return Err(self.invalid(format!(
+                "no endpoint 0x{endpoint:02x} to clear a halt on"
+            )));
+        }
+        // A `stall` endpoint models a device that stalls every transfer: clearing the halt
+        // succeeds, and the next transfer stalls again.
+        Ok(())
+    }
+
     fn reset(&mut self) -> Result<(), UsbError> {
         let mut state = self.lock_present()?;
         state.loopback.clear();

@@ -212,6 +212,18 @@ fn stalled_endpoints_stall_both_ways() {
 }
 
 #[test]
+fn clearing_a_halt_needs_a_claim_and_a_known_endpoint() {
+    let backend = board();
+    let mut handle = backend.open("board-1").unwrap();
+    assert_eq!(kind(handle.clear_halt(0x82)), UsbErrorKind::NotClaimed);
+    handle.claim_interface(0).unwrap();
+    assert_eq!(kind(handle.clear_halt(0x8f)), UsbErrorKind::InvalidArgument);
+    handle.clear_halt(0x82).unwrap();
+    // A device that always stalls stalls again after the halt is cleared.
+    assert_eq!(kind(handle.bulk_in(0x82, 8, LONG)), UsbErrorKind::Stall);
+}
+
+#[test]
 fn interrupt_endpoint_answers_its_report_each_period() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");

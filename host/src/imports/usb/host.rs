@@ -438,6 +438,15 @@ impl HostDeviceHandle for UsbState {
             .await
     }
 
+    async fn clear_halt(
+        &mut self,
+        handle: Resource<WitHandle>,
+        endpoint: u8,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        self.transfer(&handle, 0, move |h, _| h.clear_halt(endpoint))
+            .await
+    }
+
     async fn drop(&mut self, handle: Resource<WitHandle>) -> wasmtime::Result<()> {
         // The device closes when the last holder (a transfer still running on its thread)
         // lets go of it.

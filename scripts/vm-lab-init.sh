@@ -1,0 +1,37 @@
+#!/bin/sh
+# /init of a lab VM (see scripts/vm-lab.sh): mounts the kernel's file systems, loads the USB,
+# storage, serial and network drivers, brings up the network and runs `sandbus daemon` joined
+# to the nats-server forwarded at 10.0.2.100:4222. Powers the VM off when the daemon exits.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /data
+while read -r module; do
+  insmod "$module" 2>/dev/null || echo "vm-lab: could not load $module"
+done </etc/modules
+
+arg() { sed -n "s/.*sandbus\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+host_id="$(arg host)"
+user="$(arg user)"
+poll="$(arg poll)"
+
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+
+chmod 0777 /data /tmp
+echo "vm-lab: ready, starting sandbus daemon as $user (host $host_id)"
+if [ "$poll" = 1 ]; then export SANDBUS_USB_HOTPLUG=off; fi
+export SANDBUS_DATA_DIR=/data RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
+if [ "$user" = root ]; then
+  /bin/sandbus daemon --nats nats://10.0.2.100:4222 --host-id "$host_id"
+else
+  setpriv --reuid=65534 --regid=65534 --clear-groups \
+    /bin/sandbus daemon --nats nats://10.0.2.100:4222 --host-id "$host_id"
+fi
+echo "vm-lab: sandbus daemon exited with $?"
+sync
+poweroff -f
