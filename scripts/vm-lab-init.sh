@@ -23,14 +23,18 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 
 chmod 0777 /data /tmp
+# A shell for tests on the second serial port: one command a line, then `__done__ STATUS`.
+stty -F /dev/ttyS1 raw -echo
+setsid sh -c 'while read -r line; do eval "$line"; echo "__done__ $?"; done' \
+  </dev/ttyS1 >/dev/ttyS1 2>&1 &
 echo "vm-lab: ready, starting sandbus daemon as $user (host $host_id)"
-if [ "$poll" = 1 ]; then export SANDBUS_USB_HOTPLUG=off; fi
+if [ "$poll" = 1 ]; then export SANDBUS_NO_HOTPLUG=true; fi
 export SANDBUS_DATA_DIR=/data RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
 if [ "$user" = root ]; then
   /bin/sandbus daemon --nats nats://10.0.2.100:4222 --host-id "$host_id"
 else
-  setpriv --reuid=65534 --regid=65534 --clear-groups \
-    /bin/sandbus daemon --nats nats://10.0.2.100:4222 --host-id "$host_id"
+  su -p -s /bin/sh nobody -c \
+    "exec /bin/sandbus daemon --nats nats://10.0.2.100:4222 --host-id $host_id"
 fi
 echo "vm-lab: sandbus daemon exited with $?"
 sync

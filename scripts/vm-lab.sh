@@ -21,6 +21,10 @@
 #                      /dev/bus/usb: devices listed as unusable)
 #   --poll             turn libusb hotplug off in the daemon (the polling fallback)
 #
+# In DIR: qmp.sock (QEMU's QMP: plug and unplug devices, type keys), console.log (the kernel
+# and daemon output) and shell.sock (a root shell on the VM's second serial port: one command
+# a line, each answered by its output and a line `__done__ STATUS`; for tests).
+#
 # Network: QEMU user networking with `restrict=on`: the guest reaches nothing but one
 # forwarded address, 10.0.2.100:4222, which QEMU connects to 127.0.0.1:PORT on this machine.
 # Everything comes from Debian's packages (qemu-system-x86, busybox-static, linux-image-amd64).
@@ -38,7 +42,7 @@ die() {
 need_packages() {
   local missing=()
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-  [ -x /bin/busybox ] && /bin/busybox --list | grep -qx setpriv || missing+=(busybox-static)
+  [ -x /bin/busybox ] && /bin/busybox --list | grep -qx su || missing+=(busybox-static)
   command -v cpio >/dev/null || missing+=(cpio)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
@@ -101,8 +105,9 @@ build_image() {
   mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,var,lib/modules,lib64,lib/x86_64-linux-gnu,data}
   cp /bin/busybox "$root/bin/busybox"
   local applet
-  for applet in sh mount umount mkdir insmod ip sleep cat echo ls setpriv chmod chown grep sed \
-    sync poweroff reboot hexdump dd dmesg ps kill cut tr head tail lsusb find wc; do
+  for applet in sh mount umount mkdir insmod ip sleep cat echo ls su chmod chown grep sed \
+    sync poweroff reboot hexdump dd dmesg ps kill cut tr head tail lsusb find wc stty readlink \
+    setsid basename dirname test [ true false printf; do
     ln -sf busybox "$root/bin/$applet"
   done
   # Modules, in load order, each once.
@@ -150,7 +155,7 @@ boot() {
       --daemon-user) user="$2"; shift 2 ;;
       --poll) poll=1; shift ;;
       --keyboard)
-        devices+=(-device "usb-kbd,bus=xhci.0,id=$2"); shift 2 ;;
+        devices+=(-device "usb-kbd,bus=xhci.0,id=$2,serial=$2"); shift 2 ;;
       --storage)
         local id="${2%%=*}" img="${2#*=}"
         devices+=(-blockdev "driver=file,node-name=$id-file,filename=$img"
@@ -159,8 +164,8 @@ boot() {
         shift 2 ;;
       --serial)
         local id="${2%%=*}" sock="${2#*=}"
-        devices+=(-chardev "socket,id=$id-chr,path=$sock"
-          -device "usb-serial,bus=xhci.0,id=$id,chardev=$id-chr")
+        devices+=(-chardev "socket,id=$id-chr,path=$sock,reconnect=1"
+          -device "usb-serial,bus=xhci.0,id=$id,serial=$id,chardev=$id-chr,always-plugged=on")
         shift 2 ;;
       *) die "unknown boot option $1 (see the top of scripts/vm-lab.sh)" ;;
     esac
@@ -169,13 +174,14 @@ boot() {
   case "$user" in root | nobody) ;; *) die "--daemon-user is root or nobody, not $user" ;; esac
   [ -f "$out/initrd.img" ] || die "no image in $out: run scripts/vm-lab.sh image"
   mkdir -p "$dir"
-  rm -f "$dir/qmp.sock"
+  rm -f "$dir/qmp.sock" "$dir/shell.sock"
   exec qemu-system-x86_64 \
     -accel tcg -machine q35 -cpu max -smp 1 -m "${SANDBUS_VM_MEMORY:-1536}" \
     -nodefaults -no-user-config -display none \
     -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
     -append "console=ttyS0 quiet loglevel=4 panic=-1 sandbus.host=$host_id sandbus.user=$user sandbus.poll=$poll" \
     -serial "file:$dir/console.log" \
+    -serial "unix:$dir/shell.sock,server=on,wait=off" \
     -qmp "unix:$dir/qmp.sock,server=on,wait=off" \
     -nic "user,model=e1000,restrict=on,guestfwd=tcp:10.0.2.100:4222-cmd:$repo/scripts/vm-lab-forward.sh $nats" \
     -device qemu-xhci,id=xhci \

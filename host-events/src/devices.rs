@@ -25,6 +25,42 @@ pub struct DeviceInfo {
     pub location: String,
     /// Device class from the device descriptor (0 = per interface).
     pub class: u8,
+    /// The speed the device runs at, when the host knows it (not for simulated devices).
+    #[serde(default)]
+    pub speed: Option<Speed>,
+    /// Why this host cannot use the device (for instance no permission on its device file),
+    /// or `None` when it can. A run asking for an unusable device is refused with this
+    /// reason.
+    #[serde(default)]
+    pub unusable: Option<String>,
+}
+
+/// The speed a USB device runs at (USB 2.0 9.6.1 and USB 3.x).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Speed {
+    /// 1.5 Mbit/s (USB 1.x low speed).
+    Low,
+    /// 12 Mbit/s (USB 1.x full speed).
+    Full,
+    /// 480 Mbit/s (USB 2.0).
+    High,
+    /// 5 Gbit/s (USB 3.x SuperSpeed).
+    Super,
+    /// 10 Gbit/s (USB 3.x SuperSpeed+).
+    SuperPlus,
+}
+
+impl std::fmt::Display for Speed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Speed::Low => "low",
+            Speed::Full => "full",
+            Speed::High => "high",
+            Speed::Super => "super",
+            Speed::SuperPlus => "super-plus",
+        })
+    }
 }
 
 impl DeviceInfo {
@@ -80,6 +116,8 @@ pub(crate) mod tests {
             product: Some("Test board".into()),
             location: "1-2.3".into(),
             class: 0,
+            speed: Some(Speed::High),
+            unusable: None,
         }
     }
 
@@ -94,6 +132,8 @@ pub(crate) mod tests {
             "product": "Test board",
             "location": "1-2.3",
             "class": 0,
+            "speed": "high",
+            "unusable": null,
         })
     }
 

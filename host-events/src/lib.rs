@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use components::{ComponentAdded, ComponentRemoved};
-pub use devices::{DeviceAttached, DeviceDetached, DeviceInfo};
+pub use devices::{DeviceAttached, DeviceDetached, DeviceInfo, Speed};
 pub use hooks::{HookDenied, Proposal};
 pub use host::{HostStarted, HostStopped};
 pub use listeners::{ListenerDeadLettered, ListenerFailed};

@@ -343,7 +343,12 @@ in = 0x81
         "--follow",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The daemon ends the run as `error: disconnected`, keeping what the script said.
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("disconnected: device flaky was unplugged during the run"),
+        "{text}"
+    );
     assert!(text.contains("bulk-in: UsbError::Disconnected"), "{text}");
     cluster.wait("device.detached", |c| {
         c.events("sandbus.device.detached")

@@ -7,6 +7,7 @@
 #![allow(dead_code, reason = "each test binary uses part of the support module")]
 
 pub mod nats;
+pub mod vm;
 
 use std::path::PathBuf;
 

@@ -23,6 +23,8 @@ pub enum DeviceState {
     Leased,
     /// Its host is not live (or the device is not answering).
     Offline,
+    /// Present, but its host cannot use it; the device's `unusable` says why.
+    Unusable,
 }
 
 impl std::fmt::Display for DeviceState {
@@ -31,6 +33,7 @@ impl std::fmt::Display for DeviceState {
             DeviceState::Free => "free",
             DeviceState::Leased => "leased",
             DeviceState::Offline => "offline",
+            DeviceState::Unusable => "unusable",
         })
     }
 }

@@ -51,6 +51,9 @@ pub struct DaemonArgs {
     /// Use simulated USB devices described in this TOML file instead of real USB.
     #[arg(long, value_name = "DEVICES_TOML", env = "SANDBUS_SIMULATE")]
     simulate: Option<PathBuf>,
+    /// Find USB arrivals and departures by polling only, without libusb's hotplug events.
+    #[arg(long, env = "SANDBUS_NO_HOTPLUG")]
+    no_hotplug: bool,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -90,6 +93,9 @@ impl DaemonArgs {
         }
         if let Some(file) = &self.simulate {
             config.devices.simulate = Some(file.clone());
+        }
+        if self.no_hotplug {
+            config.devices.hotplug = false;
         }
         config
             .check()

@@ -219,7 +219,7 @@ impl DevDevice {
             return Ok(None);
         };
         let backend =
-            devices::backend(self.simulate.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            devices::backend(self.simulate.as_deref(), true).map_err(|e| anyhow::anyhow!("{e}"))?;
         let scanning = backend.clone();
         let found = tokio::task::spawn_blocking(move || scanning.scan())
             .await

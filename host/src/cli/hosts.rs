@@ -53,11 +53,12 @@ fn print_devices(devices: &[DeviceRecord]) {
         return;
     }
     outln!(
-        "{:<16} {:<16} {:<10} {:<16} {:<8} {:<10} run",
+        "{:<16} {:<16} {:<10} {:<16} {:<24} {:<8} {:<10} run",
         "host",
         "device",
         "vid:pid",
         "serial",
+        "product",
         "state",
         "location"
     );
@@ -68,12 +69,18 @@ fn print_devices(devices: &[DeviceRecord]) {
             (None, 0) => "-".into(),
             (None, n) => format!("({n} queued)"),
         };
+        // An unusable device says why where a run would be.
+        let run = match &d.info.unusable {
+            Some(why) if d.run.is_none() => printable(why),
+            _ => run,
+        };
         outln!(
-            "{:<16} {:<16} {:<10} {:<16} {:<8} {:<10} {run}",
+            "{:<16} {:<16} {:<10} {:<16} {:<24} {:<8} {:<10} {run}",
             printable(&d.host),
             printable(&d.info.id),
             d.info.vid_pid(),
             printable(d.info.serial.as_deref().unwrap_or("-")),
+            printable(d.info.product.as_deref().unwrap_or("-")),
             d.state.to_string(),
             printable(&d.info.location),
         );

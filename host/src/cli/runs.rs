@@ -123,7 +123,14 @@ fn pick_device<'a>(
         .iter()
         .filter(|d| d.state != DeviceState::Offline && selector.matches(&d.info))
         .collect();
-    matching.sort_by_key(|d| (d.state != DeviceState::Free, d.queued));
+    // Usable before unusable (whose host refuses the run, saying why), free before busy.
+    matching.sort_by_key(|d| {
+        (
+            d.state == DeviceState::Unusable,
+            d.state != DeviceState::Free,
+            d.queued,
+        )
+    });
     if let Some(device) = matching.first() {
         return Ok(*device);
     }

@@ -28,6 +28,7 @@
 //!
 //! [devices]
 //! simulate = "/etc/sandbus/devices.toml"   # simulated devices instead of real USB
+//! hotplug = true                           # libusb hotplug events; false: poll only
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"                # Prometheus text at GET /metrics
@@ -133,11 +134,23 @@ pub struct MetricsSection {
 }
 
 /// `[devices]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevicesSection {
     /// Use the simulated devices described in this file instead of real USB (libusb).
     pub simulate: Option<PathBuf>,
+    /// Learn of USB arrivals and departures from libusb's hotplug events (at once) as well
+    /// as by polling (every few seconds). `false` polls only.
+    pub hotplug: bool,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        Self {
+            simulate: None,
+            hotplug: true,
+        }
+    }
 }
 
 /// `[host]`.

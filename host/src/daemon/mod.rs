@@ -194,8 +194,11 @@ impl Daemon {
             uploads,
             publisher,
         } = layout;
-        let backend = crate::devices::backend(self.config.devices.simulate.as_deref())
-            .map_err(DaemonError::Devices)?;
+        let backend = crate::devices::backend(
+            self.config.devices.simulate.as_deref(),
+            self.config.devices.hotplug,
+        )
+        .map_err(DaemonError::Devices)?;
         let host_events = HostEvents::new(&host_id, events.clone());
         let metrics = Arc::new(Metrics::default());
         let metering = Arc::new(metering::MeteringBatcher::default());

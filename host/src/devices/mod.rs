@@ -57,7 +57,7 @@ pub enum UsbErrorKind {
 
 /// A device as this host sees it: enough to list it, select it and describe it to a guest.
 /// Defined with the host events that carry it (`sandbus.device.attached`...).
-pub use sandbus_host_events::DeviceInfo;
+pub use sandbus_host_events::{DeviceInfo, Speed};
 
 /// Direction and kind of a control request, as in the `bmRequestType` byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,15 +180,21 @@ pub trait DeviceHandle: Send {
 }
 
 /// Chooses the backend the daemon runs with: the simulated one when a device file is given,
-/// real USB otherwise.
+/// real USB otherwise. `hotplug: false` makes the real backend decline
+/// [`DeviceBackend::watch`], so the daemon finds arrivals and departures by polling alone
+/// (for platforms whose hotplug events are unreliable, and to test that fallback).
 pub fn backend(
     simulate: Option<&std::path::Path>,
+    hotplug: bool,
 ) -> Result<std::sync::Arc<dyn DeviceBackend>, UsbError> {
     match simulate {
         Some(path) => Ok(std::sync::Arc::new(simulated::SimulatedBackend::from_file(
             path,
         )?)),
-        None => Ok(std::sync::Arc::new(rusb_backend::RusbBackend::new())),
+        None if hotplug => Ok(std::sync::Arc::new(rusb_backend::RusbBackend::new())),
+        None => Ok(std::sync::Arc::new(
+            rusb_backend::RusbBackend::new().without_hotplug(),
+        )),
     }
 }
 
@@ -323,6 +329,8 @@ mod tests {
             product: None,
             location: "sim-1".into(),
             class: 0xff,
+            speed: None,
+            unusable: None,
         }
     }
 

@@ -165,6 +165,8 @@ fn lease_released(run: &str, script: &str, held_ms: u64) -> LeaseReleased {
             product: Some("Test board".into()),
             location: "1-2".into(),
             class: 0,
+            speed: None,
+            unusable: None,
         },
         script: script.into(),
         held_ms,

@@ -38,6 +38,12 @@ impl DeviceLab {
                 .filter(|d| !now.contains_key(&d.id))
                 .cloned()
                 .collect();
+            // A run whose device is gone ends now, even if its script ignores the errors.
+            for run in state.active.values() {
+                if run.running && detached.iter().any(|d| d.id == run.device) {
+                    run.unplugged.cancel();
+                }
+            }
             state.present = now;
             (attached, detached)
         };
@@ -97,6 +103,8 @@ impl DeviceLab {
             info: device.clone(),
             state: if run.is_some() {
                 DeviceState::Leased
+            } else if device.unusable.is_some() {
+                DeviceState::Unusable
             } else {
                 DeviceState::Free
             },

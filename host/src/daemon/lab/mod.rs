@@ -93,6 +93,9 @@ struct ActiveRun {
     device: String,
     running: bool,
     cancel: CancellationToken,
+    /// Cancelled when a scan finds the run's device gone: the run ends at once as
+    /// `disconnected`, whatever its script is doing.
+    unplugged: CancellationToken,
 }
 
 impl DeviceLab {
@@ -219,6 +222,16 @@ impl DeviceLab {
                 ),
             ));
         };
+        if let Some(why) = &device.unusable {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "host {} cannot use device `{}`: {why}",
+                    self.host_id(),
+                    device.id
+                ),
+            ));
+        }
         let record = RunRecord {
             id: new_run_id(),
             host: self.host_id().to_owned(),
@@ -232,6 +245,7 @@ impl DeviceLab {
         };
         self.bus.runs.put(&record).await?;
         let cancel = CancellationToken::new();
+        let unplugged = CancellationToken::new();
         {
             // The run's place in the device's queue is taken here, in the order requests
             // arrive, not when its task first runs.
@@ -242,6 +256,7 @@ impl DeviceLab {
                     device: device.id.clone(),
                     running: false,
                     cancel: cancel.clone(),
+                    unplugged: unplugged.clone(),
                 },
             );
             state
@@ -254,7 +269,7 @@ impl DeviceLab {
         tracing::info!(run = %record.id, script = %record.request.script, device = %device.id, "run accepted");
         let lab = self.clone();
         let accepted = record.clone();
-        tokio::spawn(async move { lab.execute(accepted, device, cancel).await });
+        tokio::spawn(async move { lab.execute(accepted, device, cancel, unplugged).await });
         Ok(record)
     }
 

@@ -12,7 +12,7 @@ use super::DeviceLab;
 use super::run_log::{LOG_DRAIN, RunLog};
 use crate::bus::{Lease, RunRecord, RunReport, RunState, RunVerdict};
 use crate::daemon::host_events::{HostEvent, LeaseAcquired};
-use crate::devices::{self, DeviceInfo};
+use crate::devices::{self, DeviceInfo, UsbErrorKind};
 use crate::imports::usb::LeasedDevice;
 use crate::sandbox::{Capabilities, InvokeErrorKind, Metering};
 
@@ -26,6 +26,19 @@ struct Ending {
 }
 
 impl Ending {
+    /// This ending, for a run whose device went away under it: verdict `error`, the summary
+    /// starting with `disconnected`, the script's own summary (if any) kept after it.
+    fn disconnected(mut self, device: &str) -> Self {
+        let why = format!("disconnected: device {device} was unplugged during the run");
+        self.summary = if self.summary.is_empty() {
+            why
+        } else {
+            format!("{why} ({})", self.summary)
+        };
+        self.verdict = RunVerdict::Error;
+        self
+    }
+
     /// A run that ended before (or without) the script reporting.
     fn without_report(verdict: RunVerdict, summary: impl Into<String>, metering: Metering) -> Self {
         Self {
@@ -45,6 +58,7 @@ impl DeviceLab {
         mut record: RunRecord,
         device: DeviceInfo,
         cancel: CancellationToken,
+        unplugged: CancellationToken,
     ) {
         let queue_timeout = Duration::from_millis(record.request.queue_timeout_ms);
         // Wait for our turn on the device (in arrival order), then for the lease.
@@ -67,7 +81,8 @@ impl DeviceLab {
             }
             Ok(()) => {
                 let left = queue_timeout.saturating_sub(waited.elapsed());
-                self.with_lease(&mut record, &device, &cancel, left).await
+                self.with_lease(&mut record, &device, (&cancel, &unplugged), left)
+                    .await
             }
         };
         // Leave the queue (whether or not the run had the device): the next one goes.
@@ -114,7 +129,7 @@ impl DeviceLab {
         self: &Arc<Self>,
         record: &mut RunRecord,
         device: &DeviceInfo,
-        cancel: &CancellationToken,
+        (cancel, unplugged): (&CancellationToken, &CancellationToken),
         left: Duration,
     ) -> Ending {
         let give_up = Instant::now() + left;
@@ -173,7 +188,9 @@ impl DeviceLab {
         // TTL because the bus is unreachable) stops the run at once.
         let renewed = held.keep_renewed(&self.bus.leases, cancel.child_token());
 
-        let ending = self.call(record, device, cancel, renewed.lost()).await;
+        let ending = self
+            .call(record, device, cancel, renewed.lost(), unplugged)
+            .await;
 
         // Stop renewing, take the newest revision, reset the device, give the lease back.
         let held = renewed.stop().await;
@@ -181,6 +198,14 @@ impl DeviceLab {
         let id = device.id.clone();
         let reset =
             tokio::task::spawn_blocking(move || devices::reset_after_run(&*backend, &id)).await;
+        // A device that cannot be opened for its reset is gone: the run ended because of it.
+        let gone = unplugged.is_cancelled()
+            || matches!(&reset, Ok(Err(e)) if matches!(e.kind, UsbErrorKind::NotFound | UsbErrorKind::Disconnected));
+        let ending = if gone {
+            ending.disconnected(&device.id)
+        } else {
+            ending
+        };
         let reset = match reset {
             Ok(Ok(())) => "ok".to_owned(),
             Ok(Err(e)) => {
@@ -212,6 +237,7 @@ impl DeviceLab {
         device: &DeviceInfo,
         cancel: &CancellationToken,
         lost: &CancellationToken,
+        unplugged: &CancellationToken,
     ) -> Ending {
         let Some(component) = self.host.components.get(&record.request.script) else {
             return Ending::without_report(
@@ -240,6 +266,7 @@ impl DeviceLab {
             result = component.prepared.run_for(record.request.args.clone(), &caps, timeout) => Some(result),
             _ = cancel.cancelled() => None,
             _ = lost.cancelled() => None,
+            _ = unplugged.cancelled() => None,
         };
         drop(running);
         drop(caps);
@@ -251,6 +278,9 @@ impl DeviceLab {
             tracing::warn!(run = %record.id, "gave up storing the run's last log lines");
         }
         let mut ending = match result {
+            None if unplugged.is_cancelled() => {
+                Ending::without_report(RunVerdict::Error, "", wall(started))
+            }
             None if lost.is_cancelled() => Ending::without_report(
                 RunVerdict::Error,
                 "the run lost its device lease (taken, or not renewable for a whole lease TTL) \

@@ -41,7 +41,7 @@ use rusb::UsbContext as _;
 use descriptors::{configuration_bytes, device_descriptor_bytes};
 use handle::{RusbHandle, lock, usb_error};
 
-use super::{Descriptors, DeviceBackend, DeviceHandle, DeviceInfo, UsbError, UsbErrorKind};
+use super::{Descriptors, DeviceBackend, DeviceHandle, DeviceInfo, Speed, UsbError, UsbErrorKind};
 
 /// USB device class of hubs (USB 2.0, 11.23.1).
 const USB_CLASS_HUB: u8 = 0x09;
@@ -67,6 +67,8 @@ pub struct RusbBackend {
     /// twice, but a run's use is exclusive, so a second `open` is `Busy` until the first
     /// handle drops (as with the simulated backend).
     open: Arc<Mutex<HashSet<String>>>,
+    /// Whether [`DeviceBackend::watch`] may use libusb's hotplug events.
+    hotplug: bool,
 }
 
 impl Default for RusbBackend {
@@ -93,9 +95,17 @@ impl RusbBackend {
             strings: Mutex::new(HashMap::new()),
             watchers: Mutex::new(Vec::new()),
             open: Arc::new(Mutex::new(HashSet::new())),
+            hotplug: true,
         };
         drop(backend.context());
         backend
+    }
+
+    /// This backend without hotplug events: [`DeviceBackend::watch`] declines, and the
+    /// daemon polls.
+    pub fn without_hotplug(mut self) -> Self {
+        self.hotplug = false;
+        self
     }
 
     /// A new libusb context, or `None` (recording why, warning the first time).
@@ -191,14 +201,23 @@ impl DeviceBackend for RusbBackend {
                 product_id: descriptor.product_id(),
             };
             seen.insert(key);
+            let mut unusable = device_file_denied(&device);
             let strings = match cache.get(&key) {
                 Some(strings) => strings.clone(),
-                None => match read_strings(&device, &descriptor) {
-                    Some(strings) => {
+                None => match sysfs_strings(&place)
+                    .map(Ok)
+                    .unwrap_or_else(|| read_strings(&device, &descriptor))
+                {
+                    Ok(strings) => {
                         cache.insert(key, strings.clone());
                         strings
                     }
-                    None => Strings::default(),
+                    Err(e) => {
+                        if e == rusb::Error::Access {
+                            unusable = Some(no_permission(&device));
+                        }
+                        Strings::default()
+                    }
                 },
             };
             found.push((
@@ -212,6 +231,8 @@ impl DeviceBackend for RusbBackend {
                     product: strings.product,
                     location: place.location(),
                     class: descriptor.class_code(),
+                    speed: speed_of(device.speed()),
+                    unusable,
                 },
             ));
         }
@@ -276,6 +297,10 @@ impl DeviceBackend for RusbBackend {
     }
 
     fn watch(&self, notify: Box<dyn Fn() + Send + Sync>) -> bool {
+        if !self.hotplug {
+            tracing::info!("USB hotplug events are off; USB devices will be polled");
+            return false;
+        }
         let Some(context) = self.context() else {
             return false;
         };
@@ -422,32 +447,92 @@ struct Strings {
     serial: Option<String>,
 }
 
-/// Reads a device's strings in its first language. `None` when the device cannot be opened
+/// The strings the kernel read from the device when it enumerated it, from Linux's sysfs:
+/// no transfer to the device and no permission needed, so a daemon that may not open a
+/// device still names it. `None` off Linux or where sysfs does not have the device.
+fn sysfs_strings(place: &Place) -> Option<Strings> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let dir = std::path::Path::new("/sys/bus/usb/devices").join(place.location());
+    if !dir.is_dir() {
+        return None;
+    }
+    let read = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).ok()?;
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    };
+    Some(Strings {
+        manufacturer: read("manufacturer"),
+        product: read("product"),
+        serial: read("serial"),
+    })
+}
+
+/// Whether this process lacks read-write access to the device's file (Linux:
+/// `/dev/bus/usb/BBB/DDD`), checked without opening it; the reason when it does.
+fn device_file_denied(device: &rusb::Device<rusb::Context>) -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let path = format!(
+        "/dev/bus/usb/{:03}/{:03}",
+        device.bus_number(),
+        device.address()
+    );
+    let access = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
+    match rustix::fs::access(path.as_str(), access) {
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Some(no_permission(device)),
+        _ => None,
+    }
+}
+
+/// Why a device this process may not open is unusable, and what to do about it.
+fn no_permission(device: &rusb::Device<rusb::Context>) -> String {
+    format!(
+        "no permission to open /dev/bus/usb/{:03}/{:03} (the daemon runs as uid {}); give \
+         the daemon's user read-write access to the device, e.g. with a udev rule",
+        device.bus_number(),
+        device.address(),
+        rustix::process::geteuid().as_raw()
+    )
+}
+
+/// The speed libusb reports, when it knows it.
+fn speed_of(speed: rusb::Speed) -> Option<Speed> {
+    match speed {
+        rusb::Speed::Low => Some(Speed::Low),
+        rusb::Speed::Full => Some(Speed::Full),
+        rusb::Speed::High => Some(Speed::High),
+        rusb::Speed::Super => Some(Speed::Super),
+        rusb::Speed::SuperPlus => Some(Speed::SuperPlus),
+        _ => None,
+    }
+}
+
+/// Reads a device's strings in its first language. Fails when the device cannot be opened
 /// (no permission, claimed elsewhere), so a later scan tries again.
 fn read_strings(
     device: &rusb::Device<rusb::Context>,
     descriptor: &rusb::DeviceDescriptor,
-) -> Option<Strings> {
-    let handle = match device.open() {
-        Ok(handle) => handle,
-        Err(e) => {
-            tracing::debug!(bus = device.bus_number(), address = device.address(), error = %e, "cannot open a USB device to read its strings");
-            return None;
-        }
-    };
+) -> Result<Strings, rusb::Error> {
+    let handle = device.open().inspect_err(|e| {
+        tracing::debug!(bus = device.bus_number(), address = device.address(), error = %e, "cannot open a USB device to read its strings");
+    })?;
     let Some(language) = handle
         .read_languages(STRING_TIMEOUT)
         .ok()
         .and_then(|languages| languages.into_iter().next())
     else {
-        return Some(Strings::default());
+        return Ok(Strings::default());
     };
     let clean = |text: rusb::Result<String>| {
         let text = text.ok()?;
         let text = text.trim_end_matches('\0').trim();
         (!text.is_empty()).then(|| text.to_owned())
     };
-    Some(Strings {
+    Ok(Strings {
         manufacturer: clean(handle.read_manufacturer_string(language, descriptor, STRING_TIMEOUT)),
         product: clean(handle.read_product_string(language, descriptor, STRING_TIMEOUT)),
         serial: clean(handle.read_serial_number_string(language, descriptor, STRING_TIMEOUT)),

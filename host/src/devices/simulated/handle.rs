@@ -528,9 +528,7 @@ impl DeviceHandle for SimulatedHandle {
         let _present = self.lock_present()?;
         self.check_claimed()?;
         if self.device.model.endpoint(endpoint).is_none() {
-            return Err(self.invalid(format!(
-                "no endpoint 0x{endpoint:02x} to clear a halt on"
-            )));
+            return Err(self.invalid(format!("no endpoint 0x{endpoint:02x} to clear a halt on")));
         }
         // A `stall` endpoint models a device that stalls every transfer: clearing the halt
         // succeeds, and the next transfer stalls again.

@@ -337,6 +337,8 @@ impl Model {
                 manufacturer: spec.manufacturer,
                 product: spec.product,
                 class,
+                speed: None,
+                unusable: None,
             },
             detach_after,
             detach_after_transfers: spec.detach_after_transfers,

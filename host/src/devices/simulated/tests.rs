@@ -698,7 +698,7 @@ fn from_file_names_the_file() {
 
     // The daemon's chooser uses the same reader.
     assert_eq!(
-        crate::devices::backend(Some(&dir.path().join("nope.toml")))
+        crate::devices::backend(Some(&dir.path().join("nope.toml")), true)
             .err()
             .map(|e| e.kind),
         Some(UsbErrorKind::InvalidArgument)
