@@ -29,6 +29,10 @@ host_target="$(rustc -vV | sed -n 's/^host: //p')"
 (cd guests && CARGO_TARGET_DIR="$repo/guests/target" \
   cargo test --locked --workspace --target "$host_target") 2>&1 | tee -a "$log"
 
+echo "== release daemon and VM lab image (tests/vm_lab boots lab hosts on a real kernel USB stack)"
+cargo build --release --locked -p sandbus
+scripts/vm-lab.sh image >/dev/null
+
 echo "== host tests"
 cargo test --locked --workspace 2>&1 | tee -a "$log"
 

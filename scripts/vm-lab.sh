@@ -189,8 +189,61 @@ boot() {
     -no-reboot
 }
 
+# A lab in a VM for a person: nats-server (this machine's on 127.0.0.1:4222 if one answers,
+# else a private one), one VM with a keyboard and a USB stick, until Ctrl-C.
+try_lab() {
+  cd "$repo"
+  scripts/setup.sh >/dev/null
+  cargo build --release --locked -p sandbus
+  build_image >/dev/null
+  local dir="$out/try"
+  mkdir -p "$dir"
+  local pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+  trap 'exit 130' INT TERM
+  local port=4222
+  if ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    source scripts/nats-server-path.sh
+    "${SANDBUS_NATS_SERVER:-nats-server}" -a 127.0.0.1 -p "$port" -js -sd "$dir/nats" \
+      >"$dir/nats.log" 2>&1 &
+    pids+=($!)
+    echo "started a private nats-server on 127.0.0.1:$port (log: $dir/nats.log)"
+  fi
+  if [ ! -f "$dir/stick.img" ]; then
+    truncate -s 64M "$dir/stick.img"
+    printf 'hello from the sandbus lab stick' |
+      dd of="$dir/stick.img" bs=512 seek=100 conv=notrunc status=none
+  fi
+  rm -f "$dir/console.log"
+  "$0" boot --dir "$dir" --nats "$port" --host-id vm-lab --keyboard kbd1 \
+    --storage "stick1=$dir/stick.img" &
+  local vm=$!
+  pids+=("$vm")
+  echo "booting the lab VM (console: $dir/console.log) ..."
+  local i
+  for i in $(seq 1 180); do
+    grep -q "daemon ready" "$dir/console.log" 2>/dev/null && break
+    kill -0 "$vm" 2>/dev/null || die "the VM stopped; see $dir/console.log"
+    sleep 1
+  done
+  grep -q "daemon ready" "$dir/console.log" || die "the VM's daemon did not start; see $dir/console.log"
+  cat <<EOF
+
+The lab host 'vm-lab' runs in a VM with a QEMU keyboard and a USB stick. Try:
+
+  target/release/sandbus devices
+  target/release/sandbus upload --name smoke target/guests/usb-smoke.wasm
+  target/release/sandbus run smoke --device 0627:0001 --arg vendor=0627 --arg product=0001 --follow
+
+Plug and unplug devices through QEMU's QMP socket, $dir/qmp.sock (device_add, device_del).
+Ctrl-C stops the VM (and the private nats-server, if this started one).
+EOF
+  wait "$vm"
+}
+
 case "${1:-}" in
   image) shift; build_image "$@" ;;
+  try) shift; need_packages; try_lab "$@" ;;
   boot) shift; need_packages; boot "$@" ;;
   *) die "usage: scripts/vm-lab.sh image | boot [options] | try (see the top of the script)" ;;
 esac
