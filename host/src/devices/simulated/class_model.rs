@@ -181,7 +181,7 @@ impl SimulatedHandle {
                     return Err(UsbError::new(
                         UsbErrorKind::Overflow,
                         format!(
-                            "{what} on simulated device `{}`: the device sent more than was asked for; ask for at least a whole packet",
+                            "{what} on simulated device `{}`: the device sent more than was asked for (babble); ask for all it sends at once (a whole packet, report or status wrapper)",
                             self.id()
                         ),
                     ));

@@ -151,6 +151,14 @@ fn a_stick_looks_like_qemus_usb_storage_with_the_files_strings() {
     assert_eq!(info.class, 0);
     let mut host = Host::open(&backend);
     let found = interfaces(host.handle.as_mut());
+    let served = host
+        .handle
+        .control_in(setup(0x80, 6, 0x0200), 255, LONG)
+        .unwrap();
+    assert_eq!(
+        backend.descriptors("stick").unwrap().configurations,
+        [served]
+    );
     assert_eq!(
         found,
         [ParsedInterface {
@@ -375,6 +383,11 @@ fn a_host_expecting_less_than_the_command_returns_gets_it_cut_with_a_phase_error
     // Case 2 (Hn < Di): no data phase at all, a phase error.
     let csw = host.command(&INQUIRY);
     assert_eq!((csw.residue, csw.status), (0, 2));
+    // A short allocation length is SCSI's business, not a transport error: the command
+    // returns that much, and the host expecting as much is case 6.
+    let (data, csw) = host.command_in(&[0x03, 0, 0, 0, 8, 0], 8);
+    assert_eq!(data.len(), 8);
+    assert_eq!((csw.residue, csw.status), (0, 0));
 }
 
 #[test]
