@@ -13,6 +13,7 @@
 //! async executor (`spawn_blocking`). This module knows nothing of NATS, leases or wasm; the
 //! daemon decides who may open a device, and `imports::usb` is the guest's view of one.
 
+pub mod descriptor;
 pub mod rusb_backend;
 pub mod simulated;
 

@@ -5,7 +5,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::LOOPBACK_CAPACITY;
+use super::class_model::ClassModel;
 use super::model::{Endpoint, Model, Role};
+use crate::devices::descriptor::TransferType;
 use crate::devices::{ControlSetup, DeviceHandle, UsbError, UsbErrorKind};
 
 // ---------------------------------------------------------------------------------------------
@@ -35,6 +37,8 @@ pub(super) struct State {
     pub(super) opens: u64,
     pub(super) resets: u64,
     pub(super) loopback: VecDeque<u8>,
+    /// The state of the device's class model, if it plays one.
+    pub(super) class: Option<Box<dyn ClassModel>>,
 }
 
 /// How a wait ended.
@@ -216,6 +220,8 @@ impl SimulatedHandle {
             (Role::Stall | Role::Hang, _) => true,
             (Role::Interrupt { .. }, kind) => kind == Kind::Interrupt,
             (Role::LoopbackIn { .. } | Role::LoopbackOut { .. }, kind) => kind == Kind::Bulk,
+            (Role::Class(transfer), Kind::Bulk) => *transfer == TransferType::Bulk,
+            (Role::Class(transfer), Kind::Interrupt) => *transfer == TransferType::Interrupt,
         };
         if !fits {
             let is = if kind == Kind::Bulk {
@@ -340,6 +346,9 @@ impl SimulatedHandle {
                 }
             }
             Role::Stall => Err(self.stall(&format!("endpoint 0x{endpoint:02x}"))),
+            Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
+                class.read(endpoint, length, now)
+            }),
             // `endpoint` only returns IN endpoints for reads.
             Role::LoopbackOut { .. } => {
                 Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be read")))
@@ -384,6 +393,9 @@ impl SimulatedHandle {
                 Ok(data.len())
             }
             Role::Stall => Err(self.stall(&format!("endpoint 0x{endpoint:02x}"))),
+            Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
+                class.write(endpoint, data, now)
+            }),
             _ => Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be written"))),
         })
     }
@@ -398,10 +410,14 @@ impl SimulatedHandle {
 
 impl DeviceHandle for SimulatedHandle {
     fn claim_interface(&mut self, interface: u8) -> Result<(), UsbError> {
-        drop(self.lock_present()?);
+        let mut state = self.lock_present()?;
         if interface != 0 {
             return Err(self.invalid(format!("no interface {interface}; the only one is 0")));
         }
+        if let Some(class) = state.class.as_deref_mut() {
+            class.claimed(Instant::now());
+        }
+        drop(state);
         self.claimed = true;
         Ok(())
     }
@@ -434,6 +450,7 @@ impl DeviceHandle for SimulatedHandle {
                 "control_in needs a device-to-host request_type (bit 7 set): {text}"
             )));
         }
+        let wanted = length;
         let length = usize::from(length);
         let deadline = deadline(timeout);
         let model = &self.device.model;
@@ -443,6 +460,9 @@ impl DeviceHandle for SimulatedHandle {
                     .get_descriptor(setup.value)
                     .ok_or_else(|| self.stall(&text))?;
                 return Ok(answer[..length.min(answer.len())].to_vec());
+            }
+            if state.class.is_some() {
+                return self.class_control_in(state, setup, wanted, deadline, &text);
             }
             let entry = model
                 .controls
@@ -476,6 +496,9 @@ impl DeviceHandle for SimulatedHandle {
         }
         let deadline = deadline(timeout);
         self.transfer(|state| {
+            if state.class.is_some() {
+                return self.class_control_out(state, setup, data, deadline, &text);
+            }
             let entry = self
                 .device
                 .model
@@ -525,19 +548,26 @@ impl DeviceHandle for SimulatedHandle {
     }
 
     fn clear_halt(&mut self, endpoint: u8) -> Result<(), UsbError> {
-        let _present = self.lock_present()?;
+        let mut state = self.lock_present()?;
         self.check_claimed()?;
         if self.device.model.endpoint(endpoint).is_none() {
             return Err(self.invalid(format!("no endpoint 0x{endpoint:02x} to clear a halt on")));
         }
-        // A `stall` endpoint models a device that stalls every transfer: clearing the halt
-        // succeeds, and the next transfer stalls again.
+        // A class model keeps its endpoints' halt state. A `stall` endpoint models a device
+        // that stalls every transfer: clearing the halt succeeds, and the next transfer
+        // stalls again.
+        if let Some(class) = state.class.as_deref_mut() {
+            class.clear_halt(endpoint);
+        }
         Ok(())
     }
 
     fn reset(&mut self) -> Result<(), UsbError> {
         let mut state = self.lock_present()?;
         state.loopback.clear();
+        if let Some(class) = state.class.as_deref_mut() {
+            class.power_on(Instant::now());
+        }
         state.resets += 1;
         self.device.changed.notify_all();
         drop(state);

@@ -2,9 +2,13 @@
 //!
 //! `sandbus daemon --simulate devices.toml` serves these instead of real hardware. Each
 //! device answers the standard GET_DESCRIPTOR requests from descriptors generated out of its
-//! entry, and each endpoint behaves as the file says: a bulk loopback that echoes what was
-//! written, fixed answers to control requests, an interrupt endpoint with a fixed report,
-//! endpoints that always stall or never answer, and a scripted detach.
+//! entry. A generic device's endpoints behave as the file says: a bulk loopback that echoes
+//! what was written, fixed answers to control requests, an interrupt endpoint with a fixed
+//! report, endpoints that always stall or never answer. A device may instead play a class
+//! model, a real kind of device speaking its standard protocol: a USB stick
+//! (`mass_storage/`), an FTDI serial adapter with a console behind it (`serial_console.rs`),
+//! a boot keyboard (`keyboard.rs`); each module says how closely it follows its standard.
+//! Any device may detach on a script.
 //!
 //! # The file
 //!
@@ -18,8 +22,8 @@
 //! ```toml
 //! [[device]]
 //! id = "board-1"              # required, unique, lower-case letters, digits and `-`
-//! vendor_id = 0x1209          # required
-//! product_id = 0x0001         # required
+//! vendor_id = 0x1209          # required (but with a class model)
+//! product_id = 0x0001         # required (but with a class model)
 //! serial = "SB-0001"          # optional (string descriptor 3)
 //! manufacturer = "sandbus"    # optional (string descriptor 1)
 //! product = "Loopback board"  # optional (string descriptor 2)
@@ -57,11 +61,52 @@
 //! id = "bare"
 //! vendor_id = 0x1209
 //! product_id = 0x0002
+//!
+//! # Class models: one of the three tables below instead of loopback, control, interrupt,
+//! # stall, hang and class. vendor_id, product_id, manufacturer, product, serial and
+//! # device_version become optional: their defaults are those of the QEMU device mirrored.
+//!
+//! [[device]]
+//! id = "stick-1"
+//! serial = "STICK-0001"       # default "1"
+//!
+//! [device.mass-storage]       # a USB stick: bulk-only transport, SCSI, 46f4:0001
+//! blocks = 2048               # required: the capacity, at most 1 GiB in all
+//! block_size = 512            # optional, default 512 (or 1024, 2048, 4096)
+//! vendor = "SANDBUS"          # optional INQUIRY strings: at most 8, 16 and 4 ASCII
+//! product = "SIM STICK"       #   characters, default "QEMU", "QEMU HARDDISK", "2.5+"
+//! revision = "1.0"
+//! unit_attention = true       # optional, default false: the first command after power-on
+//!                             # or reset (but INQUIRY) fails with UNIT ATTENTION, 29h/00h
+//!
+//! [[device.mass-storage.block]]   # optional: a block's content, text then zeros
+//! lba = 0
+//! text = "hello from block 0"
+//!
+//! [[device]]
+//! id = "console-1"
+//!
+//! [device.serial-console]     # an FTDI FT232 (0403:6001) with a console on its line
+//! banner = "simbox 1.0\n"     # optional, default none: said first, then the login prompt
+//! login = "login: "           # optional, this default: the login prompt
+//! prompt = "$ "               # optional, this default: the shell prompt
+//! baud = 115200               # optional, this default: the console's speed (8N1)
+//!
+//! [[device.serial-console.command]]   # a command line and its answer; any other line
+//! line = "uname"                      # gets `sh: WORD: not found`
+//! answer = "Linux simbox"
+//!
+//! [[device]]
+//! id = "keypad-1"
+//!
+//! [device.keyboard]           # a HID boot keyboard (0627:0001)
+//! text = "Hello 42\n"         # required: letters, digits, space and \n (Enter)
+//! start_after = "1s"          # optional: type even if the host never sets the device up
 //! ```
 //!
 //! # Behaviour
 //!
-//! - **Descriptors.** The device descriptor is USB 2.0, max packet 64, one configuration, with
+//! - **Descriptors.** A generic device's descriptor is USB 2.0, max packet 64, one configuration, with
 //!   string indexes 1/2/3 for manufacturer/product/serial when given (else 0). The one
 //!   configuration has interface 0 (class 0xff) with an endpoint descriptor (max packet 64)
 //!   for every endpoint mentioned, in this order: loopback `out`, loopback `in`, interrupt
@@ -69,9 +114,14 @@
 //!   period in ms), all others as bulk. String descriptor 0 offers language 0x0409 and strings
 //!   are UTF-16LE (any language id is accepted). [`DeviceBackend::descriptors`] returns the
 //!   same bytes GET_DESCRIPTOR does; answers are truncated to the requested length.
+//!   A class model's device has the descriptors of the QEMU device it mirrors (its module
+//!   says which), with string 4 naming the configuration where QEMU's does.
 //! - **Control requests.** Standard GET_DESCRIPTOR (request_type 0x80, request 6) is answered
 //!   from the descriptors; the file's `[[device.control]]` entries answer the rest; anything
-//!   else stalls (including other standard requests). Control transfers need no claim.
+//!   else stalls (including other standard requests). Control transfers need no claim. A
+//!   class model's device also answers GET_STATUS (an endpoint's halt bit),
+//!   CLEAR_FEATURE(ENDPOINT_HALT), GET/SET_CONFIGURATION and GET/SET_INTERFACE; its model
+//!   answers its class and vendor requests and stalls the rest.
 //! - **Endpoints.** A transfer on an endpoint the device does not have, in the wrong direction
 //!   or of the wrong type (bulk on an interrupt endpoint and the reverse; `stall` and `hang`
 //!   endpoints take either) fails with `InvalidArgument`. Bulk and interrupt transfers need
@@ -83,7 +133,14 @@
 //!   returns `Timeout`. A zero timeout never waits.
 //! - **Opening.** A device is exclusive: a second `open` is `Busy` until the first handle is
 //!   dropped. [`DeviceHandle::reset`] empties the loopback, drops the handle's claim and is
-//!   counted ([`SimulatedBackend::resets`]).
+//!   counted ([`SimulatedBackend::resets`]). Opening and resetting power a class model up
+//!   again: its protocol starts over (halts cleared, the console silent, the text untyped),
+//!   while what it stores (a disk's blocks) stays for the life of the backend.
+//! - **Class models** block the way real devices do: a read with nothing to send yet waits
+//!   (until the console's latency timer, the keyboard's next poll, or the timeout); a stall
+//!   halts a mass-storage endpoint until [`DeviceHandle::clear_halt`] or
+//!   CLEAR_FEATURE(ENDPOINT_HALT); a read shorter than what the device sends in one go (a
+//!   CSW, a keyboard report, a serial status header) fails with `Overflow`, as babble does.
 //! - **Detach.** Transfers count when they reach the device (after the argument and claim
 //!   checks), whatever their outcome; with `detach_after_transfers = n`, the device detaches
 //!   as the n-th transfer since it was attached completes (counted across handles). After a
@@ -94,8 +151,12 @@
 //! Everything blocks the calling thread (std `Mutex`/`Condvar`, no async): callers run it on
 //! `spawn_blocking`, as they do for real hardware.
 
+mod class_model;
 mod handle;
+mod keyboard;
+mod mass_storage;
 mod model;
+mod serial_console;
 #[cfg(test)]
 mod tests;
 
@@ -112,18 +173,8 @@ use super::{Descriptors, DeviceBackend, DeviceHandle, DeviceInfo, UsbError, UsbE
 /// Bytes a loopback holds before writes wait for reads, as a device's buffer would.
 pub const LOOPBACK_CAPACITY: usize = 64 * 1024;
 
-/// wMaxPacketSize of endpoint 0 and of every simulated endpoint.
+/// wMaxPacketSize of endpoint 0 and of every endpoint of a generic simulated device.
 const MAX_PACKET: u8 = 64;
-/// The one language the string descriptors offer (English, United States).
-const LANGUAGE: u16 = 0x0409;
-/// Descriptor types (the high byte of wValue in GET_DESCRIPTOR).
-const DT_DEVICE: u8 = 1;
-const DT_CONFIGURATION: u8 = 2;
-const DT_STRING: u8 = 3;
-const DT_INTERFACE: u8 = 4;
-const DT_ENDPOINT: u8 = 5;
-/// The longest string a descriptor can carry: (255 - 2) / 2 UTF-16 units.
-const MAX_STRING_UNITS: usize = 126;
 /// Interrupt period when the file gives none.
 const DEFAULT_PERIOD: Duration = Duration::from_millis(10);
 
@@ -176,13 +227,17 @@ impl SimulatedBackend {
             };
             let bad = |what: &dyn Display| invalid(format!("{origin}: {label}: {what}"));
             let spec: DeviceSpec = value.try_into().map_err(|e| bad(&e).caused_by(e))?;
-            let model = Model::from_spec(spec, number).map_err(|e| bad(&e).caused_by(e))?;
+            let (model, class) =
+                Model::from_spec(spec, number).map_err(|e| bad(&e).caused_by(e))?;
             if devices.iter().any(|d| d.model.info.id == model.info.id) {
                 return Err(bad(&"another device already has this id"));
             }
             devices.push(Arc::new(SimDevice {
                 model,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    class,
+                    ..State::default()
+                }),
                 changed: Condvar::new(),
             }));
         }
@@ -286,7 +341,11 @@ impl DeviceBackend for SimulatedBackend {
         }
         state.open = true;
         state.opens += 1;
-        state.first_opened.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        state.first_opened.get_or_insert(now);
+        if let Some(class) = state.class.as_deref_mut() {
+            class.power_on(now);
+        }
         let generation = state.generation;
         drop(state);
         Ok(Box::new(SimulatedHandle {

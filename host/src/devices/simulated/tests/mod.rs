@@ -1,6 +1,10 @@
 //! The simulated backend against its own spec: the file format, descriptors, transfers,
 //! claims, detach and reset, as the module docs describe them.
 
+mod keyboard;
+mod mass_storage;
+mod serial_console;
+
 use super::*;
 use crate::devices::{ControlSetup, GET_DEVICE_DESCRIPTOR};
 
@@ -79,7 +83,7 @@ fn invalid_file(text: &str) -> String {
 #[test]
 fn documented_example_parses() {
     // The example in the module docs is the reference for the format: keep it valid.
-    let source = include_str!("mod.rs");
+    let source = include_str!("../mod.rs");
     let example: String = source
         .lines()
         .skip_while(|l| *l != "//! ```toml")
@@ -90,7 +94,7 @@ fn documented_example_parses() {
     assert!(example.contains("[[device]]"));
     let backend = SimulatedBackend::from_toml_str(&example).unwrap();
     let ids: Vec<String> = backend.scan().unwrap().into_iter().map(|d| d.id).collect();
-    assert_eq!(ids, ["board-1", "bare"]);
+    assert_eq!(ids, ["board-1", "bare", "stick-1", "console-1", "keypad-1"]);
 }
 
 #[test]
@@ -703,4 +707,103 @@ fn from_file_names_the_file() {
             .map(|e| e.kind),
         Some(UsbErrorKind::InvalidArgument)
     );
+}
+
+/// One interface of a configuration descriptor, as a host walking it sees it.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedInterface {
+    /// Class, subclass, protocol.
+    class: (u8, u8, u8),
+    /// Class-specific descriptors between the interface and its first endpoint.
+    class_descriptors: Vec<u8>,
+    /// (address, bmAttributes, wMaxPacketSize, bInterval) of each endpoint.
+    endpoints: Vec<(u8, u8, u16, u8)>,
+}
+
+/// Reads the configuration descriptor as a host does (header, then `wTotalLength` bytes) and
+/// walks it descriptor by descriptor.
+fn interfaces(handle: &mut dyn DeviceHandle) -> Vec<ParsedInterface> {
+    let header = handle.control_in(setup(0x80, 6, 0x0200), 9, LONG).unwrap();
+    let total = u16::from_le_bytes([header[2], header[3]]);
+    let config = handle
+        .control_in(setup(0x80, 6, 0x0200), total, LONG)
+        .unwrap();
+    assert_eq!(config.len(), usize::from(total));
+    let mut found: Vec<ParsedInterface> = Vec::new();
+    let mut at = usize::from(config[0]);
+    while at < config.len() {
+        let descriptor = &config[at..at + usize::from(config[at])];
+        match (descriptor[1], found.last_mut()) {
+            (4, _) => found.push(ParsedInterface {
+                class: (descriptor[5], descriptor[6], descriptor[7]),
+                class_descriptors: Vec::new(),
+                endpoints: Vec::new(),
+            }),
+            (5, Some(interface)) => interface.endpoints.push((
+                descriptor[2],
+                descriptor[3],
+                u16::from_le_bytes([descriptor[4], descriptor[5]]),
+                descriptor[6],
+            )),
+            (_, Some(interface)) => interface.class_descriptors.extend(descriptor),
+            (kind, None) => panic!("descriptor type {kind} before any interface"),
+        }
+        at += descriptor.len();
+    }
+    found
+}
+
+/// String descriptor `index` as text.
+fn string(handle: &mut dyn DeviceHandle, index: u8) -> String {
+    let bytes = handle
+        .control_in(setup(0x80, 6, 0x0300 | u16::from(index)), 255, LONG)
+        .unwrap();
+    let units: Vec<u16> = bytes[2..]
+        .chunks(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .collect();
+    String::from_utf16(&units).unwrap()
+}
+
+#[test]
+fn the_demo_file_offers_a_stick_a_console_and_a_keypad() {
+    let demo = include_str!("../../../../../scripts/devices.toml");
+    let backend = SimulatedBackend::from_toml_str(demo).unwrap();
+    let mut classes = Vec::new();
+    for device in backend.scan().unwrap() {
+        let mut handle = backend.open(&device.id).unwrap();
+        classes.extend(interfaces(handle.as_mut()).iter().map(|i| i.class));
+    }
+    for class in [(0x08, 0x06, 0x50), (0xff, 0xff, 0xff), (0x03, 0x01, 0x01)] {
+        assert!(
+            classes.contains(&class),
+            "{class:02x?} not in {classes:02x?}"
+        );
+    }
+}
+
+#[test]
+fn a_class_model_takes_the_place_of_generic_endpoints() {
+    let cases = [
+        ("[device.loopback]\nout = 1\nin = 0x81", "`loopback`"),
+        ("stall = [0x82]", "`stall`"),
+        ("class = 0", "`class`"),
+        (
+            "[device.keyboard]\ntext = \"a\"",
+            "a device plays one class model",
+        ),
+    ];
+    for (extra, needle) in cases {
+        // Top-level keys go before the class table, tables after it.
+        let text = if extra.starts_with('[') {
+            format!("[[device]]\nid = \"x\"\n[device.mass-storage]\nblocks = 8\n{extra}\n")
+        } else {
+            format!("[[device]]\nid = \"x\"\n{extra}\n[device.mass-storage]\nblocks = 8\n")
+        };
+        let message = invalid_file(&text);
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    // Without a class model, the ids are required.
+    let message = invalid_file("[[device]]\nid = \"x\"\nproduct_id = 1\n");
+    assert!(message.contains("vendor_id"), "{message}");
 }
