@@ -1,0 +1,17 @@
+//! Fake devices that play the device side of each protocol in this crate, for native unit
+//! tests (this crate's, and a script's own with the `fakes` feature): a Bulk-Only disk with
+//! faults, an FTDI adapter with a board behind it, a boot keyboard that types text. Each
+//! implements [`crate::Transfers`] and gives its configuration descriptor.
+
+mod bot_disk;
+pub(crate) mod descriptor;
+mod ftdi;
+mod keyboard;
+
+pub use bot_disk::{
+    DISK_BLOCK_SIZE, DISK_BULK_IN, DISK_BULK_OUT, DISK_INTERFACE, DiskFault, DiskRequest,
+    FakeBotDisk,
+};
+pub use descriptor::{ConfigurationBuilder, EndpointSpec};
+pub use ftdi::{Board, FTDI_BULK_IN, FTDI_BULK_OUT, FTDI_PACKET, FakeFtdi};
+pub use keyboard::{FakeKeyboard, KEYBOARD_ENDPOINT};
