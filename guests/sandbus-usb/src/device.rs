@@ -34,17 +34,30 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 /// The run's device: its identity, its configurations (to find interfaces by class), and an
-/// open handle (which implements [`crate::Transfers`]).
-pub struct LeasedDevice {
+/// open handle. In a component the handle is the leased `device-handle`; a native test puts
+/// a fake device there (any [`crate::Transfers`]), so a script's checks run on both.
+pub struct LeasedDevice<H = DeviceHandle> {
     /// Vendor, product, serial, location.
     pub info: DeviceInfo,
     /// Every configuration, parsed.
     pub configurations: Vec<Configuration>,
     /// The open device. Dropping it releases the interfaces and closes the device.
-    pub handle: DeviceHandle,
+    pub handle: H,
 }
 
-impl LeasedDevice {
+impl<H> LeasedDevice<H> {
+    /// `vvvv:pppp at LOCATION (serial S)`, for a report.
+    pub fn describe(&self) -> String {
+        let info = &self.info;
+        let serial = info.serial.as_deref().unwrap_or("none");
+        format!(
+            "{:04x}:{:04x} at {} (serial {serial})",
+            info.vendor_id, info.product_id, info.location
+        )
+    }
+}
+
+impl LeasedDevice<DeviceHandle> {
     /// Opens the device the run leased (in a component; natively there is no host).
     pub fn open() -> Result<Self, OpenError> {
         let usb_error = |operation| move |error| OpenError::Usb { operation, error };

@@ -15,3 +15,30 @@ pub use bot_disk::{
 pub use descriptor::{ConfigurationBuilder, EndpointSpec};
 pub use ftdi::{Board, FTDI_BULK_IN, FTDI_BULK_OUT, FTDI_PACKET, FakeFtdi};
 pub use keyboard::{FakeKeyboard, KEYBOARD_ENDPOINT};
+
+use crate::descriptors::Configuration;
+use crate::device::LeasedDevice;
+use crate::usb::DeviceInfo;
+
+/// A fake device as a script's checks receive it: `vendor:product` at location `sim-1`,
+/// with these configurations, driven through `handle`.
+pub fn leased<H>(
+    handle: H,
+    vendor_id: u16,
+    product_id: u16,
+    configurations: Vec<Configuration>,
+) -> LeasedDevice<H> {
+    LeasedDevice {
+        info: DeviceInfo {
+            vendor_id,
+            product_id,
+            serial: Some("FAKE-1".into()),
+            manufacturer: Some("sandbus fakes".into()),
+            product: None,
+            location: "sim-1".into(),
+            device_class: 0,
+        },
+        configurations,
+        handle,
+    }
+}

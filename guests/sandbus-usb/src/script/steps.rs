@@ -28,8 +28,8 @@ pub struct StepRecord {
 }
 
 /// The steps of a run, in order. Each finished step is logged (through `sandbus:host/log`
-/// in a component; to stderr in a native test). Turn them into the report's steps with
-/// [`crate::report_steps!`].
+/// in a component; to stderr in a native test). [`super::RunReport::from_steps`] makes the
+/// report of them.
 #[derive(Debug, Default)]
 pub struct Steps {
     records: Vec<StepRecord>,
@@ -130,32 +130,12 @@ fn log_step(record: &StepRecord) {
     eprintln!("{} {:?}: {detail}", record.name, record.outcome);
 }
 
-/// Turns [`Steps`] into the `runner` report's `list<step>`. Call it in the module where the
-/// script ran `wit_bindgen::generate!` for world `script` (it names
-/// `exports::sandbus::host::runner::{Step, StepOutcome}` from there).
-#[macro_export]
-macro_rules! report_steps {
-    ($steps:expr) => {
-        $crate::script::Steps::into_records($steps)
-            .into_iter()
-            .map(|record| exports::sandbus::host::runner::Step {
-                name: record.name,
-                outcome: match record.outcome {
-                    $crate::script::StepOutcome::Passed => {
-                        exports::sandbus::host::runner::StepOutcome::Passed
-                    }
-                    $crate::script::StepOutcome::Failed => {
-                        exports::sandbus::host::runner::StepOutcome::Failed
-                    }
-                    $crate::script::StepOutcome::Skipped => {
-                        exports::sandbus::host::runner::StepOutcome::Skipped
-                    }
-                },
-                duration_ms: record.duration_ms,
-                detail: record.detail,
-            })
-            .collect::<::std::vec::Vec<_>>()
-    };
+/// Logs a line at error level (stderr natively).
+pub(super) fn log_error(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::log::log(crate::log::Level::Error, line);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("error: {line}");
 }
 
 #[cfg(test)]
