@@ -56,13 +56,9 @@ impl ConsoleArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sandbus_usb::fakes::args as pairs;
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::*;
 
     #[test]
     fn user_command_and_expect_are_required_baud_and_timeout_have_defaults() {

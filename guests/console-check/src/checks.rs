@@ -1,6 +1,8 @@
 //! The console check's steps, on any device that implements `Transfers`: the leased adapter
 //! in a component, a fake one with a scripted board in the tests.
 
+use std::time::Duration;
+
 use sandbus_usb::ftdi::{FtdiSerial, LineSettings};
 use sandbus_usb::script::{RunReport, Steps};
 use sandbus_usb::{InterfaceClass, LeasedDevice, OpenError, Transfers, find_interface};
@@ -13,6 +15,9 @@ const FTDI_VENDOR: u16 = 0x0403;
 const LOGIN_PROMPT: &str = "login:";
 /// What the board prints when it wants a command.
 const SHELL_PROMPT: &str = "$ ";
+/// How long to wait for the login prompt before sending an empty line to bring it back
+/// (and again after each): a prompt printed before the run is usually gone.
+const NUDGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the check: arguments, then the steps on the device `open` returns.
 pub fn run<H: Transfers>(
@@ -29,10 +34,14 @@ pub fn run<H: Transfers>(
     let mut serial = steps.run("configure-line", || configure(open, args.baud));
     steps.run("wait-for-login", || {
         let serial = serial.as_mut().ok_or("no serial port")?;
-        let seen = serial
-            .read_until(LOGIN_PROMPT, args.timeout)
-            .map_err(|e| e.to_string())?;
-        Ok(((), format!("the board printed {seen:?}")))
+        let (seen, nudges) = serial
+            .read_until_nudging(LOGIN_PROMPT, args.timeout, NUDGE_EVERY)
+            .map_err(|e| format!("{e} (an empty line sent every {NUDGE_EVERY:?})"))?;
+        let mut detail = format!("the board printed {seen:?}");
+        if nudges > 0 {
+            detail.push_str(&format!(" after {nudges} empty line(s)"));
+        }
+        Ok(((), detail))
     });
     steps.run("log-in", || {
         let serial = serial.as_mut().ok_or("no serial port")?;

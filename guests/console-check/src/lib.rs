@@ -6,7 +6,10 @@
 //!    vendor-specific interface; it is claimed and set to `baud` 8N1 without flow control,
 //!    DTR and RTS raised. The chip is not reset: that would drop what the board printed
 //!    before the run;
-//! 2. `wait-for-login`: `login:` arrives;
+//! 2. `wait-for-login`: `login:` arrives. While it has not, an empty line is sent every
+//!    second, as a person at a quiet console would: a prompt printed before the run is
+//!    usually gone (a USB reset of the adapter, at boot or after an earlier run, drops what
+//!    it buffered), and a login prompt is printed again on an empty line;
 //! 3. `log-in`: `user` is sent as a line, `$ ` arrives;
 //! 4. `run-command`: `command` is sent as a line, its answer and `$ ` arrive;
 //! 5. `check-answer`: the answer (without an echo of the command) contains `expect`.

@@ -43,13 +43,9 @@ impl KeypadArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sandbus_usb::fakes::args as pairs;
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::*;
 
     #[test]
     fn the_word_is_required_and_the_timeout_defaults_to_15_seconds() {

@@ -72,22 +72,14 @@ fn find_keyboard<H: Transfers>(
 
 #[cfg(test)]
 mod tests {
-    use sandbus_usb::fakes::{FakeBotDisk, FakeKeyboard, leased};
+    use sandbus_usb::fakes::{FakeBotDisk, FakeKeyboard, args, leased};
     use sandbus_usb::script::{StepOutcome, Verdict};
 
     use super::*;
 
-    fn args(expect: &str) -> Vec<(String, String)> {
-        vec![
-            ("expect".to_string(), expect.to_string()),
-            ("timeout-ms".to_string(), "100".to_string()),
-        ]
-    }
-
     fn check(fake: &mut FakeKeyboard, expect: &str) -> RunReport {
-        run(&args(expect), || {
-            Ok(leased(fake, 0x0627, 0x0001, FakeKeyboard::configurations()))
-        })
+        let pairs = args(&[("expect", expect), ("timeout-ms", "100")]);
+        run(&pairs, || Ok(leased(fake)))
     }
 
     #[test]
@@ -131,14 +123,8 @@ mod tests {
 
     #[test]
     fn a_device_without_a_boot_keyboard_fails_at_the_first_step() {
-        let report = run(&args("a"), || {
-            Ok(leased(
-                FakeBotDisk::new(1),
-                0x46f4,
-                0x0001,
-                FakeBotDisk::configurations(),
-            ))
-        });
+        let mut disk = FakeBotDisk::new(1);
+        let report = run(&args(&[("expect", "a")]), || Ok(leased(&mut disk)));
         assert_eq!(report.steps[0].outcome, StepOutcome::Failed);
         assert!(
             report.summary.contains("no boot keyboard interface"),
@@ -149,7 +135,8 @@ mod tests {
 
     #[test]
     fn bad_arguments_end_the_run_before_the_device_is_touched() {
-        let report = run::<FakeKeyboard>(&args("Hello"), || unreachable!("not opened"));
+        let pairs = args(&[("expect", "Hello")]);
+        let report = run::<&mut FakeKeyboard>(&pairs, || unreachable!("not opened"));
         assert_eq!(report.verdict, Verdict::Error);
         assert!(report.summary.contains("`expect`"), "{}", report.summary);
     }

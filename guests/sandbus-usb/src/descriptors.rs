@@ -115,6 +115,13 @@ pub struct Interface {
 }
 
 impl Interface {
+    /// The first bulk IN and the first bulk OUT endpoint: what a bulk protocol (mass
+    /// storage, a serial adapter) runs on. `None` when either is missing.
+    pub fn bulk_endpoints(&self) -> Option<(&Endpoint, &Endpoint)> {
+        self.endpoint(TransferType::Bulk, Direction::In)
+            .zip(self.endpoint(TransferType::Bulk, Direction::Out))
+    }
+
     /// The first endpoint of this type and direction.
     pub fn endpoint(&self, transfer_type: TransferType, direction: Direction) -> Option<&Endpoint> {
         self.endpoints
@@ -305,6 +312,7 @@ mod tests {
             .unwrap();
         assert_eq!((bulk_in.address, bulk_in.max_packet_size), (0x81, 512));
         assert_eq!(bulk_out.address, 0x02);
+        assert_eq!(storage.bulk_endpoints(), Some((bulk_in, bulk_out)));
         let configurations = [configuration.clone()];
         let keyboard = find_interface(&configurations, InterfaceClass::HID_BOOT_KEYBOARD).unwrap();
         assert_eq!(keyboard.number, 1);

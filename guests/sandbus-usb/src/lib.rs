@@ -19,10 +19,13 @@
 //!
 //! This crate generates bindings for `sandbus:host/usb` and `sandbus:host/log` (from
 //! `wit/world.wit`) and re-exports them as [`usb`] and [`log`]. A script generates its own
-//! world `script` and tells wit-bindgen to use these modules instead of generating the two
-//! interfaces again, so a `DeviceHandle` the script opens is the one the library takes:
+//! world `script` with wit-bindgen's `with` option pointing those two interfaces at these
+//! modules, so they are not generated twice and a `DeviceHandle` the script opens is the
+//! type the library takes. The script keeps its own `runner` export (exports are always
+//! generated where the world is); [`runner_report!`] fills its report from a
+//! [`script::RunReport`]. A whole script:
 //!
-//! ```ignore
+//! ```no_run
 //! wit_bindgen::generate!({
 //!     path: "../../wit",
 //!     world: "script",
@@ -31,10 +34,37 @@
 //!         "sandbus:host/log@0.1.0": sandbus_usb::log,
 //!     },
 //! });
+//!
+//! use exports::sandbus::host::runner::{Guest, Report};
+//! use sandbus_usb::script::{RunReport, ScriptArgs, Steps};
+//! use sandbus_usb::{InterfaceClass, LeasedDevice, find_interface};
+//!
+//! struct HasStorage;
+//!
+//! impl Guest for HasStorage {
+//!     fn run(args: Vec<(String, String)>) -> Report {
+//!         if let Err(error) = ScriptArgs::new(&args, &[]) {
+//!             return sandbus_usb::runner_report!(RunReport::bad_arguments(&error));
+//!         }
+//!         let mut steps = Steps::new();
+//!         steps.run("find-interface", || {
+//!             let device = LeasedDevice::open().map_err(|e| e.to_string())?;
+//!             let class = InterfaceClass::MASS_STORAGE_BULK_ONLY;
+//!             let interface = find_interface(&device.configurations, class)
+//!                 .ok_or("no Bulk-Only mass storage interface")?;
+//!             Ok(((), format!("interface {}", interface.number)))
+//!         });
+//!         sandbus_usb::runner_report!(RunReport::from_steps(steps, || "a disk".into()))
+//!     }
+//! }
+//!
+//! export!(HasStorage);
+//! # fn main() {}
 //! ```
 //!
-//! The script then uses `sandbus_usb::usb` (not `sandbus::host::usb`, which is no longer
-//! generated) and exports `runner` as usual.
+//! The crate's generated world is named `sandbus:usb-library/usb-library`; a component
+//! built with it still has world `script` (wit-component merges the two, and they agree on
+//! both interfaces).
 
 /// The generated bindings: a world of this crate's own that imports `sandbus:host/usb` and
 /// `sandbus:host/log`.

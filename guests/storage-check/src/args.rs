@@ -48,13 +48,9 @@ impl StorageArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sandbus_usb::fakes::args as pairs;
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use super::*;
 
     fn complete() -> Vec<(String, String)> {
         pairs(&[

@@ -1,17 +1,21 @@
 //! The console check against a fake FTDI adapter with a scripted board behind it.
 
-use sandbus_usb::fakes::{FakeBotDisk, FakeFtdi, leased};
+use sandbus_usb::fakes::{FakeBotDisk, FakeFtdi, args_with, leased};
 use sandbus_usb::script::{StepOutcome, Verdict};
 
 use super::*;
 
-/// A board as the lab's simulator behaves: banner, `login: `; after the user name `$ `
-/// (only `root` may log in); after each command its answer on a line, then `$ `.
+/// A board as the lab's simulator behaves: banner, `login: `; an empty line before logging
+/// in prints `login: ` again; after the user name `$ ` (only `root` may log in); after each
+/// command its answer on a line, then `$ `.
 fn board(answer: &'static str) -> FakeFtdi {
     let mut logged_in = false;
     let mut fake = FakeFtdi::new()
         .with_bytes_per_read(7)
         .with_board(move |line| {
+            if !logged_in && line.is_empty() {
+                return "login: ".to_string();
+            }
             if !logged_in {
                 if line != "root" {
                     return "Login incorrect\r\nlogin: ".to_string();
@@ -25,27 +29,19 @@ fn board(answer: &'static str) -> FakeFtdi {
     fake
 }
 
-fn args(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut pairs = vec![
+/// Logging in as root and running `uname -a`, with `changes`.
+fn args(changes: &[(&str, &str)]) -> Vec<(String, String)> {
+    let base = [
         ("user", "root"),
         ("command", "uname -a"),
         ("expect", "Linux"),
         ("timeout-ms", "200"),
     ];
-    for (name, value) in extra {
-        pairs.retain(|(n, _)| n != name);
-        pairs.push((name, value));
-    }
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    args_with(&base, changes)
 }
 
 fn check(fake: &mut FakeFtdi, pairs: &[(String, String)]) -> RunReport {
-    run(pairs, || {
-        Ok(leased(fake, 0x0403, 0x6001, FakeFtdi::configurations()))
-    })
+    run(pairs, || Ok(leased(fake)))
 }
 
 #[test]
@@ -72,6 +68,20 @@ fn logging_in_and_running_a_command_passes_every_step() {
         "{}",
         report.summary
     );
+}
+
+#[test]
+fn a_login_prompt_printed_before_the_run_and_lost_is_brought_back_with_an_empty_line() {
+    let mut fake = FakeFtdi::new().with_board(|line| match line {
+        "" => "login: ".to_string(),
+        "root" => "$ ".to_string(),
+        _ => "Linux\r\n$ ".to_string(),
+    });
+    let report = check(&mut fake, &args(&[("timeout-ms", "3000")]));
+    assert_eq!(report.verdict, Verdict::Pass, "{report:#?}");
+    let detail = report.steps[1].detail.as_deref().unwrap();
+    assert!(detail.contains("after 1 empty line"), "{detail}");
+    assert_eq!(fake.written(), b"\nroot\nuname -a\n");
 }
 
 #[test]
@@ -130,14 +140,8 @@ fn the_baud_rate_is_set_as_asked() {
 
 #[test]
 fn a_device_that_is_not_an_ftdi_adapter_fails_at_the_first_step() {
-    let report = run(&args(&[]), || {
-        Ok(leased(
-            FakeBotDisk::new(1),
-            0x46f4,
-            0x0001,
-            FakeBotDisk::configurations(),
-        ))
-    });
+    let mut disk = FakeBotDisk::new(1);
+    let report = run(&args(&[]), || Ok(leased(&mut disk)));
     assert_eq!(report.steps[0].outcome, StepOutcome::Failed);
     assert!(
         report.summary.contains("not an FTDI adapter"),
@@ -148,7 +152,7 @@ fn a_device_that_is_not_an_ftdi_adapter_fails_at_the_first_step() {
 
 #[test]
 fn bad_arguments_end_the_run_before_the_device_is_touched() {
-    let report = run::<FakeFtdi>(&args(&[("speed", "fast")]), || unreachable!("not opened"));
+    let report = run::<&mut FakeFtdi>(&args(&[("speed", "fast")]), || unreachable!("not opened"));
     assert_eq!(report.verdict, Verdict::Error);
     assert!(report.steps.is_empty());
 }

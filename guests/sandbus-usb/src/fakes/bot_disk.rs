@@ -8,8 +8,9 @@
 
 use std::collections::VecDeque;
 
+use super::FakeDevice;
 use super::descriptor::{ConfigurationBuilder, EndpointSpec};
-use crate::descriptors::{Configuration, InterfaceClass, parse_configuration};
+use crate::descriptors::InterfaceClass;
 use crate::mass_storage::{
     BULK_ONLY_RESET, CBW_LENGTH, CBW_SIGNATURE, CSW_SIGNATURE, GET_MAX_LUN, INQUIRY, READ_10,
     READ_CAPACITY_10, REQUEST_SENSE, TEST_UNIT_READY, WRITE_10,
@@ -168,23 +169,6 @@ impl FakeBotDisk {
         &self.requests
     }
 
-    /// The configuration descriptor bytes: one Bulk-Only interface, bulk IN 0x81 and bulk
-    /// OUT 0x02 of 512-byte packets.
-    pub fn configuration_descriptor() -> Vec<u8> {
-        ConfigurationBuilder::new(1)
-            .interface(DISK_INTERFACE, InterfaceClass::MASS_STORAGE_BULK_ONLY)
-            .endpoint(EndpointSpec::bulk(DISK_BULK_IN, 512))
-            .endpoint(EndpointSpec::bulk(DISK_BULK_OUT, 512))
-            .build()
-    }
-
-    /// The parsed configurations, as a script gets them.
-    pub fn configurations() -> Vec<Configuration> {
-        parse_configuration(&Self::configuration_descriptor())
-            .into_iter()
-            .collect()
-    }
-
     fn blocks(&self) -> usize {
         self.data.len() / DISK_BLOCK_SIZE
     }
@@ -328,15 +312,24 @@ impl FakeBotDisk {
     }
 }
 
+impl FakeDevice for FakeBotDisk {
+    const VENDOR_ID: u16 = 0x46f4;
+    const PRODUCT_ID: u16 = 0x0001;
+
+    /// The configuration descriptor bytes: one Bulk-Only interface, bulk IN 0x81 and bulk
+    /// OUT 0x02 of 512-byte packets.
+    fn configuration_descriptor() -> Vec<u8> {
+        ConfigurationBuilder::new(1)
+            .interface(DISK_INTERFACE, InterfaceClass::MASS_STORAGE_BULK_ONLY)
+            .endpoint(EndpointSpec::bulk(DISK_BULK_IN, 512))
+            .endpoint(EndpointSpec::bulk(DISK_BULK_OUT, 512))
+            .build()
+    }
+}
+
 impl Transfers for FakeBotDisk {
     fn claim_interface(&mut self, interface: u8) -> Result<(), UsbError> {
-        if interface != DISK_INTERFACE {
-            return Err(UsbError::InvalidArgument(format!(
-                "no interface {interface}"
-            )));
-        }
-        self.claimed = true;
-        Ok(())
+        super::claim(&mut self.claimed, interface, DISK_INTERFACE)
     }
 
     fn control_in(

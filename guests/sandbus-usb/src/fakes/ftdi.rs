@@ -5,8 +5,9 @@
 
 use std::collections::VecDeque;
 
+use super::FakeDevice;
 use super::descriptor::{ConfigurationBuilder, EndpointSpec};
-use crate::descriptors::{Configuration, InterfaceClass, parse_configuration};
+use crate::descriptors::InterfaceClass;
 use crate::ftdi::{
     FTDI_RESET, FTDI_SET_BAUD_RATE, FTDI_SET_DATA, FTDI_SET_FLOW_CONTROL, PURGE_RECEIVE, RESET_CHIP,
 };
@@ -122,23 +123,6 @@ impl FakeFtdi {
         self.resets
     }
 
-    /// The configuration descriptor bytes: one vendor-specific interface with bulk IN 0x81
-    /// and bulk OUT 0x02 of 64-byte packets, like QEMU's `usb-serial`.
-    pub fn configuration_descriptor() -> Vec<u8> {
-        ConfigurationBuilder::new(1)
-            .interface(0, InterfaceClass::VENDOR_SPECIFIC)
-            .endpoint(EndpointSpec::bulk(FTDI_BULK_IN, FTDI_PACKET as u16))
-            .endpoint(EndpointSpec::bulk(FTDI_BULK_OUT, FTDI_PACKET as u16))
-            .build()
-    }
-
-    /// The parsed configurations, as a script gets them.
-    pub fn configurations() -> Vec<Configuration> {
-        parse_configuration(&Self::configuration_descriptor())
-            .into_iter()
-            .collect()
-    }
-
     /// The chip's reading of a divisor (AN232B-05): 3 MHz / (n + x/8), with 0 meaning 3
     /// Mbaud and 1 meaning 2 Mbaud.
     fn decode_baud(value: u16, index: u16) -> u32 {
@@ -154,15 +138,24 @@ impl FakeFtdi {
     }
 }
 
+impl FakeDevice for FakeFtdi {
+    const VENDOR_ID: u16 = 0x0403;
+    const PRODUCT_ID: u16 = 0x6001;
+
+    /// The configuration descriptor bytes: one vendor-specific interface with bulk IN 0x81
+    /// and bulk OUT 0x02 of 64-byte packets, like QEMU's `usb-serial`.
+    fn configuration_descriptor() -> Vec<u8> {
+        ConfigurationBuilder::new(1)
+            .interface(0, InterfaceClass::VENDOR_SPECIFIC)
+            .endpoint(EndpointSpec::bulk(FTDI_BULK_IN, FTDI_PACKET as u16))
+            .endpoint(EndpointSpec::bulk(FTDI_BULK_OUT, FTDI_PACKET as u16))
+            .build()
+    }
+}
+
 impl Transfers for FakeFtdi {
     fn claim_interface(&mut self, interface: u8) -> Result<(), UsbError> {
-        if interface != 0 {
-            return Err(UsbError::InvalidArgument(format!(
-                "no interface {interface}"
-            )));
-        }
-        self.claimed = true;
-        Ok(())
+        super::claim(&mut self.claimed, interface, 0)
     }
 
     fn control_in(&mut self, _: ControlSetup, _: u16, _: u32) -> Result<Vec<u8>, UsbError> {

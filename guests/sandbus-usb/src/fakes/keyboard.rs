@@ -4,8 +4,9 @@
 
 use std::collections::VecDeque;
 
+use super::FakeDevice;
 use super::descriptor::{ConfigurationBuilder, EndpointSpec};
-use crate::descriptors::{Configuration, InterfaceClass, parse_configuration};
+use crate::descriptors::InterfaceClass;
 use crate::hid::{BOOT_PROTOCOL, ENTER, SET_IDLE, SET_PROTOCOL, SPACE};
 use crate::transfers::{CLASS_INTERFACE_OUT, Transfers};
 use crate::usb::{ControlSetup, UsbError};
@@ -70,34 +71,26 @@ impl FakeKeyboard {
             }
         }
     }
+}
+
+impl FakeDevice for FakeKeyboard {
+    const VENDOR_ID: u16 = 0x0627;
+    const PRODUCT_ID: u16 = 0x0001;
 
     /// The configuration descriptor bytes: one boot keyboard interface with an 8-byte
     /// interrupt IN endpoint at 0x81.
-    pub fn configuration_descriptor() -> Vec<u8> {
+    fn configuration_descriptor() -> Vec<u8> {
         ConfigurationBuilder::new(1)
             .interface(0, InterfaceClass::HID_BOOT_KEYBOARD)
             .raw(&[9, 0x21, 0x11, 0x01, 0, 1, 0x22, 63, 0])
             .endpoint(EndpointSpec::interrupt(KEYBOARD_ENDPOINT, 8, 10))
             .build()
     }
-
-    /// The parsed configurations, as a script gets them.
-    pub fn configurations() -> Vec<Configuration> {
-        parse_configuration(&Self::configuration_descriptor())
-            .into_iter()
-            .collect()
-    }
 }
 
 impl Transfers for FakeKeyboard {
     fn claim_interface(&mut self, interface: u8) -> Result<(), UsbError> {
-        if interface != 0 {
-            return Err(UsbError::InvalidArgument(format!(
-                "no interface {interface}"
-            )));
-        }
-        self.claimed = true;
-        Ok(())
+        super::claim(&mut self.claimed, interface, 0)
     }
 
     fn control_in(&mut self, _: ControlSetup, _: u16, _: u32) -> Result<Vec<u8>, UsbError> {

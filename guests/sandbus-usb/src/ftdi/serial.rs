@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::error::FtdiError;
 use super::settings::{BaudDivisor, FtdiStatus, LineSettings};
-use crate::descriptors::{Direction, Interface, TransferType};
+use crate::descriptors::Interface;
 use crate::transfers::{Transfers, VENDOR_DEVICE_OUT, nonzero_ms, setup};
 use crate::usb::UsbError;
 
@@ -79,16 +79,11 @@ impl<T: Transfers> FtdiSerial<T> {
     /// [`configure`](Self::configure) (and [`reset`](Self::reset) to drop what the chip
     /// buffered before).
     pub fn open(mut transfers: T, interface: &Interface) -> Result<Self, FtdiError> {
-        let missing = FtdiError::MissingEndpoint {
-            interface: interface.number,
-        };
-        let bulk_in = interface
-            .endpoint(TransferType::Bulk, Direction::In)
-            .ok_or_else(|| missing.clone())?;
-        let bulk_out = interface
-            .endpoint(TransferType::Bulk, Direction::Out)
-            .ok_or(missing)?
-            .address;
+        let (bulk_in, bulk_out) = interface
+            .bulk_endpoints()
+            .ok_or(FtdiError::MissingEndpoint {
+                interface: interface.number,
+            })?;
         transfers
             .claim_interface(interface.number)
             .map_err(|error| FtdiError::Usb {
@@ -98,7 +93,7 @@ impl<T: Transfers> FtdiSerial<T> {
         Ok(Self {
             transfers,
             bulk_in: bulk_in.address,
-            bulk_out,
+            bulk_out: bulk_out.address,
             // 8 is the smallest bulk packet USB allows; a descriptor saying less is broken.
             max_packet_size: bulk_in.max_packet_size.max(8),
             pending: Vec::new(),
@@ -280,6 +275,42 @@ impl<T: Transfers> FtdiSerial<T> {
                     self.pending = seen;
                     return Err(error);
                 }
+            }
+        }
+    }
+
+    /// Like [`read_until`](Self::read_until), but sends an empty line every `every` (at
+    /// least 1 ms) while `pattern` has not arrived: what a person does at a quiet console.
+    /// A prompt printed before anyone listened is gone (a USB reset of the adapter drops
+    /// what it buffered), and a login prompt (getty) is printed again on an empty line.
+    /// Returns what was read up to and including `pattern`, and how many empty lines were
+    /// sent.
+    pub fn read_until_nudging(
+        &mut self,
+        pattern: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<(String, u32), FtdiError> {
+        let started = Instant::now();
+        let give_up = started + timeout;
+        let every = every.max(Duration::from_millis(1));
+        let mut nudges = 0;
+        loop {
+            let wait = give_up.saturating_duration_since(Instant::now()).min(every);
+            match self.read_until(pattern, wait) {
+                Ok(seen) => return Ok((seen, nudges)),
+                Err(FtdiError::PatternNotSeen { seen, .. }) if Instant::now() >= give_up => {
+                    return Err(FtdiError::PatternNotSeen {
+                        pattern: pattern.to_string(),
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        seen,
+                    });
+                }
+                Err(FtdiError::PatternNotSeen { .. }) => {
+                    self.write(self.line_ending.bytes())?;
+                    nudges += 1;
+                }
+                Err(error) => return Err(error),
             }
         }
     }

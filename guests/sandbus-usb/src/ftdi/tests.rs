@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::descriptors::{InterfaceClass, find_interface};
-use crate::fakes::FakeFtdi;
+use crate::fakes::{FakeDevice, FakeFtdi};
 
 fn open(fake: &mut FakeFtdi) -> FtdiSerial<&mut FakeFtdi> {
     let configurations = FakeFtdi::configurations();
@@ -118,6 +118,49 @@ fn read_until_gives_up_with_what_it_saw_and_keeps_it() {
         b"Password: ",
         "still there to read"
     );
+}
+
+#[test]
+fn a_quiet_console_is_woken_with_empty_lines_until_it_prompts() {
+    // A getty-like board whose first prompt was lost: an empty line brings it back.
+    let mut fake = FakeFtdi::new().with_board(|line| {
+        if line.is_empty() {
+            "login: ".to_string()
+        } else {
+            String::new()
+        }
+    });
+    let mut serial = open(&mut fake);
+    let (seen, nudges) = serial
+        .read_until_nudging("login:", Duration::from_secs(2), Duration::from_millis(5))
+        .unwrap();
+    assert_eq!((seen.as_str(), nudges), ("login:", 1));
+    assert_eq!(fake.written(), b"\n");
+}
+
+#[test]
+fn a_console_that_never_prompts_is_given_up_on_after_the_whole_timeout() {
+    let mut fake = FakeFtdi::new().with_board(|_| "?\r\n".to_string());
+    let mut serial = open(&mut fake);
+    let error = serial
+        .read_until_nudging(
+            "login:",
+            Duration::from_millis(40),
+            Duration::from_millis(10),
+        )
+        .unwrap_err();
+    let FtdiError::PatternNotSeen {
+        waited_ms, seen, ..
+    } = error
+    else {
+        panic!("expected PatternNotSeen, got {error:?}");
+    };
+    assert!(waited_ms >= 40, "{waited_ms}");
+    assert!(
+        seen.starts_with("?\r\n?\r\n"),
+        "every nudge was answered: {seen:?}"
+    );
+    assert!(fake.written().len() >= 3, "{:?}", fake.written());
 }
 
 #[test]

@@ -1,13 +1,21 @@
 //! A USB keyboard in HID boot protocol: reports decoded into key events, and the events into
 //! typed text.
 //!
-//! ```ignore
-//! let interface = find_interface(&device.configurations, InterfaceClass::HID_BOOT_KEYBOARD)
-//!     .ok_or("no boot keyboard interface")?;
-//! let mut keyboard = BootKeyboard::open(&mut device.handle, interface)?;
-//! keyboard.set_boot_protocol()?;
-//! keyboard.set_idle(0)?;
-//! let word = keyboard.read_line(Duration::from_secs(15))?;
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use sandbus_usb::hid::BootKeyboard;
+//! use sandbus_usb::{InterfaceClass, LeasedDevice, find_interface};
+//!
+//! fn typed_word() -> Result<String, Box<dyn std::error::Error>> {
+//!     let mut device = LeasedDevice::open()?;
+//!     let class = InterfaceClass::HID_BOOT_KEYBOARD;
+//!     let interface = find_interface(&device.configurations, class).ok_or("no keyboard")?;
+//!     let mut keyboard = BootKeyboard::open(&mut device.handle, interface)?;
+//!     keyboard.set_boot_protocol()?;
+//!     keyboard.set_idle(0)?;
+//!     Ok(keyboard.read_line(Duration::from_secs(15))?)
+//! }
 //! ```
 
 mod error;

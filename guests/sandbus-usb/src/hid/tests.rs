@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::descriptors::{InterfaceClass, find_interface};
-use crate::fakes::FakeKeyboard;
+use crate::fakes::{FakeDevice, FakeKeyboard};
 use crate::usb::UsbError;
 
 fn open(fake: &mut FakeKeyboard) -> BootKeyboard<&mut FakeKeyboard> {

@@ -9,7 +9,7 @@
 //!   interface, then clear halt on bulk IN and on bulk OUT).
 
 use super::error::{MassStorageError, Stage};
-use crate::descriptors::{Direction, Interface, TransferType};
+use crate::descriptors::Interface;
 use crate::transfers::{CLASS_INTERFACE_IN, CLASS_INTERFACE_OUT, Transfers, setup};
 use crate::usb::UsbError;
 
@@ -146,17 +146,12 @@ impl<T: Transfers> BulkOnlyTransport<T> {
     /// Claims the interface and finds its bulk endpoints. The interface is normally the one
     /// [`crate::InterfaceClass::MASS_STORAGE_BULK_ONLY`] finds.
     pub fn open(mut transfers: T, interface: &Interface) -> Result<Self, MassStorageError> {
-        let missing = MassStorageError::MissingEndpoint {
-            interface: interface.number,
-        };
-        let bulk_in = interface
-            .endpoint(TransferType::Bulk, Direction::In)
-            .ok_or_else(|| missing.clone())?
-            .address;
-        let bulk_out = interface
-            .endpoint(TransferType::Bulk, Direction::Out)
-            .ok_or(missing)?
-            .address;
+        let (bulk_in, bulk_out) =
+            interface
+                .bulk_endpoints()
+                .ok_or(MassStorageError::MissingEndpoint {
+                    interface: interface.number,
+                })?;
         transfers
             .claim_interface(interface.number)
             .map_err(|error| MassStorageError::Usb {
@@ -166,8 +161,8 @@ impl<T: Transfers> BulkOnlyTransport<T> {
         Ok(Self {
             transfers,
             interface: interface.number,
-            bulk_in,
-            bulk_out,
+            bulk_in: bulk_in.address,
+            bulk_out: bulk_out.address,
             next_tag: 1,
             timeout_ms: 10_000,
             recoveries: 0,

@@ -1,16 +1,24 @@
 //! USB mass storage over the Bulk-Only Transport, SCSI commands on top: what a storage test
 //! needs to check a USB disk (identity, readiness, capacity, reading and writing blocks).
 //!
-//! ```ignore
-//! let interface = find_interface(&device.configurations, InterfaceClass::MASS_STORAGE_BULK_ONLY)
-//!     .ok_or("no bulk-only mass storage interface")?;
-//! let mut transport = BulkOnlyTransport::open(&mut device.handle, interface)?;
-//! let lun = transport.max_lun()?;
-//! let mut disk = ScsiDisk::new(transport, 0);
-//! let inquiry = disk.inquiry()?;                     // vendor, product, revision
-//! disk.wait_until_ready(Duration::from_secs(10))?;   // TEST UNIT READY, retried
-//! let capacity = disk.read_capacity()?;
-//! let block = disk.read(0, 1)?;
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use sandbus_usb::mass_storage::{BulkOnlyTransport, ScsiDisk};
+//! use sandbus_usb::{InterfaceClass, LeasedDevice, find_interface};
+//!
+//! fn first_block() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+//!     let mut device = LeasedDevice::open()?;
+//!     let class = InterfaceClass::MASS_STORAGE_BULK_ONLY;
+//!     let interface = find_interface(&device.configurations, class).ok_or("no disk")?;
+//!     let mut transport = BulkOnlyTransport::open(&mut device.handle, interface)?;
+//!     let units = transport.max_lun()? + 1;
+//!     let mut disk = ScsiDisk::new(transport, 0);
+//!     let inquiry = disk.inquiry()?; // vendor, product, revision
+//!     disk.wait_until_ready(Duration::from_secs(10))?; // TEST UNIT READY, retried
+//!     let capacity = disk.read_capacity()?;
+//!     Ok(disk.read(0, 1)?)
+//! }
 //! ```
 
 mod bot;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::descriptors::{InterfaceClass, find_interface};
-use crate::fakes::{DISK_BULK_IN, DISK_BULK_OUT, DiskFault, DiskRequest, FakeBotDisk};
+use crate::fakes::{DISK_BULK_IN, DISK_BULK_OUT, DiskFault, DiskRequest, FakeBotDisk, FakeDevice};
 
 fn open(fake: &mut FakeBotDisk) -> ScsiDisk<&mut FakeBotDisk> {
     let configurations = FakeBotDisk::configurations();

@@ -140,12 +140,7 @@ impl<'a> ScriptArgs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::fakes::args as pairs;
 
     #[test]
     fn known_arguments_are_read_and_parsed() {

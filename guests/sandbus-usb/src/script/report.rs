@@ -71,14 +71,7 @@ impl RunReport {
 /// Turns a [`RunReport`] into the `runner` export's `report`. Call it in the module where
 /// the script ran `wit_bindgen::generate!` for world `script`: it names
 /// `exports::sandbus::host::runner::{Report, Step, StepOutcome, Verdict}` from there.
-///
-/// ```ignore
-/// impl Guest for StorageCheck {
-///     fn run(args: Vec<(String, String)>) -> Report {
-///         sandbus_usb::runner_report!(checks::run(&args, LeasedDevice::open))
-///     }
-/// }
-/// ```
+/// The crate documentation has a whole script.
 #[macro_export]
 macro_rules! runner_report {
     ($report:expr) => {{

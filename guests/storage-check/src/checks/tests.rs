@@ -1,28 +1,22 @@
 //! The storage check against a fake Bulk-Only disk.
 
-use sandbus_usb::fakes::{DiskFault, FakeBotDisk, FakeKeyboard, leased};
+use sandbus_usb::fakes::{DiskFault, FakeBotDisk, FakeKeyboard, args_with, leased};
 use sandbus_usb::mass_storage::{INQUIRY, TEST_UNIT_READY};
 use sandbus_usb::script::{StepOutcome, Verdict};
 use sandbus_usb::usb::UsbError;
 
 use super::*;
 
-fn args(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut pairs = vec![
+/// The arguments for the fake disk below, with `changes`.
+fn args(changes: &[(&str, &str)]) -> Vec<(String, String)> {
+    let expected = [
         ("vendor", "QEMU"),
         ("product", "QEMU HARDDISK"),
         ("blocks", "64"),
         ("marker-lba", "3"),
         ("marker", "sandbus-marker"),
     ];
-    for (name, value) in extra {
-        pairs.retain(|(n, _)| n != name);
-        pairs.push((name, value));
-    }
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    args_with(&expected, changes)
 }
 
 fn disk() -> FakeBotDisk {
@@ -33,9 +27,7 @@ fn disk() -> FakeBotDisk {
 }
 
 fn check(fake: &mut FakeBotDisk, pairs: &[(String, String)]) -> RunReport {
-    run(pairs, || {
-        Ok(leased(fake, 0x46f4, 0x0001, FakeBotDisk::configurations()))
-    })
+    run(pairs, || Ok(leased(fake)))
 }
 
 fn outcomes(report: &RunReport) -> Vec<(&str, StepOutcome)> {
@@ -168,21 +160,15 @@ fn a_phase_error_fails_its_step_and_says_the_device_was_reset() {
 
 #[test]
 fn a_device_without_mass_storage_fails_at_the_first_step() {
-    let report = run(&args(&[]), || {
-        Ok(leased(
-            FakeKeyboard::new(),
-            0x0627,
-            0x0001,
-            FakeKeyboard::configurations(),
-        ))
-    });
+    let mut keyboard = FakeKeyboard::new();
+    let report = run(&args(&[]), || Ok(leased(&mut keyboard)));
     assert_eq!(report.steps[0].outcome, StepOutcome::Failed);
     assert!(
         report.summary.contains("0627:0001 at sim-1"),
         "{}",
         report.summary
     );
-    let report = run::<FakeBotDisk>(&args(&[]), || {
+    let report = run::<&mut FakeBotDisk>(&args(&[]), || {
         Err(OpenError::Usb {
             operation: "opening the device",
             error: UsbError::Busy,
@@ -198,7 +184,7 @@ fn a_device_without_mass_storage_fails_at_the_first_step() {
 
 #[test]
 fn bad_arguments_end_the_run_before_the_device_is_touched() {
-    let report = run::<FakeBotDisk>(&args(&[("blocks", "lots")]), || {
+    let report = run::<&mut FakeBotDisk>(&args(&[("blocks", "lots")]), || {
         unreachable!("the device is not opened")
     });
     assert_eq!(report.verdict, Verdict::Error);
