@@ -64,7 +64,7 @@ pub fn parse_args(args: &[(String, String)]) -> Result<Args, String> {
             _ => return Err(format!("unknown argument `{name}`; use mode, size, count")),
         }
     }
-    if parsed.size == 0 || parsed.size % 512 != 0 || parsed.size > 1 << 20 {
+    if parsed.size == 0 || !parsed.size.is_multiple_of(512) || parsed.size > 1 << 20 {
         return Err(format!(
             "size={}: a multiple of 512 up to 1 MiB",
             parsed.size
@@ -165,7 +165,10 @@ fn measure(handle: &DeviceHandle, args: Args, endpoints: (u8, u8)) -> Result<(u6
                     .map_err(|e| usb_error("status", e))?;
                 check_status(&csw, tag)?;
             }
-            Ok((u64::from(args.count), u64::from(args.count) * u64::from(args.size)))
+            Ok((
+                u64::from(args.count),
+                u64::from(args.count) * u64::from(args.size),
+            ))
         }
     }
 }
@@ -247,7 +250,10 @@ mod tests {
         let cbw = read_command(7, 128);
         assert_eq!(&cbw[0..4], b"USBC");
         assert_eq!(u32::from_le_bytes([cbw[4], cbw[5], cbw[6], cbw[7]]), 7);
-        assert_eq!(u32::from_le_bytes([cbw[8], cbw[9], cbw[10], cbw[11]]), 65_536);
+        assert_eq!(
+            u32::from_le_bytes([cbw[8], cbw[9], cbw[10], cbw[11]]),
+            65_536
+        );
         assert_eq!((cbw[12], cbw[14], cbw[15]), (0x80, 10, 0x28));
         assert_eq!(&cbw[17..21], &[0, 0, 0, 0]);
         assert_eq!(&cbw[22..24], &[0, 128]);
