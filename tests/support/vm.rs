@@ -301,9 +301,10 @@ impl LabVm {
         qmp.wait_event("DEVICE_DELETED", |data| data["device"] == id)
     }
 
-    /// Types `text` (lowercase letters, digits, space, `\n` for Enter) on keyboard `id`, one
-    /// press and release per character.
-    pub fn type_text(&mut self, id: &str, text: &str) -> Result<(), String> {
+    /// Types `text` (lowercase letters, digits, space, `\n` for Enter), one press and release
+    /// per character, on the VM's keyboard. QEMU routes the keys itself: without a display
+    /// it cannot bind events to one named device, so a lab VM that types has one keyboard.
+    pub fn type_text(&mut self, text: &str) -> Result<(), String> {
         for c in text.chars() {
             let key = match c {
                 'a'..='z' | '0'..='9' => c.to_string(),
@@ -314,7 +315,7 @@ impl LabVm {
             for down in [true, false] {
                 self.qmp(
                     "input-send-event",
-                    json!({"device": id, "events": [
+                    json!({"events": [
                         {"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": key}}}
                     ]}),
                 )?;

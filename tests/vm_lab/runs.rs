@@ -24,6 +24,18 @@ pub fn trials() -> Vec<Trial> {
             "queued_runs_for_one_device_run_in_arrival_order_and_see_only_their_device",
             queued_runs_for_one_device_run_in_arrival_order_and_see_only_their_device,
         ),
+        trial(
+            "storage_check_reads_the_marker_and_a_scratch_block_on_the_stick",
+            storage_check_reads_the_marker_and_a_scratch_block_on_the_stick,
+        ),
+        trial(
+            "console_check_logs_in_to_the_board_behind_the_serial_adapter",
+            console_check_logs_in_to_the_board_behind_the_serial_adapter,
+        ),
+        trial(
+            "keypad_check_reads_the_word_typed_on_the_keyboard",
+            keypad_check_reads_the_word_typed_on_the_keyboard,
+        ),
     ]
 }
 
@@ -35,6 +47,16 @@ pub fn scripts(lab: &mut Lab) {
             .as_array()
             .is_some_and(|l| l.iter().any(|c| c["name"] == name))
     };
+    for (name, file) in [
+        ("storage-check", "storage-check"),
+        ("console-check", "console-check"),
+        ("keypad-check", "keypad-check"),
+    ] {
+        if !have(name) {
+            lab.cluster
+                .cli_ok(&["upload", &super::cluster::guest(file), "--name", name]);
+        }
+    }
     if !have("probe") {
         lab.cluster.cli_ok(&[
             "upload",
@@ -46,7 +68,9 @@ pub fn scripts(lab: &mut Lab) {
         ]);
     }
     for host in ["lab-a", "lab-b", "lab-c"] {
-        lab.cluster.wait_for_component(host, "probe", 1);
+        for name in ["probe", "storage-check", "console-check", "keypad-check"] {
+            lab.cluster.wait_for_component(host, name, 1);
+        }
     }
 }
 
@@ -102,15 +126,24 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
     // The probe claims interface 0 and reads its interrupt endpoint until cancelled.
     let id = start(
         lab,
-        &["probe", "--device", "serial=kbd1", "--arg", "mode=hog"],
+        &[
+            "probe",
+            "--device",
+            "serial=kbd1",
+            "--arg",
+            "mode=hog",
+            "--timeout",
+            "60s",
+        ],
     );
     lab.wait_within(
         Duration::from_secs(60),
         "the run to hold the keyboard",
         |lab| run_record(lab, &id)["state"] == "running",
     );
-    lab.wait_within(Duration::from_secs(10), "usbhid to be detached", |lab| {
-        lab.a.interface_driver(&interface).unwrap().is_none()
+    // While the run has it, the interface is bound to usbfs (the run's claim), not usbhid.
+    lab.wait_within(Duration::from_secs(10), "usbhid to let go of it", |lab| {
+        lab.a.interface_driver(&interface).unwrap().as_deref() == Some("usbfs")
     });
     // Cancelled in the middle of a blocking read: the device is free within a second.
     lab.cluster.cli_ok(&["cancel", &id]);
@@ -264,4 +297,138 @@ fn queued_runs_for_one_device_run_in_arrival_order_and_see_only_their_device(lab
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("NotLeased"), "{text}");
+}
+
+/// Follows `args` to the report: the CLI's output, asserting the run passed on `host` and
+/// that the kernel driver `driver` has the device's interface 0 again afterwards.
+fn passes_on(lab: &mut Lab, host: &str, serial: &str, driver: &str, args: &[&str]) -> String {
+    let out = lab.cluster.cli(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        lab.fail(&format!(
+            "{args:?} did not pass:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    assert!(text.contains(&format!(" on {host}")), "{text}");
+    let interface = interface0(lab, host, serial);
+    let vm = host.to_owned();
+    lab.wait_within(
+        Duration::from_secs(10),
+        "the kernel driver bound again",
+        |lab| lab.vm(&vm).interface_driver(&interface).unwrap().as_deref() == Some(driver),
+    );
+    text
+}
+
+fn storage_check_reads_the_marker_and_a_scratch_block_on_the_stick(lab: &mut Lab) {
+    scripts(lab);
+    let blocks = super::STICK_BLOCKS.to_string();
+    let marker_lba = super::MARKER_LBA.to_string();
+    let text = passes_on(
+        lab,
+        "lab-a",
+        "stick1",
+        "usb-storage",
+        &[
+            "run",
+            "storage-check",
+            "--device",
+            "46f4:0001",
+            "--arg",
+            "vendor=QEMU",
+            "--arg",
+            "product=QEMU HARDDISK",
+            "--arg",
+            &format!("blocks={blocks}"),
+            "--arg",
+            &format!("marker-lba={marker_lba}"),
+            "--arg",
+            &format!("marker={}", super::MARKER),
+            "--follow",
+        ],
+    );
+    for step in ["inquiry", "capacity", "read-marker", "scratch-write-read"] {
+        assert!(text.contains(&format!("[pass] {step}")), "{step}: {text}");
+    }
+    // A wrong expectation fails the run: the check really compares.
+    let out = lab.cluster.cli(&[
+        "run",
+        "storage-check",
+        "--device",
+        "46f4:0001",
+        "--arg",
+        "vendor=QEMU",
+        "--arg",
+        "product=QEMU HARDDISK",
+        "--arg",
+        &format!("blocks={blocks}"),
+        "--arg",
+        &format!("marker-lba={marker_lba}"),
+        "--arg",
+        "marker=not what the test wrote",
+        "--follow",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("[FAIL] read-marker"), "{text}");
+}
+
+fn console_check_logs_in_to_the_board_behind_the_serial_adapter(lab: &mut Lab) {
+    scripts(lab);
+    let text = passes_on(
+        lab,
+        "lab-b",
+        "ser1",
+        "ftdi_sio",
+        &[
+            "run",
+            "console-check",
+            "--device",
+            "0403:6001",
+            "--arg",
+            "user=tester",
+            "--arg",
+            "command=uname -a",
+            "--arg",
+            "expect=sandbus-board",
+            "--follow",
+        ],
+    );
+    assert!(text.contains("[pass] check-answer"), "{text}");
+    let received = lab.board.received.lock().unwrap().clone();
+    assert!(
+        received.iter().any(|l| l == "tester") && received.iter().any(|l| l == "uname -a"),
+        "the board received {received:?}"
+    );
+}
+
+fn keypad_check_reads_the_word_typed_on_the_keyboard(lab: &mut Lab) {
+    scripts(lab);
+    let id = start(
+        lab,
+        &[
+            "keypad-check",
+            "--device",
+            "serial=kbd1",
+            "--arg",
+            "expect=sandbus42",
+        ],
+    );
+    // Keys typed before the script reads them would go to the kernel's keyboard driver.
+    lab.wait_within(Duration::from_secs(60), "the script to read keys", |lab| {
+        lab.cluster
+            .cli_ok(&["logs", &id])
+            .contains("set-boot-protocol")
+    });
+    lab.a.type_text("sandbus42\n").unwrap();
+    lab.wait_within(Duration::from_secs(30), "the run to finish", |lab| {
+        run_record(lab, &id)["state"] == "finished"
+    });
+    let record = run_record(lab, &id);
+    assert_eq!(record["verdict"], "pass", "{record}");
+    let interface = interface0(lab, "lab-a", "kbd1");
+    lab.wait_within(Duration::from_secs(10), "usbhid bound again", |lab| {
+        lab.a.interface_driver(&interface).unwrap().as_deref() == Some("usbhid")
+    });
 }
