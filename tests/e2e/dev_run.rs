@@ -229,3 +229,59 @@ fn usb_smoke_runs_locally_on_a_simulated_board_and_the_board_is_reset() {
     assert!(err.contains("loopback-1 1209:0001"), "{err}");
     assert!(!stdout(&out).contains("running"));
 }
+
+/// `sandbus dev run SCRIPT --simulate scripts/devices.toml --device SELECTOR ARGS...`.
+fn run_on_demo_devices(script: &str, selector: &str, args: &[&str]) -> std::process::Output {
+    let cache = tempfile::tempdir().unwrap();
+    let script = guest_path(script);
+    let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/devices.toml");
+    let mut all = vec![
+        "dev",
+        "run",
+        script.to_str().unwrap(),
+        "--simulate",
+        devices.to_str().unwrap(),
+        "--device",
+        selector,
+    ];
+    for arg in args {
+        all.extend(["--arg", arg]);
+    }
+    sandbus(&all, cache.path())
+}
+
+#[test]
+fn the_device_examples_pass_on_the_simulated_stick_console_and_keypad() {
+    // The same scripts that pass on QEMU's devices in the VM lab (tests/vm_lab).
+    let storage = run_on_demo_devices(
+        "storage-check",
+        "serial=STICK-0001",
+        &[
+            "vendor=SANDBUS",
+            "product=SIM STICK",
+            "blocks=2048",
+            "marker-lba=0",
+            "marker=sandbus simulated stick",
+        ],
+    );
+    let console = run_on_demo_devices(
+        "console-check",
+        "0403:6001",
+        &["user=tester", "command=uname -a", "expect=simbox"],
+    );
+    let keypad = run_on_demo_devices("keypad-check", "0627:0001", &["expect=sandbus42"]);
+    for (name, out) in [
+        ("storage-check", &storage),
+        ("console-check", &console),
+        ("keypad-check", &keypad),
+    ] {
+        let text = stdout(out);
+        assert_eq!(out.status.code(), Some(0), "{name}:\n{text}\n{}", stderr(out));
+        assert!(text.contains("report: Pass"), "{name}:\n{text}");
+    }
+    assert!(stdout(&storage).contains("[pass] scratch-write-read"));
+    assert!(stdout(&console).contains("Linux simbox 6.1.0 sandbus"));
+    // A wrong expectation fails: the checks compare.
+    let wrong = run_on_demo_devices("keypad-check", "0627:0001", &["expect=sandbus43"]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", stdout(&wrong));
+}
