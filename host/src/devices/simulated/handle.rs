@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::LOOPBACK_CAPACITY;
 use super::class_model::ClassModel;
-use super::model::{Endpoint, Model, Role};
+use super::model::{Model, Role};
 use crate::devices::descriptor::TransferType;
 use crate::devices::{ControlSetup, DeviceHandle, TransferKind, UsbError, UsbErrorKind};
 
@@ -176,13 +176,16 @@ impl SimulatedHandle {
         Ok(state)
     }
 
-    /// The endpoint a bulk or interrupt transfer of `kind` in direction `is_in` may use.
-    pub(super) fn endpoint(
+    /// What the endpoint a bulk or interrupt transfer of `kind` in direction `is_in` goes to
+    /// does, once the device is checked present, the endpoint fit for the transfer and the
+    /// interface claimed (failing in that order).
+    pub(super) fn transfer_role(
         &self,
         address: u8,
         is_in: bool,
         kind: TransferKind,
-    ) -> Result<&Endpoint, UsbError> {
+    ) -> Result<&Role, UsbError> {
+        drop(self.lock_present()?);
         let (direction, call) = if is_in {
             ("IN", format!("{kind}_in"))
         } else {
@@ -224,7 +227,8 @@ impl SimulatedHandle {
                 "endpoint 0x{address:02x} is {is} endpoint; {call} does not apply"
             )));
         }
-        Ok(endpoint)
+        self.check_claimed()?;
+        Ok(&endpoint.role)
     }
 
     pub(super) fn check_claimed(&self) -> Result<(), UsbError> {
@@ -410,9 +414,7 @@ impl DeviceHandle for SimulatedHandle {
         length: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, UsbError> {
-        drop(self.lock_present()?);
-        let role = &self.endpoint(endpoint, true, kind)?.role;
-        self.check_claimed()?;
+        let role = self.transfer_role(endpoint, true, kind)?;
         let what = format!("read from endpoint 0x{endpoint:02x}");
         let deadline = deadline(timeout);
         self.transfer(|state| match role {
@@ -451,7 +453,7 @@ impl DeviceHandle for SimulatedHandle {
             Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
                 class.read(endpoint, length, now)
             }),
-            // `endpoint` only returns IN endpoints for reads.
+            // `transfer_role` only returns IN endpoints' roles for reads.
             Role::LoopbackOut { .. } => {
                 Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be read")))
             }
@@ -465,9 +467,7 @@ impl DeviceHandle for SimulatedHandle {
         data: &[u8],
         timeout: Duration,
     ) -> Result<usize, UsbError> {
-        drop(self.lock_present()?);
-        let role = &self.endpoint(endpoint, false, kind)?.role;
-        self.check_claimed()?;
+        let role = self.transfer_role(endpoint, false, kind)?;
         let what = format!("write to endpoint 0x{endpoint:02x}");
         let deadline = deadline(timeout);
         self.transfer(|state| match role {
