@@ -1,9 +1,12 @@
 //! USB descriptors as the bytes a device sends: the standard layouts of USB 2.0 chapter 9
 //! (device, configuration, interface, endpoint, string), built from plain values.
 //!
-//! The simulated backend builds every descriptor it serves here; anything else that needs to
-//! write descriptor bytes (the libusb backend rebuilds them from libusb's parsed copy) can use
-//! the same layouts. Parsing is not here: guests parse what they read.
+//! Both backends write descriptor bytes here: the simulated one builds every descriptor it
+//! serves, the libusb one rebuilds them from libusb's parsed copy. What a standard descriptor
+//! does not hold (class-specific descriptors, interface associations, anything libusb does not
+//! parse) travels as the `extra` bytes of the descriptor it follows, so a configuration
+//! rebuilt from libusb's copy is the one the device sent. Parsing is not here: guests parse
+//! what they read.
 
 /// `bDescriptorType` of a device descriptor.
 pub const DT_DEVICE: u8 = 1;
@@ -103,25 +106,30 @@ pub struct ConfigurationDescriptor {
     pub attributes: u8,
     /// `bMaxPower`, in units of 2 mA.
     pub max_power: u8,
-    /// The interfaces (every alternate setting), in the order they are sent.
+    /// Descriptors sent between this one and the first interface (an interface association,
+    /// say), already serialised.
+    pub extra: Vec<u8>,
+    /// The interfaces (every alternate setting), in the order they are sent; the alternate
+    /// settings of one interface follow one another.
     pub interfaces: Vec<InterfaceDescriptor>,
 }
 
 impl ConfigurationDescriptor {
-    /// The configuration descriptor followed by each interface, its class-specific
-    /// descriptors and its endpoints. `wTotalLength` and `bNumInterfaces` (distinct interface
-    /// numbers) are counted here.
+    /// The configuration descriptor, its extra bytes, then each interface with its own.
+    /// `wTotalLength` and `bNumInterfaces` are counted here: an interface is a run of
+    /// alternate settings with one `bInterfaceNumber`, as libusb groups them.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut body = Vec::new();
-        let mut numbers: Vec<u8> = Vec::new();
+        let mut body = self.extra.clone();
+        let mut count: u8 = 0;
+        let mut previous = None;
         for interface in &self.interfaces {
-            if !numbers.contains(&interface.number) {
-                numbers.push(interface.number);
+            if previous != Some(interface.number) {
+                count = count.saturating_add(1);
+                previous = Some(interface.number);
             }
             body.extend(interface.to_bytes());
         }
         let total = u16::try_from(9 + body.len()).unwrap_or(u16::MAX);
-        let count = u8::try_from(numbers.len()).unwrap_or(u8::MAX);
         let mut bytes = vec![9, DT_CONFIGURATION];
         bytes.extend(total.to_le_bytes());
         bytes.extend([
@@ -151,15 +159,15 @@ pub struct InterfaceDescriptor {
     pub protocol: u8,
     /// `iInterface`: index of the string descriptor, 0 for none.
     pub string: u8,
-    /// Class-specific descriptors sent between the interface and its endpoints (a HID
-    /// descriptor, for instance), already serialised.
-    pub class_descriptors: Vec<u8>,
+    /// Descriptors sent between the interface and its first endpoint (a HID descriptor, an
+    /// audio class's), already serialised.
+    pub extra: Vec<u8>,
     /// The endpoints, in order.
     pub endpoints: Vec<EndpointDescriptor>,
 }
 
 impl InterfaceDescriptor {
-    /// The interface descriptor, its class-specific descriptors and its endpoints.
+    /// The interface descriptor, its extra bytes and its endpoints with theirs.
     pub fn to_bytes(&self) -> Vec<u8> {
         // At most 30 endpoint addresses exist, so the count fits its byte.
         let count = u8::try_from(self.endpoints.len()).unwrap_or(u8::MAX);
@@ -174,7 +182,7 @@ impl InterfaceDescriptor {
             self.protocol,
             self.string,
         ];
-        bytes.extend(&self.class_descriptors);
+        bytes.extend(&self.extra);
         for endpoint in &self.endpoints {
             bytes.extend(endpoint.to_bytes());
         }
@@ -182,32 +190,68 @@ impl InterfaceDescriptor {
     }
 }
 
-/// One endpoint descriptor (7 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One endpoint descriptor: 7 bytes, or 9 for a USB Audio 1.0 endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointDescriptor {
     /// `bEndpointAddress`: number 1-15, bit 7 set for IN.
     pub address: u8,
-    /// The transfer type in `bmAttributes` (synchronisation and usage bits stay 0).
+    /// The transfer type in `bmAttributes` bits 0-1.
     pub transfer: TransferType,
+    /// `bmAttributes` bits 2-5, in place: an isochronous endpoint's synchronisation and usage
+    /// types (a SuperSpeed interrupt endpoint's usage); 0 for other endpoints.
+    pub sync_and_usage: u8,
     /// `wMaxPacketSize`.
     pub max_packet_size: u16,
     /// `bInterval`: polling interval (interrupt: frames at full speed), 0 for bulk.
     pub interval: u8,
+    /// The two fields a USB Audio 1.0 endpoint adds; `None` for the standard 7 bytes.
+    pub audio: Option<AudioSync>,
+    /// Descriptors sent after this one and before the next endpoint or interface (a class's
+    /// endpoint descriptor, a SuperSpeed companion), already serialised.
+    pub extra: Vec<u8>,
+}
+
+/// `bRefresh` and `bSynchAddress`, which USB Audio 1.0 appends to an endpoint descriptor
+/// (making it 9 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioSync {
+    /// `bRefresh`: how often (a power of 2, in frames) synchronisation feedback comes.
+    pub refresh: u8,
+    /// `bSynchAddress`: the endpoint that carries the synchronisation, 0 for none.
+    pub synch_address: u8,
 }
 
 impl EndpointDescriptor {
-    /// The descriptor as the device sends it.
-    pub fn to_bytes(&self) -> [u8; 7] {
+    /// A standard 7-byte endpoint descriptor with nothing after it.
+    pub fn new(address: u8, transfer: TransferType, max_packet_size: u16, interval: u8) -> Self {
+        Self {
+            address,
+            transfer,
+            sync_and_usage: 0,
+            max_packet_size,
+            interval,
+            audio: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The descriptor and its extra bytes, as the device sends them.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let [low, high] = self.max_packet_size.to_le_bytes();
-        [
-            7,
+        let mut bytes = vec![
+            if self.audio.is_some() { 9 } else { 7 },
             DT_ENDPOINT,
             self.address,
-            self.transfer as u8,
+            self.transfer as u8 | (self.sync_and_usage & 0x3c),
             low,
             high,
             self.interval,
-        ]
+        ];
+        if let Some(audio) = self.audio {
+            bytes.extend([audio.refresh, audio.synch_address]);
+        }
+        bytes.extend(&self.extra);
+        bytes
     }
 }
 
@@ -245,19 +289,20 @@ mod tests {
             subclass: 1,
             protocol: 1,
             string: 0,
-            class_descriptors: vec![9, DT_HID, 0x11, 0x01, 0, 1, DT_HID_REPORT, 63, 0],
-            endpoints: vec![EndpointDescriptor {
-                address: 0x81,
-                transfer: TransferType::Interrupt,
-                max_packet_size: 8,
-                interval: 10,
-            }],
+            extra: vec![9, DT_HID, 0x11, 0x01, 0, 1, DT_HID_REPORT, 63, 0],
+            endpoints: vec![EndpointDescriptor::new(
+                0x81,
+                TransferType::Interrupt,
+                8,
+                10,
+            )],
         };
         let config = ConfigurationDescriptor {
             value: 1,
             string: 4,
             attributes: 0xa0,
             max_power: 50,
+            extra: Vec::new(),
             // Two alternate settings of interface 0, and interface 1: two interfaces.
             interfaces: vec![interface(0, 0), interface(0, 1), interface(1, 0)],
         };
@@ -268,6 +313,100 @@ mod tests {
         assert_eq!(&bytes[9..18], &[9, 4, 0, 0, 1, 3, 1, 1, 0]);
         assert_eq!(bytes[18 + 1], DT_HID);
         assert_eq!(&bytes[27..34], &[7, 5, 0x81, 3, 8, 0, 10]);
+    }
+
+    /// Splits a configuration into the builder's values the way libusb parses it: a
+    /// descriptor that is not a standard interface or endpoint goes to the `extra` of the
+    /// descriptor before it.
+    fn split_like_libusb(bytes: &[u8]) -> ConfigurationDescriptor {
+        let mut config = ConfigurationDescriptor {
+            value: bytes[5],
+            string: bytes[6],
+            attributes: bytes[7],
+            max_power: bytes[8],
+            extra: Vec::new(),
+            interfaces: Vec::new(),
+        };
+        let mut at = usize::from(bytes[0]);
+        while at < bytes.len() {
+            let d = &bytes[at..at + usize::from(bytes[at])];
+            at += d.len();
+            let last = config.interfaces.last_mut();
+            match (d[1], last) {
+                (DT_INTERFACE, _) => config.interfaces.push(InterfaceDescriptor {
+                    number: d[2],
+                    alternate_setting: d[3],
+                    class: d[5],
+                    subclass: d[6],
+                    protocol: d[7],
+                    string: d[8],
+                    extra: Vec::new(),
+                    endpoints: Vec::new(),
+                }),
+                (DT_ENDPOINT, Some(interface)) => interface.endpoints.push(EndpointDescriptor {
+                    address: d[2],
+                    transfer: [
+                        TransferType::Control,
+                        TransferType::Isochronous,
+                        TransferType::Bulk,
+                        TransferType::Interrupt,
+                    ][usize::from(d[3] & 3)],
+                    sync_and_usage: d[3] & 0x3c,
+                    max_packet_size: u16::from_le_bytes([d[4], d[5]]),
+                    interval: d[6],
+                    audio: (d.len() >= 9).then(|| AudioSync {
+                        refresh: d[7],
+                        synch_address: d[8],
+                    }),
+                    extra: Vec::new(),
+                }),
+                (_, None) => config.extra.extend(d),
+                (_, Some(interface)) => match interface.endpoints.last_mut() {
+                    Some(endpoint) => endpoint.extra.extend(d),
+                    None => interface.extra.extend(d),
+                },
+            }
+        }
+        config
+    }
+
+    #[test]
+    fn a_composite_audio_and_hid_configuration_round_trips_byte_for_byte() {
+        #[rustfmt::skip]
+        let sent: Vec<u8> = [
+            // Configuration: 142 bytes, 3 interfaces, bus powered, 100 mA.
+            &[9, 2, 142, 0, 3, 1, 0, 0x80, 50][..],
+            // Interface association: interfaces 0-1 are one audio function.
+            &[8, 0x0b, 0, 2, 1, 0, 0, 0],
+            // Interface 0, audio control, with its class-specific header and terminals.
+            &[9, 4, 0, 0, 0, 1, 1, 0, 0],
+            &[9, 0x24, 1, 0x00, 0x01, 30, 0, 1, 1],
+            &[12, 0x24, 2, 1, 0x01, 0x01, 0, 2, 3, 0, 0, 0],
+            &[9, 0x24, 3, 2, 0x01, 0x03, 0, 1, 0],
+            // Interface 1: alternate setting 0 without endpoints, 1 streaming.
+            &[9, 4, 1, 0, 0, 1, 2, 0, 0],
+            &[9, 4, 1, 1, 2, 1, 2, 0, 0],
+            &[7, 0x24, 1, 1, 1, 1, 0],
+            &[11, 0x24, 2, 1, 2, 2, 16, 1, 0x44, 0xac, 0x00],
+            // Isochronous asynchronous OUT, synchronised by 0x82, and its class descriptor.
+            &[9, 5, 0x01, 0x05, 0xc0, 0x00, 1, 0, 0x82],
+            &[7, 0x25, 1, 1, 0, 0, 0],
+            // Its isochronous feedback IN endpoint, refreshed every 8 frames.
+            &[9, 5, 0x82, 0x11, 3, 0, 1, 3, 0],
+            // Interface 2, a boot keyboard: HID descriptor, interrupt IN.
+            &[9, 4, 2, 0, 1, 3, 1, 1, 0],
+            &[9, 0x21, 0x11, 0x01, 0, 1, 0x22, 63, 0],
+            &[7, 5, 0x81, 3, 8, 0, 10],
+        ]
+        .concat();
+        let config = split_like_libusb(&sent);
+        assert_eq!(config.extra, [8, 0x0b, 0, 2, 1, 0, 0, 0]);
+        assert_eq!(config.interfaces.len(), 4, "four alternate settings");
+        assert_eq!(config.interfaces[0].extra.len(), 30);
+        let out = &config.interfaces[2].endpoints[0];
+        assert_eq!(out.transfer, TransferType::Isochronous);
+        assert_eq!(out.extra, [7, 0x25, 1, 1, 0, 0, 0]);
+        assert_eq!(config.to_bytes(), sent);
     }
 
     #[test]

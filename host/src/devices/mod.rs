@@ -80,6 +80,35 @@ impl ControlSetup {
     }
 }
 
+/// The endpoint kinds with plain reads and writes, which [`DeviceHandle::read`] and
+/// [`DeviceHandle::write`] take (control transfers carry a setup packet and have their own
+/// calls). Displayed as the guest's calls name it: `bulk`, `interrupt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    /// Bulk: whatever bandwidth is left, retried until delivered.
+    Bulk,
+    /// Interrupt: polled at the endpoint's interval.
+    Interrupt,
+}
+
+impl std::fmt::Display for TransferKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransferKind::Bulk => "bulk",
+            TransferKind::Interrupt => "interrupt",
+        })
+    }
+}
+
+impl From<TransferKind> for descriptor::TransferType {
+    fn from(kind: TransferKind) -> Self {
+        match kind {
+            TransferKind::Bulk => Self::Bulk,
+            TransferKind::Interrupt => Self::Interrupt,
+        }
+    }
+}
+
 /// The standard GET_DESCRIPTOR request for the device descriptor (18 bytes).
 pub const GET_DEVICE_DESCRIPTOR: ControlSetup = ControlSetup {
     request_type: 0x80,
@@ -149,26 +178,19 @@ pub trait DeviceHandle: Send {
         data: &[u8],
         timeout: Duration,
     ) -> Result<usize, UsbError>;
-    /// Reads up to `length` bytes from bulk IN endpoint `endpoint` (address with bit 7 set).
-    fn bulk_in(
+    /// Reads up to `length` bytes from the bulk or interrupt IN endpoint `endpoint` (address
+    /// with bit 7 set); `kind` must be the endpoint's transfer type.
+    fn read(
         &mut self,
+        kind: TransferKind,
         endpoint: u8,
         length: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, UsbError>;
-    /// Writes to bulk OUT endpoint `endpoint`; returns the bytes sent.
-    fn bulk_out(&mut self, endpoint: u8, data: &[u8], timeout: Duration)
-    -> Result<usize, UsbError>;
-    /// Reads up to `length` bytes from interrupt IN endpoint `endpoint`.
-    fn interrupt_in(
+    /// Writes to the bulk or interrupt OUT endpoint `endpoint`; returns the bytes sent.
+    fn write(
         &mut self,
-        endpoint: u8,
-        length: usize,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, UsbError>;
-    /// Writes to interrupt OUT endpoint `endpoint`; returns the bytes sent.
-    fn interrupt_out(
-        &mut self,
+        kind: TransferKind,
         endpoint: u8,
         data: &[u8],
         timeout: Duration,

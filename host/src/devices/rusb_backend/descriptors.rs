@@ -1,5 +1,11 @@
 //! Descriptor bytes rebuilt from libusb's parsed copy (on Linux, the kernel's cache), so
-//! reading them needs no permission on the device and sends it nothing.
+//! reading them needs no permission on the device and sends it nothing. libusb's fields go
+//! into the shared [`descriptor`](crate::devices::descriptor) builder, which writes the bytes.
+
+use crate::devices::descriptor::{
+    AudioSync, ConfigurationDescriptor, DeviceDescriptor, EndpointDescriptor, InterfaceDescriptor,
+    TransferType,
+};
 
 /// A version as the BCD field it was read from (`0xJJMN`).
 pub(super) fn bcd(version: rusb::Version) -> u16 {
@@ -12,24 +18,21 @@ pub(super) fn bcd(version: rusb::Version) -> u16 {
 
 /// The 18-byte device descriptor, rebuilt from libusb's parsed copy.
 pub(super) fn device_descriptor_bytes(d: &rusb::DeviceDescriptor) -> Vec<u8> {
-    let mut bytes = vec![18, 1];
-    bytes.extend(bcd(d.usb_version()).to_le_bytes());
-    bytes.extend([
-        d.class_code(),
-        d.sub_class_code(),
-        d.protocol_code(),
-        d.max_packet_size(),
-    ]);
-    bytes.extend(d.vendor_id().to_le_bytes());
-    bytes.extend(d.product_id().to_le_bytes());
-    bytes.extend(bcd(d.device_version()).to_le_bytes());
-    bytes.extend([
-        d.manufacturer_string_index().unwrap_or(0),
-        d.product_string_index().unwrap_or(0),
-        d.serial_number_string_index().unwrap_or(0),
-        d.num_configurations(),
-    ]);
-    bytes
+    DeviceDescriptor {
+        usb_version: bcd(d.usb_version()),
+        class: d.class_code(),
+        subclass: d.sub_class_code(),
+        protocol: d.protocol_code(),
+        max_packet_size0: d.max_packet_size(),
+        vendor_id: d.vendor_id(),
+        product_id: d.product_id(),
+        device_version: bcd(d.device_version()),
+        manufacturer_string: d.manufacturer_string_index().unwrap_or(0),
+        product_string: d.product_string_index().unwrap_or(0),
+        serial_string: d.serial_number_string_index().unwrap_or(0),
+        configurations: d.num_configurations(),
+    }
+    .to_bytes()
 }
 
 /// A configuration's full descriptor (`wTotalLength` bytes), rebuilt from libusb's parsed
@@ -37,43 +40,36 @@ pub(super) fn device_descriptor_bytes(d: &rusb::DeviceDescriptor) -> Vec<u8> {
 /// setting followed by its endpoints, with the descriptors libusb did not parse ("extra")
 /// where they stood.
 pub(super) fn configuration_bytes(config: &rusb::ConfigDescriptor) -> Vec<u8> {
-    let attributes = 0x80
-        | if config.self_powered() { 0x40 } else { 0 }
-        | if config.remote_wakeup() { 0x20 } else { 0 };
-    let max_power = u8::try_from(config.max_power() / 2).unwrap_or(u8::MAX);
-    let mut bytes = vec![
-        9,
-        2,
-        0,
-        0,
-        config.num_interfaces(),
-        config.number(),
-        config.description_string_index().unwrap_or(0),
-        attributes,
-        max_power,
-    ];
-    bytes.extend(config.extra());
-    for interface in config.interfaces() {
-        for setting in interface.descriptors() {
-            bytes.extend([
-                9,
-                4,
-                setting.interface_number(),
-                setting.setting_number(),
-                setting.num_endpoints(),
-                setting.class_code(),
-                setting.sub_class_code(),
-                setting.protocol_code(),
-                setting.description_string_index().unwrap_or(0),
-            ]);
-            bytes.extend(setting.extra());
-            for endpoint in setting.endpoint_descriptors() {
-                bytes.extend(endpoint_bytes(&endpoint));
-                bytes.extend(endpoint.extra().unwrap_or_default());
-            }
-        }
+    let interfaces = config
+        .interfaces()
+        .flat_map(|interface| interface.descriptors())
+        .map(|setting| InterfaceDescriptor {
+            number: setting.interface_number(),
+            alternate_setting: setting.setting_number(),
+            class: setting.class_code(),
+            subclass: setting.sub_class_code(),
+            protocol: setting.protocol_code(),
+            string: setting.description_string_index().unwrap_or(0),
+            extra: setting.extra().to_vec(),
+            endpoints: setting
+                .endpoint_descriptors()
+                .map(|endpoint| endpoint_descriptor(&endpoint))
+                .collect(),
+        })
+        .collect();
+    let bytes = ConfigurationDescriptor {
+        value: config.number(),
+        string: config.description_string_index().unwrap_or(0),
+        attributes: 0x80
+            | if config.self_powered() { 0x40 } else { 0 }
+            | if config.remote_wakeup() { 0x20 } else { 0 },
+        // libusb reports bMaxPower doubled, in milliamps.
+        max_power: u8::try_from(config.max_power() / 2).unwrap_or(u8::MAX),
+        extra: config.extra().to_vec(),
+        interfaces,
     }
-    let total = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    .to_bytes();
+    let total = u16::from_le_bytes([bytes[2], bytes[3]]);
     if total != config.total_length() {
         tracing::debug!(
             rebuilt = total,
@@ -81,21 +77,12 @@ pub(super) fn configuration_bytes(config: &rusb::ConfigDescriptor) -> Vec<u8> {
             "a rebuilt configuration descriptor differs in length from what the device reported"
         );
     }
-    let [low, high] = total.to_le_bytes();
-    bytes[2] = low;
-    bytes[3] = high;
     bytes
 }
 
-/// One endpoint descriptor: 7 bytes, or 9 for audio endpoints that carry bRefresh and
-/// bSynchAddress.
-pub(super) fn endpoint_bytes(endpoint: &rusb::EndpointDescriptor<'_>) -> Vec<u8> {
-    let transfer = match endpoint.transfer_type() {
-        rusb::TransferType::Control => 0,
-        rusb::TransferType::Isochronous => 1,
-        rusb::TransferType::Bulk => 2,
-        rusb::TransferType::Interrupt => 3,
-    };
+/// One endpoint descriptor with what follows it: 9 bytes for audio endpoints that carry
+/// bRefresh and bSynchAddress, 7 otherwise.
+fn endpoint_descriptor(endpoint: &rusb::EndpointDescriptor<'_>) -> EndpointDescriptor {
     let sync = match endpoint.sync_type() {
         rusb::SyncType::NoSync => 0,
         rusb::SyncType::Asynchronous => 1,
@@ -108,21 +95,23 @@ pub(super) fn endpoint_bytes(endpoint: &rusb::EndpointDescriptor<'_>) -> Vec<u8>
         rusb::UsageType::FeedbackData => 2,
         rusb::UsageType::Reserved => 3,
     };
-    let audio = endpoint.length() >= 9;
-    let [low, high] = endpoint.max_packet_size().to_le_bytes();
-    let mut bytes = vec![
-        if audio { 9 } else { 7 },
-        5,
-        endpoint.address(),
-        transfer | (sync << 2) | (usage << 4),
-        low,
-        high,
-        endpoint.interval(),
-    ];
-    if audio {
-        bytes.extend([endpoint.refresh(), endpoint.synch_address()]);
+    EndpointDescriptor {
+        address: endpoint.address(),
+        transfer: match endpoint.transfer_type() {
+            rusb::TransferType::Control => TransferType::Control,
+            rusb::TransferType::Isochronous => TransferType::Isochronous,
+            rusb::TransferType::Bulk => TransferType::Bulk,
+            rusb::TransferType::Interrupt => TransferType::Interrupt,
+        },
+        sync_and_usage: (sync << 2) | (usage << 4),
+        max_packet_size: endpoint.max_packet_size(),
+        interval: endpoint.interval(),
+        audio: (endpoint.length() >= 9).then(|| AudioSync {
+            refresh: endpoint.refresh(),
+            synch_address: endpoint.synch_address(),
+        }),
+        extra: endpoint.extra().unwrap_or_default().to_vec(),
     }
-    bytes
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::devices::{ControlSetup, DeviceHandle, UsbError, UsbErrorKind};
+use crate::devices::{ControlSetup, DeviceHandle, TransferKind, UsbError, UsbErrorKind};
 
 /// Maps a libusb error to the kind callers match on.
 pub(super) fn kind_of(e: rusb::Error) -> UsbErrorKind {
@@ -155,67 +155,39 @@ impl DeviceHandle for RusbHandle {
             })
     }
 
-    fn bulk_in(
+    fn read(
         &mut self,
+        kind: TransferKind,
         endpoint: u8,
         length: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, UsbError> {
         self.check_length(length)?;
         let mut buf = vec![0; length];
-        let n = self
-            .handle
-            .read_bulk(endpoint, &mut buf, libusb_timeout(timeout))
-            .map_err(|e| self.error(e, format_args!("bulk IN on endpoint 0x{endpoint:02x}")))?;
+        let timeout = libusb_timeout(timeout);
+        let n = match kind {
+            TransferKind::Bulk => self.handle.read_bulk(endpoint, &mut buf, timeout),
+            TransferKind::Interrupt => self.handle.read_interrupt(endpoint, &mut buf, timeout),
+        }
+        .map_err(|e| self.error(e, format_args!("{kind} IN on endpoint 0x{endpoint:02x}")))?;
         buf.truncate(n);
         Ok(buf)
     }
 
-    fn bulk_out(
+    fn write(
         &mut self,
+        kind: TransferKind,
         endpoint: u8,
         data: &[u8],
         timeout: Duration,
     ) -> Result<usize, UsbError> {
         self.check_length(data.len())?;
-        self.handle
-            .write_bulk(endpoint, data, libusb_timeout(timeout))
-            .map_err(|e| self.error(e, format_args!("bulk OUT on endpoint 0x{endpoint:02x}")))
-    }
-
-    fn interrupt_in(
-        &mut self,
-        endpoint: u8,
-        length: usize,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, UsbError> {
-        self.check_length(length)?;
-        let mut buf = vec![0; length];
-        let n = self
-            .handle
-            .read_interrupt(endpoint, &mut buf, libusb_timeout(timeout))
-            .map_err(|e| {
-                self.error(e, format_args!("interrupt IN on endpoint 0x{endpoint:02x}"))
-            })?;
-        buf.truncate(n);
-        Ok(buf)
-    }
-
-    fn interrupt_out(
-        &mut self,
-        endpoint: u8,
-        data: &[u8],
-        timeout: Duration,
-    ) -> Result<usize, UsbError> {
-        self.check_length(data.len())?;
-        self.handle
-            .write_interrupt(endpoint, data, libusb_timeout(timeout))
-            .map_err(|e| {
-                self.error(
-                    e,
-                    format_args!("interrupt OUT on endpoint 0x{endpoint:02x}"),
-                )
-            })
+        let timeout = libusb_timeout(timeout);
+        match kind {
+            TransferKind::Bulk => self.handle.write_bulk(endpoint, data, timeout),
+            TransferKind::Interrupt => self.handle.write_interrupt(endpoint, data, timeout),
+        }
+        .map_err(|e| self.error(e, format_args!("{kind} OUT on endpoint 0x{endpoint:02x}")))
     }
 
     fn clear_halt(&mut self, endpoint: u8) -> Result<(), UsbError> {

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::LOOPBACK_CAPACITY;
 use super::class_model::ClassModel;
-use super::model::{Endpoint, Model, Role};
+use super::model::{Model, Role};
 use crate::devices::descriptor::TransferType;
-use crate::devices::{ControlSetup, DeviceHandle, UsbError, UsbErrorKind};
+use crate::devices::{ControlSetup, DeviceHandle, TransferKind, UsbError, UsbErrorKind};
 
 // ---------------------------------------------------------------------------------------------
 // Runtime state.
@@ -139,13 +139,6 @@ pub(super) struct SimulatedHandle {
     pub(super) claimed: bool,
 }
 
-/// Which transfer a caller asked for, to check it against the endpoint.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Bulk,
-    Interrupt,
-}
-
 impl SimulatedHandle {
     pub(super) fn id(&self) -> &str {
         &self.device.model.info.id
@@ -183,18 +176,20 @@ impl SimulatedHandle {
         Ok(state)
     }
 
-    /// The endpoint a bulk or interrupt transfer of `kind` in direction `is_in` may use.
-    pub(super) fn endpoint(
+    /// What the endpoint a bulk or interrupt transfer of `kind` in direction `is_in` goes to
+    /// does, once the device is checked present, the endpoint fit for the transfer and the
+    /// interface claimed (failing in that order).
+    pub(super) fn transfer_role(
         &self,
         address: u8,
         is_in: bool,
-        kind: Kind,
-    ) -> Result<&Endpoint, UsbError> {
-        let (direction, call) = match (is_in, kind) {
-            (true, Kind::Bulk) => ("IN", "bulk_in"),
-            (false, Kind::Bulk) => ("OUT", "bulk_out"),
-            (true, Kind::Interrupt) => ("IN", "interrupt_in"),
-            (false, Kind::Interrupt) => ("OUT", "interrupt_out"),
+        kind: TransferKind,
+    ) -> Result<&Role, UsbError> {
+        drop(self.lock_present()?);
+        let (direction, call) = if is_in {
+            ("IN", format!("{kind}_in"))
+        } else {
+            ("OUT", format!("{kind}_out"))
         };
         if (address & 0x80 != 0) != is_in {
             return Err(self.invalid(format!(
@@ -216,15 +211,14 @@ impl SimulatedHandle {
             };
             return Err(self.invalid(format!("no endpoint 0x{address:02x} (it has: {have})")));
         };
-        let fits = match (&endpoint.role, kind) {
-            (Role::Stall | Role::Hang, _) => true,
-            (Role::Interrupt { .. }, kind) => kind == Kind::Interrupt,
-            (Role::LoopbackIn { .. } | Role::LoopbackOut { .. }, kind) => kind == Kind::Bulk,
-            (Role::Class(transfer), Kind::Bulk) => *transfer == TransferType::Bulk,
-            (Role::Class(transfer), Kind::Interrupt) => *transfer == TransferType::Interrupt,
+        let fits = match &endpoint.role {
+            Role::Stall | Role::Hang => true,
+            Role::Interrupt { .. } => kind == TransferKind::Interrupt,
+            Role::LoopbackIn { .. } | Role::LoopbackOut { .. } => kind == TransferKind::Bulk,
+            Role::Class(transfer) => *transfer == TransferType::from(kind),
         };
         if !fits {
-            let is = if kind == Kind::Bulk {
+            let is = if kind == TransferKind::Bulk {
                 "an interrupt"
             } else {
                 "a bulk"
@@ -233,7 +227,8 @@ impl SimulatedHandle {
                 "endpoint 0x{address:02x} is {is} endpoint; {call} does not apply"
             )));
         }
-        Ok(endpoint)
+        self.check_claimed()?;
+        Ok(&endpoint.role)
     }
 
     pub(super) fn check_claimed(&self) -> Result<(), UsbError> {
@@ -299,105 +294,6 @@ impl SimulatedHandle {
             UsbErrorKind::Stall,
             format!("simulated device `{}` stalled {what}", self.id()),
         )
-    }
-
-    pub(super) fn read(
-        &self,
-        kind: Kind,
-        endpoint: u8,
-        length: usize,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, UsbError> {
-        drop(self.lock_present()?);
-        let role = &self.endpoint(endpoint, true, kind)?.role;
-        self.check_claimed()?;
-        let what = format!("read from endpoint 0x{endpoint:02x}");
-        let deadline = deadline(timeout);
-        self.transfer(|state| match role {
-            Role::LoopbackIn { delay } => {
-                let state = self.sleep(state, *delay, deadline, &what)?;
-                let (mut state, waited) =
-                    self.device
-                        .wait_until(state, self.generation, deadline, |s| {
-                            length == 0 || !s.loopback.is_empty()
-                        });
-                match waited {
-                    Waited::Gone => Err(self.disconnected()),
-                    Waited::TimedOut => Err(self.timeout(&what)),
-                    Waited::Ready => {
-                        let n = length.min(state.loopback.len());
-                        let data: Vec<u8> = state.loopback.drain(..n).collect();
-                        self.device.changed.notify_all();
-                        Ok(data)
-                    }
-                }
-            }
-            Role::Interrupt { answer, period } => {
-                drop(self.sleep(state, *period, deadline, &what)?);
-                Ok(answer[..length.min(answer.len())].to_vec())
-            }
-            Role::Hang => {
-                let (_state, waited) =
-                    self.device
-                        .wait_until(state, self.generation, deadline, |_| false);
-                match waited {
-                    Waited::Gone => Err(self.disconnected()),
-                    _ => Err(self.timeout(&what)),
-                }
-            }
-            Role::Stall => Err(self.stall(&format!("endpoint 0x{endpoint:02x}"))),
-            Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
-                class.read(endpoint, length, now)
-            }),
-            // `endpoint` only returns IN endpoints for reads.
-            Role::LoopbackOut { .. } => {
-                Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be read")))
-            }
-        })
-    }
-
-    pub(super) fn write(
-        &self,
-        kind: Kind,
-        endpoint: u8,
-        data: &[u8],
-        timeout: Duration,
-    ) -> Result<usize, UsbError> {
-        drop(self.lock_present()?);
-        let role = &self.endpoint(endpoint, false, kind)?.role;
-        self.check_claimed()?;
-        let what = format!("write to endpoint 0x{endpoint:02x}");
-        let deadline = deadline(timeout);
-        self.transfer(|state| match role {
-            Role::LoopbackOut { delay } => {
-                let mut state = self.sleep(state, *delay, deadline, &what)?;
-                let mut rest = data;
-                while !rest.is_empty() {
-                    let (mut s, waited) =
-                        self.device
-                            .wait_until(state, self.generation, deadline, |s| {
-                                s.loopback.len() < LOOPBACK_CAPACITY
-                            });
-                    match waited {
-                        Waited::Gone => return Err(self.disconnected()),
-                        Waited::TimedOut => return Err(self.timeout(&what)),
-                        Waited::Ready => {
-                            let n = rest.len().min(LOOPBACK_CAPACITY - s.loopback.len());
-                            s.loopback.extend(&rest[..n]);
-                            rest = &rest[n..];
-                            self.device.changed.notify_all();
-                        }
-                    }
-                    state = s;
-                }
-                Ok(data.len())
-            }
-            Role::Stall => Err(self.stall(&format!("endpoint 0x{endpoint:02x}"))),
-            Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
-                class.write(endpoint, data, now)
-            }),
-            _ => Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be written"))),
-        })
     }
 
     pub(super) fn control_setup_text(setup: ControlSetup) -> String {
@@ -511,40 +407,99 @@ impl DeviceHandle for SimulatedHandle {
         })
     }
 
-    fn bulk_in(
+    fn read(
         &mut self,
+        kind: TransferKind,
         endpoint: u8,
         length: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, UsbError> {
-        self.read(Kind::Bulk, endpoint, length, timeout)
+        let role = self.transfer_role(endpoint, true, kind)?;
+        let what = format!("read from endpoint 0x{endpoint:02x}");
+        let deadline = deadline(timeout);
+        self.transfer(|state| match role {
+            Role::LoopbackIn { delay } => {
+                let state = self.sleep(state, *delay, deadline, &what)?;
+                let (mut state, waited) =
+                    self.device
+                        .wait_until(state, self.generation, deadline, |s| {
+                            length == 0 || !s.loopback.is_empty()
+                        });
+                match waited {
+                    Waited::Gone => Err(self.disconnected()),
+                    Waited::TimedOut => Err(self.timeout(&what)),
+                    Waited::Ready => {
+                        let n = length.min(state.loopback.len());
+                        let data: Vec<u8> = state.loopback.drain(..n).collect();
+                        self.device.changed.notify_all();
+                        Ok(data)
+                    }
+                }
+            }
+            Role::Interrupt { answer, period } => {
+                drop(self.sleep(state, *period, deadline, &what)?);
+                Ok(answer[..length.min(answer.len())].to_vec())
+            }
+            Role::Hang => {
+                let (_state, waited) =
+                    self.device
+                        .wait_until(state, self.generation, deadline, |_| false);
+                match waited {
+                    Waited::Gone => Err(self.disconnected()),
+                    _ => Err(self.timeout(&what)),
+                }
+            }
+            Role::Stall => Err(self.stall(&format!("endpoint 0x{endpoint:02x}"))),
+            Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
+                class.read(endpoint, length, now)
+            }),
+            // `transfer_role` only returns IN endpoints' roles for reads.
+            Role::LoopbackOut { .. } => {
+                Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be read")))
+            }
+        })
     }
 
-    fn bulk_out(
+    fn write(
         &mut self,
+        kind: TransferKind,
         endpoint: u8,
         data: &[u8],
         timeout: Duration,
     ) -> Result<usize, UsbError> {
-        self.write(Kind::Bulk, endpoint, data, timeout)
-    }
-
-    fn interrupt_in(
-        &mut self,
-        endpoint: u8,
-        length: usize,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, UsbError> {
-        self.read(Kind::Interrupt, endpoint, length, timeout)
-    }
-
-    fn interrupt_out(
-        &mut self,
-        endpoint: u8,
-        data: &[u8],
-        timeout: Duration,
-    ) -> Result<usize, UsbError> {
-        self.write(Kind::Interrupt, endpoint, data, timeout)
+        let role = self.transfer_role(endpoint, false, kind)?;
+        let what = format!("write to endpoint 0x{endpoint:02x}");
+        let deadline = deadline(timeout);
+        self.transfer(|state| match role {
+            Role::LoopbackOut { delay } => {
+                let mut state = self.sleep(state, *delay, deadline, &what)?;
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let (mut s, waited) =
+                        self.device
+                            .wait_until(state, self.generation, deadline, |s| {
+                                s.loopback.len() < LOOPBACK_CAPACITY
+                            });
+                    match waited {
+                        Waited::Gone => return Err(self.disconnected()),
+                        Waited::TimedOut => return Err(self.timeout(&what)),
+                        Waited::Ready => {
+                            let n = rest.len().min(LOOPBACK_CAPACITY - s.loopback.len());
+                            s.loopback.extend(&rest[..n]);
+                            rest = &rest[n..];
+                            self.device.changed.notify_all();
+                        }
+                    }
+                    state = s;
+                }
+                Ok(data.len())
+            }
+            Role::Stall => Err(self.stall(&format!("endpoint 0x{endpoint:02x}"))),
+            Role::Class(_) => self.class_call(state, deadline, &what, |class, now| {
+                class.write(endpoint, data, now)
+            }),
+            _ => Err(self.invalid(format!("endpoint 0x{endpoint:02x} cannot be written"))),
+        })
     }
 
     fn clear_halt(&mut self, endpoint: u8) -> Result<(), UsbError> {

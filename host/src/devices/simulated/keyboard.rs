@@ -170,6 +170,7 @@ fn identity() -> Identity {
             // Bus powered, remote wakeup, 100 mA.
             attributes: 0xa0,
             max_power: 50,
+            extra: Vec::new(),
             interfaces: vec![InterfaceDescriptor {
                 number: 0,
                 alternate_setting: 0,
@@ -177,13 +178,13 @@ fn identity() -> Identity {
                 subclass: 0x01,
                 protocol: 0x01,
                 string: 0,
-                class_descriptors: HID_DESCRIPTOR.to_vec(),
-                endpoints: vec![EndpointDescriptor {
-                    address: INTERRUPT_IN,
-                    transfer: TransferType::Interrupt,
-                    max_packet_size: REPORT_LENGTH as u16,
-                    interval: POLL_INTERVAL_MS,
-                }],
+                extra: HID_DESCRIPTOR.to_vec(),
+                endpoints: vec![EndpointDescriptor::new(
+                    INTERRUPT_IN,
+                    TransferType::Interrupt,
+                    REPORT_LENGTH as u16,
+                    POLL_INTERVAL_MS,
+                )],
             }],
         },
     }

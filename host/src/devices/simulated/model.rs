@@ -283,6 +283,7 @@ impl Model {
             // Bus powered, 100 mA.
             attributes: 0x80,
             max_power: 50,
+            extra: Vec::new(),
             interfaces: vec![generic_interface(&endpoints)],
         };
         let strings = vec![
@@ -584,7 +585,7 @@ fn generic_interface(endpoints: &[Endpoint]) -> InterfaceDescriptor {
         subclass: 0,
         protocol: 0,
         string: 0,
-        class_descriptors: Vec::new(),
+        extra: Vec::new(),
         endpoints: endpoints
             .iter()
             .map(|endpoint| {
@@ -596,12 +597,7 @@ fn generic_interface(endpoints: &[Endpoint]) -> InterfaceDescriptor {
                     Role::Class(transfer) => (*transfer, 0),
                     _ => (TransferType::Bulk, 0),
                 };
-                EndpointDescriptor {
-                    address: endpoint.address,
-                    transfer,
-                    max_packet_size: u16::from(MAX_PACKET),
-                    interval,
-                }
+                EndpointDescriptor::new(endpoint.address, transfer, u16::from(MAX_PACKET), interval)
             })
             .collect(),
     }

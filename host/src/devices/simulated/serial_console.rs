@@ -141,12 +141,7 @@ impl SerialConsoleSpec {
 
 /// QEMU's `usb-serial` (an FT232BM).
 fn identity() -> Identity {
-    let bulk = |address| EndpointDescriptor {
-        address,
-        transfer: TransferType::Bulk,
-        max_packet_size: MAX_PACKET as u16,
-        interval: 0,
-    };
+    let bulk = |address| EndpointDescriptor::new(address, TransferType::Bulk, MAX_PACKET as u16, 0);
     Identity {
         vendor_id: 0x0403,
         product_id: 0x6001,
@@ -163,6 +158,7 @@ fn identity() -> Identity {
             // Bus powered, remote wakeup, 100 mA.
             attributes: 0xa0,
             max_power: 50,
+            extra: Vec::new(),
             interfaces: vec![InterfaceDescriptor {
                 number: 0,
                 alternate_setting: 0,
@@ -170,7 +166,7 @@ fn identity() -> Identity {
                 subclass: 0xff,
                 protocol: 0xff,
                 string: 0,
-                class_descriptors: Vec::new(),
+                extra: Vec::new(),
                 endpoints: vec![bulk(BULK_IN), bulk(BULK_OUT)],
             }],
         },

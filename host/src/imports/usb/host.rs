@@ -12,7 +12,9 @@ use crate::bindings::script::sandbus::host::usb::{
     ControlSetup as WitSetup, Device as WitDevice, DeviceHandle as WitHandle,
     DeviceInfo as WitInfo, Host, HostDevice, HostDeviceHandle, UsbError as WitError,
 };
-use crate::devices::{ControlSetup, DeviceHandle, DeviceInfo, UsbError, UsbErrorKind};
+use crate::devices::{
+    ControlSetup, DeviceHandle, DeviceInfo, TransferKind, UsbError, UsbErrorKind,
+};
 
 /// Most bytes one transfer may move: a guest's `length` is allocated by the host.
 pub const MAX_TRANSFER: u32 = 1 << 20;
@@ -164,20 +166,12 @@ impl UsbState {
         })
         .await)
     }
-}
 
-/// Bulk or interrupt: the two endpoint kinds with plain reads and writes.
-#[derive(Clone, Copy)]
-enum Pipe {
-    Bulk,
-    Interrupt,
-}
-
-impl UsbState {
+    /// A bulk or interrupt read, in slices (see [`Self::sliced`]).
     async fn read(
         &mut self,
         handle: &Resource<WitHandle>,
-        pipe: Pipe,
+        kind: TransferKind,
         endpoint: u8,
         length: u32,
         timeout_ms: u32,
@@ -186,17 +180,17 @@ impl UsbState {
             Ok(length) => length,
             Err(e) => return Ok(Err(e)),
         };
-        self.sliced(handle, timeout_ms, move |h, t| match pipe {
-            Pipe::Bulk => h.bulk_in(endpoint, length, t),
-            Pipe::Interrupt => h.interrupt_in(endpoint, length, t),
+        self.sliced(handle, timeout_ms, move |h, t| {
+            h.read(kind, endpoint, length, t)
         })
         .await
     }
 
+    /// A bulk or interrupt write, in slices (see [`Self::sliced`]).
     async fn write(
         &mut self,
         handle: &Resource<WitHandle>,
-        pipe: Pipe,
+        kind: TransferKind,
         endpoint: u8,
         data: Vec<u8>,
         timeout_ms: u32,
@@ -205,11 +199,7 @@ impl UsbState {
             return Ok(Err(e));
         }
         self.sliced(handle, timeout_ms, move |h, t| {
-            match pipe {
-                Pipe::Bulk => h.bulk_out(endpoint, &data, t),
-                Pipe::Interrupt => h.interrupt_out(endpoint, &data, t),
-            }
-            .map(sent)
+            h.write(kind, endpoint, &data, t).map(sent)
         })
         .await
     }
@@ -401,7 +391,7 @@ impl HostDeviceHandle for UsbState {
         length: u32,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
-        self.read(&handle, Pipe::Bulk, endpoint, length, timeout_ms)
+        self.read(&handle, TransferKind::Bulk, endpoint, length, timeout_ms)
             .await
     }
 
@@ -412,7 +402,7 @@ impl HostDeviceHandle for UsbState {
         data: Vec<u8>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<u32, WitError>> {
-        self.write(&handle, Pipe::Bulk, endpoint, data, timeout_ms)
+        self.write(&handle, TransferKind::Bulk, endpoint, data, timeout_ms)
             .await
     }
 
@@ -423,8 +413,14 @@ impl HostDeviceHandle for UsbState {
         length: u32,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
-        self.read(&handle, Pipe::Interrupt, endpoint, length, timeout_ms)
-            .await
+        self.read(
+            &handle,
+            TransferKind::Interrupt,
+            endpoint,
+            length,
+            timeout_ms,
+        )
+        .await
     }
 
     async fn interrupt_out(
@@ -434,7 +430,7 @@ impl HostDeviceHandle for UsbState {
         data: Vec<u8>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<u32, WitError>> {
-        self.write(&handle, Pipe::Interrupt, endpoint, data, timeout_ms)
+        self.write(&handle, TransferKind::Interrupt, endpoint, data, timeout_ms)
             .await
     }
 

@@ -149,12 +149,7 @@ impl MassStorageSpec {
 
 /// QEMU's `usb-storage` at high speed.
 fn identity() -> Identity {
-    let bulk = |address| EndpointDescriptor {
-        address,
-        transfer: TransferType::Bulk,
-        max_packet_size: 512,
-        interval: 0,
-    };
+    let bulk = |address| EndpointDescriptor::new(address, TransferType::Bulk, 512, 0);
     Identity {
         vendor_id: 0x46f4,
         product_id: 0x0001,
@@ -171,6 +166,7 @@ fn identity() -> Identity {
             // Self powered.
             attributes: 0xc0,
             max_power: 0,
+            extra: Vec::new(),
             interfaces: vec![InterfaceDescriptor {
                 number: 0,
                 alternate_setting: 0,
@@ -178,7 +174,7 @@ fn identity() -> Identity {
                 subclass: 0x06,
                 protocol: 0x50,
                 string: 0,
-                class_descriptors: Vec::new(),
+                extra: Vec::new(),
                 endpoints: vec![bulk(BULK_IN), bulk(BULK_OUT)],
             }],
         },

@@ -52,7 +52,7 @@ fn typed(reports: &[Vec<u8>]) -> String {
 fn read_all(handle: &mut dyn DeviceHandle) -> Vec<Vec<u8>> {
     let mut reports = Vec::new();
     loop {
-        match handle.interrupt_in(INTERRUPT_IN, 8, Duration::from_millis(100)) {
+        match handle.read(Interrupt, INTERRUPT_IN, 8, Duration::from_millis(100)) {
             Ok(report) => reports.push(report),
             Err(e) if e.kind == UsbErrorKind::Timeout => return reports,
             Err(e) => panic!("{e}"),
@@ -98,7 +98,7 @@ fn the_keyboard_types_its_text_once_claimed_and_set_up() {
     let mut handle = open_claimed(&backend, "keypad");
     // Claimed but not set up: no key yet, a read times out like a NAKed poll.
     assert_eq!(
-        kind(handle.interrupt_in(INTERRUPT_IN, 8, SHORT)),
+        kind(handle.read(Interrupt, INTERRUPT_IN, 8, SHORT)),
         UsbErrorKind::Timeout
     );
     hid_out(handle.as_mut(), SET_IDLE, 0, &[]);
@@ -142,7 +142,7 @@ fn start_after_types_without_any_set_up() {
     let backend = keyboard("text = \"ok\"\nstart_after = \"50ms\"");
     let mut handle = open_claimed(&backend, "keypad");
     let start = Instant::now();
-    let first = handle.interrupt_in(INTERRUPT_IN, 8, LONG).unwrap();
+    let first = handle.read(Interrupt, INTERRUPT_IN, 8, LONG).unwrap();
     assert!(start.elapsed() >= Duration::from_millis(40));
     let mut reports = vec![first];
     reports.extend(read_all(handle.as_mut()));
@@ -159,11 +159,14 @@ fn set_idle_repeats_the_last_report_every_idle_period() {
         handle.control_in(setup(0xa1, 0x02, 0), 1, LONG).unwrap(),
         [2]
     );
-    let press = handle.interrupt_in(INTERRUPT_IN, 8, LONG).unwrap();
-    let release = handle.interrupt_in(INTERRUPT_IN, 8, LONG).unwrap();
+    let press = handle.read(Interrupt, INTERRUPT_IN, 8, LONG).unwrap();
+    let release = handle.read(Interrupt, INTERRUPT_IN, 8, LONG).unwrap();
     assert_eq!(typed(&[press, release.clone()]), "x");
     // No key pending: the released state again, instead of a timeout.
-    assert_eq!(handle.interrupt_in(INTERRUPT_IN, 8, LONG).unwrap(), release);
+    assert_eq!(
+        handle.read(Interrupt, INTERRUPT_IN, 8, LONG).unwrap(),
+        release
+    );
     // LEDs: SET_REPORT(output) is kept for GET_REPORT(output).
     hid_out(handle.as_mut(), 0x09, 0x0200, &[0x02]);
     assert_eq!(
@@ -181,7 +184,7 @@ fn a_reset_types_the_text_again_and_short_reads_overflow() {
     hid_out(handle.as_mut(), SET_PROTOCOL, 0, &[]);
     assert_eq!(typed(&read_all(handle.as_mut())), "z");
     assert_eq!(
-        kind(handle.interrupt_in(INTERRUPT_IN, 4, LONG)),
+        kind(handle.read(Interrupt, INTERRUPT_IN, 4, LONG)),
         UsbErrorKind::Overflow
     );
     handle.reset().unwrap();
@@ -190,7 +193,7 @@ fn a_reset_types_the_text_again_and_short_reads_overflow() {
     assert_eq!(typed(&read_all(handle.as_mut())), "z");
     // Bulk transfers do not apply to an interrupt endpoint; unknown requests stall.
     assert_eq!(
-        kind(handle.bulk_in(INTERRUPT_IN, 8, LONG)),
+        kind(handle.read(Bulk, INTERRUPT_IN, 8, LONG)),
         UsbErrorKind::InvalidArgument
     );
     assert_eq!(

@@ -79,14 +79,14 @@ impl Host {
         self.tag += 1;
         let written = self
             .handle
-            .bulk_out(BULK_OUT, &cbw(self.tag, length, to_host, cdb), LONG)
+            .write(Bulk, BULK_OUT, &cbw(self.tag, length, to_host, cdb), LONG)
             .unwrap();
         assert_eq!(written, 31);
         self.tag
     }
 
     fn read_csw(&mut self) -> Csw {
-        let bytes = self.handle.bulk_in(BULK_IN, 13, LONG).unwrap();
+        let bytes = self.handle.read(Bulk, BULK_IN, 13, LONG).unwrap();
         assert_eq!(bytes.len(), 13);
         assert_eq!(&bytes[..4], b"USBS");
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
@@ -100,7 +100,10 @@ impl Host {
     /// A command with data to the host: the data read in one go, then the CSW.
     fn command_in(&mut self, cdb: &[u8], length: u32) -> (Vec<u8>, Csw) {
         let tag = self.send_cbw(length, true, cdb);
-        let data = self.handle.bulk_in(BULK_IN, length as usize, LONG).unwrap();
+        let data = self
+            .handle
+            .read(Bulk, BULK_IN, length as usize, LONG)
+            .unwrap();
         let csw = self.read_csw();
         assert_eq!(csw.tag, tag, "the CSW echoes the CBW's tag");
         (data, csw)
@@ -215,7 +218,10 @@ fn a_full_round_of_inquiry_capacity_write_and_read() {
     // WRITE(10) of two blocks, then READ(10) gives them back.
     let data: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
     let tag = host.send_cbw(1024, false, &rw10(0x2a, 10, 2));
-    assert_eq!(host.handle.bulk_out(BULK_OUT, &data, LONG).unwrap(), 1024);
+    assert_eq!(
+        host.handle.write(Bulk, BULK_OUT, &data, LONG).unwrap(),
+        1024
+    );
     let csw = host.read_csw();
     assert_eq!((csw.tag, csw.residue, csw.status), (tag, 0, 0));
     let (read, csw) = host.command_in(&rw10(0x28, 10, 2), 1024);
@@ -231,7 +237,7 @@ fn data_phases_may_be_moved_in_pieces_and_blocks_outlive_the_run() {
     host.send_cbw(1024, false, &rw10(0x2a, 20, 2));
     for piece in data.chunks(300) {
         assert_eq!(
-            host.handle.bulk_out(BULK_OUT, piece, LONG).unwrap(),
+            host.handle.write(Bulk, BULK_OUT, piece, LONG).unwrap(),
             piece.len()
         );
     }
@@ -243,7 +249,7 @@ fn data_phases_may_be_moved_in_pieces_and_blocks_outlive_the_run() {
     host.send_cbw(1024, true, &rw10(0x28, 20, 2));
     let mut read = Vec::new();
     for _ in 0..4 {
-        read.extend(host.handle.bulk_in(BULK_IN, 256, LONG).unwrap());
+        read.extend(host.handle.read(Bulk, BULK_IN, 256, LONG).unwrap());
     }
     assert_eq!(read, data);
     assert_eq!(
@@ -263,13 +269,13 @@ fn a_read_past_the_capacity_stalls_data_in_then_reports_lba_out_of_range() {
     // Blocks 63 and 64 of a 64-block disk: 64 is past the end.
     let tag = host.send_cbw(1024, true, &rw10(0x28, 63, 2));
     assert_eq!(
-        kind(host.handle.bulk_in(BULK_IN, 1024, LONG)),
+        kind(host.handle.read(Bulk, BULK_IN, 1024, LONG)),
         UsbErrorKind::Stall
     );
     // The endpoint stays halted until the host clears it.
     assert!(host.halted(BULK_IN));
     assert_eq!(
-        kind(host.handle.bulk_in(BULK_IN, 13, LONG)),
+        kind(host.handle.read(Bulk, BULK_IN, 13, LONG)),
         UsbErrorKind::Stall
     );
     host.handle.clear_halt(BULK_IN).unwrap();
@@ -296,7 +302,7 @@ fn a_write_past_the_capacity_stalls_data_out_and_clear_feature_clears_it() {
     let mut host = Host::open(&backend);
     host.send_cbw(512, false, &rw10(0x2a, 64, 1));
     assert_eq!(
-        kind(host.handle.bulk_out(BULK_OUT, &[0; 512], LONG)),
+        kind(host.handle.write(Bulk, BULK_OUT, &[0; 512], LONG)),
         UsbErrorKind::Stall
     );
     assert!(host.halted(BULK_OUT));
@@ -323,11 +329,11 @@ fn an_invalid_cbw_stalls_both_endpoints_until_reset_recovery() {
         let mut host = Host::open(&backend);
         // The device takes the bytes, then refuses everything.
         assert_eq!(
-            host.handle.bulk_out(BULK_OUT, &bad, LONG).unwrap(),
+            host.handle.write(Bulk, BULK_OUT, &bad, LONG).unwrap(),
             bad.len()
         );
         assert_eq!(
-            kind(host.handle.bulk_in(BULK_IN, 13, LONG)),
+            kind(host.handle.read(Bulk, BULK_IN, 13, LONG)),
             UsbErrorKind::Stall
         );
         // Clearing the halts alone does not help (BOT 6.6.1) ...
@@ -337,7 +343,7 @@ fn an_invalid_cbw_stalls_both_endpoints_until_reset_recovery() {
         assert_eq!(
             kind(
                 host.handle
-                    .bulk_out(BULK_OUT, &cbw(8, 0, false, &TEST_UNIT_READY), LONG)
+                    .write(Bulk, BULK_OUT, &cbw(8, 0, false, &TEST_UNIT_READY), LONG)
             ),
             UsbErrorKind::Stall
         );
@@ -396,7 +402,7 @@ fn reads_out_of_turn_stall_and_a_short_csw_buffer_overflows() {
     let mut host = Host::open(&backend);
     // Nothing to read before a command.
     assert_eq!(
-        kind(host.handle.bulk_in(BULK_IN, 13, LONG)),
+        kind(host.handle.read(Bulk, BULK_IN, 13, LONG)),
         UsbErrorKind::Stall
     );
     host.handle.clear_halt(BULK_IN).unwrap();
@@ -405,14 +411,14 @@ fn reads_out_of_turn_stall_and_a_short_csw_buffer_overflows() {
     assert_eq!(
         kind(
             host.handle
-                .bulk_out(BULK_OUT, &cbw(1, 0, false, &TEST_UNIT_READY), LONG)
+                .write(Bulk, BULK_OUT, &cbw(1, 0, false, &TEST_UNIT_READY), LONG)
         ),
         UsbErrorKind::Stall
     );
     host.handle.clear_halt(BULK_OUT).unwrap();
     // The CSW is 13 bytes: a 12-byte read overflows and loses it.
     assert_eq!(
-        kind(host.handle.bulk_in(BULK_IN, 12, LONG)),
+        kind(host.handle.read(Bulk, BULK_IN, 12, LONG)),
         UsbErrorKind::Overflow
     );
     assert_eq!(host.command(&TEST_UNIT_READY).status, 0);

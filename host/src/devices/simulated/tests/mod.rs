@@ -6,6 +6,7 @@ mod mass_storage;
 mod serial_console;
 
 use super::*;
+use crate::devices::TransferKind::{Bulk, Interrupt};
 use crate::devices::{ControlSetup, GET_DEVICE_DESCRIPTOR};
 
 const MS: Duration = Duration::from_millis(1);
@@ -118,13 +119,16 @@ fn scan_lists_devices_in_file_order_with_defaults() {
 fn loopback_echoes_what_was_written() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
-    assert_eq!(handle.bulk_out(0x01, b"hello", LONG).unwrap(), 5);
-    assert_eq!(handle.bulk_out(0x01, b" world", LONG).unwrap(), 6);
+    assert_eq!(handle.write(Bulk, 0x01, b"hello", LONG).unwrap(), 5);
+    assert_eq!(handle.write(Bulk, 0x01, b" world", LONG).unwrap(), 6);
     // FIFO, and a read returns at most what was asked for.
-    assert_eq!(handle.bulk_in(0x81, 3, LONG).unwrap(), b"hel");
-    assert_eq!(handle.bulk_in(0x81, 64, LONG).unwrap(), b"lo world");
+    assert_eq!(handle.read(Bulk, 0x81, 3, LONG).unwrap(), b"hel");
+    assert_eq!(handle.read(Bulk, 0x81, 64, LONG).unwrap(), b"lo world");
     // Drained: the next read waits for its timeout.
-    assert_eq!(kind(handle.bulk_in(0x81, 64, SHORT)), UsbErrorKind::Timeout);
+    assert_eq!(
+        kind(handle.read(Bulk, 0x81, 64, SHORT)),
+        UsbErrorKind::Timeout
+    );
 }
 
 #[test]
@@ -132,13 +136,13 @@ fn loopback_writes_wait_for_room_then_time_out() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
     let full = vec![0x55; LOOPBACK_CAPACITY];
-    assert_eq!(handle.bulk_out(0x01, &full, LONG).unwrap(), full.len());
+    assert_eq!(handle.write(Bulk, 0x01, &full, LONG).unwrap(), full.len());
     assert_eq!(
-        kind(handle.bulk_out(0x01, &[1], SHORT)),
+        kind(handle.write(Bulk, 0x01, &[1], SHORT)),
         UsbErrorKind::Timeout
     );
-    assert_eq!(handle.bulk_in(0x81, 10, LONG).unwrap(), vec![0x55; 10]);
-    assert_eq!(handle.bulk_out(0x01, &[1], SHORT).unwrap(), 1);
+    assert_eq!(handle.read(Bulk, 0x81, 10, LONG).unwrap(), vec![0x55; 10]);
+    assert_eq!(handle.write(Bulk, 0x01, &[1], SHORT).unwrap(), 1);
 }
 
 #[test]
@@ -158,8 +162,8 @@ fn loopback_delay_is_added_to_each_transfer() {
     .unwrap();
     let mut handle = open_claimed(&backend, "slow");
     let start = Instant::now();
-    handle.bulk_out(0x02, b"x", LONG).unwrap();
-    assert_eq!(handle.bulk_in(0x82, 1, LONG).unwrap(), b"x");
+    handle.write(Bulk, 0x02, b"x", LONG).unwrap();
+    assert_eq!(handle.read(Bulk, 0x82, 1, LONG).unwrap(), b"x");
     assert!(start.elapsed() >= Duration::from_millis(80));
 }
 
@@ -194,11 +198,14 @@ fn reads_time_out_on_a_hanging_endpoint() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
     let start = Instant::now();
-    assert_eq!(kind(handle.bulk_in(0x84, 8, SHORT)), UsbErrorKind::Timeout);
+    assert_eq!(
+        kind(handle.read(Bulk, 0x84, 8, SHORT)),
+        UsbErrorKind::Timeout
+    );
     assert!(start.elapsed() >= SHORT);
     // Hanging endpoints do not care about the transfer type.
     assert_eq!(
-        kind(handle.interrupt_in(0x84, 8, MS)),
+        kind(handle.read(Interrupt, 0x84, 8, MS)),
         UsbErrorKind::Timeout
     );
 }
@@ -207,10 +214,13 @@ fn reads_time_out_on_a_hanging_endpoint() {
 fn stalled_endpoints_stall_both_ways() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
-    assert_eq!(kind(handle.bulk_in(0x82, 8, LONG)), UsbErrorKind::Stall);
-    assert_eq!(kind(handle.bulk_out(0x02, b"x", LONG)), UsbErrorKind::Stall);
+    assert_eq!(kind(handle.read(Bulk, 0x82, 8, LONG)), UsbErrorKind::Stall);
     assert_eq!(
-        kind(handle.interrupt_out(0x02, b"x", LONG)),
+        kind(handle.write(Bulk, 0x02, b"x", LONG)),
+        UsbErrorKind::Stall
+    );
+    assert_eq!(
+        kind(handle.write(Interrupt, 0x02, b"x", LONG)),
         UsbErrorKind::Stall
     );
 }
@@ -224,7 +234,7 @@ fn clearing_a_halt_needs_a_claim_and_a_known_endpoint() {
     assert_eq!(kind(handle.clear_halt(0x8f)), UsbErrorKind::InvalidArgument);
     handle.clear_halt(0x82).unwrap();
     // A device that always stalls stalls again after the halt is cleared.
-    assert_eq!(kind(handle.bulk_in(0x82, 8, LONG)), UsbErrorKind::Stall);
+    assert_eq!(kind(handle.read(Bulk, 0x82, 8, LONG)), UsbErrorKind::Stall);
 }
 
 #[test]
@@ -232,12 +242,12 @@ fn interrupt_endpoint_answers_its_report_each_period() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
     let start = Instant::now();
-    assert_eq!(handle.interrupt_in(0x83, 64, LONG).unwrap(), [9, 8]);
-    assert_eq!(handle.interrupt_in(0x83, 1, LONG).unwrap(), [9]);
+    assert_eq!(handle.read(Interrupt, 0x83, 64, LONG).unwrap(), [9, 8]);
+    assert_eq!(handle.read(Interrupt, 0x83, 1, LONG).unwrap(), [9]);
     assert!(start.elapsed() >= Duration::from_millis(10));
     // A period longer than the timeout is a timeout.
     assert_eq!(
-        kind(handle.interrupt_in(0x83, 64, Duration::ZERO)),
+        kind(handle.read(Interrupt, 0x83, 64, Duration::ZERO)),
         UsbErrorKind::Timeout
     );
 }
@@ -246,31 +256,59 @@ fn interrupt_endpoint_answers_its_report_each_period() {
 fn transfers_on_endpoints_the_device_lacks_are_invalid() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
-    let err = handle.bulk_in(0x85, 8, LONG).unwrap_err();
+    let err = handle.read(Bulk, 0x85, 8, LONG).unwrap_err();
     assert_eq!(err.kind, UsbErrorKind::InvalidArgument);
     assert!(err.message.contains("0x85"), "{err}");
     // Wrong direction, and wrong transfer type.
     assert_eq!(
-        kind(handle.bulk_in(0x01, 8, LONG)),
+        kind(handle.read(Bulk, 0x01, 8, LONG)),
         UsbErrorKind::InvalidArgument
     );
     assert_eq!(
-        kind(handle.bulk_out(0x81, b"x", LONG)),
+        kind(handle.write(Bulk, 0x81, b"x", LONG)),
         UsbErrorKind::InvalidArgument
     );
     assert_eq!(
-        kind(handle.bulk_in(0x83, 8, LONG)),
+        kind(handle.read(Bulk, 0x83, 8, LONG)),
         UsbErrorKind::InvalidArgument
     );
     assert_eq!(
-        kind(handle.interrupt_in(0x81, 8, LONG)),
+        kind(handle.read(Interrupt, 0x81, 8, LONG)),
         UsbErrorKind::InvalidArgument
     );
     let mut bare = open_claimed(&backend, "bare");
     assert_eq!(
-        kind(bare.bulk_out(0x01, b"x", LONG)),
+        kind(bare.write(Bulk, 0x01, b"x", LONG)),
         UsbErrorKind::InvalidArgument
     );
+}
+
+#[test]
+fn a_refused_transfer_names_the_call_and_what_the_endpoint_is() {
+    let backend = board();
+    let mut handle = open_claimed(&backend, "board-1");
+    let refusals = [
+        (
+            handle.read(Bulk, 0x01, 8, LONG).err(),
+            "bulk_in needs an IN endpoint",
+        ),
+        (
+            handle.write(Interrupt, 0x83, b"x", LONG).err(),
+            "interrupt_out needs an OUT endpoint",
+        ),
+        (
+            handle.read(Bulk, 0x83, 8, LONG).err(),
+            "is an interrupt endpoint; bulk_in does not apply",
+        ),
+        (
+            handle.write(Interrupt, 0x01, b"x", LONG).err(),
+            "is a bulk endpoint; interrupt_out does not apply",
+        ),
+    ];
+    for (error, needle) in refusals {
+        let error = error.map(|e| e.message).unwrap_or_default();
+        assert!(error.contains(needle), "{needle:?} not in {error:?}");
+    }
 }
 
 #[test]
@@ -278,11 +316,11 @@ fn transfers_need_the_interface_claimed_except_control() {
     let backend = board();
     let mut handle = backend.open("board-1").unwrap();
     assert_eq!(
-        kind(handle.bulk_out(0x01, b"x", LONG)),
+        kind(handle.write(Bulk, 0x01, b"x", LONG)),
         UsbErrorKind::NotClaimed
     );
     assert_eq!(
-        kind(handle.interrupt_in(0x83, 2, LONG)),
+        kind(handle.read(Interrupt, 0x83, 2, LONG)),
         UsbErrorKind::NotClaimed
     );
     assert_eq!(
@@ -298,10 +336,10 @@ fn transfers_need_the_interface_claimed_except_control() {
     );
     assert_eq!(kind(handle.release_interface(0)), UsbErrorKind::NotClaimed);
     handle.claim_interface(0).unwrap();
-    assert_eq!(handle.bulk_out(0x01, b"x", LONG).unwrap(), 1);
+    assert_eq!(handle.write(Bulk, 0x01, b"x", LONG).unwrap(), 1);
     handle.release_interface(0).unwrap();
     assert_eq!(
-        kind(handle.bulk_in(0x81, 1, LONG)),
+        kind(handle.read(Bulk, 0x81, 1, LONG)),
         UsbErrorKind::NotClaimed
     );
 }
@@ -339,16 +377,16 @@ fn scripted_detach_fails_transfers_and_hides_the_device() {
     let mut handle = open_claimed(&backend, "flaky");
     // Transfers that fail on their arguments never reach the device and do not count.
     assert_eq!(
-        kind(handle.bulk_in(0x82, 1, LONG)),
+        kind(handle.read(Bulk, 0x82, 1, LONG)),
         UsbErrorKind::InvalidArgument
     );
-    assert_eq!(handle.bulk_out(0x01, b"ab", LONG).unwrap(), 2);
-    assert_eq!(handle.bulk_in(0x81, 1, LONG).unwrap(), b"a");
+    assert_eq!(handle.write(Bulk, 0x01, b"ab", LONG).unwrap(), 2);
+    assert_eq!(handle.read(Bulk, 0x81, 1, LONG).unwrap(), b"a");
     assert_eq!(backend.scan().unwrap().len(), 1);
     // The third transfer completes, and the device leaves with it.
-    assert_eq!(handle.bulk_in(0x81, 1, LONG).unwrap(), b"b");
+    assert_eq!(handle.read(Bulk, 0x81, 1, LONG).unwrap(), b"b");
     assert_eq!(
-        kind(handle.bulk_out(0x01, b"c", LONG)),
+        kind(handle.write(Bulk, 0x01, b"c", LONG)),
         UsbErrorKind::Disconnected
     );
     assert_eq!(
@@ -383,7 +421,7 @@ fn timed_detach_counts_from_the_first_open() {
     // A read waiting past the detach is woken by it.
     let start = Instant::now();
     assert_eq!(
-        kind(handle.bulk_in(0x81, 1, LONG)),
+        kind(handle.read(Bulk, 0x81, 1, LONG)),
         UsbErrorKind::Disconnected
     );
     assert!(start.elapsed() < Duration::from_secs(2));
@@ -396,7 +434,7 @@ fn detach_wakes_a_waiting_read_and_attach_brings_the_device_back() {
     let backend = Arc::new(board());
     let mut handle = open_claimed(&backend, "board-1");
     let reader = std::thread::spawn(move || {
-        let result = handle.bulk_in(0x81, 8, LONG);
+        let result = handle.read(Bulk, 0x81, 8, LONG);
         (result, handle)
     });
     std::thread::sleep(Duration::from_millis(50));
@@ -412,11 +450,11 @@ fn detach_wakes_a_waiting_read_and_attach_brings_the_device_back() {
     assert_eq!(backend.scan().unwrap().len(), 2);
     // The old handle stays dead; a new open works although the old one is not dropped.
     assert_eq!(
-        kind(handle.bulk_out(0x01, b"x", LONG)),
+        kind(handle.write(Bulk, 0x01, b"x", LONG)),
         UsbErrorKind::Disconnected
     );
     let mut fresh = open_claimed(&backend, "board-1");
-    assert_eq!(fresh.bulk_out(0x01, b"x", LONG).unwrap(), 1);
+    assert_eq!(fresh.write(Bulk, 0x01, b"x", LONG).unwrap(), 1);
     drop(handle);
     assert!(
         backend.is_open("board-1"),
@@ -575,18 +613,21 @@ fn string_descriptors_are_utf16_with_language_0409() {
 fn reset_clears_state_and_is_counted() {
     let backend = board();
     let mut handle = open_claimed(&backend, "board-1");
-    handle.bulk_out(0x01, b"left over", LONG).unwrap();
+    handle.write(Bulk, 0x01, b"left over", LONG).unwrap();
     assert_eq!(backend.resets("board-1"), 0);
     handle.reset().unwrap();
     assert_eq!(backend.resets("board-1"), 1);
     // The claim is gone with the reset ...
     assert_eq!(
-        kind(handle.bulk_in(0x81, 64, LONG)),
+        kind(handle.read(Bulk, 0x81, 64, LONG)),
         UsbErrorKind::NotClaimed
     );
     // ... and so is what the loopback held.
     handle.claim_interface(0).unwrap();
-    assert_eq!(kind(handle.bulk_in(0x81, 64, SHORT)), UsbErrorKind::Timeout);
+    assert_eq!(
+        kind(handle.read(Bulk, 0x81, 64, SHORT)),
+        UsbErrorKind::Timeout
+    );
     handle.reset().unwrap();
     assert_eq!(backend.resets("board-1"), 2);
     assert_eq!(backend.resets("nope"), 0);

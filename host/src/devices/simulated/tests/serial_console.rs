@@ -63,7 +63,7 @@ fn read_until(handle: &mut dyn DeviceHandle, until: &str) -> String {
             "no {until:?} in {:?}",
             String::from_utf8_lossy(&text)
         );
-        let transfer = handle.bulk_in(BULK_IN, 512, LONG).unwrap();
+        let transfer = handle.read(Bulk, BULK_IN, 512, LONG).unwrap();
         for packet in transfer.chunks(64) {
             assert_eq!(&packet[..2], &[0x01, 0x60], "status bytes of {packet:?}");
             text.extend(&packet[2..]);
@@ -103,22 +103,22 @@ fn the_console_logs_in_and_answers_commands_behind_status_bytes() {
         read_until(handle.as_mut(), "login: "),
         "simbox 1.0\r\nready\r\nlogin: "
     );
-    handle.bulk_out(BULK_OUT, b"root\r", LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"root\r", LONG).unwrap();
     assert_eq!(read_until(handle.as_mut(), "# "), "# ");
     // CRLF ends one line, not two.
-    handle.bulk_out(BULK_OUT, b"uname -a\r\n", LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"uname -a\r\n", LONG).unwrap();
     assert_eq!(read_until(handle.as_mut(), "# "), "Linux simbox 6.1\r\n# ");
     // Typed in pieces, with a backspace.
-    handle.bulk_out(BULK_OUT, b"lx", LONG).unwrap();
-    handle.bulk_out(BULK_OUT, b"\x7fines\n", LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"lx", LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"\x7fines\n", LONG).unwrap();
     assert_eq!(read_until(handle.as_mut(), "# "), "one\r\ntwo\r\n# ");
-    handle.bulk_out(BULK_OUT, b"reboot now\r", LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"reboot now\r", LONG).unwrap();
     assert_eq!(
         read_until(handle.as_mut(), "# "),
         "sh: reboot: not found\r\n# "
     );
     // An empty line: the prompt again.
-    handle.bulk_out(BULK_OUT, b"\r", LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"\r", LONG).unwrap();
     assert_eq!(read_until(handle.as_mut(), "# "), "# ");
 }
 
@@ -132,12 +132,12 @@ fn with_nothing_to_send_a_status_only_packet_comes_after_the_latency_timer() {
     vendor(handle.as_mut(), 9, 40, 0).unwrap();
     assert_eq!(handle.control_in(get_latency, 1, LONG).unwrap(), [40]);
     let start = Instant::now();
-    assert_eq!(handle.bulk_in(BULK_IN, 512, LONG).unwrap(), [0x01, 0x60]);
+    assert_eq!(handle.read(Bulk, BULK_IN, 512, LONG).unwrap(), [0x01, 0x60]);
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(35), "{waited:?}");
     // A timeout shorter than the latency timer runs out first.
     assert_eq!(
-        kind(handle.bulk_in(BULK_IN, 512, Duration::from_millis(5))),
+        kind(handle.read(Bulk, BULK_IN, 512, Duration::from_millis(5))),
         UsbErrorKind::Timeout
     );
     // GET_MODEM_STATUS: the same two bytes the packets carry.
@@ -156,7 +156,7 @@ fn long_output_comes_in_64_byte_packets_of_62_data_bytes() {
     .unwrap();
     let mut handle = open_console(&backend);
     // 150 bytes: 62 + 62 + 26, each behind its status bytes; the short packet ends it.
-    let transfer = handle.bulk_in(BULK_IN, 512, LONG).unwrap();
+    let transfer = handle.read(Bulk, BULK_IN, 512, LONG).unwrap();
     assert_eq!(transfer.len(), 64 + 64 + 28);
     for (packet, data) in transfer.chunks(64).zip([62, 62, 26]) {
         assert_eq!(&packet[..2], &[0x01, 0x60]);
@@ -164,11 +164,11 @@ fn long_output_comes_in_64_byte_packets_of_62_data_bytes() {
     }
     // A 64-byte read takes one packet at a time.
     vendor(handle.as_mut(), 1, 0x0100, 0).unwrap();
-    handle.bulk_out(BULK_OUT, b"\r", LONG).unwrap();
-    assert_eq!(handle.bulk_in(BULK_IN, 64, LONG).unwrap().len(), 64);
+    handle.write(Bulk, BULK_OUT, b"\r", LONG).unwrap();
+    assert_eq!(handle.read(Bulk, BULK_IN, 64, LONG).unwrap().len(), 64);
     // Fewer than the two status bytes cannot be read.
     assert_eq!(
-        kind(handle.bulk_in(BULK_IN, 1, LONG)),
+        kind(handle.read(Bulk, BULK_IN, 1, LONG)),
         UsbErrorKind::Overflow
     );
 }
@@ -179,14 +179,14 @@ fn at_the_wrong_baud_rate_the_console_is_garbled_with_framing_errors() {
     let mut handle = open_claimed(&backend, "console");
     // Left at the power-on 9600 baud; raising DTR starts the console.
     vendor(handle.as_mut(), 1, 0x0101, 0).unwrap();
-    let transfer = handle.bulk_in(BULK_IN, 64, LONG).unwrap();
+    let transfer = handle.read(Bulk, BULK_IN, 64, LONG).unwrap();
     assert_eq!(transfer[..2], [0x01, 0x60 | 0x08]);
     assert!(!String::from_utf8_lossy(&transfer[2..]).contains("simbox"));
     // What the host sends is noise to the console: no prompt comes back.
-    handle.bulk_in(BULK_IN, 512, LONG).unwrap();
-    handle.bulk_out(BULK_OUT, b"root\r", LONG).unwrap();
+    handle.read(Bulk, BULK_IN, 512, LONG).unwrap();
+    handle.write(Bulk, BULK_OUT, b"root\r", LONG).unwrap();
     vendor(handle.as_mut(), 9, 1, 0).unwrap();
-    assert_eq!(handle.bulk_in(BULK_IN, 512, LONG).unwrap(), [0x01, 0x60]);
+    assert_eq!(handle.read(Bulk, BULK_IN, 512, LONG).unwrap(), [0x01, 0x60]);
 }
 
 #[test]
@@ -196,7 +196,7 @@ fn purging_drops_what_waits_and_a_reset_starts_the_console_over() {
     vendor(handle.as_mut(), 9, 1, 0).unwrap();
     // DTR raised: the banner waits in the adapter; purge RX drops it.
     vendor(handle.as_mut(), 0, 1, 0).unwrap();
-    assert_eq!(handle.bulk_in(BULK_IN, 512, LONG).unwrap(), [0x01, 0x60]);
+    assert_eq!(handle.read(Bulk, BULK_IN, 512, LONG).unwrap(), [0x01, 0x60]);
     handle.reset().unwrap();
     handle.claim_interface(0).unwrap();
     // After the reset the adapter is back at 9600 baud: set it up again, then the banner.
