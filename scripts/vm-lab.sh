@@ -5,6 +5,8 @@
 #
 #   scripts/vm-lab.sh image                 build target/vm-lab/{vmlinuz,initrd.img} from
 #                                            Debian's packages and target/release/sandbus
+#                                            ($SANDBUS_VM_LAB_DIR, $SANDBUS_BINARY and
+#                                            $SANDBUS_VM_EXTRA=PROGRAM:... change them)
 #   scripts/vm-lab.sh boot [options]         boot one VM (exec's QEMU: its pid is the VM)
 #   scripts/vm-lab.sh try                    a lab in a VM: nats-server, one VM with a
 #                                            keyboard, a USB stick and a serial adapter
@@ -125,11 +127,22 @@ build_image() {
     cp "$kdir/$entry" "$root/lib/modules/$entry"
     echo "/lib/modules/$entry" >>"$root/etc/modules"
   done
-  # The daemon, stripped, with the shared libraries it links.
+  # The daemon, stripped, with the shared libraries it links; and the extra programs named
+  # in SANDBUS_VM_EXTRA (colon-separated; a benchmark's native half), under their own names.
   objcopy --strip-debug "$binary" "$root/bin/sandbus"
-  local lib
-  for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
-    cp -L "$lib" "$root$lib"
+  local program lib
+  local programs=("$binary")
+  IFS=: read -r -a extra <<<"${SANDBUS_VM_EXTRA:-}"
+  for program in "${extra[@]}"; do
+    [ -n "$program" ] || continue
+    [ -x "$program" ] || die "extra program $program is missing"
+    objcopy --strip-debug "$program" "$root/bin/$(basename "$program")"
+    programs+=("$program")
+  done
+  for program in "${programs[@]}"; do
+    for lib in $(ldd "$program" | grep -o '/[^ ]*'); do
+      cp -L "$lib" "$root$lib"
+    done
   done
   echo 'root:x:0:0:root:/:/bin/sh' >"$root/etc/passwd"
   echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/sh' >>"$root/etc/passwd"

@@ -276,7 +276,12 @@ fn the_device_examples_pass_on_the_simulated_stick_console_and_keypad() {
         ("keypad-check", &keypad),
     ] {
         let text = stdout(out);
-        assert_eq!(out.status.code(), Some(0), "{name}:\n{text}\n{}", stderr(out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}:\n{text}\n{}",
+            stderr(out)
+        );
         assert!(text.contains("report: Pass"), "{name}:\n{text}");
     }
     assert!(stdout(&storage).contains("[pass] scratch-write-read"));

@@ -37,6 +37,8 @@ pub struct VmSpec {
     pub unprivileged: bool,
     /// Turn libusb hotplug off in the daemon: it polls.
     pub poll: bool,
+    /// The image directory ([`ensure_image_at`]); [`lab_dir`] when `None`.
+    pub image: Option<PathBuf>,
 }
 
 /// Builds the VM image (`scripts/vm-lab.sh image`) when it is missing or older than the
@@ -47,23 +49,36 @@ pub fn ensure_image() -> Result<PathBuf, String> {
     let binary = std::env::var_os("SANDBUS_BINARY")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/release/sandbus"));
-    let image = lab_dir().join("initrd.img");
+    ensure_image_at(&lab_dir(), &binary, &[])
+}
+
+/// [`ensure_image`] into `dir`, carrying `binary` as the daemon and `extras` as more programs
+/// in the VM's `/bin` (a benchmark's native half). Returns the image directory.
+pub fn ensure_image_at(dir: &Path, binary: &Path, extras: &[PathBuf]) -> Result<PathBuf, String> {
+    let root = workspace_root();
     let built = |path: &Path| path.metadata().and_then(|m| m.modified()).ok();
-    let Some(binary_time) = built(&binary) else {
+    let image = dir.join("initrd.img");
+    if built(binary).is_none() {
         return Err(format!(
             "{} is missing: the VM lab runs the release daemon; build it with \
              `cargo build --release -p sandbus` (scripts/test.sh does)",
             binary.display()
         ));
-    };
-    let fresh = built(&image).is_some_and(|image_time| image_time >= binary_time)
-        && built(&root.join("scripts/vm-lab-init.sh"))
-            .zip(built(&image))
-            .is_some_and(|(init, image)| image >= init);
+    }
+    let inputs = [binary.to_owned(), root.join("scripts/vm-lab-init.sh")];
+    let fresh = built(&image).is_some_and(|image_time| {
+        inputs
+            .iter()
+            .chain(extras)
+            .all(|input| built(input).is_some_and(|t| t <= image_time))
+    });
     if !fresh {
+        let extras: Vec<String> = extras.iter().map(|e| e.display().to_string()).collect();
         let out = Command::new(root.join("scripts/vm-lab.sh"))
             .arg("image")
-            .env("SANDBUS_BINARY", &binary)
+            .env("SANDBUS_BINARY", binary)
+            .env("SANDBUS_VM_LAB_DIR", dir)
+            .env("SANDBUS_VM_EXTRA", extras.join(":"))
             .output()
             .map_err(|e| format!("cannot run scripts/vm-lab.sh: {e}"))?;
         if !out.status.success() {
@@ -74,11 +89,11 @@ pub fn ensure_image() -> Result<PathBuf, String> {
             ));
         }
     }
-    Ok(image)
+    Ok(dir.to_owned())
 }
 
-/// Where the image is built.
-fn lab_dir() -> PathBuf {
+/// Where the image is built by default.
+pub fn lab_dir() -> PathBuf {
     std::env::var_os("SANDBUS_VM_LAB_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/vm-lab"))
@@ -125,7 +140,10 @@ impl LabVm {
         }
         let log = std::fs::File::create(dir.join("qemu.log")).map_err(|e| e.to_string())?;
         let qemu = command
-            .env("SANDBUS_VM_LAB_DIR", lab_dir())
+            .env(
+                "SANDBUS_VM_LAB_DIR",
+                spec.image.clone().unwrap_or_else(lab_dir),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
