@@ -3,7 +3,8 @@
 //! same VM). It times a loop of transfers on a USB mass-storage stick and reports the figures
 //! in its summary, `transfers=N bytes=B micros=T`.
 //!
-//! Arguments: `mode` = `control` (GET_DESCRIPTOR for the 18-byte device descriptor) or `read`
+//! Arguments: `mode` = `call` (`device.info`, a host call that touches no device: the
+//! sandbox's own cost), `control` (GET_DESCRIPTOR for the 18-byte device descriptor) or `read`
 //! (Bulk-Only Transport READ(10) from block 0: command block out, `size` bytes in, status
 //! in), `size` (bytes a read, a multiple of 512; default 65536) and `count` (default 1000).
 //! Raw transfers on purpose: the figure is the host's cost per transfer, so the script does
@@ -24,6 +25,8 @@ const TIMEOUT_MS: u32 = 5_000;
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Host calls that touch no device (`device.info`): the sandbox's own cost per call.
+    Call,
     /// Control round trips.
     Control,
     /// Bulk-Only Transport reads of `size` bytes.
@@ -54,9 +57,10 @@ pub fn parse_args(args: &[(String, String)]) -> Result<Args, String> {
         match name.as_str() {
             "mode" => {
                 parsed.mode = match value.as_str() {
+                    "call" => Mode::Call,
                     "control" => Mode::Control,
                     "read" => Mode::Read,
-                    _ => return Err(format!("mode={value}: use control or read")),
+                    _ => return Err(format!("mode={value}: use call, control or read")),
                 }
             }
             "size" => parsed.size = number()?,
@@ -128,8 +132,21 @@ fn usb_error(what: &str, e: usb::UsbError) -> String {
 }
 
 /// Runs the measured loop; (transfers, bytes moved) on success.
-fn measure(handle: &DeviceHandle, args: Args, endpoints: (u8, u8)) -> Result<(u64, u64), String> {
+fn measure(
+    device: &usb::Device,
+    handle: &DeviceHandle,
+    args: Args,
+    endpoints: (u8, u8),
+) -> Result<(u64, u64), String> {
     match args.mode {
+        Mode::Call => {
+            for _ in 0..args.count {
+                if device.info().vendor_id == 0 {
+                    return Err("the device has vendor id 0".to_owned());
+                }
+            }
+            Ok((u64::from(args.count), 0))
+        }
         Mode::Control => {
             let setup = ControlSetup {
                 request_type: 0x80,
@@ -189,7 +206,7 @@ impl Guest for UsbBench {
             Ok(args) => args,
             Err(e) => return failed(Verdict::Error, e),
         };
-        let setup = || -> Result<(DeviceHandle, (u8, u8)), String> {
+        let setup = || -> Result<(usb::Device, DeviceHandle, (u8, u8)), String> {
             let device = usb::leased_device().map_err(|e| usb_error("leased-device", e))?;
             let configurations = device
                 .configuration_descriptors()
@@ -202,14 +219,14 @@ impl Guest for UsbBench {
             handle
                 .claim_interface(0)
                 .map_err(|e| usb_error("claim", e))?;
-            Ok((handle, endpoints))
+            Ok((device, handle, endpoints))
         };
-        let (handle, endpoints) = match setup() {
+        let (device, handle, endpoints) = match setup() {
             Ok(ready) => ready,
             Err(e) => return failed(Verdict::Error, e),
         };
         let started = Instant::now();
-        match measure(&handle, args, endpoints) {
+        match measure(&device, &handle, args, endpoints) {
             Ok((transfers, bytes)) => failed(
                 Verdict::Pass,
                 format!(

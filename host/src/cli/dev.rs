@@ -239,7 +239,11 @@ impl DevDevice {
                 output::joined_or_none(&seen)
             );
         };
-        Ok(Some(LeasedDevice { info, backend }))
+        Ok(Some(LeasedDevice {
+            info,
+            backend,
+            own_thread: None,
+        }))
     }
 }
 

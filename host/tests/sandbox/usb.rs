@@ -53,6 +53,7 @@ fn leased(backend: &Arc<SimulatedBackend>, id: &str) -> LeasedDevice {
     LeasedDevice {
         info,
         backend: backend.clone() as Arc<dyn DeviceBackend>,
+        own_thread: None,
     }
 }
 

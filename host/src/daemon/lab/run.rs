@@ -14,7 +14,7 @@ use crate::bus::{Lease, RunRecord, RunReport, RunState, RunVerdict};
 use crate::daemon::host_events::{HostEvent, LeaseAcquired};
 use crate::devices::{self, DeviceInfo, UsbErrorKind};
 use crate::imports::usb::LeasedDevice;
-use crate::sandbox::{Capabilities, InvokeErrorKind, Metering};
+use crate::sandbox::{Capabilities, InvokeError, InvokeErrorKind, Metering};
 
 /// How a run ended, before its report is written.
 struct Ending {
@@ -250,6 +250,9 @@ impl DeviceLab {
             );
         };
         let (log, publishing) = RunLog::start(self.bus.runs.clone(), record.id.clone());
+        // The script runs on a thread of its own, so its transfers block that thread
+        // directly (no handoff to the blocking pool per transfer); `stop` ends it.
+        let stop = CancellationToken::new();
         let caps = Capabilities {
             log: log.clone(),
             publisher: self.host.capabilities.publisher.clone(),
@@ -257,19 +260,43 @@ impl DeviceLab {
             usb: Some(LeasedDevice {
                 info: device.clone(),
                 backend: self.backend.clone(),
+                own_thread: Some(stop.clone()),
             }),
         };
         let timeout = Duration::from_millis(record.request.timeout_ms);
         let started = Instant::now();
         let running = self.host.metrics.in_flight(&record.request.script);
+        let runtime = tokio::runtime::Handle::current();
+        let invocation = tokio::task::spawn_blocking({
+            let args = record.request.args.clone();
+            let stop = stop.clone();
+            move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        result = component.prepared.run_for(args, &caps, timeout) => Some(result),
+                        _ = stop.cancelled() => None,
+                    }
+                })
+            }
+        });
         let result = tokio::select! {
-            result = component.prepared.run_for(record.request.args.clone(), &caps, timeout) => Some(result),
+            result = invocation => match result {
+                Ok(result) => result,
+                Err(e) => Some(Err(InvokeError {
+                    kind: InvokeErrorKind::Host,
+                    message: format!("the script's thread failed: {e}"),
+                    metering: Metering::default(),
+                    log: Default::default(),
+                })),
+            },
             _ = cancel.cancelled() => None,
             _ = lost.cancelled() => None,
             _ = unplugged.cancelled() => None,
         };
+        // Ends the script's thread when the run stopped before the script did: a transfer
+        // in progress stops at its next slice, the instance is dropped.
+        stop.cancel();
         drop(running);
-        drop(caps);
         let dropped = log.dropped.clone();
         drop(log);
         // The lines the script wrote are stored before the report, within a bound: a bus

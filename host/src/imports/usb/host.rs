@@ -1,7 +1,6 @@
 //! `impl usb::Host` and the two resources: the lease check, and transfers on blocking
 //! threads bounded by the call's deadline.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -84,10 +83,15 @@ fn setup(s: WitSetup) -> ControlSetup {
     }
 }
 
-/// Runs blocking device work off the async executor.
+/// Runs blocking device work: on this thread when the call has a thread of its own
+/// (`inline`), else off the async executor, on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
+    inline: bool,
     work: impl FnOnce() -> Result<T, UsbError> + Send + 'static,
 ) -> Result<T, WitError> {
+    if inline {
+        return work().map_err(WitError::from);
+    }
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result.map_err(WitError::from),
         Err(e) => Err(WitError::Io(format!("the transfer thread failed: {e}"))),
@@ -116,8 +120,8 @@ impl UsbState {
         }
     }
 
-    /// Runs `op` once on the open handle, on a blocking thread, within the deadline (and
-    /// at most `cap`).
+    /// Runs `op` once on the open handle (see [`blocking`]), within the deadline and at most
+    /// [`MAX_CONTROL_TIMEOUT`].
     async fn transfer<T: Send + 'static>(
         &mut self,
         handle: &Resource<WitHandle>,
@@ -129,7 +133,7 @@ impl UsbState {
             return Ok(Err(WitError::Timeout));
         };
         let timeout = timeout.min(MAX_CONTROL_TIMEOUT);
-        Ok(blocking(move || {
+        Ok(blocking(self.inline, move || {
             let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
             op(guard.as_mut(), timeout)
         })
@@ -149,11 +153,11 @@ impl UsbState {
             return Ok(Err(WitError::Timeout));
         };
         let ended = self.ended.clone();
-        Ok(blocking(move || {
+        Ok(blocking(self.inline, move || {
             let give_up = Instant::now() + timeout;
             let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
-                if ended.load(Ordering::Relaxed) {
+                if ended.is_cancelled() {
                     return Err(UsbError::new(UsbErrorKind::Io, "the run ended"));
                 }
                 let left = give_up.saturating_duration_since(Instant::now());
@@ -280,7 +284,7 @@ impl HostDevice for UsbState {
             return Ok(Err(WitError::NoDevice));
         };
         let backend = leased.backend.clone();
-        Ok(blocking(move || backend.descriptors(&id).map(|d| d.device)).await)
+        Ok(blocking(self.inline, move || backend.descriptors(&id).map(|d| d.device)).await)
     }
 
     async fn configuration_descriptors(
@@ -292,7 +296,7 @@ impl HostDevice for UsbState {
             return Ok(Err(WitError::NoDevice));
         };
         let backend = leased.backend.clone();
-        Ok(blocking(move || backend.descriptors(&id).map(|d| d.configurations)).await)
+        Ok(blocking(self.inline, move || backend.descriptors(&id).map(|d| d.configurations)).await)
     }
 
     async fn open(
@@ -307,7 +311,7 @@ impl HostDevice for UsbState {
             return Ok(Err(WitError::Busy));
         }
         let backend = leased.backend.clone();
-        match blocking(move || backend.open(&id)).await {
+        match blocking(self.inline, move || backend.open(&id)).await {
             Ok(handle) => {
                 let handle = UsbDeviceHandle {
                     handle: Arc::new(Mutex::new(handle)),

@@ -11,10 +11,10 @@
 
 pub mod host;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 use crate::bindings::script::sandbus::host::usb as wit;
@@ -30,6 +30,13 @@ pub struct LeasedDevice {
     pub info: DeviceInfo,
     /// The backend it is on (simulated or rusb).
     pub backend: Arc<dyn DeviceBackend>,
+    /// `Some` when the call runs on a thread of its own (the device lab runs each script on
+    /// one): transfers then block that thread directly instead of going through tokio's
+    /// blocking pool, whose thread handoff is a large share of a short transfer's cost. The
+    /// token is the run's stop: cancelling it ends a transfer at its next slice, as the end
+    /// of the call does. `None`: the call shares an executor thread, and every transfer goes
+    /// to the blocking pool.
+    pub own_thread: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for LeasedDevice {
@@ -37,6 +44,7 @@ impl std::fmt::Debug for LeasedDevice {
         f.debug_struct("LeasedDevice")
             .field("info", &self.info)
             .field("backend", &self.backend.name())
+            .field("own_thread", &self.own_thread.is_some())
             .finish()
     }
 }
@@ -60,15 +68,18 @@ pub struct UsbState {
     pub deadline: Instant,
     /// Whether a handle is open (one at a time per run).
     open: bool,
-    /// Set when the call ends (the store is dropped, e.g. on cancel): a transfer still on
-    /// its blocking thread stops at its next slice, so the device is free for the reset.
-    ended: Arc<AtomicBool>,
+    /// Cancelled when the call ends (the store is dropped, e.g. on cancel) or its run is
+    /// stopped ([`LeasedDevice::own_thread`]): a transfer still running stops at its next
+    /// slice, so the device is free for the reset.
+    ended: CancellationToken,
+    /// Whether transfers may block the calling thread ([`LeasedDevice::own_thread`]).
+    inline: bool,
     table: ResourceTable,
 }
 
 impl Drop for UsbState {
     fn drop(&mut self) {
-        self.ended.store(true, Ordering::Relaxed);
+        self.ended.cancel();
     }
 }
 
@@ -77,11 +88,13 @@ impl UsbState {
     pub fn new(leased: Option<LeasedDevice>, deadline: Instant) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
+        let stop = leased.as_ref().and_then(|l| l.own_thread.as_ref());
         Self {
+            inline: stop.is_some(),
+            ended: stop.map_or_else(CancellationToken::new, CancellationToken::child_token),
             leased,
             deadline,
             open: false,
-            ended: Arc::new(AtomicBool::new(false)),
             table,
         }
     }
