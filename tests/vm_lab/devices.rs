@@ -27,8 +27,8 @@ pub fn device(lab: &Lab, host: &str, serial: &str) -> Option<Value> {
         .find(|d| d["serial"] == serial)
 }
 
-/// Whether a `sandbus.device.<kind>` event for serial `serial` on `host` is stored.
-fn announced(lab: &Lab, kind: &str, host: &str, serial: &str) -> usize {
+/// How many `sandbus.device.<kind>` events for serial `serial` on `host` are stored.
+pub fn announced(lab: &Lab, kind: &str, host: &str, serial: &str) -> usize {
     lab.cluster
         .events(&format!("sandbus.device.{kind}"))
         .iter()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 use serde_json::Value;
 
-use super::devices::device;
+use super::devices::{announced, device};
 use super::{Lab, trial};
 
 pub fn trials() -> Vec<Trial> {
@@ -123,6 +123,7 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
         lab.a.interface_driver(&interface).unwrap().as_deref(),
         Some("usbhid")
     );
+    let attached = announced(lab, "attached", "lab-a", "kbd1");
     // The probe claims interface 0 and reads its interrupt endpoint until cancelled.
     let id = start(
         lab,
@@ -160,6 +161,9 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
     assert_eq!(record["verdict"], "cancelled", "{record}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(finished_events(lab, &id), 1, "exactly one run.finished");
+    // The reset after the run is no unplugging: nothing is announced again.
+    assert_eq!(announced(lab, "attached", "lab-a", "kbd1"), attached);
+    assert_eq!(announced(lab, "detached", "lab-a", "kbd1"), 0);
 }
 
 fn unplugging_the_device_during_a_blocking_read_ends_the_run_within_2s(lab: &mut Lab) {

@@ -15,6 +15,7 @@ use sandbus::imports::bus::OutboundMessage;
 use sandbus::imports::log::{LogLine, LogSink};
 use sandbus::imports::usb::LeasedDevice;
 use sandbus::sandbox::{ComponentSpec, HandlerOutcome, Report, SandboxConfig, World};
+use tokio_util::sync::CancellationToken;
 
 use super::output::{self, EXIT_DID_NOT_FINISH, EXIT_FAIL, EXIT_OK, outln};
 
@@ -260,7 +261,12 @@ async fn dev_run(
     let host = DevHost::new(sandbox.config())?;
     let script = host.load(file, spec)?;
     let mut caps = host.capabilities(Arc::new(PrintLog { json }));
-    caps.usb = leased.clone();
+    // As in the daemon's lab: the script runs on a thread of its own, where its transfers
+    // block directly. Nothing stops it early; its deadline ends it.
+    caps.usb = leased.clone().map(|leased| LeasedDevice {
+        own_thread: Some(CancellationToken::new()),
+        ..leased
+    });
     if !json {
         outln!("running {} ({})", script.name(), script.digest());
         if let Some(leased) = &leased {
@@ -272,10 +278,12 @@ async fn dev_run(
             );
         }
     }
-    let result = script.run(args, &caps).await;
+    let runtime = tokio::runtime::Handle::current();
+    // The thread ends with the script, and drops its hold on the device (`caps`).
+    let result = tokio::task::spawn_blocking(move || runtime.block_on(script.run(args, &caps)))
+        .await
+        .context("the script's thread failed")?;
     if let Some(leased) = leased {
-        // Drop our hold on the device before resetting it.
-        drop(caps);
         let id = leased.info.id.clone();
         let reset =
             tokio::task::spawn_blocking(move || devices::reset_after_run(&*leased.backend, &id))

@@ -284,7 +284,10 @@ impl HostDevice for UsbState {
             return Ok(Err(WitError::NoDevice));
         };
         let backend = leased.backend.clone();
-        Ok(blocking(self.inline, move || backend.descriptors(&id).map(|d| d.device)).await)
+        Ok(blocking(self.inline, move || {
+            backend.descriptors(&id).map(|d| d.device)
+        })
+        .await)
     }
 
     async fn configuration_descriptors(
@@ -296,7 +299,10 @@ impl HostDevice for UsbState {
             return Ok(Err(WitError::NoDevice));
         };
         let backend = leased.backend.clone();
-        Ok(blocking(self.inline, move || backend.descriptors(&id).map(|d| d.configurations)).await)
+        Ok(blocking(self.inline, move || {
+            backend.descriptors(&id).map(|d| d.configurations)
+        })
+        .await)
     }
 
     async fn open(
