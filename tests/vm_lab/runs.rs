@@ -327,14 +327,9 @@ fn passes_on(lab: &mut Lab, host: &str, serial: &str, driver: &str, args: &[&str
 
 fn storage_check_reads_the_marker_and_a_scratch_block_on_the_stick(lab: &mut Lab) {
     scripts(lab);
-    let blocks = super::STICK_BLOCKS.to_string();
-    let marker_lba = super::MARKER_LBA.to_string();
-    let text = passes_on(
-        lab,
-        "lab-a",
-        "stick1",
-        "usb-storage",
-        &[
+    // `sandbus run storage-check` on the stick, expecting `marker` at the marker block.
+    let args = |marker: &str| -> Vec<String> {
+        [
             "run",
             "storage-check",
             "--device",
@@ -344,35 +339,26 @@ fn storage_check_reads_the_marker_and_a_scratch_block_on_the_stick(lab: &mut Lab
             "--arg",
             "product=QEMU HARDDISK",
             "--arg",
-            &format!("blocks={blocks}"),
+            &format!("blocks={}", super::STICK_BLOCKS),
             "--arg",
-            &format!("marker-lba={marker_lba}"),
+            &format!("marker-lba={}", super::MARKER_LBA),
             "--arg",
-            &format!("marker={}", super::MARKER),
+            &format!("marker={marker}"),
             "--follow",
-        ],
-    );
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let passing = args(super::MARKER);
+    let passing: Vec<&str> = passing.iter().map(String::as_str).collect();
+    let text = passes_on(lab, "lab-a", "stick1", "usb-storage", &passing);
     for step in ["inquiry", "capacity", "read-marker", "scratch-write-read"] {
         assert!(text.contains(&format!("[pass] {step}")), "{step}: {text}");
     }
     // A wrong expectation fails the run: the check really compares.
-    let out = lab.cluster.cli(&[
-        "run",
-        "storage-check",
-        "--device",
-        "46f4:0001",
-        "--arg",
-        "vendor=QEMU",
-        "--arg",
-        "product=QEMU HARDDISK",
-        "--arg",
-        &format!("blocks={blocks}"),
-        "--arg",
-        &format!("marker-lba={marker_lba}"),
-        "--arg",
-        "marker=not what the test wrote",
-        "--follow",
-    ]);
+    let failing = args("not what the test wrote");
+    let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
+    let out = lab.cluster.cli(&failing);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("[FAIL] read-marker"), "{text}");
