@@ -153,7 +153,8 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
         device_state(lab, "lab-a", "kbd1") == "free"
     });
     let freed = cancelled.elapsed();
-    assert!(freed < Duration::from_secs(2), "freed after {freed:?}");
+    eprintln!("vm-lab: the keyboard was free {freed:?} after the cancel");
+    assert!(freed < Duration::from_secs(1), "freed after {freed:?}");
     lab.wait_within(Duration::from_secs(10), "usbhid bound again", |lab| {
         lab.a.interface_driver(&interface).unwrap().as_deref() == Some("usbhid")
     });
@@ -200,6 +201,7 @@ fn unplugging_the_device_during_a_blocking_read_ends_the_run_within_2s(lab: &mut
         run_record(lab, &id)["state"] == "finished"
     });
     let ended = unplugged.elapsed();
+    eprintln!("vm-lab: the run ended {ended:?} after the unplug");
     let record = run_record(lab, &id);
     assert!(
         ended < Duration::from_secs(3),
