@@ -204,7 +204,7 @@ fn unplugging_the_device_during_a_blocking_read_ends_the_run_within_2s(lab: &mut
     eprintln!("vm-lab: the run ended {ended:?} after the unplug");
     let record = run_record(lab, &id);
     assert!(
-        ended < Duration::from_secs(3),
+        ended < Duration::from_secs(2),
         "ended {ended:?} after the unplug"
     );
     assert_eq!(record["verdict"], "error", "{record}");
