@@ -16,6 +16,7 @@ arg() { sed -n "s/.*sandbus\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 host_id="$(arg host)"
 user="$(arg user)"
 poll="$(arg poll)"
+scan="$(arg scan)"
 
 ip link set lo up
 ip link set eth0 up
@@ -23,13 +24,16 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 
 chmod 0777 /data /tmp
-# A shell for tests on the second serial port: one command a line, then `__done__ STATUS`.
+# A shell for tests on the second serial port: one command a line (a test ends each with
+# its own marker, e.g. `...; echo "__done__7 $?"`).
 stty -F /dev/ttyS1 raw -echo
-setsid sh -c 'while read -r line; do eval "$line"; echo "__done__ $?"; done' \
+setsid sh -c 'while read -r line; do eval "$line"; done' \
   </dev/ttyS1 >/dev/ttyS1 2>&1 &
 echo "vm-lab: ready, starting sandbus daemon as $user (host $host_id)"
 if [ "$poll" = 1 ]; then export SANDBUS_NO_HOTPLUG=true; fi
-export SANDBUS_DATA_DIR=/data RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
+printf '[devices]\nscan_every = "%s"\n' "${scan:-2s}" >/tmp/sandbus.toml
+chmod 0644 /tmp/sandbus.toml
+export SANDBUS_DATA_DIR=/data SANDBUS_CONFIG=/tmp/sandbus.toml RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
 if [ "$user" = root ]; then
   /bin/sandbus daemon --nats nats://10.0.2.100:4222 --host-id "$host_id"
 else

@@ -22,10 +22,14 @@
 #   --daemon-user U    run the daemon as `root` (default) or `nobody` (no access to
 #                      /dev/bus/usb: devices listed as unusable)
 #   --poll             turn libusb hotplug off in the daemon (the polling fallback)
+#   --scan-every DUR   how often the daemon scans its devices (default 2s)
+#   --die-with-parent  QEMU is killed when the process that started this script dies
+#                      (tests: no VM outlives its test binary)
 #
 # In DIR: qmp.sock (QEMU's QMP: plug and unplug devices, type keys), console.log (the kernel
 # and daemon output) and shell.sock (a root shell on the VM's second serial port: one command
-# a line, each answered by its output and a line `__done__ STATUS`; for tests).
+# a line; end each with a marker of your own, `...; echo "__done__7 $?"`, to know where its
+# output ends; for tests).
 #
 # Network: QEMU user networking with `restrict=on`: the guest reaches nothing but one
 # forwarded address, 10.0.2.100:4222, which QEMU connects to 127.0.0.1:PORT on this machine.
@@ -158,7 +162,8 @@ build_image() {
 }
 
 boot() {
-  local dir="" nats="" host_id="" user=root poll=0
+  local dir="" nats="" host_id="" user=root poll=0 scan=2s
+  local wrap=()
   local devices=()
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -167,6 +172,8 @@ boot() {
       --host-id) host_id="$2"; shift 2 ;;
       --daemon-user) user="$2"; shift 2 ;;
       --poll) poll=1; shift ;;
+      --scan-every) scan="$2"; shift 2 ;;
+      --die-with-parent) wrap=(setpriv --pdeathsig KILL --); shift ;;
       --keyboard)
         devices+=(-device "usb-kbd,bus=xhci.0,id=$2,serial=$2"); shift 2 ;;
       --storage)
@@ -188,11 +195,12 @@ boot() {
   [ -f "$out/initrd.img" ] || die "no image in $out: run scripts/vm-lab.sh image"
   mkdir -p "$dir"
   rm -f "$dir/qmp.sock" "$dir/shell.sock"
-  exec qemu-system-x86_64 \
+  [[ "$scan" =~ ^[0-9]+(ms|s|m)$ ]] || die "--scan-every takes a duration such as 2s, not $scan"
+  exec "${wrap[@]}" qemu-system-x86_64 \
     -accel tcg -machine q35 -cpu max -smp 1 -m "${SANDBUS_VM_MEMORY:-1536}" \
     -nodefaults -no-user-config -display none \
     -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
-    -append "console=ttyS0 quiet loglevel=4 panic=-1 sandbus.host=$host_id sandbus.user=$user sandbus.poll=$poll" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 sandbus.host=$host_id sandbus.user=$user sandbus.poll=$poll sandbus.scan=$scan" \
     -serial "file:$dir/console.log" \
     -serial "unix:$dir/shell.sock,server=on,wait=off" \
     -qmp "unix:$dir/qmp.sock,server=on,wait=off" \

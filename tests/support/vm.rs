@@ -37,6 +37,9 @@ pub struct VmSpec {
     pub unprivileged: bool,
     /// Turn libusb hotplug off in the daemon: it polls.
     pub poll: bool,
+    /// How often the daemon scans its devices (`2s` when `None`). A long interval on a VM
+    /// with hotplug proves that arrivals come from libusb's events, not from the scan.
+    pub scan_every: Option<String>,
     /// The image directory ([`ensure_image_at`]); [`lab_dir`] when `None`.
     pub image: Option<PathBuf>,
 }
@@ -65,7 +68,11 @@ pub fn ensure_image_at(dir: &Path, binary: &Path, extras: &[PathBuf]) -> Result<
             binary.display()
         ));
     }
-    let inputs = [binary.to_owned(), root.join("scripts/vm-lab-init.sh")];
+    let inputs = [
+        binary.to_owned(),
+        root.join("scripts/vm-lab-init.sh"),
+        root.join("scripts/vm-lab.sh"),
+    ];
     let fresh = built(&image).is_some_and(|image_time| {
         inputs
             .iter()
@@ -107,6 +114,8 @@ pub struct LabVm {
     qemu: Child,
     qmp: Option<Qmp>,
     shell: Option<UnixStream>,
+    /// Commands sent to the shell so far (each answer is numbered).
+    commands: u64,
     /// When the VM was started.
     pub started: Instant,
 }
@@ -138,6 +147,11 @@ impl LabVm {
         if spec.poll {
             command.arg("--poll");
         }
+        if let Some(every) = &spec.scan_every {
+            command.args(["--scan-every", every]);
+        }
+        // No VM outlives the test binary, however it ends.
+        command.arg("--die-with-parent");
         let log = std::fs::File::create(dir.join("qemu.log")).map_err(|e| e.to_string())?;
         let qemu = command
             .env(
@@ -155,6 +169,7 @@ impl LabVm {
             qemu,
             qmp: None,
             shell: None,
+            commands: 0,
             started: Instant::now(),
         })
     }
@@ -217,6 +232,10 @@ impl LabVm {
     }
 
     fn shell_timeout(&mut self, command: &str, timeout: Duration) -> Result<String, String> {
+        // Each command's answer ends with its own number: an answer to an earlier command
+        // that came too late is skipped, never taken for this one's.
+        self.commands += 1;
+        let done = format!("__done__{} ", self.commands);
         let stream = self
             .shell
             .as_mut()
@@ -226,7 +245,7 @@ impl LabVm {
             .map_err(|e| e.to_string())?;
         assert!(!command.contains('\n'), "one shell command a line");
         stream
-            .write_all(format!("{command}\n").as_bytes())
+            .write_all(format!("{command}; echo \"{done}$?\"\n").as_bytes())
             .map_err(|e| format!("the VM's shell is gone: {e}"))?;
         let mut output = Vec::new();
         let mut byte = [0u8; 1];
@@ -238,10 +257,15 @@ impl LabVm {
             }
             let text = String::from_utf8_lossy(&output);
             if text.ends_with('\n')
-                && let Some(at) = text.rfind("__done__ ")
+                && let Some(at) = text.rfind(&done)
             {
-                let status = text[at + 9..].trim();
-                let out = text[..at].replace('\r', "");
+                let status = text[at + done.len()..].trim();
+                // A late answer to an earlier command ends with its own marker line.
+                let start = text[..at]
+                    .rfind("__done__")
+                    .and_then(|end| text[end..].find('\n').map(|nl| end + nl + 1))
+                    .unwrap_or(0);
+                let out = text[start.min(at)..at].replace('\r', "");
                 return if status == "0" {
                     Ok(out)
                 } else {

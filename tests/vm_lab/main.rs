@@ -3,7 +3,8 @@
 //! joined to one nats-server on this machine; the test drives them with the real CLI and
 //! plugs, unplugs and types through QEMU's QMP:
 //!
-//! - `lab-a`: a keyboard (`kbd1`) and a USB stick (`stick1`, a disk image with a marker);
+//! - `lab-a`: a keyboard (`kbd1`) and a USB stick (`stick1`, a disk image with a marker),
+//!   its daemon scanning once a minute (so hotplug is libusb's);
 //! - `lab-b`: an FTDI serial adapter (`ser1`) whose other end is a [`board::BoardConsole`];
 //! - `lab-c`: a keyboard (`kbd9`), its daemon running as `nobody` (no access to
 //!   `/dev/bus/usb`) and polling for devices instead of libusb hotplug.
@@ -73,10 +74,13 @@ impl Lab {
         disk_image(&stick, STICK_BLOCKS, MARKER_LBA, MARKER).map_err(|e| e.to_string())?;
         let board = BoardConsole::listen(&dir.join("ser1.sock")).map_err(|e| e.to_string())?;
         let port = cluster.nats.port();
+        // lab-a scans once a minute: what it sees come and go within seconds, libusb's
+        // hotplug events told it.
         let spec_a = VmSpec {
             host_id: "lab-a".into(),
             keyboards: vec!["kbd1".into()],
             storage: vec![("stick1".into(), stick.clone())],
+            scan_every: Some("60s".into()),
             ..VmSpec::default()
         };
         let spec_b = VmSpec {

@@ -124,7 +124,7 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
         Some("usbhid")
     );
     let attached = announced(lab, "attached", "lab-a", "kbd1");
-    // The probe claims interface 0 and reads its interrupt endpoint until cancelled.
+    // The probe claims interface 0 and waits in one long read of its interrupt endpoint.
     let id = start(
         lab,
         &[
@@ -132,9 +132,13 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
             "--device",
             "serial=kbd1",
             "--arg",
-            "mode=hog",
+            "mode=read",
+            "--arg",
+            "in=0x81",
+            "--arg",
+            "timeout-ms=60000",
             "--timeout",
-            "60s",
+            "90s",
         ],
     );
     lab.wait_within(
@@ -169,7 +173,8 @@ fn a_run_takes_the_interface_from_its_kernel_driver_and_gives_it_back(lab: &mut 
 
 fn unplugging_the_device_during_a_blocking_read_ends_the_run_within_2s(lab: &mut Lab) {
     scripts(lab);
-    // A bulk read on the serial adapter blocks while the board sends nothing.
+    // The probe reads the serial adapter's bulk endpoint in a loop and ignores every error:
+    // only the daemon seeing the device go can end the run before its deadline.
     let id = start(
         lab,
         &[
@@ -177,11 +182,11 @@ fn unplugging_the_device_during_a_blocking_read_ends_the_run_within_2s(lab: &mut
             "--device",
             "serial=ser1",
             "--arg",
-            "mode=read",
+            "mode=hog",
             "--arg",
             "in=0x81",
-            "--arg",
-            "timeout-ms=60000",
+            "--timeout",
+            "90s",
         ],
     );
     lab.wait_within(

@@ -280,9 +280,8 @@ async fn dev_run(
     }
     let runtime = tokio::runtime::Handle::current();
     // The thread ends with the script, and drops its hold on the device (`caps`).
-    let result = tokio::task::spawn_blocking(move || runtime.block_on(script.run(args, &caps)))
-        .await
-        .context("the script's thread failed")?;
+    let result =
+        tokio::task::spawn_blocking(move || runtime.block_on(script.run(args, &caps))).await;
     if let Some(leased) = leased {
         let id = leased.info.id.clone();
         let reset =
@@ -295,6 +294,7 @@ async fn dev_run(
             Err(e) => eprintln!("warning: could not reset the device: {e}"),
         }
     }
+    let result = result.context("the script's thread failed")?;
     let published = host.publisher.take();
     match result {
         Ok(invocation) => {

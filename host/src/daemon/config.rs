@@ -29,6 +29,7 @@
 //! [devices]
 //! simulate = "/etc/sandbus/devices.toml"   # simulated devices instead of real USB
 //! hotplug = true                           # libusb hotplug events; false: poll only
+//! scan_every = "2s"                        # how often devices are scanned
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"                # Prometheus text at GET /metrics
@@ -140,8 +141,12 @@ pub struct DevicesSection {
     /// Use the simulated devices described in this file instead of real USB (libusb).
     pub simulate: Option<PathBuf>,
     /// Learn of USB arrivals and departures from libusb's hotplug events (at once) as well
-    /// as by polling (every few seconds). `false` polls only.
+    /// as by polling (every `scan_every`). `false` polls only.
     pub hotplug: bool,
+    /// How often the devices are scanned (default 2 s): the only way to see arrivals and
+    /// departures without hotplug, a backstop with it.
+    #[serde(with = "crate::bus::humantime_serde")]
+    pub scan_every: Duration,
 }
 
 impl Default for DevicesSection {
@@ -149,6 +154,7 @@ impl Default for DevicesSection {
         Self {
             simulate: None,
             hotplug: true,
+            scan_every: crate::daemon::lab::SCAN_EVERY,
         }
     }
 }
@@ -286,6 +292,13 @@ impl ConfigFile {
         }
         if let Some(id) = &self.host.id {
             validate_host_id(id)?;
+        }
+        if self.devices.scan_every < Duration::from_millis(100)
+            || self.devices.scan_every > Duration::from_secs(3600)
+        {
+            return Err(setting(
+                "devices.scan_every must be 100ms to 1h (a scan lists every USB device)",
+            ));
         }
         if self.listeners.batch == 0 || self.listeners.batch > 4096 {
             return Err(setting("listeners.batch must be 1 to 4096"));
@@ -445,6 +458,20 @@ mod tests {
         assert_eq!(config.sandbox.compile_timeout, Duration::from_secs(30));
         assert_eq!(config.sandbox.compile_memory, ByteSize::mib(512));
         assert_eq!(config.sandbox.compile_concurrency, 2);
+    }
+
+    #[test]
+    fn devices_are_scanned_every_two_seconds_with_hotplug_unless_told_otherwise() {
+        let config = ConfigFile::default();
+        assert!(config.devices.hotplug);
+        assert_eq!(config.devices.scan_every, Duration::from_secs(2));
+        let config: ConfigFile =
+            toml::from_str("[devices]\nhotplug = false\nscan_every = \"1m\"").unwrap();
+        assert!(!config.devices.hotplug);
+        assert_eq!(config.devices.scan_every, Duration::from_secs(60));
+        assert!(config.check().is_ok());
+        let config: ConfigFile = toml::from_str("[devices]\nscan_every = \"10ms\"").unwrap();
+        assert!(config.check().unwrap_err().message.contains("scan_every"));
     }
 
     #[test]

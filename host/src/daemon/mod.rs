@@ -263,17 +263,20 @@ impl Daemon {
             dispatchers.clone(),
             watchers.clone(),
         ));
-        let lab = Arc::new(DeviceLab::new(
-            host.clone(),
-            host_events.clone(),
-            backend,
-            LabBus {
-                inventory: inventory.clone(),
-                leases,
-                runs: runs.clone(),
-                hosts: hosts.clone(),
-            },
-        ));
+        let lab = Arc::new(
+            DeviceLab::new(
+                host.clone(),
+                host_events.clone(),
+                backend,
+                LabBus {
+                    inventory: inventory.clone(),
+                    leases,
+                    runs: runs.clone(),
+                    hosts: hosts.clone(),
+                },
+            )
+            .scanning_every(self.config.devices.scan_every),
+        );
         // Before the API answers: this host's devices are known and a previous life's
         // unfinished runs are finished, so nothing accepted now can be mistaken for one.
         lab.startup().await;

@@ -23,13 +23,35 @@ impl DeviceLab {
                 return;
             }
         };
-        let (attached, detached) = {
+        let (attached, usability, detached) = {
             let mut state = self.state();
             let now: HashMap<String, DeviceInfo> =
                 found.into_iter().map(|d| (d.id.clone(), d)).collect();
+            // New or changed devices are announced; a device whose only change is whether
+            // this host may use it (udev applying its permissions just after the kernel
+            // announced it) is written to the inventory again, not announced again.
+            let same_device = |a: &DeviceInfo, b: &DeviceInfo| {
+                DeviceInfo {
+                    unusable: None,
+                    ..a.clone()
+                } == DeviceInfo {
+                    unusable: None,
+                    ..b.clone()
+                }
+            };
             let attached: Vec<DeviceInfo> = now
                 .values()
-                .filter(|d| state.present.get(&d.id) != Some(*d))
+                .filter(|d| !state.present.get(&d.id).is_some_and(|p| same_device(p, d)))
+                .cloned()
+                .collect();
+            let usability: Vec<DeviceInfo> = now
+                .values()
+                .filter(|d| {
+                    state
+                        .present
+                        .get(&d.id)
+                        .is_some_and(|p| same_device(p, d) && p.unusable != d.unusable)
+                })
                 .cloned()
                 .collect();
             let detached: Vec<DeviceInfo> = state
@@ -45,9 +67,16 @@ impl DeviceLab {
                 }
             }
             state.present = now;
-            (attached, detached)
+            (attached, usability, detached)
         };
         self.refresh_device_gauges();
+        for device in usability {
+            match &device.unusable {
+                Some(why) => tracing::warn!(device = %device.id, reason = %why, "device unusable"),
+                None => tracing::info!(device = %device.id, "device usable"),
+            }
+            self.publish_device(&device).await;
+        }
         for device in attached {
             tracing::info!(device = %device.id, kind = %device.vid_pid(), "device attached");
             self.publish_device(&device).await;

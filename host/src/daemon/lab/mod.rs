@@ -42,7 +42,8 @@ use crate::bus::{
 use crate::devices::{DeviceBackend, DeviceInfo};
 use crate::sandbox::World;
 
-/// How often the backend is rescanned when it cannot report hotplug changes.
+/// How often the backend is scanned by default (`[devices] scan_every`): the only way to
+/// see changes when it cannot report hotplug, a backstop when it can.
 pub const SCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// How often runs of lost hosts are looked for.
@@ -71,6 +72,8 @@ pub struct DeviceLab {
     backend: Arc<dyn DeviceBackend>,
     bus: LabBus,
     state: StdMutex<LabState>,
+    /// How often the backend is scanned, hotplug or not.
+    scan_every: Duration,
     rescan: Notify,
     /// Signalled whenever a run leaves a device queue.
     turn: Notify,
@@ -113,10 +116,17 @@ impl DeviceLab {
             backend,
             bus,
             state: StdMutex::default(),
+            scan_every: SCAN_EVERY,
             rescan: Notify::new(),
             turn: Notify::new(),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Scans the backend every `every` instead of [`SCAN_EVERY`].
+    pub fn scanning_every(mut self, every: Duration) -> Self {
+        self.scan_every = every;
+        self
     }
 
     fn host_id(&self) -> &str {
@@ -145,7 +155,7 @@ impl DeviceLab {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.rescan.notified() => {}
-                _ = tokio::time::sleep(SCAN_EVERY) => {}
+                _ = tokio::time::sleep(self.scan_every) => {}
                 _ = sweep.tick() => {
                     self.sweep(false).await;
                 }

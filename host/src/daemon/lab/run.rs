@@ -14,6 +14,7 @@ use crate::bus::{Lease, RunRecord, RunReport, RunState, RunVerdict};
 use crate::daemon::host_events::{HostEvent, LeaseAcquired};
 use crate::devices::{self, DeviceInfo, UsbErrorKind};
 use crate::imports::usb::LeasedDevice;
+use crate::imports::usb::host::MAX_CONTROL_TIMEOUT;
 use crate::sandbox::{Capabilities, InvokeError, InvokeErrorKind, Metering};
 
 /// How a run ended, before its report is written.
@@ -188,7 +189,7 @@ impl DeviceLab {
         // TTL because the bus is unreachable) stops the run at once.
         let renewed = held.keep_renewed(&self.bus.leases, cancel.child_token());
 
-        let ending = self
+        let (ending, unplugged_during) = self
             .call(record, device, cancel, renewed.lost(), unplugged)
             .await;
 
@@ -198,9 +199,11 @@ impl DeviceLab {
         let id = device.id.clone();
         let reset =
             tokio::task::spawn_blocking(move || devices::reset_after_run(&*backend, &id)).await;
-        // A device that cannot be opened for its reset is gone: the run ended because of it.
-        let gone = unplugged.is_cancelled()
-            || matches!(&reset, Ok(Err(e)) if matches!(e.kind, UsbErrorKind::NotFound | UsbErrorKind::Disconnected));
+        // The run ended because its device went: a scan saw it go while the script ran, or it
+        // cannot be reset and is not there any more (a device that re-enumerated under a new
+        // identity after, say, a firmware update is still there: not an unplug).
+        let reset_lost_it = matches!(&reset, Ok(Err(e)) if matches!(e.kind, UsbErrorKind::NotFound | UsbErrorKind::Disconnected));
+        let gone = unplugged_during || (reset_lost_it && !self.still_present(&device.id).await);
         let ending = if gone {
             ending.disconnected(&device.id)
         } else {
@@ -222,6 +225,16 @@ impl DeviceLab {
         ending
     }
 
+    /// Whether a fresh scan still lists device `id`.
+    async fn still_present(&self, id: &str) -> bool {
+        let backend = self.backend.clone();
+        match tokio::task::spawn_blocking(move || backend.scan()).await {
+            Ok(Ok(found)) => found.iter().any(|d| d.id == id),
+            // Cannot tell: do not blame the device.
+            _ => true,
+        }
+    }
+
     /// Emits `event`, a `sandbus.lease.*` event of `run` on `device`: one of each per run,
     /// so its id is the run's.
     async fn announce_lease<E: HostEvent>(&self, event: &E, run: &str, device: &str) {
@@ -230,7 +243,8 @@ impl DeviceLab {
             .await;
     }
 
-    /// Calls the script with the device, until it reports, fails, or is cancelled.
+    /// Calls the script with the device, until it reports, fails, or is cancelled; and
+    /// whether it was stopped because its device was unplugged.
     async fn call(
         &self,
         record: &RunRecord,
@@ -238,9 +252,9 @@ impl DeviceLab {
         cancel: &CancellationToken,
         lost: &CancellationToken,
         unplugged: &CancellationToken,
-    ) -> Ending {
+    ) -> (Ending, bool) {
         let Some(component) = self.host.components.get(&record.request.script) else {
-            return Ending::without_report(
+            let ending = Ending::without_report(
                 RunVerdict::Error,
                 format!(
                     "the script `{}` was unloaded before it ran",
@@ -248,6 +262,7 @@ impl DeviceLab {
                 ),
                 Metering::default(),
             );
+            return (ending, false);
         };
         let (log, publishing) = RunLog::start(self.bus.runs.clone(), record.id.clone());
         // The script runs on a thread of its own, so its transfers block that thread
@@ -267,7 +282,7 @@ impl DeviceLab {
         let started = Instant::now();
         let running = self.host.metrics.in_flight(&record.request.script);
         let runtime = tokio::runtime::Handle::current();
-        let invocation = tokio::task::spawn_blocking({
+        let mut invocation = tokio::task::spawn_blocking({
             let args = record.request.args.clone();
             let stop = stop.clone();
             move || {
@@ -280,7 +295,9 @@ impl DeviceLab {
             }
         });
         let result = tokio::select! {
-            result = invocation => match result {
+            // A script that finished wins over a stop that came at the same moment.
+            biased;
+            result = &mut invocation => match result {
                 Ok(result) => result,
                 Err(e) => Some(Err(InvokeError {
                     kind: InvokeErrorKind::Host,
@@ -293,9 +310,19 @@ impl DeviceLab {
             _ = lost.cancelled() => None,
             _ = unplugged.cancelled() => None,
         };
+        let unplugged_during = result.is_none() && unplugged.is_cancelled();
         // Ends the script's thread when the run stopped before the script did: a transfer
-        // in progress stops at its next slice, the instance is dropped.
+        // in progress stops at its next slice (a control transfer within its capped
+        // timeout), the instance is dropped. Waited for, so the device is let go of before
+        // its reset and no thread outlives its run.
         stop.cancel();
+        if result.is_none()
+            && tokio::time::timeout(MAX_CONTROL_TIMEOUT + Duration::from_secs(5), invocation)
+                .await
+                .is_err()
+        {
+            tracing::warn!(run = %record.id, "the script's thread did not stop in time; going on without it");
+        }
         drop(running);
         let dropped = log.dropped.clone();
         drop(log);
@@ -333,7 +360,7 @@ impl DeviceLab {
             ),
         };
         ending.log_lines_dropped = dropped.load(Ordering::Relaxed);
-        ending
+        (ending, unplugged_during)
     }
 }
 

@@ -482,7 +482,13 @@ fn device_file_denied(device: &rusb::Device<rusb::Context>) -> Option<String> {
         device.address()
     );
     let access = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
-    match rustix::fs::access(path.as_str(), access) {
+    // As this process's effective ids, which `open` uses.
+    match rustix::fs::accessat(
+        rustix::fs::CWD,
+        path.as_str(),
+        access,
+        rustix::fs::AtFlags::EACCESS,
+    ) {
         Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Some(no_permission(device)),
         _ => None,
     }

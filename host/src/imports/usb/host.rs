@@ -83,6 +83,11 @@ fn setup(s: WitSetup) -> ControlSetup {
     }
 }
 
+/// What a transfer asked for after its run was stopped gets.
+fn run_ended() -> WitError {
+    WitError::Io("the run ended".to_owned())
+}
+
 /// Runs blocking device work: on this thread when the call has a thread of its own
 /// (`inline`), else off the async executor, on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -129,6 +134,9 @@ impl UsbState {
         op: impl FnOnce(&mut dyn DeviceHandle, Duration) -> Result<T, UsbError> + Send + 'static,
     ) -> wasmtime::Result<Result<T, WitError>> {
         let shared = self.table.get(&ours_handle(handle))?.handle.clone();
+        if self.ended.is_cancelled() {
+            return Ok(Err(run_ended()));
+        }
         let Some(timeout) = self.transfer_timeout(timeout_ms) else {
             return Ok(Err(WitError::Timeout));
         };
@@ -315,6 +323,9 @@ impl HostDevice for UsbState {
         };
         if self.open {
             return Ok(Err(WitError::Busy));
+        }
+        if self.ended.is_cancelled() {
+            return Ok(Err(run_ended()));
         }
         let backend = leased.backend.clone();
         match blocking(self.inline, move || backend.open(&id)).await {
