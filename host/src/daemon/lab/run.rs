@@ -17,6 +17,10 @@ use crate::imports::usb::LeasedDevice;
 use crate::imports::usb::host::MAX_CONTROL_TIMEOUT;
 use crate::sandbox::{Capabilities, InvokeError, InvokeErrorKind, Metering};
 
+/// How long a run whose device was unplugged waits for its script to report on its own
+/// before it is stopped.
+const UNPLUG_GRACE: Duration = Duration::from_millis(500);
+
 /// How a run ended, before its report is written.
 struct Ending {
     verdict: RunVerdict,
@@ -294,29 +298,35 @@ impl DeviceLab {
                 })
             }
         });
-        let result = tokio::select! {
+        let joined = tokio::select! {
             // A script that finished wins over a stop that came at the same moment.
             biased;
-            result = &mut invocation => match result {
-                Ok(result) => result,
-                Err(e) => Some(Err(InvokeError {
-                    kind: InvokeErrorKind::Host,
-                    message: format!("the script's thread failed: {e}"),
-                    metering: Metering::default(),
-                    log: Default::default(),
-                })),
-            },
+            joined = &mut invocation => Some(joined),
             _ = cancel.cancelled() => None,
             _ = lost.cancelled() => None,
-            _ = unplugged.cancelled() => None,
+            // The script sees the unplug too (its transfers fail `disconnected`) and most
+            // report at once: a moment for it, so that its own report is kept.
+            _ = unplugged.cancelled() => {
+                tokio::time::timeout(UNPLUG_GRACE, &mut invocation).await.ok()
+            }
         };
-        let unplugged_during = result.is_none() && unplugged.is_cancelled();
+        let unplugged_during = unplugged.is_cancelled();
+        let finished = joined.is_some();
+        let result = joined.and_then(|joined| match joined {
+            Ok(result) => result,
+            Err(e) => Some(Err(InvokeError {
+                kind: InvokeErrorKind::Host,
+                message: format!("the script's thread failed: {e}"),
+                metering: Metering::default(),
+                log: Default::default(),
+            })),
+        });
         // Ends the script's thread when the run stopped before the script did: a transfer
         // in progress stops at its next slice (a control transfer within its capped
         // timeout), the instance is dropped. Waited for, so the device is let go of before
         // its reset and no thread outlives its run.
         stop.cancel();
-        if result.is_none()
+        if !finished
             && tokio::time::timeout(MAX_CONTROL_TIMEOUT + Duration::from_secs(5), invocation)
                 .await
                 .is_err()
