@@ -244,8 +244,11 @@ impl LabVm {
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
         assert!(!command.contains('\n'), "one shell command a line");
+        // Written so that the command's text (echoed while the VM's terminal is still in its
+        // boot-time mode) never contains the marker itself.
+        let n = self.commands;
         stream
-            .write_all(format!("{command}; echo \"{done}$?\"\n").as_bytes())
+            .write_all(format!("{command}; echo \"__done__$(({n})) $?\"\n").as_bytes())
             .map_err(|e| format!("the VM's shell is gone: {e}"))?;
         let mut output = Vec::new();
         let mut byte = [0u8; 1];
