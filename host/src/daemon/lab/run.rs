@@ -342,7 +342,7 @@ impl DeviceLab {
             tracing::warn!(run = %record.id, "gave up storing the run's last log lines");
         }
         let mut ending = match result {
-            None if unplugged.is_cancelled() => {
+            None if unplugged_during => {
                 Ending::without_report(RunVerdict::Error, "", wall(started))
             }
             None if lost.is_cancelled() => Ending::without_report(
