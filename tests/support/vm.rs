@@ -187,17 +187,25 @@ impl LabVm {
                     self.console_tail(40)
                 ));
             }
-            if let Ok(stream) = UnixStream::connect(self.dir.join("shell.sock")) {
-                self.shell = Some(stream);
-                if self.shell_timeout("true", Duration::from_secs(5)).is_ok() {
-                    return Ok(self.started.elapsed());
-                }
-                self.shell = None;
+            // One connection, probed again and again: what was written before the VM's shell
+            // ran is read by it later, and a late answer to an earlier probe is told apart
+            // by its number (a slow boot on a busy machine must not restart the handshake).
+            if self.shell.is_none() {
+                self.shell = UnixStream::connect(self.dir.join("shell.sock")).ok();
+            }
+            if self.shell.is_some() && self.shell_timeout("true", Duration::from_secs(5)).is_ok() {
+                return Ok(self.started.elapsed());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{} did not boot within {BOOT_PATIENCE:?}:\n{}",
+                    "{} did not boot within {BOOT_PATIENCE:?} (its shell {} after {} probes):\n{}",
                     self.host_id,
+                    if self.shell.is_some() {
+                        "did not answer"
+                    } else {
+                        "could not be reached"
+                    },
+                    self.commands,
                     self.console_tail(40)
                 ));
             }
@@ -247,14 +255,20 @@ impl LabVm {
         // Written so that the command's text (echoed while the VM's terminal is still in its
         // boot-time mode) never contains the marker itself.
         let n = self.commands;
-        stream
-            .write_all(format!("{command}; echo \"__done__$(({n})) $?\"\n").as_bytes())
-            .map_err(|e| format!("the VM's shell is gone: {e}"))?;
+        if let Err(e) =
+            stream.write_all(format!("{command}; echo \"__done__$(({n})) $?\"\n").as_bytes())
+        {
+            self.shell = None;
+            return Err(format!("the VM's shell is gone: {e}"));
+        }
         let mut output = Vec::new();
         let mut byte = [0u8; 1];
         loop {
             match stream.read(&mut byte) {
-                Ok(0) => return Err("the VM's shell closed".to_owned()),
+                Ok(0) => {
+                    self.shell = None;
+                    return Err("the VM's shell closed".to_owned());
+                }
                 Ok(_) => output.push(byte[0]),
                 Err(e) => return Err(format!("`{command}` in the VM: no answer ({e})")),
             }
