@@ -34,7 +34,7 @@ pub use components::{ComponentAdded, ComponentRemoved};
 pub use devices::{DeviceAttached, DeviceDetached, DeviceInfo, Speed};
 pub use hooks::{HookDenied, Proposal};
 pub use host::{HostStarted, HostStopped};
-pub use listeners::{ListenerDeadLettered, ListenerFailed};
+pub use listeners::{ListenerDeadLettered, ListenerFailed, ListenerThrottled};
 pub use metering::{ComponentUsage, Metering, Usage};
 pub use requests::RequestFinished;
 pub use runs::{LeaseAcquired, LeaseReleased, RunFinished, RunVerdict};

@@ -1,7 +1,7 @@
 //! A listener's trouble with an event: `sandbus.listener.failed` and
-//! `sandbus.listener.dead-lettered`.
+//! `sandbus.listener.dead-lettered`; and with its limits: `sandbus.listener.throttled`.
 //!
-//! Both are caused by handling an event, so they go out one hop deeper than it, and never
+//! All are caused by handling an event, so they go out one hop deeper than it, and never
 //! about an event of their own kind (a listener failing on its own failure events would loop).
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,48 @@ pub struct ListenerDeadLettered {
 
 impl HostEvent for ListenerDeadLettered {
     const TYPE: &'static str = "sandbus.listener.dead-lettered";
+}
+
+/// `sandbus.listener.throttled`: a listener's publish rate cap held it back: publishes beyond
+/// its per-call `publish-budget` waited for their turn under its `publish-rate`, or were
+/// refused (`rate-limited`). While that goes on, a listener runs no faster than its cap
+/// allows, so the daemon says so: at once when it starts, then at most once every
+/// [`ListenerThrottled::EVERY_SECS`] per listener and host, counting the publishes held back
+/// since the previous report. `sandbus status` shows the latest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerThrottled {
+    /// The listener (its component name).
+    pub listener: String,
+    /// The daemon that ran it.
+    pub host: String,
+    /// When the report was made (RFC 3339).
+    pub at: String,
+    /// How long the report covers, milliseconds: since the previous report, or since the
+    /// first call held back when it is the first.
+    pub window_ms: u64,
+    /// Calls of the listener held back in that time.
+    pub calls: u64,
+    /// Publishes that waited for their turn.
+    pub waits: u64,
+    /// Those waits added up, milliseconds.
+    pub waited_ms: u64,
+    /// Publishes refused with `rate-limited`.
+    pub refused: u64,
+    /// The listener's `publish-rate` cap, per second (for all its calls on the host).
+    pub publish_rate: u32,
+    /// Its `publish-budget`: publishes each call makes before the cap counts them.
+    pub publish_budget: u32,
+    /// What to change so it is not held back.
+    pub hint: String,
+}
+
+impl ListenerThrottled {
+    /// Shortest time between two reports of one listener on one host, seconds.
+    pub const EVERY_SECS: u64 = 10;
+}
+
+impl HostEvent for ListenerThrottled {
+    const TYPE: &'static str = "sandbus.listener.throttled";
 }
 
 #[cfg(test)]
@@ -139,5 +181,38 @@ mod tests {
                 }),
             );
         }
+    }
+
+    #[test]
+    fn listener_throttled_says_how_much_was_held_back_and_what_to_change() {
+        let hint = "raise publish-budget to 2";
+        assert_same_json(
+            &ListenerThrottled {
+                listener: "billing".into(),
+                host: "h1".into(),
+                at: "2026-11-30T12:00:00.000Z".into(),
+                window_ms: 10_000,
+                calls: 40,
+                waits: 38,
+                waited_ms: 9_500,
+                refused: 2,
+                publish_rate: 100,
+                publish_budget: 1,
+                hint: hint.into(),
+            },
+            json!({
+                "listener": "billing",
+                "host": "h1",
+                "at": "2026-11-30T12:00:00.000Z",
+                "window_ms": 10_000u64,
+                "calls": 40u64,
+                "waits": 38u64,
+                "waited_ms": 9_500u64,
+                "refused": 2u64,
+                "publish_rate": 100u32,
+                "publish_budget": 1u32,
+                "hint": hint,
+            }),
+        );
     }
 }

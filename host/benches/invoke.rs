@@ -158,6 +158,8 @@ impl BenchState {
                 publisher: Arc::new(RecordingPublisher::default()),
                 max_payload: 1 << 20,
                 rate: Arc::new(PublishRate::new(100, 100)),
+                budget: 1,
+                throttle: Default::default(),
                 published: 0,
                 depth: 0,
             },

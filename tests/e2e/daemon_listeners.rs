@@ -29,6 +29,10 @@ fn billing_listener_counts_1000_events_exactly() {
     let status = cluster.status("billing");
     assert_eq!(status["dead_lettered"], 0);
     assert_eq!(status["last_error"], serde_json::Value::Null);
+    // One `billing.usage` per stop is within the default per-call publish budget: the
+    // publish-rate cap never held it back.
+    assert_eq!(status["last_throttled"], serde_json::Value::Null);
+    assert!(cluster.events("sandbus.listener.throttled").is_empty());
 }
 
 #[test]

@@ -28,6 +28,18 @@ fn http_get(port: u16, path: &str) -> String {
     response
 }
 
+/// `n` events of type `ops.tick`, ids `ops-0`...
+fn ticks(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "specversion": "1.0", "id": format!("ops-{i}"), "source": "/ops",
+                "type": "ops.tick", "data": { "n": i }
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn metrics_endpoint_and_service_stats_count_invocations() {
     let mut cluster = Cluster::new();
@@ -38,15 +50,7 @@ fn metrics_endpoint_and_service_stats_count_invocations() {
     cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "noop"]);
     cluster.cli_ok(&["subscribe", "noop", "--events", "ops.*"]);
     cluster.wait_for_component("ops", "noop", 1);
-    let events: Vec<Value> = (0..25)
-        .map(|i| {
-            serde_json::json!({
-                "specversion": "1.0", "id": format!("ops-{i}"), "source": "/ops",
-                "type": "ops.tick", "data": { "n": i }
-            })
-        })
-        .collect();
-    cluster.publish_events(&events);
+    cluster.publish_events(&ticks(25));
     cluster.wait_drained("noop");
     let counted =
         "sandbus_invocations_total{component=\"noop\",world=\"listener\",outcome=\"ok\"} 25";
@@ -75,6 +79,63 @@ fn metrics_endpoint_and_service_stats_count_invocations() {
         data["sandbus_invocations_total{component=\"noop\",world=\"listener\",outcome=\"ok\"}"],
         25.0,
         "{stats}"
+    );
+}
+
+#[test]
+fn a_listener_held_back_by_its_publish_rate_says_so_in_status_metrics_and_an_event() {
+    let mut cluster = Cluster::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    cluster.spawn_daemon("ops", &["--metrics-listen", &listen]);
+    cluster.wait_for_host("ops");
+    // Echoes every event on `echo.<type>`; with no per-call budget and 1/s, most echoes
+    // wait for their turn.
+    cluster.cli_ok(&[
+        "upload",
+        &guest("echo-listener"),
+        "--name",
+        "echo",
+        "--grant",
+        "publish=echo.>",
+        "--limit",
+        "publish-budget=0",
+        "--limit",
+        "publish-rate=1/s",
+    ]);
+    cluster.cli_ok(&["subscribe", "echo", "--events", "ops.*"]);
+    cluster.wait_for_component("ops", "echo", 1);
+    cluster.publish_events(&ticks(4));
+    cluster.wait_drained("echo");
+    cluster.wait("the status to show the throttling", |c| {
+        !c.status("echo")["last_throttled"].is_null()
+    });
+    let throttled = &cluster.status("echo")["last_throttled"];
+    assert_eq!(throttled["host"], "ops");
+    assert_eq!(throttled["publish_rate"], 1);
+    assert_eq!(throttled["publish_budget"], 0);
+    // Handled concurrently: a publish waits for its turn, or is refused when its turn is
+    // more than a second away.
+    let held = throttled["waits"].as_u64().unwrap() + throttled["refused"].as_u64().unwrap();
+    assert!(held >= 1, "{throttled}");
+    let hint = throttled["hint"].as_str().unwrap();
+    assert!(hint.contains("--limit publish-budget=1"), "{hint}");
+    let shown = cluster.cli_ok(&["status", "echo"]);
+    assert!(shown.contains("throttled:"), "{shown}");
+    assert!(
+        shown.contains("publish-rate=1/s, publish-budget=0"),
+        "{shown}"
+    );
+    cluster.wait("the throttled event", |c| {
+        !c.events("sandbus.listener.throttled").is_empty()
+    });
+    let announced = cluster.events("sandbus.listener.throttled");
+    assert_eq!(announced[0]["data"]["listener"], "echo", "{announced:?}");
+    assert_eq!(announced[0]["subject"], "echo");
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics.contains("sandbus_publish_throttled_total{component=\"echo\",outcome="),
+        "{metrics}"
     );
 }
 

@@ -454,6 +454,7 @@ mod tests {
             redelivered: 0,
             dead_lettered: 0,
             last_error: None,
+            last_throttled: None,
         };
         let bare = serde_json::to_value(&status).unwrap();
         let one = StatusReply::One(Box::new(status.clone()));

@@ -121,6 +121,17 @@ impl<T> Clone for JsonBucket<T> {
     }
 }
 
+impl<T> JsonBucket<T> {
+    /// The same bucket, holding records of `U`: for a bucket whose keys hold two kinds of
+    /// record, told apart by their keys.
+    pub(crate) fn records_of<U>(&self) -> JsonBucket<U> {
+        JsonBucket {
+            store: self.store.clone(),
+            records: PhantomData,
+        }
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
     /// Opens the bucket, creating it as `spec` says if missing (daemons do this); it reads
     /// through its stream leader ([`ensure_bucket`]). Opening fails with a [`BusError`]

@@ -18,6 +18,13 @@ use super::names;
 use super::store::now_rfc3339;
 use super::{BusError, BusErrorKind};
 use crate::subject::{SubjectError, SubjectPattern, event_subject};
+use sandbus_host_events::ListenerThrottled;
+
+/// The key of a listener's latest throttling report in the status bucket (its last error is
+/// under its own name, and names have no dots).
+fn throttled_key(listener: &str) -> String {
+    format!("{listener}.throttled")
+}
 
 /// Backoff between retries when a subscription gives none: 1 s, 5 s, then 30 s.
 pub const DEFAULT_BACKOFF: [Duration; 3] = [
@@ -239,6 +246,9 @@ pub struct ListenerStatus {
     pub dead_lettered: u64,
     /// The last failure, if any.
     pub last_error: Option<LastError>,
+    /// The latest report of the listener's publish rate cap holding it back, if any.
+    #[serde(default)]
+    pub last_throttled: Option<ListenerThrottled>,
 }
 
 /// A change seen by [`SubscriptionStore::watch`].
@@ -383,6 +393,11 @@ impl SubscriptionStore {
             .await
             .map_err(|e| e.into_bus_error("remove the subscription"))?;
         let _ = self.status.purge(listener).await;
+        let _ = self
+            .status
+            .records_of::<ListenerThrottled>()
+            .purge(&throttled_key(listener))
+            .await;
         self.events.purge_dead_letters(listener).await?;
         Ok(subscription)
     }
@@ -411,7 +426,18 @@ impl SubscriptionStore {
         Ok(())
     }
 
-    /// The listener's status: consumer counters, dead letters and its last failure.
+    /// Records the listener's latest throttling report.
+    pub async fn record_throttled(&self, report: &ListenerThrottled) -> Result<(), BusError> {
+        self.status
+            .records_of::<ListenerThrottled>()
+            .put(&throttled_key(&report.listener), report)
+            .await
+            .map_err(|e| e.into_bus_error("record the listener's throttling"))?;
+        Ok(())
+    }
+
+    /// The listener's status: consumer counters, dead letters, its last failure and its
+    /// latest throttling.
     pub async fn status(&self, listener: &str) -> Result<ListenerStatus, BusError> {
         let subscription = self.get(listener).await?.ok_or_else(|| {
             BusError::new(
@@ -426,6 +452,13 @@ impl SubscriptionStore {
             .map_err(|e| BusError::unavailable("read the listener's consumer", e))?;
         // A status that cannot be read or decoded is no reason to fail the whole status.
         let last_error = self.status.get(listener).await.ok().flatten();
+        let last_throttled = self
+            .status
+            .records_of::<ListenerThrottled>()
+            .get(&throttled_key(listener))
+            .await
+            .ok()
+            .flatten();
         Ok(ListenerStatus {
             subscription,
             pending: info.num_pending,
@@ -433,6 +466,7 @@ impl SubscriptionStore {
             redelivered: info.num_redelivered as u64,
             dead_lettered: self.events.dead_lettered(listener).await?,
             last_error,
+            last_throttled,
         })
     }
 

@@ -78,7 +78,7 @@ pub struct ComponentArgs {
     #[arg(long = "grant", value_name = "publish=SUBJECT|kv-read=COMPONENT")]
     grants: Vec<String>,
     /// Limit, as NAME=VALUE: memory=64MiB, timeout=2s, fuel=N, instances=N, log=1MiB,
-    /// publish-rate=100/s, payload=1MiB.
+    /// publish-budget=1 (per call), publish-rate=100/s, payload=1MiB.
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
 }

@@ -84,8 +84,19 @@ pub fn script_exit_code(verdict: Verdict) -> u8 {
 /// The line that says what a call cost: `metering: 1.2 ms wall, 64 KiB peak memory, 10 fuel`
 /// (the fuel only when it was metered).
 pub fn metering_line(metering: &Metering) -> String {
+    let throttle = &metering.throttle;
+    let throttled = if throttle.is_quiet() {
+        String::new()
+    } else {
+        format!(
+            "; the publish-rate cap held back {} publishes ({:.1} ms of waiting) and refused {}",
+            throttle.waits,
+            throttle.waited_us as f64 / 1000.0,
+            throttle.refused
+        )
+    };
     format!(
-        "metering: {:.1} ms wall, {} KiB peak memory{}",
+        "metering: {:.1} ms wall, {} KiB peak memory{}{throttled}",
         metering.wall_us as f64 / 1000.0,
         metering.peak_memory / 1024,
         metering
@@ -220,6 +231,7 @@ mod tests {
             peak_memory: 65_536,
             fuel: None,
             published: 3,
+            throttle: Default::default(),
         };
         assert_eq!(
             metering_line(&metering),
@@ -229,6 +241,13 @@ mod tests {
         assert_eq!(
             metering_line(&metering),
             "metering: 2.3 ms wall, 64 KiB peak memory, 42 fuel"
+        );
+        metering.throttle.waits = 2;
+        metering.throttle.waited_us = 1_500;
+        assert_eq!(
+            metering_line(&metering),
+            "metering: 2.3 ms wall, 64 KiB peak memory, 42 fuel; the publish-rate cap held back \
+             2 publishes (1.5 ms of waiting) and refused 0"
         );
     }
 

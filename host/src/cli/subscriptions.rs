@@ -157,4 +157,20 @@ fn print_status(s: &ListenerStatus) {
         ),
         None => outln!("  last error:    none"),
     }
+    if let Some(t) = &s.last_throttled {
+        outln!(
+            "  throttled:     {} on {}: {} calls held back in {:.1} s ({} publishes waited \
+             {} ms in all, {} refused); publish-rate={}/s, publish-budget={}",
+            t.at,
+            t.host,
+            t.calls,
+            t.window_ms as f64 / 1000.0,
+            t.waits,
+            t.waited_ms,
+            t.refused,
+            t.publish_rate,
+            t.publish_budget
+        );
+        outln!("                 {}", printable(&t.hint));
+    }
 }

@@ -16,6 +16,9 @@
 //!   is not a valid canonical event, or not what its subject says (its type's subject is
 //!   another, or it claims a daemon's source off the host events' subjects), is dead-lettered
 //!   at once: retrying cannot fix it.
+//! - **Throttling is reported.** A call its publish rate cap held back is counted; the
+//!   listener's status and `sandbus.listener.throttled` say so, at most every 10 s
+//!   ([`throttle`]).
 //! - **Stopping.** On shutdown the dispatcher stops pulling, gives calls in flight a grace
 //!   period, naks the ones that do not finish and naks what was pulled but not started.
 //!
@@ -37,10 +40,13 @@ use super::context::HostContext;
 use super::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
 use crate::bus::{DeadLetter, Delivery, DeliverySource, LastError, PullError, Subscription};
 use crate::event::CanonicalEvent;
+use crate::sandbox::Limits;
 use crate::sandbox::{HandlerOutcome, Invocation, InvokeError};
 
 mod failures;
+mod throttle;
 pub use failures::{BusFailures, ListenerFailures};
+use throttle::ThrottleReports;
 
 /// Delay on events handed back at shutdown: long enough that the stopping dispatcher does
 /// not get them again, short enough that another host (or the restarted one) soon does.
@@ -93,6 +99,7 @@ pub struct ListenerDispatcher {
     context: Arc<DispatchContext>,
     stop: CancellationToken,
     failures: Mutex<FailureReports>,
+    throttling: std::sync::Mutex<ThrottleReports>,
     /// Highest stream sequence seen: the pending gauge follows the newest delivery only.
     newest: std::sync::atomic::AtomicU64,
 }
@@ -114,6 +121,7 @@ impl ListenerDispatcher {
             context,
             stop: stop.clone(),
             failures: Mutex::new(FailureReports::default()),
+            throttling: std::sync::Mutex::new(ThrottleReports::default()),
             newest: std::sync::atomic::AtomicU64::new(0),
         });
         let task = tokio::spawn(dispatcher.run());
@@ -311,6 +319,8 @@ impl ListenerDispatcher {
         };
         drop(running);
         self.count(&result);
+        self.report_throttling(&result, component.prepared.limits(), event_depth)
+            .await;
         let failure = match result {
             None => {
                 // Did not finish within the shutdown grace: hand it back.
@@ -367,6 +377,39 @@ impl ListenerDispatcher {
         }
     }
 
+    /// Counts what the publish rate cap held the call back, and reports it when a report is
+    /// due (the call handled an event of depth `cause`).
+    async fn report_throttling(
+        &self,
+        result: &Option<Result<Invocation<HandlerOutcome>, InvokeError>>,
+        limits: &Limits,
+        cause: u32,
+    ) {
+        let metering = match result {
+            None => return,
+            Some(Ok(invocation)) => &invocation.metering,
+            Some(Err(e)) => &e.metering,
+        };
+        let due = self
+            .throttling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .count(metering, Instant::now());
+        let Some(due) = due else { return };
+        let report = due.to_event(self.listener(), &self.context.host.host_id, limits);
+        tracing::info!(
+            listener = self.listener(),
+            calls = report.calls,
+            waits = report.waits,
+            refused = report.refused,
+            hint = report.hint,
+            "the publish rate cap held the listener back"
+        );
+        if let Err(e) = self.context.failures.throttled(&report, cause).await {
+            tracing::warn!(listener = self.listener(), error = %e, "could not report the throttling");
+        }
+    }
+
     /// Counts one finished call for the metrics.
     fn count(&self, result: &Option<Result<Invocation<HandlerOutcome>, InvokeError>>) {
         let metrics = &self.context.host.metrics;
@@ -381,6 +424,7 @@ impl ListenerDispatcher {
                 };
                 let wall = Duration::from_micros(invocation.metering.wall_us);
                 metrics.invocation(name, "listener", outcome, Some(wall));
+                metrics.throttled(name, &invocation.metering.throttle);
                 self.context
                     .host
                     .metering
@@ -391,6 +435,7 @@ impl ListenerDispatcher {
                 let wall = Duration::from_micros(e.metering.wall_us);
                 metrics.invocation(name, "listener", &kind, Some(wall));
                 metrics.error(name, &kind);
+                metrics.throttled(name, &e.metering.throttle);
                 self.context
                     .host
                     .metering

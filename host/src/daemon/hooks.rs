@@ -151,6 +151,9 @@ impl HookDispatcher {
                 self.host
                     .metrics
                     .invocation(hook, "hook", outcome.as_str(), Some(wall));
+                self.host
+                    .metrics
+                    .throttled(hook, &invocation.metering.throttle);
                 self.host.metering.record(
                     hook,
                     "hook",
@@ -166,6 +169,7 @@ impl HookDispatcher {
                     .metrics
                     .invocation(hook, "hook", &kind, Some(wall));
                 self.host.metrics.error(hook, &kind);
+                self.host.metrics.throttled(hook, &e.metering.throttle);
                 self.host.metering.record(hook, "hook", &e.metering, true);
                 let outcome = if e.kind == InvokeErrorKind::Timeout {
                     HookOutcome::Timeout

@@ -15,7 +15,7 @@ use crate::event::{CanonicalEvent, MAX_DEPTH};
 pub use sandbus_host_events::{
     ComponentAdded, ComponentRemoved, ComponentUsage, DeviceAttached, DeviceDetached, HookDenied,
     HostEvent, HostStarted, HostStopped, LeaseAcquired, LeaseReleased, ListenerDeadLettered,
-    ListenerFailed, Metering, Proposal, RequestFinished, RunFinished,
+    ListenerFailed, ListenerThrottled, Metering, Proposal, RequestFinished, RunFinished,
 };
 
 /// Emits this host's events on the events stream.

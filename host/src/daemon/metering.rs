@@ -109,6 +109,7 @@ mod tests {
             peak_memory,
             fuel,
             published: 0,
+            throttle: Default::default(),
         };
         batcher.record("a", "listener", &call(10, 100, Some(5)), false);
         batcher.record("a", "listener", &call(30, 50, Some(7)), true);

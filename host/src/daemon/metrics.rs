@@ -46,6 +46,16 @@ const METRICS: &[(&str, &str, &str)] = &[
         "Events waiting in a listener's consumer, as of the last delivery to this host.",
     ),
     (
+        "sandbus_publish_throttled_total",
+        "counter",
+        "Publishes the publish-rate cap held back, by component and outcome (waited: delayed until their turn; refused: rate-limited).",
+    ),
+    (
+        "sandbus_publish_throttled_seconds_total",
+        "counter",
+        "Time publishes waited for their turn under the publish-rate cap, by component.",
+    ),
+    (
         "sandbus_dead_lettered_total",
         "counter",
         "Events moved to the dead-letter stream, by listener.",
@@ -119,6 +129,29 @@ impl Metrics {
                 wall.as_secs_f64(),
             );
             self.add("sandbus_invocation_seconds_count", &labels, 1.0);
+        }
+    }
+
+    /// What the publish rate cap held one call back (nothing is added for a quiet call).
+    pub fn throttled(&self, component: &str, throttle: &crate::sandbox::PublishThrottle) {
+        if throttle.is_quiet() {
+            return;
+        }
+        for (outcome, count) in [("waited", throttle.waits), ("refused", throttle.refused)] {
+            if count > 0 {
+                self.add(
+                    "sandbus_publish_throttled_total",
+                    &[("component", component), ("outcome", outcome)],
+                    f64::from(count),
+                );
+            }
+        }
+        if throttle.waited_us > 0 {
+            self.add(
+                "sandbus_publish_throttled_seconds_total",
+                &[("component", component)],
+                throttle.waited_us as f64 / 1e6,
+            );
         }
     }
 

@@ -27,7 +27,7 @@ use super::failure::{Bounds, Evidence, Failure, Stage};
 use super::prepared::PreparedComponent;
 use super::state::MemoryMeter;
 use super::{Capabilities, Invocation, InvocationState, InvokeError, Metering};
-use crate::imports::bus::BusState;
+use crate::imports::bus::{BusState, PublishThrottle};
 use crate::imports::kv::{KvQuota, KvState};
 use crate::imports::kv_read::KvReadState;
 use crate::imports::log::{InvocationLog, LogState};
@@ -136,6 +136,8 @@ impl PreparedComponent {
                 publisher: caps.publisher.clone(),
                 max_payload: self.limits.max_payload,
                 rate: self.rate.clone(),
+                budget: self.limits.publish_budget,
+                throttle: PublishThrottle::default(),
                 published: 0,
                 depth,
             },
@@ -211,6 +213,7 @@ impl PreparedComponent {
             peak_memory: state.memory.peak(),
             fuel,
             published: state.bus.published,
+            throttle: state.bus.throttle,
         };
         let result = match result {
             Ok(returned) => {

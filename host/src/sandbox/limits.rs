@@ -31,6 +31,9 @@ pub const MAX_INSTANCES: u32 = 4096;
 /// Highest publish rate cap, per second.
 pub const MAX_PUBLISH_RATE: u32 = 1_000_000;
 
+/// Most publishes one call may make before the rate cap applies to it.
+pub const MAX_PUBLISH_BUDGET: u32 = 1_000;
+
 /// Limits applied to every invocation of one component.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
@@ -45,8 +48,16 @@ pub struct Limits {
     pub max_instances: u32,
     /// Bytes of log one invocation may write; the rest is dropped and counted.
     pub log_bytes: u64,
-    /// Messages per second the component may publish (all its invocations together).
+    /// Messages per second the component may publish (all its invocations together) beyond
+    /// what each call's [`publish_budget`](Self::publish_budget) covers.
     pub publish_rate: u32,
+    /// Publishes (and emits) each call may make before [`publish_rate`](Self::publish_rate)
+    /// counts them. A listener earns them with each event it is handed, so one that emits
+    /// this many per event runs as fast as its events come, never at the rate cap. The
+    /// default, 1, cannot amplify: a chain of listeners (even a loop, which the depth guard
+    /// ends) gets at most one free event per event it consumes.
+    #[serde(default = "default_publish_budget")]
+    pub publish_budget: u32,
     /// Largest payload in or out: event data, published payloads, kv values, return values.
     pub max_payload: u64,
     /// Bytes the component's key-value space may hold (keys and values): a write that would
@@ -57,6 +68,10 @@ pub struct Limits {
     /// is refused.
     #[serde(default = "default_kv_keys")]
     pub kv_keys: u64,
+}
+
+fn default_publish_budget() -> u32 {
+    Limits::default().publish_budget
 }
 
 fn default_kv_bytes() -> u64 {
@@ -90,8 +105,8 @@ impl Limits {
 
     /// Applies one `NAME=VALUE` setting, for example `memory=64MiB` or `timeout=2s`.
     ///
-    /// Names: `memory`, `timeout`, `fuel`, `instances`, `log`, `publish-rate`, `payload`,
-    /// `kv-bytes`, `kv-keys`.
+    /// Names: `memory`, `timeout`, `fuel`, `instances`, `log`, `publish-rate`,
+    /// `publish-budget`, `payload`, `kv-bytes`, `kv-keys`.
     /// On error nothing is changed.
     pub fn apply(&mut self, setting: &str) -> Result<(), LimitError> {
         let (name, value) = setting.split_once('=').ok_or_else(|| {
@@ -130,6 +145,10 @@ impl Limits {
                 next.publish_rate = u32::try_from(count(v)?)
                     .map_err(|_| LimitError::new(setting, "rate too large"))?
             }
+            "publish-budget" => {
+                next.publish_budget = u32::try_from(count(value)?)
+                    .map_err(|_| LimitError::new(setting, "budget too large"))?
+            }
             "payload" => next.max_payload = bytes(value)?,
             "kv-bytes" => next.kv_bytes = bytes(value)?,
             "kv-keys" => next.kv_keys = count(value)?,
@@ -137,7 +156,7 @@ impl Limits {
                 return Err(LimitError::new(
                     setting,
                     "unknown limit; known: memory, timeout, fuel, instances, log, publish-rate, \
-                     payload, kv-bytes, kv-keys",
+                     publish-budget, payload, kv-bytes, kv-keys",
                 ));
             }
         }
@@ -190,6 +209,12 @@ impl Limits {
             return out(
                 L::PublishRate,
                 format!("publish-rate must be at most {MAX_PUBLISH_RATE}/s"),
+            );
+        }
+        if self.publish_budget > MAX_PUBLISH_BUDGET {
+            return out(
+                L::PublishBudget,
+                format!("publish-budget must be at most {MAX_PUBLISH_BUDGET} per call"),
             );
         }
         if self.max_instances == 0 {
@@ -252,6 +277,7 @@ impl Default for Limits {
             max_instances: 16,
             log_bytes: 1 << 20,
             publish_rate: 100,
+            publish_budget: 1,
             max_payload: 1 << 20,
             kv_bytes: 64 << 20,
             kv_keys: 100_000,
@@ -263,13 +289,14 @@ impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "memory={} timeout={} instances={} log={} publish-rate={}/s payload={} kv-bytes={} \
-             kv-keys={}",
+            "memory={} timeout={} instances={} log={} publish-rate={}/s publish-budget={} \
+             payload={} kv-bytes={} kv-keys={}",
             ByteSize(self.memory).display().iec(),
             humantime::format_duration(self.timeout),
             self.max_instances,
             ByteSize(self.log_bytes).display().iec(),
             self.publish_rate,
+            self.publish_budget,
             ByteSize(self.max_payload).display().iec(),
             ByteSize(self.kv_bytes).display().iec(),
             self.kv_keys,
@@ -290,6 +317,8 @@ pub enum LimitName {
     Timeout,
     /// `publish-rate`.
     PublishRate,
+    /// `publish-budget`.
+    PublishBudget,
     /// `instances`.
     Instances,
     /// `payload`.
@@ -350,6 +379,7 @@ mod tests {
         l.apply("memory=32MiB").unwrap();
         l.apply("timeout=750ms").unwrap();
         l.apply("publish-rate=50/s").unwrap();
+        l.apply("publish-budget=4").unwrap();
         l.apply("payload=64KiB").unwrap();
         l.apply("fuel=1_000_000").unwrap();
         l.apply("kv-bytes=1GiB").unwrap();
@@ -358,6 +388,7 @@ mod tests {
         assert_eq!(l.memory, 32 << 20);
         assert_eq!(l.timeout, Duration::from_millis(750));
         assert_eq!(l.publish_rate, 50);
+        assert_eq!(l.publish_budget, 4);
         assert_eq!(l.max_payload, 64 << 10);
         assert_eq!(l.fuel, Some(1_000_000));
     }
@@ -376,6 +407,8 @@ mod tests {
             ("timeout=2days", "at most 1day"),
             ("publish-rate=0", "at least 1/s"),
             ("publish-rate=2000000/s", "at most 1000000/s"),
+            ("publish-budget=5000", "at most 1000 per call"),
+            ("publish-budget=-1", "not a whole number"),
             ("payload=1TiB", "at most 64.0 MiB"),
             ("memory=1TiB", "at most 4.0 GiB"),
             ("log=0", "log must be 1.0 KiB to 64.0 MiB"),

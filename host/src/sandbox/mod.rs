@@ -48,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::imports::bus::PublishThrottle;
 use crate::imports::bus::Publisher;
 use crate::imports::kv::KvStore;
 use crate::imports::log::{LogSink, LogSummary};
@@ -69,7 +70,7 @@ pub use engine::{ComponentSpec, Sandbox, pooling_config};
 pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};
 pub use limits::{
     LOG_BYTES, LimitError, LimitName, LimitOutOfBounds, Limits, MAX_INSTANCES, MAX_MEMORY,
-    MAX_PAYLOAD, MAX_PUBLISH_RATE, MAX_TIMEOUT,
+    MAX_PAYLOAD, MAX_PUBLISH_BUDGET, MAX_PUBLISH_RATE, MAX_TIMEOUT,
 };
 pub use outcome::{HandlerOutcome, HookDecision, Report, Step, StepOutcome, Verdict};
 pub use prepared::PreparedComponent;
@@ -158,6 +159,9 @@ pub struct Metering {
     pub fuel: Option<u64>,
     /// Messages published or events emitted.
     pub published: u64,
+    /// How much the component's publish rate cap held the call back.
+    #[serde(default, skip_serializing_if = "PublishThrottle::is_quiet")]
+    pub throttle: PublishThrottle,
 }
 
 /// A finished call: the guest's result and what it cost.

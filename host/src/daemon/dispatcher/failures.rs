@@ -4,7 +4,7 @@
 
 use crate::bus::{BusError, DeadLetter, EventStream, LastError, SubscriptionStore};
 use crate::daemon::host_events::HostEvents;
-use crate::daemon::host_events::{ListenerDeadLettered, ListenerFailed};
+use crate::daemon::host_events::{ListenerDeadLettered, ListenerFailed, ListenerThrottled};
 
 /// Where a dispatcher reports what went wrong with its listener's events: in the daemon,
 /// the bus ([`BusFailures`]). A report that fails is logged; only a dead letter that could
@@ -36,6 +36,11 @@ pub trait ListenerFailures: Send + Sync {
         id: String,
         cause: u32,
     ) -> Result<(), BusError>;
+
+    /// Records `throttled` as the listener's latest throttling (`sandbus status` shows it)
+    /// and emits it as `sandbus.listener.throttled`, caused by handling an event of depth
+    /// `cause`. Both are tried; the first error is returned.
+    async fn throttled(&self, throttled: &ListenerThrottled, cause: u32) -> Result<(), BusError>;
 }
 
 /// [`ListenerFailures`] on the bus: the listener status bucket, the dead-letter stream and
@@ -83,5 +88,20 @@ impl ListenerFailures for BusFailures {
             .emit_caused(dead_lettered, id, subject, cause)
             .await
             .map(|_| ())
+    }
+
+    async fn throttled(&self, throttled: &ListenerThrottled, cause: u32) -> Result<(), BusError> {
+        let recorded = self.subscriptions.record_throttled(throttled).await;
+        let id = format!(
+            "listener-throttled/{}/{}/{}",
+            throttled.listener, throttled.host, throttled.at
+        );
+        let subject = Some(throttled.listener.clone());
+        let emitted = self
+            .host_events
+            .emit_caused(throttled, id, subject, cause)
+            .await
+            .map(|_| ());
+        recorded.and(emitted)
     }
 }

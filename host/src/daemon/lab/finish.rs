@@ -44,6 +44,9 @@ impl DeviceLab {
                 &report.verdict.to_string(),
                 (wall > Duration::ZERO).then_some(wall),
             );
+            self.host
+                .metrics
+                .throttled(&record.request.script, &report.metering.throttle);
             if wall > Duration::ZERO {
                 let failed = matches!(report.verdict, RunVerdict::Error | RunVerdict::Timeout);
                 self.host.metering.record(

@@ -35,10 +35,24 @@ impl BusState {
         for (name, value) in &headers {
             check_header(name, value).map_err(|e| BusError::InvalidHeader(e.message))?;
         }
-        match self.rate.reserve(PublishRate::MAX_WAIT) {
-            None => return Err(BusError::RateLimited),
-            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-            Some(_) => {}
+        if self.budget > 0 {
+            self.budget -= 1;
+        } else {
+            match self.rate.reserve(PublishRate::MAX_WAIT) {
+                None => {
+                    self.throttle.refused = self.throttle.refused.saturating_add(1);
+                    return Err(BusError::RateLimited);
+                }
+                Some(wait) if !wait.is_zero() => {
+                    self.throttle.waits = self.throttle.waits.saturating_add(1);
+                    self.throttle.waited_us = self
+                        .throttle
+                        .waited_us
+                        .saturating_add(wait.as_micros() as u64);
+                    tokio::time::sleep(wait).await;
+                }
+                Some(_) => {}
+            }
         }
         let message = OutboundMessage {
             subject,
@@ -140,7 +154,7 @@ impl Host for BusState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imports::bus::{PublishRate, RecordingPublisher};
+    use crate::imports::bus::{PublishRate, PublishThrottle, RecordingPublisher};
     use crate::subject::{PublishGrants, SubjectPattern};
     use std::sync::Arc;
     use std::time::Duration;
@@ -152,6 +166,8 @@ mod tests {
             publisher: publisher.clone(),
             max_payload: 16,
             rate: Arc::new(PublishRate::new(0, rate)),
+            budget: 0,
+            throttle: PublishThrottle::default(),
             published: 0,
             depth: 0,
         };
@@ -306,6 +322,57 @@ mod tests {
         let limited = bus.publish("a.b".into(), vec![], vec![]).await.unwrap();
         assert_eq!(limited, Err(BusError::RateLimited));
         assert_eq!(publisher.take().len(), 2);
+        assert_eq!(
+            bus.throttle,
+            PublishThrottle {
+                waits: 0,
+                waited_us: 0,
+                refused: 1
+            },
+            "the refusal is counted as throttling"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_call_publishes_its_budget_without_touching_the_rate_cap() {
+        // A cap that is spent and never refills: only the call's budget gets through.
+        let (publisher, mut bus) = state("events.>", 1);
+        bus.rate = Arc::new(PublishRate::new(0, 1));
+        assert_eq!(bus.rate.reserve(Duration::ZERO), Some(Duration::ZERO));
+        bus.budget = 2;
+        bus.emit(event("billing.usage")).await.unwrap().unwrap();
+        bus.emit(event("billing.usage")).await.unwrap().unwrap();
+        assert!(bus.throttle.is_quiet(), "the budget is not throttling");
+        let third = bus.emit(event("billing.usage")).await.unwrap();
+        assert_eq!(
+            third,
+            Err(BusError::RateLimited),
+            "past the budget, the cap"
+        );
+        assert_eq!(publisher.take().len(), 2);
+        assert_eq!(bus.throttle.refused, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_that_waits_for_its_turn_is_counted_with_its_wait() {
+        let (publisher, mut bus) = state(">", 1);
+        bus.rate = Arc::new(PublishRate::new(4, 1));
+        bus.publish("a.b".into(), vec![], vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        bus.publish("a.b".into(), vec![], vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(publisher.take().len(), 2);
+        assert_eq!(bus.throttle.waits, 1);
+        assert!(
+            (200_000..=260_000).contains(&bus.throttle.waited_us),
+            "waited about a quarter second: {:?}",
+            bus.throttle
+        );
+        assert_eq!(bus.throttle.refused, 0);
     }
 
     #[test]

@@ -128,6 +128,35 @@ impl PublishRate {
     }
 }
 
+/// How much one call was held back by its component's publish rate cap: what the daemon
+/// reports as throttling (`sandbus status`, the metrics, `sandbus.listener.throttled`), so a
+/// cap never becomes a listener's throughput limit without anyone being told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublishThrottle {
+    /// Publishes that waited for their turn (32 bits keep a call's failure small; counts
+    /// saturate).
+    pub waits: u32,
+    /// Their waits added up, microseconds.
+    pub waited_us: u64,
+    /// Publishes refused with `rate-limited` (their turn was more than
+    /// [`PublishRate::MAX_WAIT`] away).
+    pub refused: u32,
+}
+
+impl PublishThrottle {
+    /// Whether nothing was held back.
+    pub fn is_quiet(&self) -> bool {
+        self.waits == 0 && self.refused == 0
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &PublishThrottle) {
+        self.waits = self.waits.saturating_add(other.waits);
+        self.waited_us = self.waited_us.saturating_add(other.waited_us);
+        self.refused = self.refused.saturating_add(other.refused);
+    }
+}
+
 /// Per-invocation state of the `bus` interface.
 pub struct BusState {
     /// Subjects the component may publish on.
@@ -136,8 +165,13 @@ pub struct BusState {
     pub publisher: Arc<dyn Publisher>,
     /// Largest payload accepted, in bytes.
     pub max_payload: u64,
-    /// The component's publish rate cap.
+    /// The component's publish rate cap, for publishes beyond [`BusState::budget`].
     pub rate: Arc<PublishRate>,
+    /// Publishes this call may still make without counting against the rate cap (the
+    /// component's `publish-budget`, counted down).
+    pub budget: u32,
+    /// How much the rate cap held this call back.
+    pub throttle: PublishThrottle,
     /// Messages this invocation published.
     pub published: u64,
     /// Depth of the event this invocation handles ([`crate::event::CanonicalEvent::depth`];

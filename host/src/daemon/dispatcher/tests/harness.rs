@@ -20,7 +20,9 @@ use crate::bus::{
 };
 use crate::daemon::components::{LoadedComponent, spec_of};
 use crate::daemon::context::{ComponentSource, HostContext};
-use crate::daemon::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
+use crate::daemon::host_events::{
+    HostEvent as _, ListenerDeadLettered, ListenerFailed, ListenerThrottled,
+};
 use crate::daemon::metering::MeteringBatcher;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::{DispatchContext, DispatcherHandle};
@@ -58,6 +60,8 @@ pub(super) struct Journal {
     pub(super) failure_reasons: std::sync::Mutex<Vec<String>>,
     /// The dead letters stored, in order.
     pub(super) letters: std::sync::Mutex<Vec<DeadLetter>>,
+    /// The throttling reports, in order.
+    pub(super) throttled: std::sync::Mutex<Vec<ListenerThrottled>>,
 }
 
 impl Journal {
@@ -84,6 +88,13 @@ impl Journal {
 
     pub(super) fn letters(&self) -> Vec<DeadLetter> {
         self.letters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn throttled(&self) -> Vec<ListenerThrottled> {
+        self.throttled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -203,6 +214,20 @@ impl ListenerFailures for FakeFailures {
         assert_eq!(dead_lettered.listener, LISTENER);
         self.journal.push(Entry::Announced {
             ty: ListenerDeadLettered::TYPE.to_owned(),
+            cause,
+        });
+        Ok(())
+    }
+
+    async fn throttled(&self, throttled: &ListenerThrottled, cause: u32) -> Result<(), BusError> {
+        assert_eq!(throttled.listener, LISTENER);
+        self.journal
+            .throttled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(throttled.clone());
+        self.journal.push(Entry::Announced {
+            ty: ListenerThrottled::TYPE.to_owned(),
             cause,
         });
         Ok(())
@@ -339,7 +364,8 @@ pub(super) fn compile(guest: &str, limits: Vec<String>) -> Arc<LoadedComponent> 
         digest: "not-checked-here".to_owned(),
         size: bytes.len() as u64,
         world: World::Listener,
-        grants: Vec::new(),
+        // What `echo-listener` publishes on; the hostile fixtures publish elsewhere.
+        grants: vec!["echo.>".to_owned()],
         kv_read: Vec::new(),
         limits,
         recorded_at: "2026-01-01T00:00:00Z".to_owned(),
@@ -442,6 +468,7 @@ impl Setup {
             context: self.context(&journal, FakeSource::default()),
             stop: stop.clone(),
             failures: tokio::sync::Mutex::new(FailureReports::default()),
+            throttling: Default::default(),
             newest: std::sync::atomic::AtomicU64::new(0),
         });
         Harness {

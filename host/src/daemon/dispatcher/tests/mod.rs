@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::HANDBACK_DELAY;
-use crate::daemon::host_events::{HostEvent as _, ListenerFailed};
+use crate::daemon::host_events::{HostEvent as _, ListenerFailed, ListenerThrottled};
 
 use harness::*;
 
@@ -243,5 +243,64 @@ async fn stopping_hands_back_the_call_in_flight_and_what_was_pulled_but_not_star
         started.elapsed() < Duration::from_secs(10),
         "stopped after the grace: {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_listener_that_publishes_once_per_event_is_never_held_to_the_rate_cap() {
+    // A cap of 1/s with no burst to speak of: only each call's budget of one lets it keep up.
+    let harness = Setup::with("echo-listener", &["publish-rate=1/s"]).build();
+    for i in 0..20 {
+        let entries = harness.dispatch(1, event(&format!("e{i}"))).await;
+        assert_eq!(entries.last(), Some(&Entry::Ack(SEQUENCE)), "event {i}");
+    }
+    assert!(
+        harness.journal.throttled().is_empty(),
+        "nothing was held back, so nothing is reported"
+    );
+    assert!(
+        !harness
+            .journal
+            .entries()
+            .contains(&announced(ListenerThrottled::TYPE, 0))
+    );
+}
+
+#[tokio::test]
+async fn a_listener_held_back_by_its_rate_cap_is_reported_at_once_with_the_limit_to_raise() {
+    // No budget and 2/s: the first publish uses the burst, the next waits its turn.
+    let harness = Setup::with("echo-listener", &["publish-rate=2/s", "publish-budget=0"]).build();
+    let started = Instant::now();
+    for i in 0..3 {
+        harness.dispatch(1, event(&format!("e{i}"))).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the later publishes waited for their turn: {:?}",
+        started.elapsed()
+    );
+    let reports = harness.journal.throttled();
+    let first = reports
+        .first()
+        .expect("the first call held back is reported at once");
+    assert_eq!(
+        reports.len(),
+        1,
+        "the next report waits {} s",
+        ListenerThrottled::EVERY_SECS
+    );
+    assert_eq!((first.calls, first.waits, first.refused), (1, 1, 0));
+    assert!(first.waited_ms >= 400, "{first:?}");
+    assert_eq!((first.publish_rate, first.publish_budget), (2, 0));
+    assert!(
+        first.hint.contains("--limit publish-budget=1"),
+        "{}",
+        first.hint
+    );
+    assert!(
+        harness
+            .journal
+            .entries()
+            .contains(&announced(ListenerThrottled::TYPE, 0))
     );
 }
