@@ -110,28 +110,26 @@ pub fn event_from_flags(
 fn read_event_file(path: &Path) -> Result<Vec<(usize, CanonicalEvent)>, ApiError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ApiError::bad_request(format!("cannot read {}: {e}", path.display())))?;
-    let refuse = |lines: Vec<String>| {
-        ApiError::bad_request(format!(
-            "{}: {} bad line(s), nothing was published:\n  {}",
-            path.display(),
-            lines.len(),
-            lines.join("\n  ")
-        ))
-    };
-    let events = sandbus::dev::read_events(&text)
-        .map_err(|errors| refuse(errors.iter().map(|e| e.to_string()).collect()))?;
-    let mut checked = Vec::with_capacity(events.len());
+    let mut events = Vec::new();
     let mut bad = Vec::new();
-    for (line, event) in events {
-        match outside_event(&event.to_json()) {
-            Ok(event) => checked.push((line, event)),
-            Err(e) => bad.push(format!("line {line}: {}", e.message)),
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match outside_event(line.as_bytes()) {
+            Ok(event) => events.push((i + 1, event)),
+            Err(e) => bad.push(format!("line {}: {}", i + 1, e.message)),
         }
     }
     if bad.is_empty() {
-        Ok(checked)
+        Ok(events)
     } else {
-        Err(refuse(bad))
+        Err(ApiError::bad_request(format!(
+            "{}: {} bad line(s), nothing was published:\n  {}",
+            path.display(),
+            bad.len(),
+            bad.join("\n  ")
+        )))
     }
 }
 
