@@ -147,3 +147,21 @@ fn a_server_that_goes_away_mid_file_names_the_first_unconfirmed_line() {
     );
     assert_eq!(stored(&cluster), before + total, "each event once");
 }
+
+#[test]
+fn a_cast_sends_without_waiting_and_the_stream_still_keeps_each_id_once() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    let before = stored(&cluster);
+    let (events, _) = billing_scenario(50);
+    let file = event_file(&cluster, "cast.jsonl", &events);
+    for _ in 0..2 {
+        let out = cluster.cli_ok(&["publish", "--file", &file, "--cast"]);
+        assert!(out.contains("sent 100 event(s)"), "{out}");
+        assert!(out.contains("not confirmed"), "{out}");
+    }
+    cluster.wait("the cast events stored", |c| stored(c) >= before + 100);
+    let text = cluster.cli_ok(&["publish", "--file", &file]);
+    assert!(text.ends_with("100 events, 100 duplicates\n"), "{text}");
+    assert_eq!(stored(&cluster), before + 100);
+}
