@@ -12,6 +12,8 @@
 //! - **Latency**: events are published one every `1/rate` s; the listener (`echo-listener`,
 //!   or the native loop) publishes the event id on `echo.<type>`, then acks. Latency is
 //!   publish → echo received, p50 and p99.
+//! - **Bulk publish** (`daemon/bulk_publish.rs`): `sandbus publish --file` against a native
+//!   pipelined publisher with the same window of acks in flight.
 
 #![allow(
     clippy::unwrap_used,
@@ -29,6 +31,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use tokio::sync::Mutex;
+
+#[path = "daemon/bulk_publish.rs"]
+mod bulk_publish;
 
 const EVENTS: usize = 50_000;
 const LATENCY_EVENTS: usize = 2_000;
@@ -601,4 +606,5 @@ fn main() {
     println!(
         "(latency: {LATENCY_EVENTS} events at {LATENCY_RATE}/s, publish -> echo received; ratio is throughput)"
     );
+    bulk_publish::rows(&rt, &js, &url, rounds());
 }

@@ -331,12 +331,11 @@ impl Cluster {
 
     /// SIGTERMs a daemon and returns its exit code (waits up to 30 s).
     pub fn terminate_daemon(&mut self, id: &str) -> Option<i32> {
+        if !self.daemons.contains_key(id) {
+            return None;
+        }
+        self.signal_daemon(id, "TERM");
         let mut child = self.daemons.remove(id)?;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {

@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bulk_publish;
 mod cluster;
 mod compile_budget;
 mod daemon_control;

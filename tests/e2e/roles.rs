@@ -12,7 +12,7 @@ use sandbus::bus::permissions::PermissionRole;
 use sandbus::bus::{BusErrorKind, NatsOptions, names};
 use serde_json::Value;
 
-use super::cluster::{Cluster, guest, vm_event, write};
+use super::cluster::{Cluster, billing_scenario, guest, vm_event, write};
 use super::support::fixed_hook;
 use super::support::nats::NatsServer;
 
@@ -258,14 +258,9 @@ fn no_person_reaches_jetstream_or_forges_a_host_event() {
             "{role}: the daemon answers (with a refusal)"
         );
     }
-    // Not even ordinary events go straight onto the stream (a raw publisher would choose its
-    // own Nats-Msg-Id): they go through the API.
-    for role in ["publisher", "operator"] {
-        assert!(
-            raw_publish(&cluster, role, "events.vm.started", "{}"),
-            "{role}"
-        );
-    }
+    // A viewer publishes no event at all; publishers and operators publish theirs straight
+    // onto the stream (see `a_publisher_publishes_a_file_straight_onto_the_stream`).
+    assert!(raw_publish(&cluster, "viewer", "events.vm.started", "{}"));
     cli_ok_as(
         &cluster,
         "publisher",
@@ -498,5 +493,104 @@ in = 0x81
         !cluster.daemon_log("h1").contains("NATS refused"),
         "{}",
         cluster.daemon_log("h1")
+    );
+}
+
+/// Publishes `body` on `subject` through JetStream as `role`'s user, with `msg_id` as its
+/// `Nats-Msg-Id`, raw (no CLI, no client-side checks); whether the stream stored it.
+fn raw_event(cluster: &Cluster, role: &str, subject: &str, msg_id: &str, body: &str) -> bool {
+    let options = NatsOptions {
+        url: Some(cluster.nats.url()),
+        user: Some(role.to_owned()),
+        password: Some(password(role)),
+        inbox_prefix: PermissionRole::parse(role)
+            .ok()
+            .map(|r| r.default_inbox_prefix()),
+        ..Default::default()
+    };
+    let (subject, body) = (subject.to_owned(), body.to_owned());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    cluster.rt.block_on(async move {
+        let (client, _) = sandbus::bus::connect_client(&options).await.unwrap();
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client);
+        match js.publish_with_headers(subject, headers, body.into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    })
+}
+
+#[test]
+fn a_publisher_publishes_a_file_straight_onto_the_stream_but_never_a_host_event() {
+    let mut cluster = role_cluster();
+    cluster.start_daemon("h1");
+    let hosts = cluster.cli_json(&["hosts"]);
+    let started_at = hosts[0]["started_at"].as_str().unwrap().to_owned();
+    // Stopped: the file goes with no daemon running.
+    assert_eq!(cluster.terminate_daemon("h1"), Some(0));
+    let (events, _) = billing_scenario(20);
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    let file = write(&cluster, "bill.jsonl", lines.join("\n").as_bytes());
+    let out = cli_ok_as(&cluster, "publisher", &["publish", "--file", &file]);
+    assert!(out.ends_with("40 events, 0 duplicates\n"), "{out}");
+    let out = cli_ok_as(&cluster, "operator", &["publish", "--file", &file]);
+    assert!(out.ends_with("40 events, 40 duplicates\n"), "{out}");
+    // Host events stay the daemons': refused by the CLI's check, and by the server raw.
+    let forged = serde_json::json!({
+        "specversion": "1.0", "id": "forged-2", "source": "/x",
+        "type": "sandbus.metering", "data": {}
+    })
+    .to_string();
+    let host_file = write(&cluster, "host.jsonl", forged.as_bytes());
+    let (out, _) = cli_as(&cluster, "publisher", &["publish", "--file", &host_file]);
+    assert_eq!(out.status.code(), Some(2));
+    for subject in ["events.sandbus.metering", "events.sandbus"] {
+        assert!(
+            raw_publish(&cluster, "publisher", subject, &forged),
+            "{subject}"
+        );
+        assert!(
+            !raw_event(&cluster, "publisher", subject, "forged-2", &forged),
+            "{subject}"
+        );
+    }
+    // A raw publish may pick any Nats-Msg-Id: this one is the key of the daemon's next
+    // `sandbus.host.stopped`. The daemon does not take the server's word that it is stored.
+    cluster.start_daemon("h1");
+    let hosts = cluster.cli_json(&["hosts"]);
+    let started_at_2 = hosts[0]["started_at"].as_str().unwrap().to_owned();
+    assert_ne!(started_at, started_at_2);
+    let claimed = format!("sandbus.host.stopped/h1/{started_at_2}");
+    let key = sandbus::event::dedup_key(&names::host_source("h1"), &claimed);
+    let squat = serde_json::json!({
+        "specversion": "1.0", "id": "squat", "source": "/x", "type": "vm.noise", "data": {}
+    })
+    .to_string();
+    assert!(raw_event(
+        &cluster,
+        "publisher",
+        "events.vm.noise",
+        &key,
+        &squat
+    ));
+    assert_eq!(cluster.terminate_daemon("h1"), Some(0));
+    cluster.start_daemon("h1");
+    let stopped: Vec<Value> = cluster
+        .events("sandbus.host.stopped")
+        .into_iter()
+        .filter(|e| e["id"] == claimed.as_str())
+        .collect();
+    assert_eq!(
+        stopped.len(),
+        1,
+        "the daemon's event was stored: {stopped:?}"
+    );
+    assert!(
+        cluster
+            .daemon_log("h1")
+            .contains("claimed this event's Nats-Msg-Id")
     );
 }

@@ -23,7 +23,7 @@ mod wire;
 
 pub use endpoint::{Endpoint, Role};
 pub use request::Request;
-pub use validate::{MAX_RUN_ARGS, MAX_RUN_ARGS_BYTES, Validate};
+pub use validate::{MAX_RUN_ARGS, MAX_RUN_ARGS_BYTES, Validate, outside_event};
 pub use wire::*;
 
 /// Longest error message a reply carries, in bytes; longer ones are clipped, saying how long

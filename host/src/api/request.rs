@@ -93,12 +93,9 @@ impl Request {
             e::STATUS => Self::Status(read_or_default::<e::Status>(body)?),
             e::PUBLISH => {
                 let request = read::<e::Publish>(body)?;
-                let mut published = event(&request.event, "the event is not valid")?;
-                // An event published from outside starts a chain: its depth is the host's
-                // to count, not the publisher's to claim (a deep one would silence the
-                // daemon's events about it).
-                published.depth = 0;
-                Self::Publish(published)
+                Self::Publish(super::validate::outside_event(
+                    request.event.get().as_bytes(),
+                )?)
             }
             e::EVENTS => Self::Events(read_or_default::<e::Events>(body)?),
             e::HOSTS => empty::<e::Hosts>(body, Self::Hosts)?,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::ApiError;
 use super::wire::*;
+use crate::event::CanonicalEvent;
 
 /// A request body the daemon checks before acting on it, with the same rules the CLI
 /// applies before sending it: the API trusts nothing a client sends, whether or not the
@@ -64,15 +65,26 @@ impl Validate for SubscribeRequest {
 
 impl Validate for PublishRequest {
     fn validate(&self) -> Result<(), ApiError> {
-        let event =
-            crate::event::CanonicalEvent::from_json(self.event.get().as_bytes()).map_err(|e| {
-                ApiError::bad_request(format!("the event is not valid: {e}")).caused_by(e)
-            })?;
-        match crate::subject::host_claim(&event.ty, &event.source) {
-            Some(why) => Err(ApiError::bad_request(why)),
-            None => Ok(()),
-        }
+        outside_event(self.event.get().as_bytes()).map(drop)
     }
+}
+
+/// The one check of an event published from outside the daemons, run by the daemon's
+/// `event.publish` endpoint and by `sandbus publish` (which publishes straight onto the
+/// events stream) alike: a valid canonical event ([`CanonicalEvent::from_json`]) that claims
+/// neither a host event's type nor a daemon's source ([`crate::subject::host_claim`]).
+///
+/// The event comes back at depth 0: an event published from outside starts a chain, and its
+/// depth is the host's to count, not the publisher's to claim (a deep one would silence the
+/// daemon's events about it).
+pub fn outside_event(json: &[u8]) -> Result<CanonicalEvent, ApiError> {
+    let mut event = CanonicalEvent::from_json(json)
+        .map_err(|e| ApiError::bad_request(format!("the event is not valid: {e}")).caused_by(e))?;
+    if let Some(why) = crate::subject::host_claim(&event.ty, &event.source) {
+        return Err(ApiError::bad_request(why));
+    }
+    event.depth = 0;
+    Ok(event)
 }
 
 impl Validate for HookRequest {

@@ -42,12 +42,11 @@ impl ApiClient {
         self.timeout
     }
 
-    /// This client, waiting at most `timeout` for each reply.
-    pub fn with_timeout(&self, timeout: Duration) -> Self {
-        Self {
-            timeout,
-            ..self.clone()
-        }
+    /// A [`super::DirectPublisher`] on this client's connection (and its refusals), waiting
+    /// at most `ack_wait` for each event's ack: events straight onto the events stream,
+    /// without a daemon.
+    pub fn direct_publisher(&self, ack_wait: Duration) -> super::DirectPublisher {
+        super::DirectPublisher::new(self.client.clone(), self.refusals.clone(), ack_wait)
     }
 
     /// The largest message the server takes, in bytes (what a request may carry).

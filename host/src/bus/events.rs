@@ -190,17 +190,31 @@ impl EventStream {
 
     /// Publishes an event on `events.<type>` and waits for the stream to store it. The event
     /// must be valid (see [`CanonicalEvent::validate`]).
+    ///
+    /// People with the publisher role publish onto the stream themselves and pick their own
+    /// `Nats-Msg-Id`: one could send a message with the key a daemon's next host event will
+    /// have, and the server would drop the daemon's event as a duplicate. So a duplicate is
+    /// believed only when the stored message is this event (same subject, source and id);
+    /// otherwise the event is published again under a fresh key, and the squatter's message
+    /// stays what it is (on its own subject, checked on delivery like any other).
     pub async fn publish(&self, event: &CanonicalEvent) -> Result<PublishedEvent, BusError> {
         let subject = event_subject(&event.ty);
-        let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, event.dedup_key().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subject.clone(), headers, event.to_json().into())
-            .await
-            .map_err(|e| BusError::unavailable("publish the event", e))?
-            .await
-            .map_err(|e| BusError::unavailable("store the event", e))?;
+        let payload = Bytes::from(event.to_json());
+        let key = event.dedup_key();
+        let mut ack = self.store(&subject, &key, payload.clone()).await?;
+        if ack.duplicate
+            && !self
+                .holds(&ack.stream, ack.sequence, &subject, event)
+                .await?
+        {
+            tracing::warn!(
+                id = %event.id,
+                squatted = ack.sequence,
+                "another message claimed this event's Nats-Msg-Id; publishing it under a fresh one"
+            );
+            let fresh = format!("{key}#{}", hex::encode(rand::random::<[u8; 8]>()));
+            ack = self.store(&subject, &fresh, payload).await?;
+        }
         Ok(PublishedEvent {
             id: event.id.clone(),
             subject,
@@ -208,6 +222,43 @@ impl EventStream {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    async fn store(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, msg_id);
+        self.js
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(|e| BusError::unavailable("publish the event", e))?
+            .await
+            .map_err(|e| BusError::unavailable("store the event", e))
+    }
+
+    /// Whether the message at `sequence` of `stream` is `event` on `subject`.
+    async fn holds(
+        &self,
+        stream: &str,
+        sequence: u64,
+        subject: &str,
+        event: &CanonicalEvent,
+    ) -> Result<bool, BusError> {
+        let stored = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| BusError::unavailable("open the events stream", e))?
+            .get_raw_message(sequence)
+            .await
+            .map_err(|e| BusError::unavailable("read the stored duplicate", e))?;
+        Ok(stored.subject.as_str() == subject
+            && CanonicalEvent::from_json(&stored.payload)
+                .is_ok_and(|e| e.source == event.source && e.id == event.id))
     }
 
     /// Copies an event to the dead-letter stream and waits until it is stored. Idempotent:

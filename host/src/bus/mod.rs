@@ -17,6 +17,7 @@ mod bucket_error;
 mod cas;
 mod control_service;
 mod delivery;
+mod direct_publish;
 mod events;
 mod hooks;
 pub use events::humantime_serde;
@@ -45,6 +46,9 @@ use async_nats::ServerAddr;
 pub use api_client::ApiClient;
 pub use control_service::{ControlHandler, ControlRequest, ControlService, RequestSlot};
 pub use delivery::{Deliveries, Delivery, DeliveryInfo, DeliverySource, PullError};
+pub use direct_publish::{
+    DEFAULT_WINDOW, DirectPublishStop, DirectPublisher, MAX_WINDOW, OutgoingEvent,
+};
 pub use events::{DeadLetter, EventStream, EventStreamConfig, PublishedEvent};
 pub use hooks::{
     DEFAULT_DEADLINE as DEFAULT_HOOK_DEADLINE, HookPoint, HookPoints, HookPolicy,

@@ -1,14 +1,20 @@
 //! The NATS permissions of each sandbus role, as `sandbus permissions ROLE` prints them.
 //!
 //! sandbus has four kinds of NATS user. Three are people ([`Role`]): a *viewer* reads, a
-//! *publisher* publishes canonical events, an *operator* runs the lab. They act only through
-//! the control API, whose subjects carry the role (`sandbus.api.<role>.>`); they may not
-//! publish onto the events stream themselves (a raw publisher chooses its own `Nats-Msg-Id`,
-//! and could claim the id of an event a daemon will emit) and have no JetStream rights at
-//! all: a client that may create consumers or write a bucket can deliver
-//! stored messages to any subject or rewrite another component's state, so only daemons get
-//! those. The fourth is the *daemon*, trusted with sandbus's streams and buckets (and only
-//! those), the control API's subjects, and the subjects its guests are granted.
+//! *publisher* publishes canonical events, an *operator* runs the lab. They act through the
+//! control API, whose subjects carry the role (`sandbus.api.<role>.>`), and a publisher (and
+//! an operator) also publishes events straight onto the events stream (`events.>`, which is
+//! how `sandbus publish` works, without a daemon): never a host event (`events.sandbus`,
+//! `events.sandbus.>` are denied). Such a raw publish skips the CLI's check and picks its own
+//! `Nats-Msg-Id`, so the daemons trust nothing in it: the dispatcher checks every event on
+//! delivery (an invalid one, or one claiming a daemon's source, is dead-lettered with the
+//! reason), and a daemon whose host event is reported a duplicate checks that the stored
+//! message is a host event before believing it (`EventStream::publish`). People have no
+//! JetStream API rights at all: a client that may create consumers or write a bucket can
+//! deliver stored messages to any subject or rewrite another component's state, so only
+//! daemons get those (a JetStream publish needs none: its ack comes to the caller's inbox).
+//! The fourth is the *daemon*, trusted with sandbus's streams and buckets (and only those),
+//! the control API's subjects, and the subjects its guests are granted.
 //!
 //! Each role receives replies on an inbox of its own (`_INBOX_viewer.>`...), so a viewer
 //! cannot read the replies an operator gets. The CLI of such a user must use that prefix
@@ -152,11 +158,15 @@ pub fn permissions(role: PermissionRole, settings: &PermissionSettings) -> Permi
                     .allow
                     .push(format!("{}.>", names::api_role_prefix(*covered)));
             }
+            // Publishers (and operators) put events straight onto the events stream, as
+            // `sandbus publish` does; the dispatcher checks each on delivery, since a raw
+            // publish skips the CLI's check. Host events are denied outright.
+            if role.covers().contains(&Role::Publisher) {
+                publish.allow.push(format!("{EVENTS_PREFIX}.>"));
+            }
             // Nothing else: no service discovery (`$SRV.…` is answered by the service
             // framework, to whatever reply subject a requester gives, with the daemon's
-            // rights) and no raw publishing onto the events stream (a raw publisher picks its
-            // own `Nats-Msg-Id` and skips validation): events go through `event.publish`.
-            // Host events are denied outright, so that a hand-made allow cannot reach them.
+            // rights).
             publish.deny.extend(host_events);
             Permissions {
                 publish,
@@ -259,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn people_reach_only_the_api_of_their_roles_and_their_own_inbox() {
+    fn people_reach_the_api_of_their_roles_their_inbox_and_publishers_the_events_stream() {
         let settings = PermissionSettings::default();
         let viewer = permissions(PermissionRole::Api(Role::Viewer), &settings);
         assert!(allowed(
@@ -279,7 +289,8 @@ mod tests {
         assert!(allowed(&viewer.subscribe, "_INBOX_viewer.abc.1"));
         assert!(!allowed(&viewer.subscribe, "_INBOX.abc.1"));
         let publisher = permissions(PermissionRole::Api(Role::Publisher), &settings);
-        assert!(!allowed(&publisher.publish, "events.vm.started"));
+        assert!(allowed(&publisher.publish, "events.vm.started"), "direct");
+        assert!(allowed(&publisher.publish, "events.sandboxes.x"));
         assert!(allowed(
             &publisher.publish,
             "sandbus.api.publisher.event.publish"
@@ -301,13 +312,18 @@ mod tests {
         ] {
             assert!(allowed(&operator.publish, subject), "{subject}");
         }
+        assert!(allowed(&operator.publish, "events.vm.started"), "direct");
         for subject in [
             "$JS.API.STREAM.PURGE.SANDBUS_DEAD_LETTERS",
+            "$JS.API.STREAM.INFO.SANDBUS_EVENTS",
             "$KV.sandbus-kv.billing.total/acme",
             "$O.sandbus-components.M.x",
             "events.sandbus.metering",
+            "events.sandbus",
+            "sandbus.dead-letter.billing",
         ] {
             assert!(!allowed(&operator.publish, subject), "{subject}");
+            assert!(!allowed(&publisher.publish, subject), "{subject}");
         }
     }
 

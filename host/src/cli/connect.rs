@@ -2,8 +2,9 @@
 //! calls, and [`with_client`], which runs a command's body and turns its error into output
 //! and an exit code.
 //!
-//! A client reaches sandbus only through the control API (component bytes are staged
-//! through it too), so the NATS permissions of its role are all it needs.
+//! A client reaches sandbus through the control API (component bytes are staged through it
+//! too), and publishes canonical events straight onto the events stream
+//! ([`Client::direct_publisher`]); the NATS permissions of its role are all it needs.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -168,12 +169,10 @@ impl Client {
         self.api.timeout()
     }
 
-    /// The same client, waiting `timeout` for each reply.
-    pub fn with_reply_timeout(&self, timeout: Duration) -> Self {
-        Self {
-            api: self.api.with_timeout(timeout),
-            json: self.json,
-        }
+    /// Events straight onto the events stream over this client's connection (no daemon in
+    /// the path), each ack awaited at most `--reply-timeout`.
+    pub fn direct_publisher(&self) -> bus::DirectPublisher {
+        self.api.direct_publisher(self.api.timeout())
     }
 
     /// The largest message the server takes, in bytes.

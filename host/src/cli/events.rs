@@ -1,23 +1,21 @@
-//! `sandbus publish` and `sandbus events`: canonical events into the stream through a
-//! daemon, and out of it (stored ones, and with `--follow` new ones as they come).
+//! `sandbus publish` and `sandbus events`: canonical events straight into the stream (no
+//! daemon needed), and out of it through a daemon (stored ones, and with `--follow` new
+//! ones as they come).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 use serde_json::json;
 
 use sandbus::api::{
-    ApiError, ApiErrorKind, CastAccepted, EventListRequest, MessagePage, PublishRequest,
-    StoredMessage, endpoint,
+    ApiError, EventListRequest, MessagePage, StoredMessage, endpoint, outside_event,
 };
-use sandbus::bus::{self, PublishedEvent};
+use sandbus::bus::{self, DirectPublishStop, OutgoingEvent};
 use sandbus::event::CanonicalEvent;
 
 use super::connect::{ClientArgs, stored_body, with_client};
-use super::output::{
-    self, EXIT_OK, outln, print_cast, print_json, print_json_line, print_json_or, printable,
-};
+use super::output::{self, EXIT_OK, outln, print_json, print_json_line, print_json_or, printable};
 
 /// `sandbus publish` arguments.
 #[derive(Args, Debug)]
@@ -38,16 +36,20 @@ pub struct PublishArgs {
     /// The event subject (what it is about).
     #[arg(long, conflicts_with = "file")]
     subject: Option<String>,
-    /// Publish every CloudEvent of this JSON Lines file instead. A lost reply is retried
-    /// (the stream keeps an id once), so a daemon that dies mid-file costs a retry on
-    /// another; if no daemon takes an event within --reply-timeout, the command stops
-    /// and says which line to resume from.
+    /// Publish every CloudEvent of this JSON Lines file instead. The whole file is checked
+    /// first: one bad line and nothing is published. If something fails mid-file, the
+    /// command names the line to resume from (--from-line).
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
     /// With --file: start at this line (1-based), skipping the lines before it.
     #[arg(long, value_name = "LINE", requires = "file", default_value_t = 1)]
     from_line: usize,
-    /// Return at once; the result comes as an event.
+    /// How many events may wait for the stream's confirmation at once.
+    #[arg(long, value_name = "N", default_value_t = bus::DEFAULT_WINDOW,
+          value_parser = clap::value_parser!(u16).range(1..=bus::MAX_WINDOW as i64).map(usize::from))]
+    window: usize,
+    /// Send without waiting for the stream's confirmations: faster, but nothing reports
+    /// whether an event was stored, was a duplicate, or was lost (a missing stream, say).
     #[arg(long)]
     cast: bool,
     #[command(flatten)]
@@ -102,42 +104,49 @@ pub fn event_from_flags(
     Ok(event)
 }
 
-/// Reads a JSON Lines file of events for `publish --file`, with their line numbers; every
-/// bad line is reported.
-fn read_event_file(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, ApiError> {
+/// Reads a JSON Lines file of events for `publish --file`, with their line numbers, each
+/// checked as the daemon checks an event published from outside ([`outside_event`]); every
+/// bad line is reported, and one is enough to refuse the file.
+fn read_event_file(path: &Path) -> Result<Vec<(usize, CanonicalEvent)>, ApiError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ApiError::bad_request(format!("cannot read {}: {e}", path.display())))?;
-    let events = sandbus::dev::read_events(&text).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        ApiError::bad_request(format!(
+    let mut events = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match outside_event(line.as_bytes()) {
+            Ok(event) => events.push((i + 1, event)),
+            Err(e) => bad.push(format!("line {}: {}", i + 1, e.message)),
+        }
+    }
+    if bad.is_empty() {
+        Ok(events)
+    } else {
+        Err(ApiError::bad_request(format!(
             "{}: {} bad line(s), nothing was published:\n  {}",
             path.display(),
-            lines.len(),
-            lines.join("\n  ")
-        ))
-    })?;
-    Ok(events
-        .into_iter()
-        .map(|(line, e)| {
-            (
-                line,
-                serde_json::from_slice(&e.to_json()).unwrap_or_default(),
-            )
-        })
-        .collect())
+            bad.len(),
+            bad.join("\n  ")
+        )))
+    }
 }
 
-/// How long one try of a publish waits for its reply before it is sent again (to whichever
-/// daemon takes it: a dead one no longer can).
-const PUBLISH_TRY: Duration = Duration::from_secs(5);
-
-/// `sandbus publish`: one event from flags, or the lines of a JSON Lines file, in order.
+/// `sandbus publish`: one event from flags, or the lines of a JSON Lines file, in order,
+/// straight onto the events stream (no daemon needs to run; see [`bus::DirectPublisher`]).
 ///
-/// Each event goes until a daemon stored it: a try whose reply is lost (the daemon died, the
-/// connection dropped) is sent again, after a short pause, for up to `--reply-timeout` per
-/// event. That is safe because an event keeps its id and the stream stores an id once within
-/// its duplicate window. When an event still did not go, the command stops and names the line
-/// to resume from (`--from-line`).
+/// Every event is checked first, as the daemon checks an event published from outside: a
+/// file with a bad line is refused whole, so nothing is half-published. Then up to
+/// `--window` events wait for the stream's acks at once, and each is reported (stored, or
+/// already there: a duplicate) as its ack comes, in order.
+///
+/// When something fails mid-file (the server goes away, an ack does not come within
+/// `--reply-timeout`), the command names the first line whose ack did not arrive: every line
+/// before it is stored, and some after it may be too. Resuming there (`--from-line`) sends
+/// those again, which is safe: an event keeps its id, and the stream keeps one message per
+/// id (`Nats-Msg-Id`, the event's source and id) within its duplicate window (2 minutes by
+/// default); listeners de-duplicate on event ids past that, as under redelivery.
 pub async fn publish(args: PublishArgs) -> u8 {
     let PublishArgs {
         r#type,
@@ -147,6 +156,7 @@ pub async fn publish(args: PublishArgs) -> u8 {
         subject,
         file,
         from_line,
+        window,
         cast,
         client,
     } = args;
@@ -157,105 +167,78 @@ pub async fn publish(args: PublishArgs) -> u8 {
                 .filter(|(line, _)| *line >= from_line)
                 .collect()
         }),
-        (None, Some(ty), Some(data)) => {
-            event_from_flags(&ty, &data, id, source, subject).map(|e| vec![(1, e)])
-        }
+        (None, Some(ty), Some(data)) => event_from_flags(&ty, &data, id, source, subject)
+            .and_then(|e| outside_event(e.to_string().as_bytes()))
+            .map(|e| vec![(1, e)]),
         _ => Err(ApiError::bad_request(
             "give TYPE and --data, or --file FILE",
         )),
     };
-    match events {
-        Ok(events) => publish_events(&client, events, file.as_deref(), cast).await,
-        Err(e) => output::fail(&e, client.json),
-    }
-}
-
-async fn publish_events(
-    args: &ClientArgs,
-    events: Vec<(usize, serde_json::Value)>,
-    file: Option<&Path>,
-    cast: bool,
-) -> u8 {
-    let resume = |line: usize| match file {
-        Some(path) => format!(
-            "; nothing from line {line} on was published for sure: resume with `sandbus publish \
-             --file {} --from-line {line}` (events already stored are kept once)",
-            path.display()
-        ),
-        None => String::new(),
+    let events: Vec<OutgoingEvent> = match events {
+        Ok(events) => events
+            .iter()
+            .map(|(line, event)| OutgoingEvent::new(*line, event))
+            .collect(),
+        Err(e) => return output::fail(&e, client.json),
     };
-    with_client(args, |c| async move {
-        let patient = c.with_reply_timeout(PUBLISH_TRY.min(c.reply_timeout()));
+    let resume = |stop: DirectPublishStop| {
+        let mut message = stop.to_string();
+        if let Some(path) = &file {
+            message.push_str(&format!(
+                "; nothing from line {0} on was confirmed stored: resume with `sandbus publish \
+                 --file {1} --from-line {0}` (events already stored are not stored twice \
+                 within the stream's duplicate window)",
+                stop.line,
+                path.display()
+            ));
+        }
+        let mut error = ApiError::from(stop.error);
+        error.message = message;
+        error
+    };
+    with_client(&client, |c| async move {
+        let publisher = c.direct_publisher();
+        if let Some(too_big) = events.iter().find(|e| e.size() > publisher.max_payload()) {
+            return Err(ApiError::bad_request(format!(
+                "line {}: the event `{}` is about {} bytes; this server takes at most {} bytes \
+                 a message (its max_payload): nothing was published",
+                too_big.line,
+                printable(&too_big.id),
+                too_big.size(),
+                publisher.max_payload()
+            )));
+        }
+        if cast {
+            publisher.send(&events).await.map_err(resume)?;
+            print_json_or(c.json, &json!({ "sent": events.len() }), |_| {
+                outln!(
+                    "sent {} event(s) without waiting for the stream (--cast: not confirmed)",
+                    events.len()
+                );
+            });
+            return Ok(EXIT_OK);
+        }
         let mut published = 0;
         let mut duplicates = 0;
-        for (line, event) in events {
-            let raw = serde_json::value::to_raw_value(&event)
-                .map_err(|e| ApiError::new(ApiErrorKind::Internal, e.to_string()))?;
-            let request = PublishRequest { event: raw, cast };
-            let started = Instant::now();
-            let mut tries = 0u32;
-            let reply = loop {
-                tries += 1;
-                let sent = if cast {
-                    patient
-                        .cast_accepted::<endpoint::Publish>(&request)
-                        .await
-                        .map(Published::Accepted)
-                } else {
-                    patient
-                        .call::<endpoint::Publish>(&request)
-                        .await
-                        .map(Published::Stored)
-                };
-                match sent {
-                    Ok(reply) => break reply,
-                    Err(e)
-                        if e.kind == ApiErrorKind::Unavailable
-                            && started.elapsed() < c.reply_timeout() =>
-                    {
-                        if !c.json {
-                            eprintln!(
-                                "line {line}: {}; trying again (try {})",
-                                e.message,
-                                tries + 1
-                            );
-                        }
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(tries.min(10))))
-                            .await;
+        publisher
+            .publish(&events, window, |_, p| {
+                print_json_or(c.json, &p, |p| {
+                    if p.duplicate {
+                        outln!(
+                            "{} was already in {} (seq {}): not added again",
+                            p.id,
+                            p.stream,
+                            p.sequence
+                        );
+                    } else {
+                        outln!("published {} on {} (seq {})", p.id, p.subject, p.sequence);
                     }
-                    Err(e) => {
-                        let mut message = format!("line {line}: {}", e.message);
-                        if e.kind == ApiErrorKind::Unavailable {
-                            message.push_str(&resume(line));
-                        }
-                        return Err(ApiError::new(e.kind, message));
-                    }
-                }
-            };
-            let p = match reply {
-                Published::Accepted(accepted) => {
-                    print_cast(&accepted, c.json);
-                    continue;
-                }
-                Published::Stored(p) => p,
-            };
-            print_json_or(c.json, &p, |p| {
-                if p.duplicate {
-                    outln!(
-                        "{} was already in {} (seq {}): not added again",
-                        p.id,
-                        p.stream,
-                        p.sequence
-                    );
-                } else {
-                    outln!("published {} on {} (seq {})", p.id, p.subject, p.sequence);
-                }
-            });
-            published += 1;
-            if p.duplicate {
-                duplicates += 1;
-            }
-        }
+                });
+                published += 1;
+                duplicates += usize::from(p.duplicate);
+            })
+            .await
+            .map_err(resume)?;
         if !c.json && published > 1 {
             outln!("{published} events, {duplicates} duplicates");
         }
@@ -363,12 +346,4 @@ fn print_event(message: &StoredMessage, json: bool) {
         Err(err) => outln!("{sequence:>6} (not a valid event: {err})"),
     }
     let _ = std::io::Write::flush(&mut std::io::stdout().lock());
-}
-
-/// What the daemon answered to one published line.
-enum Published {
-    /// Taken as a cast: stored later, reported as an event.
-    Accepted(CastAccepted),
-    /// Stored (or found already stored).
-    Stored(PublishedEvent),
 }
