@@ -67,8 +67,8 @@ pub struct UploadArgs {
     #[arg(long)]
     wait: bool,
     /// How long `--wait` waits.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "wait")]
-    timeout: Duration,
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "wait")]
+    wait_timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -95,7 +95,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
         limits,
         cast,
         wait,
-        timeout,
+        wait_timeout,
         client,
     } = args;
     let world = world.map(World::from);
@@ -141,7 +141,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
         }
         let reply: UploadReply = c.call::<endpoint::Upload>(&request).await?;
         if wait {
-            let readiness = wait_until_ready(&c, &reply.manifest, timeout).await?;
+            let readiness = wait_until_ready(&c, &reply.manifest, wait_timeout).await?;
             let waited = WaitedUpload {
                 reply: &reply,
                 hosts: &readiness,
