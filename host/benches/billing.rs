@@ -40,7 +40,11 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// A start and a stop per instance, tenants round robin; the expected seconds per tenant.
-fn scenario(instances: u64, tenants: u64, tag: &str) -> (Vec<serde_json::Value>, BTreeMap<String, u64>) {
+fn scenario(
+    instances: u64,
+    tenants: u64,
+    tag: &str,
+) -> (Vec<serde_json::Value>, BTreeMap<String, u64>) {
     let mut events = Vec::new();
     let mut expected = BTreeMap::new();
     for i in 0..instances {
@@ -85,8 +89,7 @@ fn replay(events: &[serde_json::Value]) -> (f64, BTreeMap<String, u64>) {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let totals = summary["kv"]
         .as_object()
         .unwrap()

@@ -14,6 +14,10 @@
 //!   publish → echo received, p50 and p99.
 //! - **Bulk publish** (`daemon/bulk_publish.rs`): `sandbus publish --file` against a native
 //!   pipelined publisher with the same window of acks in flight.
+//! - **Upload**: a generated ~20 MB listener (16 MiB of data, about 4 MB of code) is
+//!   uploaded to a fresh daemon (no compile cache); the upload returns once the component is
+//!   recorded, `upload --wait` once the daemon has compiled it. The ratio is the upload's
+//!   time over the time until the component is ready (`SANDBUS_BENCH_UPLOAD=0` skips it).
 
 #![allow(
     clippy::unwrap_used,
@@ -34,6 +38,8 @@ use tokio::sync::Mutex;
 
 #[path = "daemon/bulk_publish.rs"]
 mod bulk_publish;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 const EVENTS: usize = 50_000;
 const LATENCY_EVENTS: usize = 2_000;
@@ -607,4 +613,63 @@ fn main() {
         "(latency: {LATENCY_EVENTS} events at {LATENCY_RATE}/s, publish -> echo received; ratio is throughput)"
     );
     bulk_publish::rows(&rt, &js, &url, rounds());
+
+    if std::env::var("SANDBUS_BENCH_UPLOAD").as_deref() != Ok("0") {
+        upload_vs_compile(&url);
+    }
+}
+
+/// A listener of about 20 MB: a 16 MiB passive data segment and 1,300 functions of 1,000
+/// straight-line adds each (about 4 MB of code, which Cranelift compiles in seconds).
+fn large_listener() -> Vec<u8> {
+    let mut items = String::from(
+        r#"(func (export "sandbus:host/handler@0.1.0#handle") (param i32) (result i32) (call $ok))"#,
+    );
+    for f in 0..1_300 {
+        items.push_str(&format!(
+            "(func (export \"f{f}\") (param i32) (result i32) (local.get 0)"
+        ));
+        for _ in 0..1_000 {
+            items.push_str(" (local.get 0) i32.add");
+        }
+        items.push(')');
+    }
+    items.push_str(&format!("(data \"{}\")", "\\2a".repeat(16 << 20)));
+    support::wat_listener(&items)
+}
+
+/// Uploads [`large_listener`] to a fresh daemon, then waits for it to be ready; prints the
+/// upload's time against the time until ready.
+fn upload_vs_compile(url: &str) {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("large.wasm");
+    let bytes = large_listener();
+    std::fs::write(&file, &bytes).unwrap();
+    let file = file.to_str().unwrap();
+    let daemon = Daemon::start(url, &data.path().join("daemon"));
+    wait_for_host(url);
+    let started = Instant::now();
+    cli(url, &["upload", file, "--name", "large"]);
+    let upload = started.elapsed();
+    cli(url, &["upload", file, "--name", "large", "--wait"]);
+    let ready = started.elapsed();
+    daemon.stop();
+    println!();
+    println!(
+        "upload of a {:.1} MB listener to a daemon with no compile cache",
+        bytes.len() as f64 / 1e6
+    );
+    println!("{:<34} {:>10} {:>6}", "step", "seconds", "ratio");
+    println!(
+        "{:<34} {:>10.2} {:>6}",
+        "upload --wait (until ready)",
+        ready.as_secs_f64(),
+        "1.00"
+    );
+    println!(
+        "{:<34} {:>10.2} {:>6.2}",
+        "upload (recorded, compiling)",
+        upload.as_secs_f64(),
+        upload.as_secs_f64() / ready.as_secs_f64()
+    );
 }

@@ -1,8 +1,9 @@
-//! The compile budget end to end, on real daemons: a daemon whose `[sandbox]` configuration
-//! gives a compile little memory refuses the upload of a component that needs more (exit
-//! code 2, the reason; nothing recorded, its bytes not kept), while a real guest still
-//! uploads and runs; and a component another daemon accepted fails to load on such a daemon,
-//! with the reason under `failed_components` in `sandbus hosts`.
+//! The compile budget end to end, on real daemons: on a daemon whose `[sandbox]`
+//! configuration gives a compile little memory, a component that needs more is recorded (an
+//! upload compiles nothing) but fails to load, which `sandbus ls` shows with the reason and
+//! `upload --wait` reports (exit code 1, the host and the reason), while a real guest still
+//! uploads and runs; and a component another daemon runs fails to load on such a daemon,
+//! with the reason under `not_ready` in `sandbus hosts`.
 
 use serde_json::{Value, json};
 
@@ -44,28 +45,33 @@ fn host(cluster: &Cluster, id: &str) -> Value {
 }
 
 #[test]
-fn an_upload_over_the_compile_budget_is_refused_and_a_real_guest_still_runs() {
+fn a_component_over_the_compile_budget_is_shown_failed_with_the_reason_and_a_real_guest_still_runs()
+{
     let mut cluster = Cluster::new();
     start_strict(&mut cluster, "strict");
     let file = hostile(&cluster);
-    let digest = sandbus::sandbox::Digest::of(&std::fs::read(&file).unwrap());
 
-    let out = cluster.cli(&["upload", &file, "--name", "hostile"]);
+    let out = cluster.cli(&["upload", &file, "--name", "hostile", "--wait"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed on strict"), "{stderr}");
     assert!(stderr.contains(OVER_MEMORY), "{stderr}");
-    // Nothing recorded, and the bytes the upload stored are gone again.
-    assert_eq!(cluster.cli_json(&["ls"]), json!([]));
-    let client = cluster.connect();
-    let stored = cluster.rt.block_on(async move {
-        let js = async_nats::jetstream::new(client);
-        let store = js
-            .get_object_store(sandbus::bus::names::COMPONENTS_BUCKET)
-            .await
-            .unwrap();
-        store.info(digest.as_str()).await.is_ok_and(|i| !i.deleted)
-    });
-    assert!(!stored, "the refused upload left its bytes in the store");
+    // Recorded, and shown failed where it failed, with why.
+    let ls = cluster.cli_json(&["ls"]);
+    let hostile = &ls[0];
+    assert_eq!(hostile["name"], "hostile", "{ls}");
+    assert_eq!(hostile["hosts"]["ready"], json!([]), "{ls}");
+    assert_eq!(hostile["hosts"]["failed"][0]["host"], "strict", "{ls}");
+    assert!(
+        hostile["hosts"]["failed"][0]["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains(OVER_MEMORY)),
+        "{ls}"
+    );
+    let text = cluster.cli_ok(&["ls"]);
+    assert!(text.contains("hosts: 0/1 ready, 1 failed"), "{text}");
+    assert!(text.contains("failed on strict: "), "{text}");
+    cluster.cli_ok(&["rm", "hostile"]);
 
     // A real guest compiles in the same budget and runs.
     billing_listener(&cluster, "billing");
@@ -75,10 +81,10 @@ fn an_upload_over_the_compile_budget_is_refused_and_a_real_guest_still_runs() {
     cluster.wait("the billing totals", |c| {
         billing_totals(c, "billing") == expected
     });
-    assert_eq!(
-        host(&cluster, "strict")["failed_components"],
-        json!({}),
-        "nothing failed to load"
+    let strict = host(&cluster, "strict");
+    assert!(
+        strict.get("not_ready").is_none(),
+        "nothing is left failed: {strict}"
     );
 }
 
@@ -95,7 +101,7 @@ fn a_component_over_the_compile_budget_fails_to_load_with_the_reason() {
     start_strict(&mut cluster, "strict");
     cluster.wait_for_component("strict", "noop", 1);
     cluster.wait("the strict host to report the failed load", |c| {
-        host(c, "strict")["failed_components"]["hostile"]
+        host(c, "strict")["not_ready"]["hostile"]["reason"]
             .as_str()
             .is_some_and(|why| why.contains(OVER_MEMORY))
     });

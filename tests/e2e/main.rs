@@ -28,6 +28,7 @@ mod replicated_kv;
 mod roles;
 mod scale_out;
 mod trust;
+mod uploads;
 
 use std::path::Path;
 use std::process::{Command, Output};

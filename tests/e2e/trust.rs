@@ -150,7 +150,7 @@ fn every_reserved_grant_is_refused_at_the_cli_the_api_and_load() {
     });
     cluster.wait("the hand-written manifest refused at load", |c| {
         let hosts = c.cli_json(&["hosts"]);
-        hosts[0]["failed_components"]["victim"]
+        hosts[0]["not_ready"]["victim"]["reason"]
             .as_str()
             .is_some_and(|why| why.contains("$KV.>") && why.contains("No grant can reach"))
     });

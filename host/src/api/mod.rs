@@ -17,11 +17,13 @@
 //! daemon's service in [`crate::bus::ControlService`].
 
 pub mod endpoint;
+mod readiness;
 mod request;
 mod validate;
 mod wire;
 
 pub use endpoint::{Endpoint, Role};
+pub use readiness::{HostFailure, ListedComponent, Readiness};
 pub use request::Request;
 pub use validate::{MAX_RUN_ARGS, MAX_RUN_ARGS_BYTES, Validate, outside_event};
 pub use wire::*;

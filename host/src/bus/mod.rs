@@ -60,7 +60,7 @@ pub use kv_usage::KvUsage;
 pub use layout::{BusLayout, DaemonBus};
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable, RenewedLease};
 pub use pages::read_page;
-pub use presence::{HEARTBEAT, HostInfo, HostRegistry};
+pub use presence::{HEARTBEAT, HostComponentState, HostInfo, HostRegistry, LoadState, NotReady};
 pub use publisher::NatsPublisher;
 pub use refusals::{Refusal, Refusals};
 pub use runs::{

@@ -31,13 +31,76 @@ pub struct HostInfo {
     pub started_at: String,
     /// When this entry was written (RFC 3339).
     pub seen_at: String,
-    /// Components loaded on this host: name → manifest version.
+    /// Components ready on this host (compiled, answering calls): name → manifest version.
     pub components: std::collections::BTreeMap<String, u64>,
     /// Listeners this host is pulling events for.
     pub listeners: Vec<String>,
-    /// Components this host could not load (name → why); retried every few seconds.
-    #[serde(default)]
-    pub failed_components: std::collections::BTreeMap<String, String>,
+    /// Component versions this host has seen but cannot run yet: name → compiling, or failed
+    /// and why (retried every few seconds). While a new version compiles, the one before
+    /// stays under `components` and keeps answering. Only what is not ready is listed, so
+    /// the entry stays small however many components a host runs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub not_ready: std::collections::BTreeMap<String, NotReady>,
+}
+
+impl HostInfo {
+    /// Where version `version` of component `name` stands on this host. A newer version
+    /// ready or failed here counts as that version's state (it superseded this one).
+    pub fn state_of(&self, name: &str, version: u64) -> HostComponentState {
+        if let Some(not_ready) = self.not_ready.get(name)
+            && not_ready.version >= version
+        {
+            return match not_ready.state {
+                LoadState::Compiling => HostComponentState::Compiling,
+                LoadState::Failed => HostComponentState::Failed(
+                    not_ready
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".into()),
+                ),
+            };
+        }
+        match self.components.get(name) {
+            Some(&ready) if ready >= version => HostComponentState::Ready,
+            _ => HostComponentState::Waiting,
+        }
+    }
+}
+
+/// A component version a host has seen but cannot run yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NotReady {
+    /// Compiling or failed.
+    pub state: LoadState,
+    /// The manifest version concerned.
+    pub version: u64,
+    /// Why it failed (for `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a component version is not ready on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadState {
+    /// Being fetched and compiled (or waiting for its turn to compile).
+    Compiling,
+    /// It could not be loaded; the reason says why. Retried every few seconds.
+    Failed,
+}
+
+/// Where one component version stands on one host, as [`HostInfo::state_of`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostComponentState {
+    /// It (or a newer version) answers calls here.
+    Ready,
+    /// It is being compiled here.
+    Compiling,
+    /// It could not be loaded here, for this reason.
+    Failed(String),
+    /// The host has not reported it yet (it has not seen the manifest, is busy loading
+    /// others, or runs an older sandbus that does not report compiles).
+    Waiting,
 }
 
 /// The live-hosts bucket.

@@ -1,22 +1,26 @@
 //! `sandbus upload`, `ls`, `rm` and `rollback`: the components a daemon runs. An upload is
 //! checked here first (the daemon's own checks), so a file that is plainly not a component,
-//! or a policy the daemon would refuse, never goes on the bus.
+//! or a policy the daemon would refuse, never goes on the bus. The daemon records it without
+//! compiling it; every host compiles it in the background, and `ls` (and `upload --wait`)
+//! read where it stands on each live host from the hosts' presence ([`Readiness`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use sandbus::api::endpoint::Call;
 use sandbus::api::{
-    ApiError, Empty, NameRequest, StageReply, StageRequest, UploadReply, UploadRequest, endpoint,
+    ApiError, ApiErrorKind, Empty, ListedComponent, NameRequest, Readiness, StageReply,
+    StageRequest, UploadReply, UploadRequest, endpoint,
 };
-use sandbus::bus::ComponentManifest;
+use sandbus::bus::{ComponentManifest, HostInfo};
 use sandbus::grant::{ComponentPolicy, ManifestGrants, PolicyError};
 use sandbus::sandbox::{ComponentShape, Digest, World};
 
 use super::connect::{Client, ClientArgs, with_client};
-use super::output::{self, EXIT_OK, outln, print_json_or};
+use super::output::{self, EXIT_OK, outln, print_json_or, printable};
 
 /// A component's role, on the command line.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +59,16 @@ pub struct UploadArgs {
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
     /// Return at once; the result comes as a sandbus.request.finished event.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     cast: bool,
+    /// Wait until every live host has compiled the new version and runs it; exit 1 naming
+    /// the host and the reason if one cannot load it. Without it, upload returns once the
+    /// component is recorded and hosts compile it in the background (`sandbus ls`).
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "wait")]
+    wait_timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -82,6 +94,8 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
         grants,
         limits,
         cast,
+        wait,
+        wait_timeout,
         client,
     } = args;
     let world = world.map(World::from);
@@ -126,27 +140,103 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
             return c.cast::<endpoint::Upload>(&request).await;
         }
         let reply: UploadReply = c.call::<endpoint::Upload>(&request).await?;
-        print_json_or(c.json, &reply, |reply| {
-            if reply.unchanged {
+        if wait {
+            let readiness = wait_until_ready(&c, &reply.manifest, wait_timeout).await?;
+            let waited = WaitedUpload {
+                reply: &reply,
+                hosts: &readiness,
+            };
+            print_json_or(c.json, &waited, |waited| {
+                print_upload(waited.reply);
                 outln!(
-                    "{} is already version {} with these bytes and settings; nothing changed",
-                    reply.manifest.name,
-                    reply.manifest.version
+                    "ready on every live host: {}",
+                    waited.hosts.ready.join(", ")
                 );
-            } else {
-                outln!(
-                    "uploaded {} version {} ({}, {} bytes, sha256:{})",
-                    reply.manifest.name,
-                    reply.manifest.version,
-                    reply.manifest.world,
-                    reply.manifest.size,
-                    reply.manifest.digest
-                );
-            }
-        });
+            });
+            return Ok(EXIT_OK);
+        }
+        print_json_or(c.json, &reply, print_upload);
         Ok(EXIT_OK)
     })
     .await)
+}
+
+/// What `upload --wait --json` prints: the upload's reply and where it stands on each host.
+#[derive(serde::Serialize)]
+struct WaitedUpload<'a> {
+    #[serde(flatten)]
+    reply: &'a UploadReply,
+    hosts: &'a Readiness,
+}
+
+fn print_upload(reply: &UploadReply) {
+    if reply.unchanged {
+        outln!(
+            "{} is already version {} with these bytes and settings; nothing changed",
+            reply.manifest.name,
+            reply.manifest.version
+        );
+    } else {
+        outln!(
+            "uploaded {} version {} ({}, {} bytes, sha256:{}); hosts compile it now \
+             (`sandbus ls`)",
+            reply.manifest.name,
+            reply.manifest.version,
+            reply.manifest.world,
+            reply.manifest.size,
+            reply.manifest.digest
+        );
+    }
+}
+
+/// How often `upload --wait` asks where the new version stands.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until every live host runs `manifest`'s version (hosts report a finished compile
+/// at once). A host that cannot load it ends the wait with its reason; so does `timeout`.
+async fn wait_until_ready(
+    c: &Client,
+    manifest: &ComponentManifest,
+    timeout: Duration,
+) -> Result<Readiness, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let readiness = match c.call::<endpoint::Hosts>(&Empty {}).await {
+            Ok(hosts) => Readiness::of(&manifest.name, manifest.version, &hosts),
+            // A busy daemon is asked again.
+            Err(e) if e.kind == ApiErrorKind::Unavailable => Readiness::default(),
+            Err(e) => return Err(e),
+        };
+        if readiness.all_ready() {
+            return Ok(readiness);
+        }
+        if !readiness.failed.is_empty() {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "{} version {} is recorded, but not every host can run it: {}; fix it and \
+                     upload again, or `sandbus rollback {}`",
+                    manifest.name,
+                    manifest.version,
+                    readiness.failures_text().join("; "),
+                    manifest.name
+                ),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "{} version {} is recorded, but after {} it is {} (`sandbus ls` follows it)",
+                    manifest.name,
+                    manifest.version,
+                    humantime::format_duration(timeout),
+                    readiness.summary()
+                ),
+            ));
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
 }
 
 /// Stages a component's bytes with a daemon, a part at a time (each part fits in one
@@ -173,16 +263,24 @@ async fn stage(c: &Client, bytes: &[u8]) -> Result<String, ApiError> {
     Ok(digest)
 }
 
-/// `sandbus ls`
+/// `sandbus ls`: the current versions, and where each stands on the live hosts.
 pub async fn list(args: &ClientArgs) -> u8 {
     with_client(args, |c| async move {
         let manifests: Vec<ComponentManifest> = c.call::<endpoint::List>(&Empty {}).await?;
-        print_json_or(c.json, &manifests, |manifests| {
-            if manifests.is_empty() {
+        let hosts: Vec<HostInfo> = c.call::<endpoint::Hosts>(&Empty {}).await?;
+        let listed: Vec<ListedComponent> = manifests
+            .into_iter()
+            .map(|manifest| ListedComponent {
+                hosts: Readiness::of(&manifest.name, manifest.version, &hosts),
+                manifest,
+            })
+            .collect();
+        print_json_or(c.json, &listed, |listed| {
+            if listed.is_empty() {
                 outln!("no components; `sandbus upload FILE --name NAME` adds one");
             }
-            for m in manifests {
-                print_manifest(m);
+            for l in listed {
+                print_manifest(&l.manifest, &l.hosts);
             }
         });
         Ok(EXIT_OK)
@@ -190,21 +288,25 @@ pub async fn list(args: &ClientArgs) -> u8 {
     .await
 }
 
-fn print_manifest(m: &ComponentManifest) {
+fn print_manifest(m: &ComponentManifest, hosts: &Readiness) {
     let restored = m
         .restored_from
         .map(|v| format!(" (restores v{v})"))
         .unwrap_or_default();
     outln!(
-        "{:<24} v{:<4} {:<9} {:>9} B  sha256:{}…  {}{}",
+        "{:<24} v{:<4} {:<9} {:>9} B  sha256:{}…  {}{}  hosts: {}",
         m.name,
         m.version,
         m.world.as_str(),
         m.size,
         &m.digest[..m.digest.len().min(12)],
         m.recorded_at,
-        restored
+        restored,
+        hosts.summary()
     );
+    for failure in hosts.failures_text() {
+        outln!("{:<24} {}", "", printable(&failure));
+    }
     if !m.grants.is_empty() || !m.kv_read.is_empty() {
         let grants: Vec<String> = m
             .grants

@@ -1,8 +1,9 @@
-//! `sandbus hosts` and `sandbus devices`: the live hosts, and the USB devices each has (free,
-//! leased by a run, or offline).
+//! `sandbus hosts` and `sandbus devices`: the live hosts (what each runs, and the component
+//! versions it is compiling or could not load, with why), and the USB devices each has
+//! (free, leased by a run, or offline).
 
 use sandbus::api::{Empty, endpoint};
-use sandbus::bus::{DeviceRecord, HostInfo};
+use sandbus::bus::{DeviceRecord, HostInfo, LoadState};
 
 use super::connect::{ClientArgs, with_client};
 use super::output::{EXIT_OK, outln, print_json_or, printable};
@@ -30,6 +31,14 @@ pub async fn hosts(args: &ClientArgs) -> u8 {
                         .join(","),
                     h.listeners.join(",")
                 );
+                for (name, not_ready) in &h.not_ready {
+                    let state = match (&not_ready.state, &not_ready.reason) {
+                        (LoadState::Failed, Some(why)) => format!("failed: {}", printable(why)),
+                        (LoadState::Failed, None) => "failed".to_owned(),
+                        (LoadState::Compiling, _) => "compiling".to_owned(),
+                    };
+                    outln!("{:<20} {name} v{} {state}", "", not_ready.version);
+                }
             }
         });
         Ok(EXIT_OK)

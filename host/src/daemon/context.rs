@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::components::{LoadedComponent, LoadedComponents};
+use super::components::{LoadedComponent, LoadedComponents, Unready};
 use super::metering::MeteringBatcher;
 use super::metrics::Metrics;
 use crate::sandbox::Capabilities;
@@ -47,6 +47,11 @@ pub trait ComponentSource: Send + Sync {
 
     /// A receiver that changes whenever a component is loaded, swapped or removed.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Why `name` is not loaded here (compiling, failed, unknown), for callers that say so.
+    fn unready(&self, _name: &str) -> Unready {
+        Unready::Unknown
+    }
 }
 
 impl ComponentSource for LoadedComponents {
@@ -56,5 +61,9 @@ impl ComponentSource for LoadedComponents {
 
     fn changes(&self) -> watch::Receiver<u64> {
         LoadedComponents::changes(self)
+    }
+
+    fn unready(&self, name: &str) -> Unready {
+        LoadedComponents::unready(self, name)
     }
 }

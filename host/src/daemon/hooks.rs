@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
+use super::components::Unready;
 use super::context::HostContext;
 use super::host_events::{HookDenied, HostEvent, HostEvents, Proposal};
 use crate::api::{HookAnswer, HookCallReply, HookOutcome};
@@ -104,11 +105,15 @@ impl HookDispatcher {
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         let Some(loaded) = self.host.components.get(hook) else {
+            let why = match self.host.components.unready(hook) {
+                Unready::Compiling(version) => format!("version {version} is still compiling"),
+                Unready::Failed(version, why) => format!("version {version} failed to load: {why}"),
+                Unready::Unknown => "not uploaded".to_owned(),
+            };
             return answer(
                 HookOutcome::Error,
                 Some(format!(
-                    "`{hook}` is not loaded on host {} (not uploaded, or it failed to load; \
-                     see `sandbus hosts --json`)",
+                    "`{hook}` is not loaded on host {} ({why}; see `sandbus ls`)",
                     self.host.host_id
                 )),
             );

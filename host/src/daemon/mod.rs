@@ -493,7 +493,7 @@ async fn heartbeat(
             seen_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             components: components.versions(),
             listeners,
-            failed_components: components.failures(),
+            not_ready: components.not_ready(),
         };
         if let Err(e) = hosts.beat(&info).await {
             tracing::warn!(error = %e, "heartbeat failed");

@@ -132,19 +132,14 @@ impl Sandbox {
         )
     }
 
-    /// Checks, compiles (or loads from cache) and pre-links a component.
-    ///
-    /// Refused with a [`LoadError`] naming the problem: not wasm, a core module, too large,
-    /// the wrong world, a missing export, an import this host does not provide, limits over
-    /// the sandbox's ceiling, a compile over the budget ([`LoadErrorKind::CompileBudget`]).
-    /// Compilation is CPU-heavy the first time a digest is seen, and under a budget it waits
-    /// for its turn and for the worker: call this from a blocking-friendly context
-    /// (`spawn_blocking`) in a server.
-    pub fn prepare(
-        &self,
-        spec: ComponentSpec,
-        bytes: &[u8],
-    ) -> Result<PreparedComponent, LoadError> {
+    /// Checks everything about a component that can be known without compiling it: its
+    /// size and name, that it is a component of the expected world importing only what this
+    /// host provides, and that its limits fit this host's ceilings (pool, memory budget,
+    /// fuel). Returns its world. Cheap (it reads the component's outer sections, no
+    /// Cranelift): the control API runs it on an upload before recording the component, and
+    /// [`Sandbox::prepare`] runs it before compiling. [`ComponentShape::validate`] adds the
+    /// full validation of the code.
+    pub fn check(&self, spec: &ComponentSpec, bytes: &[u8]) -> Result<World, LoadError> {
         if bytes.len() as u64 > self.config.max_component_size {
             return Err(LoadError::new(
                 LoadErrorKind::TooLarge,
@@ -157,7 +152,7 @@ impl Sandbox {
         }
         validate_component_name(&spec.name)?;
         let world = ComponentShape::read(bytes)?.check(spec.expect)?;
-        let limits = spec.limits;
+        let limits = &spec.limits;
         limits
             .validate()
             .map_err(|why| LoadError::new(LoadErrorKind::Limits, why.message))?;
@@ -208,6 +203,23 @@ impl Sandbox {
                 ),
             ));
         }
+        Ok(world)
+    }
+
+    /// Checks ([`Sandbox::check`]), compiles (or loads from cache) and pre-links a component.
+    ///
+    /// Refused with a [`LoadError`] naming the problem: what [`Sandbox::check`] refuses, a
+    /// missing export or an export or import of the wrong shape, a compile over the budget
+    /// ([`LoadErrorKind::CompileBudget`]). Compilation is CPU-heavy the first time a digest
+    /// is seen, and under a budget it waits for its turn and for the worker: call this from
+    /// a blocking-friendly context (`spawn_blocking`) in a server.
+    pub fn prepare(
+        &self,
+        spec: ComponentSpec,
+        bytes: &[u8],
+    ) -> Result<PreparedComponent, LoadError> {
+        let world = self.check(&spec, bytes)?;
+        let limits = spec.limits;
         let digest = Digest::of(bytes);
         let component = self.compiled.compile(&digest, bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {

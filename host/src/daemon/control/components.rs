@@ -1,5 +1,6 @@
 //! The control API's component endpoints (`component.*`): staging bytes, uploading (checked
-//! with the one policy check, compiled once, recorded), removing and rolling back.
+//! with the one policy check and everything else that needs no compile, then recorded;
+//! every host compiles it in the background), removing and rolling back.
 
 use super::ControlApi;
 use crate::api::{
@@ -9,7 +10,7 @@ use crate::bus::ack_wait_for;
 use crate::bus::{ComponentManifest, ManifestDraft};
 use crate::daemon::components::spec_of;
 use crate::daemon::host_events::{ComponentAdded, ComponentRemoved, HostEvent};
-use crate::sandbox::{ComponentShape, Digest, LoadErrorKind, World};
+use crate::sandbox::{ComponentShape, Digest, World};
 
 impl ControlApi {
     /// The current manifest of `name`, or a not-found error saying to upload it.
@@ -65,8 +66,8 @@ impl ControlApi {
         let (bytes, added) = fetched?;
         let result = self.upload_checked(&request, bytes).await;
         if result.is_err() {
-            // Forget the compiled code, and the bytes if this upload is what put them in the
-            // store (and nothing uses them).
+            // Forget the bytes if this upload is what put them in the store (and nothing
+            // uses them).
             self.forget(&request.digest, added).await;
         }
         result
@@ -103,6 +104,12 @@ impl ControlApi {
         }
     }
 
+    /// Checks an upload without compiling it and records it. What is bad input is refused
+    /// here, before anything is recorded: not a component, the wrong world, imports this
+    /// host does not provide, invalid code, grants or limits the policy or this host's
+    /// ceilings refuse. Compiling (seconds for a large component) is left to every host's
+    /// manifest watch, so the reply comes at once; each host reports the compile as
+    /// compiling, ready or failed in its presence entry (`sandbus ls`, `upload --wait`).
     async fn upload_checked(
         &self,
         request: &UploadRequest,
@@ -126,19 +133,19 @@ impl ControlApi {
         let spec = spec_of(&candidate).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let timeout = spec.limits.timeout;
         let sandbox = self.sandbox.clone();
-        tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ApiErrorKind::Internal,
-                    format!("the compile task failed: {e}"),
-                )
-            })?
-            .map_err(|e| match e.kind {
-                // Not the component's fault: retrying (or another host) may work.
-                LoadErrorKind::Host => ApiError::new(ApiErrorKind::Internal, e.message),
-                _ => ApiError::bad_request(e.message),
-            })?;
+        // Validating the code reads every function body: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            sandbox.check(&spec, &bytes)?;
+            ComponentShape::validate(&bytes)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ApiErrorKind::Internal,
+                format!("the upload's check failed: {e}"),
+            )
+        })?
+        .map_err(|e| ApiError::bad_request(e.message))?;
         let subscription = self.subscriptions.get(&request.name).await?;
         if subscription.is_some() && world != World::Listener {
             return Err(ApiError::bad_request(format!(
@@ -322,8 +329,9 @@ impl ControlApi {
             .await;
     }
 
-    /// Forgets the compiled code of a refused upload, and its bytes when `bytes_added` (the
-    /// client put them in the store for this upload), unless something uses them.
+    /// Forgets the bytes of a refused upload when `bytes_added` (the client put them in the
+    /// store for this upload), unless something uses them. (An upload compiles nothing, so
+    /// there is no compiled code to forget.)
     async fn forget(&self, digest: &str, bytes_added: bool) {
         let loaded = self
             .components
@@ -334,7 +342,6 @@ impl ControlApi {
         if loaded {
             return;
         }
-        self.sandbox.evict(&Digest::from_hex(digest));
         if bytes_added && let Err(e) = self.store.forget_bytes_if_unused(digest).await {
             tracing::warn!(%digest, error = %e, "could not delete the refused component's bytes");
         }

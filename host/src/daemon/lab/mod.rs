@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::components::{Unready, ready};
 use super::context::HostContext;
 use super::host_events::HostEvents;
 use crate::api::{ApiError, ApiErrorKind};
@@ -48,6 +49,10 @@ pub const SCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// How often runs of lost hosts are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How long `run.start` waits for a script that is still compiling on this host (uploaded a
+/// moment ago) before it answers that it is compiling. Within the CLI's reply timeout.
+const RUN_WAITS_FOR_COMPILE: Duration = Duration::from_secs(30);
 
 /// The lab's part of the bus: what the cluster knows of devices and runs.
 #[derive(Clone)]
@@ -205,15 +210,47 @@ impl DeviceLab {
                 format!("host {} is shutting down; try again", self.host_id()),
             ));
         }
-        let Some(component) = self.host.components.get(&request.script) else {
-            return Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                format!(
-                    "no script `{}` is loaded on host {}; upload it with `sandbus upload`",
-                    request.script,
-                    self.host_id()
-                ),
-            ));
+        // A script uploaded a moment ago may still be compiling here: the run waits for it
+        // (a while) rather than being refused.
+        let component = match ready(
+            self.host.components.as_ref(),
+            &request.script,
+            RUN_WAITS_FOR_COMPILE,
+        )
+        .await
+        {
+            Ok(component) => component,
+            Err(Unready::Compiling(version)) => {
+                return Err(ApiError::new(
+                    ApiErrorKind::Conflict,
+                    format!(
+                        "`{}` version {version} is still compiling on host {} (waited {});                          run it again once `sandbus ls` shows it ready, or upload with `--wait`",
+                        request.script,
+                        self.host_id(),
+                        humantime::format_duration(RUN_WAITS_FOR_COMPILE)
+                    ),
+                ));
+            }
+            Err(Unready::Failed(version, why)) => {
+                return Err(ApiError::new(
+                    ApiErrorKind::Conflict,
+                    format!(
+                        "`{}` version {version} failed to load on host {}: {why}",
+                        request.script,
+                        self.host_id()
+                    ),
+                ));
+            }
+            Err(Unready::Unknown) => {
+                return Err(ApiError::new(
+                    ApiErrorKind::NotFound,
+                    format!(
+                        "no script `{}` is loaded on host {}; upload it with `sandbus upload`",
+                        request.script,
+                        self.host_id()
+                    ),
+                ));
+            }
         };
         if component.prepared.world() != World::Script {
             return Err(ApiError::bad_request(format!(
