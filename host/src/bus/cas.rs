@@ -23,7 +23,7 @@ use async_nats::jetstream::{self, ErrorCode};
 ///
 /// Looks at the error and every error in its `source()` chain: an [`kv::UpdateError`] (also
 /// what `delete_expect_revision` returns) of kind `WrongLastRevision`, a [`kv::CreateError`]
-/// of kind `AlreadyExists`, or the server's own [`jetstream::Error`] with code 10071 or 10164
+/// of kind `AlreadyExists`, a conditional publish's `PublishError` of kind `WrongLastSequence`, or the server's own [`jetstream::Error`] with code 10071 or 10164
 /// (see the [module docs](self) for why both).
 pub(crate) fn is_lost_race(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
@@ -34,6 +34,11 @@ pub(crate) fn is_lost_race(error: &(dyn std::error::Error + 'static)) -> bool {
             }
         } else if let Some(create) = error.downcast_ref::<kv::CreateError>() {
             if create.kind() == kv::CreateErrorKind::AlreadyExists {
+                return true;
+            }
+        } else if let Some(publish) = error.downcast_ref::<jetstream::context::PublishError>() {
+            // A raw conditional publish (a delete marker on a revision).
+            if publish.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
                 return true;
             }
         } else if let Some(server) = error.downcast_ref::<jetstream::Error>() {

@@ -1,8 +1,14 @@
 //! [`NatsKv`]: the guests' key-value spaces in one JetStream KV bucket.
 //!
 //! Each component's keys live under its namespace (`<component>.<key>`), so one bucket holds
-//! every space and a guest can only ever reach its own. Compare-and-swap uses the bucket's
-//! per-key revision, which makes it atomic across every daemon of the cluster.
+//! every space and a guest can only ever reach its own. Compare-and-swap, set-if-absent and
+//! delete are writes conditional on the key's revision (its last sequence in the bucket's
+//! stream), which makes them atomic across every daemon of the cluster.
+//!
+//! A daemon follows the bucket ([`NatsKv::follow`]): for the quotas ([`KvUsage`]) and for its
+//! copy of the values ([`KvCache`]), which serves reads, and the reads before conditional
+//! writes, without a round trip once it has caught up with what this daemon has seen (the
+//! consistency a guest gets is in [`super::kv_cache`]).
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use async_nats::jetstream::kv::{self, Operation};
@@ -10,12 +16,17 @@ use async_nats::jetstream::{self};
 use futures::StreamExt as _;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::BusError;
 use super::bucket::{BucketSpec, ensure_bucket, open_bucket};
 use super::cas::is_lost_race;
+use super::kv_cache::{CACHE_PATIENCE, KvCache, Lookup};
 use super::kv_usage::KvUsage;
 use super::names;
 use crate::imports::kv::{KvFootprint, KvStore, KvStoreError};
@@ -23,12 +34,21 @@ use crate::imports::kv::{KvFootprint, KvStore, KvStoreError};
 /// Most keys `list-keys` returns (as the WIT documents).
 const MAX_LIST: usize = 10_000;
 
+/// How many bytes of keys and values a daemon's copy of the bucket keeps, by default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 /// Guest key-value storage in a NATS KV bucket.
 #[derive(Clone)]
 pub struct NatsKv {
     bucket: kv::Store,
+    js: jetstream::Context,
     client: async_nats::Client,
     usage: Arc<KvUsage>,
+    cache: Arc<KvCache>,
+    /// The highest revision this daemon has seen confirmed by the server (its writes'
+    /// acknowledgements, its reads from the server): a cached read waits for the copy to
+    /// reach it.
+    seen: Arc<AtomicU64>,
     max_bytes: i64,
 }
 
@@ -60,33 +80,134 @@ impl NatsKv {
             .await
             .map_err(|e| BusError::unavailable(&what, e))?;
         }
-        Ok(Self {
+        Ok(Self::over(bucket, js, max_bytes))
+    }
+
+    fn over(bucket: kv::Store, js: &jetstream::Context, max_bytes: i64) -> Self {
+        Self {
             bucket,
+            js: js.clone(),
             client: js.client(),
             usage: Arc::default(),
+            cache: Arc::new(KvCache::new(DEFAULT_CACHE_BYTES)),
+            seen: Arc::default(),
             max_bytes,
-        })
+        }
+    }
+
+    /// Keeps at most `bytes` of keys and values in this daemon's copy of the bucket (0: no
+    /// copy, every read goes to the server). Call before [`NatsKv::follow`].
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = Arc::new(KvCache::new(bytes));
+        self
     }
 
     /// Opens the bucket a daemon created (tools do this; they never create it).
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
         let bucket = open_bucket(js, names::GUEST_KV_BUCKET, "the guest key-value bucket").await?;
         let max_bytes = bucket.stream.cached_info().config.max_bytes;
-        Ok(Self {
-            bucket,
-            client: js.client(),
-            usage: Arc::default(),
-            max_bytes,
-        })
+        Ok(Self::over(bucket, js, max_bytes))
     }
 
-    /// Keeps every namespace's usage ([`KvUsage`]) current until `stop`, for the quota
-    /// checks; the daemon runs this for its whole life. Until it has counted what is stored
-    /// ([`NatsKv::usage_ready`]) quotas see less than there is.
-    pub async fn follow_usage(&self, stop: CancellationToken) {
-        self.usage
-            .follow(self.bucket.clone(), self.client.clone(), stop)
-            .await;
+    /// Follows the bucket until `stop`: every key's last entry, then every change, into the
+    /// usage counts the quotas check ([`KvUsage`]) and into this daemon's copy of the values
+    /// ([`KvCache`]). The daemon runs this for its whole life; a store that is not followed
+    /// reads everything from the server. Until the first pass is done ([`NatsKv::usage_ready`])
+    /// quotas see less than there is.
+    pub async fn follow(&self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                result = self.follow_once() => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "lost the kv follow; reading the bucket again");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn follow_once(&self) -> Result<(), async_nats::Error> {
+        let consumer = self
+            .bucket
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}>", self.bucket.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let mut initial = consumer.cached_info().num_pending;
+        self.usage.restart();
+        self.cache.restart();
+        if initial == 0 {
+            self.usage.mark_ready();
+            self.cache.mark_synced();
+        }
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            let revision = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if let Some(key) = message.subject.as_str().strip_prefix(self.bucket.prefix.as_str())
+            {
+                if let Some((namespace, rest)) = key.split_once('.') {
+                    let size = (!deleted).then_some(message.payload.len() as u64);
+                    self.usage.record_watched(namespace, rest, size, revision);
+                }
+                let value = (!deleted).then(|| message.payload.clone());
+                self.cache.apply(key, value, revision);
+            }
+            if initial > 0 {
+                initial -= 1;
+                if initial == 0 {
+                    self.usage.mark_ready();
+                    self.cache.mark_synced();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that the server confirmed `revision`.
+    fn saw(&self, revision: u64) {
+        self.seen.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// `full` (a bucket key) as this daemon's copy has it, once it has caught up with what
+    /// this daemon has seen; else from the server. The value and its revision (for a key
+    /// holding nothing, the revision a write expecting absence must name).
+    async fn read(&self, full: &str) -> Result<(Option<Bytes>, u64), KvStoreError> {
+        let seen = self.seen.load(Ordering::Acquire);
+        match self.cache.lookup(full, seen, CACHE_PATIENCE).await {
+            Lookup::Found { value, revision } => Ok((Some(value), revision)),
+            Lookup::Absent { revision } => Ok((None, revision)),
+            Lookup::Miss => self.read_from_server(full).await,
+        }
+    }
+
+    /// `full` as the stream leader has it now.
+    async fn read_from_server(&self, full: &str) -> Result<(Option<Bytes>, u64), KvStoreError> {
+        let entry = self.bucket.entry(full).await.map_err(unavailable)?;
+        Ok(match entry {
+            Some(e) => {
+                self.saw(e.revision);
+                match e.operation {
+                    Operation::Put => (Some(e.value), e.revision),
+                    _ => (None, e.revision),
+                }
+            }
+            None => (None, 0),
+        })
     }
 
     /// Waits until the stored keys have been counted (or `timeout`); whether they have.
@@ -120,11 +241,8 @@ fn unavailable(e: impl std::fmt::Display) -> KvStoreError {
 #[async_trait::async_trait]
 impl KvStore for NatsKv {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvStoreError> {
-        self.bucket
-            .get(names::guest_kv_key(namespace, key))
-            .await
-            .map(|v| v.map(|b| b.to_vec()))
-            .map_err(unavailable)
+        let (value, _) = self.read(&names::guest_kv_key(namespace, key)).await?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     async fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), KvStoreError> {
@@ -134,23 +252,45 @@ impl KvStore for NatsKv {
             .put(names::guest_kv_key(namespace, key), value.into())
             .await
             .map_err(|e| self.write_failed(e))?;
+        self.saw(revision);
         self.usage.record_write(namespace, key, len, revision);
         Ok(())
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvStoreError> {
         let full = names::guest_kv_key(namespace, key);
-        let existed = matches!(
-            self.bucket.entry(full.as_str()).await.map_err(unavailable)?,
-            Some(entry) if entry.operation == Operation::Put
-        );
-        if existed {
-            self.bucket
-                .delete(full.as_str())
-                .await
-                .map_err(unavailable)?;
+        let (mut current, mut revision) = self.read(&full).await?;
+        // A delete marker conditional on the revision read: if the key changed meanwhile,
+        // read it again from the server and decide again.
+        for _ in 0..64 {
+            if current.is_none() {
+                return Ok(false);
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert("KV-Operation", "DEL");
+            headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string());
+            let subject = format!("{}{full}", self.bucket.prefix);
+            let acked = async {
+                self.js
+                    .publish_with_headers(subject, headers, Bytes::new())
+                    .await?
+                    .await
+            }
+            .await;
+            match acked {
+                Ok(ack) => {
+                    self.saw(ack.sequence);
+                    return Ok(true);
+                }
+                Err(e) if is_lost_race(&e) => {
+                    (current, revision) = self.read_from_server(&full).await?;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
         }
-        Ok(existed)
+        Err(KvStoreError::Unavailable(
+            "the key kept changing; try again".into(),
+        ))
     }
 
     async fn compare_and_swap(
@@ -161,20 +301,12 @@ impl KvStore for NatsKv {
         new: Vec<u8>,
     ) -> Result<bool, KvStoreError> {
         let full = names::guest_kv_key(namespace, key);
-        // The revision check makes the write conditional on nothing having changed since the
-        // read; when something did, read again and compare again.
+        // The first read is this daemon's copy (no round trip); the write is conditional on
+        // the revision read, so a copy that is behind only makes it fail: then read the key
+        // from the server and compare again.
+        let (mut current, mut revision) = self.read(&full).await?;
         for _ in 0..64 {
-            let entry = self
-                .bucket
-                .entry(full.as_str())
-                .await
-                .map_err(unavailable)?;
-            let (current, revision) = match &entry {
-                Some(e) if e.operation == Operation::Put => (Some(&e.value[..]), e.revision),
-                Some(e) => (None, e.revision),
-                None => (None, 0),
-            };
-            if current != expected {
+            if current.as_deref() != expected {
                 return Ok(false);
             }
             match self
@@ -183,11 +315,14 @@ impl KvStore for NatsKv {
                 .await
             {
                 Ok(written) => {
+                    self.saw(written);
                     self.usage
                         .record_write(namespace, key, new.len() as u64, written);
                     return Ok(true);
                 }
-                Err(e) if is_lost_race(&e) => continue,
+                Err(e) if is_lost_race(&e) => {
+                    (current, revision) = self.read_from_server(&full).await?;
+                }
                 Err(e) => return Err(self.write_failed(e)),
             }
         }

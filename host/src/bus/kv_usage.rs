@@ -2,9 +2,8 @@
 //! a write is checked against the component's quota (`kv-bytes`, `kv-keys`) without a round
 //! trip.
 //!
-//! A daemon follows the guest bucket from its start ([`KvUsage::follow`]): the last entry of
-//! every key (headers only: the server says each value's size), then every change, in stream
-//! order. It also records its own writes as soon as the server acknowledges them, so a guest
+//! A daemon follows the guest bucket from its start ([`NatsKv::follow`](super::NatsKv::follow)):
+//! the last entry of every key, then every change, in stream order. It also records its own writes as soon as the server acknowledges them, so a guest
 //! writing in a loop sees its own usage grow at once; an entry's revision (its stream
 //! sequence) keeps a write seen twice from counting twice, and a late old write from undoing a
 //! newer one. Writes by other hosts arrive a moment later, so concurrent writers on several
@@ -18,11 +17,7 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
-use async_nats::jetstream::kv;
-use futures::StreamExt as _;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::imports::kv::KvFootprint;
 
@@ -126,7 +121,13 @@ impl KvUsage {
 
     /// Records what the watch brought: `key` of `namespace` holds `value_len` bytes (`None`:
     /// nothing) as of `revision`.
-    fn record_watched(&self, namespace: &str, key: &str, value_len: Option<u64>, revision: u64) {
+    pub(super) fn record_watched(
+        &self,
+        namespace: &str,
+        key: &str,
+        value_len: Option<u64>,
+        revision: u64,
+    ) {
         let mut state = self.lock();
         state.watched = state.watched.max(revision);
         state.spaces.entry(namespace.to_owned()).or_default().apply(
@@ -145,76 +146,14 @@ impl KvUsage {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Follows `bucket` until `stop`: every key's last entry, then every change. Restarts
-    /// from the start after an error (counting again from nothing).
-    pub async fn follow(
-        &self,
-        bucket: kv::Store,
-        client: async_nats::Client,
-        stop: CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                result = self.follow_once(&bucket, &client) => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "lost the kv usage watch; counting again");
-                    }
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+    /// Forgets every count: the follow starts a new first pass.
+    pub(super) fn restart(&self) {
+        *self.lock() = State::default();
     }
 
-    async fn follow_once(
-        &self,
-        bucket: &kv::Store,
-        client: &async_nats::Client,
-    ) -> Result<(), async_nats::Error> {
-        let consumer = bucket
-            .stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                filter_subject: format!("{}>", bucket.prefix),
-                headers_only: true,
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await?;
-        let mut initial = consumer.cached_info().num_pending;
-        *self.lock() = State::default();
-        if initial == 0 {
-            self.ready.send_replace(true);
-        }
-        let mut messages = consumer.messages().await?;
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            let revision = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let headers = message.headers.as_ref();
-            let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
-            let deleted = header("KV-Operation").is_some_and(|op| op == "DEL" || op == "PURGE");
-            let size = header("Nats-Msg-Size")
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(message.payload.len() as u64);
-            if let Some((namespace, key)) = message
-                .subject
-                .as_str()
-                .strip_prefix(bucket.prefix.as_str())
-                .and_then(|rest| rest.split_once('.'))
-            {
-                self.record_watched(namespace, key, (!deleted).then_some(size), revision);
-            }
-            if initial > 0 {
-                initial -= 1;
-                if initial == 0 {
-                    self.ready.send_replace(true);
-                }
-            }
-        }
-        Ok(())
+    /// Every key stored when the follow started has been counted.
+    pub(super) fn mark_ready(&self) {
+        self.ready.send_replace(true);
     }
 }
 

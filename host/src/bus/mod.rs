@@ -24,6 +24,7 @@ pub use events::humantime_serde;
 mod inventory;
 mod json_bucket;
 mod kv;
+mod kv_cache;
 mod kv_usage;
 mod layout;
 mod leases;
@@ -55,7 +56,8 @@ pub use hooks::{
     MAX_DEADLINE as MAX_HOOK_DEADLINE, validate_deadline as validate_hook_deadline, validate_point,
 };
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
-pub use kv::NatsKv;
+pub use kv::{DEFAULT_CACHE_BYTES, NatsKv};
+pub use kv_cache::{KvCache, Lookup};
 pub use kv_usage::KvUsage;
 pub use layout::{BusLayout, DaemonBus};
 pub use leases::{HeldLease, LEASE_RENEW, LEASE_TTL, Lease, LeaseTable, RenewedLease};

@@ -39,6 +39,7 @@
 //!
 //! [kv]
 //! max_bytes = "1GiB"                       # the guests' kv bucket, all components
+//! cache_bytes = "64MiB"                    # this daemon's copy of it, serving reads ("0": none)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -81,11 +82,18 @@ pub struct KvSection {
     /// `kv-bytes` quota); a write to a full bucket is refused. `"-1"`: no bound.
     #[serde(with = "bound_serde")]
     pub max_bytes: i64,
+    /// Most bytes (keys and values) of this daemon's copy of the bucket, which serves guests'
+    /// reads without a round trip to the server; keys past it are read from the server.
+    /// `"0"`: no copy.
+    pub cache_bytes: ByteSize,
 }
 
 impl Default for KvSection {
     fn default() -> Self {
-        Self { max_bytes: 1 << 30 }
+        Self {
+            max_bytes: 1 << 30,
+            cache_bytes: ByteSize(crate::bus::DEFAULT_CACHE_BYTES),
+        }
     }
 }
 
@@ -446,6 +454,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.sandbox.memory_budget, Some(ByteSize(512 << 20)));
         assert_eq!(config.kv.max_bytes, 1 << 30, "the default bound");
+        assert_eq!(config.kv.cache_bytes.as_u64(), 64 << 20, "the default copy");
+        let no_copy: ConfigFile = toml::from_str("[kv]\ncache_bytes = \"0\"").unwrap();
+        assert_eq!(no_copy.kv.cache_bytes.as_u64(), 0);
         let unbounded: ConfigFile = toml::from_str("[kv]\nmax_bytes = \"-1\"").unwrap();
         assert_eq!(unbounded.kv.max_bytes, -1);
         let bad = toml::from_str::<ConfigFile>("[sandbox]\nmemory_budget = \"lots\"");

@@ -211,12 +211,13 @@ impl Daemon {
             ),
             None => None,
         };
+        let kv = kv.with_cache_bytes(self.config.kv.cache_bytes.as_u64());
         // Quotas need every component's kv usage: count what is stored before any guest runs.
         let usage_stop = CancellationToken::new();
         tokio::spawn({
             let kv = kv.clone();
             let stop = usage_stop.clone();
-            async move { kv.follow_usage(stop).await }
+            async move { kv.follow(stop).await }
         });
         if !kv.usage_ready(KV_USAGE_PATIENCE).await {
             tracing::warn!(
