@@ -231,3 +231,101 @@ fn cas_race_on_a_replicated_bucket_is_a_lost_race_not_unavailable() {
     let last: u64 = last.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
     assert_eq!(last, won, "the counter counts every swap won, once");
 }
+
+/// JetStream API requests the server has answered so far (the account's counter).
+async fn api_requests(js: &jetstream::Context) -> u64 {
+    js.query_account().await.unwrap().requests.total
+}
+
+/// Reads `key` through `kv` until it holds `want` (the follow brings another store's write
+/// within moments); panics after 5 s.
+async fn eventually(kv: &NatsKv, key: &str, want: Option<&[u8]>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = kv.get(NAMESPACE, key).await.unwrap();
+        if got.as_deref() == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key} still reads {got:?}, not {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Two daemons' stores on one bucket, each following it as a daemon does: reads are served
+/// by the store's own copy (no JetStream API request), a store reads its own writes at once,
+/// another store's writes arrive within moments, and a conditional write based on a copy that
+/// is behind is checked by the server (it fails, never overwrites the newer value).
+#[test]
+fn a_followed_store_reads_from_its_copy_and_conditional_writes_stay_checked_by_the_server() {
+    let cluster = Cluster::new();
+    let client = cluster.connect();
+    cluster.rt.block_on(async move {
+        let js = jetstream::new(client);
+        let a = NatsKv::ensure(&js, 1, 1 << 20, -1).await.unwrap();
+        let b = NatsKv::ensure(&js, 1, 1 << 20, -1).await.unwrap();
+        a.set(NAMESPACE, "before", b"0".to_vec()).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        for store in [&a, &b] {
+            let store = store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { store.follow(stop).await });
+        }
+        let patience = std::time::Duration::from_secs(10);
+        assert!(a.usage_ready(patience).await && b.usage_ready(patience).await);
+        // Its own writes, at once, every time.
+        for i in 0..50 {
+            let value = i.to_string().into_bytes();
+            a.set(NAMESPACE, KEY, value.clone()).await.unwrap();
+            assert_eq!(a.get(NAMESPACE, KEY).await.unwrap(), Some(value));
+        }
+        // Another store's write arrives; then reads cost the server nothing.
+        eventually(&b, KEY, Some(b"49")).await;
+        let before = api_requests(&js).await;
+        for _ in 0..100 {
+            assert_eq!(b.get(NAMESPACE, KEY).await.unwrap(), Some(b"49".to_vec()));
+            assert_eq!(
+                b.get(NAMESPACE, "before").await.unwrap(),
+                Some(b"0".to_vec())
+            );
+            assert_eq!(b.get(NAMESPACE, "never").await.unwrap(), None);
+        }
+        let asked = api_requests(&js).await - before;
+        assert!(
+            asked <= 1,
+            "300 reads made {asked} API requests besides the count"
+        );
+        // B swaps on what it read (49) just after A wrote 50: whether B's copy has 50 yet or
+        // not, the swap must fail and 50 stay.
+        a.set(NAMESPACE, KEY, b"50".to_vec()).await.unwrap();
+        let swapped = b
+            .compare_and_swap(NAMESPACE, KEY, Some(b"49"), b"stale".to_vec())
+            .await
+            .unwrap();
+        assert!(!swapped, "a swap on a value that changed went through");
+        assert_eq!(a.get(NAMESPACE, KEY).await.unwrap(), Some(b"50".to_vec()));
+        // Set-if-absent and delete are conditional too.
+        assert!(
+            !b.compare_and_swap(NAMESPACE, KEY, None, b"x".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(b.delete(NAMESPACE, KEY).await.unwrap(), "it held 50");
+        assert_eq!(
+            b.get(NAMESPACE, KEY).await.unwrap(),
+            None,
+            "B reads its delete"
+        );
+        eventually(&a, KEY, None).await;
+        assert!(!a.delete(NAMESPACE, KEY).await.unwrap(), "already gone");
+        assert!(
+            a.compare_and_swap(NAMESPACE, KEY, None, b"again".to_vec())
+                .await
+                .unwrap()
+        );
+        eventually(&b, KEY, Some(b"again")).await;
+        stop.cancel();
+    });
+}

@@ -158,7 +158,10 @@ impl NatsKv {
                 .as_ref()
                 .and_then(|h| h.get("KV-Operation"))
                 .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if let Some(key) = message.subject.as_str().strip_prefix(self.bucket.prefix.as_str())
+            if let Some(key) = message
+                .subject
+                .as_str()
+                .strip_prefix(self.bucket.prefix.as_str())
             {
                 if let Some((namespace, rest)) = key.split_once('.') {
                     let size = (!deleted).then_some(message.payload.len() as u64);

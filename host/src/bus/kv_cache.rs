@@ -210,9 +210,15 @@ mod tests {
     async fn nothing_is_answered_before_the_first_pass_is_over() {
         let cache = KvCache::new(1 << 20);
         cache.apply("billing.total/acme", Some("5".into()), 3);
-        assert_eq!(cache.lookup("billing.total/acme", 0, NOW).await, Lookup::Miss);
+        assert_eq!(
+            cache.lookup("billing.total/acme", 0, NOW).await,
+            Lookup::Miss
+        );
         cache.mark_synced();
-        assert_eq!(cache.lookup("billing.total/acme", 0, NOW).await, found("5", 3));
+        assert_eq!(
+            cache.lookup("billing.total/acme", 0, NOW).await,
+            found("5", 3)
+        );
     }
 
     #[tokio::test]
