@@ -234,6 +234,8 @@ impl Fleet {
     /// Fails the run: panics with `message` and the last lines of every daemon's and node's
     /// log.
     pub fn fail(&self, message: &str) -> ! {
+        // What failed after Ctrl-C failed because of it.
+        check_interrupted();
         let daemons: Vec<String> = self
             .daemons
             .iter()
