@@ -20,6 +20,6 @@ if [ ! -f target/guests/billing-listener.wasm ]; then
   exit 1
 fi
 if [ -n "${SANDBUS_BINARY:-}" ]; then
-  exec cargo test --locked -p sandbus --bench soak -- "$@"
+  exec cargo test --locked -p sandbus --bench soak -- soak "$@"
 fi
-exec cargo bench --locked -p sandbus --bench soak -- "$@"
+exec cargo bench --locked -p sandbus --bench soak -- soak "$@"

@@ -5,9 +5,10 @@
 //! At the end every tenant's total must be exact and nothing dead-lettered; it prints the
 //! events/s overall and per phase, the redeliveries, and the CPU each process used.
 //!
-//! Not part of `cargo bench` (`bench = false`) nor of CI: a full run takes most of an hour
-//! on a two-core machine. Run it with `scripts/soak.sh [--events N] [--tenants N] [--keep]`
-//! (or `cargo bench -p sandbus --bench soak -- ...`). `$SANDBUS_BINARY` runs another
+//! It runs only when asked by name, not in a plain `cargo bench` nor in CI: a full run takes
+//! most of an hour on a two-core machine. Run it with
+//! `scripts/soak.sh [--events N] [--tenants N] [--keep]`, or
+//! `cargo bench -p sandbus --bench soak -- soak [--events N]...`. `$SANDBUS_BINARY` runs another
 //! `sandbus` binary than the one cargo builds; `$SANDBUS_NATS_SERVER` another nats-server.
 //! The events are published with `sandbus publish --file`, a chunk at a time, while the
 //! daemons drain them. Ctrl-C stops every process and removes every file (`--keep` keeps
@@ -66,15 +67,16 @@ struct Options {
 }
 
 impl Options {
-    /// `--events N` (default 1,000,000), `--tenants N` (default 1,000), `--keep`; cargo's
-    /// `--bench` is ignored.
-    fn parse() -> Self {
+    /// `soak` (the filter that asks for the run: without it, `None`), `--events N` (default
+    /// 1,000,000), `--tenants N` (default 1,000), `--keep`; cargo's `--bench` is ignored.
+    fn parse() -> Option<Self> {
         let mut options = Self {
             events: 1_000_000,
             tenants: 1_000,
             keep: false,
         };
         let usage = "usage: soak [--events N] [--tenants N] [--keep]";
+        let mut asked = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut number = |name: &str| -> u64 {
@@ -88,19 +90,28 @@ impl Options {
                 "--tenants" => options.tenants = number("--tenants"),
                 "--keep" => options.keep = true,
                 "--bench" => {}
+                "soak" => asked = true,
+                // Another benchmark's filter: not this one.
+                other if !other.starts_with('-') => {}
                 other => panic!("unknown argument `{other}`; {usage}"),
             }
+        }
+        if !asked {
+            return None;
         }
         assert!(
             options.events >= 2,
             "--events must be at least 2 (a start and a stop)"
         );
-        options
+        Some(options)
     }
 }
 
 fn main() {
-    let options = Options::parse();
+    let Some(options) = Options::parse() else {
+        eprintln!("soak: skipped (minutes to an hour): run scripts/soak.sh, or give `-- soak`");
+        return;
+    };
     let instances = options.events / 2;
     let events = instances * 2;
     let tenants = options.tenants;
