@@ -6,7 +6,7 @@
 //! `scripts/bench.sh` runs it. Needs `nats-server` on PATH (or `$SANDBUS_NATS_SERVER`) and the
 //! guests built. `$SANDBUS_BENCH_INSTANCES` (default 5000: 10,000 events) and
 //! `$SANDBUS_BENCH_TENANTS` (default 3: every stop of a tenant settles into the same total)
-//! size the workload.
+//! size the workload; `$SANDBUS_BINARY` runs a `sandbus` built elsewhere instead of cargo's.
 //!
 //! - **in-memory kv**: `sandbus dev replay` over the events file, timed from start to exit
 //!   (compile cache warm): the guest's own cost, the ceiling for the bus rows.

@@ -49,7 +49,7 @@ pub struct Fleet {
     daemons: Vec<DaemonSlot>,
     /// CPU µs used by earlier processes of each node (before a restart).
     node_earlier_cpu: Vec<f64>,
-    /// Data directories, logs, the shared compile cache and the daemons' config file.
+    /// The daemons' data directories and logs, and their config file.
     dir: PathBuf,
     /// The daemons' config file (`[events] replicas` = one replica per node).
     config: PathBuf,
@@ -103,8 +103,8 @@ impl Fleet {
     }
 
     /// Starts daemon `daemon` (again), without waiting for it; its log is appended to
-    /// `<id>.log`. Every daemon shares one compile cache, so a restarted one loads the
-    /// billing listener without compiling it.
+    /// `<id>.log`. Each daemon has its own data directory and compile cache, as on its own
+    /// machine; a restarted one finds the billing listener compiled by its earlier life.
     pub fn spawn_daemon(&mut self, daemon: usize) {
         let slot = &self.daemons[daemon];
         let log_path = self.dir.join(format!("{}.log", slot.id));
@@ -119,8 +119,6 @@ impl Fleet {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.dir.join(&slot.id))
-            .arg("--cache-dir")
-            .arg(self.dir.join("compile-cache"))
             .args(["--shutdown-grace", "5s"])
             .env("SANDBUS_LOG", "warn")
             .env_remove("SANDBUS_CONFIG")
