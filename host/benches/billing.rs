@@ -6,7 +6,7 @@
 //! `scripts/bench.sh` runs it. Needs `nats-server` on PATH (or `$SANDBUS_NATS_SERVER`) and the
 //! guests built. `$SANDBUS_BENCH_INSTANCES` (default 5000: 10,000 events) and
 //! `$SANDBUS_BENCH_TENANTS` (default 3: every stop of a tenant settles into the same total)
-//! size the workload.
+//! size the workload; `$SANDBUS_BINARY` runs a `sandbus` built elsewhere instead of cargo's.
 //!
 //! - **in-memory kv**: `sandbus dev replay` over the events file, timed from start to exit
 //!   (compile cache warm): the guest's own cost, the ceiling for the bus rows.
@@ -30,6 +30,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use async_nats::jetstream;
+use support::billing::{bus_totals, scenario};
 use support::{Daemon, Server, cli, drain, guest, median, publish_all, wait_for_host};
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -39,35 +40,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A start and a stop per instance, tenants round robin; the expected seconds per tenant.
-fn scenario(
-    instances: u64,
-    tenants: u64,
-    tag: &str,
-) -> (Vec<serde_json::Value>, BTreeMap<String, u64>) {
-    let mut events = Vec::new();
-    let mut expected = BTreeMap::new();
-    for i in 0..instances {
-        let tenant = format!("t{}", i % tenants);
-        let start = 1_800_000_000 + i * 13;
-        let stop = start + 10 + (i * 7) % 500;
-        *expected.entry(tenant.clone()).or_default() += stop - start;
-        for (kind, at) in [("started", start), ("stopped", stop)] {
-            let time = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
-            )
-            .to_string();
-            events.push(serde_json::json!({
-                "specversion": "1.0", "id": format!("{tag}-{kind}-{i}"), "source": "/bench",
-                "type": format!("vm.{kind}"), "time": time,
-                "datacontenttype": "application/json",
-                "data": {"tenant": tenant, "instance": format!("{tag}-i-{i}")}
-            }));
-        }
-    }
-    (events, expected)
-}
-
 /// `sandbus dev replay` of `events`: events/s over the whole run, and its totals.
 fn replay(events: &[serde_json::Value]) -> (f64, BTreeMap<String, u64>) {
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +47,7 @@ fn replay(events: &[serde_json::Value]) -> (f64, BTreeMap<String, u64>) {
     let lines: Vec<String> = events.iter().map(ToString::to_string).collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
+    let out = Command::new(support::sandbus_binary())
         .args(["dev", "replay", "--json", "--name", "billing"])
         .args(["--grant", "publish=events.billing.>"])
         .arg(guest("billing-listener"))
@@ -104,20 +76,6 @@ fn replay(events: &[serde_json::Value]) -> (f64, BTreeMap<String, u64>) {
         })
         .collect();
     (events.len() as f64 / secs, totals)
-}
-
-/// The billing listener's totals in the bus kv (namespace `name`).
-async fn bus_totals(js: &jetstream::Context, name: &str, tenants: u64) -> BTreeMap<String, u64> {
-    let kv = js.get_key_value("sandbus-kv").await.unwrap();
-    let mut totals = BTreeMap::new();
-    for t in 0..tenants {
-        let tenant = format!("t{t}");
-        if let Some(value) = kv.get(format!("{name}.total/{tenant}")).await.unwrap() {
-            let n = String::from_utf8_lossy(&value).parse().unwrap();
-            totals.insert(tenant, n);
-        }
-    }
-    totals
 }
 
 struct Row {
@@ -162,7 +120,7 @@ fn main() {
     ];
     let mut replay_rates = Vec::new();
     for round in 0..rounds {
-        let (events, expected) = scenario(instances, tenants, &format!("replay-{round}"));
+        let (events, expected) = scenario(0..instances, tenants, &format!("replay-{round}"));
         let (rate, totals) = replay(&events);
         assert_eq!(totals, expected, "dev replay's totals are exact");
         replay_rates.push(rate);
@@ -194,7 +152,7 @@ fn main() {
         let mut want = BTreeMap::new();
         for round in 0..rounds {
             // Published while no daemon runs; totals accumulate over the rounds.
-            let (events, expected) = scenario(instances, tenants, &format!("{name}-{round}"));
+            let (events, expected) = scenario(0..instances, tenants, &format!("{name}-{round}"));
             for (tenant, seconds) in expected {
                 *want.entry(tenant).or_insert(0) += seconds;
             }

@@ -12,12 +12,25 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
+pub mod billing;
+
 /// The repository's root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_owned()
+}
+
+/// The `sandbus` binary the benchmarks run: `$SANDBUS_BINARY` when set (a release build made
+/// elsewhere, to bench it without building here), else the one cargo built for the bench.
+pub fn sandbus_binary() -> PathBuf {
+    std::env::var_os("SANDBUS_BINARY")
+        .filter(|path| !path.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_sandbus")),
+            PathBuf::from,
+        )
 }
 
 /// A built guest component (`scripts/build-guests.sh`).
@@ -82,7 +95,7 @@ impl Drop for Server {
     }
 }
 
-/// The daemon under test (the release binary cargo built for the bench), host id `bench`.
+/// The daemon under test ([`sandbus_binary`]), host id `bench`.
 pub struct Daemon {
     pub child: Child,
 }
@@ -93,7 +106,7 @@ impl Daemon {
     pub fn start(url: &str, data: &Path) -> Self {
         let wrap = std::env::var("SANDBUS_BENCH_WRAP").unwrap_or_default();
         let mut words: Vec<String> = wrap.split_whitespace().map(str::to_owned).collect();
-        words.push(env!("CARGO_BIN_EXE_sandbus").to_owned());
+        words.push(sandbus_binary().to_string_lossy().into_owned());
         let child = Command::new(&words[0])
             .args(&words[1..])
             .args(["daemon", "--nats", url, "--host-id", "bench", "--data-dir"])
@@ -117,7 +130,7 @@ impl Daemon {
 
 /// Runs the CLI against `url`; its stdout. Panics with its stderr when it fails.
 pub fn cli(url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
+    let out = Command::new(sandbus_binary())
         .args(args)
         .args(["--nats", url])
         .output()
@@ -134,7 +147,7 @@ pub fn cli(url: &str, args: &[&str]) -> String {
 pub fn wait_for_host(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
+        let out = Command::new(sandbus_binary())
             .args(["hosts", "--json", "--nats", url])
             .output()
             .unwrap();
