@@ -232,10 +232,7 @@ impl EventStream {
     ) -> Result<jetstream::publish::PublishAck, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg_id);
-        self.js
-            .publish_with_headers(subject.to_owned(), headers, payload)
-            .await
-            .map_err(|e| BusError::unavailable("publish the event", e))?
+        super::publisher::store_on_stream(&self.js, subject.to_owned(), headers, payload)
             .await
             .map_err(|e| BusError::unavailable("store the event", e))
     }

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
+use async_nats::jetstream::context::PublishError as JsPublishError;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, ErrorCode};
 
 use crate::imports::bus::{OutboundMessage, PublishError, Publisher};
 use crate::subject::EVENTS_PREFIX;
@@ -29,6 +31,55 @@ impl NatsPublisher {
     }
 }
 
+/// How often a publish is sent again while the stream says another publish of the same
+/// `Nats-Msg-Id` is still being stored, and how long it waits between tries.
+const IN_PROCESS_TRIES: u32 = 50;
+const IN_PROCESS_PAUSE: Duration = Duration::from_millis(20);
+
+/// Publishes on the events stream and waits until it stored the message (or found it a
+/// duplicate).
+///
+/// A clustered stream refuses a message whose `Nats-Msg-Id` another publish is storing right
+/// now (JetStream error 10158, "duplicate message id is in process": two daemons emitting the
+/// same event at once, as the billing listener's start and stop handlers do). That is neither
+/// stored nor refused for good: the other publish may still fail. So the message is sent again
+/// after a moment, until the stream answers stored or duplicate.
+pub(crate) async fn store_on_stream(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<PublishAck, JsPublishError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let acked = async {
+            js.publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        }
+        .await;
+        match acked {
+            Err(e) if tries < IN_PROCESS_TRIES && is_in_process(&e) => {
+                tokio::time::sleep(IN_PROCESS_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a publish was refused because another one of the same message id is being stored.
+fn is_in_process(error: &JsPublishError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(server) = e.downcast_ref::<jetstream::Error>() {
+            return server.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT;
+        }
+        next = e.source();
+    }
+    false
+}
+
 fn is_event_subject(subject: &str) -> bool {
     subject
         .strip_prefix(EVENTS_PREFIX)
@@ -45,10 +96,7 @@ impl Publisher for NatsPublisher {
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         let work = async {
             if is_event_subject(&message.subject) {
-                self.js
-                    .publish_with_headers(message.subject, headers, message.payload)
-                    .await
-                    .map_err(|e| unavailable(&e))?
+                store_on_stream(&self.js, message.subject, headers, message.payload)
                     .await
                     .map_err(|e| unavailable(&e))?;
             } else {
@@ -74,6 +122,24 @@ impl Publisher for NatsPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publish_refused_while_its_id_is_in_process_is_sent_again_and_nothing_else_is() {
+        let server = |code: u64| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({
+                "code": 503, "err_code": code, "description": "refused",
+            }))
+            .unwrap_or_else(|e| panic!("a server error decodes: {e}"))
+        };
+        let refused = |code| {
+            JsPublishError::with_source(jetstream::context::PublishErrorKind::Other, server(code))
+        };
+        assert!(is_in_process(&refused(10158)));
+        assert!(!is_in_process(&refused(10071)));
+        assert!(!is_in_process(&JsPublishError::new(
+            jetstream::context::PublishErrorKind::TimedOut
+        )));
+    }
 
     #[test]
     fn only_events_subjects_go_through_jetstream() {
