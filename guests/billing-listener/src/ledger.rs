@@ -12,34 +12,37 @@
 //! # The shard value
 //!
 //! `<m>shard/<account>/<shard>` holds the shard's sum on its first line, then one line per
-//! *pending* entry: an entry whose amount is in the sum but which is not yet marked counted.
-//! A plain decimal (the layout of earlier versions) reads as a sum with nothing pending.
-//! Pending entries are only the ones in flight, so the value stays small however many entries
-//! the account has.
+//! *pending* entry: an entry whose amount is in the sum and which was not yet seen marked
+//! counted by an add to the shard. A plain decimal (the layout of earlier versions) reads as a
+//! sum with nothing pending. Each add drops the pending entries already marked counted, so the
+//! value holds only the entries in flight and those marked since the shard's last add: it
+//! stays small however many entries the account has.
 //!
 //! `<m>sums/<account>` records, for the total, one sum per shard: each a sum that shard held
 //! at some moment, so never more than it holds now ([`ShardSums`]). The total is the sum of
-//! the record. Settling one entry costs about a dozen store operations, whatever the number
-//! of entries, shards or accounts.
+//! the record. Settling one entry costs about nine store operations, four of them writes,
+//! whatever the number of entries, shards or accounts.
 //!
 //! # Settling one entry `e` with amount `a > 0` ([`settle`])
 //!
 //! 1. **Add.** Read the shard value `S`, *then* whether `C = <m>counted/<account>/<shard>/<e>`
 //!    exists. If `C` exists, `e` was counted: go to 3. If `e` is pending in `S`, it was added:
-//!    go to 2. Otherwise swap `S` for (sum + a, pending + e); a lost swap starts 1 again.
-//! 2. **Mark.** `set-if-absent(C)`.
-//! 3. **Clear.** Swap `S` for the same value without `e`, until `e` is not pending.
-//! 4. **Total.** With the shard's sum `s` as step 1 or 3 last read it: raise the shard's slot
-//!    in `<m>sums/<account>` to `s` (a swap; nothing to do if it is already there), then raise
-//!    `<m>total/<account>` to the record's sum (a swap; nothing to do if it is already there)
-//!    ([`update_total`]). When the record is absent it starts from every shard's current sum.
+//!    go to 2. Otherwise, read the marks of the entries pending in `S` and swap `S` for
+//!    (sum + a, the pending entries not marked, + e); a lost swap starts 1 again.
+//! 2. **Mark.** `set-if-absent(C)`. (`e` stays pending until the next add to the shard sees
+//!    `C` and drops it: clearing it now would cost a write per entry.)
+//! 3. **Total.** With the shard's sum `s` as step 1 last read or wrote it: raise the shard's
+//!    slot in `<m>sums/<account>` to `s` (a swap; nothing to do if it is already there), then
+//!    raise `<m>total/<account>` to the record's sum (a swap; nothing to do if it is already
+//!    there) ([`update_total`]). When the record is absent it starts from every shard's
+//!    current sum.
 //!
 //! Why `a` is added once. An add swaps from a value where `e` is not pending, and leaves `e`
 //! pending. Suppose two adds of `e` won, the second after the first. Between them `e` stopped
-//! being pending, which only a clear does, and a clear only runs after `C` was set. The second
-//! adder read `S` after that clear (its swap won against the value it read, and a swap compares
-//! the whole value: the sum only grows, so a value from before the first add can never come
-//! back), so it read `C` after `C` was set, saw it, and did not add. A contradiction.
+//! being pending, which only an add does that read `C` set. The second adder read `S` after
+//! that add (its swap won against the value it read, and a swap compares the whole value: the
+//! sum only grows, so a value from before the first add can never come back), so it read `C`
+//! after `C` was set, saw it, and did not add. A contradiction.
 //!
 //! Why `a` is added at least once. A handler that finishes step 1 either added `a`, or saw `e`
 //! pending (someone added it), or saw `C` (set only after `e` was seen pending). Step 1 only
@@ -59,9 +62,9 @@
 //! value never returns to an earlier one (the swap of step 1 relies on that).
 //!
 //! Limits. A shard value must fit the component's payload limit: its pending entries are
-//! the deliveries between their add and their clear, so at most the listener's concurrency,
-//! plus any whose handler crashed in between and whose event was never redelivered
-//! (dead-lettered). With 200-byte entries, 64 KiB holds about 300. The ledger does not know
+//! the deliveries in flight and those marked since the shard's last add, so at most about the
+//! listener's concurrency, plus any whose handler crashed before marking and whose event was
+//! never redelivered (dead-lettered). With 200-byte entries, 64 KiB holds about 300. The ledger does not know
 //! entries counted by the version before it (which kept no `counted/` marks): see the
 //! operator guide's upgrade notes.
 
@@ -135,7 +138,7 @@ pub struct Settled {
     pub total: i64,
 }
 
-/// Steps 1 to 4 of the module docs: puts `amount` of `entry` into its shard sum exactly once
+/// Steps 1 to 3 of the module docs: puts `amount` of `entry` into its shard sum exactly once
 /// and recomputes the account's total. Call it after the entry's amount is recorded (its
 /// usage key), with that recorded amount, on every delivery: a repeat changes nothing.
 pub fn settle(
@@ -157,11 +160,11 @@ pub fn settle(
         read_shard(store, &key)?.1.sum
     } else {
         let counted = model::counted_key(meter, account, entry);
-        let (value, counted_already) = add(store, &key, &counted, entry, amount)?;
+        let (value, counted_already) = add(store, meter, account, &key, entry, amount)?;
         if !counted_already {
             store.set_if_absent(&counted, amount.to_string().as_bytes())?;
         }
-        clear(store, &key, entry, value)?
+        value.sum
     };
     let total = update_total(store, meter, account, shard, shard_sum)?;
     Ok(Settled {
@@ -171,23 +174,38 @@ pub fn settle(
     })
 }
 
-/// Step 1: adds `amount` unless the entry is pending or counted. Returns the shard value as
-/// last read or written, and whether the entry was already marked counted.
+/// Step 1: adds `amount` unless the entry is pending or counted, dropping the pending entries
+/// already marked counted. Returns the shard value as last read or written, and whether the
+/// entry was already marked counted.
 fn add(
     store: &impl Store,
+    meter: Meter,
+    account: &str,
     key: &str,
-    counted: &str,
     entry: &str,
     amount: i64,
 ) -> Result<(ShardValue, bool)> {
+    let counted = model::counted_key(meter, account, entry);
     for _ in 0..TRIES {
         let (old, mut value) = read_shard(store, key)?;
         // Read after the shard value: the proof in the module docs depends on this order.
-        if store.get(counted)?.is_some() {
+        if store.get(&counted)?.is_some() {
             return Ok((value, true));
         }
         if value.pending.contains(entry) {
             return Ok((value, false));
+        }
+        let mut marked = Vec::new();
+        for other in &value.pending {
+            if store
+                .get(&model::counted_key(meter, account, other))?
+                .is_some()
+            {
+                marked.push(other.clone());
+            }
+        }
+        for other in &marked {
+            value.pending.remove(other);
         }
         value.sum = value.sum.checked_add(amount).ok_or_else(|| {
             Failure::Reject(format!("the sum in kv `{key}` would overflow 64 bits"))
@@ -200,24 +218,7 @@ fn add(
     Err(gave_up(key))
 }
 
-/// Step 3: removes the entry from the pending ones; `guess` is the value the caller last saw
-/// (tried first, saving a read when nothing changed). Returns the shard's sum.
-fn clear(store: &impl Store, key: &str, entry: &str, guess: ShardValue) -> Result<i64> {
-    let mut current = (Some(guess.to_bytes()), guess);
-    for _ in 0..TRIES {
-        let (old, mut value) = current;
-        if !value.pending.remove(entry) {
-            return Ok(value.sum);
-        }
-        if store.compare_and_swap(key, old.as_deref(), &value.to_bytes())? {
-            return Ok(value.sum);
-        }
-        current = read_shard(store, key)?;
-    }
-    Err(gave_up(key))
-}
-
-/// Step 4: makes the account's shard-sums record hold at least `shard_sum` for `shard`,
+/// Step 3: makes the account's shard-sums record hold at least `shard_sum` for `shard`,
 /// then the total at least the record's sum. Returns the total afterwards.
 pub fn update_total(
     store: &impl Store,
@@ -520,7 +521,8 @@ mod tests {
     /// What [`account`] charged before the test's deliveries.
     const WARM: i64 = 3;
 
-    /// The account's total, every shard's sum and whether anything is left pending.
+    /// The account's total, every shard's sum, and that every entry left pending is marked
+    /// counted (its delivery finished; the next add to its shard drops it).
     fn check(map: &Map, expected: i64, context: &str) {
         let total = read(map, &model::total_key(M, "smoke")).unwrap();
         assert_eq!(total, Some(expected), "total, {context}");
@@ -528,7 +530,10 @@ mod tests {
         for shard in Shard::all() {
             let (_, value) = read_shard(map, &model::shard_key(M, "smoke", shard)).unwrap();
             shards += value.sum;
-            assert!(value.pending.is_empty(), "pending left, {context}");
+            for entry in &value.pending {
+                let mark = map.get(&model::counted_key(M, "smoke", entry)).unwrap();
+                assert!(mark.is_some(), "{entry} pending and not counted, {context}");
+            }
         }
         assert_eq!(shards, expected, "sum of the shards, {context}");
         let sums = map.get(&model::sums_key(M, "smoke")).unwrap().unwrap();
@@ -558,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn one_delivery_counts_once_and_leaves_nothing_pending() {
+    fn one_delivery_counts_once_and_the_next_add_to_its_shard_drops_it_from_pending() {
         let map = Map::default();
         let settled = deliver(&map, "run-1", 7).unwrap();
         assert_eq!((settled.shard_sum, settled.total), (7, 7));
@@ -566,6 +571,24 @@ mod tests {
         check(&map, 7, "a duplicate");
         let counted = map.get(&model::counted_key(M, "smoke", "run-1")).unwrap();
         assert_eq!(counted.as_deref(), Some(&b"7"[..]));
+        let key = model::shard_key(M, "smoke", Shard::of("run-1"));
+        let pending = |map: &Map| read_shard(map, &key).unwrap().1.pending;
+        assert_eq!(
+            pending(&map),
+            ["run-1".to_owned()].into(),
+            "left to the next add"
+        );
+        let next = (2..)
+            .map(|i| format!("run-{i}"))
+            .find(|e| Shard::of(e) == Shard::of("run-1"))
+            .unwrap();
+        deliver(&map, &next, 5).unwrap();
+        assert_eq!(
+            pending(&map),
+            [next].into(),
+            "run-1 dropped, the new one left"
+        );
+        check(&map, 12, "the next add");
     }
 
     #[test]
@@ -573,8 +596,8 @@ mod tests {
         for warm in [false, true] {
             let n = ops_of_one_delivery("run-1", warm);
             if warm {
-                // The flat cost: record, add, mark, clear, record of sums, total.
-                assert_eq!(n, 10, "a delivery to a warm account");
+                // The flat cost: record (1), add (3), mark (1), record of sums (2), total (2).
+                assert_eq!(n, 9, "a delivery to a warm account");
             }
             for at in 0..=n {
                 let map = account(warm);
