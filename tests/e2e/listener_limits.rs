@@ -3,8 +3,8 @@
 //!
 //! nats-server 2.15 gives a stream without a consumer limit of its own 1,000 consumers
 //! (`default_max_consumers`); each subscribed listener is one consumer on the events stream,
-//! and every read of an object store with the client's reader left one more consumer behind
-//! for 30 s. These tests pin what sandbus does about both, against a real server.
+//! and every read of an object store or of a key's history with the client's readers left one
+//! more consumer behind for 30 s. These tests pin what sandbus does about both, against a real server.
 
 use std::time::Duration;
 
@@ -14,9 +14,10 @@ use futures::TryStreamExt as _;
 use super::cluster::{Cluster, guest, write};
 use super::support::nats::NatsServer;
 use sandbus::bus::{
-    BusErrorKind, ComponentStore, EventStream, EventStreamConfig, Subscription, SubscriptionStore,
-    names,
+    BusErrorKind, ComponentStore, EventStream, EventStreamConfig, ManifestDraft, Subscription,
+    SubscriptionStore, names,
 };
+use sandbus::sandbox::World;
 
 /// A runtime and a JetStream context on `server`.
 fn jetstream_on(server: &NatsServer) -> (tokio::runtime::Runtime, jetstream::Context) {
@@ -101,6 +102,36 @@ fn reading_component_bytes_a_thousand_times_leaves_no_consumer_behind() {
         assert_eq!(over.kind, BusErrorKind::Corrupt, "{over}");
         let missing = store.bytes(&"0".repeat(64), 1 << 20).await.unwrap_err();
         assert_eq!(missing.kind, BusErrorKind::NotFound, "{missing}");
+    });
+}
+
+#[test]
+fn recording_a_thousand_components_leaves_no_consumer_behind() {
+    let server = NatsServer::start();
+    let (rt, js) = jetstream_on(&server);
+    rt.block_on(async {
+        let store = ComponentStore::ensure(&js, 1).await.unwrap();
+        let bytes = b"a component".to_vec();
+        let (digest, _) = store.put_bytes(&bytes).await.unwrap();
+        let draft = |name: String| ManifestDraft {
+            name,
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            world: World::Listener,
+            grants: Vec::new(),
+            kv_read: Vec::new(),
+            limits: Vec::new(),
+        };
+        // Each record reads the name's history (versions go on across removals).
+        for i in 0..1_100 {
+            let recorded = store.record(draft(format!("c{i}"))).await.unwrap();
+            assert_eq!(recorded.version, 1);
+        }
+        store.remove("c0").await.unwrap();
+        assert_eq!(store.record(draft("c0".into())).await.unwrap().version, 2);
+        assert_eq!(store.history("c0").await.unwrap().len(), 2);
+        let left = consumer_names(&js, &format!("KV_{}", names::MANIFESTS_BUCKET)).await;
+        assert!(left.is_empty(), "consumers left behind: {left:?}");
     });
 }
 
