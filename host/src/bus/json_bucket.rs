@@ -311,31 +311,20 @@ impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
         let mut values = Vec::new();
         let mut next = 1;
         loop {
-            let message = if stream.cached_info().config.allow_direct {
-                match stream
-                    .direct_get_next_for_subject(subject.as_str(), Some(next))
-                    .await
-                {
-                    Ok(message) => message,
-                    Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => break,
-                    Err(e) => return Err(self.failed(key, e)),
+            // From the stream's leader, not a direct get any replica may answer: a version
+            // number is derived from this history right after a write.
+            let got = stream
+                .raw_message_builder()
+                .next_by_subject(subject.clone())
+                .sequence(next)
+                .send()
+                .await;
+            let message = match got {
+                Ok(message) => message,
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    break;
                 }
-            } else {
-                let got = stream
-                    .raw_message_builder()
-                    .next_by_subject(subject.clone())
-                    .sequence(next)
-                    .send()
-                    .await;
-                match got {
-                    Ok(message) => message,
-                    Err(e)
-                        if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                    {
-                        break;
-                    }
-                    Err(e) => return Err(self.failed(key, e)),
-                }
+                Err(e) => return Err(self.failed(key, e)),
             };
             next = message.sequence + 1;
             let operation = match message.headers.get("KV-Operation").map(|v| v.as_str()) {

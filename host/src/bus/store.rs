@@ -254,7 +254,7 @@ impl ComponentStore {
                 .map_err(|e| unavailable(e.into()))?;
             for _ in 0..info.chunks {
                 let chunk = match chunks.next().await {
-                    Some(chunk) => chunk.map_err(|e| unavailable(e.into()))?,
+                    Some(chunk) => chunk.map_err(&unavailable)?,
                     None => break,
                 };
                 if bytes.len() + chunk.payload.len() > info.size {
