@@ -23,6 +23,7 @@ mod dev_run;
 mod device_lab;
 mod hooks;
 mod inspect;
+mod listener_limits;
 mod operations;
 mod replicated_kv;
 mod roles;

@@ -117,7 +117,7 @@ impl From<crate::bus::BusError> for ApiError {
         let kind = match e.kind {
             K::NotFound => ApiErrorKind::NotFound,
             K::Conflict => ApiErrorKind::Conflict,
-            K::Connect | K::Unavailable | K::NotSetUp => ApiErrorKind::Unavailable,
+            K::Connect | K::Unavailable | K::NotSetUp | K::ServerLimit => ApiErrorKind::Unavailable,
             K::Corrupt => ApiErrorKind::Internal,
             K::PermissionDenied => ApiErrorKind::PermissionDenied,
         };

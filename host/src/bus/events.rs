@@ -32,6 +32,10 @@ pub const SEQUENCE_HEADER: &str = "Sandbus-Event-Sequence";
 /// original size in bytes (the whole event stays in the events stream at its sequence).
 pub const TRUNCATED_HEADER: &str = "Sandbus-Truncated-From";
 
+/// Consumers the events stream may hold unless `[events] max_consumers` says otherwise: room
+/// for the 10,000 listeners sandbus aims at, and readers beside them.
+pub const DEFAULT_MAX_CONSUMERS: i64 = 20_000;
+
 /// Shape and limits of the events stream; the `[events]` table of the daemon's config.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +55,11 @@ pub struct EventStreamConfig {
     /// How long dead letters are kept.
     #[serde(with = "humantime_serde")]
     pub dead_letter_max_age: Duration,
+    /// Most consumers the events stream holds: one per subscribed listener, and a short-lived
+    /// one per page `sandbus events` reads. Set on the stream because nats-server 2.15 gives
+    /// a stream without a limit of its own 1,000 (its `default_max_consumers`), and `-1` does
+    /// not lift that.
+    pub max_consumers: i64,
 }
 
 impl Default for EventStreamConfig {
@@ -62,6 +71,7 @@ impl Default for EventStreamConfig {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
             dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
+            max_consumers: DEFAULT_MAX_CONSUMERS,
         }
     }
 }
@@ -126,7 +136,7 @@ impl EventStream {
         js: jetstream::Context,
         config: &EventStreamConfig,
     ) -> Result<Self, BusError> {
-        js.create_or_update_stream(stream::Config {
+        let events = |max_consumers: i64| stream::Config {
             name: config.stream.clone(),
             description: Some("sandbus canonical events (CloudEvents JSON)".into()),
             subjects: names::events_stream_subjects(),
@@ -135,12 +145,36 @@ impl EventStream {
             num_replicas: config.replicas,
             duplicate_window: config.duplicate_window,
             storage: stream::StorageType::File,
+            max_consumers: i32::try_from(max_consumers).unwrap_or(i32::MAX),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| {
+        };
+        let set_up = |e: String| {
             BusError::unavailable(&format!("set up the events stream {}", config.stream), e)
-        })?;
+        };
+        if let Err(refused) = js
+            .create_or_update_stream(events(config.max_consumers))
+            .await
+        {
+            // A server before 2.12 cannot change an existing stream's consumer limit, and an
+            // account limit below it refuses it: keep the stream's own (or the server's
+            // default) rather than not start, and say what to change.
+            let kept = match js.get_stream(&config.stream).await {
+                Ok(stream) => i64::from(stream.cached_info().config.max_consumers),
+                Err(_) => 0,
+            };
+            js.create_or_update_stream(events(kept))
+                .await
+                .map_err(|_| set_up(refused.to_string()))?;
+            tracing::warn!(
+                stream = %config.stream,
+                wanted = config.max_consumers,
+                kept,
+                error = %refused,
+                "the server refused the events stream's max_consumers; listeners past the \
+                 stream's limit will be refused (raise the account's JetStream consumer \
+                 limit, or set [events] max_consumers to what it allows)"
+            );
+        }
         js.create_or_update_stream(stream::Config {
             name: names::DEAD_LETTER_STREAM.to_owned(),
             description: Some("sandbus dead letters: events a listener gave up on".into()),

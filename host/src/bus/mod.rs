@@ -100,6 +100,10 @@ pub enum BusErrorKind {
     /// The server refused a publish or subscription: the user's permissions do not cover
     /// the subject (named in the message).
     PermissionDenied,
+    /// The server refused because one of its limits is reached (the consumers a stream may
+    /// hold, say). The message names the limit, where it is set and what to change; nothing
+    /// was created, and asking again fails the same way until the limit is raised.
+    ServerLimit,
 }
 
 /// A failed bus operation: its [`BusErrorKind`], a message for a person, and the client's

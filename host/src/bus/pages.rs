@@ -6,7 +6,9 @@
 //! after a sequence; a follower asks again after the last one it saw, waiting on the daemon
 //! for something new (a long poll).
 //!
-//! A page is read with one ordered consumer (made and dropped by the daemon, which may) and
+//! A page is read with one ordered consumer (made and deleted by the daemon, which may: left
+//! to the server it would stay 30 s, and a follower asking every second would keep dozens of
+//! them on a stream that holds a limited number; see `docs/architecture.md`) and
 //! holds at most [`MAX_PAGE`] messages and never more than fits in a reply under the
 //! server's max payload. A message too large to fit on its own is listed with its size.
 
@@ -56,7 +58,7 @@ pub async fn read_page(
         .state
         .last_sequence;
     let max = max.min(MAX_PAGE) as usize;
-    let mut page = MessagePage {
+    let page = MessagePage {
         messages: Vec::new(),
         last_sequence,
     };
@@ -74,6 +76,22 @@ pub async fn read_page(
         })
         .await
         .map_err(unavailable)?;
+    let name = consumer.cached_info().name.clone();
+    let filled = fill(consumer, page, max, max_payload, wait).await;
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "a page's consumer is left to expire");
+    }
+    filled
+}
+
+/// Reads the page from `consumer` into `page`, as [`read_page`] says.
+async fn fill(
+    consumer: jetstream::consumer::Consumer<push::OrderedConfig>,
+    mut page: MessagePage,
+    max: usize,
+    max_payload: usize,
+    wait: Duration,
+) -> Result<MessagePage, BusError> {
     let waiting = consumer.cached_info().num_pending;
     if waiting == 0 && wait.is_zero() {
         return Ok(page);

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::{ConsumerErrorKind, ConsumerUpdateErrorKind};
 use async_nats::jetstream::{self};
 use futures::{Stream, StreamExt as _};
 
@@ -323,23 +324,62 @@ impl SubscriptionStore {
             ..Default::default()
         };
         let name = names::listener_consumer(&subscription.listener);
-        let result: Result<(), async_nats::Error> = match stream.consumer_info(&name).await {
-            Ok(_) => stream
+        // What the consumer was before, to put back if the record cannot be written.
+        let before = stream
+            .consumer_info(&name)
+            .await
+            .ok()
+            .map(|info| info.config);
+        let made = match before {
+            Some(_) => stream
                 .update_consumer(config)
                 .await
                 .map(|_| ())
-                .map_err(Into::into),
-            Err(_) => stream
+                .map_err(|e| {
+                    let code = match e.kind() {
+                        ConsumerUpdateErrorKind::JetStream(js) => Some(js.error_code()),
+                        _ => None,
+                    };
+                    (code, async_nats::Error::from(e))
+                }),
+            None => stream
                 .create_consumer(config)
                 .await
                 .map(|_| ())
-                .map_err(Into::into),
+                .map_err(|e| {
+                    let code = match e.kind() {
+                        ConsumerErrorKind::JetStream(js) => Some(js.error_code()),
+                        _ => None,
+                    };
+                    (code, async_nats::Error::from(e))
+                }),
         };
-        result.map_err(|e| BusError::unavailable("create the listener's consumer", e))?;
-        self.subscriptions
+        made.map_err(|(code, e)| consumer_refused(&stream, code, e))?;
+        if let Err(e) = self
+            .subscriptions
             .put(&subscription.listener, subscription)
             .await
-            .map_err(|e| e.into_bus_error("record the subscription"))?;
+        {
+            // Leave nothing half-made: a consumer without a record would keep events for a
+            // listener no daemon runs and no `status` shows.
+            let undone: Result<(), async_nats::Error> = match before {
+                Some(config) => stream
+                    .update_consumer(config)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into),
+                None => stream
+                    .delete_consumer(&name)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into),
+            };
+            if let Err(undo) = undone {
+                tracing::warn!(consumer = %name, error = %undo,
+                    "could not undo the listener's consumer after its record failed");
+            }
+            return Err(e.into_bus_error("record the subscription"));
+        }
         Ok(())
     }
 
@@ -486,6 +526,34 @@ impl SubscriptionStore {
             Err(e) => Err(e.into_bus_error("watch the subscriptions")),
         }))
     }
+}
+
+/// The error for a consumer the server would not create or update. A full stream is a
+/// [`BusErrorKind::ServerLimit`] naming the stream's limit and what to change.
+fn consumer_refused(
+    stream: &jetstream::stream::Stream,
+    code: Option<jetstream::ErrorCode>,
+    e: async_nats::Error,
+) -> BusError {
+    if code != Some(jetstream::ErrorCode::MAXIMUM_CONSUMERS_LIMIT) {
+        return BusError::unavailable("create the listener's consumer", e);
+    }
+    let info = stream.cached_info();
+    let limit = match info.config.max_consumers {
+        n if n > 0 => format!("its max_consumers, {n}"),
+        _ => "the server's default_max_consumers, 1,000 on nats-server 2.15".to_owned(),
+    };
+    BusError::new(
+        BusErrorKind::ServerLimit,
+        format!(
+            "the events stream {} holds as many consumers as it may ({limit}); every \
+             subscribed listener is one. Raise `[events] max_consumers` in the daemons' config \
+             and restart a daemon (and the account's JetStream consumer limit, if it has one), \
+             or unsubscribe a listener",
+            info.config.name
+        ),
+    )
+    .caused_by(e)
 }
 
 /// Extra time a consumer waits for an ack beyond the listener's own deadline.
