@@ -26,7 +26,9 @@
 //! # Settling one entry `e` with amount `a > 0` ([`settle`])
 //!
 //! 1. **Add.** Read the shard value `S`, *then* whether `C = <m>counted/<account>/<shard>/<e>`
-//!    exists. If `C` exists, `e` was counted: go to 3. If `e` is pending in `S`, it was added:
+//!    exists. If `C` exists, `e` was counted: read `S` again (a read after `C` includes `e`'s
+//!    add, which came before `C`; the first read may not, when reads trail writes made on
+//!    another host) and go to 3. If `e` is pending in `S`, it was added:
 //!    go to 2. Otherwise, read the marks of the entries pending in `S` and swap `S` for
 //!    (sum + a, the pending entries not marked, + e); a lost swap starts 1 again.
 //! 2. **Mark.** `set-if-absent(C)`. (`e` stays pending until the next add to the shard sees
@@ -190,7 +192,12 @@ fn add(
         let (old, mut value) = read_shard(store, key)?;
         // Read after the shard value: the proof in the module docs depends on this order.
         if store.get(&counted)?.is_some() {
-            return Ok((value, true));
+            // Counted: its add is in the shard, but the value read before the mark may be
+            // from before the add (a read may trail writes made elsewhere). The shard read
+            // after the mark is from after it, so its sum includes the add: the total is
+            // raised to that.
+            let (_, now) = read_shard(store, key)?;
+            return Ok((now, true));
         }
         if value.pending.contains(entry) {
             return Ok((value, false));
@@ -695,6 +702,53 @@ mod tests {
                 check(&map, 12, &format!("{second} before operation {at}"));
             }
         }
+    }
+
+    /// A view whose first read of `key` returns `stale` (a copy of the bucket that trails a
+    /// write made elsewhere); every other operation sees the map as it is.
+    struct StaleOnce<'a> {
+        map: &'a Map,
+        key: String,
+        stale: RefCell<Option<Option<Vec<u8>>>>,
+    }
+
+    impl Store for StaleOnce<'_> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            if key == self.key
+                && let Some(stale) = self.stale.borrow_mut().take()
+            {
+                return Ok(stale);
+            }
+            self.map.get(key)
+        }
+        fn set_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+            self.map.set_if_absent(key, value)
+        }
+        fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool> {
+            self.map.compare_and_swap(key, expected, new)
+        }
+    }
+
+    #[test]
+    fn a_redelivery_that_reads_the_shard_from_before_its_add_still_raises_the_total() {
+        // The first delivery added and marked the entry, then crashed before the total (the
+        // last add to its shard). The redelivery runs on a host whose first read of the shard
+        // trails that add; it then sees the mark.
+        let map = account(true);
+        let key = model::shard_key(M, "smoke", Shard::of("run-1"));
+        let before = map.get(&key).unwrap();
+        // Record (1), add (3), mark (1): the crash comes before the sums record.
+        let crashing = Paused::new(&map, 5, Gap::Crash);
+        assert!(deliver(&crashing, "run-1", 7).is_err());
+        assert!(map.get(&model::counted_key(M, "smoke", "run-1")).unwrap().is_some());
+        let trailing = StaleOnce {
+            map: &map,
+            key,
+            stale: RefCell::new(Some(before)),
+        };
+        let settled = deliver(&trailing, "run-1", 7).unwrap();
+        assert_eq!(settled.total, 7 + WARM);
+        check(&map, 7 + WARM, "after a redelivery that read a trailing shard");
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +40,6 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct NatsKv {
     bucket: kv::Store,
-    js: jetstream::Context,
     client: async_nats::Client,
     usage: Arc<KvUsage>,
     cache: Arc<KvCache>,
@@ -86,7 +84,6 @@ impl NatsKv {
     fn over(bucket: kv::Store, js: &jetstream::Context, max_bytes: i64) -> Self {
         Self {
             bucket,
-            js: js.clone(),
             client: js.client(),
             usage: Arc::default(),
             cache: Arc::new(KvCache::new(DEFAULT_CACHE_BYTES)),
@@ -122,6 +119,8 @@ impl NatsKv {
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "lost the kv follow; reading the bucket again");
                     }
+                    // Nothing is followed until the next pass: the copy must not answer.
+                    self.cache.restart();
                 }
             }
             tokio::select! {
@@ -132,6 +131,8 @@ impl NatsKv {
     }
 
     async fn follow_once(&self) -> Result<(), async_nats::Error> {
+        // Without a copy, sizes are enough: the server sends headers and each value's size.
+        let headers_only = !self.cache.keeps_values();
         let consumer = self
             .bucket
             .stream
@@ -139,43 +140,54 @@ impl NatsKv {
                 deliver_subject: self.client.new_inbox(),
                 filter_subject: format!("{}>", self.bucket.prefix),
                 deliver_policy: DeliverPolicy::LastPerSubject,
+                headers_only,
                 ..Default::default()
             })
             .await?;
-        let mut initial = consumer.cached_info().num_pending;
         self.usage.restart();
         self.cache.restart();
-        if initial == 0 {
+        if consumer.cached_info().num_pending == 0 {
             self.usage.mark_ready();
-            self.cache.mark_synced();
+            self.cache.caught_up();
         }
         let mut messages = consumer.messages().await?;
         while let Some(message) = messages.next().await {
             let message = message?;
-            let revision = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            let (revision, pending) = message
+                .info()
+                .map(|i| (i.stream_sequence, i.pending))
+                .unwrap_or((0, 1));
+            let headers = message.headers.as_ref();
+            let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
+            let deleted = header("KV-Operation").is_some_and(|op| op == "DEL" || op == "PURGE");
+            let size = if headers_only {
+                header("Nats-Msg-Size").and_then(|s| s.parse::<u64>().ok())
+            } else {
+                None
+            }
+            .unwrap_or(message.payload.len() as u64);
             if let Some(key) = message
                 .subject
                 .as_str()
                 .strip_prefix(self.bucket.prefix.as_str())
             {
                 if let Some((namespace, rest)) = key.split_once('.') {
-                    let size = (!deleted).then_some(message.payload.len() as u64);
-                    self.usage.record_watched(namespace, rest, size, revision);
+                    self.usage.record_watched(
+                        namespace,
+                        rest,
+                        (!deleted).then_some(size),
+                        revision,
+                    );
                 }
-                let value = (!deleted).then(|| message.payload.clone());
+                // A copy of the value, not a slice of the connection's read buffer (which
+                // would keep the whole buffer alive).
+                let value = (!deleted).then(|| Bytes::copy_from_slice(&message.payload));
                 self.cache.apply(key, value, revision);
             }
-            if initial > 0 {
-                initial -= 1;
-                if initial == 0 {
-                    self.usage.mark_ready();
-                    self.cache.mark_synced();
-                }
+            // Nothing more in the stream now: every key is as the stream has it.
+            if pending == 0 {
+                self.usage.mark_ready();
+                self.cache.caught_up();
             }
         }
         Ok(())
@@ -237,6 +249,16 @@ impl NatsKv {
     }
 }
 
+/// After losing a race on a key for the `attempt`th time in a row: none the first time, then
+/// a random pause of up to `attempt` × 200 µs (at most 2 ms), so contenders spread out.
+async fn lost_race_pause(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let most = u64::from(attempt.min(10)) * 200;
+    tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % (most + 1))).await;
+}
+
 fn unavailable(e: impl std::fmt::Display) -> KvStoreError {
     KvStoreError::Unavailable(e.to_string())
 }
@@ -265,27 +287,22 @@ impl KvStore for NatsKv {
         let (mut current, mut revision) = self.read(&full).await?;
         // A delete marker conditional on the revision read: if the key changed meanwhile,
         // read it again from the server and decide again.
-        for _ in 0..64 {
+        for attempt in 0..64 {
             if current.is_none() {
                 return Ok(false);
             }
-            let mut headers = HeaderMap::new();
-            headers.insert("KV-Operation", "DEL");
-            headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string());
-            let subject = format!("{}{full}", self.bucket.prefix);
-            let acked = async {
-                self.js
-                    .publish_with_headers(subject, headers, Bytes::new())
-                    .await?
-                    .await
-            }
-            .await;
-            match acked {
-                Ok(ack) => {
-                    self.saw(ack.sequence);
+            match self
+                .bucket
+                .delete_expect_revision(full.as_str(), Some(revision))
+                .await
+            {
+                Ok(()) => {
+                    // The marker's revision, so this daemon's next read waits for it.
+                    self.read_from_server(&full).await?;
                     return Ok(true);
                 }
                 Err(e) if is_lost_race(&e) => {
+                    lost_race_pause(attempt).await;
                     (current, revision) = self.read_from_server(&full).await?;
                 }
                 Err(e) => return Err(unavailable(e)),
@@ -308,7 +325,7 @@ impl KvStore for NatsKv {
         // the revision read, so a copy that is behind only makes it fail: then read the key
         // from the server and compare again.
         let (mut current, mut revision) = self.read(&full).await?;
-        for _ in 0..64 {
+        for attempt in 0..64 {
             if current.as_deref() != expected {
                 return Ok(false);
             }
@@ -324,6 +341,7 @@ impl KvStore for NatsKv {
                     return Ok(true);
                 }
                 Err(e) if is_lost_race(&e) => {
+                    lost_race_pause(attempt).await;
                     (current, revision) = self.read_from_server(&full).await?;
                 }
                 Err(e) => return Err(self.write_failed(e)),

@@ -32,8 +32,9 @@ impl NatsPublisher {
 }
 
 /// How often a publish is sent again while the stream says another publish of the same
-/// `Nats-Msg-Id` is still being stored, and how long it waits between tries.
-const IN_PROCESS_TRIES: u32 = 50;
+/// `Nats-Msg-Id` is still being stored, and how long it waits between tries: about half a
+/// second in all, well inside a listener's deadline.
+const IN_PROCESS_TRIES: u32 = 25;
 const IN_PROCESS_PAUSE: Duration = Duration::from_millis(20);
 
 /// Publishes on the events stream and waits until it stored the message (or found it a

@@ -158,13 +158,17 @@ fn print_status(s: &ListenerStatus) {
         None => outln!("  last error:    none"),
     }
     if let Some(t) = &s.last_throttled {
+        let over = if t.window_ms == 0 {
+            "when it started".to_owned()
+        } else {
+            format!("in {:.1} s", t.window_ms as f64 / 1000.0)
+        };
         outln!(
-            "  throttled:     {} on {}: {} calls held back in {:.1} s ({} publishes waited \
-             {} ms in all, {} refused); publish-rate={}/s, publish-budget={}",
+            "  throttled:     {} on {}: {} calls held back {over} ({} publishes waited {} ms in \
+             all, {} refused); publish-rate={}/s, publish-budget={}",
             t.at,
             t.host,
             t.calls,
-            t.window_ms as f64 / 1000.0,
             t.waits,
             t.waited_ms,
             t.refused,

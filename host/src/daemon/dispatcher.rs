@@ -405,9 +405,13 @@ impl ListenerDispatcher {
             hint = report.hint,
             "the publish rate cap held the listener back"
         );
-        if let Err(e) = self.context.failures.throttled(&report, cause).await {
-            tracing::warn!(listener = self.listener(), error = %e, "could not report the throttling");
-        }
+        // Off the event's path: the event is answered without waiting for the report.
+        let failures = self.context.failures.clone();
+        tokio::spawn(async move {
+            if let Err(e) = failures.throttled(&report, cause).await {
+                tracing::warn!(listener = %report.listener, error = %e, "could not report the throttling");
+            }
+        });
     }
 
     /// Counts one finished call for the metrics.

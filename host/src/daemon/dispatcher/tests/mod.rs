@@ -279,6 +279,11 @@ async fn a_listener_held_back_by_its_rate_cap_is_reported_at_once_with_the_limit
         "the later publishes waited for their turn: {:?}",
         started.elapsed()
     );
+    // The report is sent off the event's path: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness.journal.throttled().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let reports = harness.journal.throttled();
     let first = reports
         .first()
