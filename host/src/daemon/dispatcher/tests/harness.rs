@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::super::{FailureReports, ListenerDispatcher, ListenerFailures};
+use super::super::{ListenerDispatcher, ListenerFailures};
 use crate::bus::{
     BusError, BusErrorKind, ComponentManifest, DeadLetter, Deliveries, Delivery, DeliveryInfo,
     DeliverySource, LastError, Subscription,
@@ -463,14 +463,11 @@ impl Setup {
     pub(super) fn build(self) -> Harness {
         let journal = Arc::new(Journal::default());
         let stop = CancellationToken::new();
-        let dispatcher = Arc::new(ListenerDispatcher {
-            subscription: Arc::new(self.subscription()),
-            context: self.context(&journal, FakeSource::default()),
-            stop: stop.clone(),
-            failures: tokio::sync::Mutex::new(FailureReports::default()),
-            throttling: Default::default(),
-            newest: std::sync::atomic::AtomicU64::new(0),
-        });
+        let dispatcher = Arc::new(ListenerDispatcher::new(
+            self.subscription(),
+            self.context(&journal, FakeSource::default()),
+            stop.clone(),
+        ));
         Harness {
             journal,
             dispatcher,
