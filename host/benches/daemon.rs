@@ -174,8 +174,9 @@ struct Drain {
     switches_per_event: Vec<f64>,
     /// From the start of the drain (the consumer just started) to its first ack.
     first_ack: Duration,
-    /// The longest time the ack floor stood still between the first ack and the last.
-    longest_stall: Duration,
+    /// The longest time the ack floor stood still between the first ack and the last, and
+    /// how many of this drain's events were acked when it began.
+    longest_stall: (Duration, u64),
 }
 
 /// Polls a consumer until `total` messages are acked. `floor` is where its ack floor stood
@@ -193,7 +194,7 @@ async fn drain_rate(
     let mut first: Option<Start> = None;
     let started = Instant::now();
     let mut moved = (started, floor);
-    let mut longest_stall = Duration::ZERO;
+    let mut longest_stall = (Duration::ZERO, 0);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let info = stream.consumer_info(consumer).await.unwrap();
@@ -201,7 +202,7 @@ async fn drain_rate(
         let now = Instant::now();
         if acked != moved.1 {
             if first.is_some() {
-                longest_stall = longest_stall.max(now.duration_since(moved.0));
+                longest_stall = longest_stall.max((now.duration_since(moved.0), moved.1 - floor));
             }
             moved = (now, acked);
         }
@@ -233,7 +234,7 @@ async fn drain_rate(
                 cpu_per_event,
                 switches_per_event,
                 first_ack: t0.duration_since(started),
-                longest_stall: longest_stall.max(now.duration_since(moved.0)),
+                longest_stall: longest_stall.max((now.duration_since(moved.0), moved.1 - floor)),
             };
         }
         assert!(now < deadline, "the consumer did not drain");
@@ -566,7 +567,8 @@ fn main() {
         eprintln!(
             "round {round}: native {:.0}/s (cpu µs/event: server {:.1}, consumer {:.1}; \
              switches/event {:.2}, {:.2}), daemon {:.0}/s (server {:.1}, daemon {:.1}; {:.2}, {:.2}); \
-             daemon start to first ack {} ms, longest ack-floor stall {} ms (native {} ms)",
+             daemon start to first ack {} ms, longest ack-floor stall {} ms after {} acks \
+             (native {} ms)",
             native.rate,
             native.cpu_per_event[0],
             native.cpu_per_event[1],
@@ -578,8 +580,9 @@ fn main() {
             rate.switches_per_event[0],
             rate.switches_per_event[1],
             rate.first_ack.as_millis(),
-            rate.longest_stall.as_millis(),
-            native.longest_stall.as_millis(),
+            rate.longest_stall.0.as_millis(),
+            rate.longest_stall.1,
+            native.longest_stall.0.as_millis(),
         );
         native_rates.push(native);
         daemon_rates.push(rate);
