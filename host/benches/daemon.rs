@@ -172,25 +172,41 @@ struct Drain {
     rate: f64,
     cpu_per_event: Vec<f64>,
     switches_per_event: Vec<f64>,
+    /// From the start of the drain (the consumer just started) to its first ack.
+    first_ack: Duration,
+    /// The longest time the ack floor stood still between the first ack and the last, and
+    /// how many of this drain's events were acked when it began.
+    longest_stall: (Duration, u64),
 }
 
-/// Polls a consumer until `total` messages are acked.
+/// Polls a consumer until `total` messages are acked. `floor` is where its ack floor stood
+/// before this drain: the clock starts when this drain's first ack moves it.
 async fn drain_rate(
     js: &jetstream::Context,
     stream: &str,
     consumer: &str,
+    floor: u64,
     total: u64,
     pids: &[u32],
 ) -> Drain {
     let stream = js.get_stream(stream).await.unwrap();
     type Start = (Instant, u64, Vec<f64>, Vec<f64>);
     let mut first: Option<Start> = None;
+    let started = Instant::now();
+    let mut moved = (started, floor);
+    let mut longest_stall = (Duration::ZERO, 0);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let info = stream.consumer_info(consumer).await.unwrap();
         let acked = info.ack_floor.consumer_sequence;
         let now = Instant::now();
-        if first.is_none() && acked > 0 {
+        if acked != moved.1 {
+            if first.is_some() {
+                longest_stall = longest_stall.max((now.duration_since(moved.0), moved.1 - floor));
+            }
+            moved = (now, acked);
+        }
+        if first.is_none() && acked > floor {
             first = Some((
                 now,
                 acked,
@@ -200,7 +216,7 @@ async fn drain_rate(
         }
         if info.num_pending == 0 && info.num_ack_pending == 0 && acked >= total {
             let zeros = vec![0.0; pids.len()];
-            let (t0, a0, cpu0, switches0) = first.unwrap_or((now, 0, zeros.clone(), zeros));
+            let (t0, a0, cpu0, switches0) = first.unwrap_or((now, floor, zeros.clone(), zeros));
             let secs = now.duration_since(t0).as_secs_f64().max(1e-6);
             let events = (total - a0).max(1) as f64;
             let cpu_per_event = pids
@@ -217,6 +233,8 @@ async fn drain_rate(
                 rate: (total - a0) as f64 / secs,
                 cpu_per_event,
                 switches_per_event,
+                first_ack: t0.duration_since(started),
+                longest_stall: longest_stall.max((now.duration_since(moved.0), moved.1 - floor)),
             };
         }
         assert!(now < deadline, "the consumer did not drain");
@@ -277,16 +295,22 @@ struct Daemon {
 
 impl Daemon {
     /// Starts the daemon; `$SANDBUS_BENCH_WRAP` (e.g. `perf record -g -o daemon.perf --`)
-    /// is put in front of the command, to profile it.
+    /// is put in front of the command, to profile it. `$SANDBUS_BENCH_DAEMON` runs another
+    /// build of the daemon (an A/B comparison against a copy of an earlier build);
+    /// `$SANDBUS_BENCH_LOG` sets its log filter (default `warn`).
     fn start(url: &str, data: &Path) -> Self {
         let wrap = std::env::var("SANDBUS_BENCH_WRAP").unwrap_or_default();
         let mut words: Vec<String> = wrap.split_whitespace().map(str::to_owned).collect();
-        words.push(env!("CARGO_BIN_EXE_sandbus").to_owned());
+        words.push(
+            std::env::var("SANDBUS_BENCH_DAEMON")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sandbus").to_owned()),
+        );
+        let log = std::env::var("SANDBUS_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned());
         let child = Command::new(&words[0])
             .args(&words[1..])
             .args(["daemon", "--nats", url, "--host-id", "bench", "--data-dir"])
             .arg(data)
-            .env("SANDBUS_LOG", "warn")
+            .env("SANDBUS_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -512,6 +536,7 @@ fn main() {
             &js,
             "SANDBUS_EVENTS",
             "native-tput",
+            total - EVENTS as u64,
             total,
             &[server.child.id(), std::process::id()],
         ));
@@ -528,6 +553,7 @@ fn main() {
             &js,
             "SANDBUS_EVENTS",
             "sandbus-listener-noop",
+            total - EVENTS as u64,
             total,
             &[server.child.id(), daemon.child.id()],
         ));
@@ -540,7 +566,9 @@ fn main() {
         daemon.stop();
         eprintln!(
             "round {round}: native {:.0}/s (cpu µs/event: server {:.1}, consumer {:.1}; \
-             switches/event {:.2}, {:.2}), daemon {:.0}/s (server {:.1}, daemon {:.1}; {:.2}, {:.2})",
+             switches/event {:.2}, {:.2}), daemon {:.0}/s (server {:.1}, daemon {:.1}; {:.2}, {:.2}); \
+             daemon start to first ack {} ms, longest ack-floor stall {} ms after {} acks \
+             (native {} ms)",
             native.rate,
             native.cpu_per_event[0],
             native.cpu_per_event[1],
@@ -551,6 +579,10 @@ fn main() {
             rate.cpu_per_event[1],
             rate.switches_per_event[0],
             rate.switches_per_event[1],
+            rate.first_ack.as_millis(),
+            rate.longest_stall.0.as_millis(),
+            rate.longest_stall.1,
+            native.longest_stall.0.as_millis(),
         );
         native_rates.push(native);
         daemon_rates.push(rate);

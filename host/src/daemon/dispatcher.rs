@@ -32,12 +32,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::context::HostContext;
 use super::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
+use super::metrics::ListenerSeries;
 use crate::bus::{DeadLetter, Delivery, DeliverySource, LastError, PullError, Subscription};
 use crate::event::CanonicalEvent;
 use crate::sandbox::Limits;
@@ -102,6 +103,8 @@ pub struct ListenerDispatcher {
     throttling: std::sync::Mutex<ThrottleReports>,
     /// Highest stream sequence seen: the pending gauge follows the newest delivery only.
     newest: std::sync::atomic::AtomicU64,
+    /// The metrics every event updates, looked up once.
+    series: ListenerSeries,
 }
 
 /// Limits `sandbus.listener.failed` events to one a second per listener; the next one says
@@ -116,19 +119,33 @@ impl ListenerDispatcher {
     /// Starts a dispatcher for `subscription` on its own task.
     pub fn spawn(subscription: Subscription, context: Arc<DispatchContext>) -> DispatcherHandle {
         let stop = CancellationToken::new();
-        let dispatcher = Arc::new(ListenerDispatcher {
-            subscription: Arc::new(subscription.clone()),
+        let dispatcher = Arc::new(ListenerDispatcher::new(
+            subscription.clone(),
             context,
-            stop: stop.clone(),
-            failures: Mutex::new(FailureReports::default()),
-            throttling: std::sync::Mutex::new(ThrottleReports::default()),
-            newest: std::sync::atomic::AtomicU64::new(0),
-        });
+            stop.clone(),
+        ));
         let task = tokio::spawn(dispatcher.run());
         DispatcherHandle {
             subscription,
             stop,
             task,
+        }
+    }
+
+    /// A dispatcher that has not started: [`Self::spawn`] starts one.
+    fn new(
+        subscription: Subscription,
+        context: Arc<DispatchContext>,
+        stop: CancellationToken,
+    ) -> Self {
+        ListenerDispatcher {
+            series: context.host.metrics.listener(&subscription.listener),
+            subscription: Arc::new(subscription),
+            context,
+            stop,
+            failures: Mutex::new(FailureReports::default()),
+            throttling: std::sync::Mutex::new(ThrottleReports::default()),
+            newest: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -165,22 +182,41 @@ impl ListenerDispatcher {
                 }
             };
             loop {
-                let permit = tokio::select! {
-                    _ = self.stop.cancelled() => break,
-                    _ = changes.changed() => {
-                        if self.context.host.components.get(self.listener()).is_none() {
-                            break;
-                        }
-                        continue;
+                // The fast path, taken while events keep coming: a free slot and a message
+                // already there are taken without registering any waker; the `select!`s
+                // below only run when the dispatcher has to wait.
+                if self.stop.is_cancelled() {
+                    break;
+                }
+                if changes.has_changed().unwrap_or(false) {
+                    changes.borrow_and_update();
+                    if self.context.host.components.get(self.listener()).is_none() {
+                        break;
                     }
-                    permit = in_flight.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
+                }
+                let permit = match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(TryAcquireError::Closed) => break,
+                    Err(TryAcquireError::NoPermits) => tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        _ = changes.changed() => {
+                            if self.context.host.components.get(self.listener()).is_none() {
+                                break;
+                            }
+                            continue;
+                        }
+                        permit = in_flight.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
                     },
                 };
-                let next = tokio::select! {
-                    _ = self.stop.cancelled() => break,
-                    next = messages.next() => next,
+                let next = match messages.next().now_or_never() {
+                    Some(next) => next,
+                    None => tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        next = messages.next() => next,
+                    },
                 };
                 match next {
                     Some(Ok(message)) => {
@@ -248,11 +284,7 @@ impl ListenerDispatcher {
                     .newest
                     .fetch_max(info.stream_sequence, std::sync::atomic::Ordering::Relaxed);
                 if info.stream_sequence >= previous {
-                    self.context.host.metrics.set(
-                        "sandbus_listener_pending",
-                        &[("listener", self.listener())],
-                        info.pending as f64,
-                    );
+                    self.series.pending(info.pending);
                 }
                 (info.stream_sequence, info.delivered.max(1))
             }
@@ -290,7 +322,7 @@ impl ListenerDispatcher {
         // it is in progress well within the consumer's ack wait, so it is not redelivered
         // while it waits or runs.
         let progress_every = crate::bus::ack_wait_for(component.prepared.limits().timeout) / 3;
-        let running = self.context.host.metrics.in_flight(self.listener());
+        let running = self.series.in_flight();
         let call = component
             .prepared
             .handle(event, &self.context.host.capabilities);
@@ -421,13 +453,16 @@ impl ListenerDispatcher {
         match result {
             None => {}
             Some(Ok(invocation)) => {
-                let outcome = match invocation.output {
-                    HandlerOutcome::Ok => "ok",
-                    HandlerOutcome::Retry { .. } => "retry",
-                    HandlerOutcome::Reject { .. } => "reject",
-                };
                 let wall = Duration::from_micros(invocation.metering.wall_us);
-                metrics.invocation(name, "listener", outcome, Some(wall));
+                match invocation.output {
+                    HandlerOutcome::Ok => self.series.ok(wall),
+                    HandlerOutcome::Retry { .. } => {
+                        metrics.invocation(name, "listener", "retry", Some(wall));
+                    }
+                    HandlerOutcome::Reject { .. } => {
+                        metrics.invocation(name, "listener", "reject", Some(wall));
+                    }
+                }
                 metrics.throttled(name, &invocation.metering.throttle);
                 self.context
                     .host

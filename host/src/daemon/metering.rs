@@ -27,14 +27,20 @@ pub use sandbus_host_events::Usage;
 /// Accumulates usage and emits it once per window.
 #[derive(Debug, Default)]
 pub struct MeteringBatcher {
-    totals: Mutex<BTreeMap<(String, &'static str), Usage>>,
+    /// Component → world → usage: looked up by the component's name as borrowed, so a call
+    /// of a component already seen in the window allocates nothing.
+    totals: Mutex<BTreeMap<String, BTreeMap<&'static str, Usage>>>,
 }
 
 impl MeteringBatcher {
     /// Adds one finished call of `component` (of `world`).
     pub fn record(&self, component: &str, world: &'static str, metering: &Metering, failed: bool) {
         let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
-        let usage = totals.entry((component.to_owned(), world)).or_default();
+        let worlds = match totals.get_mut(component) {
+            Some(worlds) => worlds,
+            None => totals.entry(component.to_owned()).or_default(),
+        };
+        let usage = worlds.entry(world).or_default();
         usage.invocations += 1;
         usage.failed += u64::from(failed);
         usage.wall_us = usage.wall_us.saturating_add(metering.wall_us);
@@ -45,6 +51,13 @@ impl MeteringBatcher {
     /// Takes the totals so far, leaving them empty.
     pub fn take(&self) -> BTreeMap<(String, &'static str), Usage> {
         std::mem::take(&mut *self.totals.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_iter()
+            .flat_map(|(component, worlds)| {
+                worlds
+                    .into_iter()
+                    .map(move |(world, usage)| ((component.clone(), world), usage))
+            })
+            .collect()
     }
 
     /// Emits a `sandbus.metering` event every `window` while there was usage, until `stop`;

@@ -13,10 +13,10 @@ use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::super::{FailureReports, ListenerDispatcher, ListenerFailures};
+use super::super::{ListenerDispatcher, ListenerFailures};
 use crate::bus::{
     BusError, BusErrorKind, ComponentManifest, DeadLetter, Deliveries, Delivery, DeliveryInfo,
-    DeliverySource, LastError, Subscription,
+    DeliverySource, LastError, PullError, Subscription,
 };
 use crate::daemon::components::{LoadedComponent, spec_of};
 use crate::daemon::context::{ComponentSource, HostContext};
@@ -250,11 +250,14 @@ impl ComponentSource for FakeComponents {
     }
 }
 
-/// Hands out the given deliveries on the first pull, then nothing; the stream never ends.
-/// `pulled` is notified on every pull.
+/// Hands out the given deliveries on the first pull, then nothing; the stream never ends,
+/// unless `after_silence` is set: then the first pull's stream ends with
+/// [`PullError::Ended`] after its deliveries (as a pull that missed its heartbeats does),
+/// and the next pull hands out `after_silence`. `pulled` is notified on every pull.
 #[derive(Default)]
 pub(super) struct FakeSource {
     pub(super) deliveries: std::sync::Mutex<Vec<FakeDelivery>>,
+    pub(super) after_silence: std::sync::Mutex<Option<Vec<FakeDelivery>>>,
     pub(super) pulled: Arc<Notify>,
 }
 
@@ -263,16 +266,25 @@ impl DeliverySource for FakeSource {
     async fn pull(&self, listener: &str, _batch: usize) -> Result<Deliveries, BusError> {
         assert_eq!(listener, LISTENER);
         self.pulled.notify_one();
-        let deliveries = std::mem::take(
-            &mut *self
-                .deliveries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let mut queued = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let deliveries = std::mem::take(&mut *queued);
+        let silence = self
+            .after_silence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|next| {
+                *queued = next;
+                Err(PullError::Ended("missed idle heartbeat".to_owned()))
+            });
         Ok(futures::stream::iter(
             deliveries
                 .into_iter()
-                .map(|d| Ok(Box::new(d) as Box<dyn Delivery>)),
+                .map(|d| Ok(Box::new(d) as Box<dyn Delivery>))
+                .chain(silence),
         )
         .chain(futures::stream::pending())
         .boxed())
@@ -463,14 +475,11 @@ impl Setup {
     pub(super) fn build(self) -> Harness {
         let journal = Arc::new(Journal::default());
         let stop = CancellationToken::new();
-        let dispatcher = Arc::new(ListenerDispatcher {
-            subscription: Arc::new(self.subscription()),
-            context: self.context(&journal, FakeSource::default()),
-            stop: stop.clone(),
-            failures: tokio::sync::Mutex::new(FailureReports::default()),
-            throttling: Default::default(),
-            newest: std::sync::atomic::AtomicU64::new(0),
-        });
+        let dispatcher = Arc::new(ListenerDispatcher::new(
+            self.subscription(),
+            self.context(&journal, FakeSource::default()),
+            stop.clone(),
+        ));
         Harness {
             journal,
             dispatcher,
@@ -485,10 +494,38 @@ impl Setup {
         journal: &Arc<Journal>,
         deliveries: Vec<FakeDelivery>,
     ) -> (DispatcherHandle, Arc<Notify>) {
-        let source = FakeSource {
-            deliveries: std::sync::Mutex::new(deliveries),
-            pulled: Arc::default(),
-        };
+        self.spawn_from(
+            journal,
+            FakeSource {
+                deliveries: std::sync::Mutex::new(deliveries),
+                ..FakeSource::default()
+            },
+        )
+    }
+
+    /// Runs a whole dispatcher whose first pull gets `first` and then goes silent; the pull
+    /// after that gets `then`.
+    pub(super) fn spawn_with_silence(
+        self,
+        journal: &Arc<Journal>,
+        first: Vec<FakeDelivery>,
+        then: Vec<FakeDelivery>,
+    ) -> (DispatcherHandle, Arc<Notify>) {
+        self.spawn_from(
+            journal,
+            FakeSource {
+                deliveries: std::sync::Mutex::new(first),
+                after_silence: std::sync::Mutex::new(Some(then)),
+                pulled: Arc::default(),
+            },
+        )
+    }
+
+    fn spawn_from(
+        self,
+        journal: &Arc<Journal>,
+        source: FakeSource,
+    ) -> (DispatcherHandle, Arc<Notify>) {
         let pulled = source.pulled.clone();
         let handle = ListenerDispatcher::spawn(self.subscription(), self.context(journal, source));
         (handle, pulled)

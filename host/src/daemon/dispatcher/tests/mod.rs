@@ -247,6 +247,24 @@ async fn stopping_hands_back_the_call_in_flight_and_what_was_pulled_but_not_star
 }
 
 #[tokio::test]
+async fn a_pull_that_went_silent_is_pulled_again_and_the_events_after_it_are_handled() {
+    let journal = Arc::new(Journal::default());
+    let (handle, _pulled) = Setup::with("noop-listener", &[]).spawn_with_silence(
+        &journal,
+        vec![delivery(&journal, 1, 1, event("e1"))],
+        vec![delivery(&journal, 2, 1, event("e2"))],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journal.entries().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.stop().await;
+    let mut entries = journal.entries();
+    entries.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(entries, [Entry::Ack(1), Entry::Ack(2)]);
+}
+
+#[tokio::test]
 async fn a_listener_that_publishes_once_per_event_is_never_held_to_the_rate_cap() {
     // A cap of 1/s with no burst to speak of: only each call's budget of one lets it keep up.
     let harness = Setup::with("echo-listener", &["publish-rate=1/s"]).build();
