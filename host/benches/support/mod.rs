@@ -111,7 +111,10 @@ impl Daemon {
             .args(&words[1..])
             .args(["daemon", "--nats", url, "--host-id", "bench", "--data-dir"])
             .arg(data)
-            .env("SANDBUS_LOG", "warn")
+            .env(
+                "SANDBUS_LOG",
+                std::env::var("SANDBUS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -47,6 +47,8 @@ pub struct NatsKv {
     /// acknowledgements, its reads from the server): a cached read waits for the copy to
     /// reach it.
     seen: Arc<AtomicU64>,
+    /// Reads served by the copy, and by the server.
+    reads: Arc<[AtomicU64; 2]>,
     max_bytes: i64,
 }
 
@@ -88,6 +90,7 @@ impl NatsKv {
             usage: Arc::default(),
             cache: Arc::new(KvCache::new(DEFAULT_CACHE_BYTES)),
             seen: Arc::default(),
+            reads: Arc::default(),
             max_bytes,
         }
     }
@@ -193,6 +196,20 @@ impl NatsKv {
         Ok(())
     }
 
+    /// Reads served so far by this daemon's copy, and by the server (for the metrics: a copy
+    /// that rarely answers is behind, or over its budget).
+    pub fn read_counts(&self) -> (u64, u64) {
+        (
+            self.reads[0].load(Ordering::Relaxed),
+            self.reads[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes of keys and values this daemon's copy holds.
+    pub fn copy_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+
     /// Notes that the server confirmed `revision`.
     fn saw(&self, revision: u64) {
         self.seen.fetch_max(revision, Ordering::AcqRel);
@@ -203,15 +220,18 @@ impl NatsKv {
     /// holding nothing, the revision a write expecting absence must name).
     async fn read(&self, full: &str) -> Result<(Option<Bytes>, u64), KvStoreError> {
         let seen = self.seen.load(Ordering::Acquire);
-        match self.cache.lookup(full, seen, CACHE_PATIENCE).await {
-            Lookup::Found { value, revision } => Ok((Some(value), revision)),
-            Lookup::Absent { revision } => Ok((None, revision)),
-            Lookup::Miss => self.read_from_server(full).await,
-        }
+        let found = match self.cache.lookup(full, seen, CACHE_PATIENCE).await {
+            Lookup::Found { value, revision } => (Some(value), revision),
+            Lookup::Absent { revision } => (None, revision),
+            Lookup::Miss => return self.read_from_server(full).await,
+        };
+        self.reads[0].fetch_add(1, Ordering::Relaxed);
+        Ok(found)
     }
 
     /// `full` as the stream leader has it now.
     async fn read_from_server(&self, full: &str) -> Result<(Option<Bytes>, u64), KvStoreError> {
+        self.reads[1].fetch_add(1, Ordering::Relaxed);
         let entry = self.bucket.entry(full).await.map_err(unavailable)?;
         Ok(match entry {
             Some(e) => {

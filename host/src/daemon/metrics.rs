@@ -59,6 +59,16 @@ const METRICS: &[(&str, &str, &str)] = &[
         "Time publishes waited for their turn under the publish-rate cap, by component.",
     ),
     (
+        "sandbus_kv_reads_total",
+        "counter",
+        "Guest kv reads (and the reads before conditional writes) by where they were served: this daemon's copy of the bucket, or the server.",
+    ),
+    (
+        "sandbus_kv_copy_bytes",
+        "gauge",
+        "Bytes of keys and values in this daemon's copy of the guests' kv bucket ([kv] cache_bytes bounds it).",
+    ),
+    (
         "sandbus_dead_lettered_total",
         "counter",
         "Events moved to the dead-letter stream, by listener.",

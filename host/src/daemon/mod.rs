@@ -52,7 +52,9 @@ pub use hooks::HookDispatcher;
 pub use lab::{DeviceLab, LabBus};
 pub use metrics::Metrics;
 
-use crate::bus::{self, BusError, BusErrorKind, BusLayout, DaemonBus, HostInfo, HostRegistry};
+use crate::bus::{
+    self, BusError, BusErrorKind, BusLayout, DaemonBus, HostInfo, HostRegistry, NatsKv,
+};
 use crate::error::InvalidInput;
 use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, CompileBudget, CompileMode, Sandbox, SandboxConfig};
@@ -226,6 +228,7 @@ impl Daemon {
                 KV_USAGE_PATIENCE.as_secs()
             );
         }
+        let kv_for_metrics = kv.clone();
         let components = Arc::new(LoadedComponents::new(sandbox.clone(), store.clone()));
         // What every guest runner of this host shares: the dispatchers, the lab, the hooks.
         let host = HostContext {
@@ -234,7 +237,7 @@ impl Daemon {
             capabilities: Capabilities {
                 log: Arc::new(DiscardLog),
                 publisher: Arc::new(publisher),
-                kv: Arc::new(kv),
+                kv: Arc::new(kv.clone()),
                 usb: None,
             },
             metrics: metrics.clone(),
@@ -331,6 +334,7 @@ impl Daemon {
         let api_task = tokio::spawn(service.run(api_stop.clone()));
         tokio::spawn(sample_sandbox(
             sandbox_for_metrics,
+            kv_for_metrics.clone(),
             metrics.clone(),
             metrics_stop.clone(),
         ));
@@ -387,7 +391,13 @@ impl Daemon {
                 humantime::format_duration(limit)
             );
         }
-        tracing::info!(host = %host_id, "stopped");
+        let (kv_reads_from_copy, kv_reads_from_server) = kv_for_metrics.read_counts();
+        tracing::info!(
+            host = %host_id,
+            kv_reads_from_copy,
+            kv_reads_from_server,
+            "stopped"
+        );
         Ok(())
     }
 
@@ -451,9 +461,27 @@ fn create_dir(path: &Path) -> Result<(), DaemonError> {
 /// How long a starting daemon waits to count the guests' kv usage before it runs guests.
 const KV_USAGE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Copies the sandbox's memory budget figures into the metrics every second until `stop`.
-async fn sample_sandbox(sandbox: Arc<Sandbox>, metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Copies the sandbox's memory budget figures and the kv copy's counts into the metrics
+/// every second until `stop`.
+async fn sample_sandbox(
+    sandbox: Arc<Sandbox>,
+    kv: NatsKv,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     loop {
+        let (from_copy, from_server) = kv.read_counts();
+        metrics.set(
+            "sandbus_kv_reads_total",
+            &[("source", "copy")],
+            from_copy as f64,
+        );
+        metrics.set(
+            "sandbus_kv_reads_total",
+            &[("source", "server")],
+            from_server as f64,
+        );
+        metrics.set("sandbus_kv_copy_bytes", &[], kv.copy_bytes() as f64);
         let (reserved, peak) = sandbox.memory_reserved();
         metrics.set(
             "sandbus_memory_budget_bytes",
