@@ -740,7 +740,11 @@ mod tests {
         // Record (1), add (3), mark (1): the crash comes before the sums record.
         let crashing = Paused::new(&map, 5, Gap::Crash);
         assert!(deliver(&crashing, "run-1", 7).is_err());
-        assert!(map.get(&model::counted_key(M, "smoke", "run-1")).unwrap().is_some());
+        assert!(
+            map.get(&model::counted_key(M, "smoke", "run-1"))
+                .unwrap()
+                .is_some()
+        );
         let trailing = StaleOnce {
             map: &map,
             key,
@@ -748,7 +752,11 @@ mod tests {
         };
         let settled = deliver(&trailing, "run-1", 7).unwrap();
         assert_eq!(settled.total, 7 + WARM);
-        check(&map, 7 + WARM, "after a redelivery that read a trailing shard");
+        check(
+            &map,
+            7 + WARM,
+            "after a redelivery that read a trailing shard",
+        );
     }
 
     #[test]
