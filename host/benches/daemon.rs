@@ -26,7 +26,7 @@
 )]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,10 +36,14 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use tokio::sync::Mutex;
 
+#[path = "support/mod.rs"]
+mod bench_support;
 #[path = "daemon/bulk_publish.rs"]
 mod bulk_publish;
 #[path = "../../tests/support/mod.rs"]
 mod support;
+
+use bench_support::{Server, cpu_micros, publish_all, repo};
 
 const EVENTS: usize = 50_000;
 const LATENCY_EVENTS: usize = 2_000;
@@ -54,55 +58,6 @@ fn rounds() -> usize {
         .unwrap_or(ROUNDS)
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let binary = std::env::var("SANDBUS_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn event(i: usize, ty: &str) -> (String, String, Vec<u8>) {
     let id = format!("e-{i}-{}", rand::random::<u32>());
     let body = serde_json::json!({
@@ -111,40 +66,6 @@ fn event(i: usize, ty: &str) -> (String, String, Vec<u8>) {
         "data": {"tenant": "acme", "instance": format!("i-{i}"), "n": i}
     });
     (format!("events.{ty}"), id, body.to_string().into_bytes())
-}
-
-async fn publish_all(js: &jetstream::Context, events: Vec<(String, String, Vec<u8>)>) {
-    let mut acks = Vec::with_capacity(events.len());
-    for (subject, id, body) in events {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        acks.push(
-            js.publish_with_headers(subject, headers, body.into())
-                .await
-                .unwrap(),
-        );
-        if acks.len() >= 4096 {
-            for ack in acks.drain(..) {
-                ack.await.unwrap();
-            }
-        }
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
-}
-
-/// CPU time (user + system) a process has used so far, in µs, from `/proc/<pid>/stat`.
-fn cpu_micros(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // Linux reports these in USER_HZ, 100 per second on every common configuration.
-    ticks * 10_000.0
 }
 
 /// Context switches (voluntary and not) over all of a process's threads so far.
