@@ -43,7 +43,7 @@ mod bulk_publish;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use bench_support::{Server, cpu_micros, publish_all, repo};
+use bench_support::{Server, cli, cpu_micros, publish_all, repo, wait_for_host};
 
 const EVENTS: usize = 50_000;
 const LATENCY_EVENTS: usize = 2_000;
@@ -266,34 +266,6 @@ fn profile(pid: u32) -> Option<Child> {
         .stderr(Stdio::null())
         .spawn()
         .ok()
-}
-
-fn cli(url: &str, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
-        .args(args)
-        .args(["--nats", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sandbus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wait_for_host(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_sandbus"))
-            .args(["hosts", "--json", "--nats", url])
-            .output()
-            .unwrap();
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"bench\"") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Publishes `LATENCY_EVENTS` at `LATENCY_RATE`/s and measures publish → echo, in µs.
