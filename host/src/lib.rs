@@ -27,4 +27,5 @@ pub mod imports;
 pub mod invocation;
 pub mod sandbox;
 pub mod subject;
+pub mod subject_index;
 pub mod text;

@@ -22,6 +22,7 @@ mod dev_replay;
 mod dev_run;
 mod device_lab;
 mod hooks;
+mod idle_listeners;
 mod inspect;
 mod listener_limits;
 mod operations;

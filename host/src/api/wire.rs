@@ -455,6 +455,7 @@ mod tests {
             dead_lettered: 0,
             last_error: None,
             last_throttled: None,
+            idle: false,
         };
         let bare = serde_json::to_value(&status).unwrap();
         let one = StatusReply::One(Box::new(status.clone()));

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 
+use super::idle::Rested;
 use super::subscriptions::SubscriptionStore;
 use super::{BusError, BusErrorKind};
 
@@ -163,6 +164,16 @@ pub trait DeliverySource: Send + Sync {
     /// next batch is asked for while this one is handled). Fails when the listener's
     /// consumer is missing or the server cannot be asked; try again later.
     async fn pull(&self, listener: &str, batch: usize) -> Result<Deliveries, BusError>;
+
+    /// Rests `listener` when it has nothing pending and nothing in flight: its consumer is
+    /// deleted and where it stood recorded, so an idle listener costs the server nothing
+    /// ([`SubscriptionStore::rest`]).
+    async fn rest(&self, listener: &str) -> Result<Rested, BusError>;
+
+    /// Makes an idle listener's consumer again, from where it stood, with `ack_wait`; nothing
+    /// to do if it has one. [`BusErrorKind::NotFound`] when it has neither a consumer nor a
+    /// position ([`SubscriptionStore::wake`]).
+    async fn wake(&self, listener: &str, ack_wait: Duration) -> Result<(), BusError>;
 }
 
 /// Pulls from the listener's durable consumer on the events stream.
@@ -184,6 +195,14 @@ impl DeliverySource for SubscriptionStore {
                 Err(e) => Err(PullError::from(e)),
             })
             .boxed())
+    }
+
+    async fn rest(&self, listener: &str) -> Result<Rested, BusError> {
+        SubscriptionStore::rest(self, listener).await
+    }
+
+    async fn wake(&self, listener: &str, ack_wait: Duration) -> Result<(), BusError> {
+        SubscriptionStore::wake(self, listener, ack_wait).await
     }
 }
 

@@ -214,6 +214,15 @@ impl EventStream {
         &self.js
     }
 
+    /// The events stream handle, without asking for its info (for requests on its consumers
+    /// and messages, which need only its name).
+    pub async fn handle(&self) -> Result<stream::Stream<()>, BusError> {
+        self.js
+            .get_stream_no_info(&self.name)
+            .await
+            .map_err(|e| BusError::not_set_up(&format!("the events stream {}", self.name), e))
+    }
+
     /// The events stream handle.
     pub async fn stream(&self) -> Result<stream::Stream, BusError> {
         self.js

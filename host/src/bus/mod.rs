@@ -20,6 +20,7 @@ mod delivery;
 mod direct_publish;
 mod events;
 mod hooks;
+mod idle;
 pub use events::humantime_serde;
 mod inventory;
 mod json_bucket;
@@ -55,6 +56,7 @@ pub use hooks::{
     DEFAULT_DEADLINE as DEFAULT_HOOK_DEADLINE, HookPoint, HookPoints, HookPolicy,
     MAX_DEADLINE as MAX_HOOK_DEADLINE, validate_deadline as validate_hook_deadline, validate_point,
 };
+pub use idle::{EventFeed, FedEvent, Rested};
 pub use inventory::{DeviceInventory, DeviceRecord, DeviceState};
 pub use kv::{DEFAULT_CACHE_BYTES, NatsKv};
 pub use kv_cache::{KvCache, Lookup};
@@ -72,9 +74,9 @@ pub(crate) use store::now_rfc3339;
 pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
 pub use subscriptions::ack_wait_for;
 pub use subscriptions::{
-    DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, LastError, ListenerStatus,
-    Subscription, SubscriptionChange, SubscriptionError, SubscriptionErrorKind, SubscriptionStore,
-    validate_event_pattern,
+    DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, IdlePosition, LastError,
+    ListenerStatus, Subscription, SubscriptionChange, SubscriptionError, SubscriptionErrorKind,
+    SubscriptionStore, validate_event_pattern,
 };
 pub use uploads::{STAGE_TTL, StagedUploads};
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{ConsumerErrorKind, ConsumerUpdateErrorKind};
 use async_nats::jetstream::{self};
 use futures::{Stream, StreamExt as _};
@@ -63,6 +64,27 @@ pub struct Subscription {
     pub backoff: Vec<Duration>,
     /// When it was created or last changed (RFC 3339).
     pub updated_at: String,
+    /// Where the listener's consumer stood when it was last deleted for being idle (see
+    /// [`IdlePosition`]); `None` for a listener never idled. Kept by [`SubscriptionStore::put`]:
+    /// a subscribe never moves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdlePosition>,
+}
+
+/// An idle listener has no consumer: after it had nothing pending and nothing in flight for
+/// a while (`[listeners] idle_after`), a daemon recorded where its consumer stood and deleted
+/// it. The next event for it makes the consumer again, starting just after this position, so
+/// nothing published meanwhile is missed (the stream keeps events by age, not by interest).
+///
+/// It is a lower bound, never more: a consumer made again may redeliver events after it that
+/// were already handled (at least once, as always), never skip one. It stays in the record
+/// after the consumer is made again, and only ever moves forward.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdlePosition {
+    /// Every event of the listener up to this stream sequence was handled.
+    pub after_sequence: u64,
+    /// When the consumer was deleted (RFC 3339).
+    pub since: String,
 }
 
 /// Which field of a [`Subscription`] is not acceptable.
@@ -95,6 +117,7 @@ impl Subscription {
             max_deliver: DEFAULT_MAX_DELIVER,
             backoff: DEFAULT_BACKOFF.to_vec(),
             updated_at: now_rfc3339(),
+            idle: None,
         }
     }
 
@@ -250,6 +273,10 @@ pub struct ListenerStatus {
     /// The latest report of the listener's publish rate cap holding it back, if any.
     #[serde(default)]
     pub last_throttled: Option<ListenerThrottled>,
+    /// Idle: it has no consumer now (its next event makes it again, from
+    /// `subscription.idle`); pending, in flight and redelivered are then 0.
+    #[serde(default)]
+    pub idle: bool,
 }
 
 /// A change seen by [`SubscriptionStore::watch`].
@@ -296,6 +323,11 @@ impl SubscriptionStore {
         })
     }
 
+    /// The subscription records, for the idling in [`super::idle`].
+    pub(super) fn records(&self) -> &JsonBucket<Subscription> {
+        &self.subscriptions
+    }
+
     /// The events stream the consumers are on.
     pub fn events(&self) -> &EventStream {
         &self.events
@@ -309,20 +341,6 @@ impl SubscriptionStore {
         ack_wait: Duration,
     ) -> Result<(), BusError> {
         let stream = self.events.stream().await?;
-        let config = pull::Config {
-            durable_name: Some(names::listener_consumer(&subscription.listener)),
-            description: Some(format!("sandbus listener {}", subscription.listener)),
-            filter_subjects: subscription.filter_subjects(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait,
-            // Deliveries are counted by the dispatcher, which dead-letters at max_deliver;
-            // the server must never silently stop redelivering on its own.
-            max_deliver: -1,
-            max_ack_pending: i64::from(subscription.max_in_flight),
-            deliver_policy: DeliverPolicy::New,
-            max_waiting: 512,
-            ..Default::default()
-        };
         let name = names::listener_consumer(&subscription.listener);
         // What the consumer was before, to put back if the record cannot be written.
         let before = stream
@@ -330,7 +348,18 @@ impl SubscriptionStore {
             .await
             .ok()
             .map(|info| info.config);
+        // A consumer made again after idling starts at a sequence; an update keeps that.
+        let deliver = before
+            .as_ref()
+            .map_or(DeliverPolicy::New, |c| c.deliver_policy);
+        let config = consumer_config(subscription, ack_wait, deliver);
+        // A subscribe never moves where an idle listener stood: its consumer is made again,
+        // from there, by the next event for it ([`IdlePosition`]).
+        let mut subscription = subscription.clone();
+        subscription.idle = self.get(&subscription.listener).await?.and_then(|s| s.idle);
+        let subscription = &subscription;
         let made = match before {
+            None if subscription.idle.is_some() => Ok(()),
             Some(_) => stream
                 .update_consumer(config)
                 .await
@@ -368,6 +397,7 @@ impl SubscriptionStore {
                     .await
                     .map(|_| ())
                     .map_err(Into::into),
+                None if subscription.idle.is_some() => Ok(()),
                 None => stream
                     .delete_consumer(&name)
                     .await
@@ -444,17 +474,29 @@ impl SubscriptionStore {
 
     /// The listener's pull consumer, to fetch from.
     pub async fn consumer(&self, listener: &str) -> Result<consumer::PullConsumer, BusError> {
-        let stream = self.events.stream().await?;
-        stream
-            .get_consumer(&names::listener_consumer(listener))
-            .await
-            .map_err(|e| {
-                BusError::new(
+        let stream = self.events.handle().await?;
+        let name = names::listener_consumer(listener);
+        let info = match stream.consumer_info(&name).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                return Err(BusError::new(
                     BusErrorKind::NotFound,
-                    format!("the consumer of `{listener}` is missing: {e}"),
+                    format!("the consumer of `{listener}` is missing (idle, or unsubscribed)"),
                 )
-                .caused_by(e)
-            })
+                .caused_by(e));
+            }
+            Err(e) => return Err(BusError::unavailable("read the listener's consumer", e)),
+        };
+        // One request, not get_consumer's second one: pulls are made often (after every
+        // pull that ended).
+        let config =
+            <pull::Config as consumer::FromConsumer>::try_from_consumer_config(info.config.clone())
+                .map_err(|e| BusError::unavailable("read the listener's consumer", e))?;
+        Ok(consumer::Consumer::new(
+            config,
+            info,
+            self.events.context().clone(),
+        ))
     }
 
     /// Records the listener's latest failure.
@@ -485,11 +527,19 @@ impl SubscriptionStore {
                 format!("`{listener}` is not subscribed; `sandbus subscribe {listener} --events PATTERN` subscribes it"),
             )
         })?;
-        let stream = self.events.stream().await?;
-        let info = stream
+        let stream = self.events.handle().await?;
+        let info = match stream
             .consumer_info(&names::listener_consumer(listener))
             .await
-            .map_err(|e| BusError::unavailable("read the listener's consumer", e))?;
+        {
+            Ok(info) => Some(info),
+            Err(e)
+                if e.kind() == ConsumerInfoErrorKind::NotFound && subscription.idle.is_some() =>
+            {
+                None
+            }
+            Err(e) => return Err(BusError::unavailable("read the listener's consumer", e)),
+        };
         // A status that cannot be read or decoded is no reason to fail the whole status.
         let last_error = self.status.get(listener).await.ok().flatten();
         let last_throttled = self
@@ -501,9 +551,10 @@ impl SubscriptionStore {
             .flatten();
         Ok(ListenerStatus {
             subscription,
-            pending: info.num_pending,
-            in_flight: info.num_ack_pending as u64,
-            redelivered: info.num_redelivered as u64,
+            pending: info.as_ref().map_or(0, |i| i.num_pending),
+            in_flight: info.as_ref().map_or(0, |i| i.num_ack_pending as u64),
+            redelivered: info.as_ref().map_or(0, |i| i.num_redelivered as u64),
+            idle: info.is_none(),
             dead_lettered: self.events.dead_lettered(listener).await?,
             last_error,
             last_throttled,
@@ -554,6 +605,29 @@ fn consumer_refused(
         ),
     )
     .caused_by(e)
+}
+
+/// The durable consumer of a listener: its filters, explicit acks, `ack_wait`, no server-side
+/// delivery limit (the dispatcher counts deliveries), the in-flight cap, starting at `deliver`.
+pub(super) fn consumer_config(
+    subscription: &Subscription,
+    ack_wait: Duration,
+    deliver: DeliverPolicy,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names::listener_consumer(&subscription.listener)),
+        description: Some(format!("sandbus listener {}", subscription.listener)),
+        filter_subjects: subscription.filter_subjects(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        // Deliveries are counted by the dispatcher, which dead-letters at max_deliver;
+        // the server must never silently stop redelivering on its own.
+        max_deliver: -1,
+        max_ack_pending: i64::from(subscription.max_in_flight),
+        deliver_policy: deliver,
+        max_waiting: 512,
+        ..Default::default()
+    }
 }
 
 /// Extra time a consumer waits for an ack beyond the listener's own deadline.

@@ -45,6 +45,10 @@ pub struct DaemonArgs {
     /// How long events in flight may finish after SIGINT/SIGTERM before they are handed back.
     #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// How long a listener with nothing to do keeps its consumer before it is idle (no
+    /// consumer until its next event) [default: 60s; 0s: never].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_after: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR", env = "SANDBUS_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -87,6 +91,9 @@ impl DaemonArgs {
         }
         if let Some(grace) = self.shutdown_grace {
             config.listeners.shutdown_grace = grace;
+        }
+        if let Some(idle_after) = self.idle_after {
+            config.listeners.idle_after = idle_after;
         }
         if let Some(addr) = self.metrics_listen {
             config.metrics.listen = Some(addr);

@@ -142,6 +142,13 @@ pub async fn status(args: StatusArgs) -> u8 {
 fn print_status(s: &ListenerStatus) {
     outln!("{}", s.subscription.listener);
     outln!("  events:        {}", s.subscription.events.join(", "));
+    if let (true, Some(idle)) = (s.idle, &s.subscription.idle) {
+        outln!(
+            "  idle since:    {} (no consumer; its next event makes it again from seq {})",
+            idle.since,
+            idle.after_sequence.saturating_add(1)
+        );
+    }
     outln!("  pending:       {}", s.pending);
     outln!("  in flight:     {}", s.in_flight);
     outln!("  redelivered:   {}", s.redelivered);

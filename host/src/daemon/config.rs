@@ -25,6 +25,7 @@
 //! [listeners]
 //! batch = 128
 //! shutdown_grace = "10s"
+//! idle_after = "60s"                       # an idle listener's consumer is deleted; "0s": never
 //!
 //! [devices]
 //! simulate = "/etc/sandbus/devices.toml"   # simulated devices instead of real USB
@@ -233,6 +234,21 @@ pub struct ListenersSection {
     /// How long events in flight may run on after SIGINT/SIGTERM before they are naked.
     #[serde(with = "crate::bus::humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a listener with nothing pending and nothing in flight keeps its consumer;
+    /// then it is idle: its consumer is deleted (where it stood is kept) and made again by
+    /// its next event. `"0s"`: listeners are never idled.
+    #[serde(with = "crate::bus::humantime_serde")]
+    pub idle_after: Duration,
+}
+
+/// How long a listener with nothing to do keeps its consumer, by default.
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(60);
+
+impl ListenersSection {
+    /// `idle_after`, or `None` when listeners are never idled.
+    pub fn idle_after(&self) -> Option<Duration> {
+        (!self.idle_after.is_zero()).then_some(self.idle_after)
+    }
 }
 
 impl Default for ListenersSection {
@@ -240,6 +256,7 @@ impl Default for ListenersSection {
         Self {
             batch: 128,
             shutdown_grace: Duration::from_secs(10),
+            idle_after: DEFAULT_IDLE_AFTER,
         }
     }
 }
@@ -466,6 +483,9 @@ mod tests {
         assert_eq!(config.host.id.as_deref(), Some("lab-7"));
         assert_eq!(config.events.max_age, Duration::from_secs(14 * 86_400));
         assert_eq!(config.listeners.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(config.listeners.idle_after(), Some(DEFAULT_IDLE_AFTER));
+        let never: ConfigFile = toml::from_str("[listeners]\nidle_after = \"0s\"").unwrap();
+        assert_eq!(never.listeners.idle_after(), None, "0s: never idled");
         assert_eq!(config.sandbox.compile_timeout, Duration::from_secs(30));
         assert_eq!(config.sandbox.compile_memory, ByteSize::mib(512));
         assert_eq!(config.sandbox.compile_concurrency, 2);

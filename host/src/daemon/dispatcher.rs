@@ -39,7 +39,9 @@ use tokio_util::task::TaskTracker;
 use super::context::HostContext;
 use super::host_events::{HostEvent as _, ListenerDeadLettered, ListenerFailed};
 use super::metrics::ListenerSeries;
-use crate::bus::{DeadLetter, Delivery, DeliverySource, LastError, PullError, Subscription};
+use crate::bus::{
+    BusErrorKind, DeadLetter, Delivery, DeliverySource, LastError, PullError, Rested, Subscription,
+};
 use crate::event::CanonicalEvent;
 use crate::sandbox::Limits;
 use crate::sandbox::{HandlerOutcome, Invocation, InvokeError};
@@ -73,12 +75,33 @@ pub struct DispatchContext {
     pub grace: Duration,
     /// Most messages asked for in one pull.
     pub batch: usize,
+    /// How long a listener with nothing pending and nothing in flight keeps its consumer
+    /// before the dispatcher rests it and ends; `None`: never.
+    pub idle_after: Option<Duration>,
+    /// Where a dispatcher that ended because its listener went idle says so.
+    pub went_idle: Option<tokio::sync::mpsc::UnboundedSender<WentIdle>>,
 }
+
+/// A dispatcher ended on its own because its listener has no consumer any more: it rested
+/// it, or another host did, or it was spawned for a listener with nothing to make one from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WentIdle {
+    /// The listener.
+    pub listener: String,
+    /// The [`DispatcherHandle::id`] of the dispatcher that ended.
+    pub dispatcher: u64,
+}
+
+/// Numbers the dispatchers of this process, so a late [`WentIdle`] is told apart from the
+/// dispatcher started after it.
+static NEXT_DISPATCHER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A running dispatcher: stop it, or wait for it.
 pub struct DispatcherHandle {
     /// The subscription it runs.
     pub subscription: Subscription,
+    /// Which dispatcher of this process it is.
+    pub id: u64,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -96,6 +119,7 @@ impl DispatcherHandle {
 
 /// Pulls one listener's events and hands them to it.
 pub struct ListenerDispatcher {
+    id: u64,
     subscription: Arc<Subscription>,
     context: Arc<DispatchContext>,
     stop: CancellationToken,
@@ -124,9 +148,11 @@ impl ListenerDispatcher {
             context,
             stop.clone(),
         ));
+        let id = dispatcher.id;
         let task = tokio::spawn(dispatcher.run());
         DispatcherHandle {
             subscription,
+            id,
             stop,
             task,
         }
@@ -139,6 +165,7 @@ impl ListenerDispatcher {
         stop: CancellationToken,
     ) -> Self {
         ListenerDispatcher {
+            id: NEXT_DISPATCHER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             series: context.host.metrics.listener(&subscription.listener),
             subscription: Arc::new(subscription),
             context,
@@ -157,8 +184,15 @@ impl ListenerDispatcher {
         let in_flight = Arc::new(Semaphore::new(self.subscription.max_in_flight as usize));
         let tracker = TaskTracker::new();
         let mut changes = self.context.host.components.changes();
-        tracing::info!(listener = self.listener(), events = ?self.subscription.events, "dispatcher started");
-        while !self.stop.is_cancelled() {
+        tracing::debug!(listener = self.listener(), events = ?self.subscription.events, "dispatcher started");
+        // Whether a pull has worked yet: a consumer missing before that is made again from
+        // where the idle listener stood (it was woken); missing after, it was rested.
+        let mut pulled = false;
+        let mut went_idle = false;
+        // The last time a message came or something was in flight.
+        let mut busy_at = tokio::time::Instant::now();
+        let max_in_flight = self.subscription.max_in_flight as usize;
+        while !self.stop.is_cancelled() && !went_idle {
             // Pull only while the listener is loaded here; otherwise its events wait in the
             // consumer (or go to a host that has it).
             if self.context.host.components.get(self.listener()).is_none() {
@@ -174,7 +208,18 @@ impl ListenerDispatcher {
                 .min(self.subscription.max_in_flight as usize)
                 .max(1);
             let mut messages = match self.context.deliveries.pull(self.listener(), batch).await {
-                Ok(messages) => messages,
+                Ok(messages) => {
+                    pulled = true;
+                    messages
+                }
+                Err(e) if e.kind == BusErrorKind::NotFound => {
+                    if !pulled && self.wake().await {
+                        pulled = true;
+                        continue;
+                    }
+                    went_idle = true;
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(listener = self.listener(), error = %e, "cannot pull; retrying");
                     self.pause(Duration::from_secs(1)).await;
@@ -216,8 +261,22 @@ impl ListenerDispatcher {
                     None => tokio::select! {
                         _ = self.stop.cancelled() => break,
                         next = messages.next() => next,
+                        _ = tokio::time::sleep_until(busy_at + self.context.idle_after.unwrap_or_default()),
+                            if self.context.idle_after.is_some() => {
+                            // The permit this loop holds is the only one taken: nothing is in
+                            // flight.
+                            if in_flight.available_permits() + 1 < max_in_flight
+                                || !self.rest().await
+                            {
+                                busy_at = tokio::time::Instant::now();
+                                continue;
+                            }
+                            went_idle = true;
+                            break;
+                        }
                     },
                 };
+                busy_at = tokio::time::Instant::now();
                 match next {
                     Some(Ok(message)) => {
                         let this = self.clone();
@@ -256,7 +315,66 @@ impl ListenerDispatcher {
         }
         tracker.close();
         tracker.wait().await;
-        tracing::info!(listener = self.listener(), "dispatcher stopped");
+        if went_idle && !self.stop.is_cancelled() {
+            tracing::debug!(
+                listener = self.listener(),
+                "the listener is idle; dispatcher ended"
+            );
+            if let Some(report) = &self.context.went_idle {
+                let _ = report.send(WentIdle {
+                    listener: self.listener().to_owned(),
+                    dispatcher: self.id,
+                });
+            }
+        } else {
+            tracing::debug!(listener = self.listener(), "dispatcher stopped");
+        }
+    }
+
+    /// Rests the listener (nothing pending, nothing in flight for `idle_after`); whether it
+    /// is idle now.
+    async fn rest(&self) -> bool {
+        match self.context.deliveries.rest(self.listener()).await {
+            Ok(Rested::Idle) => {
+                tracing::info!(
+                    listener = self.listener(),
+                    "idle: its consumer is deleted until its next event"
+                );
+                true
+            }
+            Ok(Rested::Gone) => true,
+            Ok(Rested::Busy) => false,
+            Err(e) => {
+                tracing::warn!(listener = self.listener(), error = %e, "could not rest the idle listener");
+                false
+            }
+        }
+    }
+
+    /// Makes the consumer of a listener woken from idle again; whether it has one now.
+    async fn wake(&self) -> bool {
+        let Some(component) = self.context.host.components.get(self.listener()) else {
+            return false;
+        };
+        let ack_wait = crate::bus::ack_wait_for(component.prepared.limits().timeout);
+        loop {
+            match self
+                .context
+                .deliveries
+                .wake(self.listener(), ack_wait)
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) if e.kind == BusErrorKind::NotFound => return false,
+                Err(e) => {
+                    tracing::warn!(listener = self.listener(), error = %e, "cannot wake the listener; retrying");
+                    self.pause(Duration::from_secs(1)).await;
+                    if self.stop.is_cancelled() {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     async fn pause(&self, delay: Duration) {

@@ -69,6 +69,11 @@ const METRICS: &[(&str, &str, &str)] = &[
         "Bytes of keys and values in this daemon's copy of the guests' kv bucket ([kv] cache_bytes bounds it).",
     ),
     (
+        "sandbus_listeners",
+        "gauge",
+        "Subscribed listeners on this host by state: active (a dispatcher pulls from its consumer) or idle (no consumer until its next event; [listeners] idle_after).",
+    ),
+    (
         "sandbus_dead_lettered_total",
         "counter",
         "Events moved to the dead-letter stream, by listener.",

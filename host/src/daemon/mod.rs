@@ -30,15 +30,14 @@ pub mod host_events;
 pub mod lab;
 pub mod metering;
 pub mod metrics;
+mod roster;
 pub mod up;
 mod watches;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use components::{LoadedComponent, LoadedComponents};
@@ -59,6 +58,7 @@ use crate::error::InvalidInput;
 use crate::imports::log::DiscardLog;
 use crate::sandbox::{Capabilities, CompileBudget, CompileMode, Sandbox, SandboxConfig};
 use host_events::HostEvents;
+use roster::ListenerRoster;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +243,7 @@ impl Daemon {
             metrics: metrics.clone(),
             metering: metering.clone(),
         };
+        let (went_idle_tx, went_idle_rx) = tokio::sync::mpsc::unbounded_channel();
         let context = Arc::new(DispatchContext {
             host: host.clone(),
             deliveries: Arc::new(subscriptions.clone()),
@@ -253,8 +254,15 @@ impl Daemon {
             }),
             grace: self.config.listeners.shutdown_grace,
             batch: self.config.listeners.batch,
+            idle_after: self.config.listeners.idle_after(),
+            went_idle: Some(went_idle_tx),
         });
-        let dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>> = Arc::default();
+        let roster = ListenerRoster::start(
+            context.clone(),
+            subscriptions.clone(),
+            went_idle_rx,
+            CancellationToken::new(),
+        );
         let watchers = CancellationToken::new();
         let manifests_task = tokio::spawn(watches::watch_manifests(
             store.clone(),
@@ -263,8 +271,7 @@ impl Daemon {
         ));
         let subscriptions_task = tokio::spawn(watches::watch_subscriptions(
             subscriptions.clone(),
-            context.clone(),
-            dispatchers.clone(),
+            roster.clone(),
             watchers.clone(),
         ));
         let lab = Arc::new(
@@ -335,6 +342,7 @@ impl Daemon {
         tokio::spawn(sample_sandbox(
             sandbox_for_metrics,
             kv_for_metrics.clone(),
+            roster.clone(),
             metrics.clone(),
             metrics_stop.clone(),
         ));
@@ -343,7 +351,7 @@ impl Daemon {
             host_id.clone(),
             started_at.clone(),
             components.clone(),
-            dispatchers.clone(),
+            roster.clone(),
             watchers.clone(),
         ));
         host_events.host_started(&started_at).await;
@@ -363,9 +371,7 @@ impl Daemon {
             let _ = lab_task.await;
             let _ = subscriptions_task.await;
             let _ = manifests_task.await;
-            let handles: Vec<DispatcherHandle> =
-                dispatchers.lock().await.drain().map(|(_, h)| h).collect();
-            futures::future::join_all(handles.into_iter().map(DispatcherHandle::stop)).await;
+            roster.stop_all().await;
             usage_stop.cancel();
             if let Err(e) = api_task.await {
                 tracing::warn!(error = %e, "control API task failed");
@@ -466,10 +472,22 @@ const KV_USAGE_PATIENCE: Duration = Duration::from_secs(30);
 async fn sample_sandbox(
     sandbox: Arc<Sandbox>,
     kv: NatsKv,
+    roster: Arc<ListenerRoster>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     loop {
+        let listeners = roster.count();
+        metrics.set(
+            "sandbus_listeners",
+            &[("state", "active")],
+            listeners.active as f64,
+        );
+        metrics.set(
+            "sandbus_listeners",
+            &[("state", "idle")],
+            listeners.idle as f64,
+        );
         let (from_copy, from_server) = kv.read_counts();
         metrics.set(
             "sandbus_kv_reads_total",
@@ -503,7 +521,7 @@ async fn heartbeat(
     host_id: String,
     started_at: String,
     components: Arc<LoadedComponents>,
-    dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>>,
+    roster: Arc<ListenerRoster>,
     stop: CancellationToken,
 ) {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -511,8 +529,7 @@ async fn heartbeat(
         .unwrap_or_default();
     let mut changes = components.changes();
     loop {
-        let mut listeners: Vec<String> = dispatchers.lock().await.keys().cloned().collect();
-        listeners.sort();
+        let listeners = roster.listeners();
         let info = HostInfo {
             id: host_id.clone(),
             hostname: hostname.clone(),

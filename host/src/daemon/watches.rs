@@ -1,20 +1,18 @@
 //! The daemon's two watches: the component manifests (load, hot-swap, unload; failed loads
-//! retried) and the subscriptions (one [`ListenerDispatcher`] per subscribed listener,
-//! restarted when what it runs by changes). Both follow their bucket with [`keep_watching`],
+//! retried) and the subscriptions (the [`ListenerRoster`] of this host's listeners, each with
+//! a dispatcher while active). Both follow their bucket with [`keep_watching`],
 //! which opens the watch again when it breaks.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::components::LoadedComponents;
-use super::dispatcher::{DispatchContext, DispatcherHandle, ListenerDispatcher};
-use crate::bus::{BusError, ComponentStore, SubscriptionChange, SubscriptionStore};
+use super::roster::ListenerRoster;
+use crate::bus::{BusError, ComponentStore, SubscriptionStore};
 
 /// How often components that failed to load are tried again.
 const RETRY_FAILED_LOADS: Duration = Duration::from_secs(5);
@@ -54,57 +52,23 @@ pub(super) async fn watch_manifests(
     .await;
 }
 
-/// Starts, restarts and stops dispatchers as subscriptions change, until `stop`.
+/// Keeps the roster in step with the subscriptions (dispatchers started, restarted when what
+/// they run by changed, stopped), until `stop`.
 pub(super) async fn watch_subscriptions(
     subscriptions: SubscriptionStore,
-    context: Arc<DispatchContext>,
-    dispatchers: Arc<Mutex<HashMap<String, DispatcherHandle>>>,
+    roster: Arc<ListenerRoster>,
     stop: CancellationToken,
 ) {
     keep_watching(
         "subscription",
         &stop,
         || subscriptions.watch(),
-        |change| apply_subscription_change(change, &context, &dispatchers),
+        |change| {
+            let roster = roster.clone();
+            async move { roster.apply(change).await }
+        },
     )
     .await;
-}
-
-/// Runs what a subscription change asks for: a dispatcher started, restarted (when what it
-/// runs by changed) or stopped.
-async fn apply_subscription_change(
-    change: SubscriptionChange,
-    context: &Arc<DispatchContext>,
-    dispatchers: &Mutex<HashMap<String, DispatcherHandle>>,
-) {
-    match change {
-        SubscriptionChange::Put(subscription) => {
-            let mut running = dispatchers.lock().await;
-            let same = running.get(&subscription.listener).is_some_and(|h| {
-                h.subscription.events == subscription.events
-                    && h.subscription.max_in_flight == subscription.max_in_flight
-                    && h.subscription.max_deliver == subscription.max_deliver
-                    && h.subscription.backoff == subscription.backoff
-            });
-            if same {
-                return;
-            }
-            if let Some(old) = running.remove(&subscription.listener) {
-                old.stop().await;
-            }
-            let name = subscription.listener.clone();
-            running.insert(
-                name,
-                ListenerDispatcher::spawn(subscription, context.clone()),
-            );
-        }
-        SubscriptionChange::Removed(listener) => {
-            let old = dispatchers.lock().await.remove(&listener);
-            if let Some(old) = old {
-                old.stop().await;
-            }
-        }
-    }
 }
 
 /// Follows a watch until `stop`: `open` starts it, every change goes to `apply` (one at a

@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use super::super::{ListenerDispatcher, ListenerFailures};
 use crate::bus::{
     BusError, BusErrorKind, ComponentManifest, DeadLetter, Deliveries, Delivery, DeliveryInfo,
-    DeliverySource, LastError, PullError, Subscription,
+    DeliverySource, LastError, PullError, Rested, Subscription,
 };
 use crate::daemon::components::{LoadedComponent, spec_of};
 use crate::daemon::context::{ComponentSource, HostContext};
+use crate::daemon::dispatcher::WentIdle;
 use crate::daemon::host_events::{
     HostEvent as _, ListenerDeadLettered, ListenerFailed, ListenerThrottled,
 };
@@ -259,6 +260,10 @@ pub(super) struct FakeSource {
     pub(super) deliveries: std::sync::Mutex<Vec<FakeDelivery>>,
     pub(super) after_silence: std::sync::Mutex<Option<Vec<FakeDelivery>>>,
     pub(super) pulled: Arc<Notify>,
+    /// What each `rest` answers, in turn; once used up, [`Rested::Idle`].
+    pub(super) rest_answers: std::sync::Mutex<std::collections::VecDeque<Rested>>,
+    /// How many times `rest` was asked.
+    pub(super) rests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait::async_trait]
@@ -288,6 +293,22 @@ impl DeliverySource for FakeSource {
         )
         .chain(futures::stream::pending())
         .boxed())
+    }
+
+    async fn rest(&self, listener: &str) -> Result<Rested, BusError> {
+        assert_eq!(listener, LISTENER);
+        self.rests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self
+            .rest_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+            .unwrap_or(Rested::Idle))
+    }
+
+    async fn wake(&self, listener: &str, _ack_wait: Duration) -> Result<(), BusError> {
+        assert_eq!(listener, LISTENER);
+        Ok(())
     }
 }
 
@@ -409,6 +430,8 @@ pub(super) struct Setup {
     pub(super) max_in_flight: u32,
     pub(super) grace: Duration,
     pub(super) refuse_dead_letters: bool,
+    pub(super) idle_after: Option<Duration>,
+    pub(super) went_idle: Option<tokio::sync::mpsc::UnboundedSender<WentIdle>>,
 }
 
 impl Default for Setup {
@@ -421,6 +444,8 @@ impl Default for Setup {
             max_in_flight: 4,
             grace: Duration::from_millis(100),
             refuse_dead_letters: false,
+            idle_after: None,
+            went_idle: None,
         }
     }
 }
@@ -461,6 +486,8 @@ impl Setup {
             }),
             grace: self.grace,
             batch: 16,
+            idle_after: self.idle_after,
+            went_idle: self.went_idle.clone(),
         })
     }
 
@@ -516,12 +543,12 @@ impl Setup {
             FakeSource {
                 deliveries: std::sync::Mutex::new(first),
                 after_silence: std::sync::Mutex::new(Some(then)),
-                pulled: Arc::default(),
+                ..FakeSource::default()
             },
         )
     }
 
-    fn spawn_from(
+    pub(super) fn spawn_from(
         self,
         journal: &Arc<Journal>,
         source: FakeSource,

@@ -327,3 +327,57 @@ async fn a_listener_held_back_by_its_rate_cap_is_reported_at_once_with_the_limit
             .contains(&announced(ListenerThrottled::TYPE, 0))
     );
 }
+
+#[tokio::test]
+async fn a_listener_with_nothing_to_do_is_rested_and_its_dispatcher_reports_it_idle() {
+    let journal = Arc::new(Journal::default());
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel();
+    let setup = Setup {
+        idle_after: Some(Duration::from_millis(200)),
+        went_idle: Some(idle_tx),
+        ..Setup::default()
+    };
+    let source = FakeSource {
+        deliveries: std::sync::Mutex::new(vec![delivery(&journal, 1, 1, event("e1"))]),
+        // The first time, another host still has an event in flight.
+        rest_answers: std::sync::Mutex::new([crate::bus::Rested::Busy].into()),
+        ..FakeSource::default()
+    };
+    let rests = source.rests.clone();
+    let (handle, _pulled) = setup.spawn_from(&journal, source);
+    let report = tokio::time::timeout(Duration::from_secs(10), idle_rx.recv())
+        .await
+        .expect("the dispatcher went idle")
+        .expect("a report");
+    assert_eq!(report.listener, LISTENER);
+    assert_eq!(report.dispatcher, handle.id);
+    assert_eq!(
+        rests.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "a busy consumer is kept and asked again later; the second time it is rested"
+    );
+    assert_eq!(
+        journal.entries(),
+        [Entry::Ack(1)],
+        "the event it had was handled first"
+    );
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_dispatcher_never_rests_its_listener_without_idle_after() {
+    let journal = Arc::new(Journal::default());
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel();
+    let setup = Setup {
+        idle_after: None,
+        went_idle: Some(idle_tx),
+        ..Setup::default()
+    };
+    let source = FakeSource::default();
+    let rests = source.rests.clone();
+    let (handle, _pulled) = setup.spawn_from(&journal, source);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.stop().await;
+    assert_eq!(rests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(idle_rx.try_recv().is_err(), "stopped, not idle");
+}

@@ -1,0 +1,139 @@
+//! Idle listeners: a listener with nothing to do loses its consumer (`[listeners]
+//! idle_after`), and its next event makes it again from where it stood, on every daemon,
+//! across restarts, without losing or double-counting an event.
+
+use serde_json::Value;
+
+use super::cluster::{Cluster, billing_listener, billing_scenario, billing_totals};
+
+/// A daemon that idles its listeners after a second.
+const IDLE_AFTER: [&str; 2] = ["--idle-after", "1s"];
+
+fn consumer_exists(cluster: &Cluster, listener: &str) -> bool {
+    let client = cluster.connect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(client);
+        let stream = js
+            .get_stream(sandbus::bus::names::EVENTS_STREAM)
+            .await
+            .unwrap();
+        stream
+            .consumer_info(&sandbus::bus::names::listener_consumer(listener))
+            .await
+            .is_ok()
+    })
+}
+
+fn wait_idle(cluster: &mut Cluster, listener: &str) {
+    cluster.wait(&format!("{listener} to be idle"), |c| {
+        c.status(listener)["idle"] == Value::Bool(true)
+    });
+    assert!(
+        !consumer_exists(cluster, listener),
+        "an idle listener has no consumer"
+    );
+}
+
+#[test]
+fn an_idle_listener_has_no_consumer_and_its_next_events_wake_it_on_every_daemon() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon_with("h1", &IDLE_AFTER);
+    cluster.start_daemon_with("h2", &IDLE_AFTER);
+    billing_listener(&cluster, "billing");
+    let (events, expected) = billing_scenario(300);
+    let (first, second) = events.split_at(300);
+    cluster.publish_events(first);
+    cluster.wait_drained("billing");
+    wait_idle(&mut cluster, "billing");
+    let status = cluster.status("billing");
+    assert_eq!(status["pending"], 0);
+    assert!(
+        status["subscription"]["idle"]["after_sequence"].as_u64() >= Some(300),
+        "it stood after the first 300 events: {status}"
+    );
+    // Idle on both hosts, and still listed as this host's listener.
+    let hosts = cluster.cli_json(&["hosts"]);
+    for host in hosts.as_array().unwrap() {
+        assert_eq!(host["listeners"], serde_json::json!(["billing"]), "{host}");
+    }
+
+    cluster.publish_events(second);
+    cluster.wait("every event billed", |c| {
+        billing_totals(c, "billing") == expected
+    });
+    assert!(
+        consumer_exists(&cluster, "billing"),
+        "woken: a consumer again"
+    );
+    cluster.wait_drained("billing");
+    assert_eq!(billing_totals(&cluster, "billing"), expected);
+    let status = cluster.status("billing");
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+    assert_eq!(status["last_error"], Value::Null, "{status}");
+    // And it goes idle again.
+    wait_idle(&mut cluster, "billing");
+    let logs = cluster.daemon_log("h1") + &cluster.daemon_log("h2");
+    assert!(
+        logs.contains("idle: its consumer is deleted"),
+        "a host says it rested the listener"
+    );
+}
+
+#[test]
+fn events_published_while_no_daemon_runs_wake_an_idle_listener_after_a_restart() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon_with("h1", &IDLE_AFTER);
+    billing_listener(&cluster, "billing");
+    let (events, expected) = billing_scenario(200);
+    let (first, second) = events.split_at(200);
+    cluster.publish_events(first);
+    cluster.wait_drained("billing");
+    wait_idle(&mut cluster, "billing");
+    assert_eq!(cluster.terminate_daemon("h1"), Some(0));
+
+    // Nothing runs and nothing has a consumer: the stream keeps the events by age.
+    cluster.publish_events(second);
+    assert!(!consumer_exists(&cluster, "billing"));
+    cluster.start_daemon_with("h1", &IDLE_AFTER);
+    cluster.wait("every event billed", |c| {
+        billing_totals(c, "billing") == expected
+    });
+    cluster.wait_drained("billing");
+    assert_eq!(billing_totals(&cluster, "billing"), expected);
+    assert_eq!(cluster.status("billing")["dead_lettered"], 0);
+}
+
+#[test]
+fn a_subscribe_while_idle_keeps_where_the_listener_stood() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon_with("h1", &IDLE_AFTER);
+    billing_listener(&cluster, "billing");
+    let (events, expected) = billing_scenario(100);
+    let (first, second) = events.split_at(100);
+    cluster.publish_events(first);
+    cluster.wait_drained("billing");
+    wait_idle(&mut cluster, "billing");
+    let stood = cluster.status("billing")["subscription"]["idle"]["after_sequence"].clone();
+    // Subscribing again (another backoff) must neither make a consumer that starts at the
+    // newest event nor forget where the idle listener stood.
+    cluster.cli_ok(&[
+        "subscribe",
+        "billing",
+        "--events",
+        "vm.*",
+        "--backoff",
+        "200ms",
+    ]);
+    assert!(!consumer_exists(&cluster, "billing"));
+    let status = cluster.status("billing");
+    assert_eq!(status["subscription"]["idle"]["after_sequence"], stood);
+    assert_eq!(status["subscription"]["backoff"], serde_json::json!([200]));
+    cluster.publish_events(second);
+    cluster.wait("every event billed", |c| {
+        billing_totals(c, "billing") == expected
+    });
+}
