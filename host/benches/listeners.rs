@@ -1,24 +1,33 @@
 //! How many listeners one daemon holds, subscribed and idle: its RSS, its idle CPU and the
-//! server's, and how long a restart takes until every listener pulls again.
+//! server's, how long a restart takes until the listeners are served again, and how long an
+//! idle listener takes to wake.
 //!
 //! Not a criterion benchmark and not a CI test: it sets up N listeners on a private
-//! `nats-server` and a real `sandbus daemon`, and prints one row per N. The listeners are
-//! the `noop-listener` under N names, each subscribed to its own event type; manifests and
-//! subscriptions are written through the library (as `upload` and `subscribe` would), so
-//! setting up 1,000 takes seconds rather than 2,000 CLI runs.
+//! `nats-server` and a real `sandbus daemon`, and prints one row per N and mode. The
+//! listeners are the `noop-listener` under N names, each subscribed to its own event type;
+//! manifests and subscriptions are written through the library (as `upload` and `subscribe`
+//! would), so setting up 10,000 takes seconds rather than 20,000 CLI runs.
 //!
-//! - **pulling**: a listener pulls when its consumer has a waiting pull request; the
-//!   `consumers` listing of the events stream is read until every one has.
-//! - **idle CPU**: `/proc/<pid>/stat` of the daemon and of nats-server over 10 s, with every
-//!   listener pulling and no event published.
-//! - **restart**: SIGTERM, wait until no consumer has a waiting pull, start the daemon again;
-//!   the time from the start until every listener pulls.
-//! - **baseline**: the same N consumers pulled by one native async-nats client (one pull
-//!   stream each, the daemon's batch, expiry and heartbeat), in the same run: its RSS, its
-//!   idle CPU and the server's. The ratios say what the daemon adds over the bare pulls.
+//! Two modes, in the same run:
+//! - **idle** (`--idle-after 2s`): listeners with nothing to do lose their consumers; the
+//!   row is taken once no listener has a consumer left.
+//! - **never** (`--idle-after 0s`, the baseline: one consumer and one open pull per
+//!   listener, as before idling existed); the row is taken once every consumer has a waiting
+//!   pull. Only run up to 1,000 listeners (`SANDBUS_BENCH_NEVER_UP_TO`): past that it takes
+//!   minutes.
 //!
-//! `SANDBUS_BENCH_LISTENERS=100,1000` sets the counts (default 100 and 1,000). Run it with
-//! `cargo bench --bench listeners` (a release build); with `nats-server` on PATH (or
+//! Columns:
+//! - **settled**: from the first record written until the mode's state above.
+//! - **idle CPU**: `/proc/<pid>/stat` of the daemon and of nats-server over 10 s, nothing
+//!   published.
+//! - **restart → served**: SIGTERM, start again, publish one event to each of 20 listeners
+//!   spread over the N, and time until every one of them is acknowledged (its consumer's ack
+//!   floor passed it).
+//! - **wake**: with the daemon up and the listeners idle again, one event to one idle
+//!   listener, until it is acknowledged.
+//!
+//! `SANDBUS_BENCH_LISTENERS=100,1000,10000` sets the counts (default 1,000 and 10,000). Run
+//! it with `cargo bench --bench listeners` (a release build); with `nats-server` on PATH (or
 //! `$SANDBUS_NATS_SERVER`) and the guests built.
 
 #![allow(
@@ -29,7 +38,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use futures::StreamExt as _;
 use sandbus::bus::{
     ComponentStore, EventStream, ManifestDraft, Subscription, SubscriptionStore, ack_wait_for,
@@ -51,7 +60,7 @@ fn counts() -> Vec<usize> {
     std::env::var("SANDBUS_BENCH_LISTENERS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![100, 1_000])
+        .unwrap_or_else(|| vec![1_000, 10_000])
 }
 
 /// Resident memory of `pid`, in MB, from `/proc/<pid>/status`.
@@ -141,41 +150,58 @@ async fn set_up(js: &jetstream::Context, n: usize) {
     }
 }
 
-/// The native baseline: one client pulling every listener's consumer the way a dispatcher
-/// does. Its RSS (the bench process's own growth) and idle CPU, and the server's.
-async fn native(js: &jetstream::Context, n: usize, server: u32) -> (f64, f64, f64) {
-    let me = std::process::id();
-    let rss_before = rss_mb(me);
+/// How many of the listeners' consumers exist, and how many of them have a waiting pull.
+async fn consumers(js: &jetstream::Context) -> (usize, usize) {
+    pulling(js).await
+}
+
+/// A canonical event of type `bench.<i>`.
+fn event_for(i: usize, tag: &str) -> (String, String, Vec<u8>) {
+    let id = format!("{tag}-{i}");
+    let body = serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "/bench", "type": format!("bench.{i}"),
+        "data": {}
+    });
+    (
+        format!("events.bench.{i}"),
+        sandbus::event::dedup_key("/bench", &id),
+        body.to_string().into_bytes(),
+    )
+}
+
+/// Publishes one event to each listener of `which` and waits until every one is
+/// acknowledged: its consumer exists, and its ack floor reached the event. How long it took.
+async fn serve(js: &jetstream::Context, which: &[usize], tag: &str) -> Duration {
+    let started = Instant::now();
+    let mut sequences = Vec::new();
+    for &i in which {
+        let (subject, id, body) = event_for(i, tag);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let ack = js
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        sequences.push((i, ack.sequence));
+    }
     let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
-    let mut pulls = Vec::with_capacity(n);
-    for i in 0..n {
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_consumer(&names::listener_consumer(&format!("bench-{i}")))
-            .await
-            .unwrap();
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(128)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .unwrap();
-        pulls.push(tokio::spawn(async move {
-            let mut messages = messages;
-            while let Some(Ok(message)) = messages.next().await {
-                let _ = message.ack().await;
+    for (i, sequence) in sequences {
+        let name = names::listener_consumer(&format!("bench-{i}"));
+        loop {
+            let served = stream
+                .consumer_info(&name)
+                .await
+                .is_ok_and(|info| info.ack_floor.stream_sequence >= sequence);
+            if served {
+                break;
             }
-        }));
+            assert!(started.elapsed() < PATIENCE, "bench-{i} never served");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    wait_pulling(js, |all, waiting| all == n && waiting == n).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu = idle_cpu(&[me, server]).await;
-    let rss = rss_mb(me) - rss_before;
-    for pull in pulls {
-        pull.abort();
-    }
-    (rss, cpu[0], cpu[1])
+    started.elapsed()
 }
 
 fn main() {
@@ -184,43 +210,57 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let never_up_to: usize = std::env::var("SANDBUS_BENCH_NEVER_UP_TO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     println!(
-        "| listeners | setup s | daemon RSS MB | daemon idle CPU % | server idle CPU % | \
-         restart → all pulling s | native RSS MB | native idle CPU % | server idle CPU % (native) | \
-         server CPU daemon/native |"
+        "| listeners | mode | settled s | daemon RSS MB | daemon idle CPU % | server idle CPU % | \
+         consumers | restart → 20 served s | wake one s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in counts() {
-        let server = Server::start();
-        let server_pid = server.child.id();
-        let data = tempfile::tempdir().unwrap();
-        // The events stream's default consumer limit (20,000) covers every count run here.
-        let daemon = Daemon::start(&server.url, data.path());
-        support::wait_for_host(&server.url);
-        let js =
-            rt.block_on(async { jetstream::new(async_nats::connect(&server.url).await.unwrap()) });
-        let started = Instant::now();
-        rt.block_on(set_up(&js, n));
-        rt.block_on(wait_pulling(&js, |all, waiting| all == n && waiting == n));
-        let setup = started.elapsed();
-        std::thread::sleep(Duration::from_secs(2));
-        let rss = rss_mb(daemon.child.id());
-        let cpu = rt.block_on(idle_cpu(&[daemon.child.id(), server_pid]));
-        daemon.stop();
-        rt.block_on(wait_pulling(&js, |_, waiting| waiting == 0));
-        let restarted = Daemon::start(&server.url, data.path());
-        let restart = rt.block_on(wait_pulling(&js, |all, waiting| all == n && waiting == n));
-        restarted.stop();
-        rt.block_on(wait_pulling(&js, |_, waiting| waiting == 0));
-        let (native_rss, native_cpu, native_server_cpu) = rt.block_on(native(&js, n, server_pid));
-        println!(
-            "| {n} | {:.1} | {rss:.0} | {:.2} | {:.2} | {:.2} | {native_rss:.0} | {native_cpu:.2} | \
-             {native_server_cpu:.2} | {:.2}x |",
-            setup.as_secs_f64(),
-            cpu[0],
-            cpu[1],
-            restart.as_secs_f64(),
-            cpu[1] / native_server_cpu.max(1e-3),
-        );
+        for (mode, idle_after) in [("idle", "2s"), ("never", "0s")] {
+            if mode == "never" && n > never_up_to {
+                continue;
+            }
+            let flags = ["--idle-after", idle_after];
+            let server = Server::start();
+            let server_pid = server.child.id();
+            let data = tempfile::tempdir().unwrap();
+            // The events stream's default consumer limit (20,000) covers every count run here.
+            let daemon = Daemon::start_with(&server.url, data.path(), &flags);
+            support::wait_for_host(&server.url);
+            let js = rt.block_on(async {
+                jetstream::new(async_nats::connect(&server.url).await.unwrap())
+            });
+            let settled_when = |all: usize, waiting: usize| match mode {
+                "idle" => all == 0,
+                _ => all == n && waiting == n,
+            };
+            let started = Instant::now();
+            rt.block_on(set_up(&js, n));
+            rt.block_on(wait_pulling(&js, settled_when));
+            let settled = started.elapsed();
+            std::thread::sleep(Duration::from_secs(2));
+            let rss = rss_mb(daemon.child.id());
+            let cpu = rt.block_on(idle_cpu(&[daemon.child.id(), server_pid]));
+            let (held, _) = rt.block_on(consumers(&js));
+            daemon.stop();
+            let sample: Vec<usize> = (0..20).map(|k| k * n / 20).collect();
+            let restarted = Daemon::start_with(&server.url, data.path(), &flags);
+            let restart = rt.block_on(serve(&js, &sample, "restart"));
+            rt.block_on(wait_pulling(&js, settled_when));
+            let wake = rt.block_on(serve(&js, &[n / 2 + 1], "wake"));
+            restarted.stop();
+            println!(
+                "| {n} | {mode} | {:.1} | {rss:.0} | {:.2} | {:.2} | {held} | {:.2} | {:.3} |",
+                settled.as_secs_f64(),
+                cpu[0],
+                cpu[1],
+                restart.as_secs_f64(),
+                wake.as_secs_f64(),
+            );
+        }
     }
 }

@@ -104,6 +104,11 @@ impl Daemon {
     /// Starts the daemon; `$SANDBUS_BENCH_WRAP` (e.g. `perf record -g -o daemon.perf --`)
     /// is put in front of the command, to profile it.
     pub fn start(url: &str, data: &Path) -> Self {
+        Self::start_with(url, data, &[])
+    }
+
+    /// [`Self::start`] with more daemon flags, `extra`.
+    pub fn start_with(url: &str, data: &Path, extra: &[&str]) -> Self {
         let wrap = std::env::var("SANDBUS_BENCH_WRAP").unwrap_or_default();
         let mut words: Vec<String> = wrap.split_whitespace().map(str::to_owned).collect();
         words.push(sandbus_binary().to_string_lossy().into_owned());
@@ -111,6 +116,7 @@ impl Daemon {
             .args(&words[1..])
             .args(["daemon", "--nats", url, "--host-id", "bench", "--data-dir"])
             .arg(data)
+            .args(extra)
             .env(
                 "SANDBUS_LOG",
                 std::env::var("SANDBUS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),

@@ -165,10 +165,10 @@ pub trait DeliverySource: Send + Sync {
     /// consumer is missing or the server cannot be asked; try again later.
     async fn pull(&self, listener: &str, batch: usize) -> Result<Deliveries, BusError>;
 
-    /// Rests `listener` when it has nothing pending and nothing in flight: its consumer is
-    /// deleted and where it stood recorded, so an idle listener costs the server nothing
-    /// ([`SubscriptionStore::rest`]).
-    async fn rest(&self, listener: &str) -> Result<Rested, BusError>;
+    /// Rests `listener` when it has nothing pending, nothing in flight and nothing delivered
+    /// or acknowledged on any host for `quiet`: its consumer is deleted and where it stood
+    /// recorded, so an idle listener costs the server nothing ([`SubscriptionStore::rest`]).
+    async fn rest(&self, listener: &str, quiet: Duration) -> Result<Rested, BusError>;
 
     /// Makes an idle listener's consumer again, from where it stood, with `ack_wait`; nothing
     /// to do if it has one. [`BusErrorKind::NotFound`] when it has neither a consumer nor a
@@ -197,8 +197,8 @@ impl DeliverySource for SubscriptionStore {
             .boxed())
     }
 
-    async fn rest(&self, listener: &str) -> Result<Rested, BusError> {
-        SubscriptionStore::rest(self, listener).await
+    async fn rest(&self, listener: &str, quiet: Duration) -> Result<Rested, BusError> {
+        SubscriptionStore::rest(self, listener, quiet).await
     }
 
     async fn wake(&self, listener: &str, ack_wait: Duration) -> Result<(), BusError> {

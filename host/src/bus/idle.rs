@@ -53,7 +53,11 @@ impl SubscriptionStore {
     ///
     /// Another daemon pulling from the consumer sees it deleted and goes idle too; an event
     /// it had in flight is after the position and is delivered again once the listener wakes.
-    pub async fn rest(&self, listener: &str) -> Result<Rested, BusError> {
+    ///
+    /// `quiet` is how long the consumer must have delivered and been acknowledged nothing,
+    /// on any host: a host that got no events for a while while another got them all must not
+    /// rest a listener that is busy elsewhere.
+    pub async fn rest(&self, listener: &str, quiet: Duration) -> Result<Rested, BusError> {
         let stream = self.events().handle().await?;
         let name = names::listener_consumer(listener);
         let info = match stream.consumer_info(&name).await {
@@ -62,6 +66,17 @@ impl SubscriptionStore {
             Err(e) => return Err(BusError::unavailable("read the listener's consumer", e)),
         };
         if info.num_pending > 0 || info.num_ack_pending > 0 {
+            return Ok(Rested::Busy);
+        }
+        let last_active = [info.delivered.last_active, info.ack_floor.last_active]
+            .into_iter()
+            .flatten()
+            .map(|at| at.unix_timestamp_nanos())
+            .max();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        if last_active.is_some_and(|at| now - at < quiet.as_nanos() as i128) {
             return Ok(Rested::Busy);
         }
         let after_sequence = info.ack_floor.stream_sequence;

@@ -327,14 +327,15 @@ impl ListenerDispatcher {
                 });
             }
         } else {
-            tracing::debug!(listener = self.listener(), "dispatcher stopped");
+            tracing::info!(listener = self.listener(), "dispatcher stopped");
         }
     }
 
     /// Rests the listener (nothing pending, nothing in flight for `idle_after`); whether it
     /// is idle now.
     async fn rest(&self) -> bool {
-        match self.context.deliveries.rest(self.listener()).await {
+        let quiet = self.context.idle_after.unwrap_or_default();
+        match self.context.deliveries.rest(self.listener(), quiet).await {
             Ok(Rested::Idle) => {
                 tracing::info!(
                     listener = self.listener(),

@@ -295,7 +295,7 @@ impl DeliverySource for FakeSource {
         .boxed())
     }
 
-    async fn rest(&self, listener: &str) -> Result<Rested, BusError> {
+    async fn rest(&self, listener: &str, _quiet: Duration) -> Result<Rested, BusError> {
         assert_eq!(listener, LISTENER);
         self.rests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(self
