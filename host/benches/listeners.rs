@@ -204,6 +204,35 @@ async fn serve(js: &jetstream::Context, which: &[usize], tag: &str) -> Duration 
     started.elapsed()
 }
 
+/// Waits until `sandbus hosts` lists `count` hosts.
+fn wait_for_hosts(url: &str, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = std::process::Command::new(support::sandbus_binary())
+            .args(["hosts", "--json", "--nats", url])
+            .output()
+            .unwrap();
+        let listed = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|hosts| hosts.as_array().map(Vec::len));
+        if listed == Some(count) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the daemons did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `count` daemons on `url`, with data directories under `data`.
+fn start_daemons(url: &str, data: &std::path::Path, count: usize, flags: &[&str]) -> Vec<Daemon> {
+    (0..count)
+        .map(|k| {
+            let host = format!("bench-{k}");
+            Daemon::start_as(url, &data.join(&host), &host, flags)
+        })
+        .collect()
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -214,53 +243,71 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000);
+    let daemon_counts: Vec<usize> = std::env::var("SANDBUS_BENCH_DAEMONS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 3]);
     println!(
-        "| listeners | mode | settled s | daemon RSS MB | daemon idle CPU % | server idle CPU % | \
-         consumers | restart → 20 served s | wake one s |"
+        "| listeners | daemons | mode | settled s | daemon RSS MB (largest) | daemons' idle CPU % | \
+         server idle CPU % | consumers | restart → 20 served s | wake one s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for n in counts() {
-        for (mode, idle_after) in [("idle", "2s"), ("never", "0s")] {
-            if mode == "never" && n > never_up_to {
-                continue;
+        for daemons in &daemon_counts {
+            let daemons = *daemons;
+            for (mode, idle_after) in [("idle", "2s"), ("never", "0s")] {
+                if mode == "never" && (n > never_up_to || daemons > 1) {
+                    continue;
+                }
+                let flags = ["--idle-after", idle_after];
+                let server = Server::start();
+                let server_pid = server.child.id();
+                let data = tempfile::tempdir().unwrap();
+                // The events stream's default consumer limit (20,000) covers every count run
+                // here.
+                let running = start_daemons(&server.url, data.path(), daemons, &flags);
+                wait_for_hosts(&server.url, daemons);
+                let js = rt.block_on(async {
+                    jetstream::new(async_nats::connect(&server.url).await.unwrap())
+                });
+                let settled_when = |all: usize, waiting: usize| match mode {
+                    "idle" => all == 0,
+                    _ => all == n && waiting == n,
+                };
+                let started = Instant::now();
+                rt.block_on(set_up(&js, n));
+                rt.block_on(wait_pulling(&js, settled_when));
+                let settled = started.elapsed();
+                std::thread::sleep(Duration::from_secs(2));
+                let rss = running
+                    .iter()
+                    .map(|d| rss_mb(d.child.id()))
+                    .fold(0.0, f64::max);
+                let mut pids: Vec<u32> = running.iter().map(|d| d.child.id()).collect();
+                pids.push(server_pid);
+                let cpu = rt.block_on(idle_cpu(&pids));
+                let daemons_cpu: f64 = cpu[..daemons].iter().sum();
+                let (held, _) = rt.block_on(consumers(&js));
+                for daemon in running {
+                    daemon.stop();
+                }
+                let sample: Vec<usize> = (0..20).map(|k| k * n / 20).collect();
+                let restarted = start_daemons(&server.url, data.path(), daemons, &flags);
+                let restart = rt.block_on(serve(&js, &sample, "restart"));
+                rt.block_on(wait_pulling(&js, settled_when));
+                let wake = rt.block_on(serve(&js, &[n / 2 + 1], "wake"));
+                for daemon in restarted {
+                    daemon.stop();
+                }
+                println!(
+                    "| {n} | {daemons} | {mode} | {:.1} | {rss:.0} | {daemons_cpu:.2} | {:.2} | {held} | \
+                     {:.2} | {:.3} |",
+                    settled.as_secs_f64(),
+                    cpu[daemons],
+                    restart.as_secs_f64(),
+                    wake.as_secs_f64(),
+                );
             }
-            let flags = ["--idle-after", idle_after];
-            let server = Server::start();
-            let server_pid = server.child.id();
-            let data = tempfile::tempdir().unwrap();
-            // The events stream's default consumer limit (20,000) covers every count run here.
-            let daemon = Daemon::start_with(&server.url, data.path(), &flags);
-            support::wait_for_host(&server.url);
-            let js = rt.block_on(async {
-                jetstream::new(async_nats::connect(&server.url).await.unwrap())
-            });
-            let settled_when = |all: usize, waiting: usize| match mode {
-                "idle" => all == 0,
-                _ => all == n && waiting == n,
-            };
-            let started = Instant::now();
-            rt.block_on(set_up(&js, n));
-            rt.block_on(wait_pulling(&js, settled_when));
-            let settled = started.elapsed();
-            std::thread::sleep(Duration::from_secs(2));
-            let rss = rss_mb(daemon.child.id());
-            let cpu = rt.block_on(idle_cpu(&[daemon.child.id(), server_pid]));
-            let (held, _) = rt.block_on(consumers(&js));
-            daemon.stop();
-            let sample: Vec<usize> = (0..20).map(|k| k * n / 20).collect();
-            let restarted = Daemon::start_with(&server.url, data.path(), &flags);
-            let restart = rt.block_on(serve(&js, &sample, "restart"));
-            rt.block_on(wait_pulling(&js, settled_when));
-            let wake = rt.block_on(serve(&js, &[n / 2 + 1], "wake"));
-            restarted.stop();
-            println!(
-                "| {n} | {mode} | {:.1} | {rss:.0} | {:.2} | {:.2} | {held} | {:.2} | {:.3} |",
-                settled.as_secs_f64(),
-                cpu[0],
-                cpu[1],
-                restart.as_secs_f64(),
-                wake.as_secs_f64(),
-            );
         }
     }
 }

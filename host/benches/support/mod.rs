@@ -109,12 +109,17 @@ impl Daemon {
 
     /// [`Self::start`] with more daemon flags, `extra`.
     pub fn start_with(url: &str, data: &Path, extra: &[&str]) -> Self {
+        Self::start_as(url, data, "bench", extra)
+    }
+
+    /// [`Self::start_with`] under the host id `host`.
+    pub fn start_as(url: &str, data: &Path, host: &str, extra: &[&str]) -> Self {
         let wrap = std::env::var("SANDBUS_BENCH_WRAP").unwrap_or_default();
         let mut words: Vec<String> = wrap.split_whitespace().map(str::to_owned).collect();
         words.push(sandbus_binary().to_string_lossy().into_owned());
         let child = Command::new(&words[0])
             .args(&words[1..])
-            .args(["daemon", "--nats", url, "--host-id", "bench", "--data-dir"])
+            .args(["daemon", "--nats", url, "--host-id", host, "--data-dir"])
             .arg(data)
             .args(extra)
             .env(
