@@ -366,17 +366,30 @@ impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
     /// [`JsonBucket::watch`], saying with each entry whether the watch has caught up with
     /// the bucket (no entry is pending after it), so a watcher can tell when it has seen
     /// every value that was there when it began. An entry this version cannot decode is
-    /// yielded without a change (it may be the one that catches up).
+    /// yielded without a change (it may be the one that catches up); so is the catching up
+    /// of a bucket that was empty when the watch began.
     pub(crate) async fn watch_with_progress(
         &self,
     ) -> Result<impl Stream<Item = Result<Seen<T>, BucketError>> + use<T>, BucketError> {
+        // An empty bucket sends no entry to catch up with: caught up at once.
+        let empty = self
+            .store
+            .status()
+            .await
+            .map_err(|e| self.failed("", e))?
+            .values()
+            == 0;
+        let caught_up_at_once = futures::stream::iter(empty.then_some(Ok(Seen {
+            change: None,
+            caught_up: true,
+        })));
         let watch = self
             .store
             .watch_with_history(">")
             .await
             .map_err(|e| self.failed("", e))?;
         let bucket = self.name().to_owned();
-        Ok(watch.map(move |entry| match entry {
+        Ok(caught_up_at_once.chain(watch.map(move |entry| match entry {
             Ok(entry) => Ok(Seen {
                 caught_up: entry.delta == 0,
                 change: change_of(
@@ -388,7 +401,7 @@ impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
                 ),
             }),
             Err(e) => Err(BucketError::failed(&bucket, "", e)),
-        }))
+        })))
     }
 
     /// The bucket's name.

@@ -441,8 +441,7 @@ impl ComponentStore {
     /// [`ManifestEvent::CaughtUp`] once after the manifests that were there when the watch
     /// began. The stream ends if the watch breaks; watch again (changes are idempotent to
     /// apply). An entry this version cannot read (written by a newer one, or damaged) is
-    /// logged and skipped, so it cannot hold up every change after it. An empty bucket
-    /// yields no `CaughtUp` until its first change.
+    /// logged and skipped, so it cannot hold up every change after it.
     pub async fn watch(
         &self,
     ) -> Result<impl Stream<Item = Result<ManifestEvent, BusError>> + use<>, BusError> {
