@@ -305,7 +305,6 @@ impl LoadedComponents {
         let Some(load) = self.record(change) else {
             return;
         };
-        // The slots are never closed.
         let slot = self.limits.load_slot().await;
         let components = self.clone();
         tasks.spawn(async move {
