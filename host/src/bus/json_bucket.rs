@@ -77,6 +77,15 @@ pub(crate) enum Change<T> {
     },
 }
 
+/// One entry seen by [`JsonBucket::watch_with_progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen<T> {
+    /// What changed; `None` for an entry this version cannot decode (logged).
+    pub(crate) change: Option<Change<T>>,
+    /// No entry was pending after this one when it was sent: the watch has caught up.
+    pub(crate) caught_up: bool,
+}
+
 /// What a listing ([`JsonBucket::values`]) does with a key it cannot read or decode: the
 /// stores differ, by what their callers conclude from a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,25 +354,54 @@ impl<T: Serialize + DeserializeOwned> JsonBucket<T> {
     pub(crate) async fn watch(
         &self,
     ) -> Result<impl Stream<Item = Result<Change<T>, BucketError>> + use<T>, BucketError> {
+        let watch = self.watch_with_progress().await?;
+        Ok(watch.filter_map(|item| {
+            std::future::ready(match item {
+                Ok(seen) => seen.change.map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        }))
+    }
+
+    /// [`JsonBucket::watch`], saying with each entry whether the watch has caught up with
+    /// the bucket (no entry is pending after it), so a watcher can tell when it has seen
+    /// every value that was there when it began. An entry this version cannot decode is
+    /// yielded without a change (it may be the one that catches up); so is the catching up
+    /// of a bucket that was empty when the watch began.
+    pub(crate) async fn watch_with_progress(
+        &self,
+    ) -> Result<impl Stream<Item = Result<Seen<T>, BucketError>> + use<T>, BucketError> {
+        // An empty bucket sends no entry to catch up with: caught up at once.
+        let empty = self
+            .store
+            .status()
+            .await
+            .map_err(|e| self.failed("", e))?
+            .values()
+            == 0;
+        let caught_up_at_once = futures::stream::iter(empty.then_some(Ok(Seen {
+            change: None,
+            caught_up: true,
+        })));
         let watch = self
             .store
             .watch_with_history(">")
             .await
             .map_err(|e| self.failed("", e))?;
         let bucket = self.name().to_owned();
-        Ok(watch.filter_map(move |entry| {
-            std::future::ready(match entry {
-                Ok(entry) => change_of(
+        Ok(caught_up_at_once.chain(watch.map(move |entry| match entry {
+            Ok(entry) => Ok(Seen {
+                caught_up: entry.delta == 0,
+                change: change_of(
                     &bucket,
                     entry.key,
                     entry.operation,
                     entry.revision,
                     &entry.value,
-                )
-                .map(Ok),
-                Err(e) => Some(Err(BucketError::failed(&bucket, "", e))),
-            })
-        }))
+                ),
+            }),
+            Err(e) => Err(BucketError::failed(&bucket, "", e)),
+        })))
     }
 
     /// The bucket's name.

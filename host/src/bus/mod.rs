@@ -71,7 +71,7 @@ pub use runs::{
     RunRecord, RunReport, RunRequest, RunState, RunStore, RunVerdict, new_run_id, validate_run_id,
 };
 pub(crate) use store::now_rfc3339;
-pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft};
+pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft, ManifestEvent};
 pub use subscriptions::ack_wait_for;
 pub use subscriptions::{
     DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, IdlePosition, LastError,

@@ -105,6 +105,16 @@ pub enum ManifestChange {
     Removed(String),
 }
 
+/// What [`ComponentStore::watch`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestEvent {
+    /// A manifest changed (or, early in a watch, is there).
+    Change(ManifestChange),
+    /// Every manifest that was there when the watch began has been yielded: a daemon that
+    /// started loading them knows what its first load is.
+    CaughtUp,
+}
+
 /// The cluster's components: bytes by digest, manifests by name.
 #[derive(Clone)]
 pub struct ComponentStore {
@@ -427,26 +437,48 @@ impl ComponentStore {
         Ok(all)
     }
 
-    /// The current manifests, then every change as it happens. The stream ends if the watch
-    /// breaks; watch again (changes are idempotent to apply). An entry this version cannot
-    /// read (written by a newer one, or damaged) is logged and skipped, so it cannot hold up
-    /// every change after it.
+    /// The current manifests, then every change as it happens, with
+    /// [`ManifestEvent::CaughtUp`] once after the manifests that were there when the watch
+    /// began. The stream ends if the watch breaks; watch again (changes are idempotent to
+    /// apply). An entry this version cannot read (written by a newer one, or damaged) is
+    /// logged and skipped, so it cannot hold up every change after it.
     pub async fn watch(
         &self,
-    ) -> Result<impl Stream<Item = Result<ManifestChange, BusError>> + use<>, BusError> {
+    ) -> Result<impl Stream<Item = Result<ManifestEvent, BusError>> + use<>, BusError> {
         let watch = self
             .manifests
-            .watch()
+            .watch_with_progress()
             .await
             .map_err(|e| e.into_bus_error("watch the manifests"))?;
-        Ok(watch.map(|change| match change {
-            Ok(Change::Put { value, .. }) => Ok(ManifestChange::Put(value)),
-            Ok(Change::Removed { key }) => {
-                let name = key.strip_prefix(MANIFEST_KEY_PREFIX).unwrap_or(&key);
-                Ok(ManifestChange::Removed(name.to_owned()))
+        let mut caught_up = false;
+        Ok(watch.flat_map(move |seen| {
+            let mut events = Vec::with_capacity(2);
+            match seen {
+                Ok(seen) => {
+                    events.extend(
+                        seen.change
+                            .map(|change| Ok(ManifestEvent::Change(manifest_change(change)))),
+                    );
+                    if seen.caught_up && !caught_up {
+                        caught_up = true;
+                        events.push(Ok(ManifestEvent::CaughtUp));
+                    }
+                }
+                Err(e) => events.push(Err(e.into_bus_error("watch the manifests"))),
             }
-            Err(e) => Err(e.into_bus_error("watch the manifests")),
+            futures::stream::iter(events)
         }))
+    }
+}
+
+/// The manifest change a bucket change is.
+fn manifest_change(change: Change<ComponentManifest>) -> ManifestChange {
+    match change {
+        Change::Put { value, .. } => ManifestChange::Put(value),
+        Change::Removed { key } => {
+            let name = key.strip_prefix(MANIFEST_KEY_PREFIX).unwrap_or(&key);
+            ManifestChange::Removed(name.to_owned())
+        }
     }
 }
 

@@ -1,25 +1,41 @@
 //! The components loaded on this host, kept in step with the cluster's manifests.
 //!
-//! The daemon feeds every [`ManifestChange`] it watches into [`LoadedComponents::apply`]. A
-//! new version is fetched from the object store, checked against its digest, compiled (off
-//! the async threads) and then swapped in with one map write: calls that already started
-//! finish on the version they started with, every later call gets the new one, and until
-//! then the version before keeps answering. A removed name is dropped, and its compiled
-//! code too once no name uses that digest.
+//! The daemon feeds every [`ManifestChange`] it watches into
+//! [`LoadedComponents::apply_in_background`], in the watch's order. A new version is fetched
+//! from the object store, checked against its digest, compiled (off the async threads) and
+//! then swapped in with one map write: calls that already started finish on the version they
+//! started with, every later call gets the new one, and until then the version before keeps
+//! answering. A removed name is dropped, and its compiled code too once no name uses that
+//! digest.
+//!
+//! Loads run a few at a time (a restart loads every component; `pacing.rs` sizes how many
+//! to the machine), so they may end in another order than they started. Each change of a
+//! name takes a ticket, and a load records its outcome only while its ticket is still its
+//! name's newest: a later version wins over an earlier one whose load ends later, and a
+//! removal during a load leaves nothing loaded. Names with the same bytes read and compile
+//! them once.
 //!
 //! An upload records a manifest without compiling it, so every host compiles in the
 //! background; what is compiling or failed here is [`LoadedComponents::not_ready`], which
 //! the heartbeat publishes (at once on every change) for `sandbus ls`, `hosts` and
 //! `upload --wait`.
 
+mod pacing;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
+use self::pacing::{DigestTurns, LoadLimits};
 use super::context::ComponentSource;
-use crate::bus::{ComponentManifest, ComponentStore, LoadState, ManifestChange, NotReady};
+use crate::bus::{
+    BusError, ComponentManifest, ComponentStore, LoadState, ManifestChange, NotReady,
+};
 use crate::grant::{ComponentPolicy, PolicyError};
 use crate::sandbox::{ComponentSpec, Digest, PreparedComponent, Sandbox};
 
@@ -64,16 +80,70 @@ pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, PolicyErro
     })
 }
 
+/// Where a load reads a component's bytes: the cluster's [`ComponentStore`] in the daemon,
+/// a fixed set in tests.
+#[async_trait::async_trait]
+pub trait ComponentBytes: Send + Sync {
+    /// The bytes stored under `digest`, checked against it; at most `max` bytes.
+    async fn bytes(&self, digest: &str, max: u64) -> Result<Vec<u8>, BusError>;
+}
+
+#[async_trait::async_trait]
+impl ComponentBytes for ComponentStore {
+    async fn bytes(&self, digest: &str, max: u64) -> Result<Vec<u8>, BusError> {
+        ComponentStore::bytes(self, digest, max).await
+    }
+}
+
 /// Every component loaded on this host, by name.
 pub struct LoadedComponents {
     sandbox: Arc<Sandbox>,
-    store: ComponentStore,
+    source: Arc<dyn ComponentBytes>,
     loaded: RwLock<HashMap<String, Arc<LoadedComponent>>>,
-    /// Manifests that could not be loaded, with why; retried by [`Self::retry_failed`].
-    failed: std::sync::Mutex<HashMap<String, (ComponentManifest, String)>>,
-    /// Versions being fetched and compiled now: name → version.
-    compiling: std::sync::Mutex<HashMap<String, u64>>,
+    /// What each name should be and how its loads stand; one lock, so that a load's outcome,
+    /// a newer change and a removal happen in one order.
+    book: Mutex<LoadBook>,
+    /// How many loads run at once, and how many of them compile.
+    limits: LoadLimits,
+    /// Names with the same bytes load one after the other ([`DigestTurns`]).
+    turns: DigestTurns,
     changed: watch::Sender<u64>,
+}
+
+/// What this host knows of every name's loads.
+#[derive(Default)]
+struct LoadBook {
+    /// Numbers the changes, newest highest: a load records its outcome only while its
+    /// ticket is still the newest of its name, so a later version always wins over an
+    /// earlier one whose load ends later, and a removal during a load leaves nothing.
+    last_ticket: u64,
+    /// The newest change of every name not removed: its ticket and manifest.
+    wanted: HashMap<String, (u64, ComponentManifest)>,
+    /// Manifests that could not be loaded, with why; retried by
+    /// [`LoadedComponents::retry_failed`].
+    failed: HashMap<String, (ComponentManifest, String)>,
+    /// Versions being fetched and compiled now: name → version.
+    compiling: HashMap<String, u64>,
+}
+
+impl LoadBook {
+    fn next_ticket(&mut self) -> u64 {
+        self.last_ticket += 1;
+        self.last_ticket
+    }
+
+    /// Whether `load` is still the newest change of its name.
+    fn is_newest(&self, load: &Load) -> bool {
+        self.wanted
+            .get(&load.manifest.name)
+            .is_some_and(|(ticket, _)| *ticket == load.ticket)
+    }
+}
+
+/// One manifest to load, under the ticket of the change that asked for it.
+struct Load {
+    ticket: u64,
+    manifest: ComponentManifest,
 }
 
 /// Where a component that is not ready stands on this host, as callers that wanted it are
@@ -89,14 +159,17 @@ pub enum Unready {
 }
 
 impl LoadedComponents {
-    /// An empty set that loads from `store` into `sandbox`.
-    pub fn new(sandbox: Arc<Sandbox>, store: ComponentStore) -> Self {
+    /// An empty set that loads from `source` (the cluster's [`ComponentStore`] in the
+    /// daemon) into `sandbox`, a few at once (sized to
+    /// this machine's cores).
+    pub fn new(sandbox: Arc<Sandbox>, source: impl ComponentBytes + 'static) -> Self {
         Self {
             sandbox,
-            store,
+            source: Arc::new(source),
             loaded: RwLock::new(HashMap::new()),
-            failed: std::sync::Mutex::new(HashMap::new()),
-            compiling: std::sync::Mutex::new(HashMap::new()),
+            book: Mutex::new(LoadBook::default()),
+            limits: LoadLimits::of_this_machine(),
+            turns: DigestTurns::default(),
             changed: watch::channel(0).0,
         }
     }
@@ -138,13 +211,20 @@ impl LoadedComponents {
         self.changed.subscribe()
     }
 
+    fn book(&self) -> MutexGuard<'_, LoadBook> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Component versions this host has seen but cannot run yet: compiling, or failed and
     /// why. What the heartbeat publishes as the host's `not_ready`.
     pub fn not_ready(&self) -> BTreeMap<String, NotReady> {
-        let mut not_ready: BTreeMap<String, NotReady> = self
+        let book = self.book();
+        let mut not_ready: BTreeMap<String, NotReady> = book
             .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(name, (manifest, why))| {
                 let failed = NotReady {
@@ -156,12 +236,7 @@ impl LoadedComponents {
             })
             .collect();
         // A compile of a newer version says more than the failure of an older one.
-        for (name, &version) in self
-            .compiling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for (name, &version) in &book.compiling {
             if not_ready.get(name).is_none_or(|n| n.version < version) {
                 let compiling = NotReady {
                     state: LoadState::Compiling,
@@ -176,146 +251,238 @@ impl LoadedComponents {
 
     /// Why `name` is not loaded here: compiling, failed, or unknown to this host.
     pub fn unready(&self, name: &str) -> Unready {
-        if let Some(&version) = self
-            .compiling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
+        let book = self.book();
+        if let Some(&version) = book.compiling.get(name) {
             return Unready::Compiling(version);
         }
-        match self
-            .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
+        match book.failed.get(name) {
             Some((manifest, why)) => Unready::Failed(manifest.version, why.clone()),
             None => Unready::Unknown,
         }
     }
 
     /// Tries again to load the manifests that failed (the object store was unreachable, the
-    /// pool was full...). The daemon calls this every few seconds.
+    /// pool was full...), one after the other. The daemon calls this every few seconds. A
+    /// failed version that a newer change replaced meanwhile is not tried again.
     pub async fn retry_failed(&self) {
         let pending: Vec<ComponentManifest> = self
+            .book()
             .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .map(|(m, _)| m.clone())
             .collect();
         for manifest in pending {
-            if let Err(e) = self.apply(ManifestChange::Put(manifest)).await {
+            let Some(load) = self.record_retry(manifest) else {
+                continue;
+            };
+            if let Err(e) = self.run(load).await {
                 tracing::warn!(error = %e, "still cannot load a component; will retry");
             }
         }
     }
 
-    /// Applies one manifest change. Loading the same version again does nothing. A failed
-    /// load is remembered and retried by [`Self::retry_failed`] until it works or the
-    /// manifest changes.
+    /// Applies one manifest change and waits for its load, if it needs one. Loading the
+    /// same version again does nothing. A failed load is remembered and retried by
+    /// [`Self::retry_failed`] until it works or the manifest changes. A load that a newer
+    /// change of its name overtook records nothing and returns `Ok`.
     pub async fn apply(&self, change: ManifestChange) -> Result<(), LoadFailure> {
-        match change {
-            ManifestChange::Put(manifest) => self.load(manifest).await,
-            ManifestChange::Removed(name) => {
-                let was_failed = self
-                    .failed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&name)
-                    .is_some();
-                let removed = self
-                    .loaded
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&name);
-                if let Some(old) = &removed {
-                    tracing::info!(component = %name, version = old.manifest.version, "unloaded component");
-                    self.forget_if_unused(old.prepared.digest());
-                }
-                if was_failed || removed.is_some() {
-                    self.changed.send_modify(|n| *n += 1);
-                }
-                Ok(())
-            }
+        match self.record(change) {
+            Some(load) => self.run(load).await,
+            None => Ok(()),
         }
     }
 
-    async fn load(&self, manifest: ComponentManifest) -> Result<(), LoadFailure> {
-        if let Some(current) = self.get(&manifest.name)
-            && current.manifest == manifest
+    /// Applies one manifest change as [`Self::apply`] does, but runs its load on a task of
+    /// its own, spawned on `tasks`: returns once the change is recorded and its load
+    /// started, after waiting for a free slot (a few loads per core run at once). Changes must come in
+    /// the order they happened (a watch's order): the newest change of a name wins, whichever
+    /// load ends last. A failed load is logged, and retried as with [`Self::apply`].
+    pub async fn apply_in_background(
+        self: &Arc<Self>,
+        change: ManifestChange,
+        tasks: &TaskTracker,
+    ) {
+        let Some(load) = self.record(change) else {
+            return;
+        };
+        let slot = self.limits.load_slot().await;
+        let components = self.clone();
+        tasks.spawn(async move {
+            if let Err(e) = components.run(load).await {
+                tracing::error!(error = %e, "could not load a component");
+            }
+            drop(slot);
+        });
+    }
+
+    /// Records `change` as the newest of its name: a removal is done at once, a put returns
+    /// the load it needs (`None` when that version is loaded or loading already).
+    fn record(&self, change: ManifestChange) -> Option<Load> {
+        let manifest = match change {
+            ManifestChange::Put(manifest) => manifest,
+            ManifestChange::Removed(name) => {
+                self.remove(&name);
+                return None;
+            }
+        };
+        let mut book = self.book();
+        let name = manifest.name.clone();
+        let ticket = book.next_ticket();
+        if self.get(&name).is_some_and(|c| c.manifest == manifest) {
+            // Loaded already: whatever an older change started is overtaken.
+            let failed = book.failed.remove(&name).is_some();
+            let compiling = book.compiling.remove(&name).is_some();
+            book.wanted.insert(name, (ticket, manifest));
+            drop(book);
+            if failed || compiling {
+                self.notify();
+            }
+            return None;
+        }
+        if book.compiling.contains_key(&name)
+            && book.wanted.get(&name).is_some_and(|(_, w)| *w == manifest)
         {
-            self.failed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&manifest.name);
-            return Ok(());
+            return None;
         }
         // Shown as compiling until this load ends (a retry of a failed version stays shown
         // as failed meanwhile: it mostly fails again at once).
-        let retry = self
-            .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&manifest.name)
-            .is_some_and(|(failed, _)| *failed == manifest);
+        let retry = book.failed.get(&name).is_some_and(|(f, _)| *f == manifest);
         if !retry {
-            self.compiling
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(manifest.name.clone(), manifest.version);
-            self.changed.send_modify(|n| *n += 1);
+            book.compiling.insert(name.clone(), manifest.version);
         }
-        let result = self.compile_and_swap(&manifest).await;
-        // The outcome is recorded before the compile stops showing, so whoever looks in
-        // between sees one or the other, never neither.
-        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        match &result {
-            Ok(()) => failed.remove(&manifest.name),
-            Err(e) => failed.insert(manifest.name.clone(), (manifest.clone(), e.message.clone())),
-        };
-        drop(failed);
-        let mut compiling = self
-            .compiling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if compiling.get(&manifest.name) == Some(&manifest.version) {
-            compiling.remove(&manifest.name);
+        book.wanted.insert(name, (ticket, manifest.clone()));
+        drop(book);
+        if !retry {
+            self.notify();
         }
-        drop(compiling);
-        self.changed.send_modify(|n| *n += 1);
-        result
+        Some(Load { ticket, manifest })
     }
 
-    /// Fetches, compiles and swaps in `manifest`'s version (the previous one answers calls
-    /// until the swap).
-    async fn compile_and_swap(&self, manifest: &ComponentManifest) -> Result<(), LoadFailure> {
-        let failure = |message: String| LoadFailure {
-            name: manifest.name.clone(),
-            version: manifest.version,
-            message,
-        };
-        let spec = spec_of(manifest).map_err(|e| failure(e.to_string()))?;
-        let bytes = self
-            .store
-            .bytes(&manifest.digest, self.sandbox.config().max_component_size)
-            .await
-            .map_err(|e| failure(e.to_string()))?;
-        let sandbox = self.sandbox.clone();
-        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
-            .await
-            .map_err(|e| failure(format!("the compile task failed: {e}")))?
-            .map_err(|e| failure(e.to_string()))?;
-        let loaded = Arc::new(LoadedComponent {
-            manifest: manifest.clone(),
-            prepared: Arc::new(prepared),
-        });
-        let previous = self
+    /// The load that retries `manifest`, if it failed and is still its name's newest change.
+    fn record_retry(&self, manifest: ComponentManifest) -> Option<Load> {
+        let mut book = self.book();
+        let still_failed = book
+            .failed
+            .get(&manifest.name)
+            .is_some_and(|(f, _)| *f == manifest);
+        let still_wanted = book
+            .wanted
+            .get(&manifest.name)
+            .is_some_and(|(_, w)| *w == manifest);
+        if !still_failed || !still_wanted {
+            return None;
+        }
+        let ticket = book.next_ticket();
+        book.wanted
+            .insert(manifest.name.clone(), (ticket, manifest.clone()));
+        Some(Load { ticket, manifest })
+    }
+
+    /// Forgets `name`: unloaded now, and a load of it still running records nothing.
+    fn remove(&self, name: &str) {
+        let mut book = self.book();
+        book.wanted.remove(name);
+        let failed = book.failed.remove(name).is_some();
+        let compiling = book.compiling.remove(name).is_some();
+        let removed = self
             .loaded
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(manifest.name.clone(), loaded);
+            .remove(name);
+        drop(book);
+        if let Some(old) = &removed {
+            tracing::info!(component = %name, version = old.manifest.version, "unloaded component");
+            self.forget_if_unused(old.prepared.digest());
+        }
+        if failed || compiling || removed.is_some() {
+            self.notify();
+        }
+    }
+
+    /// Runs `load` and records its outcome, unless a newer change of its name overtook it.
+    async fn run(&self, load: Load) -> Result<(), LoadFailure> {
+        let prepared = self.prepare(&load).await;
+        self.finish(load, prepared)
+    }
+
+    /// Fetches, checks and compiles `load`'s version; `None` when a newer change of its name
+    /// overtook it first. Names with the same bytes take turns: the first reads and compiles
+    /// them, the ones after it reuse that code without reading the bytes again.
+    async fn prepare(&self, load: &Load) -> Result<Option<PreparedComponent>, String> {
+        let manifest = &load.manifest;
+        let spec = spec_of(manifest).map_err(|e| e.to_string())?;
+        let digest = Digest::from_hex(&manifest.digest);
+        let _turn = self.turns.take(&digest).await;
+        if !self.book().is_newest(load) {
+            return Ok(None);
+        }
+        if let Some(prepared) = self.sandbox.prepare_known(spec.clone(), &digest) {
+            return prepared.map(Some).map_err(|e| e.to_string());
+        }
+        let bytes = self
+            .source
+            .bytes(&manifest.digest, self.sandbox.config().max_component_size)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !self.book().is_newest(load) {
+            return Ok(None);
+        }
+        let _core = self.limits.compile_slot().await;
+        let sandbox = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || sandbox.prepare(spec, &bytes))
+            .await
+            .map_err(|e| format!("the compile task failed: {e}"))?
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Records what `load` came to: swapped in (the previous version answered calls until
+    /// now) or failed; nothing when a newer change of its name overtook it.
+    fn finish(
+        &self,
+        load: Load,
+        outcome: Result<Option<PreparedComponent>, String>,
+    ) -> Result<(), LoadFailure> {
+        let outcome = match outcome {
+            Ok(None) => return Ok(()),
+            Ok(Some(prepared)) => Ok(prepared),
+            Err(why) => Err(why),
+        };
+        let mut book = self.book();
+        if !book.is_newest(&load) {
+            tracing::debug!(component = %load.manifest.name, version = load.manifest.version, "a newer change overtook this load");
+            return Ok(());
+        }
+        let manifest = load.manifest;
+        let name = manifest.name.clone();
+        // The outcome is recorded under the same lock as the compile stops showing, so
+        // whoever looks sees one or the other, never neither.
+        book.compiling.remove(&name);
+        let previous = match outcome {
+            Ok(prepared) => {
+                book.failed.remove(&name);
+                let loaded = Arc::new(LoadedComponent {
+                    manifest: manifest.clone(),
+                    prepared: Arc::new(prepared),
+                });
+                self.loaded
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name.clone(), loaded)
+            }
+            Err(why) => {
+                book.failed.insert(name, (manifest.clone(), why.clone()));
+                drop(book);
+                self.notify();
+                return Err(LoadFailure {
+                    name: manifest.name,
+                    version: manifest.version,
+                    message: why,
+                });
+            }
+        };
+        drop(book);
+        self.notify();
         tracing::info!(
             component = %manifest.name,
             version = manifest.version,

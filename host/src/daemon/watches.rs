@@ -1,18 +1,21 @@
-//! The daemon's two watches: the component manifests (load, hot-swap, unload; failed loads
-//! retried) and the subscriptions (the [`ListenerRoster`] of this host's listeners, each with
-//! a dispatcher while active). Both follow their bucket with [`keep_watching`],
+//! The daemon's two watches: the component manifests (load, hot-swap, unload, a few loads
+//! at a time; failed loads retried; how long the first load took logged) and the
+//! subscriptions (the [`ListenerRoster`] of this host's listeners, each with a dispatcher
+//! while active). Both follow their bucket with [`keep_watching`],
 //! which opens the watch again when it breaks.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::components::LoadedComponents;
 use super::roster::ListenerRoster;
-use crate::bus::{BusError, ComponentStore, SubscriptionStore};
+use crate::bus::{BusError, ComponentStore, LoadState, ManifestEvent, SubscriptionStore};
 
 /// How often components that failed to load are tried again.
 const RETRY_FAILED_LOADS: Duration = Duration::from_secs(5);
@@ -39,17 +42,62 @@ pub(super) async fn watch_manifests(
             }
         }
     });
+    // The loads of the manifests there at the start go on `first`, to tell when they end.
+    let started = Instant::now();
+    let first = TaskTracker::new();
+    let later = TaskTracker::new();
+    let caught_up = AtomicBool::new(false);
     keep_watching(
         "manifest",
         &stop,
         || store.watch(),
-        |change| async {
-            if let Err(e) = components.apply(change).await {
-                tracing::error!(error = %e, "could not load a component");
+        |event| async {
+            match event {
+                ManifestEvent::Change(change) => {
+                    let tasks = if caught_up.load(Ordering::Relaxed) {
+                        &later
+                    } else {
+                        &first
+                    };
+                    components.apply_in_background(change, tasks).await;
+                }
+                ManifestEvent::CaughtUp => {
+                    if !caught_up.swap(true, Ordering::Relaxed) {
+                        first.close();
+                        tokio::spawn(report_first_load(
+                            components.clone(),
+                            first.clone(),
+                            started,
+                        ));
+                    }
+                }
             }
         },
     )
     .await;
+}
+
+/// Logs how long loading the components there at the start took, once those loads end:
+/// the part of a restart that grows with the number of components.
+async fn report_first_load(
+    components: Arc<LoadedComponents>,
+    loads: TaskTracker,
+    started: Instant,
+) {
+    loads.wait().await;
+    let failed = components
+        .not_ready()
+        .values()
+        .filter(|n| n.state == LoadState::Failed)
+        .count();
+    let loaded = components.versions().len();
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        loaded,
+        failed,
+        seconds,
+        "loaded {loaded} components in {seconds:.2} s"
+    );
 }
 
 /// Keeps the roster in step with the subscriptions (dispatchers started, restarted when what

@@ -243,23 +243,28 @@ impl ComponentShape {
     /// provides. Returns the world.
     pub fn check(&self, expected: Option<World>) -> Result<World, LoadError> {
         let world = self.world()?;
-        if let Some(expected) = expected
-            && expected != world
-        {
-            return Err(LoadError::new(
-                LoadErrorKind::WrongWorld,
-                format!(
-                    "this is a {world} component (it exports {PACKAGE}/{}), but a {expected} was \
-                     expected (exporting {PACKAGE}/{})",
-                    world.export_interface(),
-                    expected.export_interface()
-                ),
-            ));
-        }
+        check_world(world, expected)?;
         for import in &self.imports {
             check_import(world, import)?;
         }
         Ok(world)
+    }
+}
+
+/// Refuses a component of `world` where a component of `expected` was asked for (`None`
+/// accepts any).
+pub(super) fn check_world(world: World, expected: Option<World>) -> Result<(), LoadError> {
+    match expected {
+        Some(expected) if expected != world => Err(LoadError::new(
+            LoadErrorKind::WrongWorld,
+            format!(
+                "this is a {world} component (it exports {PACKAGE}/{}), but a {expected} was \
+                 expected (exporting {PACKAGE}/{})",
+                world.export_interface(),
+                expected.export_interface()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -2,8 +2,9 @@
 //! [`Sandbox::prepare`], which turns a component's bytes and policy into a
 //! [`PreparedComponent`] once the host's own ceilings (pool, memory, fuel) allow it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -13,6 +14,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use super::budget::{MemoryBudget, PAGE};
 use super::compile::Workers;
 use super::compiled::CompiledComponents;
+use super::component::check_world;
 use super::prepared::{Pre, PreparedComponent};
 use super::{
     ArtifactCache, CompileMode, CompileSettings, ComponentShape, ConfigError, Digest,
@@ -55,11 +57,23 @@ impl Drop for EpochTicker {
     }
 }
 
+/// Code compiled and pre-linked for one digest: all a [`PreparedComponent`] needs besides
+/// its policy.
+#[derive(Clone)]
+struct LinkedCode {
+    world: World,
+    pre: Pre,
+}
+
 /// The engine, the linker, and the compiled components, shared by every call.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<InvocationState>,
     compiled: CompiledComponents,
+    /// Compiled code pre-linked against [`Self::linker`], by digest, with its world: what
+    /// every name with the same bytes shares ([`Sandbox::prepare_known`]). Evicted with the
+    /// compiled code.
+    linked: Mutex<HashMap<Digest, LinkedCode>>,
     /// One permit per pool slot: calls wait here instead of failing when the pool is full.
     pool: Arc<Semaphore>,
     /// Linear memory all calls together may hold.
@@ -106,6 +120,7 @@ impl Sandbox {
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         Ok(Self {
             compiled: CompiledComponents::new(engine.clone(), cache, workers),
+            linked: Mutex::new(HashMap::new()),
             engine,
             linker,
             pool: Arc::new(Semaphore::new(if config.pooling {
@@ -152,7 +167,13 @@ impl Sandbox {
         }
         validate_component_name(&spec.name)?;
         let world = ComponentShape::read(bytes)?.check(spec.expect)?;
-        let limits = &spec.limits;
+        self.check_limits(&spec.limits)?;
+        Ok(world)
+    }
+
+    /// Checks that `limits` are valid and fit this host's ceilings (pool, memory budget,
+    /// fuel): the part of [`Sandbox::check`] that does not depend on the bytes.
+    fn check_limits(&self, limits: &Limits) -> Result<(), LoadError> {
         limits
             .validate()
             .map_err(|why| LoadError::new(LoadErrorKind::Limits, why.message))?;
@@ -203,7 +224,7 @@ impl Sandbox {
                 ),
             ));
         }
-        Ok(world)
+        Ok(())
     }
 
     /// Checks ([`Sandbox::check`]), compiles (or loads from cache) and pre-links a component.
@@ -219,9 +240,43 @@ impl Sandbox {
         bytes: &[u8],
     ) -> Result<PreparedComponent, LoadError> {
         let world = self.check(&spec, bytes)?;
-        let limits = spec.limits;
         let digest = Digest::of(bytes);
-        let component = self.compiled.compile(&digest, bytes)?;
+        let pre = match self.linked_code(&digest) {
+            Some(linked) => linked.pre,
+            None => self.link(&digest, world, bytes)?,
+        };
+        Ok(self.prepared(spec, digest, world, pre))
+    }
+
+    /// [`Sandbox::prepare`] without the bytes, for a digest whose code this sandbox holds
+    /// already (another name with the same bytes was prepared, and not evicted since): the
+    /// compiled, pre-linked code is shared and only `spec` is checked. `None` when the code
+    /// is not held here: read the bytes and call [`Sandbox::prepare`].
+    pub fn prepare_known(
+        &self,
+        spec: ComponentSpec,
+        digest: &Digest,
+    ) -> Option<Result<PreparedComponent, LoadError>> {
+        let linked = self.linked_code(digest)?;
+        let checked = validate_component_name(&spec.name)
+            .and_then(|()| check_world(linked.world, spec.expect))
+            .and_then(|()| self.check_limits(&spec.limits));
+        Some(checked.map(|()| self.prepared(spec, digest.clone(), linked.world, linked.pre)))
+    }
+
+    /// The pre-linked code of `digest` held here, if any.
+    fn linked_code(&self, digest: &Digest) -> Option<LinkedCode> {
+        self.linked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    /// Compiles (or loads from cache) checked bytes of `world` and pre-links them against
+    /// this host's imports; the result is kept for [`Sandbox::prepare_known`].
+    fn link(&self, digest: &Digest, world: World, bytes: &[u8]) -> Result<Pre, LoadError> {
+        let component = self.compiled.compile(digest, bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             LoadError::new(
                 LoadErrorKind::IncompatibleInterface,
@@ -241,7 +296,29 @@ impl Sandbox {
             World::Script => Pre::Script(ScriptPre::new(instance_pre).map_err(incompatible)?),
             World::Hook => Pre::Hook(HookPre::new(instance_pre).map_err(incompatible)?),
         };
-        Ok(PreparedComponent {
+        self.linked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                digest.clone(),
+                LinkedCode {
+                    world,
+                    pre: pre.clone(),
+                },
+            );
+        Ok(pre)
+    }
+
+    /// A [`PreparedComponent`] of checked `spec` over the pre-linked code `pre`.
+    fn prepared(
+        &self,
+        spec: ComponentSpec,
+        digest: Digest,
+        world: World,
+        pre: Pre,
+    ) -> PreparedComponent {
+        let limits = spec.limits;
+        PreparedComponent {
             name: spec.name.into(),
             digest,
             world,
@@ -259,13 +336,17 @@ impl Sandbox {
             engine: self.engine.clone(),
             fuel: self.config.fuel,
             max_wasm_stack: self.config.max_wasm_stack,
-        })
+        }
     }
 
     /// Drops the compiled code of `digest` from memory (the disk cache keeps it). Components
     /// already prepared from it keep working; the next [`Sandbox::prepare`] of those bytes
     /// loads them again. The daemon calls this when no loaded component uses a digest.
     pub fn evict(&self, digest: &Digest) {
+        self.linked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(digest);
         self.compiled.evict(digest);
     }
 

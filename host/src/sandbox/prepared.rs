@@ -23,6 +23,7 @@ use crate::imports::kv_read::KvReadGrants;
 use crate::subject::PublishGrants;
 
 /// The pre-linked component of one world: only its own world's export can be called.
+#[derive(Clone)]
 pub(super) enum Pre {
     Listener(ListenerPre<InvocationState>),
     Script(ScriptPre<InvocationState>),
