@@ -35,7 +35,15 @@ fn stderr(out: &std::process::Output) -> String {
 fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let mut cluster = Cluster::new();
     cluster.start_daemon("h1");
-    cluster.cli_ok(&["upload", &guest("noop-listener"), "--name", "quiet"]);
+    // Waits until the host runs it: what `ls` shows must not change while the refusals below
+    // are tried.
+    cluster.cli_ok(&[
+        "upload",
+        &guest("noop-listener"),
+        "--name",
+        "quiet",
+        "--wait",
+    ]);
     let before = cluster.cli_json(&["ls"]);
 
     let text = write(&cluster, "notes.wasm", b"just text");

@@ -515,6 +515,10 @@ async fn sample_sandbox(
     }
 }
 
+/// How long the heartbeat waits after a component change for the next ones, before it
+/// beats with them all.
+const CHANGES_GATHERED: Duration = Duration::from_millis(200);
+
 /// Refreshes this host's presence entry every heartbeat until `stop`.
 async fn heartbeat(
     hosts: HostRegistry,
@@ -544,12 +548,20 @@ async fn heartbeat(
         if let Err(e) = hosts.beat(&info).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
-        // Beat again at once when the loaded components change, so `sandbus hosts` shows
-        // what runs where without waiting for the next heartbeat.
+        // Beat again soon when the loaded components change, so `sandbus hosts` shows what
+        // runs where without waiting for the next heartbeat; the changes of a moment are
+        // gathered into one beat (a restart loading thousands changes them thousands of
+        // times, and each beat writes the whole record).
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(bus::HEARTBEAT) => {}
-            _ = changes.changed() => {}
+            _ = changes.changed() => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(CHANGES_GATHERED) => {}
+                }
+                changes.borrow_and_update();
+            }
         }
     }
 }
