@@ -135,6 +135,10 @@ pub enum PullError {
     /// buffered in it when it went silent.
     #[error("pull ended: {0}")]
     Ended(String),
+    /// The consumer was deleted: the listener was rested (idle), or unsubscribed. Pulling
+    /// again finds no consumer.
+    #[error("pull ended: the consumer was deleted")]
+    Deleted,
 }
 
 impl From<MessagesError> for PullError {
@@ -147,7 +151,8 @@ impl From<MessagesError> for PullError {
             // the stream believes it does. Left alone, the stream would ask again only when
             // its last request should have expired (`PULL_EXPIRES` plus 5 s: a 35 s stall
             // seen in the daemon bench while events waited), so pull again now.
-            // The consumer was deleted, no server answers, the server refused the pull...
+            MessagesErrorKind::ConsumerDeleted => PullError::Deleted,
+            // No server answers, the server refused the pull...
             _ => PullError::Ended(e.to_string()),
         }
     }
@@ -228,5 +233,10 @@ mod tests {
                 "{kind}: {error}"
             );
         }
+        assert_eq!(
+            PullError::from(MessagesError::new(MessagesErrorKind::ConsumerDeleted)),
+            PullError::Deleted,
+            "a deleted consumer is told apart: the listener was rested or unsubscribed"
+        );
     }
 }

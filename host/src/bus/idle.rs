@@ -30,7 +30,9 @@ use futures::{Stream, StreamExt as _};
 use super::bucket_error::BucketErrorKind;
 use super::events::EventStream;
 use super::store::now_rfc3339;
-use super::subscriptions::{IdlePosition, Subscription, SubscriptionStore, consumer_config};
+use super::subscriptions::{
+    IdlePosition, Subscription, SubscriptionStore, consumer_config, consumer_refused,
+};
 use super::{BusError, BusErrorKind, names};
 
 /// How many times a rest tries its compare-and-set on the subscription record.
@@ -158,10 +160,14 @@ impl SubscriptionStore {
             Ok(_) => Ok(()),
             // Another daemon woke it first (from the same position or a later one).
             Err(_) if stream.consumer_info(&name).await.is_ok() => Ok(()),
-            Err(e) => Err(BusError::unavailable(
-                "make the listener's consumer again",
-                e,
-            )),
+            Err(e) => {
+                let code = match e.kind() {
+                    ConsumerErrorKind::JetStream(js) => Some(js.error_code()),
+                    _ => None,
+                };
+                let full = self.events().stream().await?;
+                Err(consumer_refused(&full, code, e.into()))
+            }
         }
     }
 

@@ -581,7 +581,7 @@ impl SubscriptionStore {
 
 /// The error for a consumer the server would not create or update. A full stream is a
 /// [`BusErrorKind::ServerLimit`] naming the stream's limit and what to change.
-fn consumer_refused(
+pub(super) fn consumer_refused(
     stream: &jetstream::stream::Stream,
     code: Option<jetstream::ErrorCode>,
     e: async_nats::Error,

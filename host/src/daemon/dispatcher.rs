@@ -291,6 +291,12 @@ impl ListenerDispatcher {
                     Some(Err(e @ PullError::Interrupted(_))) => {
                         tracing::debug!(listener = self.listener(), error = %e, "pull interrupted; continuing");
                     }
+                    Some(Err(PullError::Deleted)) => {
+                        // Rested by another host, or unsubscribed: the next pull finds no
+                        // consumer and the dispatcher ends.
+                        tracing::debug!(listener = self.listener(), "the consumer was deleted");
+                        break;
+                    }
                     Some(Err(e @ PullError::Ended(_))) => {
                         tracing::warn!(listener = self.listener(), error = %e, "pull ended; pulling again");
                         self.pause(Duration::from_millis(500)).await;
@@ -369,7 +375,12 @@ impl ListenerDispatcher {
                 Err(e) if e.kind == BusErrorKind::NotFound => return false,
                 Err(e) => {
                     tracing::warn!(listener = self.listener(), error = %e, "cannot wake the listener; retrying");
-                    self.pause(Duration::from_secs(1)).await;
+                    // A full stream stays full for a while; an outage may pass at once.
+                    let pause = match e.kind {
+                        BusErrorKind::ServerLimit => Duration::from_secs(10),
+                        _ => Duration::from_secs(1),
+                    };
+                    self.pause(pause).await;
                     if self.stop.is_cancelled() {
                         return false;
                     }

@@ -164,7 +164,8 @@ impl ListenerRoster {
             );
         }
         if idle {
-            self.went_idle(listener);
+            // The record just read says where it stood: no need to read it again.
+            self.went_idle(listener, true);
         }
     }
 
@@ -181,30 +182,29 @@ impl ListenerRoster {
             }
             entry.dispatcher = None;
         }
-        self.went_idle(report.listener);
+        self.went_idle(report.listener, false);
     }
 
     /// `listener` just went idle: the feed must run, and an event that came before the feed
-    /// could wake it must wake it now.
-    fn went_idle(self: &Arc<Self>, listener: String) {
-        self.feed_wanted.send_replace(true);
+    /// could wake it must wake it now. `known`: the roster's copy of its record is the one
+    /// that made it idle (else the record is read: the copy may hold an older position, from
+    /// before it was rested again, and would wake it for events already handled).
+    fn went_idle(self: &Arc<Self>, listener: String, known: bool) {
         let roster = self.clone();
-        tokio::spawn(async move { roster.check(listener).await });
+        tokio::spawn(async move { roster.check(listener, known).await });
     }
 
     /// Wakes `listener` if an event came for it after where it stood and up to what the feed
-    /// has handled.
-    async fn check(self: Arc<Self>, listener: String) {
+    /// has handled. Starts the feed first, unless the listener turns out not to be idle at
+    /// all (unsubscribed, or its consumer deleted by hand: nothing to make it again from):
+    /// the feed is a consumer on the events stream too.
+    async fn check(self: Arc<Self>, listener: String, known: bool) {
         let Ok(_permit) = self.checks.acquire().await else {
             return;
         };
         let mut running = self.feed_running.subscribe();
-        tokio::select! {
-            _ = self.stop.cancelled() => return,
-            _ = running.wait_for(|running| *running) => {}
-        }
         loop {
-            let known = {
+            let known_record = {
                 let entries = self.entries();
                 match entries.listeners.get(&listener) {
                     None => return,
@@ -212,19 +212,24 @@ impl ListenerRoster {
                     Some(entry) => entry.subscription.clone(),
                 }
             };
-            let seen = self.feed_seen.load(Ordering::Acquire);
-            let subscription = match known.idle {
-                Some(_) => Ok(Some(known)),
-                // Rested elsewhere, and the record with its position is not here yet.
-                None => self.subscriptions.get(&listener).await,
+            let subscription = if known && known_record.idle.is_some() {
+                Ok(Some(known_record))
+            } else {
+                self.subscriptions.get(&listener).await
             };
             let since = match subscription {
-                Ok(Some(subscription)) => {
+                Ok(Some(subscription)) if subscription.idle.is_some() => {
+                    self.feed_wanted.send_replace(true);
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = running.wait_for(|running| *running) => {}
+                    }
+                    let seen = self.feed_seen.load(Ordering::Acquire);
                     self.subscriptions
                         .events_since_idle(&subscription, seen)
                         .await
                 }
-                Ok(None) => return,
+                Ok(_) => return,
                 Err(e) => Err(e),
             };
             match since {
