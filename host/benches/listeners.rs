@@ -26,6 +26,9 @@
 //! - **wake**: with the daemon up and the listeners idle again, one event to one idle
 //!   listener, until it is acknowledged.
 //!
+//! Each count runs on 1 daemon and on 3 sharing the listeners (`SANDBUS_BENCH_DAEMONS=1,3`;
+//! the baseline only on one); the RSS is the largest daemon's, the idle CPU all of theirs.
+//!
 //! `SANDBUS_BENCH_LISTENERS=100,1000,10000` sets the counts (default 1,000 and 10,000). Run
 //! it with `cargo bench --bench listeners` (a release build); with `nats-server` on PATH (or
 //! `$SANDBUS_NATS_SERVER`) and the guests built.
