@@ -137,3 +137,106 @@ fn a_subscribe_while_idle_keeps_where_the_listener_stood() {
         billing_totals(c, "billing") == expected
     });
 }
+
+#[test]
+fn resting_and_waking_follow_the_subscription_record_and_leave_nothing_behind() {
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    use sandbus::bus::{
+        BusErrorKind, EventStream, EventStreamConfig, Rested, Subscription, SubscriptionStore,
+        names,
+    };
+    use std::time::Duration;
+
+    let server = super::support::nats::NatsServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let events = EventStream::ensure(js.clone(), &EventStreamConfig::default())
+            .await
+            .unwrap();
+        let store = SubscriptionStore::ensure(&js, events, 1).await.unwrap();
+        let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
+        let consumer = names::listener_consumer("audit");
+        for i in 0..3 {
+            js.publish(format!("events.vm.e{i}"), "{}".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let long_wait = Duration::from_secs(600);
+        store
+            .put(&Subscription::new("audit", vec!["vm.*".into()]), long_wait)
+            .await
+            .unwrap();
+
+        // A fresh consumer with nothing to do rests at the stream's end; a second rest finds
+        // nothing to rest.
+        assert_eq!(
+            store.rest("audit", Duration::ZERO).await.unwrap(),
+            Rested::Idle
+        );
+        assert!(stream.consumer_info(&consumer).await.is_err());
+        let record = store.get("audit").await.unwrap().unwrap();
+        assert_eq!(record.idle.as_ref().unwrap().after_sequence, 3);
+        assert_eq!(
+            store.rest("audit", Duration::ZERO).await.unwrap(),
+            Rested::Gone
+        );
+
+        // Waking makes it again just after where it stood, with at least the recorded ack wait.
+        store.wake("audit", Duration::from_secs(5)).await.unwrap();
+        let info = stream.consumer_info(&consumer).await.unwrap();
+        assert_eq!(
+            info.config.deliver_policy,
+            DeliverPolicy::ByStartSequence { start_sequence: 4 }
+        );
+        assert_eq!(info.config.ack_wait, long_wait);
+        assert_eq!(
+            info.num_pending, 0,
+            "the events before it are not redelivered"
+        );
+
+        // A subscribe while it has a consumer updates it and keeps where it starts.
+        store
+            .put(
+                &Subscription::new("audit", vec!["device.>".into()]),
+                long_wait,
+            )
+            .await
+            .unwrap();
+        let info = stream.consumer_info(&consumer).await.unwrap();
+        assert_eq!(info.config.filter_subjects, ["events.device.>"]);
+        assert!(matches!(
+            info.config.deliver_policy,
+            DeliverPolicy::ByStartSequence { .. }
+        ));
+
+        // A subscribe while idle makes no consumer; the wake after it follows the new record.
+        assert_eq!(
+            store.rest("audit", Duration::ZERO).await.unwrap(),
+            Rested::Idle
+        );
+        store
+            .put(&Subscription::new("audit", vec!["usb.*".into()]), long_wait)
+            .await
+            .unwrap();
+        assert!(stream.consumer_info(&consumer).await.is_err());
+        store.wake("audit", Duration::from_secs(5)).await.unwrap();
+        let info = stream.consumer_info(&consumer).await.unwrap();
+        assert_eq!(info.config.filter_subjects, ["events.usb.*"]);
+
+        // Unsubscribed: the record and the consumer are gone, and nothing can wake it.
+        store.remove("audit").await.unwrap();
+        assert!(stream.consumer_info(&consumer).await.is_err());
+        let woken = store
+            .wake("audit", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(woken.kind, BusErrorKind::NotFound);
+        assert!(stream.consumer_info(&consumer).await.is_err());
+    });
+}

@@ -24,7 +24,9 @@ use std::time::Duration;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind, LastRawMessageErrorKind};
+use async_nats::jetstream::stream::{
+    ConsumerCreateStrictErrorKind, ConsumerError, ConsumerErrorKind, LastRawMessageErrorKind,
+};
 use futures::{Stream, StreamExt as _};
 
 use super::bucket_error::BucketErrorKind;
@@ -81,7 +83,13 @@ impl SubscriptionStore {
         if last_active.is_some_and(|at| now - at < quiet.as_nanos() as i128) {
             return Ok(Rested::Busy);
         }
-        let after_sequence = info.ack_floor.stream_sequence;
+        // Nothing waits for an ack, so everything delivered was acknowledged: the position
+        // is the later of the ack floor and the last delivered event (the server may move
+        // that past events the filter skips).
+        let after_sequence = info
+            .ack_floor
+            .stream_sequence
+            .max(info.delivered.stream_sequence);
         let mut recorded = false;
         for _ in 0..REST_TRIES {
             let Some(current) = self
@@ -123,7 +131,8 @@ impl SubscriptionStore {
         }
         match stream.delete_consumer(&name).await {
             Ok(_) => Ok(Rested::Idle),
-            Err(e) if is_missing(&e) => Ok(Rested::Idle),
+            // Another host rested it at the same moment.
+            Err(e) if is_missing(&e) => Ok(Rested::Gone),
             Err(e) => Err(BusError::unavailable(
                 "delete the idle listener's consumer",
                 e,
@@ -155,20 +164,69 @@ impl SubscriptionStore {
         let start = DeliverPolicy::ByStartSequence {
             start_sequence: idle.after_sequence.saturating_add(1),
         };
-        let config = consumer_config(&subscription, ack_wait, start);
-        match stream.create_consumer(config).await {
-            Ok(_) => Ok(()),
-            // Another daemon woke it first (from the same position or a later one).
-            Err(_) if stream.consumer_info(&name).await.is_ok() => Ok(()),
-            Err(e) => {
-                let code = match e.kind() {
-                    ConsumerErrorKind::JetStream(js) => Some(js.error_code()),
-                    _ => None,
-                };
-                let full = self.events().stream().await?;
-                Err(consumer_refused(&full, code, e.into()))
-            }
+        let ack_wait = ack_wait.max(subscription.ack_wait().unwrap_or_default());
+        // Create only: a consumer another host made meanwhile (from the same position or a
+        // later one, maybe from a newer record) is never overwritten by this one.
+        let made = stream
+            .create_consumer_strict(consumer_config(&subscription, ack_wait, start))
+            .await;
+        if let Err(e) = made
+            && stream.consumer_info(&name).await.is_err()
+        {
+            let code = match e.kind() {
+                ConsumerCreateStrictErrorKind::JetStream(js) => Some(js.error_code()),
+                _ => None,
+            };
+            let full = self.events().stream().await?;
+            return Err(consumer_refused(&full, code, e.into()));
         }
+        // The record may have changed while the consumer was made: unsubscribed (delete the
+        // consumer again, or it would keep events for no one), or subscribed anew with other
+        // patterns or limits (the consumer follows the record). `put` does the same from its
+        // side, so whichever writes last, the two end up alike.
+        self.reconcile(listener, &stream).await
+    }
+
+    /// Makes an existing consumer of `listener` match its record: deleted when there is no
+    /// record, updated (keeping where it starts) when its patterns, in-flight cap or ack wait
+    /// differ.
+    pub(super) async fn reconcile(
+        &self,
+        listener: &str,
+        stream: &async_nats::jetstream::stream::Stream<()>,
+    ) -> Result<(), BusError> {
+        let name = names::listener_consumer(listener);
+        let info = match stream.consumer_info(&name).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(BusError::unavailable("read the listener's consumer", e)),
+        };
+        let Some(subscription) = self.get(listener).await? else {
+            return match stream.delete_consumer(&name).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_missing(&e) => Ok(()),
+                Err(e) => Err(BusError::unavailable(
+                    "delete the consumer of an unsubscribed listener",
+                    e,
+                )),
+            };
+        };
+        let ack_wait = info
+            .config
+            .ack_wait
+            .max(subscription.ack_wait().unwrap_or_default());
+        let wanted = consumer_config(&subscription, ack_wait, info.config.deliver_policy);
+        let same = info.config.filter_subjects == wanted.filter_subjects
+            && info.config.max_ack_pending == wanted.max_ack_pending
+            && info.config.ack_wait == wanted.ack_wait;
+        if same {
+            return Ok(());
+        }
+        stream
+            .update_consumer(wanted)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::unavailable("update the listener's consumer", e))
     }
 
     /// Whether an event for the idle listener of `subscription` was published after its
@@ -211,9 +269,18 @@ fn is_missing(e: &ConsumerError) -> bool {
     matches!(e.kind(), ConsumerErrorKind::JetStream(js) if js.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
 }
 
-/// Every event's subject and stream sequence, as published from when the feed starts: one
-/// ordered consumer over `events.>`, headers only, per daemon.
-pub struct EventFeed;
+/// Every event's subject and stream sequence, from a given sequence on: one ephemeral pull
+/// consumer over `events.>` per daemon, headers only, nothing to acknowledge.
+///
+/// Not the client's ordered consumer: that one, broken before it showed its first message,
+/// starts again from the *first* event in the stream, and a quiet stream (exactly when
+/// listeners are idle) would then replay everything it keeps and wake every listener. This
+/// feed ends instead, at a gap or any error, and its owner opens it again just after the last
+/// sequence it showed.
+pub struct EventFeed {
+    stream: async_nats::jetstream::stream::Stream<()>,
+    name: String,
+}
 
 /// One event as the feed shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,14 +291,25 @@ pub struct FedEvent {
     pub sequence: u64,
 }
 
+/// How long the server keeps a feed's consumer once nobody pulls from it.
+const FEED_INACTIVE: Duration = Duration::from_secs(30);
+
 impl EventFeed {
     /// Follows the events stream from `from` (a stream sequence; `None`: just after the last
-    /// event stored now). Returns the first sequence it can show and the feed, which ends or
-    /// yields an error when it breaks: open it again from after the last sequence it showed.
+    /// event stored now). Returns the feed (to [`close`](Self::close) when done), the first
+    /// sequence it can show, and the events, which end or yield an error when the feed
+    /// breaks: open it again from after the last sequence shown.
     pub async fn open(
         events: &EventStream,
         from: Option<u64>,
-    ) -> Result<(u64, impl Stream<Item = Result<FedEvent, BusError>> + use<>), BusError> {
+    ) -> Result<
+        (
+            Self,
+            u64,
+            impl Stream<Item = Result<FedEvent, BusError>> + use<>,
+        ),
+        BusError,
+    > {
         let stream = events.handle().await?;
         let start = match from {
             Some(from) => from,
@@ -243,35 +321,66 @@ impl EventFeed {
                 info.state.last_sequence.saturating_add(1)
             }
         };
-        let config = consumer::pull::OrderedConfig {
+        let config = consumer::pull::Config {
+            description: Some("sandbus: wakes idle listeners".to_owned()),
             filter_subject: format!("{}.>", crate::subject::EVENTS_PREFIX),
             headers_only: true,
+            ack_policy: consumer::AckPolicy::None,
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start.max(1),
             },
+            inactive_threshold: FEED_INACTIVE,
+            memory_storage: true,
+            num_replicas: 1,
             ..Default::default()
         };
-        let messages = stream
+        let consumer = stream
             .create_consumer(config)
             .await
-            .map_err(|e| BusError::unavailable("follow the events stream", e))?
+            .map_err(|e| BusError::unavailable("follow the events stream", e))?;
+        let name = consumer.cached_info().name.clone();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1_000)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
             .messages()
             .await
             .map_err(|e| BusError::unavailable("follow the events stream", e))?;
-        Ok((
-            start,
-            messages.map(|next| {
-                let message =
-                    next.map_err(|e| BusError::unavailable("follow the events stream", e))?;
-                let sequence = message
-                    .info()
-                    .map_err(|e| BusError::unavailable("read an event's place in the feed", e))?
-                    .stream_sequence;
-                Ok(FedEvent {
-                    subject: message.subject.to_string(),
-                    sequence,
-                })
-            }),
-        ))
+        // Nothing is redelivered without acks, so the consumer's own sequence counts every
+        // message it sent: a jump is a message lost on the way (a slow consumer), and the
+        // feed ends there.
+        let mut next_delivery = 1;
+        let events = messages.map(move |next| {
+            let message = next.map_err(|e| BusError::unavailable("follow the events stream", e))?;
+            let info = message
+                .info()
+                .map_err(|e| BusError::unavailable("read an event's place in the feed", e))?;
+            if info.consumer_sequence != next_delivery {
+                return Err(BusError::unavailable(
+                    "follow the events stream",
+                    format!(
+                        "message {} of the feed came after {}: some were lost",
+                        info.consumer_sequence,
+                        next_delivery.saturating_sub(1)
+                    ),
+                ));
+            }
+            next_delivery += 1;
+            Ok(FedEvent {
+                subject: message.subject.to_string(),
+                sequence: info.stream_sequence,
+            })
+        });
+        Ok((Self { stream, name }, start, events))
+    }
+
+    /// Deletes the feed's consumer (the server would after [`FEED_INACTIVE`] anyway).
+    pub async fn close(self) {
+        if let Err(e) = self.stream.delete_consumer(&self.name).await
+            && !is_missing(&e)
+        {
+            tracing::debug!(consumer = %self.name, error = %e, "could not delete the event feed's consumer");
+        }
     }
 }

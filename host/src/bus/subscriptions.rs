@@ -14,6 +14,7 @@ use async_nats::jetstream::{self};
 use futures::{Stream, StreamExt as _};
 
 use super::bucket::BucketSpec;
+use super::bucket_error::BucketErrorKind;
 use super::events::EventStream;
 use super::json_bucket::{Change, JsonBucket, Unreadable};
 use super::names;
@@ -34,6 +35,9 @@ pub const DEFAULT_BACKOFF: [Duration; 3] = [
     Duration::from_secs(5),
     Duration::from_secs(30),
 ];
+
+/// How many times a subscribe starts over when the record changed while it was written.
+const PUT_TRIES: u32 = 5;
 
 /// Deliveries before an event is dead-lettered, by default.
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
@@ -69,6 +73,11 @@ pub struct Subscription {
     /// a subscribe never moves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdlePosition>,
+    /// The ack wait its consumer was last given, in milliseconds (it covers the listener's
+    /// deadline): a consumer made again after idling gets at least this. Set by
+    /// [`SubscriptionStore::put`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_wait_ms: Option<u64>,
 }
 
 /// An idle listener has no consumer: after it had nothing pending and nothing in flight for
@@ -118,6 +127,7 @@ impl Subscription {
             backoff: DEFAULT_BACKOFF.to_vec(),
             updated_at: now_rfc3339(),
             idle: None,
+            ack_wait_ms: None,
         }
     }
 
@@ -188,6 +198,11 @@ impl Subscription {
             );
         }
         Ok(())
+    }
+
+    /// The ack wait its consumer was last given, if recorded.
+    pub fn ack_wait(&self) -> Option<Duration> {
+        self.ack_wait_ms.map(Duration::from_millis)
     }
 
     /// The consumer's subject filters: `events.<pattern>` for each pattern.
@@ -340,26 +355,56 @@ impl SubscriptionStore {
         subscription: &Subscription,
         ack_wait: Duration,
     ) -> Result<(), BusError> {
+        // The record is written with a compare-and-set on what was read: a listener rested
+        // meanwhile (its position written, its consumer deleted) is not given a record that
+        // forgets where it stood. A lost race starts over from what is there now.
+        for _ in 0..PUT_TRIES {
+            if self.put_once(subscription, ack_wait).await? {
+                return Ok(());
+            }
+        }
+        Err(BusError::new(
+            BusErrorKind::Conflict,
+            format!(
+                "the subscription of `{}` kept changing while it was written; try again",
+                subscription.listener
+            ),
+        ))
+    }
+
+    /// One try of [`Self::put`]; `false` when the record changed since it was read.
+    async fn put_once(
+        &self,
+        subscription: &Subscription,
+        ack_wait: Duration,
+    ) -> Result<bool, BusError> {
         let stream = self.events.stream().await?;
         let name = names::listener_consumer(&subscription.listener);
-        // What the consumer was before, to put back if the record cannot be written.
-        let before = stream
-            .consumer_info(&name)
+        let current = self
+            .subscriptions
+            .read(&subscription.listener)
             .await
-            .ok()
-            .map(|info| info.config);
+            .map_err(|e| e.into_bus_error("read the subscription"))?;
+        // A subscribe never moves where an idle listener stood: its consumer is made again,
+        // from there, by the next event for it ([`IdlePosition`]).
+        let mut subscription = subscription.clone();
+        subscription.idle = current.value.ok().flatten().and_then(|s| s.idle);
+        subscription.ack_wait_ms = Some(u64::try_from(ack_wait.as_millis()).unwrap_or(u64::MAX));
+        let subscription = &subscription;
+        // What the consumer was before, to put back if the record cannot be written.
+        let before = match stream.consumer_info(&name).await {
+            Ok(info) => Some(info.config),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+            Err(e) => return Err(BusError::unavailable("read the listener's consumer", e)),
+        };
         // A consumer made again after idling starts at a sequence; an update keeps that.
         let deliver = before
             .as_ref()
             .map_or(DeliverPolicy::New, |c| c.deliver_policy);
         let config = consumer_config(subscription, ack_wait, deliver);
-        // A subscribe never moves where an idle listener stood: its consumer is made again,
-        // from there, by the next event for it ([`IdlePosition`]).
-        let mut subscription = subscription.clone();
-        subscription.idle = self.get(&subscription.listener).await?.and_then(|s| s.idle);
-        let subscription = &subscription;
+        let idle = before.is_none() && subscription.idle.is_some();
         let made = match before {
-            None if subscription.idle.is_some() => Ok(()),
+            None if idle => Ok(()),
             Some(_) => stream
                 .update_consumer(config)
                 .await
@@ -384,33 +429,43 @@ impl SubscriptionStore {
                 }),
         };
         made.map_err(|(code, e)| consumer_refused(&stream, code, e))?;
-        if let Err(e) = self
+        match self
             .subscriptions
-            .put(&subscription.listener, subscription)
+            .update(&subscription.listener, subscription, current.revision)
             .await
         {
-            // Leave nothing half-made: a consumer without a record would keep events for a
-            // listener no daemon runs and no `status` shows.
-            let undone: Result<(), async_nats::Error> = match before {
-                Some(config) => stream
-                    .update_consumer(config)
-                    .await
-                    .map(|_| ())
-                    .map_err(Into::into),
-                None if subscription.idle.is_some() => Ok(()),
-                None => stream
-                    .delete_consumer(&name)
-                    .await
-                    .map(|_| ())
-                    .map_err(Into::into),
-            };
-            if let Err(undo) = undone {
-                tracing::warn!(consumer = %name, error = %undo,
-                    "could not undo the listener's consumer after its record failed");
+            Ok(_) => {}
+            Err(e) if e.kind() == BucketErrorKind::LostRace => return Ok(false),
+            Err(e) => {
+                // Leave nothing half-made: a consumer without a record would keep events for
+                // a listener no daemon runs and no `status` shows.
+                let undone: Result<(), async_nats::Error> = match before {
+                    Some(config) => stream
+                        .update_consumer(config)
+                        .await
+                        .map(|_| ())
+                        .map_err(Into::into),
+                    None if idle => Ok(()),
+                    None => stream
+                        .delete_consumer(&name)
+                        .await
+                        .map(|_| ())
+                        .map_err(Into::into),
+                };
+                if let Err(undo) = undone {
+                    tracing::warn!(consumer = %name, error = %undo,
+                        "could not undo the listener's consumer after its record failed");
+                }
+                return Err(e.into_bus_error("record the subscription"));
             }
-            return Err(e.into_bus_error("record the subscription"));
         }
-        Ok(())
+        if idle {
+            // Woken by an event while the record was written: the consumer it made may
+            // follow the record before this one.
+            let handle = self.events.handle().await?;
+            self.reconcile(&subscription.listener, &handle).await?;
+        }
+        Ok(true)
     }
 
     /// Updates only the consumer's ack wait (after a listener's deadline changed).
@@ -447,21 +502,25 @@ impl SubscriptionStore {
                 format!("`{listener}` is not subscribed; `sandbus status` lists subscriptions"),
             )
         })?;
-        let stream = self.events.stream().await?;
-        if let Err(e) = stream
-            .delete_consumer(&names::listener_consumer(listener))
-            .await
-            && stream
-                .consumer_info(&names::listener_consumer(listener))
-                .await
-                .is_ok()
-        {
-            return Err(BusError::unavailable("delete the listener's consumer", e));
-        }
+        // The record goes first: a daemon waking the idle listener at this moment reads the
+        // record again after making the consumer, finds it gone and deletes what it made
+        // (`SubscriptionStore::wake`), so no consumer is left for no one.
         self.subscriptions
             .delete(listener)
             .await
             .map_err(|e| e.into_bus_error("remove the subscription"))?;
+        let stream = self.events.handle().await?;
+        let name = names::listener_consumer(listener);
+        if let Err(e) = stream.delete_consumer(&name).await
+            && stream.consumer_info(&name).await.is_ok()
+        {
+            // Put the record back: an unsubscribe that failed changes nothing.
+            if let Err(back) = self.subscriptions.put(listener, &subscription).await {
+                tracing::warn!(listener, error = %back,
+                    "could not put back the subscription after its consumer could not be deleted");
+            }
+            return Err(BusError::unavailable("delete the listener's consumer", e));
+        }
         let _ = self.status.purge(listener).await;
         let _ = self
             .status

@@ -290,41 +290,24 @@ impl ListenerRoster {
             _ = self.stop.cancelled() => return,
             _ = wanted.wait_for(|wanted| *wanted) => {}
         }
+        // Once the feed ran, it always goes on just after the last event it handled (the
+        // stream may be empty, so "nothing seen" is not sequence 0).
+        let mut started = false;
         while !self.stop.is_cancelled() {
-            let seen = self.feed_seen.load(Ordering::Acquire);
-            let from = (seen > 0).then(|| seen + 1);
+            let from = started.then(|| self.feed_seen.load(Ordering::Acquire) + 1);
             match EventFeed::open(&self.events, from).await {
-                Ok((start, feed)) => {
-                    if seen == 0 {
+                Ok((feed, start, events)) => {
+                    if !started {
                         self.feed_seen
                             .store(start.saturating_sub(1), Ordering::Release);
+                        started = true;
                     }
                     self.feed_running.send_replace(true);
                     tracing::debug!(start, "following events for idle listeners");
-                    let mut feed = std::pin::pin!(feed);
-                    loop {
-                        let next = tokio::select! {
-                            _ = self.stop.cancelled() => return,
-                            next = feed.next() => next,
-                        };
-                        match next {
-                            Some(Ok(event)) => {
-                                let mut entries = self.entries();
-                                let mut wanting = Vec::new();
-                                entries.index.for_each_match(&event.subject, |listener| {
-                                    wanting.push(listener.clone());
-                                });
-                                for listener in wanting {
-                                    self.wake_locked(&mut entries, &listener);
-                                }
-                                self.feed_seen.store(event.sequence, Ordering::Release);
-                            }
-                            Some(Err(e)) => {
-                                tracing::warn!(error = %e, "the event feed broke; following again");
-                                break;
-                            }
-                            None => break,
-                        }
+                    let stopped = self.follow_feed(events).await;
+                    feed.close().await;
+                    if stopped {
+                        return;
                     }
                 }
                 Err(e) => {
@@ -334,6 +317,42 @@ impl ListenerRoster {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Wakes the idle listeners each event is for, until the feed breaks (`false`) or the
+    /// roster stops (`true`).
+    async fn follow_feed(
+        &self,
+        events: impl futures::Stream<Item = Result<crate::bus::FedEvent, crate::bus::BusError>>,
+    ) -> bool {
+        let mut events = std::pin::pin!(events);
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => return true,
+                next = events.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    let mut entries = self.entries();
+                    if event.sequence <= self.feed_seen.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let mut wanting = Vec::new();
+                    entries.index.for_each_match(&event.subject, |listener| {
+                        wanting.push(listener.clone());
+                    });
+                    for listener in wanting {
+                        self.wake_locked(&mut entries, &listener);
+                    }
+                    self.feed_seen.store(event.sequence, Ordering::Release);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the event feed broke; following again");
+                    return false;
+                }
+                None => return false,
             }
         }
     }
