@@ -10,7 +10,7 @@
 //! just after that position, from whichever daemon sees the event first (the same config from
 //! every daemon: making it is idempotent).
 //!
-//! What sees the event is [`EventFeed`]: one ordered consumer per daemon over every event,
+//! What sees the event is [`EventFeed`]: one ephemeral pull consumer per daemon over every event,
 //! headers only. The feed only shows what is published after it starts, so whoever marks a
 //! listener idle also asks [`SubscriptionStore::events_since_idle`] once whether an event
 //! came between the position and what the feed has shown: that closes the race between

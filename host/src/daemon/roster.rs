@@ -5,7 +5,7 @@
 //! listener had nothing to do rests it and ends, and so does one whose consumer another host
 //! rested. Idle listeners cost nothing but an entry here, so a host can hold thousands.
 //!
-//! Waking them is the [`EventFeed`]'s job: one ordered consumer per host over every event,
+//! Waking them is the [`EventFeed`]'s job: one ephemeral pull consumer per host over every event,
 //! headers only, started when the first listener goes idle. For each event the roster looks
 //! up, in a [`SubjectIndex`] of every subscription's patterns, the listeners that want it,
 //! and starts a dispatcher for each idle one; the dispatcher makes the consumer again from
