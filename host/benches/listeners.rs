@@ -19,7 +19,7 @@
 //! Columns:
 //! - **settled**: from the first record written until the mode's state above.
 //! - **idle CPU**: `/proc/<pid>/stat` of the daemon and of nats-server over 10 s, nothing
-//!   published.
+//!   published, 15 s after settling.
 //! - **restart → served**: SIGTERM, start again, publish one event to each of 20 listeners
 //!   spread over the N, and time until every one of them is acknowledged (its consumer's ack
 //!   floor passed it).
@@ -54,6 +54,8 @@ mod support;
 
 use support::{Daemon, Server, cpu_micros};
 
+/// How long the daemons are left alone after settling, before idle CPU is measured.
+const SETTLE: Duration = Duration::from_secs(15);
 /// How long idle CPU is measured.
 const IDLE: Duration = Duration::from_secs(10);
 /// How long a setup or a restart may take before the run gives up.
@@ -281,7 +283,9 @@ fn main() {
                 rt.block_on(set_up(&js, n));
                 rt.block_on(wait_pulling(&js, settled_when));
                 let settled = started.elapsed();
-                std::thread::sleep(Duration::from_secs(2));
+                // The last rests' after-effects (each host checks each listener that went
+                // idle once) pass before the idle CPU is measured.
+                std::thread::sleep(SETTLE);
                 let rss = running
                     .iter()
                     .map(|d| rss_mb(d.child.id()))
