@@ -38,17 +38,27 @@ fn wait_idle(cluster: &mut Cluster, listener: &str) {
     );
 }
 
+/// Uploads and subscribes the billing listener, bills the first half of `instances`'
+/// events and waits until it is idle; the other half, and the totals all of them make.
+fn billing_gone_idle(
+    cluster: &mut Cluster,
+    instances: u64,
+) -> (Vec<Value>, std::collections::BTreeMap<String, u64>) {
+    billing_listener(cluster, "billing");
+    let (events, expected) = billing_scenario(instances);
+    let (first, second) = events.split_at(events.len() / 2);
+    cluster.publish_events(first);
+    cluster.wait_drained("billing");
+    wait_idle(cluster, "billing");
+    (second.to_vec(), expected)
+}
+
 #[test]
 fn an_idle_listener_has_no_consumer_and_its_next_events_wake_it_on_every_daemon() {
     let mut cluster = Cluster::new();
     cluster.start_daemon_with("h1", &IDLE_AFTER);
     cluster.start_daemon_with("h2", &IDLE_AFTER);
-    billing_listener(&cluster, "billing");
-    let (events, expected) = billing_scenario(300);
-    let (first, second) = events.split_at(300);
-    cluster.publish_events(first);
-    cluster.wait_drained("billing");
-    wait_idle(&mut cluster, "billing");
+    let (second, expected) = billing_gone_idle(&mut cluster, 300);
     let status = cluster.status("billing");
     assert_eq!(status["pending"], 0);
     assert!(
@@ -61,7 +71,7 @@ fn an_idle_listener_has_no_consumer_and_its_next_events_wake_it_on_every_daemon(
         assert_eq!(host["listeners"], serde_json::json!(["billing"]), "{host}");
     }
 
-    cluster.publish_events(second);
+    cluster.publish_events(&second);
     cluster.wait("every event billed", |c| {
         billing_totals(c, "billing") == expected
     });
@@ -87,16 +97,11 @@ fn an_idle_listener_has_no_consumer_and_its_next_events_wake_it_on_every_daemon(
 fn events_published_while_no_daemon_runs_wake_an_idle_listener_after_a_restart() {
     let mut cluster = Cluster::new();
     cluster.start_daemon_with("h1", &IDLE_AFTER);
-    billing_listener(&cluster, "billing");
-    let (events, expected) = billing_scenario(200);
-    let (first, second) = events.split_at(200);
-    cluster.publish_events(first);
-    cluster.wait_drained("billing");
-    wait_idle(&mut cluster, "billing");
+    let (second, expected) = billing_gone_idle(&mut cluster, 200);
     assert_eq!(cluster.terminate_daemon("h1"), Some(0));
 
     // Nothing runs and nothing has a consumer: the stream keeps the events by age.
-    cluster.publish_events(second);
+    cluster.publish_events(&second);
     assert!(!consumer_exists(&cluster, "billing"));
     cluster.start_daemon_with("h1", &IDLE_AFTER);
     cluster.wait("every event billed", |c| {
@@ -111,12 +116,7 @@ fn events_published_while_no_daemon_runs_wake_an_idle_listener_after_a_restart()
 fn a_subscribe_while_idle_keeps_where_the_listener_stood() {
     let mut cluster = Cluster::new();
     cluster.start_daemon_with("h1", &IDLE_AFTER);
-    billing_listener(&cluster, "billing");
-    let (events, expected) = billing_scenario(100);
-    let (first, second) = events.split_at(100);
-    cluster.publish_events(first);
-    cluster.wait_drained("billing");
-    wait_idle(&mut cluster, "billing");
+    let (second, expected) = billing_gone_idle(&mut cluster, 100);
     let stood = cluster.status("billing")["subscription"]["idle"]["after_sequence"].clone();
     // Subscribing again (another backoff) must neither make a consumer that starts at the
     // newest event nor forget where the idle listener stood.
@@ -132,7 +132,7 @@ fn a_subscribe_while_idle_keeps_where_the_listener_stood() {
     let status = cluster.status("billing");
     assert_eq!(status["subscription"]["idle"]["after_sequence"], stood);
     assert_eq!(status["subscription"]["backoff"], serde_json::json!([200]));
-    cluster.publish_events(second);
+    cluster.publish_events(&second);
     cluster.wait("every event billed", |c| {
         billing_totals(c, "billing") == expected
     });
