@@ -32,9 +32,8 @@ use futures::{Stream, StreamExt as _};
 use super::bucket_error::BucketErrorKind;
 use super::events::EventStream;
 use super::store::now_rfc3339;
-use super::subscriptions::{
-    IdlePosition, Subscription, SubscriptionStore, consumer_config, consumer_refused,
-};
+use super::subscription::{IdlePosition, Subscription};
+use super::subscriptions::{SubscriptionStore, consumer_config, consumer_refused};
 use super::{BusError, BusErrorKind, names};
 
 /// How many times a rest tries its compare-and-set on the subscription record.
@@ -375,7 +374,7 @@ impl EventFeed {
         Ok((Self { stream, name }, start, events))
     }
 
-    /// Deletes the feed's consumer (the server would after [`FEED_INACTIVE`] anyway).
+    /// Deletes the feed's consumer (the server would after 30 s of silence anyway).
     pub async fn close(self) {
         if let Err(e) = self.stream.delete_consumer(&self.name).await
             && !is_missing(&e)

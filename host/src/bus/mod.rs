@@ -37,6 +37,7 @@ mod publisher;
 mod refusals;
 mod runs;
 mod store;
+mod subscription;
 mod subscriptions;
 mod uploads;
 
@@ -72,11 +73,12 @@ pub use runs::{
 };
 pub(crate) use store::now_rfc3339;
 pub use store::{ComponentManifest, ComponentStore, ManifestChange, ManifestDraft, ManifestEvent};
-pub use subscriptions::ack_wait_for;
+pub use subscription::{
+    DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, IdlePosition, Subscription,
+    SubscriptionError, SubscriptionErrorKind, validate_event_pattern,
+};
 pub use subscriptions::{
-    DEFAULT_BACKOFF, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT, IdlePosition, LastError,
-    ListenerStatus, Subscription, SubscriptionChange, SubscriptionError, SubscriptionErrorKind,
-    SubscriptionStore, validate_event_pattern,
+    LastError, ListenerStatus, SubscriptionChange, SubscriptionStore, ack_wait_for,
 };
 pub use uploads::{STAGE_TTL, StagedUploads};
 
