@@ -25,9 +25,12 @@ ip route add default via 10.0.2.2
 
 chmod 0777 /data /tmp
 # A shell for tests on the second serial port: one command a line (a test ends each with
-# its own marker, e.g. `...; echo "__done__7 $?"`).
+# its own marker, e.g. `...; echo "__done__7 $?"`). Each line runs in a subshell: probes the
+# test wrote before this port was opened arrive cut (the UART's FIFO is cleared on open), and
+# a cut line with a syntax error would end a shell that evaluated it itself. Should the loop
+# end anyway (end of input), it starts again.
 stty -F /dev/ttyS1 raw -echo
-setsid sh -c 'while read -r line; do eval "$line"; done' \
+setsid sh -c 'while :; do while read -r line; do (eval "$line"); done; sleep 1; done' \
   </dev/ttyS1 >/dev/ttyS1 2>&1 &
 echo "vm-lab: ready, starting sandbus daemon as $user (host $host_id)"
 if [ "$poll" = 1 ]; then export SANDBUS_NO_HOTPLUG=true; fi

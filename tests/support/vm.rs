@@ -239,7 +239,8 @@ impl LabVm {
         self.shell_timeout(command, Duration::from_secs(30))
     }
 
-    fn shell_timeout(&mut self, command: &str, timeout: Duration) -> Result<String, String> {
+    /// [`LabVm::shell`] with its own patience for the answer.
+    pub fn shell_timeout(&mut self, command: &str, timeout: Duration) -> Result<String, String> {
         // Each command's answer ends with its own number: an answer to an earlier command
         // that came too late is skipped, never taken for this one's.
         self.commands += 1;

@@ -54,7 +54,21 @@ pub fn trials() -> Vec<Trial> {
             "a_daemon_without_permission_lists_its_devices_as_unusable_and_refuses_runs",
             a_daemon_without_permission_lists_its_devices_as_unusable_and_refuses_runs,
         ),
+        trial(
+            "the_lab_shell_outlives_a_line_cut_in_half",
+            the_lab_shell_outlives_a_line_cut_in_half,
+        ),
     ]
+}
+
+/// A probe written before a VM opened its shell's serial port arrives cut (the UART's FIFO
+/// is cleared on open); a cut line with a syntax error once ended the shell, and every test
+/// of that boot failed with "its shell did not answer".
+fn the_lab_shell_outlives_a_line_cut_in_half(lab: &mut Lab) {
+    let cut = lab.a.shell_timeout("(1)) $?\"", Duration::from_secs(3));
+    assert!(cut.is_err(), "a syntax error answered: {cut:?}");
+    let after = lab.a.shell("echo still here").unwrap_or_else(|e| lab.fail(&e));
+    assert_eq!(after.trim(), "still here");
 }
 
 fn devices_lists_each_vms_devices_with_kind_serial_product_and_no_hubs(lab: &mut Lab) {
