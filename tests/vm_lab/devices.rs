@@ -67,7 +67,10 @@ pub fn trials() -> Vec<Trial> {
 fn the_lab_shell_outlives_a_line_cut_in_half(lab: &mut Lab) {
     let cut = lab.a.shell_timeout("(1)) $?\"", Duration::from_secs(3));
     assert!(cut.is_err(), "a syntax error answered: {cut:?}");
-    let after = lab.a.shell("echo still here").unwrap_or_else(|e| lab.fail(&e));
+    let after = lab
+        .a
+        .shell("echo still here")
+        .unwrap_or_else(|e| lab.fail(&e));
     assert_eq!(after.trim(), "still here");
 }
 

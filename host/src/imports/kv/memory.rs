@@ -8,16 +8,53 @@ use super::{KvFootprint, KvStore, KvStoreError};
 /// Keys per namespace in ordered maps behind one mutex; every operation is atomic.
 #[derive(Debug, Default)]
 pub struct MemoryKv {
-    spaces: Mutex<BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
+    spaces: Mutex<BTreeMap<String, Space>>,
+}
+
+/// One namespace: its entries and their size, kept as they change, so that the quota check
+/// before every write costs the same however many keys the space holds (`dev replay` of a
+/// large events file writes thousands).
+#[derive(Debug, Default)]
+struct Space {
+    entries: BTreeMap<String, Vec<u8>>,
+    /// Sum of key and value lengths over `entries`.
+    bytes: u64,
+}
+
+/// What a key and its value count against the quota.
+fn entry_size(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+impl Space {
+    fn insert(&mut self, key: &str, value: Vec<u8>) {
+        self.bytes += entry_size(key, &value);
+        if let Some(old) = self.entries.insert(key.to_owned(), value) {
+            self.bytes -= entry_size(key, &old);
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        match self.entries.remove(key) {
+            Some(old) => {
+                self.bytes -= entry_size(key, &old);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl MemoryKv {
     /// Every key and value of one namespace, in key order.
     pub fn snapshot(&self, namespace: &str) -> BTreeMap<String, Vec<u8>> {
-        self.lock().get(namespace).cloned().unwrap_or_default()
+        self.lock()
+            .get(namespace)
+            .map(|s| s.entries.clone())
+            .unwrap_or_default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Space>> {
         self.spaces.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -25,22 +62,23 @@ impl MemoryKv {
 #[async_trait::async_trait]
 impl KvStore for MemoryKv {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvStoreError> {
-        Ok(self.lock().get(ns).and_then(|s| s.get(key)).cloned())
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|s| s.entries.get(key))
+            .cloned())
     }
 
     async fn set(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), KvStoreError> {
         self.lock()
             .entry(ns.to_owned())
             .or_default()
-            .insert(key.to_owned(), value);
+            .insert(key, value);
         Ok(())
     }
 
     async fn delete(&self, ns: &str, key: &str) -> Result<bool, KvStoreError> {
-        Ok(self
-            .lock()
-            .get_mut(ns)
-            .is_some_and(|s| s.remove(key).is_some()))
+        Ok(self.lock().get_mut(ns).is_some_and(|s| s.remove(key)))
     }
 
     async fn compare_and_swap(
@@ -52,10 +90,10 @@ impl KvStore for MemoryKv {
     ) -> Result<bool, KvStoreError> {
         let mut spaces = self.lock();
         let space = spaces.entry(ns.to_owned()).or_default();
-        if space.get(key).map(Vec::as_slice) != expected {
+        if space.entries.get(key).map(Vec::as_slice) != expected {
             return Ok(false);
         }
-        space.insert(key.to_owned(), new);
+        space.insert(key, new);
         Ok(true)
     }
 
@@ -64,11 +102,10 @@ impl KvStore for MemoryKv {
         let Some(space) = spaces.get(ns) else {
             return Ok(KvFootprint::default());
         };
-        let size = |k: &String, v: &Vec<u8>| (k.len() + v.len()) as u64;
         Ok(KvFootprint {
-            bytes: space.iter().map(|(k, v)| size(k, v)).sum(),
-            keys: space.len() as u64,
-            key_bytes: space.get_key_value(key).map(|(k, v)| size(k, v)),
+            bytes: space.bytes,
+            keys: space.entries.len() as u64,
+            key_bytes: space.entries.get(key).map(|v| entry_size(key, v)),
         })
     }
 
@@ -77,11 +114,60 @@ impl KvStore for MemoryKv {
             .lock()
             .get(ns)
             .map(|s| {
-                s.range(prefix.to_owned()..)
+                s.entries
+                    .range(prefix.to_owned()..)
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .map(|(k, _)| k.clone())
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The footprint the kept total must equal: every entry summed.
+    fn recounted(kv: &MemoryKv, ns: &str) -> u64 {
+        kv.snapshot(ns).iter().map(|(k, v)| entry_size(k, v)).sum()
+    }
+
+    #[tokio::test]
+    async fn the_footprint_follows_every_write_overwrite_swap_and_delete() {
+        let kv = MemoryKv::default();
+        kv.set("ns", "a", b"12345".to_vec()).await.unwrap();
+        kv.set("ns", "bb", b"1".to_vec()).await.unwrap();
+        kv.set("ns", "a", b"12".to_vec()).await.unwrap();
+        assert!(
+            kv.compare_and_swap("ns", "bb", Some(b"1"), b"xyz".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("ns", "bb", Some(b"1"), b"lost".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("ns", "c", None, b"new".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(kv.delete("ns", "c").await.unwrap());
+        assert!(!kv.delete("ns", "c").await.unwrap());
+        kv.set("other", "zzz", b"9".to_vec()).await.unwrap();
+
+        let f = kv.footprint("ns", "bb").await.unwrap();
+        assert_eq!(f.bytes, recounted(&kv, "ns"));
+        assert_eq!(f.bytes, (1 + 2) + (2 + 3));
+        assert_eq!(f.keys, 2);
+        assert_eq!(f.key_bytes, Some(2 + 3));
+        assert_eq!(kv.footprint("ns", "gone").await.unwrap().key_bytes, None);
+        assert_eq!(kv.footprint("other", "zzz").await.unwrap().bytes, 4);
+        assert_eq!(
+            kv.footprint("none", "x").await.unwrap(),
+            KvFootprint::default()
+        );
     }
 }
