@@ -60,6 +60,36 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     assert_eq!(code(&out), Some(2));
     assert!(stderr(&out).contains("core"), "{}", stderr(&out));
 
+    // A listener as componentize-js makes it by default, also asking for standard
+    // interfaces: every missing import is named in the one refusal, with its usual fix.
+    let wants_more = write(
+        &cluster,
+        "wants-more.wasm",
+        &wat::parse_str(
+            r#"(component
+                 (import "wasi:http/types@0.2.10" (instance))
+                 (import "wasi:logging/logging" (instance))
+                 (import "wasi:keyvalue/store@0.2.0-draft" (instance))
+                 (import "sandbus:host/log@0.1.0" (instance))
+                 (instance $h)
+                 (export "sandbus:host/handler@0.1.0" (instance $h)))"#,
+        )
+        .unwrap(),
+    );
+    let out = cluster.cli(&["upload", &wants_more, "--name", "x"]);
+    assert_eq!(code(&out), Some(2));
+    let refusal = stderr(&out);
+    for named in [
+        "3 interfaces",
+        "`wasi:http/types@0.2.10`",
+        "-d http fetch-event",
+        "`wasi:logging/logging`",
+        "`wasi:keyvalue/store@0.2.0-draft`",
+    ] {
+        assert!(refusal.contains(named), "{named} is not in: {refusal}");
+    }
+    assert!(!refusal.contains("`sandbus:host/log"), "{refusal}");
+
     let out = cluster.cli(&[
         "upload",
         &guest("self-check"),

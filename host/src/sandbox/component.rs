@@ -62,7 +62,7 @@ impl World {
     }
 
     /// Interfaces of our package a component of this world may import.
-    fn importable(self) -> &'static [&'static str] {
+    pub(super) fn importable(self) -> &'static [&'static str] {
         match self {
             World::Listener | World::Hook => &["types", "log", "bus", "kv", "kv-read"],
             // Only a script runs against a leased device.
@@ -77,26 +77,19 @@ impl fmt::Display for World {
     }
 }
 
-/// WASI 0.2 packages every world gets (locked down; see `imports::wasi`).
-const WASI_PACKAGES: &[&str] = &[
-    "wasi:cli",
-    "wasi:io",
-    "wasi:clocks",
-    "wasi:random",
-    "wasi:filesystem",
-    "wasi:sockets",
-];
-const WASI_VERSION: &str = "0.2.0";
-
 /// A parsed `namespace:package/interface@version` name.
-struct InterfaceName<'a> {
-    package: &'a str,
-    interface: &'a str,
-    version: Option<&'a str>,
+pub(super) struct InterfaceName<'a> {
+    /// `namespace:package`.
+    pub(super) package: &'a str,
+    /// The interface within the package.
+    pub(super) interface: &'a str,
+    /// The package version, if the name has one.
+    pub(super) version: Option<&'a str>,
 }
 
 impl<'a> InterfaceName<'a> {
-    fn parse(name: &'a str) -> Option<Self> {
+    /// `None` for a name that is not `namespace:package/interface[@version]`.
+    pub(super) fn parse(name: &'a str) -> Option<Self> {
         let (path, version) = match name.split_once('@') {
             Some((p, v)) => (p, Some(v)),
             None => (name, None),
@@ -112,7 +105,7 @@ impl<'a> InterfaceName<'a> {
 
 /// Semver compatibility as the component model links it: same major, and for 0.x the same
 /// minor. A missing version never matches a versioned package.
-fn compatible_version(found: Option<&str>, ours: &str) -> bool {
+pub(super) fn compatible_version(found: Option<&str>, ours: &str) -> bool {
     let Some(found) = found else { return false };
     let parts = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.split(['.', '-', '+']);
@@ -143,15 +136,18 @@ impl ComponentShape {
             return Err(LoadError::new(
                 LoadErrorKind::NotWasm,
                 "not a WebAssembly file (it does not start with the `\\0asm` magic); \
-                 build it with `cargo build --target wasm32-wasip2`",
+                 build a component with `cargo build --target wasm32-wasip2` (Rust), \
+                 `componentize-py componentize` (Python) or `jco componentize` (JavaScript); \
+                 docs/guest-guide.md has the steps",
             ));
         }
         if Parser::is_core_wasm(bytes) {
             return Err(LoadError::new(
                 LoadErrorKind::CoreModule,
-                "this is a core WebAssembly module, not a component; build it with \
-                 `cargo build --target wasm32-wasip2` (which makes a component) or wrap it \
-                 with `wasm-tools component new`",
+                "this is a core WebAssembly module, not a component (cargo's \
+                 `wasm32-wasip1` and `wasm32-unknown-unknown` targets make those); build it \
+                 with `cargo build --target wasm32-wasip2` (which makes a component) or wrap \
+                 it with `wasm-tools component new`",
             ));
         }
         if !Parser::is_component(bytes) {
@@ -244,9 +240,7 @@ impl ComponentShape {
     pub fn check(&self, expected: Option<World>) -> Result<World, LoadError> {
         let world = self.world()?;
         check_world(world, expected)?;
-        for import in &self.imports {
-            check_import(world, import)?;
-        }
+        super::import_check::check_imports(world, &self.imports)?;
         Ok(world)
     }
 }
@@ -266,45 +260,6 @@ pub(super) fn check_world(world: World, expected: Option<World>) -> Result<(), L
         )),
         _ => Ok(()),
     }
-}
-
-fn check_import(world: World, import: &str) -> Result<(), LoadError> {
-    let unknown = |why: String| {
-        Err(LoadError::new(
-            LoadErrorKind::UnknownImport,
-            format!(
-                "the component imports `{import}`, which this host does not provide to a \
-                 {world}: {why}. A {world} may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and \
-                 WASI 0.2 (cli, io, clocks, random; filesystem and sockets are present but empty)",
-                world.importable().join(", ")
-            ),
-        ))
-    };
-    let Some(name) = InterfaceName::parse(import) else {
-        return unknown("it is not an interface import".into());
-    };
-    if name.package == PACKAGE {
-        if !compatible_version(name.version, PACKAGE_VERSION) {
-            return unknown(format!(
-                "it was built against version {} of the WIT",
-                name.version.unwrap_or("(none)")
-            ));
-        }
-        if !world.importable().contains(&name.interface) {
-            return unknown(format!("no interface `{}` for this role", name.interface));
-        }
-        return Ok(());
-    }
-    if WASI_PACKAGES.contains(&name.package) {
-        if compatible_version(name.version, WASI_VERSION) {
-            return Ok(());
-        }
-        return unknown(format!(
-            "only WASI 0.2 is provided, not {}",
-            name.version.unwrap_or("an unversioned WASI")
-        ));
-    }
-    unknown(format!("package `{}` is not provided", name.package))
 }
 
 /// Longest component name, in bytes.
@@ -426,39 +381,6 @@ mod tests {
             .check(None)
             .unwrap_err();
         assert_eq!(err.kind, LoadErrorKind::MissingExport);
-    }
-
-    #[test]
-    fn unknown_imports_are_named() {
-        let ok = shape(
-            &[
-                "wasi:cli/environment@0.2.6",
-                "sandbus:host/kv@0.1.0",
-                "wasi:io/streams@0.2.0",
-            ],
-            &["sandbus:host/handler@0.1.0"],
-        );
-        assert!(ok.check(None).is_ok());
-        let script = shape(&["sandbus:host/usb@0.1.0"], &["sandbus:host/runner@0.1.0"]);
-        assert_eq!(script.check(None).unwrap(), World::Script);
-        for (import, needle) in [
-            ("wasi:http/types@0.2.0", "package `wasi:http`"),
-            ("sandbus:host/usb@0.1.0", "no interface `usb`"),
-            ("wasi:cli/environment@0.3.0", "only WASI 0.2"),
-            ("sandbus:host/kv@0.2.0", "version 0.2.0"),
-            ("log", "not an interface import"),
-        ] {
-            let err = shape(&[import], &["sandbus:host/handler@0.1.0"])
-                .check(None)
-                .unwrap_err();
-            assert_eq!(err.kind, LoadErrorKind::UnknownImport);
-            assert!(err.message.contains(import), "{}", err.message);
-            assert!(
-                err.message.contains(needle),
-                "{} should mention {needle}",
-                err.message
-            );
-        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod engine;
 mod error;
 mod export;
 mod failure;
+mod import_check;
 mod limits;
 mod outcome;
 mod prepared;

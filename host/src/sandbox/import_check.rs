@@ -1,0 +1,260 @@
+//! Whether this host can give a component every interface it imports, and when it cannot, a
+//! refusal that lists **every** import it lacks at once (a person fixes them in one rebuild,
+//! not one upload per missing interface) with the usual cause and fix per toolchain: the
+//! `wasi:http` that componentize-js adds for `fetch`, a WASI 0.1 or 0.3 build, a guest built
+//! against another version of this host's WIT, a device interface outside a script.
+
+use super::component::{InterfaceName, PACKAGE, PACKAGE_VERSION, World, compatible_version};
+use super::error::{LoadError, LoadErrorKind};
+
+/// WASI 0.2 packages every world gets (locked down; see `imports::wasi`).
+const WASI_PACKAGES: &[&str] = &[
+    "wasi:cli",
+    "wasi:io",
+    "wasi:clocks",
+    "wasi:random",
+    "wasi:filesystem",
+    "wasi:sockets",
+];
+const WASI_VERSION: &str = "0.2.0";
+
+/// One import this host does not provide to the component's world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RefusedImport<'a> {
+    /// The import's name, as the component spells it.
+    import: &'a str,
+    /// Why it is refused.
+    why: String,
+    /// The usual cause and its fix, when the import's shape says which toolchain made it.
+    fix: Option<String>,
+}
+
+/// Checks every import of a component of `world`; refuses with `unknown-import`, naming each
+/// one this host does not provide (grouped by reason), what to do about it, and what the
+/// world may import.
+pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), LoadError> {
+    let refused: Vec<RefusedImport<'_>> = imports
+        .iter()
+        .filter_map(|import| refuse(world, import))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    // Imports refused for the same reason are named together (componentize-js adds a
+    // dozen `wasi:http` interfaces; one line says it).
+    let mut groups: Vec<(Vec<&str>, &str, Option<&str>)> = Vec::new();
+    for r in &refused {
+        match groups
+            .iter_mut()
+            .find(|(_, why, fix)| *why == r.why && *fix == r.fix.as_deref())
+        {
+            Some((names, _, _)) => names.push(r.import),
+            None => groups.push((vec![r.import], &r.why, r.fix.as_deref())),
+        }
+    }
+    let reasons: Vec<String> = groups
+        .iter()
+        .map(|(names, why, fix)| {
+            let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            match fix {
+                Some(fix) => format!("{}: {why} ({fix})", names.join(", ")),
+                None => format!("{}: {why}", names.join(", ")),
+            }
+        })
+        .collect();
+    Err(LoadError::new(
+        LoadErrorKind::UnknownImport,
+        format!(
+            "the component imports {} this host does not provide to a {world}: {}. A {world} \
+             may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and WASI 0.2 (cli, io, clocks, \
+             random; filesystem and sockets are present but empty)",
+            if refused.len() == 1 {
+                "1 interface".to_owned()
+            } else {
+                format!("{} interfaces", refused.len())
+            },
+            reasons.join("; "),
+            world.importable().join(", ")
+        ),
+    ))
+}
+
+/// Why `import` is refused to a component of `world`, or `None` when it is provided.
+fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
+    let refused = |why: String, fix: Option<String>| Some(RefusedImport { import, why, fix });
+    let Some(name) = InterfaceName::parse(import) else {
+        return refused(
+            "it is not an interface import".into(),
+            Some(
+                "import functions through a WIT interface of the world, not at the \
+                 component's top level"
+                    .into(),
+            ),
+        );
+    };
+    if name.package == PACKAGE {
+        if !compatible_version(name.version, PACKAGE_VERSION) {
+            return refused(
+                format!(
+                    "it was built against version {} of the WIT",
+                    name.version.unwrap_or("(none)")
+                ),
+                Some(format!(
+                    "rebuild against this host's wit/ ({PACKAGE}@{PACKAGE_VERSION}, the `wit/` \
+                     folder of this sandbus release)"
+                )),
+            );
+        }
+        if !world.importable().contains(&name.interface) {
+            let fix = (name.interface == "usb").then(|| {
+                "only a script runs against a leased device: build it against the `script` \
+                 world"
+                    .to_owned()
+            });
+            return refused(
+                format!("no interface `{}` for this role", name.interface),
+                fix,
+            );
+        }
+        return None;
+    }
+    if WASI_PACKAGES.contains(&name.package) {
+        if compatible_version(name.version, WASI_VERSION) {
+            return None;
+        }
+        return refused(
+            format!(
+                "only WASI 0.2 is provided, not {}",
+                name.version.unwrap_or("an unversioned WASI")
+            ),
+            Some(
+                "build for WASI 0.2: cargo `--target wasm32-wasip2`, componentize-py and \
+                 componentize-js at their current releases"
+                    .into(),
+            ),
+        );
+    }
+    let fix = match name.package {
+        "wasi:http" => Some(
+            "componentize-js adds `wasi:http` for `fetch`: build with `-d http fetch-event` \
+             (jco componentize --disable http fetch-event)"
+                .to_owned(),
+        ),
+        "wasi:logging" | "wasi:keyvalue" | "wasi:config" => Some(format!(
+            "a standard interface this host does not offer yet: use {PACKAGE}/log and \
+             {PACKAGE}/kv"
+        )),
+        _ => None,
+    };
+    refused(format!("package `{}` is not provided", name.package), fix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn imports(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn what_a_world_is_given_passes() {
+        let ok = imports(&[
+            "wasi:cli/environment@0.2.6",
+            "sandbus:host/kv@0.1.0",
+            "wasi:io/streams@0.2.0",
+        ]);
+        assert!(check_imports(World::Listener, &ok).is_ok());
+        assert!(check_imports(World::Script, &imports(&["sandbus:host/usb@0.1.0"])).is_ok());
+    }
+
+    #[test]
+    fn each_refused_import_is_named_with_its_reason_and_fix() {
+        for (import, why, fix) in [
+            (
+                "wasi:http/types@0.2.0",
+                "package `wasi:http` is not provided",
+                Some("-d http fetch-event"),
+            ),
+            (
+                "sandbus:host/usb@0.1.0",
+                "no interface `usb`",
+                Some("`script` world"),
+            ),
+            (
+                "wasi:cli/environment@0.3.0",
+                "only WASI 0.2",
+                Some("wasm32-wasip2"),
+            ),
+            (
+                "sandbus:host/kv@0.2.0",
+                "version 0.2.0",
+                Some("rebuild against this host's wit/"),
+            ),
+            ("log", "not an interface import", Some("WIT interface")),
+            (
+                "wasi:logging/logging",
+                "package `wasi:logging`",
+                Some("sandbus:host/log"),
+            ),
+            ("acme:thing/api@1.0.0", "package `acme:thing`", None),
+        ] {
+            let err = check_imports(World::Listener, &imports(&[import])).unwrap_err();
+            assert_eq!(err.kind, LoadErrorKind::UnknownImport);
+            let message = err.message;
+            assert!(message.contains(&format!("`{import}`")), "{message}");
+            assert!(message.contains(why), "{message} should say {why}");
+            assert!(message.contains("1 interface this host"), "{message}");
+            match fix {
+                Some(fix) => assert!(message.contains(fix), "{message} should say {fix}"),
+                None => {
+                    let reasons = message.split(". A listener").next().unwrap_or_default();
+                    assert!(!reasons.contains(" ("), "{message} has no fix to give");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_missing_import_is_listed_at_once_and_alike_ones_together() {
+        let err = check_imports(
+            World::Listener,
+            &imports(&[
+                "wasi:http/types@0.2.10",
+                "wasi:cli/stdout@0.2.0",
+                "wasi:logging/logging",
+                "wasi:http/outgoing-handler@0.2.10",
+                "wasi:keyvalue/store@0.2.0-draft",
+            ]),
+        )
+        .unwrap_err();
+        let message = err.message;
+        assert!(
+            message.starts_with(
+                "the component imports 4 interfaces this host does not provide to a listener: \
+                 `wasi:http/types@0.2.10`, `wasi:http/outgoing-handler@0.2.10`: package \
+                 `wasi:http` is not provided (componentize-js adds"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "; `wasi:logging/logging`: package `wasi:logging` is not provided (a standard \
+                 interface"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("; `wasi:keyvalue/store@0.2.0-draft`: package `wasi:keyvalue`"),
+            "{message}"
+        );
+        assert!(!message.contains("wasi:cli/stdout"), "{message}");
+        assert!(
+            message.ends_with(
+                "A listener may import sandbus:host/{types, log, bus, kv, kv-read}@0.1.0 and \
+                 WASI 0.2 (cli, io, clocks, random; filesystem and sockets are present but empty)"
+            ),
+            "{message}"
+        );
+    }
+}
