@@ -190,7 +190,10 @@ fn control_api_is_a_discoverable_nats_service_with_call_and_cast() {
     let ping: Value = serde_json::from_slice(&ping.payload).unwrap();
     assert_eq!(ping["name"], "sandbus");
     assert_eq!(ping["metadata"]["host"], "h1");
+    service_api::check_identity(&ping, "io.nats.micro.v1.ping_response");
     let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    service_api::check_info(&info);
+    assert_eq!(info["metadata"]["host"], "h1");
     let subjects: Vec<&str> = info["endpoints"]
         .as_array()
         .unwrap()
@@ -208,6 +211,8 @@ fn control_api_is_a_discoverable_nats_service_with_call_and_cast() {
     }
     let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
     assert!(stats["endpoints"].as_array().unwrap().len() >= 9);
+    service_api::check_stats(&stats);
+    assert_eq!(stats["metadata"]["host"], "h1", "{stats}");
 
     // A cast returns at once; its result arrives as an event whose subject is the request id.
     let accepted = cluster.cli_json(&[
@@ -581,4 +586,153 @@ fn published_events_are_deduplicated_by_id_and_followed_live() {
         .map(str::to_owned)
         .collect();
     assert_eq!(stored.len(), 2, "{stored:?}");
+}
+
+#[test]
+fn stats_count_each_endpoints_own_requests_errors_and_time() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    for _ in 0..3 {
+        cluster.cli_ok(&["ls"]);
+    }
+    let client = cluster.connect();
+    let stats = cluster.rt.block_on(async move {
+        // Refused: the body is not a request.
+        let refused = client
+            .request("sandbus.api.viewer.run.get", "not json".into())
+            .await
+            .unwrap();
+        assert!(
+            refused
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some()),
+            "{refused:?}"
+        );
+        // A request whose reply subject is not an inbox is dropped, and counted as such.
+        client
+            .publish_with_reply(
+                "sandbus.api.viewer.component.list",
+                "not.an.inbox",
+                "{}".into(),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        client
+            .request("$SRV.STATS.sandbus", "".into())
+            .await
+            .unwrap()
+    });
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    service_api::check_stats(&stats);
+    let endpoint = |name: &str| -> Value {
+        stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no endpoint {name}: {stats}"))
+            .clone()
+    };
+    let list = endpoint("component-list");
+    assert_eq!(list["num_requests"], 3, "{list}");
+    assert_eq!(list["num_errors"], 0, "{list}");
+    assert_eq!(list["last_error"], "", "{list}");
+    assert_eq!(list["data"]["dropped"], 1, "{list}");
+    assert_eq!(list["data"]["busy"], 0, "{list}");
+    let took = list["processing_time"].as_u64().unwrap();
+    assert!(took > 0, "{list}");
+    assert_eq!(list["average_processing_time"].as_u64().unwrap(), took / 3);
+    let get = endpoint("run-get");
+    assert_eq!(get["num_requests"], 1, "{get}");
+    assert_eq!(get["num_errors"], 1, "{get}");
+    assert!(
+        get["last_error"].as_str().unwrap().starts_with("400:"),
+        "{get}"
+    );
+    // Endpoints nobody called count nothing: the counters are each endpoint's own.
+    assert_eq!(endpoint("listener-subscribe")["num_requests"], 0);
+}
+
+/// Checks of discovery replies against the NATS service API's schemas (`io.nats.micro.v1`,
+/// ADR-32): required fields, their types and patterns.
+mod service_api {
+    use serde_json::Value;
+
+    fn is_name(v: &Value) -> bool {
+        v.as_str().is_some_and(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+    }
+
+    fn is_semver(v: &Value) -> bool {
+        v.as_str().is_some_and(|s| {
+            let core = s.split(['-', '+']).next().unwrap_or_default();
+            let parts: Vec<&str> = core.split('.').collect();
+            parts.len() == 3
+                && parts.iter().all(|p| {
+                    !p.is_empty()
+                        && p.chars().all(|c| c.is_ascii_digit())
+                        && (p.len() == 1 || !p.starts_with('0'))
+                })
+        })
+    }
+
+    fn is_string_map(v: &Value) -> bool {
+        v.is_null()
+            || v.as_object()
+                .is_some_and(|m| m.values().all(Value::is_string))
+    }
+
+    /// `type`, `name`, `id`, `version` and `metadata`, as every reply has them.
+    pub fn check_identity(reply: &Value, kind: &str) {
+        assert_eq!(reply["type"], kind, "{reply}");
+        assert!(is_name(&reply["name"]), "name: {reply}");
+        assert!(
+            reply["id"].as_str().is_some_and(|s| !s.is_empty()),
+            "id: {reply}"
+        );
+        assert!(is_semver(&reply["version"]), "version: {reply}");
+        assert!(
+            reply.get("metadata").is_some() && is_string_map(&reply["metadata"]),
+            "metadata: {reply}"
+        );
+    }
+
+    pub fn check_info(info: &Value) {
+        check_identity(info, "io.nats.micro.v1.info_response");
+        assert!(info["description"].is_string(), "{info}");
+        for e in info["endpoints"].as_array().unwrap() {
+            assert!(is_name(&e["name"]), "{e}");
+            assert!(e["subject"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
+            assert!(is_string_map(&e["metadata"]), "{e}");
+        }
+    }
+
+    pub fn check_stats(stats: &Value) {
+        check_identity(stats, "io.nats.micro.v1.stats_response");
+        let started = stats["started"].as_str().unwrap();
+        assert!(
+            humantime::parse_rfc3339(started).is_ok(),
+            "started {started} is not RFC 3339"
+        );
+        for e in stats["endpoints"].as_array().unwrap() {
+            assert!(is_name(&e["name"]), "{e}");
+            assert!(e["subject"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
+            for field in [
+                "num_requests",
+                "num_errors",
+                "processing_time",
+                "average_processing_time",
+            ] {
+                assert!(e[field].is_i64(), "{field}: {e}");
+            }
+            assert!(e["last_error"].is_string(), "{e}");
+            assert!(e.get("data").is_none_or(Value::is_object), "{e}");
+        }
+    }
 }

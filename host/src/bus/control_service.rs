@@ -11,19 +11,18 @@
 //! All daemons join one queue group, so any of them answers any request that is not per
 //! host.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::service::{self, ServiceExt as _};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
+use super::micro::{EndpointSpec, MicroService, Request, ServiceInfo};
 use super::{BusError, BusErrorKind, names};
 use crate::api::{self, ApiError, ApiErrorKind, Role, endpoint};
-use crate::subject::is_reply_inbox;
 
 /// Control requests of one role handled at once by one daemon. Each role has its own
 /// share, so a flood of one role's requests (a viewer's long polls) never holds up
@@ -41,9 +40,6 @@ pub trait ControlHandler: Send + Sync + 'static {
     /// This host's id: the service's `host` metadata, and the subjects of its per-host
     /// endpoints.
     fn host_id(&self) -> &str;
-
-    /// The counters every endpoint carries as its `data` in `$SRV.STATS`.
-    fn stats(&self) -> serde_json::Value;
 
     /// Answers one request: the reply's JSON, or the error to answer with. The request's
     /// [`RequestSlot`] counts it among its role's concurrent requests until it is dropped.
@@ -73,15 +69,14 @@ pub struct RequestSlot {
     _permit: OwnedSemaphorePermit,
 }
 
-type Requests = futures::stream::SelectAll<
-    futures::stream::BoxStream<'static, (&'static str, service::Request)>,
->;
+type Requests =
+    futures::stream::SelectAll<futures::stream::BoxStream<'static, (&'static str, Request)>>;
 
 /// The registered service, ready to answer.
 pub struct ControlService<H> {
     handler: Arc<H>,
     client: async_nats::Client,
-    service: service::Service,
+    service: MicroService,
     /// Each role's endpoints, answered by a loop of their own.
     requests: Vec<(Role, Requests)>,
 }
@@ -91,43 +86,45 @@ impl<H: ControlHandler> ControlService<H> {
     /// when the server refuses them, for example when the account may not use `$SRV` or
     /// `sandbus.api`: a daemon nobody can control must not look healthy.
     pub async fn start(client: &async_nats::Client, handler: Arc<H>) -> Result<Self, BusError> {
-        let unavailable = |e: async_nats::Error| {
-            BusError::new(
-                BusErrorKind::Unavailable,
-                format!("cannot start the control service: {e}"),
-            )
-            .caused_by(e)
-        };
-        let stats = handler.clone();
-        let service = client
-            .service_builder()
-            // Every endpoint's `data` in `$SRV.STATS` carries the daemon's counters.
-            .stats_handler(move |_, _| stats.stats())
-            .description("sandbus control API: components, subscriptions, events, hosts")
-            .metadata(HashMap::from([(
-                "host".to_owned(),
-                handler.host_id().to_owned(),
-            )]))
-            .start(names::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(unavailable)?;
         // One group per role (`sandbus.api.<role>`), and this host's own per-host endpoints
         // (`sandbus.api.<role>.host.<id>`): runs go to the host that has the device.
-        let mut by_role: Vec<(Role, Vec<_>)> = Role::ALL.iter().map(|r| (*r, Vec::new())).collect();
-        for endpoint in endpoint::ALL {
-            let prefix = if endpoint.per_host {
-                names::host_api_prefix(endpoint.role, handler.host_id())
-            } else {
-                names::api_role_prefix(endpoint.role)
-            };
-            let ep = service
-                .group(prefix)
-                .endpoint_builder()
-                .name(endpoint.name.replace('.', "-"))
-                .add(endpoint.name)
+        let specs: Vec<EndpointSpec> = endpoint::ALL
+            .iter()
+            .map(|endpoint| {
+                let prefix = if endpoint.per_host {
+                    names::host_api_prefix(endpoint.role, handler.host_id())
+                } else {
+                    names::api_role_prefix(endpoint.role)
+                };
+                EndpointSpec {
+                    name: endpoint.name.replace('.', "-"),
+                    subject: format!("{prefix}.{}", endpoint.name),
+                    metadata: BTreeMap::from([("role".to_owned(), endpoint.role.to_string())]),
+                }
+            })
+            .collect();
+        let info = ServiceInfo {
+            name: names::SERVICE_NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            description: "sandbus control API: components, subscriptions, events, hosts",
+            metadata: BTreeMap::from([("host".to_owned(), handler.host_id().to_owned())]),
+        };
+        let (service, endpoint_requests) =
+            MicroService::start(client, info, specs)
                 .await
-                .map_err(unavailable)?;
-            let stream = ep.map(move |request| (endpoint.name, request)).boxed();
+                .map_err(|e| {
+                    BusError::new(
+                        BusErrorKind::Unavailable,
+                        format!("cannot start the control service: {e}"),
+                    )
+                    .caused_by(e)
+                })?;
+        let mut by_role: Vec<(Role, Vec<_>)> = Role::ALL.iter().map(|r| (*r, Vec::new())).collect();
+        for (endpoint, requests) in endpoint::ALL.iter().zip(endpoint_requests) {
+            let stream = requests
+                .into_stream()
+                .map(move |request| (endpoint.name, request))
+                .boxed();
             if let Some((_, streams)) = by_role.iter_mut().find(|(r, _)| *r == endpoint.role) {
                 streams.push(stream);
             }
@@ -166,9 +163,7 @@ impl<H: ControlHandler> ControlService<H> {
             })
             .collect();
         let limits = futures::future::join_all(loops).await;
-        if let Err(e) = self.service.stop().await {
-            tracing::warn!(error = %e, "could not stop the control service cleanly");
-        }
+        self.service.stop();
         // Requests being answered, and casts after their reply, hold their slots.
         for limit in limits {
             let _ = limit.acquire_many(MAX_CONCURRENT_PER_ROLE as u32).await;
@@ -198,12 +193,8 @@ async fn answer_role<H: ControlHandler>(
         // The reply goes out with this daemon's rights: only to a reply inbox, never to a
         // subject a requester picked to make the daemon write there (a JetStream API call,
         // a bucket, a host event).
-        if !request
-            .message
-            .reply
-            .as_ref()
-            .is_some_and(|reply| is_reply_inbox(reply.as_str()))
-        {
+        if !request.replies_to_an_inbox() {
+            request.count_dropped();
             tracing::debug!(
                 endpoint = name,
                 %role,
@@ -223,7 +214,7 @@ async fn answer_role<H: ControlHandler>(
                          requests already; try again in a moment"
                     ),
                 );
-                respond_error(&request, name, &busy).await;
+                respond_error(&request, name, &busy, true).await;
                 continue;
             }
         };
@@ -240,11 +231,11 @@ async fn answer_role<H: ControlHandler>(
                 .and_then(|value| fit(name, &value, max_payload));
             match result {
                 Ok(body) => {
-                    if let Err(e) = request.respond(Ok(body)).await {
+                    if let Err(e) = request.respond(body).await {
                         tracing::warn!(endpoint = name, error = %e, "could not send a control reply");
                     }
                 }
-                Err(e) => respond_error(&request, name, &e).await,
+                Err(e) => respond_error(&request, name, &e, false).await,
             }
         });
     }
@@ -271,22 +262,15 @@ fn fit(name: &str, value: &serde_json::Value, max_payload: usize) -> Result<Byte
 }
 
 /// Answers `request` with `error` (one line, at most [`api::MAX_ERROR_LEN`] bytes), in the
-/// service error headers and [`api::ERROR_KIND_HEADER`].
-async fn respond_error(request: &service::Request, name: &str, error: &ApiError) {
+/// service error headers and [`api::ERROR_KIND_HEADER`]. `busy`: refused because the role's
+/// concurrent requests were all taken.
+async fn respond_error(request: &Request, name: &str, error: &ApiError, busy: bool) {
     tracing::debug!(endpoint = name, error = %error.message, "control request refused");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(api::ERROR_KIND_HEADER, error.kind.as_str());
+    let description = crate::text::clip(&crate::text::one_line(&error.message), api::MAX_ERROR_LEN);
     let sent = request
-        .respond_with_headers(
-            Err(service::error::Error {
-                status: crate::text::clip(
-                    &crate::text::one_line(&error.message),
-                    api::MAX_ERROR_LEN,
-                ),
-                code: error.kind.code(),
-            }),
-            headers,
-        )
+        .respond_error(&description, error.kind.code(), headers, busy)
         .await;
     if let Err(e) = sent {
         tracing::warn!(endpoint = name, error = %e, "could not send a control reply");

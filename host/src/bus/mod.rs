@@ -21,6 +21,7 @@ mod direct_publish;
 mod events;
 mod hooks;
 mod idle;
+mod micro;
 pub use events::humantime_serde;
 mod inventory;
 mod json_bucket;

@@ -307,16 +307,6 @@ impl Metrics {
         out
     }
 
-    /// The same numbers as JSON (for `$SRV.STATS`): `{"metric{labels}": value}`.
-    pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.values()
-                .into_iter()
-                .map(|((metric, labels), value)| (format!("{metric}{labels}"), value.into()))
-                .collect(),
-        )
-    }
-
     /// Every series' value now.
     fn values(&self) -> BTreeMap<(&'static str, String), f64> {
         self.with(|v| {
@@ -454,11 +444,6 @@ mod tests {
         assert!(text.contains("component=\"bad\\\"name\""), "{text}");
         assert!(text.contains("sandbus_invocations_in_flight{component=\"noop\"} 0"));
         assert!(text.contains("# TYPE sandbus_invocations_total counter"));
-        let json = m.snapshot();
-        assert_eq!(
-            json["sandbus_invocations_total{component=\"noop\",world=\"listener\",outcome=\"ok\"}"],
-            2.0
-        );
     }
 
     #[test]

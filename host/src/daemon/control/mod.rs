@@ -80,10 +80,6 @@ impl ControlHandler for ControlApi {
         self.host_events.host_id()
     }
 
-    fn stats(&self) -> Value {
-        self.metrics.snapshot()
-    }
-
     fn answer(
         self: Arc<Self>,
         request: ControlRequest,
