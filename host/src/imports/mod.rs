@@ -7,6 +7,7 @@
 //! and the host functions can be tested by calling them directly, without wasm.
 
 pub mod bus;
+pub mod http;
 pub mod kv;
 pub mod kv_read;
 pub mod log;

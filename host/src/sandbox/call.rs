@@ -28,6 +28,7 @@ use super::prepared::PreparedComponent;
 use super::state::MemoryMeter;
 use super::{Capabilities, Invocation, InvocationState, InvokeError, Metering};
 use crate::imports::bus::{BusState, PublishThrottle};
+use crate::imports::http::HttpState;
 use crate::imports::kv::{KvQuota, KvState};
 use crate::imports::kv_read::KvReadState;
 use crate::imports::log::{InvocationLog, LogState};
@@ -130,6 +131,7 @@ impl PreparedComponent {
                 table.set_max_capacity(MAX_RESOURCES);
                 table
             },
+            http: HttpState::new(log.clone()),
             log: LogState { log: log.clone() },
             bus: BusState {
                 grants: self.grants.clone(),
@@ -235,6 +237,7 @@ impl PreparedComponent {
                     timed_out: state.timed_out,
                     memory_cap_hit: state.memory.cap_hit(),
                     panic: call.log.guest_panic(),
+                    exception: call.log.guest_exception(),
                 };
                 let bounds = Bounds {
                     deadline: call.timeout,

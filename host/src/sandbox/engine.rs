@@ -385,6 +385,7 @@ pub fn pooling_config(config: &SandboxConfig) -> PoolingAllocationConfig {
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     let mut linker = Linker::<InvocationState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    imports::http::add_to_linker(&mut linker)?;
     imports::log::add_to_linker(&mut linker, |s| &mut s.log)?;
     imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
     imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;

@@ -4,7 +4,8 @@
 //! A call that ran and failed leaves three kinds of evidence: the error wasmtime returned (a
 //! [`Trap`], a WASI exit, values that break the component ABI) or the host's own timer firing
 //! ([`Stage`]), what the store saw while the guest ran (the epoch deadline passed, the memory
-//! cap refused a growth) and what the guest printed on stderr (a Rust panic) ([`Evidence`]).
+//! cap refused a growth) and what the guest printed on stderr (a Rust panic, a Python or
+//! JavaScript exception) ([`Evidence`]).
 //! [`Failure::classify`] weighs them in one fixed order, the one that names the cause best.
 //! A call refused before it ran (the wrong world, an input over the payload limit, a component
 //! being unloaded) has a constructor of its own here too, so every message a failed call can
@@ -15,7 +16,7 @@ use std::time::Duration;
 use wasmtime::Trap;
 
 use super::{InvokeError, InvokeErrorKind, Metering, World};
-use crate::imports::log::{GuestPanic, LogSummary};
+use crate::imports::log::{GuestException, GuestPanic, LogSummary};
 
 /// Where a call failed: instantiating the component, calling its export, or (a host call
 /// included) past the host's own timer around both.
@@ -36,6 +37,8 @@ pub(super) struct Evidence {
     pub(super) memory_cap_hit: bool,
     /// The panic a Rust guest printed on stderr, if it printed one.
     pub(super) panic: Option<GuestPanic>,
+    /// The uncaught exception a Python or JavaScript guest printed on stderr, if any.
+    pub(super) exception: Option<GuestException>,
 }
 
 /// The limits a call ran under, as far as its failure message names them.
@@ -124,6 +127,16 @@ impl Failure {
             Some(trap) => trap.to_string(),
             None => format!("{error:#}"),
         };
+        // Before the panic: componentize-py's runtime panics *because* of the exception.
+        if let Some(exception) = &evidence.exception {
+            return Self::new(
+                InvokeErrorKind::Panic,
+                format!(
+                    "the guest raised an uncaught {} exception: {}",
+                    exception.language, exception.message
+                ),
+            );
+        }
         if let Some(panic) = &evidence.panic {
             return Self::new(
                 InvokeErrorKind::Panic,
@@ -237,6 +250,7 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::imports::log::GuestLanguage;
 
     fn bounds() -> Bounds {
         Bounds {
@@ -254,6 +268,7 @@ mod tests {
             timed_out: false,
             memory_cap_hit: false,
             panic: None,
+            exception: None,
         }
     }
 
@@ -265,6 +280,24 @@ mod tests {
             }),
             ..nothing_seen()
         }
+    }
+
+    #[test]
+    fn an_uncaught_exception_is_told_in_the_guests_words_before_the_runtimes_panic() {
+        let evidence = Evidence {
+            exception: Some(GuestException {
+                language: GuestLanguage::Python,
+                message: "ValueError: tenant missing".into(),
+            }),
+            ..panicked()
+        };
+        assert_eq!(
+            classify(trapped(Trap::UnreachableCodeReached), evidence),
+            failure(
+                InvokeErrorKind::Panic,
+                "the guest raised an uncaught Python exception: ValueError: tenant missing"
+            )
+        );
     }
 
     fn trapped(trap: Trap) -> Stage {

@@ -1,8 +1,8 @@
 //! Whether this host can give a component every interface it imports, and when it cannot, a
 //! refusal that lists **every** import it lacks at once (a person fixes them in one rebuild,
-//! not one upload per missing interface) with the usual cause and fix per toolchain: the
-//! `wasi:http` that componentize-js adds for `fetch`, a WASI 0.1 or 0.3 build, a guest built
-//! against another version of this host's WIT, a device interface outside a script.
+//! not one upload per missing interface) with the usual cause and fix per toolchain: a WASI
+//! 0.3 or unversioned build, a guest built against another version of this host's WIT, a
+//! device interface outside a script, a standard interface this host does not offer.
 
 use super::component::{InterfaceName, PACKAGE, PACKAGE_VERSION, World, compatible_version};
 use super::error::{LoadError, LoadErrorKind};
@@ -17,6 +17,9 @@ const WASI_PACKAGES: &[&str] = &[
     "wasi:sockets",
 ];
 const WASI_VERSION: &str = "0.2.0";
+/// The `wasi:http` interfaces a guest may import (present, every request denied; see
+/// `imports::http`). `incoming-handler` is something a guest exports, never imports.
+const WASI_HTTP_INTERFACES: &[&str] = &["types", "outgoing-handler"];
 
 /// One import this host does not provide to the component's world.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +70,7 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
         format!(
             "the component imports {} this host does not provide to a {world}: {}. A {world} \
              may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and WASI 0.2 (cli, io, clocks, \
-             random; filesystem and sockets are present but empty)",
+             random; filesystem, sockets and http are present but empty)",
             if refused.len() == 1 {
                 "1 interface".to_owned()
             } else {
@@ -118,8 +121,18 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         }
         return None;
     }
-    if WASI_PACKAGES.contains(&name.package) {
+    let wasi_http = name.package == "wasi:http";
+    if WASI_PACKAGES.contains(&name.package) || wasi_http {
         if compatible_version(name.version, WASI_VERSION) {
+            if wasi_http && !WASI_HTTP_INTERFACES.contains(&name.interface) {
+                return refused(
+                    format!(
+                        "of `wasi:http`, only {} are provided",
+                        WASI_HTTP_INTERFACES.join(" and ")
+                    ),
+                    None,
+                );
+            }
             return None;
         }
         return refused(
@@ -135,11 +148,6 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         );
     }
     let fix = match name.package {
-        "wasi:http" => Some(
-            "componentize-js adds `wasi:http` for `fetch`: build with `-d http fetch-event` \
-             (jco componentize --disable http fetch-event)"
-                .to_owned(),
-        ),
         "wasi:logging" | "wasi:keyvalue" | "wasi:config" => Some(format!(
             "a standard interface this host does not offer yet: use {PACKAGE}/log and \
              {PACKAGE}/kv"
@@ -163,6 +171,9 @@ mod tests {
             "wasi:cli/environment@0.2.6",
             "sandbus:host/kv@0.1.0",
             "wasi:io/streams@0.2.0",
+            // What componentize-js links in for `fetch`.
+            "wasi:http/types@0.2.10",
+            "wasi:http/outgoing-handler@0.2.10",
         ]);
         assert!(check_imports(World::Listener, &ok).is_ok());
         assert!(check_imports(World::Script, &imports(&["sandbus:host/usb@0.1.0"])).is_ok());
@@ -172,9 +183,14 @@ mod tests {
     fn each_refused_import_is_named_with_its_reason_and_fix() {
         for (import, why, fix) in [
             (
-                "wasi:http/types@0.2.0",
-                "package `wasi:http` is not provided",
-                Some("-d http fetch-event"),
+                "wasi:http/incoming-handler@0.2.0",
+                "of `wasi:http`, only types and outgoing-handler are provided",
+                None,
+            ),
+            (
+                "wasi:http/types@0.3.0-rc-2025-09-16",
+                "only WASI 0.2",
+                Some("wasm32-wasip2"),
             ),
             (
                 "sandbus:host/usb@0.1.0",
@@ -220,10 +236,10 @@ mod tests {
         let err = check_imports(
             World::Listener,
             &imports(&[
-                "wasi:http/types@0.2.10",
+                "wasi:cli/environment@0.3.0",
                 "wasi:cli/stdout@0.2.0",
                 "wasi:logging/logging",
-                "wasi:http/outgoing-handler@0.2.10",
+                "wasi:io/streams@0.3.0",
                 "wasi:keyvalue/store@0.2.0-draft",
             ]),
         )
@@ -232,8 +248,8 @@ mod tests {
         assert!(
             message.starts_with(
                 "the component imports 4 interfaces this host does not provide to a listener: \
-                 `wasi:http/types@0.2.10`, `wasi:http/outgoing-handler@0.2.10`: package \
-                 `wasi:http` is not provided (componentize-js adds"
+                 `wasi:cli/environment@0.3.0`, `wasi:io/streams@0.3.0`: only WASI 0.2 is \
+                 provided, not 0.3.0 (build for WASI 0.2"
             ),
             "{message}"
         );
@@ -252,7 +268,8 @@ mod tests {
         assert!(
             message.ends_with(
                 "A listener may import sandbus:host/{types, log, bus, kv, kv-read}@0.1.0 and \
-                 WASI 0.2 (cli, io, clocks, random; filesystem and sockets are present but empty)"
+                 WASI 0.2 (cli, io, clocks, random; filesystem, sockets and http are present but \
+                 empty)"
             ),
             "{message}"
         );

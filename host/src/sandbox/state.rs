@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::imports::bus::BusState;
+use crate::imports::http::HttpState;
 use crate::imports::kv::KvState;
 use crate::imports::kv_read::KvReadState;
 use crate::imports::log::LogState;
@@ -20,6 +21,7 @@ pub struct InvocationState {
     /// context seeds random generators, a sizeable part of a few-microsecond call.
     pub(crate) wasi: Option<WasiCtx>,
     pub(crate) table: ResourceTable,
+    pub(crate) http: HttpState,
     pub(crate) log: LogState,
     pub(crate) bus: BusState,
     pub(crate) kv: KvState,

@@ -9,6 +9,7 @@
 //! The stream has a byte cap. Past it, lines are dropped and counted, never an error: a guest
 //! that floods its log keeps running, and the stream ends with one line saying what was lost.
 
+mod exception;
 mod host;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +17,8 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::log as wit;
 use crate::invocation::InvocationId;
+use exception::ExceptionScan;
+pub use exception::{GuestException, GuestLanguage};
 
 /// Severity of a log line.
 #[derive(
@@ -161,6 +164,7 @@ struct LogInner {
     stdout_partial: Vec<u8>,
     stderr_partial: Vec<u8>,
     panic: PanicScan,
+    exception: ExceptionScan,
     finished: bool,
 }
 
@@ -190,6 +194,7 @@ impl InvocationLog {
                 stdout_partial: Vec::new(),
                 stderr_partial: Vec::new(),
                 panic: PanicScan::Idle,
+                exception: ExceptionScan::default(),
                 finished: false,
             })),
         }
@@ -290,12 +295,18 @@ impl InvocationLog {
             PanicScan::Idle => None,
         }
     }
+
+    /// The uncaught exception a Python or JavaScript guest printed on stderr, if any.
+    pub fn guest_exception(&self) -> Option<GuestException> {
+        self.lock().exception.found().cloned()
+    }
 }
 
 impl LogInner {
     fn write(&mut self, level: LogLevel, origin: LogOrigin, message: String) {
         if origin == LogOrigin::Stderr {
             self.scan_for_panic(&message);
+            self.exception.line(&message);
         }
         // A line costs its bytes and its newline, so empty lines can't flood past the cap.
         let len = message.len() as u64 + 1;
