@@ -44,8 +44,11 @@ fn publish_binary(cluster: &Cluster, messages: Vec<(HeaderMap, Vec<u8>)>) {
     });
 }
 
+/// Headers as name → every value, in order.
+type Headers = BTreeMap<String, Vec<String>>;
+
 /// A header map as name → every value, in order.
-fn all_values(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
+fn all_values(headers: &HeaderMap) -> Headers {
     headers
         .iter()
         .map(|(name, values)| {
@@ -58,10 +61,7 @@ fn all_values(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
 }
 
 /// The dead letters of `listener`, every header with every value, and the body.
-fn dead_letters(
-    cluster: &Cluster,
-    listener: &str,
-) -> Vec<(BTreeMap<String, Vec<String>>, Vec<u8>)> {
+fn dead_letters(cluster: &Cluster, listener: &str) -> Vec<(Headers, Vec<u8>)> {
     let client = cluster.connect();
     let subject = format!("sandbus.dead-letter.{listener}");
     cluster.rt.block_on(async move {
