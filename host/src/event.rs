@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+mod binary;
+pub use binary::{
+    ATTRIBUTE_HEADER_PREFIX, CONTENT_TYPE_HEADER, ContentMode, STRUCTURED_CONTENT_TYPE,
+};
+
 /// The CloudEvents spec version this host reads and writes.
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -88,6 +93,15 @@ pub enum EventError {
     Invalid {
         /// The attribute.
         name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A binary-mode header cannot be read as an attribute (a value that is not UTF-8 once
+    /// percent-decoded, an attribute given twice).
+    #[error("header `{header}` is invalid: {reason}")]
+    Header {
+        /// The header, as the message named it.
+        header: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -450,19 +464,22 @@ impl From<WitEvent> for CanonicalEvent {
 /// Reads the depth extension: absent (0), a JSON integer, or its decimal text (the form a
 /// binary-mode header would carry).
 fn depth_attr(raw: Option<&RawValue>) -> Result<u32, EventError> {
-    let invalid = |found: &str| EventError::Invalid {
+    match attr(raw)? {
+        Attr::Absent => Ok(0),
+        Attr::Text(text) | Attr::Other(text) => depth_from_text(&text),
+    }
+}
+
+/// Reads the depth extension from its decimal text (a JSON number's, or a header's).
+fn depth_from_text(text: &str) -> Result<u32, EventError> {
+    text.parse().map_err(|_| EventError::Invalid {
         name: DEPTH_ATTRIBUTE,
         reason: format!(
             "must be a whole number of at most {}, found {}",
             u32::MAX,
-            crate::text::clip(found, 64)
+            crate::text::clip(text, 64)
         ),
-    };
-    match attr(raw)? {
-        Attr::Absent => Ok(0),
-        Attr::Text(text) => text.parse().map_err(|_| invalid(&text)),
-        Attr::Other(number) => number.parse().map_err(|_| invalid(&number)),
-    }
+    })
 }
 
 fn json_media_type(content_type: Option<&str>) -> bool {

@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod binary_mode;
 mod bulk_publish;
 mod cluster;
 mod compile_budget;

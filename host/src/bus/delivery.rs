@@ -58,6 +58,11 @@ pub trait Delivery: Send + Sync {
     /// Its body exactly as published.
     fn payload(&self) -> &Bytes;
 
+    /// Its headers exactly as published: each name as written and its value, a repeated
+    /// header once per value (a binary-mode event's attributes are `ce-*` headers; a dead
+    /// letter keeps them all).
+    fn headers(&self) -> Vec<(&str, &str)>;
+
     /// Handled: the event is never delivered to this listener again.
     async fn ack(&self) -> Result<(), BusError>;
 
@@ -98,6 +103,10 @@ impl Delivery for jetstream::Message {
         &self.payload
     }
 
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.headers.as_ref().map(header_pairs).unwrap_or_default()
+    }
+
     async fn ack(&self) -> Result<(), BusError> {
         jetstream::Message::ack(self)
             .await
@@ -121,6 +130,18 @@ impl Delivery for jetstream::Message {
             .await
             .map_err(|e| BusError::unavailable("report the event in progress", e))
     }
+}
+
+/// The headers of a message as (name, value), a repeated header once per value.
+pub(super) fn header_pairs(headers: &async_nats::HeaderMap) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (AsRef::<str>::as_ref(name), value.as_str()))
+        })
+        .collect()
 }
 
 /// Why a stream of deliveries yielded an error instead of a delivery.

@@ -5,10 +5,11 @@
 //! reply per event): a few hundred events a second, and nothing at all while no daemon ran.
 //! The events stream is durable and de-duplicates by `Nats-Msg-Id`, so a client can publish
 //! onto it itself: each event on `events.<type>` with its [`CanonicalEvent::dedup_key`] as the
-//! message id, exactly as a daemon would store it. The caller checks every event first with
-//! the daemon's own check ([`crate::api::outside_event`]); what the client cannot be trusted
-//! to do, the dispatcher does again on delivery (an invalid event is dead-lettered with the
-//! reason, never handed to a listener).
+//! message id, exactly as a daemon would store it (in structured mode, or in CloudEvents
+//! binary mode if asked: the attributes in `ce-*` headers, the data as the body). The caller
+//! checks every event first with the daemon's own check ([`crate::api::outside_event`]);
+//! what the client cannot be trusted to do, the dispatcher does again on delivery (an
+//! invalid event is dead-lettered with the reason, never handed to a listener).
 //!
 //! Publishes are pipelined: up to a window of them wait for their acks while more are sent,
 //! and acks are awaited in the order the events were sent. So when something fails, every
@@ -29,7 +30,7 @@ use bytes::Bytes;
 
 use super::refusals::Refusals;
 use super::{BusError, BusErrorKind, PublishedEvent};
-use crate::event::{CanonicalEvent, MSG_ID_HEADER};
+use crate::event::{CanonicalEvent, ContentMode, MSG_ID_HEADER};
 use crate::subject::event_subject;
 
 /// The largest window a caller may ask for: the JetStream context is built to take that
@@ -42,7 +43,7 @@ pub const MAX_WINDOW: usize = 4096;
 pub const DEFAULT_WINDOW: usize = 512;
 
 /// One event, ready to go: its line in the caller's input (what a stop names), its subject,
-/// its message id and its JSON.
+/// its message id, and its body and headers in the content mode it is sent in.
 #[derive(Debug, Clone)]
 pub struct OutgoingEvent {
     /// Where the event came from (a line of a file, 1-based), reported back as it is.
@@ -51,33 +52,52 @@ pub struct OutgoingEvent {
     pub id: String,
     subject: String,
     msg_id: String,
+    /// The `ce-*` headers (and `content-type`) of a binary-mode event; none in structured
+    /// mode.
+    attributes: Vec<(&'static str, String)>,
     payload: Bytes,
 }
 
 impl OutgoingEvent {
     /// The event from line `line`, as a daemon would publish it: on `events.<type>`, with its
-    /// de-duplication key as `Nats-Msg-Id`. The event must have passed
+    /// de-duplication key as `Nats-Msg-Id`, in `mode`: structured (the body is the
+    /// CloudEvents JSON) or binary (the attributes are `ce-*` headers, the body is the data;
+    /// see [`CanonicalEvent::binary_headers`]). The event must have passed
     /// [`crate::api::outside_event`].
-    pub fn new(line: usize, event: &CanonicalEvent) -> Self {
+    pub fn new(line: usize, event: &CanonicalEvent, mode: ContentMode) -> Self {
+        let (attributes, payload) = match mode {
+            ContentMode::Structured => (Vec::new(), event.to_json()),
+            ContentMode::Binary => (event.binary_headers(), event.data.clone()),
+        };
         Self {
             line,
             id: event.id.clone(),
             subject: event_subject(&event.ty),
             msg_id: event.dedup_key(),
-            payload: event.to_json().into(),
+            attributes,
+            payload: payload.into(),
         }
     }
 
     fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, self.msg_id.as_str());
+        // Names are constants; values are percent-encoded or a checked one-line media type.
+        for (name, value) in &self.attributes {
+            headers.insert(*name, value.as_str());
+        }
         headers
     }
 
     /// Bytes the server counts against its max payload (body and header block, a little
     /// more than it counts).
     pub fn size(&self) -> usize {
-        self.payload.len() + MSG_ID_HEADER.len() + self.msg_id.len() + 32
+        let attributes: usize = self
+            .attributes
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        self.payload.len() + MSG_ID_HEADER.len() + self.msg_id.len() + attributes + 32
     }
 }
 
@@ -258,7 +278,7 @@ mod tests {
             br#"{"specversion":"1.0","id":"i-1","source":"/crm","type":"vm.started","data":{"a":1}}"#,
         )
         .unwrap();
-        let outgoing = OutgoingEvent::new(7, &event);
+        let outgoing = OutgoingEvent::new(7, &event, ContentMode::Structured);
         assert_eq!(outgoing.line, 7);
         assert_eq!(outgoing.subject, "events.vm.started");
         assert_eq!(outgoing.msg_id, crate::event::dedup_key("/crm", "i-1"));
@@ -268,6 +288,29 @@ mod tests {
             "the body is the event"
         );
         assert!(outgoing.size() > outgoing.payload.len());
+    }
+
+    #[test]
+    fn a_binary_mode_event_carries_its_attributes_in_headers_and_its_data_as_the_body() {
+        let event = CanonicalEvent::from_json(
+            br#"{"specversion":"1.0","id":"i-1","source":"/crm","type":"vm.started","datacontenttype":"application/json","data":{"a":1}}"#,
+        )
+        .unwrap();
+        let outgoing = OutgoingEvent::new(1, &event, ContentMode::Binary);
+        assert_eq!(outgoing.subject, "events.vm.started");
+        assert_eq!(outgoing.payload, br#"{"a":1}"#.as_slice());
+        let headers = outgoing.headers();
+        assert_eq!(
+            headers.get(MSG_ID_HEADER).map(|v| v.as_str()),
+            Some(crate::event::dedup_key("/crm", "i-1").as_str()),
+            "de-duplicated like the structured form"
+        );
+        let pairs = super::super::delivery::header_pairs(&headers);
+        assert_eq!(
+            CanonicalEvent::from_message(&pairs, &outgoing.payload).unwrap(),
+            event
+        );
+        assert!(outgoing.size() > outgoing.payload.len() + 60);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! Every canonical event lives in one JetStream stream over `events.>`, as CloudEvents JSON,
 //! published with `Nats-Msg-Id` = its source and id (`crate::event::dedup_key`) so that a
-//! re-publish inside the stream's duplicate window is dropped by the server. Events no
-//! listener could handle are copied, unchanged and with the reason in headers, to a
-//! dead-letter stream, one subject per listener.
+//! re-publish inside the stream's duplicate window is dropped by the server (a publisher
+//! from outside gets that only by setting `Nats-Msg-Id` itself). Events no listener could
+//! handle are copied, headers and body unchanged and the reason in `Sandbus-*` headers, to
+//! a dead-letter stream, one subject per listener.
 
 use std::time::Duration;
 
@@ -28,6 +29,13 @@ pub const DELIVERIES_HEADER: &str = "Sandbus-Deliveries";
 pub const SUBJECT_HEADER: &str = "Sandbus-Event-Subject";
 /// Header with the event's sequence number in the events stream.
 pub const SEQUENCE_HEADER: &str = "Sandbus-Event-Sequence";
+/// The prefix under which a dead letter keeps an original header whose name it may not
+/// carry as is: `Nats-*` headers (the server would act on them when the letter is stored: a
+/// `Nats-Msg-Id` would make two listeners' letters of one event duplicates, a
+/// `Nats-Expected-Stream` would refuse the letter) and `Sandbus-*` headers (the letter's
+/// own say what happened; a publisher's cannot stand in for them). So an event's
+/// `Nats-Msg-Id` is kept as `Sandbus-Original-Nats-Msg-Id`.
+pub const ORIGINAL_HEADER_PREFIX: &str = "Sandbus-Original-";
 /// Header present when the dead letter's body was cut to fit the server's max payload: the
 /// original size in bytes (the whole event stays in the events stream at its sequence).
 pub const TRUNCATED_HEADER: &str = "Sandbus-Truncated-From";
@@ -119,7 +127,10 @@ pub struct DeadLetter {
     pub subject: String,
     /// Its sequence number in the events stream.
     pub sequence: u64,
-    /// The message exactly as it was on the events stream.
+    /// The message's headers exactly as they were on the events stream (name, value; a
+    /// repeated header once per value).
+    pub headers: Vec<(String, String)>,
+    /// The message's body exactly as it was on the events stream.
     pub payload: Bytes,
 }
 
@@ -296,15 +307,50 @@ impl EventStream {
             .get_raw_message(sequence)
             .await
             .map_err(|e| BusError::unavailable("read the stored duplicate", e))?;
+        // Whatever mode it was published in: the attributes may be headers (binary mode,
+        // from a publisher that set no `Nats-Msg-Id` of its own).
+        let headers = super::delivery::header_pairs(&stored.headers);
         Ok(stored.subject.as_str() == subject
-            && CanonicalEvent::from_json(&stored.payload)
+            && CanonicalEvent::from_message(&headers, &stored.payload)
                 .is_ok_and(|e| e.source == event.source && e.id == event.id))
     }
 
     /// Copies an event to the dead-letter stream and waits until it is stored. Idempotent:
     /// the same listener and sequence is stored once.
+    ///
+    /// The letter is the original message, headers and body, plus the `Sandbus-*` headers
+    /// that say what happened; an original header named `Nats-*` or `Sandbus-*` is kept
+    /// under [`ORIGINAL_HEADER_PREFIX`] (see there why).
     pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BusError> {
         let mut headers = HeaderMap::new();
+        let mut original_size = 0;
+        for (name, value) in &letter.headers {
+            let reserved = ["Nats-", "Sandbus-"].iter().any(|prefix| {
+                name.as_bytes()
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+            });
+            let name = if reserved {
+                format!("{ORIGINAL_HEADER_PREFIX}{name}")
+            } else {
+                name.clone()
+            };
+            // A header read from a message is valid; one that is not cannot be sent.
+            match (
+                async_nats::HeaderName::try_from(name.as_str()),
+                value.parse::<async_nats::HeaderValue>(),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    original_size += name.len() + value.len() + 4;
+                    headers.append(n, v);
+                }
+                _ => tracing::warn!(
+                    listener = %letter.listener,
+                    header = %header_safe(&name),
+                    "a header of a dead-lettered message cannot be sent again; left out"
+                ),
+            }
+        }
         headers.insert(
             MSG_ID_HEADER,
             format!("{}/{}", letter.listener, letter.sequence).as_str(),
@@ -317,7 +363,7 @@ impl EventStream {
         // Headers count against the server's max payload: a letter for an event near that
         // size would never fit, and must not be retried forever. Keep what fits.
         let max = self.js.client().server_info().max_payload;
-        let room = max.saturating_sub(4096);
+        let room = max.saturating_sub(4096 + original_size);
         let payload = if letter.payload.len() > room {
             headers.insert(TRUNCATED_HEADER, letter.payload.len().to_string().as_str());
             letter.payload.slice(..room)

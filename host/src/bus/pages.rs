@@ -23,6 +23,7 @@ use futures::StreamExt as _;
 
 use super::BusError;
 use crate::api::{MAX_PAGE, MessagePage, StoredMessage};
+use crate::event::{CanonicalEvent, ContentMode};
 
 /// Bytes of a reply kept for the page's own fields and the message envelopes.
 const PAGE_MARGIN: usize = 16 << 10;
@@ -112,7 +113,12 @@ async fn fill(
             .info()
             .map(|i| (i.stream_sequence, i.pending))
             .unwrap_or((0, 0));
-        let mut entry = stored(sequence, next.subject.to_string(), &next.payload);
+        let headers = next
+            .headers
+            .as_ref()
+            .map(super::delivery::header_pairs)
+            .unwrap_or_default();
+        let mut entry = stored(sequence, next.subject.to_string(), &headers, &next.payload);
         let size = entry_size(&entry);
         if size > budget {
             entry = StoredMessage {
@@ -140,7 +146,20 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> BusError {
     BusError::unavailable("read the stream", e)
 }
 
-fn stored(sequence: u64, subject: String, payload: &[u8]) -> StoredMessage {
+/// A message's entry: its body as JSON, or base64. An event in CloudEvents binary mode is
+/// listed in its structured form (the attributes are headers, which a page does not carry),
+/// unless it is not a valid event: then its body as it is.
+fn stored(
+    sequence: u64,
+    subject: String,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) -> StoredMessage {
+    let structured = (ContentMode::of(headers) == ContentMode::Binary)
+        .then(|| CanonicalEvent::from_binary(headers, payload).ok())
+        .flatten()
+        .map(|event| event.to_json());
+    let payload = structured.as_deref().unwrap_or(payload);
     let json = std::str::from_utf8(payload)
         .ok()
         .and_then(|text| serde_json::from_str::<&serde_json::value::RawValue>(text).ok())
@@ -170,13 +189,36 @@ mod tests {
 
     #[test]
     fn json_bodies_are_kept_byte_for_byte_and_others_in_base64() {
-        let json = stored(3, "events.a".into(), br#"{"z":1, "a":[1,2]}"#);
+        let json = stored(3, "events.a".into(), &[], br#"{"z":1, "a":[1,2]}"#);
         assert_eq!(json.json.as_ref().unwrap().get(), r#"{"z":1, "a":[1,2]}"#);
         assert!(json.base64.is_none());
-        let binary = stored(4, "events.b".into(), &[0xff, 0x00, 0x7b]);
+        let binary = stored(4, "events.b".into(), &[], &[0xff, 0x00, 0x7b]);
         assert!(binary.json.is_none());
         assert_eq!(binary.base64.as_deref(), Some("/wB7"));
-        let text = stored(5, "events.c".into(), b"not json");
+        let text = stored(5, "events.c".into(), &[], b"not json");
         assert!(text.json.is_none() && text.base64.is_some());
+    }
+
+    #[test]
+    fn a_binary_mode_event_is_listed_in_its_structured_form() {
+        let headers = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "e-1"),
+            ("ce-source", "/crm"),
+            ("ce-type", "vm.started"),
+            ("content-type", "application/json"),
+        ];
+        let entry = stored(6, "events.vm.started".into(), &headers, br#"{"cpus":4}"#);
+        let listed = CanonicalEvent::from_json(entry.json.unwrap().get().as_bytes()).unwrap();
+        assert_eq!(
+            listed,
+            CanonicalEvent::from_binary(&headers, br#"{"cpus":4}"#).unwrap()
+        );
+        let broken = stored(7, "events.vm.started".into(), &headers[1..], b"\xff");
+        assert_eq!(
+            broken.base64.as_deref(),
+            Some("/w=="),
+            "not an event: as it is"
+        );
     }
 }

@@ -12,7 +12,7 @@ use sandbus::api::{
     ApiError, EventListRequest, MessagePage, StoredMessage, endpoint, outside_event,
 };
 use sandbus::bus::{self, DirectPublishStop, OutgoingEvent};
-use sandbus::event::CanonicalEvent;
+use sandbus::event::{CanonicalEvent, ContentMode};
 
 use super::connect::{ClientArgs, stored_body, with_client};
 use super::output::{self, EXIT_OK, outln, print_json, print_json_line, print_json_or, printable};
@@ -48,6 +48,13 @@ pub struct PublishArgs {
     #[arg(long, value_name = "N", default_value_t = bus::DEFAULT_WINDOW,
           value_parser = clap::value_parser!(u16).range(1..=bus::MAX_WINDOW as i64).map(usize::from))]
     window: usize,
+    /// How the event is carried: `structured` (the body is the CloudEvents JSON) or `binary`
+    /// (CloudEvents binary mode: the attributes in `ce-*` headers, the data as the body).
+    /// Listeners get the same event either way.
+    #[arg(long, value_name = "MODE", default_value = "structured",
+          value_parser = clap::builder::PossibleValuesParser::new(["structured", "binary"])
+              .map(|mode| if mode == "binary" { ContentMode::Binary } else { ContentMode::Structured }))]
+    mode: ContentMode,
     /// Send without waiting for the stream's confirmations: faster, but nothing reports
     /// whether an event was stored, was a duplicate, or was lost (a missing stream, say).
     #[arg(long)]
@@ -157,6 +164,7 @@ pub async fn publish(args: PublishArgs) -> u8 {
         file,
         from_line,
         window,
+        mode,
         cast,
         client,
     } = args;
@@ -177,7 +185,7 @@ pub async fn publish(args: PublishArgs) -> u8 {
     let events: Vec<OutgoingEvent> = match events {
         Ok(events) => events
             .iter()
-            .map(|(line, event)| OutgoingEvent::new(*line, event))
+            .map(|(line, event)| OutgoingEvent::new(*line, event, mode))
             .collect(),
         Err(e) => return output::fail(&e, client.json),
     };

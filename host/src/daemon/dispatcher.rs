@@ -1,7 +1,8 @@
 //! [`ListenerDispatcher`]: one listener's events, from its durable consumer into the sandbox.
 //!
 //! The flow is one way: a message is pulled from the listener's consumer, parsed into a
-//! [`CanonicalEvent`], handed to the listener in a fresh instance, and only then acknowledged.
+//! [`CanonicalEvent`] (structured or binary mode, [`CanonicalEvent::from_message`]), handed
+//! to the listener in a fresh instance, and only then acknowledged.
 //!
 //! - **Batches, pipelined acks.** Messages are pulled in batches (the client keeps the next
 //!   pull in flight), handled concurrently up to the subscription's `max_in_flight`, and each
@@ -428,7 +429,7 @@ impl ListenerDispatcher {
         span.record("sequence", sequence);
         span.record("delivery", deliveries);
         let subject = message.subject().to_owned();
-        let event = match CanonicalEvent::from_json(message.payload())
+        let event = match CanonicalEvent::from_message(&message.headers(), message.payload())
             .and_then(|event| event.check_arrival(&subject).map(|()| event))
         {
             Ok(event) => event,
@@ -695,6 +696,11 @@ impl ListenerDispatcher {
             deliveries,
             subject: subject.to_owned(),
             sequence,
+            headers: message
+                .headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
             payload: message.payload().clone(),
         };
         if event.is_none() {

@@ -107,6 +107,7 @@ pub(super) struct FakeDelivery {
     pub(super) info: Option<DeliveryInfo>,
     pub(super) subject: String,
     pub(super) payload: Bytes,
+    pub(super) headers: Vec<(String, String)>,
     pub(super) journal: Arc<Journal>,
 }
 
@@ -123,6 +124,13 @@ impl Delivery for FakeDelivery {
 
     fn payload(&self) -> &Bytes {
         &self.payload
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect()
     }
 
     async fn ack(&self) -> Result<(), BusError> {
@@ -575,6 +583,7 @@ pub(super) fn delivery(
         }),
         subject: SUBJECT.to_owned(),
         payload: payload.into(),
+        headers: Vec::new(),
         journal: journal.clone(),
     }
 }
@@ -607,6 +616,20 @@ pub(super) fn event(id: &str) -> Vec<u8> {
         depth: 0,
     }
     .to_json()
+}
+
+/// The headers of a binary-mode `vm.started` event with id `id` and JSON data.
+pub(super) fn binary_headers(id: &str) -> Vec<(String, String)> {
+    [
+        ("ce-specversion", "1.0"),
+        ("ce-id", id),
+        ("ce-source", "/tests"),
+        ("ce-type", "vm.started"),
+        ("content-type", "application/json"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect()
 }
 
 /// What a dead letter at the `deliveries`th delivery does, in order: the failure is recorded

@@ -157,6 +157,48 @@ async fn an_event_on_another_types_subject_is_dead_lettered_at_once() {
 }
 
 #[tokio::test]
+async fn a_binary_mode_event_reaches_the_listener_as_its_attributes_say() {
+    // The fixture rejects an id that cannot be part of a kv key: the id it was handed is the
+    // `ce-id` header's.
+    let harness = Setup::with("retry-once-listener", &[]).build();
+    let mut delivery = harness.delivery(3, "{}");
+    delivery.headers = binary_headers("a..b");
+    harness.dispatcher.dispatch(&delivery).await;
+    assert_eq!(harness.journal.entries(), dead_lettered(Some("a..b"), 3));
+    let reason = only(harness.journal.letters()).reason;
+    assert!(reason.starts_with("rejected: "), "{reason}");
+}
+
+#[tokio::test]
+async fn a_dead_letter_keeps_the_messages_headers_and_body() {
+    let harness = Setup::with("panic-listener", &[]).build();
+    let mut delivery = harness.delivery(3, "{\"cpus\":4}");
+    delivery.headers = binary_headers("e1");
+    delivery
+        .headers
+        .push(("Nats-Msg-Id".to_owned(), "3:/tse1".to_owned()));
+    harness.dispatcher.dispatch(&delivery).await;
+    let letter = only(harness.journal.letters());
+    assert_eq!(letter.headers, delivery.headers);
+    assert_eq!(letter.payload, delivery.payload);
+}
+
+#[tokio::test]
+async fn a_binary_mode_message_without_an_id_is_dead_lettered_at_once_saying_so() {
+    let harness = Setup::default().build();
+    let mut delivery = harness.delivery(1, "{}");
+    delivery.headers = binary_headers("e1");
+    delivery.headers.retain(|(name, _)| name != "ce-id");
+    harness.dispatcher.dispatch(&delivery).await;
+    assert_eq!(harness.journal.entries(), dead_lettered(None, 1));
+    let reason = only(harness.journal.letters()).reason;
+    assert_eq!(
+        reason,
+        "not a valid canonical event: attribute `id` is required and must be a non-empty string"
+    );
+}
+
+#[tokio::test]
 async fn a_dead_letter_that_cannot_be_stored_is_handed_back_not_dropped() {
     let harness = Setup {
         refuse_dead_letters: true,
