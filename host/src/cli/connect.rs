@@ -20,14 +20,15 @@ use super::output::{self, EXIT_OK};
 /// What every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    #[command(flatten)]
-    pub nats: NatsArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
     /// How long to wait for the daemon's reply.
     #[arg(long = "reply-timeout", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Last: the help heading of the NATS flags holds for what follows.
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 /// A connected client of the control API, and how its command prints.

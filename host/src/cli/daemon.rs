@@ -21,8 +21,6 @@ pub struct DaemonArgs {
     /// Configuration file (TOML); flags override it.
     #[arg(long, value_name = "FILE", env = "SANDBUS_CONFIG")]
     config: Option<PathBuf>,
-    #[command(flatten)]
-    nats: NatsArgs,
     /// Stable id of this host [default: generated once, kept in the data directory].
     #[arg(long, env = "SANDBUS_HOST_ID")]
     host_id: Option<String>,
@@ -61,6 +59,9 @@ pub struct DaemonArgs {
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Last: the help heading of the NATS flags holds for what follows.
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 impl DaemonArgs {

@@ -41,11 +41,6 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Args, Debug)]
 pub struct GlobalArgs {
-    /// The NATS flags, declared here so that they may come before the subcommand
-    /// (`sandbus -s URL ls`). They are global, so clap copies their values into the
-    /// subcommand's own [`nats_settings::NatsArgs`], which is what a command reads.
-    #[command(flatten, next_help_heading = "NATS connection")]
-    nats: nats_settings::NatsArgs,
     /// Host log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SANDBUS_LOG_FORMAT")]
     log_format: LogFormat,
@@ -55,6 +50,11 @@ pub struct GlobalArgs {
     /// print guest logs themselves).
     #[arg(long, global = true, env = "SANDBUS_LOG")]
     log: Option<String>,
+    /// The NATS flags (last: their help heading holds for what follows), declared here so that they may come before the subcommand
+    /// (`sandbus -s URL ls`). They are global, so clap copies their values into the
+    /// subcommand's own [`nats_settings::NatsArgs`], which is what a command reads.
+    #[command(flatten)]
+    nats: nats_settings::NatsArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,9 +25,10 @@ use super::nats_context::{ContextError, ContextStore};
 
 /// How to reach NATS. Every flag is global: it may come before or after the subcommand.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "NATS connection")]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated. First of: this flag, SANDBUS_NATS_URL, NATS_URL,
-    /// the nats context's url, nats://127.0.0.1:4222. `--nats` is its older name.
+    /// the nats context's url, nats://127.0.0.1:4222 (`--nats` is its older name).
     #[arg(
         short = 's',
         long = "server",
@@ -39,15 +40,9 @@ pub struct NatsArgs {
     pub url: Option<String>,
     /// Use this nats CLI context (a name, or the path of a .json file) under the flags and
     /// environment [default: the selected one, `nats context select`; the daemon: none].
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "NATS_CONTEXT",
-        global = true,
-        conflicts_with = "no_context"
-    )]
+    #[arg(long, value_name = "NAME", env = "NATS_CONTEXT", global = true)]
     pub context: Option<String>,
-    /// Ignore the selected nats CLI context.
+    /// Use no nats CLI context: not the selected one, nor one NATS_CONTEXT names.
     #[arg(long, global = true)]
     pub no_context: bool,
     /// User name (with --password) [else NATS_USER].
@@ -180,10 +175,10 @@ impl NatsArgs {
         selected: SelectedContext,
     ) -> Result<NatsOptions, SettingsError> {
         let mut options = over(self.flag_options(), env_options(env)?);
-        let context = match (&self.context, self.no_context, selected) {
-            (Some(name), _, _) => Some(store()?.load(name)?),
-            (None, true, _) | (None, false, SelectedContext::Ignore) => None,
-            (None, false, SelectedContext::Follow) => match store() {
+        let context = match (self.no_context, &self.context, selected) {
+            (true, _, _) | (false, None, SelectedContext::Ignore) => None,
+            (false, Some(name), _) => Some(store()?.load(name)?),
+            (false, None, SelectedContext::Follow) => match store() {
                 // No home: nothing can be selected.
                 Err(ContextError::NoConfigDir) => None,
                 Err(e) => return Err(e.into()),
@@ -369,6 +364,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(off, NatsOptions::default());
+        let off = resolve(
+            &args(&["--context", "lab", "--no-context"]),
+            &[],
+            config.path(),
+            SelectedContext::Follow,
+        )
+        .unwrap();
+        assert_eq!(off, NatsOptions::default(), "--no-context wins");
         // A named context is used by the daemon too.
         let named = resolve(
             &args(&["--context", "lab"]),
