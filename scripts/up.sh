@@ -3,7 +3,7 @@
 # guests), builds sandbus in release mode, then `sandbus up`: the daemon in the foreground,
 # with a private nats-server (JetStream, data in the data directory) when none is configured
 # and nothing answers on 127.0.0.1:4222. Ctrl-C stops both. Arguments go to `sandbus up`
-# (for example --data-dir DIR, --nats URL, --config sandbus.toml).
+# (for example --data-dir DIR, --server URL, --config sandbus.toml).
 set -euo pipefail
 
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"

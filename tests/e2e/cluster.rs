@@ -164,7 +164,24 @@ impl Cluster {
             .env("SANDBUS_NATS_URL", self.nats.url())
             .env("SANDBUS_CACHE_DIR", shared_cache())
             .env_remove("SANDBUS_LOG")
-            .env_remove("SANDBUS_CONFIG");
+            .env_remove("SANDBUS_CONFIG")
+            // The nats CLI settings of whoever runs the tests (its variables, its selected
+            // context) must not reach them.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        for var in [
+            "NATS_URL",
+            "NATS_CONTEXT",
+            "NATS_USER",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+            "NATS_CREDS",
+            "NATS_NKEY",
+            "NATS_CA",
+            "NATS_CERT",
+            "NATS_KEY",
+        ] {
+            command.env_remove(var);
+        }
         command
     }
 

@@ -26,6 +26,7 @@ mod hooks;
 mod idle_listeners;
 mod inspect;
 mod listener_limits;
+mod nats_habits;
 mod operations;
 mod replicated_kv;
 mod roles;

@@ -156,8 +156,9 @@ pub enum PullError {
     /// buffered in it when it went silent.
     #[error("pull ended: {0}")]
     Ended(String),
-    /// The consumer was deleted: the listener was rested (idle), or unsubscribed. Pulling
-    /// again finds no consumer.
+    /// The consumer was deleted (the listener was rested, or unsubscribed), or no consumer
+    /// answers the pull (how a pull sent just after the deletion ends). Pulling again tells
+    /// which: no consumer, or an error worth a warning.
     #[error("pull ended: the consumer was deleted")]
     Deleted,
 }
@@ -172,7 +173,9 @@ impl From<MessagesError> for PullError {
             // the stream believes it does. Left alone, the stream would ask again only when
             // its last request should have expired (`PULL_EXPIRES` plus 5 s: a 35 s stall
             // seen in the daemon bench while events waited), so pull again now.
-            MessagesErrorKind::ConsumerDeleted => PullError::Deleted,
+            MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders => {
+                PullError::Deleted
+            }
             // No server answers, the server refused the pull...
             _ => PullError::Ended(e.to_string()),
         }
@@ -254,10 +257,15 @@ mod tests {
                 "{kind}: {error}"
             );
         }
-        assert_eq!(
-            PullError::from(MessagesError::new(MessagesErrorKind::ConsumerDeleted)),
-            PullError::Deleted,
-            "a deleted consumer is told apart: the listener was rested or unsubscribed"
-        );
+        for kind in [
+            MessagesErrorKind::ConsumerDeleted,
+            MessagesErrorKind::NoResponders,
+        ] {
+            assert_eq!(
+                PullError::from(MessagesError::new(kind)),
+                PullError::Deleted,
+                "{kind}: a deleted consumer is told apart: the listener was rested or unsubscribed"
+            );
+        }
     }
 }

@@ -137,7 +137,7 @@ impl BusError {
             BusErrorKind::NotSetUp,
             format!(
                 "cannot open {what} ({e}); start a sandbus daemon on this NATS server first \
-                 (`sandbus up` or `sandbus daemon --nats URL`)"
+                 (`sandbus up` or `sandbus daemon --server URL`)"
             ),
         )
         .caused_by(e)
@@ -286,7 +286,7 @@ impl NatsOptions {
     }
 }
 
-/// Splits a server list (`--nats`, `SANDBUS_NATS_URL`, `[nats] url`) on commas into server
+/// Splits a server list (`--server`, `SANDBUS_NATS_URL`, `NATS_URL`, `[nats] url`) on commas into server
 /// addresses, each trimmed: `nats://a:4222, nats://b:4222`. A part without a scheme is taken
 /// as `nats://` (`127.0.0.1:4222`), one without a port gets 4222.
 ///

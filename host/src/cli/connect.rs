@@ -1,92 +1,34 @@
-//! How a client command reaches sandbus: the NATS flags, the connection, the control API's
-//! calls, and [`with_client`], which runs a command's body and turns its error into output
+//! How a client command reaches sandbus: its flags, the connection (settings from
+//! [`super::nats_settings`]), the control API's calls, and [`with_client`], which runs a command's body and turns its error into output
 //! and an exit code.
 //!
 //! A client reaches sandbus through the control API (component bytes are staged through it
 //! too), and publishes canonical events straight onto the events stream
 //! ([`Client::direct_publisher`]); the NATS permissions of its role are all it needs.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
 use sandbus::api::endpoint::Call;
 use sandbus::api::{ApiError, ApiErrorKind, CastAccepted, MessagePage, StoredMessage};
-use sandbus::bus::{self, ApiClient, NatsOptions};
+use sandbus::bus::{self, ApiClient};
 
+use super::nats_settings::{NatsArgs, SelectedContext};
 use super::output::{self, EXIT_OK};
-
-/// How to reach NATS (flags, or `SANDBUS_NATS_*` environment variables).
-#[derive(Args, Debug, Clone, Default)]
-pub struct NatsArgs {
-    /// NATS server URL(s) [default: nats://127.0.0.1:4222].
-    #[arg(long = "nats", value_name = "URL", env = "SANDBUS_NATS_URL")]
-    pub url: Option<String>,
-    /// User name (with --password).
-    #[arg(long, env = "SANDBUS_NATS_USER")]
-    pub user: Option<String>,
-    /// Password (with --user).
-    #[arg(long, env = "SANDBUS_NATS_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// Authentication token.
-    #[arg(long, env = "SANDBUS_NATS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding an nkey seed.
-    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_NKEY")]
-    pub nkey: Option<PathBuf>,
-    /// A .creds file (JWT + nkey seed).
-    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_CREDS")]
-    pub creds: Option<PathBuf>,
-    /// CA certificate (PEM) for the server's TLS certificate.
-    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS (with --tls-key).
-    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", env = "SANDBUS_NATS_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Refuse to connect without TLS.
-    #[arg(long)]
-    pub tls_required: bool,
-    /// Prefix of the reply subjects [default: _INBOX]. A NATS user with role permissions
-    /// from `sandbus permissions` receives replies only on its role's inbox, e.g.
-    /// _INBOX_viewer.
-    #[arg(long, value_name = "PREFIX", env = "SANDBUS_INBOX_PREFIX")]
-    pub inbox_prefix: Option<String>,
-}
-
-impl NatsArgs {
-    /// The options these flags give.
-    pub fn options(&self) -> NatsOptions {
-        NatsOptions {
-            url: self.url.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            token: self.token.clone(),
-            nkey: self.nkey.clone(),
-            creds: self.creds.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            tls_required: self.tls_required,
-            inbox_prefix: self.inbox_prefix.clone(),
-        }
-    }
-}
 
 /// What every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    #[command(flatten)]
-    pub nats: NatsArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
     /// How long to wait for the daemon's reply.
     #[arg(long = "reply-timeout", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Last: the help heading of the NATS flags holds for what follows.
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 /// A connected client of the control API, and how its command prints.
@@ -98,7 +40,10 @@ pub struct Client {
 
 impl Client {
     async fn connect(args: &ClientArgs) -> Result<Self, ApiError> {
-        let options = args.nats.options();
+        let options = args
+            .nats
+            .settings(SelectedContext::Follow)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         // Options that cannot work (a malformed server list, half of user/password) are the
         // caller's mistake, not the bus being down: a usage error, before connecting.
         options

@@ -12,7 +12,7 @@ use sandbus::daemon::Daemon;
 use sandbus::daemon::config::{self, ConfigFile};
 use sandbus::daemon::up::{self, LocalNats};
 
-use super::connect::NatsArgs;
+use super::nats_settings::{self, NatsArgs, SelectedContext};
 use super::output::{EXIT_OK, outln};
 
 /// Flags of `daemon` and `up` (over the config file).
@@ -21,8 +21,6 @@ pub struct DaemonArgs {
     /// Configuration file (TOML); flags override it.
     #[arg(long, value_name = "FILE", env = "SANDBUS_CONFIG")]
     config: Option<PathBuf>,
-    #[command(flatten)]
-    nats: NatsArgs,
     /// Stable id of this host [default: generated once, kept in the data directory].
     #[arg(long, env = "SANDBUS_HOST_ID")]
     host_id: Option<String>,
@@ -61,16 +59,28 @@ pub struct DaemonArgs {
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Last: the help heading of the NATS flags holds for what follows.
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 impl DaemonArgs {
+    /// The server the flags name, if any (for the tests of the flags' placement).
+    #[cfg(test)]
+    pub fn nats_url(&self) -> Option<String> {
+        self.nats.url.clone()
+    }
+
     /// The configuration: the file (if any) with the flags over it.
     fn config(&self) -> anyhow::Result<ConfigFile> {
         let mut config = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        config.nats = self.nats.options().or(config.nats);
+        // The daemon reads a nats context only when one is named: a service does not follow
+        // the context a user selected.
+        let nats = self.nats.settings(SelectedContext::Ignore)?;
+        config.nats = nats_settings::over(nats, config.nats);
         if let Some(id) = &self.host_id {
             config.host.id = Some(id.clone());
         }

@@ -1,11 +1,13 @@
 //! Command-line interface: argument parsing and dispatch. The work happens in the library;
 //! each command's flags and body live in a file of its group (the wasmtime `commands/`
-//! way), what they print in common in [`output`], and how a client reaches the daemons in
-//! [`connect`]. This edge turns errors into messages (`anyhow`) and outcomes into exit codes.
+//! way), what they print in common in [`output`], how a client reaches the daemons in
+//! [`connect`], and where the NATS settings come from (flags, environment, nats contexts) in
+//! [`nats_settings`]. This edge turns errors into messages (`anyhow`) and outcomes into exit codes.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod compile_worker;
+mod completions;
 mod components;
 mod connect;
 mod daemon;
@@ -15,6 +17,8 @@ mod hook;
 mod hosts;
 mod inspect;
 mod kv;
+mod nats_context;
+mod nats_settings;
 mod output;
 mod permissions;
 mod runs;
@@ -46,6 +50,11 @@ pub struct GlobalArgs {
     /// print guest logs themselves).
     #[arg(long, global = true, env = "SANDBUS_LOG")]
     log: Option<String>,
+    /// The NATS flags (last: their help heading holds for what follows), declared here so that they may come before the subcommand
+    /// (`sandbus -s URL ls`). They are global, so clap copies their values into the
+    /// subcommand's own [`nats_settings::NatsArgs`], which is what a command reads.
+    #[command(flatten)]
+    nats: nats_settings::NatsArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +122,8 @@ enum Command {
     Permissions(permissions::PermissionsArgs),
     /// Describe a component file: its world, imports, exports, size and digest.
     Inspect(inspect::InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish...) to stdout.
+    Completions(completions::CompletionsArgs),
     /// Compile one component from stdin to stdout under limits (started by the daemon).
     #[command(name = "compile-worker", hide = true)]
     CompileWorker(compile_worker::CompileWorkerArgs),
@@ -131,6 +142,7 @@ pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Human => builder.init(),
@@ -139,11 +151,19 @@ pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether output to `stream` may be coloured: only on a terminal, and not when `NO_COLOR`
+/// is set (to anything but the empty string, <https://no-color.org>). A log redirected to a
+/// file or a pipe gets no ANSI escape codes.
+fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+}
+
 /// Runs a command that must not start an async runtime or log subscriber (the compile
 /// worker, which limits its own memory); `None` for every other command.
 pub fn run_without_runtime(cli: &Cli) -> Option<u8> {
     match &cli.command {
         Command::CompileWorker(args) => Some(compile_worker::run(args)),
+        Command::Completions(args) => Some(completions::run(args)),
         _ => None,
     }
 }
@@ -152,6 +172,7 @@ pub fn run_without_runtime(cli: &Cli) -> Option<u8> {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::CompileWorker(args) => Ok(compile_worker::run(&args)),
+        Command::Completions(args) => Ok(completions::run(&args)),
         Command::Daemon(args) => daemon::daemon(&args).await,
         Command::Up(args) => daemon::up(&args).await,
         Command::Dev(command) => dev::run(command).await,
@@ -186,5 +207,56 @@ mod tests {
     #[test]
     fn every_commands_flags_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The server URL the command parsed from `args` connects to.
+    fn server_of(args: &[&str]) -> Option<String> {
+        let cli = Cli::try_parse_from(args).unwrap();
+        match cli.command {
+            Command::Ls(client) => client.nats.url,
+            Command::Kv(kv::KvCommand::Get { client, .. }) => client.nats.url,
+            Command::Daemon(daemon) => daemon.nats_url(),
+            other => panic!("not a command of this test: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_server_flag_goes_before_or_after_the_subcommand() {
+        let url = Some("nats://bus:4222".to_owned());
+        for args in [
+            &["sandbus", "-s", "nats://bus:4222", "ls"][..],
+            &["sandbus", "ls", "-s", "nats://bus:4222"],
+            &[
+                "sandbus",
+                "--server",
+                "nats://bus:4222",
+                "kv",
+                "get",
+                "ns",
+                "k",
+            ],
+            &[
+                "sandbus",
+                "kv",
+                "get",
+                "ns",
+                "k",
+                "--nats",
+                "nats://bus:4222",
+            ],
+            &["sandbus", "--server=nats://bus:4222", "daemon"],
+        ] {
+            assert_eq!(server_of(args), url, "{args:?}");
+        }
+        // Given twice, the one after the subcommand is the one that counts.
+        let both = [
+            "sandbus",
+            "-s",
+            "nats://a:4222",
+            "ls",
+            "-s",
+            "nats://bus:4222",
+        ];
+        assert_eq!(server_of(&both), url);
     }
 }

