@@ -64,4 +64,38 @@ for wasm in "${components[@]}"; do
   fi
 done
 publish "$v2_wasm" tag-listener-v2.wasm
+
+# The Python and JavaScript example guests, built the way their users build them:
+# componentize-py (PyPI) for guests/python/<name>/app.py, componentize-js (npm, pinned in
+# guests/js/package.json) for guests/js/<name>/listener.js; scripts/setup.sh installs both.
+# Each is published as <language>-<name>.wasm. A component newer than its source is kept.
+fresh() { [[ -f "$1" && "$1" -nt "$2" && "$1" -nt "$repo/wit/world.wit" ]]; }
+if command -v componentize-py >/dev/null 2>&1; then
+  for app in "$guests"/python/*/app.py; do
+    dir="$(dirname "$app")"
+    name="python-$(basename "$dir").wasm"
+    world=listener
+    if grep -q "exports.Runner" "$app"; then world=script; fi
+    if ! fresh "$out/$name" "$app"; then
+      (cd "$dir" && componentize-py -d "$repo/wit" -w "$world" componentize app -o "$out/$name" >/dev/null)
+    fi
+    printf '%-32s %10s\n' "$name" "$(wc -c <"$out/$name" | tr -d ' ')"
+    copied=$((copied + 1))
+  done
+else
+  echo "warning: componentize-py not found (scripts/setup.sh installs it); Python guests not built" >&2
+fi
+componentize_js="$guests/js/node_modules/.bin/componentize-js"
+if [[ -x "$componentize_js" ]]; then
+  for source in "$guests"/js/*/listener.js; do
+    name="js-$(basename "$(dirname "$source")").wasm"
+    if ! fresh "$out/$name" "$source"; then
+      "$componentize_js" "$source" --wit "$repo/wit" --world-name listener -o "$out/$name" >/dev/null
+    fi
+    printf '%-32s %10s\n' "$name" "$(wc -c <"$out/$name" | tr -d ' ')"
+    copied=$((copied + 1))
+  done
+else
+  echo "warning: componentize-js not installed (scripts/setup.sh runs npm ci in guests/js); JavaScript guests not built" >&2
+fi
 echo "copied $copied components to $out"

@@ -24,4 +24,20 @@ if ! "$nats_server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; the
 fi
 "$nats_server" --version
 
+# The toolchains of the Python and JavaScript example guests (guests/python, guests/js).
+COMPONENTIZE_PY_VERSION=0.25.1
+if ! componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+  echo "installing componentize-py $COMPONENTIZE_PY_VERSION (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+  hash -r
+fi
+if command -v npm >/dev/null 2>&1; then
+  if [[ ! -x "$repo/guests/js/node_modules/.bin/componentize-js" ]]; then
+    echo "installing componentize-js (npm ci in guests/js)"
+    (cd "$repo/guests/js" && npm ci --no-audit --no-fund --silent)
+  fi
+else
+  echo "warning: npm not found; the JavaScript guests will not be built (install Node.js)" >&2
+fi
+
 "$repo/scripts/build-guests.sh" --locked

@@ -22,6 +22,7 @@ mod daemon_listeners;
 mod dev_replay;
 mod dev_run;
 mod device_lab;
+mod guest_languages;
 mod hooks;
 mod idle_listeners;
 mod inspect;

@@ -5,10 +5,12 @@
 //! every component (for `fetch`), used or not, and a component whose imports a host does not
 //! provide cannot be instantiated. So, as with sockets, the interface is there and empty: the
 //! default output of the JavaScript toolchain runs unchanged, and a guest that does call
-//! `fetch` gets an error it can handle, never the network. Header and body resources work
-//! (they are only memory, bounded by the resource table's cap and `wasi:http`'s own field
-//! size limit); only sending is refused. A future grant may allow named hosts.
+//! `fetch` gets an error it can handle (`NetworkError` in JavaScript), never the network.
+//! Header and body resources work (they are only memory, bounded by the resource table's cap
+//! and `wasi:http`'s own field size limit); only sending is refused. A future grant may allow
+//! named hosts.
 
+use http_body_util::BodyExt as _;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
@@ -67,7 +69,15 @@ impl WasiHttpHooks for DenyAll {
                 crate::text::echo(&request.uri().to_string())
             ),
         );
-        Box::new(async { Err(HttpError::HttpRequestDenied) })
+        // The body is read to its end before the denial: a guest writing a request body
+        // (componentize-js's `fetch` with a body) must see its writes succeed and the
+        // request fail, not its body stream break under it. A body never finished is cut
+        // off by the call's deadline like any other wait.
+        let mut body = request.into_body();
+        Box::new(async move {
+            while let Some(Ok(_)) = body.frame().await {}
+            Err(HttpError::HttpRequestDenied)
+        })
     }
 }
 
