@@ -32,7 +32,9 @@ if ! componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION";
   hash -r
 fi
 if command -v npm >/dev/null 2>&1; then
-  if [[ ! -x "$repo/guests/js/node_modules/.bin/componentize-js" ]]; then
+  # npm ci again whenever the lock file changed since the last install.
+  if [[ ! -f "$repo/guests/js/node_modules/.package-lock.json" ||
+    "$repo/guests/js/package-lock.json" -nt "$repo/guests/js/node_modules/.package-lock.json" ]]; then
     echo "installing componentize-js (npm ci in guests/js)"
     (cd "$repo/guests/js" && npm ci --no-audit --no-fund --silent)
   fi

@@ -32,6 +32,7 @@ mod operations;
 mod replicated_kv;
 mod roles;
 mod scale_out;
+mod standard_interfaces;
 mod trust;
 mod uploads;
 

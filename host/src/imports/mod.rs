@@ -13,3 +13,4 @@ pub mod kv_read;
 pub mod log;
 pub mod usb;
 pub mod wasi;
+pub mod wasi_logging;

@@ -387,6 +387,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     imports::http::add_to_linker(&mut linker)?;
     imports::log::add_to_linker(&mut linker, |s| &mut s.log)?;
+    imports::wasi_logging::add_to_linker(&mut linker, |s| &mut s.log)?;
     imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
     imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;
     imports::kv_read::add_to_linker(&mut linker, |s| &mut s.kv_read)?;

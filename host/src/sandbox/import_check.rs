@@ -17,6 +17,8 @@ const WASI_PACKAGES: &[&str] = &[
     "wasi:sockets",
 ];
 const WASI_VERSION: &str = "0.2.0";
+/// The `wasi:logging` version provided (besides the unversioned name wasmCloud uses).
+const WASI_LOGGING_VERSION: &str = "0.1.0-draft";
 /// The `wasi:http` interfaces a guest may import (present, every request denied; see
 /// `imports::http`). `incoming-handler` is something a guest exports, never imports.
 const WASI_HTTP_INTERFACES: &[&str] = &["types", "outgoing-handler"];
@@ -70,7 +72,8 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
         format!(
             "the component imports {} this host does not provide to a {world}: {}. A {world} \
              may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and WASI 0.2 (cli, io, clocks, \
-             random; filesystem, sockets and http are present but empty)",
+             random; filesystem, sockets and http are present but empty) and \
+             wasi:logging/logging",
             if refused.len() == 1 {
                 "1 interface".to_owned()
             } else {
@@ -121,6 +124,20 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         }
         return None;
     }
+    if name.package == "wasi:logging" {
+        return match (name.interface, name.version) {
+            ("logging", None | Some(WASI_LOGGING_VERSION)) => None,
+            ("logging", Some(other)) => refused(
+                format!(
+                    "`wasi:logging` is provided at {WASI_LOGGING_VERSION} (or unversioned), not {other}"
+                ),
+                Some(format!(
+                    "build against wasi:logging@{WASI_LOGGING_VERSION}, vendored in sandbus's wit/deps/"
+                )),
+            ),
+            (other, _) => refused(format!("`wasi:logging` has no interface `{other}`"), None),
+        };
+    }
     let wasi_http = name.package == "wasi:http";
     if WASI_PACKAGES.contains(&name.package) || wasi_http {
         if compatible_version(name.version, WASI_VERSION) {
@@ -148,9 +165,8 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         );
     }
     let fix = match name.package {
-        "wasi:logging" | "wasi:keyvalue" | "wasi:config" => Some(format!(
-            "a standard interface this host does not offer yet: use {PACKAGE}/log and \
-             {PACKAGE}/kv"
+        "wasi:keyvalue" | "wasi:config" => Some(format!(
+            "a standard interface this host does not offer yet: use {PACKAGE}/kv"
         )),
         _ => None,
     };
@@ -174,6 +190,9 @@ mod tests {
             // What componentize-js links in for `fetch`.
             "wasi:http/types@0.2.10",
             "wasi:http/outgoing-handler@0.2.10",
+            // wasi:logging, as the proposal versions it and as wasmCloud's tooling does not.
+            "wasi:logging/logging@0.1.0-draft",
+            "wasi:logging/logging",
         ]);
         assert!(check_imports(World::Listener, &ok).is_ok());
         assert!(check_imports(World::Script, &imports(&["sandbus:host/usb@0.1.0"])).is_ok());
@@ -209,9 +228,14 @@ mod tests {
             ),
             ("log", "not an interface import", Some("WIT interface")),
             (
-                "wasi:logging/logging",
-                "package `wasi:logging`",
-                Some("sandbus:host/log"),
+                "wasi:logging/logging@0.2.0",
+                "provided at 0.1.0-draft (or unversioned), not 0.2.0",
+                Some("wit/deps/"),
+            ),
+            (
+                "wasi:config/store@0.2.0-draft",
+                "package `wasi:config`",
+                Some("sandbus:host/kv"),
             ),
             ("acme:thing/api@1.0.0", "package `acme:thing`", None),
         ] {
@@ -238,7 +262,7 @@ mod tests {
             &imports(&[
                 "wasi:cli/environment@0.3.0",
                 "wasi:cli/stdout@0.2.0",
-                "wasi:logging/logging",
+                "wasi:config/store@0.2.0-draft",
                 "wasi:io/streams@0.3.0",
                 "wasi:keyvalue/store@0.2.0-draft",
             ]),
@@ -255,8 +279,8 @@ mod tests {
         );
         assert!(
             message.contains(
-                "; `wasi:logging/logging`: package `wasi:logging` is not provided (a standard \
-                 interface"
+                "; `wasi:config/store@0.2.0-draft`: package `wasi:config` is not provided (a \
+                 standard interface"
             ),
             "{message}"
         );
@@ -269,7 +293,7 @@ mod tests {
             message.ends_with(
                 "A listener may import sandbus:host/{types, log, bus, kv, kv-read}@0.1.0 and \
                  WASI 0.2 (cli, io, clocks, random; filesystem, sockets and http are present but \
-                 empty)"
+                 empty) and wasi:logging/logging"
             ),
             "{message}"
         );
