@@ -61,8 +61,9 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     assert!(stderr(&out).contains("core"), "{}", stderr(&out));
 
     // A listener as componentize-js makes it by default (with `wasi:http`, which is
-    // provided), also asking for standard interfaces, one provided (`wasi:logging`) and two
-    // this host lacks: every missing import is named in the one refusal, with its usual fix.
+    // provided), also asking for standard interfaces: `wasi:logging` (provided), `wasi:config`
+    // (not) and `wasi:keyvalue` at a version this host lacks: every missing import is named
+    // in the one refusal, with its usual fix.
     let wants_more = write(
         &cluster,
         "wants-more.wasm",
@@ -70,7 +71,7 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
             r#"(component
                  (import "wasi:http/types@0.2.10" (instance))
                  (import "wasi:logging/logging" (instance))
-                 (import "wasi:keyvalue/store@0.2.0-draft" (instance))
+                 (import "wasi:keyvalue/store@0.2.1" (instance))
                  (import "wasi:config/store@0.2.0-draft" (instance))
                  (import "sandbus:host/log@0.1.0" (instance))
                  (instance $h)
@@ -83,7 +84,7 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let refusal = stderr(&out);
     for named in [
         "2 interfaces",
-        "`wasi:keyvalue/store@0.2.0-draft`",
+        "`wasi:keyvalue/store@0.2.1`: `wasi:keyvalue` is provided at 0.2.0-draft",
         "`wasi:config/store@0.2.0-draft`",
         "use sandbus:host/kv",
     ] {

@@ -34,3 +34,38 @@ fn a_guest_logging_through_wasi_logging_versioned_or_not_lands_in_its_log() {
     assert!(critical.contains("ERROR"), "{critical}");
     assert_eq!(cluster.status("std-log")["dead_lettered"], 0);
 }
+
+#[test]
+fn a_guest_keeping_state_through_wasi_keyvalue_uses_its_own_kv_space() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.cli_ok(&[
+        "upload",
+        &guest("wasi-keyvalue-listener"),
+        "--name",
+        "std-kv",
+    ]);
+    cluster.cli_ok(&["subscribe", "std-kv", "--events", "audit.>"]);
+    cluster.wait_for_component("h1", "std-kv", 1);
+    let event = |id: &str| json!({"specversion": "1.0", "id": id, "source": "/audit", "type": "audit.login"});
+    cluster.publish_events(&[event("k1")]);
+    cluster.wait_drained("std-kv");
+    cluster.publish_events(&[event("k2")]);
+    cluster.wait_drained("std-kv");
+    // The guest checked every answer itself (a surprise would be a dead letter).
+    assert_eq!(cluster.status("std-kv")["dead_lettered"], 0);
+    // Bucket `audit` is the prefix `audit/` of the component's space, the space the
+    // operator sees through `sandbus kv`.
+    let kv = cluster.kv("std-kv", "audit/");
+    assert_eq!(
+        kv.get("audit/count/audit.login").map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(
+        kv.get("audit/last/audit.login").map(String::as_str),
+        Some("k2")
+    );
+    // After the second event: count, last and the first event's `keys`; `seen/…` deleted.
+    assert_eq!(kv.get("audit/keys").map(String::as_str), Some("3"));
+    assert!(!kv.keys().any(|k| k.starts_with("audit/seen/")), "{kv:?}");
+}

@@ -390,6 +390,10 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     imports::wasi_logging::add_to_linker(&mut linker, |s| &mut s.log)?;
     imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
     imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;
+    imports::wasi_keyvalue::add_to_linker(&mut linker, |s| imports::wasi_keyvalue::WasiKeyValue {
+        kv: &mut s.kv,
+        table: &mut s.table,
+    })?;
     imports::kv_read::add_to_linker(&mut linker, |s| &mut s.kv_read)?;
     imports::usb::add_to_linker(&mut linker, |s| &mut s.usb)?;
     Ok(linker)

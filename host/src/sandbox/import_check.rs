@@ -17,8 +17,17 @@ const WASI_PACKAGES: &[&str] = &[
     "wasi:sockets",
 ];
 const WASI_VERSION: &str = "0.2.0";
-/// The `wasi:logging` version provided (besides the unversioned name wasmCloud uses).
-const WASI_LOGGING_VERSION: &str = "0.1.0-draft";
+/// Standard interfaces offered besides WASI 0.2 (vendored in `wit/deps/`): the package, its
+/// interfaces provided, and the version provided (`wasi:logging` is also provided
+/// unversioned, as wasmCloud's tooling writes it).
+const STANDARD: &[(&str, &[&str], &str)] = &[
+    ("wasi:logging", &["logging"], "0.1.0-draft"),
+    (
+        "wasi:keyvalue",
+        &["store", "atomics", "batch"],
+        "0.2.0-draft",
+    ),
+];
 /// The `wasi:http` interfaces a guest may import (present, every request denied; see
 /// `imports::http`). `incoming-handler` is something a guest exports, never imports.
 const WASI_HTTP_INTERFACES: &[&str] = &["types", "outgoing-handler"];
@@ -72,8 +81,8 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
         format!(
             "the component imports {} this host does not provide to a {world}: {}. A {world} \
              may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and WASI 0.2 (cli, io, clocks, \
-             random; filesystem, sockets and http are present but empty) and \
-             wasi:logging/logging",
+             random; filesystem, sockets and http are present but empty), \
+             wasi:logging/logging and wasi:keyvalue/{{store, atomics, batch}}@0.2.0-draft",
             if refused.len() == 1 {
                 "1 interface".to_owned()
             } else {
@@ -124,19 +133,31 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         }
         return None;
     }
-    if name.package == "wasi:logging" {
-        return match (name.interface, name.version) {
-            ("logging", None | Some(WASI_LOGGING_VERSION)) => None,
-            ("logging", Some(other)) => refused(
+    if let Some((package, interfaces, version)) =
+        STANDARD.iter().find(|(p, _, _)| *p == name.package)
+    {
+        let unversioned_ok = *package == "wasi:logging" && name.version.is_none();
+        if name.version != Some(*version) && !unversioned_ok {
+            return refused(
                 format!(
-                    "`wasi:logging` is provided at {WASI_LOGGING_VERSION} (or unversioned), not {other}"
+                    "`{package}` is provided at {version}, not {}",
+                    name.version.unwrap_or("unversioned")
                 ),
                 Some(format!(
-                    "build against wasi:logging@{WASI_LOGGING_VERSION}, vendored in sandbus's wit/deps/"
+                    "build against {package}@{version}, vendored in sandbus's wit/deps/"
                 )),
-            ),
-            (other, _) => refused(format!("`wasi:logging` has no interface `{other}`"), None),
-        };
+            );
+        }
+        if !interfaces.contains(&name.interface) {
+            return refused(
+                format!(
+                    "of `{package}`, only {} are provided",
+                    interfaces.join(", ")
+                ),
+                None,
+            );
+        }
+        return None;
     }
     let wasi_http = name.package == "wasi:http";
     if WASI_PACKAGES.contains(&name.package) || wasi_http {
@@ -165,7 +186,7 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         );
     }
     let fix = match name.package {
-        "wasi:keyvalue" | "wasi:config" => Some(format!(
+        "wasi:config" => Some(format!(
             "a standard interface this host does not offer yet: use {PACKAGE}/kv"
         )),
         _ => None,
@@ -193,6 +214,9 @@ mod tests {
             // wasi:logging, as the proposal versions it and as wasmCloud's tooling does not.
             "wasi:logging/logging@0.1.0-draft",
             "wasi:logging/logging",
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:keyvalue/atomics@0.2.0-draft",
+            "wasi:keyvalue/batch@0.2.0-draft",
         ]);
         assert!(check_imports(World::Listener, &ok).is_ok());
         assert!(check_imports(World::Script, &imports(&["sandbus:host/usb@0.1.0"])).is_ok());
@@ -229,7 +253,17 @@ mod tests {
             ("log", "not an interface import", Some("WIT interface")),
             (
                 "wasi:logging/logging@0.2.0",
-                "provided at 0.1.0-draft (or unversioned), not 0.2.0",
+                "`wasi:logging` is provided at 0.1.0-draft, not 0.2.0",
+                Some("wit/deps/"),
+            ),
+            (
+                "wasi:keyvalue/watcher@0.2.0-draft",
+                "of `wasi:keyvalue`, only store, atomics, batch are provided",
+                None,
+            ),
+            (
+                "wasi:keyvalue/store",
+                "`wasi:keyvalue` is provided at 0.2.0-draft, not unversioned",
                 Some("wit/deps/"),
             ),
             (
@@ -264,7 +298,7 @@ mod tests {
                 "wasi:cli/stdout@0.2.0",
                 "wasi:config/store@0.2.0-draft",
                 "wasi:io/streams@0.3.0",
-                "wasi:keyvalue/store@0.2.0-draft",
+                "wasi:keyvalue/store@0.2.1",
             ]),
         )
         .unwrap_err();
@@ -285,7 +319,9 @@ mod tests {
             "{message}"
         );
         assert!(
-            message.contains("; `wasi:keyvalue/store@0.2.0-draft`: package `wasi:keyvalue`"),
+            message.contains(
+                "; `wasi:keyvalue/store@0.2.1`: `wasi:keyvalue` is provided at 0.2.0-draft"
+            ),
             "{message}"
         );
         assert!(!message.contains("wasi:cli/stdout"), "{message}");
@@ -293,7 +329,7 @@ mod tests {
             message.ends_with(
                 "A listener may import sandbus:host/{types, log, bus, kv, kv-read}@0.1.0 and \
                  WASI 0.2 (cli, io, clocks, random; filesystem, sockets and http are present but \
-                 empty) and wasi:logging/logging"
+                 empty), wasi:logging/logging and wasi:keyvalue/{store, atomics, batch}@0.2.0-draft"
             ),
             "{message}"
         );
