@@ -10,7 +10,11 @@
 //!   `Store::new` + `instantiate_async` + call + drop, with no limiter, deadline, WASI
 //!   context or log. `per_event/pooling/0` divided by this is our overhead ratio.
 //!
-//! Needs `target/guests/noop-listener.wasm` (`scripts/build-guests.sh`). Run through
+//! - `per_event_language/{rust,python,javascript}`: `per_event/pooling` for the trivial
+//!   listener written in Rust, Python (componentize-py) and JavaScript (componentize-js).
+//!
+//! Needs `target/guests/noop-listener.wasm` and the Python and JavaScript no-op listeners
+//! (`scripts/build-guests.sh`). Run through
 //! `scripts/bench.sh`, which prints the table recorded in `docs/benchmarks.md`.
 
 #![allow(
@@ -41,8 +45,13 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 const PAYLOADS: [usize; 3] = [0, 1024, 64 * 1024];
 
 fn noop_listener() -> Vec<u8> {
+    guest("noop-listener")
+}
+
+/// A component of `target/guests`.
+fn guest(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guests/noop-listener.wasm");
+        .join(format!("../target/guests/{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{} missing ({e}): run scripts/build-guests.sh",
@@ -119,6 +128,45 @@ fn per_event(c: &mut Criterion) {
                 )
             });
         }
+    }
+    group.finish();
+}
+
+/// The trivial listener in each guest language, through `PreparedComponent::handle` with
+/// pooling, a 16-byte event: what a fresh instance per event costs a Python (componentize-py)
+/// or JavaScript (componentize-js) guest, with the Rust one as the baseline.
+fn per_event_language(c: &mut Criterion) {
+    let rt = runtime();
+    let caps = caps();
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("per_event_language");
+    for (label, name) in [
+        ("rust", "noop-listener"),
+        ("python", "python-noop-listener"),
+        ("javascript", "js-noop-listener"),
+    ] {
+        let spec = ComponentSpec {
+            name: name.into(),
+            expect: Some(World::Listener),
+            grants: PublishGrants::default(),
+            kv_read: Default::default(),
+            limits: Limits::for_world(World::Listener),
+        };
+        let listener = sandbox
+            .prepare(spec, &guest(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ev = event(16);
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::from_parameter(label), &ev, |b, ev| {
+            b.to_async(&rt).iter_batched(
+                || ev.clone(),
+                |ev| async {
+                    let done = listener.handle(ev, &caps).await;
+                    assert!(done.is_ok(), "{done:?}");
+                },
+                BatchSize::SmallInput,
+            )
+        });
     }
     group.finish();
 }
@@ -262,6 +310,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = wasmtime_floor, per_event, live_instance
+    targets = wasmtime_floor, per_event, live_instance, per_event_language
 }
 criterion_main!(benches);
