@@ -290,3 +290,34 @@ fn a_dead_letter_is_the_original_message_with_every_header_plus_the_sandbus_ones
     assert_eq!(headers["Sandbus-Deliveries"], ["1"], "not retried");
     assert_eq!(headers["ce-type"], ["vm.stopped"]);
 }
+
+#[test]
+fn a_message_whose_headers_alone_would_not_fit_a_dead_letter_is_still_dead_lettered() {
+    let mut cluster = Cluster::new();
+    cluster.start_daemon("h1");
+    cluster.cli_ok(&["upload", &guest("panic-listener"), "--name", "crasher"]);
+    cluster.cli_ok(&["subscribe", "crasher", "--events", "vm.*"]);
+    cluster.wait_for_component("h1", "crasher", 1);
+    // Not an event (no ce-id), and 2,300 reserved headers, just under JetStream's 64 KiB of
+    // headers: renamed `Sandbus-Original-…`, they would grow past it, and the letter could
+    // never be stored.
+    let mut flood = HeaderMap::new();
+    flood.insert("ce-specversion", "1.0");
+    flood.insert("ce-source", "/flood");
+    flood.insert("ce-type", "vm.flood");
+    for i in 0..2300 {
+        flood.insert(format!("Sandbus-A{i}").as_str(), "0123456789");
+    }
+    publish_binary(&cluster, vec![(flood, b"{}".to_vec())]);
+    cluster.wait("the dead letter", |c| dead_letters(c, "crasher").len() == 1);
+    let letters = dead_letters(&cluster, "crasher");
+    let (headers, payload) = &letters[0];
+    assert_eq!(headers["Sandbus-Original-Headers-Dropped"], ["2303"]);
+    assert!(!headers.contains_key("Sandbus-A0"), "{:?}", headers.keys());
+    assert!(
+        headers["Sandbus-Reason"][0].contains("attribute `id` is required"),
+        "{headers:?}"
+    );
+    assert_eq!(payload, b"{}");
+    assert_eq!(cluster.status("crasher")["pending"], 0);
+}

@@ -39,6 +39,14 @@ pub const ORIGINAL_HEADER_PREFIX: &str = "Sandbus-Original-";
 /// Header present when the dead letter's body was cut to fit the server's max payload: the
 /// original size in bytes (the whole event stays in the events stream at its sequence).
 pub const TRUNCATED_HEADER: &str = "Sandbus-Truncated-From";
+/// Header present when the original message's headers were left out of its dead letter:
+/// how many. They are, when together (renamed where reserved) they would take more than
+/// [`MAX_ORIGINAL_HEADER_BYTES`], so a letter always fits JetStream's 64 KiB of headers;
+/// the whole event stays in the events stream at its sequence.
+pub const HEADERS_DROPPED_HEADER: &str = "Sandbus-Original-Headers-Dropped";
+/// Most bytes of original headers a dead letter keeps: JetStream stores at most 64 KiB of
+/// headers a message, and renaming reserved ones (`Sandbus-Original-…`) makes them grow.
+pub const MAX_ORIGINAL_HEADER_BYTES: usize = 48 << 10;
 
 /// Consumers the events stream may hold unless `[events] max_consumers` says otherwise: room
 /// for the 10,000 listeners sandbus aims at, and readers beside them.
@@ -322,7 +330,8 @@ impl EventStream {
     /// that say what happened; an original header named `Nats-*` or `Sandbus-*` is kept
     /// under [`ORIGINAL_HEADER_PREFIX`] (see there why).
     pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BusError> {
-        let mut headers = HeaderMap::new();
+        let max = self.js.client().server_info().max_payload;
+        let mut originals = Vec::with_capacity(letter.headers.len());
         let mut original_size = 0;
         for (name, value) in &letter.headers {
             let reserved = ["Nats-", "Sandbus-"].iter().any(|prefix| {
@@ -342,13 +351,22 @@ impl EventStream {
             ) {
                 (Ok(n), Ok(v)) => {
                     original_size += name.len() + value.len() + 4;
-                    headers.append(n, v);
+                    originals.push((n, v));
                 }
                 _ => tracing::warn!(
                     listener = %letter.listener,
                     header = %header_safe(&name),
                     "a header of a dead-lettered message cannot be sent again; left out"
                 ),
+            }
+        }
+        let mut headers = HeaderMap::new();
+        if original_size > MAX_ORIGINAL_HEADER_BYTES {
+            headers.insert(HEADERS_DROPPED_HEADER, originals.len().to_string().as_str());
+            original_size = 0;
+        } else {
+            for (name, value) in originals {
+                headers.append(name, value);
             }
         }
         headers.insert(
@@ -362,7 +380,6 @@ impl EventStream {
         headers.insert(SEQUENCE_HEADER, letter.sequence.to_string().as_str());
         // Headers count against the server's max payload: a letter for an event near that
         // size would never fit, and must not be retried forever. Keep what fits.
-        let max = self.js.client().server_info().max_payload;
         let room = max.saturating_sub(4096 + original_size);
         let payload = if letter.payload.len() > room {
             headers.insert(TRUNCATED_HEADER, letter.payload.len().to_string().as_str());

@@ -307,8 +307,8 @@ impl NatsContext {
         }
     }
 
-    /// A password or token: literal, `env://VAR` or `file://PATH` (its first line, as the
-    /// nats CLI trims trailing line ends).
+    /// A password or token: literal, `env://VAR` or `file://PATH` (the file's text without
+    /// its trailing line ends, as the nats CLI reads it).
     fn secret(&self, field: &'static str, value: &str) -> Result<Option<String>, ContextError> {
         match Reference::of(value) {
             Reference::Unset => Ok(None),
@@ -363,14 +363,20 @@ impl<'a> Reference<'a> {
         if value.is_empty() {
             return Self::Unset;
         }
-        let scheme = value
-            .split_once(':')
-            .map(|(scheme, _)| scheme.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("env") => Self::Env(strip_prefix_ignoring_case(value, "env://")),
-            Some("file") => Self::File(strip_prefix_ignoring_case(value, "file://")),
-            Some("op" | "nsc" | "data") => Self::Elsewhere,
-            _ => Self::Literal(value),
+        // Only the full scheme is a reference: a password that merely starts `env:` is one.
+        let has = |prefix: &str| {
+            value
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        if has("env://") {
+            Self::Env(strip_prefix_ignoring_case(value, "env://"))
+        } else if has("file://") {
+            Self::File(strip_prefix_ignoring_case(value, "file://"))
+        } else if has("op://") || has("nsc://") || has("data:") {
+            Self::Elsewhere
+        } else {
+            Self::Literal(value)
         }
     }
 }
@@ -501,6 +507,28 @@ mod tests {
             };
             assert_eq!(*named, field);
             assert!(err.to_string().contains("/ctx/lab.json"), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_a_full_scheme_makes_a_secret_a_reference() {
+        assert!(matches!(
+            Reference::of("env://PASS"),
+            Reference::Env("PASS")
+        ));
+        assert!(matches!(
+            Reference::of("FILE:///tmp/p"),
+            Reference::File("/tmp/p")
+        ));
+        assert!(matches!(
+            Reference::of("op://vault/item"),
+            Reference::Elsewhere
+        ));
+        for literal in ["env:secret", "file:notes", "data-and-more", "op:x"] {
+            assert!(
+                matches!(Reference::of(literal), Reference::Literal(v) if v == literal),
+                "{literal}"
+            );
         }
     }
 

@@ -26,6 +26,10 @@ pub const ATTRIBUTE_HEADER_PREFIX: &str = "ce-";
 /// `datacontenttype`, in structured mode [`STRUCTURED_CONTENT_TYPE`].
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 
+/// Most `ce-*` attributes one event may carry (the spec's own, a dozen, plus extensions): a
+/// message of thousands of them is refused before any is decoded.
+pub const MAX_ATTRIBUTES: usize = 64;
+
 /// The media type (a prefix: `application/cloudevents+json` too) that marks a message as
 /// structured mode, whatever other headers it has.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents";
@@ -159,6 +163,7 @@ struct Attributes(Vec<(String, String)>);
 impl Attributes {
     fn read(headers: &[(&str, &str)]) -> Result<Self, EventError> {
         let mut attributes: Vec<(String, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (header, raw) in headers {
             if !starts_with_ignore_case(header, ATTRIBUTE_HEADER_PREFIX) {
                 continue;
@@ -171,10 +176,15 @@ impl Attributes {
             if name.is_empty() {
                 return Err(invalid("it names no attribute (`ce-<attribute>`)".into()));
             }
-            if attributes.iter().any(|(n, _)| *n == name) {
+            if !seen.insert(name.clone()) {
                 return Err(invalid(
                     "it is given more than once; an attribute has one value".into(),
                 ));
+            }
+            if attributes.len() == MAX_ATTRIBUTES {
+                return Err(invalid(format!(
+                    "an event has at most {MAX_ATTRIBUTES} `ce-*` attributes"
+                )));
             }
             let value = decode(raw).map_err(invalid)?;
             attributes.push((name, value));
@@ -183,6 +193,7 @@ impl Attributes {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
+        // At most MAX_ATTRIBUTES entries: a scan is cheaper than a map.
         self.0
             .iter()
             .find(|(n, _)| n == name)

@@ -64,6 +64,12 @@ pub(super) struct Failure {
     pub(super) message: String,
 }
 
+/// Whether wasmtime's error says the call spent its hostcall copy budget (wasmtime's own
+/// type for this is private; its message is pinned by the tests).
+fn hostcall_budget_spent(detail: &str) -> bool {
+    detail.contains("fuel allocated for hostcalls has been exhausted")
+}
+
 impl Failure {
     fn new(kind: InvokeErrorKind, message: String) -> Self {
         Self { kind, message }
@@ -127,13 +133,20 @@ impl Failure {
             Some(trap) => trap.to_string(),
             None => format!("{error:#}"),
         };
-        // Before the panic: componentize-py's runtime panics *because* of the exception.
-        if let Some(exception) = &evidence.exception {
+        // After the host's own evidence (the memory cap, the hostcall budget, an exit), so a
+        // guest printing something that looks like a traceback cannot hide those; before the
+        // panic, since componentize-py's runtime panics *because* of the exception.
+        if let Some(exception) = &evidence.exception
+            && !evidence.memory_cap_hit
+            && !hostcall_budget_spent(&detail)
+            && error.downcast_ref::<wasmtime_wasi::I32Exit>().is_none()
+        {
             return Self::new(
                 InvokeErrorKind::Panic,
                 format!(
                     "the guest raised an uncaught {} exception: {}",
-                    exception.language, exception.message
+                    exception.language,
+                    crate::text::echo(&exception.message)
                 ),
             );
         }
@@ -156,7 +169,7 @@ impl Failure {
             );
         }
         // wasmtime's own type for this is private; its message is pinned by the tests.
-        if detail.contains("fuel allocated for hostcalls has been exhausted") {
+        if hostcall_budget_spent(&detail) {
             return Self::new(
                 InvokeErrorKind::OutputTooLarge,
                 format!(
@@ -298,6 +311,20 @@ mod tests {
                 "the guest raised an uncaught Python exception: ValueError: tenant missing"
             )
         );
+    }
+
+    #[test]
+    fn text_that_looks_like_an_exception_never_hides_the_memory_cap() {
+        let evidence = Evidence {
+            memory_cap_hit: true,
+            exception: Some(GuestException {
+                language: GuestLanguage::JavaScript,
+                message: "all is fine".into(),
+            }),
+            ..nothing_seen()
+        };
+        let failure = classify(trapped(Trap::UnreachableCodeReached), evidence);
+        assert_eq!(failure.kind, InvokeErrorKind::MemoryLimit, "{failure:?}");
     }
 
     fn trapped(trap: Trap) -> Stage {

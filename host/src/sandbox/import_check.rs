@@ -32,6 +32,11 @@ const STANDARD: &[(&str, &[&str], &str)] = &[
 /// `imports::http`). `incoming-handler` is something a guest exports, never imports.
 const WASI_HTTP_INTERFACES: &[&str] = &["types", "outgoing-handler"];
 
+/// Most import names listed under one reason in a refusal.
+const NAMES_PER_REASON: usize = 10;
+/// Most reasons a refusal lists.
+const MAX_REASONS: usize = 20;
+
 /// One import this host does not provide to the component's world.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RefusedImport<'a> {
@@ -54,28 +59,50 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
     if refused.is_empty() {
         return Ok(());
     }
-    // Imports refused for the same reason are named together (componentize-js adds a
-    // dozen `wasi:http` interfaces; one line says it).
-    let mut groups: Vec<(Vec<&str>, &str, Option<&str>)> = Vec::new();
+    // Imports refused for the same reason are named together (a JavaScript runtime may
+    // lack a dozen interfaces of one package; one line says it). A component can declare
+    // millions of imports: at most NAMES_PER_REASON names a reason, then a count.
+    let mut groups: Vec<(Vec<&str>, usize, &str, Option<&str>)> = Vec::new();
+    let mut index: std::collections::HashMap<(&str, Option<&str>), usize> =
+        std::collections::HashMap::new();
     for r in &refused {
-        match groups
-            .iter_mut()
-            .find(|(_, why, fix)| *why == r.why && *fix == r.fix.as_deref())
-        {
-            Some((names, _, _)) => names.push(r.import),
-            None => groups.push((vec![r.import], &r.why, r.fix.as_deref())),
+        let key = (r.why.as_str(), r.fix.as_deref());
+        let at = *index.entry(key).or_insert_with(|| {
+            groups.push((Vec::new(), 0, key.0, key.1));
+            groups.len() - 1
+        });
+        let (names, more, _, _) = &mut groups[at];
+        if names.len() < NAMES_PER_REASON {
+            names.push(r.import);
+        } else {
+            *more += 1;
         }
     }
     let reasons: Vec<String> = groups
         .iter()
-        .map(|(names, why, fix)| {
-            let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        .take(MAX_REASONS)
+        .map(|(names, more, why, fix)| {
+            let mut names = names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if *more > 0 {
+                names.push_str(&format!(" and {more} more"));
+            }
             match fix {
-                Some(fix) => format!("{}: {why} ({fix})", names.join(", ")),
-                None => format!("{}: {why}", names.join(", ")),
+                Some(fix) => format!("{names}: {why} ({fix})"),
+                None => format!("{names}: {why}"),
             }
         })
         .collect();
+    let mut reasons = reasons.join("; ");
+    if groups.len() > MAX_REASONS {
+        reasons.push_str(&format!(
+            "; and {} more reasons",
+            groups.len() - MAX_REASONS
+        ));
+    }
     Err(LoadError::new(
         LoadErrorKind::UnknownImport,
         format!(
@@ -88,7 +115,7 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
             } else {
                 format!("{} interfaces", refused.len())
             },
-            reasons.join("; "),
+            reasons,
             world.importable().join(", ")
         ),
     ))
@@ -287,6 +314,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_component_with_countless_imports_gets_a_refusal_of_bounded_size() {
+        let many: Vec<String> = (0..200_000)
+            .map(|i| format!("sandbus:host/x{i}@0.1.0"))
+            .chain((0..50).map(|i| format!("acme:p{i}/api@1.0.0")))
+            .collect();
+        let err = check_imports(World::Listener, &many).unwrap_err();
+        assert!(err.message.len() < 8192, "{} bytes", err.message.len());
+        assert!(
+            err.message
+                .starts_with("the component imports 200050 interfaces"),
+            "{}",
+            &err.message[..200]
+        );
+        assert!(
+            err.message.contains("and 200030 more reasons"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

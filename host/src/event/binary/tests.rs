@@ -298,3 +298,32 @@ fn an_event_about_events_keeps_its_content_type_out_of_content_type() {
         event
     );
 }
+
+#[test]
+fn thousands_of_ce_headers_are_refused_at_the_attribute_limit() {
+    let names: Vec<String> = (0..5000).map(|i| format!("ce-x{i}")).collect();
+    let headers: Vec<(&str, &str)> = REQUIRED
+        .iter()
+        .copied()
+        .chain(names.iter().map(|n| (n.as_str(), "v")))
+        .collect();
+    let err = CanonicalEvent::from_message(&headers, b"").unwrap_err();
+    assert!(matches!(err, EventError::Header { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("at most {MAX_ATTRIBUTES}")),
+        "{err}"
+    );
+    // Up to the limit, extensions are fine.
+    let fits: Vec<(&str, &str)> = REQUIRED
+        .iter()
+        .copied()
+        .chain(
+            names
+                .iter()
+                .take(MAX_ATTRIBUTES - REQUIRED.len())
+                .map(|n| (n.as_str(), "v")),
+        )
+        .collect();
+    assert!(CanonicalEvent::from_message(&fits, b"").is_ok());
+}

@@ -6,9 +6,10 @@
 //! provide cannot be instantiated. So, as with sockets, the interface is there and empty: the
 //! default output of the JavaScript toolchain runs unchanged, and a guest that does call
 //! `fetch` gets an error it can handle (`NetworkError` in JavaScript), never the network.
-//! Header and body resources work (they are only memory, bounded by the resource table's cap
-//! and `wasi:http`'s own field size limit); only sending is refused. A future grant may allow
-//! named hosts.
+//! Header and body resources work, but small: they are host memory the guest's memory cap
+//! does not see, so a header map holds at most [`FIELD_BYTES`] and a body buffers at most
+//! [`BODY_CHUNK`] bytes ahead (with the resource table's 4,096 handles, a guest can hold about
+//! 32 MiB of each at most). Only sending is refused. A future grant may allow named hosts.
 
 use http_body_util::BodyExt as _;
 use wasmtime::component::Linker;
@@ -20,6 +21,11 @@ use wasmtime_wasi_http::{
 use super::log::{InvocationLog, LogLevel, LogOrigin};
 use crate::sandbox::InvocationState;
 
+/// Largest header map (in `wasi:http`'s own measure of a map's memory).
+pub const FIELD_BYTES: usize = 8 << 10;
+/// Largest write into an outgoing body; one such write is buffered per body.
+pub const BODY_CHUNK: usize = 4 << 10;
+
 /// Per-invocation `wasi:http` state: the library's context and the hooks that deny.
 pub struct HttpState {
     ctx: WasiHttpCtx,
@@ -29,8 +35,10 @@ pub struct HttpState {
 impl HttpState {
     /// State whose denials are written to `log`.
     pub fn new(log: InvocationLog) -> Self {
+        let mut ctx = WasiHttpCtx::new();
+        ctx.set_field_size_limit(FIELD_BYTES);
         Self {
-            ctx: WasiHttpCtx::new(),
+            ctx,
             hooks: DenyAll { log },
         }
     }
@@ -54,6 +62,14 @@ type ResponseFuture = Box<
 >;
 
 impl WasiHttpHooks for DenyAll {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

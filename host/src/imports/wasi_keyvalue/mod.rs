@@ -12,7 +12,8 @@
 //!   cursor is the number of keys already returned. Like `kv.list-keys`, it sees at most the
 //!   first 10,000 keys.
 //! - **`batch`** runs the keys one after another: not atomic (the proposal allows that); a
-//!   failure stops it and names the key.
+//!   failure stops it. A call names at most [`MAX_BATCH_KEYS`] keys, and `get-many` returns
+//!   at most [`MAX_BATCH_BYTES`] of values (the same key named many times counts each time).
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
@@ -22,6 +23,11 @@ use crate::bindings::wasi_keyvalue::wasi::keyvalue::{atomics, batch, store};
 
 /// Keys one `list-keys` page holds.
 pub const PAGE: usize = 1000;
+/// Most keys one `batch` call names.
+pub const MAX_BATCH_KEYS: usize = 1000;
+/// Most bytes of values one `get-many` returns: the host holds them all before the guest
+/// gets them, and its memory cap does not see them.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// An open bucket: the prefix of its keys in the component's space.
 #[derive(Debug)]
@@ -97,6 +103,16 @@ fn page(keys: Vec<String>, cursor: Option<u64>) -> store::KeyResponse {
 }
 
 type Outcome<T> = wasmtime::Result<Result<T, store::Error>>;
+
+/// Refuses a batch of `n` keys over [`MAX_BATCH_KEYS`].
+fn batch_size(n: usize) -> Result<(), store::Error> {
+    if n > MAX_BATCH_KEYS {
+        return Err(store::Error::Other(format!(
+            "a batch of {n} keys is over the {MAX_BATCH_KEYS} one call may name; split it"
+        )));
+    }
+    Ok(())
+}
 
 impl WasiKeyValue<'_> {
     fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<&Bucket> {
@@ -202,12 +218,27 @@ impl batch::Host for WasiKeyValue<'_> {
         keys: Vec<String>,
     ) -> Outcome<Vec<Option<(String, Vec<u8>)>>> {
         let prefix = self.bucket(&bucket)?.prefix.clone();
+        if let Err(e) = batch_size(keys.len()) {
+            return Ok(Err(e));
+        }
         let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
         for key in keys {
             match WasiKeyValue::get(self, format!("{prefix}{key}")).await? {
-                Ok(value) => values.push(value.map(|v| (key, v))),
+                Ok(value) => {
+                    bytes = bytes.saturating_add(value.as_ref().map_or(0, Vec::len));
+                    if bytes > MAX_BATCH_BYTES {
+                        return Ok(Err(store::Error::Other(format!(
+                            "the values asked for are more than {MAX_BATCH_BYTES} bytes \
+                             together; ask for fewer keys at once"
+                        ))));
+                    }
+                    values.push(value.map(|v| (key, v)));
+                }
                 Err(e) => return Ok(Err(e)),
             }
+            // Reads from the daemon's copy never wait: let the call's deadline fire.
+            tokio::task::yield_now().await;
         }
         Ok(Ok(values))
     }
@@ -218,6 +249,9 @@ impl batch::Host for WasiKeyValue<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Outcome<()> {
         let prefix = self.bucket(&bucket)?.prefix.clone();
+        if let Err(e) = batch_size(key_values.len()) {
+            return Ok(Err(e));
+        }
         for (key, value) in key_values {
             if let Err(e) = WasiKeyValue::set(self, format!("{prefix}{key}"), value).await? {
                 return Ok(Err(e));
@@ -228,6 +262,9 @@ impl batch::Host for WasiKeyValue<'_> {
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Outcome<()> {
         let prefix = self.bucket(&bucket)?.prefix.clone();
+        if let Err(e) = batch_size(keys.len()) {
+            return Ok(Err(e));
+        }
         for key in keys {
             if let Err(e) = WasiKeyValue::delete(self, format!("{prefix}{key}")).await? {
                 return Ok(Err(e));
@@ -256,6 +293,48 @@ mod tests {
         assert_eq!(Bucket::open("").unwrap().key("a"), "a");
         assert!(Bucket::open("a/b").unwrap_err().contains("without `/`"));
         assert!(Bucket::open("a b").unwrap_err().contains("bucket `a b`"));
+    }
+
+    #[tokio::test]
+    async fn get_many_stops_at_its_byte_limit_however_often_a_key_is_named() {
+        use crate::imports::kv::{KvQuota, MemoryKv};
+        use batch::Host as _;
+        use store::Host as _;
+        let mut kv = KvState {
+            store: std::sync::Arc::new(MemoryKv::default()),
+            namespace: "g".into(),
+            max_value: 2 << 20,
+            quota: KvQuota::NONE,
+        };
+        let mut table = ResourceTable::new();
+        let mut view = WasiKeyValue {
+            kv: &mut kv,
+            table: &mut table,
+        };
+        let bucket = view.open("b".into()).await.unwrap().unwrap();
+        let again = Resource::<Bucket>::new_borrow(bucket.rep());
+        store::HostBucket::set(&mut view, again, "big".into(), vec![7; 1 << 20])
+            .await
+            .unwrap()
+            .unwrap();
+        let fits = vec!["big".to_owned(); 8];
+        let borrowed = || Resource::<Bucket>::new_borrow(bucket.rep());
+        let got = view.get_many(borrowed(), fits).await.unwrap().unwrap();
+        assert_eq!(got.len(), 8);
+        let over = vec!["big".to_owned(); 9];
+        let Err(store::Error::Other(why)) = view.get_many(borrowed(), over).await.unwrap() else {
+            panic!("9 MiB of values were returned");
+        };
+        assert!(why.contains("ask for fewer keys"), "{why}");
+    }
+
+    #[test]
+    fn a_batch_over_the_key_limit_is_refused_saying_so() {
+        assert!(batch_size(MAX_BATCH_KEYS).is_ok());
+        let Err(store::Error::Other(why)) = batch_size(MAX_BATCH_KEYS + 1) else {
+            panic!("a batch over the limit passed");
+        };
+        assert!(why.contains("1001 keys"), "{why}");
     }
 
     #[test]
