@@ -70,17 +70,17 @@ fn export_with_the_wrong_shape_is_refused() {
 
 #[test]
 fn unknown_import_is_named() {
-    let http = wat::parse_str(
+    let config = wat::parse_str(
         r#"(component
-             (import "wasi:http/outgoing-handler@0.2.0" (instance))
+             (import "wasi:config/store@0.2.0-draft" (instance))
              (instance $h)
              (export "sandbus:host/handler@0.1.0" (instance $h)))"#,
     )
     .unwrap();
-    let err = refused(&http, World::Listener);
+    let err = refused(&config, World::Listener);
     assert_eq!(err.kind, LoadErrorKind::UnknownImport);
     assert!(
-        err.message.contains("wasi:http/outgoing-handler@0.2.0"),
+        err.message.contains("wasi:config/store@0.2.0-draft"),
         "{}",
         err.message
     );
