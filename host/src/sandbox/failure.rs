@@ -146,7 +146,7 @@ impl Failure {
                 format!(
                     "the guest raised an uncaught {} exception: {}",
                     exception.language,
-                    crate::text::echo(&exception.message)
+                    crate::text::one_line(&exception.message)
                 ),
             );
         }
@@ -300,15 +300,17 @@ mod tests {
         let evidence = Evidence {
             exception: Some(GuestException {
                 language: GuestLanguage::Python,
-                message: "ValueError: tenant missing".into(),
+                message: "KeyError: 'actor'\u{1b}[31m".into(),
             }),
             ..panicked()
         };
+        // In the language's own words, quotes and all; only control characters (which could
+        // colour a terminal) are blanked.
         assert_eq!(
             classify(trapped(Trap::UnreachableCodeReached), evidence),
             failure(
                 InvokeErrorKind::Panic,
-                "the guest raised an uncaught Python exception: ValueError: tenant missing"
+                "the guest raised an uncaught Python exception: KeyError: 'actor' [31m"
             )
         );
     }
