@@ -7,6 +7,15 @@ set -euo pipefail
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+# nats-server refuses JetStream storage on a nearly full disk, and every daemon test then
+# times out with no word about why: say it before spending half an hour.
+free_gb="$(df -Pk "$repo" | awk 'NR == 2 { print int($4 / 1048576) }')"
+if [ "$free_gb" -lt 20 ]; then
+  echo "only ${free_gb} GB free on $(df -P "$repo" | awk 'NR == 2 { print $6 }'); the tests need about 20 GB" >&2
+  echo "(build outputs and JetStream stores). Free space, e.g. cargo clean, and run again." >&2
+  exit 1
+fi
+
 scripts/setup.sh
 # The daemon tests start their own nats-server; find it even off PATH.
 source scripts/nats-server-path.sh

@@ -127,7 +127,9 @@ pub struct ListenerDispatcher {
     failures: Mutex<FailureReports>,
     throttling: std::sync::Mutex<ThrottleReports>,
     /// Highest stream sequence seen: the pending gauge follows the newest delivery only.
-    newest: std::sync::atomic::AtomicU64,
+    /// A lock, not an atomic: the check and the gauge write must be one step, or an older
+    /// delivery's count can land after the newest one's (a gauge stuck at 1 when drained).
+    newest: std::sync::Mutex<u64>,
     /// The metrics every event updates, looked up once.
     series: ListenerSeries,
 }
@@ -173,7 +175,7 @@ impl ListenerDispatcher {
             stop,
             failures: Mutex::new(FailureReports::default()),
             throttling: std::sync::Mutex::new(ThrottleReports::default()),
-            newest: std::sync::atomic::AtomicU64::new(0),
+            newest: std::sync::Mutex::new(0),
         }
     }
 
@@ -411,12 +413,12 @@ impl ListenerDispatcher {
     async fn dispatch(&self, message: &dyn Delivery) {
         let (sequence, deliveries) = match message.info() {
             Ok(info) => {
-                let previous = self
-                    .newest
-                    .fetch_max(info.stream_sequence, std::sync::atomic::Ordering::Relaxed);
-                if info.stream_sequence >= previous {
+                let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+                if info.stream_sequence >= *newest {
+                    *newest = info.stream_sequence;
                     self.series.pending(info.pending);
                 }
+                drop(newest);
                 (info.stream_sequence, info.delivered.max(1))
             }
             Err(e) => {
