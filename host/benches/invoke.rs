@@ -105,6 +105,7 @@ fn per_event(c: &mut Criterion) {
             expect: Some(World::Listener),
             grants: PublishGrants::default(),
             kv_read: Default::default(),
+            config: Default::default(),
             limits: Limits {
                 max_payload: 1 << 20,
                 ..Limits::for_world(World::Listener)
@@ -151,6 +152,7 @@ fn per_event_language(c: &mut Criterion) {
             grants: PublishGrants::default(),
             kv_read: Default::default(),
             limits: Limits::for_world(World::Listener),
+            config: Default::default(),
         };
         let listener = sandbox
             .prepare(spec, &guest(name))

@@ -142,6 +142,7 @@ async fn set_up(js: &jetstream::Context, n: usize) {
                 grants: Vec::new(),
                 kv_read: Vec::new(),
                 limits: Vec::new(),
+                config: Default::default(),
             })
             .await
             .unwrap();

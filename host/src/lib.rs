@@ -17,6 +17,7 @@
 pub mod api;
 pub mod bindings;
 pub mod bus;
+pub mod component_config;
 pub mod daemon;
 pub mod dev;
 pub mod devices;

@@ -62,8 +62,8 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
 
     // A listener as componentize-js makes it by default (with `wasi:http`, which is
     // provided), also asking for standard interfaces: `wasi:logging` (provided), `wasi:config`
-    // (not) and `wasi:keyvalue` at a version this host lacks: every missing import is named
-    // in the one refusal, with its usual fix.
+    // at an interface this host lacks and `wasi:keyvalue` at a version it lacks: every missing
+    // import is named in the one refusal, with its usual fix.
     let wants_more = write(
         &cluster,
         "wants-more.wasm",
@@ -72,7 +72,7 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
                  (import "wasi:http/types@0.2.10" (instance))
                  (import "wasi:logging/logging" (instance))
                  (import "wasi:keyvalue/store@0.2.1" (instance))
-                 (import "wasi:config/store@0.2.0-draft" (instance))
+                 (import "wasi:config/runtime@0.2.0-draft" (instance))
                  (import "sandbus:host/log@0.1.0" (instance))
                  (instance $h)
                  (export "sandbus:host/handler@0.1.0" (instance $h)))"#,
@@ -85,8 +85,8 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     for named in [
         "2 interfaces",
         "`wasi:keyvalue/store@0.2.1`: `wasi:keyvalue` is provided at 0.2.0-draft",
-        "`wasi:config/store@0.2.0-draft`",
-        "use sandbus:host/kv",
+        "`wasi:config/runtime@0.2.0-draft`: of `wasi:config`, only store is provided",
+        "build against wasi:keyvalue@0.2.0-draft, vendored in sandbus's wit/deps/",
     ] {
         assert!(refusal.contains(named), "{named} is not in: {refusal}");
     }

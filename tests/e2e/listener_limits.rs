@@ -121,6 +121,7 @@ fn recording_a_thousand_components_leaves_no_consumer_behind() {
             grants: Vec::new(),
             kv_read: Vec::new(),
             limits: Vec::new(),
+            config: Default::default(),
         };
         // Each record reads the name's history (versions go on across removals).
         for i in 0..1_100 {

@@ -23,11 +23,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    CancelReply, Empty, EventListRequest, HookCallReply, HookCallRequest, HookPolicyRequest,
-    HookRequest, KvDeleteReply, KvEntry, KvKeyRequest, KvListReply, KvListRequest, KvSetRequest,
-    MessagePage, NameRequest, PublishRequest, RunIdRequest, RunLogRequest, StageReply,
-    StageRequest, StatusReply, StatusRequest, SubscribeRequest, UploadReply, UploadRequest,
-    Validate,
+    CancelReply, ConfigureReply, ConfigureRequest, Empty, EventListRequest, HookCallReply,
+    HookCallRequest, HookPolicyRequest, HookRequest, KvDeleteReply, KvEntry, KvKeyRequest,
+    KvListReply, KvListRequest, KvSetRequest, MessagePage, NameRequest, PublishRequest,
+    RunIdRequest, RunLogRequest, StageReply, StageRequest, StatusReply, StatusRequest,
+    SubscribeRequest, UploadReply, UploadRequest, Validate,
 };
 use crate::bus::{
     ComponentManifest, DeviceRecord, HookPoint, HostInfo, PublishedEvent, RunRecord, RunRequest,
@@ -206,6 +206,9 @@ endpoints! {
     REMOVE, Remove = "component.remove": Operator, cast, NameRequest => ComponentManifest;
     /// Point a component back at its previous content.
     ROLLBACK, Rollback = "component.rollback": Operator, cast, NameRequest => ComponentManifest;
+    /// Change a component's `wasi:config/store` values (a new version, same bytes).
+    CONFIGURE, Configure = "component.configure": Operator, cast,
+        ConfigureRequest => ConfigureReply;
     /// Subscribe a listener to event patterns.
     SUBSCRIBE, Subscribe = "listener.subscribe": Operator, cast,
         SubscribeRequest => Subscription;

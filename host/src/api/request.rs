@@ -8,9 +8,9 @@
 
 use super::endpoint::{self, Call};
 use super::{
-    ApiError, ApiErrorKind, Empty, EventListRequest, HookPolicyRequest, HookRequest, KvKeyRequest,
-    KvListRequest, KvSetRequest, NameRequest, RunIdRequest, RunLogRequest, StageRequest,
-    StatusRequest, SubscribeRequest, UploadRequest, Validate as _,
+    ApiError, ApiErrorKind, ConfigureRequest, Empty, EventListRequest, HookPolicyRequest,
+    HookRequest, KvKeyRequest, KvListRequest, KvSetRequest, NameRequest, RunIdRequest,
+    RunLogRequest, StageRequest, StatusRequest, SubscribeRequest, UploadRequest, Validate as _,
 };
 use crate::bus::RunRequest;
 use crate::event::CanonicalEvent;
@@ -28,6 +28,8 @@ pub enum Request {
     Remove(NameRequest),
     /// `component.rollback`.
     Rollback(NameRequest),
+    /// `component.configure`.
+    Configure(ConfigureRequest),
     /// `listener.subscribe`.
     Subscribe(SubscribeRequest),
     /// `listener.unsubscribe`.
@@ -88,6 +90,7 @@ impl Request {
             e::LIST => empty::<e::List>(body, Self::List)?,
             e::REMOVE => Self::Remove(read::<e::Remove>(body)?),
             e::ROLLBACK => Self::Rollback(read::<e::Rollback>(body)?),
+            e::CONFIGURE => Self::Configure(read::<e::Configure>(body)?),
             e::SUBSCRIBE => Self::Subscribe(read::<e::Subscribe>(body)?),
             e::UNSUBSCRIBE => Self::Unsubscribe(read::<e::Unsubscribe>(body)?),
             e::STATUS => Self::Status(read_or_default::<e::Status>(body)?),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::ApiError;
 use super::wire::*;
+use crate::component_config::ComponentConfig;
 use crate::event::CanonicalEvent;
 
 /// A request body the daemon checks before acting on it, with the same rules the CLI
@@ -28,8 +29,25 @@ impl Validate for UploadRequest {
     fn validate(&self) -> Result<(), ApiError> {
         component_name(&self.name)?;
         digest(&self.digest)?;
+        ComponentConfig::from_map(self.config.clone())
+            .map_err(|e| ApiError::bad_request(e.message))?;
         // The grants and limits are checked with the component's world, once the daemon has
         // read the bytes (`ComponentPolicy::check`).
+        Ok(())
+    }
+}
+
+impl Validate for ConfigureRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        component_name(&self.name)?;
+        // Each key and value on its own; the bounds of the whole are checked against the
+        // values it changes, by the daemon.
+        ComponentConfig::from_map(self.set.clone())
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        for key in &self.unset {
+            crate::component_config::check_key(key)
+                .map_err(|e| ApiError::bad_request(e.message))?;
+        }
         Ok(())
     }
 }

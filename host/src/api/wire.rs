@@ -1,6 +1,8 @@
 //! The bodies of the control API: one request type per endpoint (unknown fields refused),
 //! and the replies. Every request is checked with [`super::Validate`] on both sides.
 
+use std::collections::BTreeMap;
+
 use crate::sandbox::World;
 
 /// `component.upload`: record a component whose bytes are in the component store, or were
@@ -25,6 +27,27 @@ pub struct UploadRequest {
     /// Limit settings, `NAME=VALUE`.
     #[serde(default)]
     pub limits: Vec<String>,
+    /// `wasi:config/store` values, by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Send as a cast.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+/// `component.configure`: changes a component's `wasi:config/store` values, recorded as a new
+/// version with the same bytes and policy; an empty change is a read of the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureRequest {
+    /// The component.
+    pub name: String,
+    /// Keys to set (added or replaced).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Keys to remove; each must be set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
     /// Send as a cast.
     #[serde(default)]
     pub cast: bool,
@@ -411,6 +434,15 @@ pub struct UploadReply {
     /// The manifest now current.
     pub manifest: crate::bus::ComponentManifest,
     /// True when the same bytes and policy were already current (no new version).
+    pub unchanged: bool,
+}
+
+/// The reply to `component.configure`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigureReply {
+    /// The manifest now current, its `config` the values in force.
+    pub manifest: crate::bus::ComponentManifest,
+    /// True when the change left the values as they were (no new version).
     pub unchanged: bool,
 }
 

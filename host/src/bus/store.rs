@@ -22,6 +22,7 @@ use super::bucket::BucketSpec;
 use super::json_bucket::{BucketErrorKind, Change, JsonBucket, Unreadable, Versioned};
 use super::names;
 use super::{BusError, BusErrorKind};
+use crate::component_config::ComponentConfig;
 use crate::sandbox::{Digest, LimitError, Limits, World};
 
 /// How long a read of component bytes may take, and how long the server keeps its consumer
@@ -54,6 +55,10 @@ pub struct ComponentManifest {
     pub kv_read: Vec<String>,
     /// Limit settings (`NAME=VALUE`) applied over the world's defaults.
     pub limits: Vec<String>,
+    /// The values it reads through `wasi:config/store` (set with `--config`, changed with
+    /// `sandbus configure`).
+    #[serde(default, skip_serializing_if = "ComponentConfig::is_empty")]
+    pub config: ComponentConfig,
     /// When this version was recorded (RFC 3339).
     pub recorded_at: String,
     /// For a rollback: the version whose content this one restores.
@@ -94,6 +99,8 @@ pub struct ManifestDraft {
     pub kv_read: Vec<String>,
     /// Limit settings.
     pub limits: Vec<String>,
+    /// `wasi:config/store` values.
+    pub config: ComponentConfig,
 }
 
 /// A change seen by [`ComponentStore::watch`].
@@ -107,6 +114,10 @@ pub enum ManifestChange {
 
 /// What [`ComponentStore::watch`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per manifest change, passed along one at a time, never held in bulk"
+)]
 pub enum ManifestEvent {
     /// A manifest changed (or, early in a watch, is there).
     Change(ManifestChange),
@@ -326,6 +337,7 @@ impl ComponentStore {
             grants: draft.grants.clone(),
             kv_read: draft.kv_read.clone(),
             limits: draft.limits.clone(),
+            config: draft.config.clone(),
             recorded_at: now_rfc3339(),
             restored_from: None,
         })
@@ -358,6 +370,47 @@ impl ComponentStore {
             ..target.clone()
         })
         .await
+    }
+
+    /// Records `name`'s current content and policy with `config` as its values, as a new
+    /// version: what `sandbus configure` does, no bytes uploaded again. `expected` is the
+    /// version the change was computed from; if another change came in between, this one
+    /// is refused rather than silently applied over it.
+    pub async fn configure(
+        &self,
+        name: &str,
+        expected: u64,
+        config: ComponentConfig,
+    ) -> Result<ComponentManifest, BusError> {
+        let current = self.current(name).await?.ok_or_else(|| not_found(name))?;
+        let changed = |version: u64| {
+            BusError::new(
+                BusErrorKind::Conflict,
+                format!("`{name}` changed to version {version} while configuring it; try again"),
+            )
+        };
+        if current.value.version != expected {
+            return Err(changed(current.value.version));
+        }
+        // The current entry is the name's last change (it was not removed), so the next
+        // version is one more than its own.
+        let manifest = ComponentManifest {
+            version: current.value.version + 1,
+            recorded_at: now_rfc3339(),
+            config,
+            ..current.value.clone()
+        };
+        match self
+            .manifests
+            .update(&names::manifest_key(name), &manifest, current.revision)
+            .await
+        {
+            Ok(_) => Ok(manifest),
+            Err(e) if e.kind() == BucketErrorKind::LostRace => {
+                Err(changed(current.value.version + 1))
+            }
+            Err(e) => Err(e.into_bus_error("record the manifest")),
+        }
     }
 
     async fn write_next(

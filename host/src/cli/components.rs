@@ -1,4 +1,4 @@
-//! `sandbus upload`, `ls`, `rm` and `rollback`: the components a daemon runs. An upload is
+//! `sandbus upload`, `ls`, `rm` and `rollback` (`configure` is in its own file): the components a daemon runs. An upload is
 //! checked here first (the daemon's own checks), so a file that is plainly not a component,
 //! or a policy the daemon would refuse, never goes on the bus. The daemon records it without
 //! compiling it; every host compiles it in the background, and `ls` (and `upload --wait`)
@@ -16,6 +16,7 @@ use sandbus::api::{
     StageRequest, UploadReply, UploadRequest, endpoint,
 };
 use sandbus::bus::{ComponentManifest, HostInfo};
+use sandbus::component_config::ComponentConfig;
 use sandbus::grant::{ComponentPolicy, ManifestGrants, PolicyError};
 use sandbus::sandbox::{ComponentShape, Digest, World};
 
@@ -58,6 +59,11 @@ pub struct UploadArgs {
     /// Limit, as NAME=VALUE (memory=64MiB, timeout=2s, ...), repeatable.
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
+    /// A value the component reads through wasi:config/store, as KEY=VALUE, repeatable;
+    /// change them later without uploading again with `sandbus configure`. Not for secrets:
+    /// whoever may list components sees them.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
     /// Return at once; the result comes as a sandbus.request.finished event.
     #[arg(long, conflicts_with = "wait")]
     cast: bool,
@@ -93,11 +99,21 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
         world,
         grants,
         limits,
+        config,
         cast,
         wait,
         wait_timeout,
         client,
     } = args;
+    let config = match ComponentConfig::from_settings(&config) {
+        Ok(config) => config,
+        Err(e) => {
+            return Ok(output::fail(
+                &ApiError::bad_request(format!("--config: {e}")),
+                client.json,
+            ));
+        }
+    };
     let world = world.map(World::from);
     let bytes =
         std::fs::read(&file).with_context(|| format!("failed to read {}", file.display()))?;
@@ -134,6 +150,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
             grants: grants.publish,
             kv_read: grants.kv_read,
             limits,
+            config: config.as_map().clone(),
             cast,
         };
         if cast {
@@ -318,6 +335,10 @@ fn print_manifest(m: &ComponentManifest, hosts: &Readiness) {
     }
     if !m.limits.is_empty() {
         outln!("{:<24} limits: {}", "", m.limits.join(", "));
+    }
+    if !m.config.is_empty() {
+        let values: Vec<String> = m.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        outln!("{:<24} config: {}", "", printable(&values.join(", ")));
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
+use sandbus::component_config::ComponentConfig;
 use sandbus::dev::{self, Delivery, DevHost};
 use sandbus::devices::{self, DeviceSelector};
 use sandbus::grant::{ComponentPolicy, ManifestGrants};
@@ -81,6 +82,10 @@ pub struct ComponentArgs {
     /// publish-budget=1 (per call), publish-rate=100/s, payload=1MiB.
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
+    /// A value the component reads through wasi:config/store, KEY=VALUE, repeatable (what
+    /// `sandbus upload --config` records).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
 }
 
 /// Sandbox-wide settings.
@@ -137,12 +142,14 @@ impl ComponentArgs {
         let grants = ManifestGrants::parse(&self.grants)?;
         let policy =
             ComponentPolicy::check(&name, world, &grants.publish, &grants.kv_read, &self.limits)?;
+        let config = ComponentConfig::from_settings(&self.config).context("--config")?;
         Ok(ComponentSpec {
             name,
             expect: Some(world),
             grants: policy.publish,
             kv_read: policy.kv_read,
             limits: policy.limits,
+            config,
         })
     }
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod compile_worker;
 mod completions;
 mod components;
+mod configure;
 mod connect;
 mod daemon;
 mod dev;
@@ -82,6 +83,9 @@ enum Command {
     Rm(components::ComponentNameArgs),
     /// Point a component back at the content it had before its current one (a new version).
     Rollback(components::ComponentNameArgs),
+    /// Set or unset the values a component reads through wasi:config/store (a new version,
+    /// same bytes), or print them.
+    Configure(configure::ConfigureArgs),
     /// Subscribe a listener to event types; creates its durable consumer. Again on a
     /// subscribed listener: changes the subscription.
     Subscribe(subscriptions::SubscribeArgs),
@@ -182,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(client) => Ok(components::list(&client).await),
         Command::Rm(args) => Ok(components::remove(args).await),
         Command::Rollback(args) => Ok(components::rollback(args).await),
+        Command::Configure(args) => Ok(configure::configure(args).await),
         Command::Subscribe(args) => Ok(subscriptions::subscribe(args).await),
         Command::Unsubscribe(args) => Ok(subscriptions::unsubscribe(args).await),
         Command::Status(args) => Ok(subscriptions::status(args).await),

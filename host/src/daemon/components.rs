@@ -77,6 +77,7 @@ pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, PolicyErro
         grants: policy.publish,
         kv_read: policy.kv_read,
         limits: policy.limits,
+        config: manifest.config.clone(),
     })
 }
 

@@ -13,5 +13,6 @@ pub mod kv_read;
 pub mod log;
 pub mod usb;
 pub mod wasi;
+pub mod wasi_config;
 pub mod wasi_keyvalue;
 pub mod wasi_logging;

@@ -33,6 +33,7 @@ use crate::imports::kv::{KvQuota, KvState};
 use crate::imports::kv_read::KvReadState;
 use crate::imports::log::{InvocationLog, LogState};
 use crate::imports::usb::UsbState;
+use crate::imports::wasi_config::ConfigState;
 use crate::invocation::InvocationId;
 
 /// Most WASI resources (streams, pollables...) one invocation may hold at once.
@@ -132,6 +133,7 @@ impl PreparedComponent {
                 table
             },
             http: HttpState::new(log.clone()),
+            config: ConfigState::new(self.config.clone()),
             log: LogState { log: log.clone() },
             bus: BusState {
                 grants: self.grants.clone(),

@@ -24,6 +24,7 @@ use super::{
 use crate::bindings::hook::HookPre;
 use crate::bindings::listener::ListenerPre;
 use crate::bindings::script::ScriptPre;
+use crate::component_config::ComponentConfig;
 use crate::imports;
 use crate::imports::bus::PublishRate;
 use crate::imports::kv_read::KvReadGrants;
@@ -332,6 +333,7 @@ impl Sandbox {
             budget: self.budget.clone(),
             grants: Arc::new(spec.grants),
             kv_read: Arc::new(spec.kv_read),
+            config: Arc::new(spec.config),
             limits,
             engine: self.engine.clone(),
             fuel: self.config.fuel,
@@ -388,6 +390,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     imports::http::add_to_linker(&mut linker)?;
     imports::log::add_to_linker(&mut linker, |s| &mut s.log)?;
     imports::wasi_logging::add_to_linker(&mut linker, |s| &mut s.log)?;
+    imports::wasi_config::add_to_linker(&mut linker, |s| &mut s.config)?;
     imports::bus::add_to_linker(&mut linker, |s| &mut s.bus)?;
     imports::kv::add_to_linker(&mut linker, |s| &mut s.kv)?;
     imports::wasi_keyvalue::add_to_linker(&mut linker, |s| imports::wasi_keyvalue::WasiKeyValue {
@@ -412,4 +415,6 @@ pub struct ComponentSpec {
     pub kv_read: KvReadGrants,
     /// Its limits.
     pub limits: Limits,
+    /// The values it reads through `wasi:config/store`.
+    pub config: ComponentConfig,
 }

@@ -22,6 +22,7 @@ const WASI_VERSION: &str = "0.2.0";
 /// unversioned, as wasmCloud's tooling writes it).
 const STANDARD: &[(&str, &[&str], &str)] = &[
     ("wasi:logging", &["logging"], "0.1.0-draft"),
+    ("wasi:config", &["store"], "0.2.0-draft"),
     (
         "wasi:keyvalue",
         &["store", "atomics", "batch"],
@@ -109,7 +110,8 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
             "the component imports {} this host does not provide to a {world}: {}. A {world} \
              may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and WASI 0.2 (cli, io, clocks, \
              random; filesystem, sockets and http are present but empty), \
-             wasi:logging/logging and wasi:keyvalue/{{store, atomics, batch}}@0.2.0-draft",
+             wasi:logging/logging, wasi:config/store@0.2.0-draft and \
+             wasi:keyvalue/{{store, atomics, batch}}@0.2.0-draft",
             if refused.len() == 1 {
                 "1 interface".to_owned()
             } else {
@@ -178,8 +180,9 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
         if !interfaces.contains(&name.interface) {
             return refused(
                 format!(
-                    "of `{package}`, only {} are provided",
-                    interfaces.join(", ")
+                    "of `{package}`, only {} {} provided",
+                    interfaces.join(", "),
+                    if interfaces.len() == 1 { "is" } else { "are" }
                 ),
                 None,
             );
@@ -212,13 +215,7 @@ fn refuse<'a>(world: World, import: &'a str) -> Option<RefusedImport<'a>> {
             ),
         );
     }
-    let fix = match name.package {
-        "wasi:config" => Some(format!(
-            "a standard interface this host does not offer yet: use {PACKAGE}/kv"
-        )),
-        _ => None,
-    };
-    refused(format!("package `{}` is not provided", name.package), fix)
+    refused(format!("package `{}` is not provided", name.package), None)
 }
 
 #[cfg(test)]
@@ -244,6 +241,7 @@ mod tests {
             "wasi:keyvalue/store@0.2.0-draft",
             "wasi:keyvalue/atomics@0.2.0-draft",
             "wasi:keyvalue/batch@0.2.0-draft",
+            "wasi:config/store@0.2.0-draft",
         ]);
         assert!(check_imports(World::Listener, &ok).is_ok());
         assert!(check_imports(World::Script, &imports(&["sandbus:host/usb@0.1.0"])).is_ok());
@@ -294,9 +292,14 @@ mod tests {
                 Some("wit/deps/"),
             ),
             (
-                "wasi:config/store@0.2.0-draft",
-                "package `wasi:config`",
-                Some("sandbus:host/kv"),
+                "wasi:config/runtime@0.2.0-draft",
+                "of `wasi:config`, only store is provided",
+                None,
+            ),
+            (
+                "wasi:blobstore/container@0.2.0-draft",
+                "package `wasi:blobstore`",
+                None,
             ),
             ("acme:thing/api@1.0.0", "package `acme:thing`", None),
         ] {
@@ -344,7 +347,7 @@ mod tests {
             &imports(&[
                 "wasi:cli/environment@0.3.0",
                 "wasi:cli/stdout@0.2.0",
-                "wasi:config/store@0.2.0-draft",
+                "wasi:blobstore/container@0.2.0-draft",
                 "wasi:io/streams@0.3.0",
                 "wasi:keyvalue/store@0.2.1",
             ]),
@@ -361,8 +364,8 @@ mod tests {
         );
         assert!(
             message.contains(
-                "; `wasi:config/store@0.2.0-draft`: package `wasi:config` is not provided (a \
-                 standard interface"
+                "; `wasi:blobstore/container@0.2.0-draft`: package `wasi:blobstore` is not \
+                 provided"
             ),
             "{message}"
         );
@@ -377,7 +380,8 @@ mod tests {
             message.ends_with(
                 "A listener may import sandbus:host/{types, log, bus, kv, kv-read}@0.1.0 and \
                  WASI 0.2 (cli, io, clocks, random; filesystem, sockets and http are present but \
-                 empty), wasi:logging/logging and wasi:keyvalue/{store, atomics, batch}@0.2.0-draft"
+                 empty), wasi:logging/logging, wasi:config/store@0.2.0-draft and \
+                 wasi:keyvalue/{store, atomics, batch}@0.2.0-draft"
             ),
             "{message}"
         );

@@ -17,6 +17,7 @@ use super::{
 use crate::bindings::hook::{Hook, HookPre};
 use crate::bindings::listener::{Listener, ListenerPre};
 use crate::bindings::script::{Script, ScriptPre};
+use crate::component_config::ComponentConfig;
 use crate::event::CanonicalEvent;
 use crate::imports::bus::PublishRate;
 use crate::imports::kv_read::KvReadGrants;
@@ -39,6 +40,8 @@ pub struct PreparedComponent {
     pub(super) limits: Limits,
     pub(super) grants: Arc<PublishGrants>,
     pub(super) kv_read: Arc<KvReadGrants>,
+    /// Its `wasi:config/store` values, shared by every call.
+    pub(super) config: Arc<ComponentConfig>,
     pub(super) rate: Arc<PublishRate>,
     /// One permit per instance the component may have at once.
     pub(super) slots: Arc<Semaphore>,

@@ -13,6 +13,7 @@ use crate::imports::kv_read::KvReadState;
 use crate::imports::log::LogState;
 use crate::imports::usb::UsbState;
 use crate::imports::wasi;
+use crate::imports::wasi_config::ConfigState;
 
 /// Everything a guest's imports can reach during one call. Dropped with the store when the
 /// call ends: nothing carries over to the next invocation.
@@ -22,6 +23,7 @@ pub struct InvocationState {
     pub(crate) wasi: Option<WasiCtx>,
     pub(crate) table: ResourceTable,
     pub(crate) http: HttpState,
+    pub(crate) config: ConfigState,
     pub(crate) log: LogState,
     pub(crate) bus: BusState,
     pub(crate) kv: KvState,

@@ -90,6 +90,7 @@ fn spec(name: &str, world: World, grants: &[&str], limits: &[&str]) -> Component
         grants: PublishGrants::new(grants.iter().map(|g| SubjectPattern::parse(g).unwrap())),
         kv_read: Default::default(),
         limits: l,
+        config: Default::default(),
     }
 }
 

@@ -141,6 +141,7 @@ fn manifest(name: &str, version: u64, digest: &str) -> ComponentManifest {
         grants: Vec::new(),
         kv_read: Vec::new(),
         limits: Vec::new(),
+        config: Default::default(),
         recorded_at: "2026-01-01T00:00:00Z".to_owned(),
         restored_from: None,
     }

@@ -1,13 +1,15 @@
 //! The control API's component endpoints (`component.*`): staging bytes, uploading (checked
 //! with the one policy check and everything else that needs no compile, then recorded;
-//! every host compiles it in the background), removing and rolling back.
+//! every host compiles it in the background), removing, rolling back and configuring.
 
 use super::ControlApi;
 use crate::api::{
-    ApiError, ApiErrorKind, NameRequest, StageReply, StageRequest, UploadReply, UploadRequest,
+    ApiError, ApiErrorKind, ConfigureReply, ConfigureRequest, NameRequest, StageReply,
+    StageRequest, UploadReply, UploadRequest,
 };
 use crate::bus::ack_wait_for;
 use crate::bus::{ComponentManifest, ManifestDraft};
+use crate::component_config::ComponentConfig;
 use crate::daemon::components::spec_of;
 use crate::daemon::host_events::{ComponentAdded, ComponentRemoved, HostEvent};
 use crate::sandbox::{ComponentShape, Digest, World};
@@ -118,6 +120,8 @@ impl ControlApi {
         let world = ComponentShape::read(&bytes)
             .and_then(|shape| shape.check(request.world))
             .map_err(|e| ApiError::bad_request(e.message))?;
+        let config = ComponentConfig::from_map(request.config.clone())
+            .map_err(|e| ApiError::bad_request(e.message))?;
         let candidate = ComponentManifest {
             name: request.name.clone(),
             version: 0,
@@ -127,6 +131,7 @@ impl ControlApi {
             grants: request.grants.clone(),
             kv_read: request.kv_read.clone(),
             limits: request.limits.clone(),
+            config,
             recorded_at: String::new(),
             restored_from: None,
         };
@@ -177,6 +182,7 @@ impl ControlApi {
             && current.grants == candidate.grants
             && current.kv_read == candidate.kv_read
             && current.limits == candidate.limits
+            && current.config == candidate.config
             && current.world == world
         {
             return Ok(UploadReply {
@@ -194,6 +200,7 @@ impl ControlApi {
                 grants: candidate.grants,
                 kv_read: candidate.kv_read,
                 limits: candidate.limits,
+                config: candidate.config,
             })
             .await?;
         self.component_event(
@@ -310,6 +317,43 @@ impl ControlApi {
         )
         .await;
         Ok(manifest)
+    }
+
+    /// `component.configure`: the component's `wasi:config/store` values with `set` and
+    /// `unset` applied, recorded as a new version of the same bytes and policy (every host
+    /// reloads it without compiling; calls already running keep the values they started
+    /// with). A change that leaves the values as they are records nothing, so an empty
+    /// request reads them.
+    pub(super) async fn configure(
+        &self,
+        request: ConfigureRequest,
+    ) -> Result<ConfigureReply, ApiError> {
+        let current = self.uploaded(&request.name).await?;
+        let config = current
+            .config
+            .changed(&request.set, &request.unset)
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        if config == current.config {
+            return Ok(ConfigureReply {
+                manifest: current,
+                unchanged: true,
+            });
+        }
+        let manifest = self
+            .store
+            .configure(&request.name, current.version, config)
+            .await?;
+        self.component_event(
+            ComponentAdded {
+                manifest: manifest.clone(),
+            },
+            &manifest,
+        )
+        .await;
+        Ok(ConfigureReply {
+            manifest,
+            unchanged: false,
+        })
     }
 
     /// Emits `event` (a version of `manifest` added or removed) with an id made of the

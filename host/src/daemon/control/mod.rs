@@ -106,6 +106,7 @@ impl router::Handler for ControlApi {
             Request::List => reply::<e::List>(self.store.list().await?),
             Request::Remove(r) => reply::<e::Remove>(self.remove(r).await?),
             Request::Rollback(r) => reply::<e::Rollback>(self.rollback(r).await?),
+            Request::Configure(r) => reply::<e::Configure>(self.configure(r).await?),
             Request::Subscribe(r) => reply::<e::Subscribe>(self.subscribe(r).await?),
             Request::Unsubscribe(r) => {
                 reply::<e::Unsubscribe>(self.subscriptions.remove(&r.name).await?)

@@ -409,6 +409,7 @@ pub(super) fn compile(guest: &str, limits: Vec<String>) -> Arc<LoadedComponent> 
         grants: vec!["echo.>".to_owned()],
         kv_read: Vec::new(),
         limits,
+        config: Default::default(),
         recorded_at: "2026-01-01T00:00:00Z".to_owned(),
         restored_from: None,
     };
