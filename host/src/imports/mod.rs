@@ -15,3 +15,4 @@ pub mod usb;
 pub mod wasi;
 pub mod wasi_keyvalue;
 pub mod wasi_logging;
+pub mod wasmcloud_messaging;
