@@ -444,6 +444,39 @@ mod tests {
     }
 
     #[test]
+    fn a_wasmcloud_messaging_handler_is_a_listener_of_its_own_handler() {
+        let s = shape(
+            &["wasmcloud:messaging/consumer@0.2.0"],
+            &["wasmcloud:messaging/handler@0.2.0"],
+        );
+        assert_eq!(s.check(Some(World::Listener)).unwrap(), World::Listener);
+        assert_eq!(
+            s.listener_handler(),
+            Some(ListenerHandler::WasmcloudMessaging)
+        );
+        let s = shape(&[], &["sandbus:host/handler@0.1.0"]);
+        assert_eq!(s.listener_handler(), Some(ListenerHandler::Sandbus));
+        // Another major of wasmCloud's contract is not one this host speaks.
+        let err = shape(&[], &["wasmcloud:messaging/handler@0.3.0"])
+            .check(None)
+            .unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::MissingExport);
+        assert!(err.message.contains(MESSAGING_HANDLER), "{}", err.message);
+        // Both handlers at once: which one would the events go to?
+        let err = shape(
+            &[],
+            &[
+                "sandbus:host/handler@0.1.0",
+                "wasmcloud:messaging/handler@0.2.0",
+            ],
+        )
+        .check(None)
+        .unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::WrongWorld);
+        assert!(err.message.contains("one handler"), "{}", err.message);
+    }
+
+    #[test]
     fn non_wasm_and_core_modules_are_told_apart() {
         let err = ComponentShape::read(b"hello world, not wasm").unwrap_err();
         assert_eq!(err.kind, LoadErrorKind::NotWasm);

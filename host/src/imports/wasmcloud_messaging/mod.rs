@@ -158,3 +158,158 @@ pub fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     MessagingWorld::add_to_linker::<T, WasmcloudMessaging>(linker, get)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use consumer::Host as _;
+
+    use super::*;
+    use crate::imports::bus::{
+        PublishError, PublishRate, PublishThrottle, Publisher, RecordingPublisher, Reply,
+    };
+    use crate::subject::{PublishGrants, SubjectPattern};
+
+    fn bus(grant: &str, publisher: Arc<dyn Publisher>) -> BusState {
+        BusState {
+            grants: Arc::new(PublishGrants::new([SubjectPattern::parse(grant).unwrap()])),
+            publisher,
+            max_payload: 64,
+            rate: Arc::new(PublishRate::new(100, 100)),
+            budget: 0,
+            throttle: PublishThrottle::default(),
+            published: 0,
+            depth: 0,
+        }
+    }
+
+    fn message(subject: &str, reply_to: Option<&str>) -> BrokerMessage {
+        BrokerMessage {
+            subject: subject.into(),
+            body: b"hello".to_vec(),
+            reply_to: reply_to.map(Into::into),
+        }
+    }
+
+    /// A bus on which every request waits out its timeout: it keeps the timeout it got.
+    #[derive(Default)]
+    struct SilentBus {
+        waited: Mutex<Vec<Duration>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Publisher for SilentBus {
+        async fn publish(&self, _message: OutboundMessage) -> Result<(), PublishError> {
+            Ok(())
+        }
+
+        async fn request(
+            &self,
+            _message: OutboundMessage,
+            timeout: Duration,
+        ) -> Result<Reply, RequestError> {
+            self.waited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(timeout);
+            Err(RequestError::TimedOut(timeout))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_never_waits_past_the_calls_deadline() {
+        let silent = Arc::new(SilentBus::default());
+        let mut state = bus("ask.>", silent.clone());
+        let mut messaging = Messaging {
+            bus: &mut state,
+            deadline: Instant::now() + Duration::from_millis(200),
+        };
+        let why = messaging
+            .request("ask.me".into(), b"?".to_vec(), 60_000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("before this call's deadline"), "{why}");
+        let waited = silent.waited.lock().unwrap_or_else(PoisonError::into_inner)[0];
+        assert!(waited <= Duration::from_millis(200), "{waited:?}");
+        // A shorter timeout than the time left is kept as asked.
+        let mut messaging = Messaging {
+            bus: &mut state,
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        let why = messaging
+            .request("ask.me".into(), b"?".to_vec(), 20)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            why.contains("within 20 ms; ask with a longer timeout"),
+            "{why}"
+        );
+        assert_eq!(state.published, 2, "a request counts as a publish");
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_must_be_granted_like_the_subject() {
+        let recording = Arc::new(RecordingPublisher::default());
+        let mut state = bus("svc.>", recording.clone());
+        let mut messaging = Messaging {
+            bus: &mut state,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let why = messaging
+            .publish(message("svc.a", Some("_INBOX.stolen")))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            why.starts_with("reply-to: `_INBOX.stolen` is in a reserved space (_*.>)"),
+            "{why}"
+        );
+        let why = messaging
+            .publish(message("svc.a", Some("other.answers")))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("--grant publish=other.answers"), "{why}");
+        assert!(recording.take().is_empty(), "nothing was sent");
+        messaging
+            .publish(message("svc.a", Some("svc.answers")))
+            .await
+            .unwrap()
+            .unwrap();
+        let sent = recording.take();
+        assert_eq!(sent[0].reply_to.as_deref(), Some("svc.answers"));
+    }
+
+    #[tokio::test]
+    async fn the_events_stream_and_oversized_bodies_are_refused_saying_why() {
+        let recording = Arc::new(RecordingPublisher::default());
+        let mut state = bus(">", recording.clone());
+        let mut messaging = Messaging {
+            bus: &mut state,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let why = messaging
+            .publish(message("events.vm.started", None))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("takes canonical events only"), "{why}");
+        let why = messaging
+            .request("events.vm.started".into(), vec![], 10)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("takes canonical events only"), "{why}");
+        let mut big = message("svc.a", None);
+        big.body = vec![0; 65];
+        let why = messaging.publish(big).await.unwrap().unwrap_err();
+        assert!(
+            why.contains("payload limit of 64 bytes") && why.contains("--limit payload="),
+            "{why}"
+        );
+        assert!(recording.take().is_empty());
+    }
+}
