@@ -12,6 +12,10 @@
 //!
 //! - `per_event_language/{rust,python,javascript}`: `per_event/pooling` for the trivial
 //!   listener written in Rust, Python (componentize-py) and JavaScript (componentize-js).
+//! - `per_event_language/wasmcloud-messaging`: the Rust `messaging-echo-listener` (a
+//!   wasmCloud messaging component), handed each event as a broker message (the event
+//!   serialised to CloudEvents JSON), logging one line and having its ungranted echo publish
+//!   refused; against the `rust` row, what the messaging shape costs on top of a no-op.
 //!
 //! Needs `target/guests/noop-listener.wasm` and the Python and JavaScript no-op listeners
 //! (`scripts/build-guests.sh`). Run through
@@ -145,6 +149,7 @@ fn per_event_language(c: &mut Criterion) {
         ("rust", "noop-listener"),
         ("python", "python-noop-listener"),
         ("javascript", "js-noop-listener"),
+        ("wasmcloud-messaging", "messaging-echo-listener"),
     ] {
         let spec = ComponentSpec {
             name: name.into(),

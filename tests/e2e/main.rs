@@ -27,6 +27,7 @@ mod hooks;
 mod idle_listeners;
 mod inspect;
 mod listener_limits;
+mod messaging_listener;
 mod nats_habits;
 mod operations;
 mod replicated_kv;

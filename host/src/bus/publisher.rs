@@ -12,7 +12,9 @@ use async_nats::jetstream::context::PublishError as JsPublishError;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, ErrorCode};
 
-use crate::imports::bus::{OutboundMessage, PublishError, Publisher};
+use async_nats::{Request, RequestErrorKind};
+
+use crate::imports::bus::{OutboundMessage, PublishError, Publisher, Reply, RequestError};
 use crate::subject::EVENTS_PREFIX;
 
 /// How long one publish may wait for the server before the guest gets `unavailable`.
@@ -102,10 +104,24 @@ impl Publisher for NatsPublisher {
                     .map_err(|e| unavailable(&e))?;
             } else {
                 let client = self.js.client();
-                client
-                    .publish_with_headers(message.subject, headers, message.payload)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
+                match message.reply_to {
+                    Some(reply) => {
+                        client
+                            .publish_with_reply_and_headers(
+                                message.subject,
+                                reply,
+                                headers,
+                                message.payload,
+                            )
+                            .await
+                    }
+                    None => {
+                        client
+                            .publish_with_headers(message.subject, headers, message.payload)
+                            .await
+                    }
+                }
+                .map_err(|e| unavailable(&e))?;
                 client.flush().await.map_err(|e| unavailable(&e))?;
             }
             Ok(())
@@ -117,6 +133,39 @@ impl Publisher for NatsPublisher {
                     "the bus did not answer in time".into(),
                 ))
             })
+    }
+
+    /// A plain NATS request (a reply inbox and one answer), never through JetStream: the
+    /// guest's checks refuse event subjects before this.
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &message.headers {
+            headers.append(name.as_str(), value.as_str());
+        }
+        let request = Request::new()
+            .payload(message.payload)
+            .headers(headers)
+            .timeout(Some(timeout));
+        match self
+            .js
+            .client()
+            .send_request(message.subject, request)
+            .await
+        {
+            Ok(answer) => Ok(Reply {
+                subject: answer.subject.to_string(),
+                payload: answer.payload,
+            }),
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => RequestError::NoResponders,
+                RequestErrorKind::TimedOut => RequestError::TimedOut(timeout),
+                _ => RequestError::Unavailable(e.to_string()),
+            }),
+        }
     }
 }
 

@@ -16,3 +16,4 @@ pub mod wasi;
 pub mod wasi_config;
 pub mod wasi_keyvalue;
 pub mod wasi_logging;
+pub mod wasmcloud_messaging;

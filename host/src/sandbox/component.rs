@@ -17,6 +17,26 @@ pub const PACKAGE: &str = "sandbus:host";
 /// The package version this host implements; components built against any `0.1.x` load.
 pub const PACKAGE_VERSION: &str = "0.1.0";
 
+/// wasmCloud's messaging handler: a component exporting it (any `0.2.x`) is a listener, its
+/// events handed over as broker messages.
+pub const MESSAGING_HANDLER: &str = "wasmcloud:messaging/handler@0.2.0";
+/// The package and version of [`MESSAGING_HANDLER`].
+const MESSAGING_PACKAGE: &str = "wasmcloud:messaging";
+const MESSAGING_VERSION: &str = "0.2.0";
+
+/// The interface a listener's events arrive through: what its world's `listener` means for
+/// this component. Everything else about a listener (subscriptions, retries, dead letters,
+/// limits, metering) is the same for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerHandler {
+    /// `sandbus:host/handler`: handed the canonical event, answers with an outcome.
+    Sandbus,
+    /// `wasmcloud:messaging/handler`: handed a broker message (the event's subject, the event
+    /// as CloudEvents JSON); an `Err` is a failed delivery with that reason.
+    WasmcloudMessaging,
+}
+
 /// The role a component plays, named after its WIT world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +70,9 @@ impl World {
     }
 
     fn from_export(name: &InterfaceName<'_>) -> Option<World> {
+        if ListenerHandler::from_export(name) == Some(ListenerHandler::WasmcloudMessaging) {
+            return Some(World::Listener);
+        }
         if name.package != PACKAGE || !compatible_version(name.version, PACKAGE_VERSION) {
             return None;
         }
@@ -67,6 +90,31 @@ impl World {
             World::Listener | World::Hook => &["types", "log", "bus", "kv", "kv-read"],
             // Only a script runs against a leased device.
             World::Script => &["types", "log", "bus", "kv", "kv-read", "usb"],
+        }
+    }
+}
+
+impl ListenerHandler {
+    /// The interface's name, as a component exports it.
+    pub fn interface(self) -> String {
+        match self {
+            ListenerHandler::Sandbus => format!("{PACKAGE}/handler@{PACKAGE_VERSION}"),
+            ListenerHandler::WasmcloudMessaging => MESSAGING_HANDLER.to_owned(),
+        }
+    }
+
+    fn from_export(name: &InterfaceName<'_>) -> Option<ListenerHandler> {
+        if name.interface != "handler" {
+            return None;
+        }
+        if name.package == PACKAGE && compatible_version(name.version, PACKAGE_VERSION) {
+            Some(ListenerHandler::Sandbus)
+        } else if name.package == MESSAGING_PACKAGE
+            && compatible_version(name.version, MESSAGING_VERSION)
+        {
+            Some(ListenerHandler::WasmcloudMessaging)
+        } else {
+            None
         }
     }
 }
@@ -221,18 +269,30 @@ impl ComponentShape {
                 LoadErrorKind::MissingExport,
                 format!(
                     "the component exports none of {PACKAGE}/handler@{PACKAGE_VERSION} (a \
-                     listener), {PACKAGE}/runner@{PACKAGE_VERSION} (a script) or \
-                     {PACKAGE}/check@{PACKAGE_VERSION} (a hook); it exports [{}]. \
-                     Build it against the `listener`, `script` or `hook` world in wit/",
+                     listener), {PACKAGE}/runner@{PACKAGE_VERSION} (a script), \
+                     {PACKAGE}/check@{PACKAGE_VERSION} (a hook) or {MESSAGING_HANDLER} (a \
+                     messaging listener); it exports [{}]. Build it against the `listener`, \
+                     `script` or `hook` world in wit/, or export wasmCloud's messaging \
+                     handler (wit/deps/wasmcloud-messaging)",
                     self.exports.join(", ")
                 ),
             )),
             _ => Err(LoadError::new(
                 LoadErrorKind::WrongWorld,
-                "the component exports both a listener handler and a script runner; \
-                 build one component per role",
+                format!(
+                    "the component exports the interfaces of more than one role or handler \
+                     ([{}]); build one component per role, with one handler",
+                    self.exports.join(", ")
+                ),
             )),
         }
+    }
+
+    /// The interface a listener's events arrive through, when the component exports one.
+    pub fn listener_handler(&self) -> Option<ListenerHandler> {
+        self.exports
+            .iter()
+            .find_map(|e| InterfaceName::parse(e).and_then(|n| ListenerHandler::from_export(&n)))
     }
 
     /// Checks the component is of the `expected` world and imports only what that world
@@ -381,6 +441,39 @@ mod tests {
             .check(None)
             .unwrap_err();
         assert_eq!(err.kind, LoadErrorKind::MissingExport);
+    }
+
+    #[test]
+    fn a_wasmcloud_messaging_handler_is_a_listener_of_its_own_handler() {
+        let s = shape(
+            &["wasmcloud:messaging/consumer@0.2.0"],
+            &["wasmcloud:messaging/handler@0.2.0"],
+        );
+        assert_eq!(s.check(Some(World::Listener)).unwrap(), World::Listener);
+        assert_eq!(
+            s.listener_handler(),
+            Some(ListenerHandler::WasmcloudMessaging)
+        );
+        let s = shape(&[], &["sandbus:host/handler@0.1.0"]);
+        assert_eq!(s.listener_handler(), Some(ListenerHandler::Sandbus));
+        // Another major of wasmCloud's contract is not one this host speaks.
+        let err = shape(&[], &["wasmcloud:messaging/handler@0.3.0"])
+            .check(None)
+            .unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::MissingExport);
+        assert!(err.message.contains(MESSAGING_HANDLER), "{}", err.message);
+        // Both handlers at once: which one would the events go to?
+        let err = shape(
+            &[],
+            &[
+                "sandbus:host/handler@0.1.0",
+                "wasmcloud:messaging/handler@0.2.0",
+            ],
+        )
+        .check(None)
+        .unwrap_err();
+        assert_eq!(err.kind, LoadErrorKind::WrongWorld);
+        assert!(err.message.contains("one handler"), "{}", err.message);
     }
 
     #[test]

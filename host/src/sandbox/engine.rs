@@ -18,12 +18,13 @@ use super::component::check_world;
 use super::prepared::{Pre, PreparedComponent};
 use super::{
     ArtifactCache, CompileMode, CompileSettings, ComponentShape, ConfigError, Digest,
-    InvocationState, Limits, LoadError, LoadErrorKind, PACKAGE, PACKAGE_VERSION, SandboxConfig,
-    World, validate_component_name,
+    InvocationState, Limits, ListenerHandler, LoadError, LoadErrorKind, PACKAGE, PACKAGE_VERSION,
+    SandboxConfig, World, validate_component_name,
 };
 use crate::bindings::hook::HookPre;
 use crate::bindings::listener::ListenerPre;
 use crate::bindings::script::ScriptPre;
+use crate::bindings::wasmcloud_messaging::ListenerPre as MessagingListenerPre;
 use crate::component_config::ComponentConfig;
 use crate::imports;
 use crate::imports::bus::PublishRate;
@@ -293,7 +294,12 @@ impl Sandbox {
             )
         };
         let pre = match world {
-            World::Listener => Pre::Listener(ListenerPre::new(instance_pre).map_err(incompatible)?),
+            World::Listener => match ComponentShape::read(bytes)?.listener_handler() {
+                Some(ListenerHandler::WasmcloudMessaging) => Pre::MessagingListener(
+                    MessagingListenerPre::new(instance_pre).map_err(incompatible)?,
+                ),
+                _ => Pre::Listener(ListenerPre::new(instance_pre).map_err(incompatible)?),
+            },
             World::Script => Pre::Script(ScriptPre::new(instance_pre).map_err(incompatible)?),
             World::Hook => Pre::Hook(HookPre::new(instance_pre).map_err(incompatible)?),
         };
@@ -396,6 +402,12 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<InvocationState>> {
     imports::wasi_keyvalue::add_to_linker(&mut linker, |s| imports::wasi_keyvalue::WasiKeyValue {
         kv: &mut s.kv,
         table: &mut s.table,
+    })?;
+    imports::wasmcloud_messaging::add_to_linker(&mut linker, |s| {
+        imports::wasmcloud_messaging::Messaging {
+            bus: &mut s.bus,
+            deadline: s.deadline,
+        }
     })?;
     imports::kv_read::add_to_linker(&mut linker, |s| &mut s.kv_read)?;
     imports::usb::add_to_linker(&mut linker, |s| &mut s.usb)?;

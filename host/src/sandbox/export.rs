@@ -13,10 +13,16 @@ use crate::bindings::listener::{Listener, ListenerPre};
 use crate::bindings::script::exports::sandbus::host::runner::Report as WitReport;
 use crate::bindings::script::{Script, ScriptPre};
 use crate::bindings::types::Event as WitEvent;
+use crate::bindings::wasmcloud_messaging::wasmcloud::messaging::types::BrokerMessage;
+use crate::bindings::wasmcloud_messaging::{
+    Listener as MessagingListener, ListenerPre as MessagingListenerPre,
+};
 use crate::event::CanonicalEvent;
+use crate::subject::event_subject;
 
 /// What the call path needs to know of one world's export: implemented by the instance type
-/// of each world's bindings ([`Listener`], [`Script`], [`Hook`]).
+/// of each world's bindings ([`Listener`], [`Script`], [`Hook`]), and of wasmCloud's
+/// messaging handler, a listener of another shape ([`MessagingListener`]).
 pub(super) trait Export: Sized + Send + Sync {
     /// The world the export belongs to.
     const WORLD: World;
@@ -99,6 +105,71 @@ impl Export for Listener {
 
     fn read(returned: WitOutcome) -> (usize, HandlerOutcome) {
         let outcome = HandlerOutcome::from(returned);
+        (outcome.size(), outcome)
+    }
+}
+
+/// An event as a broker message: on its subject on the events stream, its body the event
+/// as structured-mode CloudEvents JSON (the same bytes the stream holds for an event
+/// published in structured mode), no reply expected.
+impl From<CanonicalEvent> for BrokerMessage {
+    fn from(event: CanonicalEvent) -> Self {
+        Self {
+            subject: event_subject(&event.ty),
+            body: event.to_json(),
+            reply_to: None,
+        }
+    }
+}
+
+impl Export for MessagingListener {
+    const WORLD: World = World::Listener;
+    type Pre = MessagingListenerPre<InvocationState>;
+    type Given = CanonicalEvent;
+    type Input = BrokerMessage;
+    type Returned = Result<(), String>;
+    type Output = HandlerOutcome;
+
+    fn pre(pre: &Pre) -> Option<&Self::Pre> {
+        match pre {
+            Pre::MessagingListener(pre) => Some(pre),
+            _ => None,
+        }
+    }
+
+    fn size(event: &CanonicalEvent) -> usize {
+        event.size()
+    }
+
+    fn depth(event: &CanonicalEvent) -> u32 {
+        event.depth
+    }
+
+    async fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<InvocationState>,
+    ) -> wasmtime::Result<Self> {
+        pre.instantiate_async(store).await
+    }
+
+    async fn call_export(
+        &self,
+        store: &mut Store<InvocationState>,
+        message: &BrokerMessage,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.wasmcloud_messaging_handler()
+            .call_handle_message(store, message)
+            .await
+    }
+
+    /// `Ok` acknowledges the event; an `Err` rejects it with the guest's text as the reason
+    /// (retried while deliveries remain, then dead-lettered), as a sandbus listener's
+    /// `reject` is.
+    fn read(returned: Result<(), String>) -> (usize, HandlerOutcome) {
+        let outcome = match returned {
+            Ok(()) => HandlerOutcome::Ok,
+            Err(reason) => HandlerOutcome::Reject { reason },
+        };
         (outcome.size(), outcome)
     }
 }

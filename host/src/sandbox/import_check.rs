@@ -28,6 +28,7 @@ const STANDARD: &[(&str, &[&str], &str)] = &[
         &["store", "atomics", "batch"],
         "0.2.0-draft",
     ),
+    ("wasmcloud:messaging", &["types", "consumer"], "0.2.0"),
 ];
 /// The `wasi:http` interfaces a guest may import (present, every request denied; see
 /// `imports::http`). `incoming-handler` is something a guest exports, never imports.
@@ -110,8 +111,9 @@ pub(super) fn check_imports(world: World, imports: &[String]) -> Result<(), Load
             "the component imports {} this host does not provide to a {world}: {}. A {world} \
              may import {PACKAGE}/{{{}}}@{PACKAGE_VERSION} and WASI 0.2 (cli, io, clocks, \
              random; filesystem, sockets and http are present but empty), \
-             wasi:logging/logging, wasi:config/store@0.2.0-draft and \
-             wasi:keyvalue/{{store, atomics, batch}}@0.2.0-draft",
+             wasi:logging/logging, wasi:config/store@0.2.0-draft, \
+             wasi:keyvalue/{{store, atomics, batch}}@0.2.0-draft and \
+             wasmcloud:messaging/{{types, consumer}}@0.2.0",
             if refused.len() == 1 {
                 "1 interface".to_owned()
             } else {
@@ -242,6 +244,9 @@ mod tests {
             "wasi:keyvalue/atomics@0.2.0-draft",
             "wasi:keyvalue/batch@0.2.0-draft",
             "wasi:config/store@0.2.0-draft",
+            // What a wasmCloud messaging component imports to send.
+            "wasmcloud:messaging/types@0.2.0",
+            "wasmcloud:messaging/consumer@0.2.0",
         ]);
         assert!(check_imports(World::Listener, &ok).is_ok());
         assert!(check_imports(World::Script, &imports(&["sandbus:host/usb@0.1.0"])).is_ok());
@@ -300,6 +305,16 @@ mod tests {
                 "wasi:blobstore/container@0.2.0-draft",
                 "package `wasi:blobstore`",
                 None,
+            ),
+            (
+                "wasmcloud:messaging/handler@0.2.0",
+                "of `wasmcloud:messaging`, only types, consumer are provided",
+                None,
+            ),
+            (
+                "wasmcloud:messaging/consumer@0.3.0",
+                "`wasmcloud:messaging` is provided at 0.2.0, not 0.3.0",
+                Some("wit/deps/"),
             ),
             ("acme:thing/api@1.0.0", "package `acme:thing`", None),
         ] {
@@ -380,8 +395,9 @@ mod tests {
             message.ends_with(
                 "A listener may import sandbus:host/{types, log, bus, kv, kv-read}@0.1.0 and \
                  WASI 0.2 (cli, io, clocks, random; filesystem, sockets and http are present but \
-                 empty), wasi:logging/logging, wasi:config/store@0.2.0-draft and \
-                 wasi:keyvalue/{store, atomics, batch}@0.2.0-draft"
+                 empty), wasi:logging/logging, wasi:config/store@0.2.0-draft, \
+                 wasi:keyvalue/{store, atomics, batch}@0.2.0-draft and \
+                 wasmcloud:messaging/{types, consumer}@0.2.0"
             ),
             "{message}"
         );

@@ -64,8 +64,8 @@ pub use compile::{
     WorkerRun, limit_worker, precompile, worker_exit,
 };
 pub use component::{
-    ComponentInfo, ComponentShape, Digest, MAX_NAME_LEN, PACKAGE, PACKAGE_VERSION, World, inspect,
-    validate_component_name,
+    ComponentInfo, ComponentShape, Digest, ListenerHandler, MAX_NAME_LEN, MESSAGING_HANDLER,
+    PACKAGE, PACKAGE_VERSION, World, inspect, validate_component_name,
 };
 pub use engine::{ComponentSpec, Sandbox, pooling_config};
 pub use error::{ConfigError, InvokeError, InvokeErrorKind, LoadError, LoadErrorKind};

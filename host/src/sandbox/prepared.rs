@@ -12,11 +12,14 @@ use wasmtime::Engine;
 use super::budget::MemoryBudget;
 use super::{
     Capabilities, Digest, HandlerOutcome, HookDecision, Invocation, InvocationState, InvokeError,
-    Limits, Report, World,
+    Limits, ListenerHandler, Report, World,
 };
 use crate::bindings::hook::{Hook, HookPre};
 use crate::bindings::listener::{Listener, ListenerPre};
 use crate::bindings::script::{Script, ScriptPre};
+use crate::bindings::wasmcloud_messaging::{
+    Listener as MessagingListener, ListenerPre as MessagingListenerPre,
+};
 use crate::component_config::ComponentConfig;
 use crate::event::CanonicalEvent;
 use crate::imports::bus::PublishRate;
@@ -27,6 +30,8 @@ use crate::subject::PublishGrants;
 #[derive(Clone)]
 pub(super) enum Pre {
     Listener(ListenerPre<InvocationState>),
+    /// A listener exporting wasmCloud's messaging handler instead of `sandbus:host/handler`.
+    MessagingListener(MessagingListenerPre<InvocationState>),
     Script(ScriptPre<InvocationState>),
     Hook(HookPre<InvocationState>),
 }
@@ -77,7 +82,17 @@ impl PreparedComponent {
         &self.limits
     }
 
-    /// Hands one event to a listener, on a fresh instance.
+    /// The interface its events arrive through, for a listener.
+    pub fn listener_handler(&self) -> Option<ListenerHandler> {
+        match self.pre {
+            Pre::Listener(_) => Some(ListenerHandler::Sandbus),
+            Pre::MessagingListener(_) => Some(ListenerHandler::WasmcloudMessaging),
+            Pre::Script(_) | Pre::Hook(_) => None,
+        }
+    }
+
+    /// Hands one event to a listener, on a fresh instance: as the event itself to a sandbus
+    /// listener, as a broker message to a wasmCloud messaging one (its `Err` a `reject`).
     ///
     /// Waits for a free instance slot first (backpressure, never shedding). An event larger
     /// than the payload limit is refused without running anything.
@@ -86,8 +101,16 @@ impl PreparedComponent {
         event: CanonicalEvent,
         caps: &Capabilities,
     ) -> Result<Invocation<HandlerOutcome>, InvokeError> {
-        self.call::<Listener>(event, caps, self.limits.timeout)
-            .await
+        match self.pre {
+            Pre::MessagingListener(_) => {
+                self.call::<MessagingListener>(event, caps, self.limits.timeout)
+                    .await
+            }
+            _ => {
+                self.call::<Listener>(event, caps, self.limits.timeout)
+                    .await
+            }
+        }
     }
 
     /// Runs a script once with `args`, on a fresh instance, under the component's timeout.

@@ -23,6 +23,7 @@ mod hooks;
 mod hostile;
 mod loading;
 mod lockdown;
+mod messaging;
 mod spans;
 mod trust;
 mod usb;

@@ -2,7 +2,9 @@
 //!
 //! Refusals are `bus-error` values the guest handles; nothing here traps.
 
-use super::{BusState, OutboundMessage, PublishError, PublishRate};
+use std::time::Duration;
+
+use super::{BusState, OutboundMessage, PublishError, PublishRate, Reply, RequestError};
 use crate::bindings::bus::{BusError, Host};
 use crate::bindings::types::Event;
 use crate::error::{Input, InvalidInput};
@@ -12,27 +14,21 @@ use crate::subject::{
 };
 
 impl BusState {
-    /// Checks and sends one message. `size` is what the payload limit applies to: the
-    /// payload of a publish, the `data` of an emitted event (not its JSON envelope).
-    async fn send(
+    /// Checks one message against everything a guest must not decide for itself (the
+    /// subject and its grant, the payload limit, the headers) and takes its turn under the
+    /// publish budget and rate cap, waiting for it when it is near. `size` is what the
+    /// payload limit applies to.
+    async fn admit(
         &mut self,
-        subject: String,
-        payload: Vec<u8>,
+        subject: &str,
         size: usize,
-        headers: Vec<(String, String)>,
+        headers: &[(String, String)],
     ) -> Result<(), BusError> {
-        validate_publish_subject(&subject).map_err(|e| BusError::InvalidSubject(e.message))?;
-        // A reserved subject is never granted, whatever the manifest says: a manifest from
-        // before grants were checked, or written by hand, cannot reach the bus's machinery.
-        if !self.grants.allows(&subject) || ReservedSpace::reached_by(&subject).is_some() {
-            // Debug, not warn: a guest could otherwise flood the host's own log.
-            tracing::debug!(subject, "guest publish refused: subject not granted");
-            return Err(BusError::NotGranted(subject));
-        }
+        self.check_subject(subject)?;
         if size as u64 > self.max_payload {
             return Err(BusError::PayloadTooLarge(self.max_payload));
         }
-        for (name, value) in &headers {
+        for (name, value) in headers {
             check_header(name, value).map_err(|e| BusError::InvalidHeader(e.message))?;
         }
         if self.budget > 0 {
@@ -54,17 +50,57 @@ impl BusState {
                 Some(_) => {}
             }
         }
-        let message = OutboundMessage {
-            subject,
-            payload: payload.into(),
-            headers,
-        };
+        Ok(())
+    }
+
+    /// Refuses a subject that is not valid for publishing or not granted. A reserved subject
+    /// is never granted, whatever the manifest says: a manifest from before grants were
+    /// checked, or written by hand, cannot reach the bus's machinery.
+    pub(crate) fn check_subject(&self, subject: &str) -> Result<(), BusError> {
+        validate_publish_subject(subject).map_err(|e| BusError::InvalidSubject(e.message))?;
+        if !self.grants.allows(subject) || ReservedSpace::reached_by(subject).is_some() {
+            // Debug, not warn: a guest could otherwise flood the host's own log.
+            tracing::debug!(subject, "guest publish refused: subject not granted");
+            return Err(BusError::NotGranted(subject.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Checks and sends one message. `size` is what the payload limit applies to: the
+    /// payload of a publish, the `data` of an emitted event (not its JSON envelope). A
+    /// `reply_to` in `message` must have been checked by the caller.
+    pub(crate) async fn send(
+        &mut self,
+        message: OutboundMessage,
+        size: usize,
+    ) -> Result<(), BusError> {
+        self.admit(&message.subject, size, &message.headers).await?;
         self.publisher
             .publish(message)
             .await
             .map_err(|PublishError::Unavailable(why)| BusError::Unavailable(why))?;
         self.published += 1;
         Ok(())
+    }
+
+    /// Checks `subject` and `payload` as [`BusState::send`] does, then sends them as a
+    /// request and waits at most `timeout` for the answer. A request counts as a publish
+    /// (budget, rate cap, metering).
+    pub(crate) async fn request(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Result<Reply, RequestError>, BusError> {
+        self.admit(&subject, payload.len(), &[]).await?;
+        let message = OutboundMessage {
+            subject,
+            payload: payload.into(),
+            headers: Vec::new(),
+            reply_to: None,
+        };
+        self.published += 1;
+        Ok(self.publisher.request(message, timeout).await)
     }
 }
 
@@ -117,7 +153,13 @@ impl Host for BusState {
             ))));
         }
         let size = payload.len();
-        Ok(self.send(subject, payload, size, headers).await)
+        let message = OutboundMessage {
+            subject,
+            payload: payload.into(),
+            headers,
+            reply_to: None,
+        };
+        Ok(self.send(message, size).await)
     }
 
     async fn emit(&mut self, event: Event) -> wasmtime::Result<Result<(), BusError>> {
@@ -144,10 +186,13 @@ impl Host for BusState {
             ))));
         }
         let subject = event_subject(&event.ty);
-        let headers = vec![(MSG_ID_HEADER.to_owned(), event.dedup_key())];
-        Ok(self
-            .send(subject, event.to_json(), event.data.len(), headers)
-            .await)
+        let message = OutboundMessage {
+            subject,
+            payload: event.to_json().into(),
+            headers: vec![(MSG_ID_HEADER.to_owned(), event.dedup_key())],
+            reply_to: None,
+        };
+        Ok(self.send(message, event.data.len()).await)
     }
 }
 

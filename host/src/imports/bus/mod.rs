@@ -26,6 +26,10 @@ pub struct OutboundMessage {
     pub payload: Bytes,
     /// Headers in order; names may repeat.
     pub headers: Vec<(String, String)>,
+    /// Where the receiver should answer (a `wasmcloud:messaging` publish may set it; the
+    /// host checks it against the same grants as the subject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 fn serialize_lossy<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -40,6 +44,29 @@ pub enum PublishError {
     Unavailable(String),
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Nobody listens on the subject (the server said so at once).
+    #[error("no one answers on this subject")]
+    NoResponders,
+    /// Nobody answered within the timeout.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    /// The bus is unreachable or refused the request; retrying later may work.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The subject the answer came on (the request's reply inbox).
+    pub subject: String,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
 /// Where guest messages go once they passed the checks. Implemented by the daemon's bus
 /// (NATS) and by [`RecordingPublisher`].
 #[async_trait::async_trait]
@@ -47,6 +74,19 @@ pub trait Publisher: Send + Sync {
     /// Publishes one message. Must not retry forever: the guest is waiting, under its
     /// deadline.
     async fn publish(&self, message: OutboundMessage) -> Result<(), PublishError>;
+
+    /// Sends `message` as a request and waits at most `timeout` for the one answer. A bus
+    /// that cannot make requests (the default) says it is unavailable.
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let _ = (message, timeout);
+        Err(RequestError::Unavailable(
+            "this bus does not take requests".into(),
+        ))
+    }
 }
 
 /// Keeps every message in memory: the dev loop prints them, tests assert on them.
@@ -70,6 +110,19 @@ impl Publisher for RecordingPublisher {
             .unwrap_or_else(PoisonError::into_inner)
             .push(message);
         Ok(())
+    }
+
+    /// Keeps the request like a publish; nothing answers it (there is no one else on a
+    /// recording bus), so it fails with [`RequestError::NoResponders`].
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        _timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        self.publish(message)
+            .await
+            .map_err(|PublishError::Unavailable(why)| RequestError::Unavailable(why))?;
+        Err(RequestError::NoResponders)
     }
 }
 
