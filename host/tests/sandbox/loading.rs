@@ -72,7 +72,7 @@ fn export_with_the_wrong_shape_is_refused() {
 fn unknown_import_is_named() {
     let config = wat::parse_str(
         r#"(component
-             (import "wasi:config/store@0.2.0-draft" (instance))
+             (import "wasi:blobstore/container@0.2.0-draft" (instance))
              (instance $h)
              (export "sandbus:host/handler@0.1.0" (instance $h)))"#,
     )
@@ -80,7 +80,7 @@ fn unknown_import_is_named() {
     let err = refused(&config, World::Listener);
     assert_eq!(err.kind, LoadErrorKind::UnknownImport);
     assert!(
-        err.message.contains("wasi:config/store@0.2.0-draft"),
+        err.message.contains("wasi:blobstore/container@0.2.0-draft"),
         "{}",
         err.message
     );

@@ -78,6 +78,9 @@ async fn host_imports_run_in_spans_inside_the_call_that_names_component_and_invo
         .with(recorder.clone())
         .with(tracing_subscriber::filter::LevelFilter::TRACE);
     let _default = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have met a callsite first, with no subscriber of its own,
+    // and cached it as never enabled while this one registered: ask every callsite again.
+    tracing::callsite::rebuild_interest_cache();
 
     let billing = billing("billing-traced");
     let h = Harness::new();
