@@ -2,41 +2,43 @@
 //! component by its operator (`sandbus upload --config KEY=VALUE`, changed later with
 //! `sandbus configure` without uploading the bytes again) and kept in its manifest.
 //!
-//! They are configuration, not secrets: anyone who may list components sees them. The
-//! bounds keep a manifest a small KV entry and a `get-all` a small copy into the guest.
+//! They are configuration, not secrets: operators see them (`sandbus ls`), and so does
+//! whoever reads events (a manifest is in its `sandbus.component.added` event). The bounds
+//! keep a manifest small: `component.list` answers every manifest in one message (1 MiB by
+//! default), and the manifest bucket keeps 32 versions of each name.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// Most values one component may have.
-pub const MAX_ENTRIES: usize = 256;
+pub const MAX_ENTRIES: usize = 64;
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 /// Longest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 16 << 10;
+pub const MAX_VALUE_BYTES: usize = 4 << 10;
 /// Most bytes of keys and values together.
-pub const MAX_TOTAL_BYTES: usize = 64 << 10;
+pub const MAX_TOTAL_BYTES: usize = 8 << 10;
 
 /// A component's config values, by key (sorted, so a manifest's JSON is stable).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct ComponentConfig(BTreeMap<String, String>);
 
-/// Why config values were refused; the message says what was wrong and what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ConfigValueError {
-    /// What was wrong.
-    pub message: String,
+/// How config values can be wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigValueErrorKind {
+    /// A `KEY=VALUE` setting without `=`.
+    NoEquals,
+    /// A key empty, too long, or holding `=`, spaces or control characters.
+    Key,
+    /// A value, or all of them together, past the bounds; or too many of them.
+    TooLarge,
+    /// A change unsets a key that is not set, or sets and unsets the same key.
+    Change,
 }
 
-impl ConfigValueError {
-    fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
+/// Why config values were refused; the message says what was wrong and what to do.
+pub type ConfigValueError = crate::error::Error<ConfigValueErrorKind>;
 
 impl ComponentConfig {
     /// No values.
@@ -76,15 +78,19 @@ impl ComponentConfig {
         }
         for key in unset {
             if set.contains_key(key) {
-                return Err(ConfigValueError::new(format!(
-                    "`{key}` is both set and unset; give it once"
-                )));
+                return Err(ConfigValueError::new(
+                    ConfigValueErrorKind::Change,
+                    format!("`{key}` is both set and unset; give it once"),
+                ));
             }
             if next.0.remove(key).is_none() {
-                return Err(ConfigValueError::new(format!(
-                    "there is no config value `{key}` to unset; `sandbus configure NAME` lists \
+                return Err(ConfigValueError::new(
+                    ConfigValueErrorKind::Change,
+                    format!(
+                        "there is no config value `{key}` to unset; `sandbus configure NAME` lists \
                      the keys"
-                )));
+                    ),
+                ));
             }
         }
         next.check()?;
@@ -119,28 +125,37 @@ impl ComponentConfig {
     /// Checks the keys and the bounds.
     fn check(&self) -> Result<(), ConfigValueError> {
         if self.0.len() > MAX_ENTRIES {
-            return Err(ConfigValueError::new(format!(
-                "{} config values; a component has at most {MAX_ENTRIES}",
-                self.0.len()
-            )));
+            return Err(ConfigValueError::new(
+                ConfigValueErrorKind::TooLarge,
+                format!(
+                    "{} config values; a component has at most {MAX_ENTRIES}",
+                    self.0.len()
+                ),
+            ));
         }
         let mut total = 0;
         for (key, value) in &self.0 {
             check_key(key)?;
             if value.len() > MAX_VALUE_BYTES {
-                return Err(ConfigValueError::new(format!(
-                    "the config value `{key}` is {} bytes; a value is at most {MAX_VALUE_BYTES} \
+                return Err(ConfigValueError::new(
+                    ConfigValueErrorKind::TooLarge,
+                    format!(
+                        "the config value `{key}` is {} bytes; a value is at most {MAX_VALUE_BYTES} \
                      bytes (keep large data in the component's kv space)",
-                    value.len()
-                )));
+                        value.len()
+                    ),
+                ));
             }
             total += key.len() + value.len();
         }
         if total > MAX_TOTAL_BYTES {
-            return Err(ConfigValueError::new(format!(
-                "the config values come to {total} bytes; a component's are at most \
+            return Err(ConfigValueError::new(
+                ConfigValueErrorKind::TooLarge,
+                format!(
+                    "the config values come to {total} bytes; a component's are at most \
                  {MAX_TOTAL_BYTES} bytes together (keep large data in its kv space)"
-            )));
+                ),
+            ));
         }
         Ok(())
     }
@@ -159,9 +174,12 @@ impl fmt::Display for ComponentConfig {
 /// Splits `KEY=VALUE` at its first `=`; the value may be empty and may hold `=`.
 pub fn parse_setting(setting: &str) -> Result<(String, String), ConfigValueError> {
     let (key, value) = setting.split_once('=').ok_or_else(|| {
-        ConfigValueError::new(format!(
-            "config setting `{setting}` has no `=`; write it KEY=VALUE (an empty value is KEY=)"
-        ))
+        ConfigValueError::new(
+            ConfigValueErrorKind::NoEquals,
+            format!(
+                "config setting `{setting}` has no `=`; write it KEY=VALUE (an empty value is KEY=)"
+            ),
+        )
     })?;
     check_key(key)?;
     Ok((key.to_owned(), value.to_owned()))
@@ -172,24 +190,31 @@ pub fn parse_setting(setting: &str) -> Result<(String, String), ConfigValueError
 pub fn check_key(key: &str) -> Result<(), ConfigValueError> {
     if key.is_empty() {
         return Err(ConfigValueError::new(
+            ConfigValueErrorKind::Key,
             "a config key is empty; write KEY=VALUE with a key such as `log.level`",
         ));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(ConfigValueError::new(format!(
-            "the config key `{}` is {} bytes; a key is at most {MAX_KEY_BYTES} bytes",
-            crate::text::echo(key),
-            key.len()
-        )));
+        return Err(ConfigValueError::new(
+            ConfigValueErrorKind::Key,
+            format!(
+                "the config key `{}` is {} bytes; a key is at most {MAX_KEY_BYTES} bytes",
+                crate::text::echo(key),
+                key.len()
+            ),
+        ));
     }
     if let Some(c) = key
         .chars()
         .find(|c| *c == '=' || c.is_whitespace() || c.is_control())
     {
-        return Err(ConfigValueError::new(format!(
-            "the config key `{}` holds {c:?}; a key has no `=`, spaces or control characters",
-            crate::text::echo(key)
-        )));
+        return Err(ConfigValueError::new(
+            ConfigValueErrorKind::Key,
+            format!(
+                "the config key `{}` holds {c:?}; a key has no `=`, spaces or control characters",
+                crate::text::echo(key)
+            ),
+        ));
     }
     Ok(())
 }
@@ -221,10 +246,12 @@ mod tests {
     fn a_setting_without_a_key_or_an_equals_sign_is_refused_with_the_form_to_use() {
         let no_equals = ComponentConfig::from_settings(&["level"]).expect_err("no =");
         assert!(no_equals.message.contains("KEY=VALUE"), "{no_equals}");
+        assert_eq!(no_equals.kind, ConfigValueErrorKind::NoEquals);
         let no_key = ComponentConfig::from_settings(&["=x"]).expect_err("empty key");
         assert!(no_key.message.contains("empty"), "{no_key}");
         let space = ComponentConfig::from_settings(&["log level=x"]).expect_err("space");
         assert!(space.message.contains("spaces"), "{space}");
+        assert_eq!(space.kind, ConfigValueErrorKind::Key);
     }
 
     #[test]
@@ -261,6 +288,7 @@ mod tests {
             .changed(&BTreeMap::new(), &["nope".to_owned()])
             .expect_err("unknown key");
         assert!(e.message.contains("no config value `nope`"), "{e}");
+        assert_eq!(e.kind, ConfigValueErrorKind::Change);
         assert!(config.changed(&set, &["a".to_owned()]).is_err());
     }
 

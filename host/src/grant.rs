@@ -170,6 +170,9 @@ pub enum PolicyError {
     /// A limit setting is unknown, malformed or out of bounds.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A `wasi:config` value is malformed or past the bounds.
+    #[error(transparent)]
+    Config(#[from] crate::component_config::ConfigValueError),
 }
 
 /// Everything a manifest lets a component do, checked. See the module docs: this is the one

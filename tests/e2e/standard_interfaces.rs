@@ -154,11 +154,39 @@ fn a_guest_reads_its_operators_config_through_wasi_config_and_a_change_needs_no_
     let shown = cluster.cli_ok(&["configure", "std-config"]);
     assert_eq!(shown.trim(), "greeting=bonjour");
 
-    // Rolling back undoes the change.
+    // Rolling back goes back to the version before the change.
     cluster.cli_ok(&["rollback", "std-config"]);
     cluster.wait_for_component("h1", "std-config", 3);
     assert_eq!(
         seen(&mut cluster, "c3").as_deref(),
         Some("greeting=hello; all=greeting=hello,query=a=b")
+    );
+
+    // A new upload without --config keeps the values; with it, replaces them.
+    let kept = cluster.cli_json(&[
+        "upload",
+        &guest("wasi-config-listener"),
+        "--name",
+        "std-config",
+        "--limit",
+        "timeout=3s",
+    ]);
+    assert_eq!(kept["manifest"]["version"], 4);
+    assert_eq!(kept["manifest"]["config"]["greeting"], "hello");
+    let replaced = cluster.cli_json(&[
+        "upload",
+        &guest("wasi-config-listener"),
+        "--name",
+        "std-config",
+        "--limit",
+        "timeout=3s",
+        "--config",
+        "greeting=hi",
+    ]);
+    assert_eq!(replaced["manifest"]["version"], 5);
+    cluster.wait_for_component("h1", "std-config", 5);
+    assert_eq!(
+        seen(&mut cluster, "c5").as_deref(),
+        Some("greeting=hi; all=greeting=hi")
     );
 }

@@ -29,8 +29,10 @@ impl Validate for UploadRequest {
     fn validate(&self) -> Result<(), ApiError> {
         component_name(&self.name)?;
         digest(&self.digest)?;
-        ComponentConfig::from_map(self.config.clone())
-            .map_err(|e| ApiError::bad_request(e.message))?;
+        if let Some(config) = &self.config {
+            ComponentConfig::from_map(config.clone())
+                .map_err(|e| ApiError::bad_request(e.message))?;
+        }
         // The grants and limits are checked with the component's world, once the daemon has
         // read the bytes (`ComponentPolicy::check`).
         Ok(())

@@ -27,9 +27,11 @@ pub struct UploadRequest {
     /// Limit settings, `NAME=VALUE`.
     #[serde(default)]
     pub limits: Vec<String>,
-    /// `wasi:config/store` values, by key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
+    /// `wasi:config/store` values, by key, replacing the current version's; absent, the
+    /// current version's values are kept (a redeploy of new bytes keeps what `configure`
+    /// set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<BTreeMap<String, String>>,
     /// Send as a cast.
     #[serde(default)]
     pub cast: bool,

@@ -40,7 +40,7 @@ const MANIFEST_KEY_PREFIX: &str = "component.";
 pub struct ComponentManifest {
     /// The component's name: its kv namespace, its subscription name, its log name.
     pub name: String,
-    /// 1 for the first upload, +1 for every upload or rollback after it.
+    /// 1 for the first upload, +1 for every upload, rollback or configure after it.
     pub version: u64,
     /// sha256 of the bytes, hex; the object's name in the object store.
     pub digest: String,
@@ -64,9 +64,41 @@ pub struct ComponentManifest {
     /// For a rollback: the version whose content this one restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<u64>,
+    /// For a `sandbus configure`: the version whose values this one changed (same bytes,
+    /// grants and limits); a rollback goes back to exactly that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_from: Option<u64>,
 }
 
 impl ComponentManifest {
+    /// What a rollback of this version restores, out of the name's `history` (oldest
+    /// first): after a configure, the version it changed; otherwise the newest version
+    /// recorded as itself (an upload or a configure, not a rollback) older than this content.
+    pub fn rollback_target<'a>(
+        &self,
+        history: &'a [ComponentManifest],
+    ) -> Option<&'a ComponentManifest> {
+        if let Some(changed) = self.configured_from {
+            return history.iter().find(|m| m.version == changed);
+        }
+        history
+            .iter()
+            .rev()
+            .find(|m| m.version < self.content_version() && m.restored_from.is_none())
+    }
+
+    /// `self` (a [`Self::rollback_target`]) restored as `version`: its bytes, policy and
+    /// values, saying which version's content it is.
+    pub fn restored_as(&self, version: u64) -> ComponentManifest {
+        ComponentManifest {
+            version,
+            recorded_at: now_rfc3339(),
+            restored_from: Some(self.content_version()),
+            configured_from: None,
+            ..self.clone()
+        }
+    }
+
     /// The version whose upload this content came from (itself unless a rollback).
     pub fn content_version(&self) -> u64 {
         self.restored_from.unwrap_or(self.version)
@@ -340,6 +372,7 @@ impl ComponentStore {
             config: draft.config.clone(),
             recorded_at: now_rfc3339(),
             restored_from: None,
+            configured_from: None,
         })
         .await
     }
@@ -349,27 +382,18 @@ impl ComponentStore {
     pub async fn rollback(&self, name: &str) -> Result<ComponentManifest, BusError> {
         let current = self.manifest(name).await?.ok_or_else(|| not_found(name))?;
         let history = self.history(name).await?;
-        let target = history
-            .iter()
-            .rev()
-            .find(|m| m.version < current.content_version() && m.restored_from.is_none())
-            .cloned()
-            .ok_or_else(|| {
-                BusError::new(
-                    BusErrorKind::NotFound,
-                    format!(
-                        "`{name}` has no version before version {} to roll back to",
-                        current.content_version()
-                    ),
-                )
-            })?;
-        self.write_next(name, |version| ComponentManifest {
-            version,
-            recorded_at: now_rfc3339(),
-            restored_from: Some(target.version),
-            ..target.clone()
-        })
-        .await
+        let target = current.rollback_target(&history).cloned().ok_or_else(|| {
+            BusError::new(
+                BusErrorKind::NotFound,
+                format!(
+                    "`{name}` has no earlier version to roll back to from version {} (the \
+                         last {HISTORY} versions are kept)",
+                    current.version
+                ),
+            )
+        })?;
+        self.write_next(name, |version| target.restored_as(version))
+            .await
     }
 
     /// Records `name`'s current content and policy with `config` as its values, as a new
@@ -398,6 +422,8 @@ impl ComponentStore {
             version: current.value.version + 1,
             recorded_at: now_rfc3339(),
             config,
+            restored_from: None,
+            configured_from: Some(current.value.version),
             ..current.value.clone()
         };
         match self
@@ -552,4 +578,91 @@ fn not_found(name: &str) -> BusError {
 /// The current time, RFC 3339, to the second.
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version `version` of `c`, with `bytes` and `values` (`KEY=VALUE`).
+    fn version(version: u64, bytes: &str, values: &[&str]) -> ComponentManifest {
+        ComponentManifest {
+            name: "c".into(),
+            version,
+            digest: bytes.into(),
+            size: 1,
+            world: World::Listener,
+            grants: Vec::new(),
+            kv_read: Vec::new(),
+            limits: Vec::new(),
+            config: ComponentConfig::from_settings(values).expect("valid values"),
+            recorded_at: String::new(),
+            restored_from: None,
+            configured_from: None,
+        }
+    }
+
+    fn configured(of: &ComponentManifest, version: u64, values: &[&str]) -> ComponentManifest {
+        ComponentManifest {
+            version,
+            config: ComponentConfig::from_settings(values).expect("valid values"),
+            restored_from: None,
+            configured_from: Some(of.version),
+            ..of.clone()
+        }
+    }
+
+    /// Rolls the last version of `history` back, appending the result; what it restored.
+    fn roll_back(history: &mut Vec<ComponentManifest>) -> Option<u64> {
+        let current = history.last().expect("a version").clone();
+        let target = current.rollback_target(history)?.clone();
+        history.push(target.restored_as(current.version + 1));
+        Some(target.version)
+    }
+
+    #[test]
+    fn a_rollback_after_a_configure_restores_the_values_before_it() {
+        let v1 = version(1, "A", &["greeting=hello"]);
+        let v2 = configured(&v1, 2, &["greeting=bonjour"]);
+        let mut history = vec![v1, v2];
+        assert_eq!(roll_back(&mut history), Some(1));
+        let v3 = history.last().expect("v3");
+        assert_eq!(
+            (v3.digest.as_str(), v3.config.get("greeting")),
+            ("A", Some("hello"))
+        );
+        // Nothing before the first upload.
+        assert_eq!(roll_back(&mut history), None);
+    }
+
+    #[test]
+    fn a_configure_of_a_rolled_back_version_is_undone_to_that_version_not_further() {
+        // Upload A, upload B, roll back to A, configure: a rollback gives A with its old
+        // values, and the one after it has nothing before A.
+        let v1 = version(1, "A", &["k=a"]);
+        let v2 = version(2, "B", &["k=b"]);
+        let mut history = vec![v1, v2];
+        assert_eq!(roll_back(&mut history), Some(1));
+        let v3 = history.last().expect("v3").clone();
+        history.push(configured(&v3, 4, &["k=changed"]));
+        assert_eq!(roll_back(&mut history), Some(3));
+        let v5 = history.last().expect("v5");
+        assert_eq!((v5.digest.as_str(), v5.config.get("k")), ("A", Some("a")));
+        assert_eq!(v5.restored_from, Some(1));
+        assert_eq!(roll_back(&mut history), None);
+    }
+
+    #[test]
+    fn a_rollback_of_an_upload_after_a_configure_goes_back_to_the_configured_values() {
+        // Upload A, configure, upload B: back to A with the configured values, then to A as
+        // uploaded.
+        let v1 = version(1, "A", &["k=1"]);
+        let v2 = configured(&v1, 2, &["k=2"]);
+        let v3 = version(3, "B", &["k=2"]);
+        let mut history = vec![v1, v2, v3];
+        assert_eq!(roll_back(&mut history), Some(2));
+        assert_eq!(history.last().expect("v4").config.get("k"), Some("2"));
+        assert_eq!(roll_back(&mut history), Some(1));
+        assert_eq!(history.last().expect("v5").config.get("k"), Some("1"));
+    }
 }

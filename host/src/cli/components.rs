@@ -59,9 +59,10 @@ pub struct UploadArgs {
     /// Limit, as NAME=VALUE (memory=64MiB, timeout=2s, ...), repeatable.
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
-    /// A value the component reads through wasi:config/store, as KEY=VALUE, repeatable;
-    /// change them later without uploading again with `sandbus configure`. Not for secrets:
-    /// whoever may list components sees them.
+    /// A value the component reads through wasi:config/store, as KEY=VALUE, repeatable:
+    /// these replace the current version's values (without any, they are kept). Change them
+    /// later without uploading again with `sandbus configure`. Not for secrets: operators
+    /// and event readers see them.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     config: Vec<String>,
     /// Return at once; the result comes as a sandbus.request.finished event.
@@ -105,6 +106,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
         wait_timeout,
         client,
     } = args;
+    let config_settings_empty = config.is_empty();
     let config = match ComponentConfig::from_settings(&config) {
         Ok(config) => config,
         Err(e) => {
@@ -150,7 +152,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<u8> {
             grants: grants.publish,
             kv_read: grants.kv_read,
             limits,
-            config: config.as_map().clone(),
+            config: (!config_settings_empty).then(|| config.as_map().clone()),
             cast,
         };
         if cast {
@@ -306,10 +308,11 @@ pub async fn list(args: &ClientArgs) -> u8 {
 }
 
 fn print_manifest(m: &ComponentManifest, hosts: &Readiness) {
-    let restored = m
-        .restored_from
-        .map(|v| format!(" (restores v{v})"))
-        .unwrap_or_default();
+    let restored = match (m.restored_from, m.configured_from) {
+        (Some(v), _) => format!(" (restores v{v})"),
+        (None, Some(v)) => format!(" (v{v} configured)"),
+        (None, None) => String::new(),
+    };
     outln!(
         "{:<24} v{:<4} {:<9} {:>9} B  sha256:{}…  {}{}  hosts: {}",
         m.name,

@@ -36,6 +36,7 @@ use super::context::ComponentSource;
 use crate::bus::{
     BusError, ComponentManifest, ComponentStore, LoadState, ManifestChange, NotReady,
 };
+use crate::component_config::ComponentConfig;
 use crate::grant::{ComponentPolicy, PolicyError};
 use crate::sandbox::{ComponentSpec, Digest, PreparedComponent, Sandbox};
 
@@ -77,7 +78,9 @@ pub fn spec_of(manifest: &ComponentManifest) -> Result<ComponentSpec, PolicyErro
         grants: policy.publish,
         kv_read: policy.kv_read,
         limits: policy.limits,
-        config: manifest.config.clone(),
+        // A manifest read from the bucket may have been written by hand: its values pass
+        // the same checks as an upload's.
+        config: ComponentConfig::from_map(manifest.config.as_map().clone())?,
     })
 }
 

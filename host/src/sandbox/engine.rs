@@ -18,8 +18,8 @@ use super::component::check_world;
 use super::prepared::{Pre, PreparedComponent};
 use super::{
     ArtifactCache, CompileMode, CompileSettings, ComponentShape, ConfigError, Digest,
-    InvocationState, Limits, ListenerHandler, LoadError, LoadErrorKind, PACKAGE, PACKAGE_VERSION,
-    SandboxConfig, World, validate_component_name,
+    InvocationState, Limits, ListenerHandler, LoadError, LoadErrorKind, MESSAGING_HANDLER, PACKAGE,
+    PACKAGE_VERSION, SandboxConfig, World, validate_component_name,
 };
 use crate::bindings::hook::HookPre;
 use crate::bindings::listener::ListenerPre;
@@ -285,18 +285,21 @@ impl Sandbox {
                 format!("the component's imports don't match this host: {e:#}"),
             )
         })?;
-        let incompatible = |e: wasmtime::Error| {
-            LoadError::new(
-                LoadErrorKind::IncompatibleInterface,
-                format!(
-                    "the component's {world} export doesn't match {PACKAGE}@{PACKAGE_VERSION}: {e:#}"
-                ),
-            )
+        let incompatible_with = |what: &str| {
+            let what = what.to_owned();
+            move |e: wasmtime::Error| {
+                LoadError::new(
+                    LoadErrorKind::IncompatibleInterface,
+                    format!("the component's {world} export doesn't match {what}: {e:#}"),
+                )
+            }
         };
+        let incompatible = incompatible_with(&format!("{PACKAGE}@{PACKAGE_VERSION}"));
         let pre = match world {
             World::Listener => match ComponentShape::read(bytes)?.listener_handler() {
                 Some(ListenerHandler::WasmcloudMessaging) => Pre::MessagingListener(
-                    MessagingListenerPre::new(instance_pre).map_err(incompatible)?,
+                    MessagingListenerPre::new(instance_pre)
+                        .map_err(incompatible_with(MESSAGING_HANDLER))?,
                 ),
                 _ => Pre::Listener(ListenerPre::new(instance_pre).map_err(incompatible)?),
             },

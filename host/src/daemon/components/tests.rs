@@ -144,6 +144,7 @@ fn manifest(name: &str, version: u64, digest: &str) -> ComponentManifest {
         config: Default::default(),
         recorded_at: "2026-01-01T00:00:00Z".to_owned(),
         restored_from: None,
+        configured_from: None,
     }
 }
 

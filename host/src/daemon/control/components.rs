@@ -120,8 +120,16 @@ impl ControlApi {
         let world = ComponentShape::read(&bytes)
             .and_then(|shape| shape.check(request.world))
             .map_err(|e| ApiError::bad_request(e.message))?;
-        let config = ComponentConfig::from_map(request.config.clone())
-            .map_err(|e| ApiError::bad_request(e.message))?;
+        let current = self.store.manifest(&request.name).await?;
+        // Values not given are the current version's: a new build keeps its configuration.
+        let config = match &request.config {
+            Some(values) => ComponentConfig::from_map(values.clone())
+                .map_err(|e| ApiError::bad_request(e.message))?,
+            None => current
+                .as_ref()
+                .map(|c| c.config.clone())
+                .unwrap_or_default(),
+        };
         let candidate = ComponentManifest {
             name: request.name.clone(),
             version: 0,
@@ -134,6 +142,7 @@ impl ControlApi {
             config,
             recorded_at: String::new(),
             restored_from: None,
+            configured_from: None,
         };
         let spec = spec_of(&candidate).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let timeout = spec.limits.timeout;
@@ -177,7 +186,7 @@ impl ControlApi {
                 .put(subscription, ack_wait_for(timeout))
                 .await?;
         }
-        if let Some(current) = self.store.manifest(&request.name).await?
+        if let Some(current) = current
             && current.digest == candidate.digest
             && current.grants == candidate.grants
             && current.kv_read == candidate.kv_read
@@ -260,13 +269,7 @@ impl ControlApi {
         let points = self.hooks.points.points_of(&request.name).await?;
         let history = self.store.history(&request.name).await?;
         let current = self.store.manifest(&request.name).await?;
-        let target = current.and_then(|c| {
-            history
-                .iter()
-                .rev()
-                .find(|m| m.version < c.content_version() && m.restored_from.is_none())
-                .cloned()
-        });
+        let target = current.and_then(|c| c.rollback_target(&history).cloned());
         // A version recorded before today's rules (a grant now reserved) is not brought back:
         // every daemon would refuse to load it.
         if let Some(target) = &target {

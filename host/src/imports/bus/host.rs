@@ -84,15 +84,18 @@ impl BusState {
     }
 
     /// Checks `subject` and `payload` as [`BusState::send`] does, then sends them as a
-    /// request and waits at most `timeout` for the answer. A request counts as a publish
-    /// (budget, rate cap, metering).
+    /// request and waits for the answer at most `timeout`, and never past `deadline` (the
+    /// call's): the wait starts after the rate cap let the request through. A request
+    /// counts as a publish (budget, rate cap, metering).
     pub(crate) async fn request(
         &mut self,
         subject: String,
         payload: Vec<u8>,
         timeout: Duration,
+        deadline: std::time::Instant,
     ) -> Result<Result<Reply, RequestError>, BusError> {
         self.admit(&subject, payload.len(), &[]).await?;
+        let timeout = timeout.min(deadline.saturating_duration_since(std::time::Instant::now()));
         let message = OutboundMessage {
             subject,
             payload: payload.into(),

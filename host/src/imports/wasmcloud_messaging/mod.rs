@@ -82,9 +82,12 @@ impl consumer::Host for Messaging<'_> {
         if let Err(why) = off_the_events_stream(&subject) {
             return Ok(Err(why));
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let timeout = Duration::from_millis(u64::from(timeout_ms)).min(left);
-        let answered = match self.bus.request(subject.clone(), body, timeout).await {
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        let answered = match self
+            .bus
+            .request(subject.clone(), body, timeout, self.deadline)
+            .await
+        {
             Ok(answered) => answered,
             Err(refused) => return Ok(Err(refusal(refused))),
         };
@@ -127,10 +130,14 @@ impl consumer::Host for Messaging<'_> {
         if let Err(why) = off_the_events_stream(&msg.subject) {
             return Ok(Err(why));
         }
-        if let Some(reply_to) = &msg.reply_to
-            && let Err(refused) = self.bus.check_subject(reply_to)
-        {
-            return Ok(Err(format!("reply-to: {}", refusal(refused))));
+        if let Some(reply_to) = &msg.reply_to {
+            // An answer to the reply subject is a publish there, by whoever answers.
+            if let Err(why) = off_the_events_stream(reply_to) {
+                return Ok(Err(format!("reply-to: {why}")));
+            }
+            if let Err(refused) = self.bus.check_subject(reply_to) {
+                return Ok(Err(format!("reply-to: {}", refusal(refused))));
+            }
         }
         let size = msg.body.len();
         let message = OutboundMessage {
@@ -303,6 +310,16 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(why.contains("takes canonical events only"), "{why}");
+        // Nor may a responder be pointed at it.
+        let why = messaging
+            .publish(message("svc.a", Some("events.vm.started")))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            why.starts_with("reply-to: `events.vm.started` is on the events stream"),
+            "{why}"
+        );
         let mut big = message("svc.a", None);
         big.body = vec![0; 65];
         let why = messaging.publish(big).await.unwrap().unwrap_err();

@@ -412,6 +412,7 @@ pub(super) fn compile(guest: &str, limits: Vec<String>) -> Arc<LoadedComponent> 
         config: Default::default(),
         recorded_at: "2026-01-01T00:00:00Z".to_owned(),
         restored_from: None,
+        configured_from: None,
     };
     let spec = spec_of(&manifest).expect("the fixture's manifest passes the policy");
     let prepared = sandbox()
