@@ -16,6 +16,10 @@
 //!   wasmCloud messaging component), handed each event as a broker message (the event
 //!   serialised to CloudEvents JSON), logging one line and having its ungranted echo publish
 //!   refused; against the `rust` row, what the messaging shape costs on top of a no-op.
+//! - `language_instantiate/{...}`, `language_first_call/{...}`, `language_live_call/{...}`:
+//!   the same three listeners on the sandbox's engine settings without the sandbox: a fresh
+//!   instance made and dropped, made + called once + dropped, and a call into a live
+//!   instance: where `per_event_language` goes.
 //!
 //! Needs `target/guests/noop-listener.wasm` and the Python and JavaScript no-op listeners
 //! (`scripts/build-guests.sh`). Run through
@@ -39,12 +43,18 @@ use sandbus::imports::log::{DiscardLog, InvocationLog, LogState};
 use sandbus::imports::{bus, kv, log};
 use sandbus::invocation::InvocationId;
 use sandbus::sandbox::{
-    Capabilities, ComponentSpec, Limits, Sandbox, SandboxConfig, World, pooling_config,
+    Capabilities, CompileSettings, ComponentSpec, Limits, Sandbox, SandboxConfig, World,
+    pooling_config,
 };
 use sandbus::subject::PublishGrants;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, ResourceTable, ResourceType};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
 
 const PAYLOADS: [usize; 3] = [0, 1024, 64 * 1024];
 
@@ -173,6 +183,216 @@ fn per_event_language(c: &mut Criterion) {
                 },
                 BatchSize::SmallInput,
             )
+        });
+    }
+    group.finish();
+}
+
+/// The sandbox's engine (its compile settings and pooling allocator), without the sandbox:
+/// for rows that take one call apart.
+fn sandbox_engine() -> Engine {
+    let config = SandboxConfig::default();
+    let mut wasm = CompileSettings::of(&config).wasm_config();
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&config)));
+    Engine::new(&wasm).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Store data for [`language_parts`]: WASI (which the Python runtime reads on its first
+/// call), built on first use as the sandbox does, and `wasi:http` (which the JavaScript
+/// runtime imports); every other import is a stub that fails.
+struct PartsState {
+    wasi: Option<WasiCtx>,
+    http: WasiHttpCtx,
+    http_hooks: NoRequests,
+    table: ResourceTable,
+}
+
+impl PartsState {
+    fn new() -> Self {
+        Self {
+            wasi: None,
+            http: WasiHttpCtx::new(),
+            http_hooks: NoRequests,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+/// `wasi:http` hooks that refuse every request: a no-op listener sends none.
+struct NoRequests;
+
+impl WasiHttpHooks for NoRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(HttpError::HttpRequestDenied) })
+    }
+}
+
+impl WasiHttpView for PartsState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+impl WasiView for PartsState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The WASI packages `wasmtime_wasi::p2` and `wasmtime_wasi_http::p2` serve.
+const WASI_P2: [&str; 7] = [
+    "wasi:http/",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+];
+
+/// Defines every import of `component` that [`WASI_P2`] does not serve (sandbus's own,
+/// `wasi:logging`...) as a function that fails: a no-op listener calls none of
+/// them. (wasmtime's `define_unknown_imports_as_traps` would also stub the newer WASI versions
+/// a guest names, which the WASI linked here serves.)
+fn stub_sandbus_imports(
+    linker: &mut Linker<PartsState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    for (name, item) in component.component_type().imports(engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        if WASI_P2.iter().any(|package| name.starts_with(package)) {
+            continue;
+        }
+        let mut stubs = linker.instance(name)?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let which = format!("{name}#{export}");
+                    stubs.func_new(export, move |_, _, _, _| {
+                        wasmtime::bail!("{which} is a stub in this bench")
+                    })?;
+                }
+                ComponentItem::Resource(_) => {
+                    stubs.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A store for [`language_parts`] on `engine`, with no deadline in reach.
+fn parts_store(engine: &Engine) -> Store<PartsState> {
+    let mut store = Store::new(engine, PartsState::new());
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
+}
+
+/// `per_event_language` taken apart, on the sandbox's engine settings with WASI linked and
+/// every other import stubbed (a no-op listener calls none):
+///
+/// - `language_instantiate`: a fresh instance made and dropped, no call;
+/// - `language_first_call`: made, called once, dropped: what wasmtime alone costs per event;
+///   `per_event_language` over this is the sandbox's own share;
+/// - `language_live_call`: a call into one instance kept alive: the guest's own work once it
+///   is warm. `first_call - instantiate - live_call` is what a first call costs more than a
+///   warm one (first-touch page faults, lazy table entries, the runtime's one-time set-up).
+fn language_parts(c: &mut Criterion) {
+    let rt = runtime();
+    let engine = sandbox_engine();
+    let ev: Event = event(16).into();
+    let pres: Vec<_> = [
+        ("rust", "noop-listener"),
+        ("python", "python-noop-listener"),
+        ("javascript", "js-noop-listener"),
+    ]
+    .into_iter()
+    .map(|(label, name)| {
+        let component = Component::new(&engine, guest(name)).unwrap_or_else(|e| panic!("{e}"));
+        let mut linker = Linker::<PartsState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap_or_else(|e| panic!("{e}"));
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .unwrap_or_else(|e| panic!("{e}"));
+        stub_sandbus_imports(&mut linker, &engine, &component).unwrap_or_else(|e| panic!("{e}"));
+        let pre = linker
+            .instantiate_pre(&component)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            label,
+            ListenerPre::new(pre).unwrap_or_else(|e| panic!("{e}")),
+        )
+    })
+    .collect();
+    let mut group = c.benchmark_group("language_instantiate");
+    for (label, pre) in &pres {
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(*label, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut store = parts_store(&engine);
+                pre.instantiate_async(&mut store)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("language_first_call");
+    for (label, pre) in &pres {
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(*label, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut store = parts_store(&engine);
+                let listener = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                listener
+                    .sandbus_host_handler()
+                    .call_handle(&mut store, &ev)
+                    .await
+                    .unwrap_or_else(|e| panic!("{label}: {e}"))
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("language_live_call");
+    for (label, pre) in &pres {
+        let mut store = parts_store(&engine);
+        let listener = rt
+            .block_on(pre.instantiate_async(&mut store))
+            .unwrap_or_else(|e| panic!("{e}"));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(*label, |b| {
+            b.iter(|| {
+                rt.block_on(listener.sandbus_host_handler().call_handle(&mut store, &ev))
+                    .unwrap_or_else(|e| panic!("{label}: {e}"))
+            })
         });
     }
     group.finish();
@@ -317,6 +537,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = wasmtime_floor, per_event, live_instance, per_event_language
+    targets = wasmtime_floor, per_event, live_instance, per_event_language, language_parts
 }
 criterion_main!(benches);
