@@ -71,16 +71,40 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SpanRecorder {
     }
 }
 
+/// Runs [`spans_of_one_call`] alone in a process of its own (this test binary, asked for
+/// that one test): whether a span is recorded depends on process-wide state (each callsite
+/// caches whether any subscriber wants it), which the other tests' threads, running the
+/// same callsites with no subscriber, race with (2 failures in 4 runs in one process).
+#[test]
+fn host_imports_run_in_spans_inside_the_call_that_names_component_and_invocation() {
+    let name = "spans::spans_of_one_call";
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            name,
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .output()
+        .expect("the test binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} failed alone:\n{text}");
+    assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
+}
+
 #[tokio::test(flavor = "current_thread")]
-async fn host_imports_run_in_spans_inside_the_call_that_names_component_and_invocation() {
+#[ignore = "run alone in its own process by the test above"]
+async fn spans_of_one_call() {
     let recorder = SpanRecorder::default();
     let subscriber = tracing_subscriber::registry()
         .with(recorder.clone())
         .with(tracing_subscriber::filter::LevelFilter::TRACE);
     let _default = tracing::subscriber::set_default(subscriber);
-    // Another test's thread may have met a callsite first, with no subscriber of its own,
-    // and cached it as never enabled while this one registered: ask every callsite again.
-    tracing::callsite::rebuild_interest_cache();
 
     let billing = billing("billing-traced");
     let h = Harness::new();
