@@ -212,13 +212,7 @@ impl ControlApi {
                 config: candidate.config,
             })
             .await?;
-        self.component_event(
-            ComponentAdded {
-                manifest: manifest.clone(),
-            },
-            &manifest,
-        )
-        .await;
+        self.component_added(&manifest).await;
         Ok(UploadReply {
             manifest,
             unchanged: false,
@@ -312,13 +306,7 @@ impl ControlApi {
             }
         }
         let manifest = self.store.rollback(&request.name).await?;
-        self.component_event(
-            ComponentAdded {
-                manifest: manifest.clone(),
-            },
-            &manifest,
-        )
-        .await;
+        self.component_added(&manifest).await;
         Ok(manifest)
     }
 
@@ -346,17 +334,23 @@ impl ControlApi {
             .store
             .configure(&request.name, current.version, config)
             .await?;
-        self.component_event(
-            ComponentAdded {
-                manifest: manifest.clone(),
-            },
-            &manifest,
-        )
-        .await;
+        self.component_added(&manifest).await;
         Ok(ConfigureReply {
             manifest,
             unchanged: false,
         })
+    }
+
+    /// Emits `sandbus.component.added` for `manifest`, a version just recorded (an upload,
+    /// a rollback or a configure).
+    async fn component_added(&self, manifest: &ComponentManifest) {
+        self.component_event(
+            ComponentAdded {
+                manifest: manifest.clone(),
+            },
+            manifest,
+        )
+        .await;
     }
 
     /// Emits `event` (a version of `manifest` added or removed) with an id made of the
